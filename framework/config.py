@@ -1,0 +1,143 @@
+"""Top-level config schema and validation.
+
+The user's knobs (``lr0``, ``lrf``, ``epochs`` ...) sit at the top level of the composed config
+and are typed by :class:`TrainConfig`, registered in Hydra's ConfigStore as ``train_schema`` so
+``lr0=abc`` or an unknown key fails while Hydra composes. :func:`validate` then checks values
+and ranges and the group files' keys against the signatures of their ``_target_`` callables,
+reporting every problem at once, before anything is built.
+
+This module imports neither torch nor timm, so ``python train.py --help`` stays fast.
+"""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from omegaconf import MISSING, DictConfig
+
+from framework import registry
+
+#: Config groups every run composes, in build order.
+GROUPS = ("dataset", "model", "optimizer", "scheduler", "trainer")
+
+#: Keys of a group file that configure the framework rather than the ``_target_`` callable.
+RESERVED_KEYS = {"scheduler": ("interval",)}
+
+#: Runtime arguments each group's callable receives at the call site (never written in YAML).
+RUNTIME_ARGS = {
+    "dataset": ("seed",),
+    "model": ("num_classes", "in_chans", "img_size"),
+    "optimizer": ("params",),
+    "scheduler": ("total",),
+    "trainer": ("model", "optimizer", "plan", "data", "run_dir", "device"),
+}
+
+PRECISIONS = ("32", "bf16", "fp16")
+INTERVALS = ("step", "epoch")
+_DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+
+
+class ConfigError(ValueError):
+    """A user mistake in the config: one line that names the key and says how to fix it.
+
+    ``train.py`` prints each message on its own line and exits with status 2, before training.
+    """
+
+    def __init__(self, messages: list[str] | str):
+        self.messages = [messages] if isinstance(messages, str) else list(messages)
+        super().__init__("; ".join(self.messages))
+
+
+@dataclass
+class TrainConfig:
+    """Typed schema of the top level of ``conf/train.yaml`` (values there override these)."""
+
+    model: Any = MISSING
+    optimizer: Any = MISSING
+    scheduler: Any = MISSING
+    dataset: Any = MISSING
+    trainer: Any = MISSING
+    lr0: float = 0.01  # (LR) initial learning rate, reached at the end of warmup
+    lrf: float = 0.01  # (fraction) final LR = lr0 * lrf for decaying schedules
+    epochs: int = 10  # (epochs) passes over the training set
+    max_steps: Optional[int] = None  # (steps) cap on optimizer steps; null = no cap
+    batch_size: int = 64  # (samples) per forward pass, before accumulation
+    warmup_epochs: float = 0.0  # (epochs) linear warmup length, fractions allowed
+    warmup_steps: Optional[int] = None  # (steps) warmup length; wins over warmup_epochs
+    warmup_start_factor: float = 0.1  # (fraction) LR of warmup step 0 = lr0 * this
+    seed: int = 0  # RNG seed of everything (data order, init, augmentation)
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+    resume: Optional[str] = None  # run folder or checkpoint to continue from
+
+
+def register_configs() -> None:
+    """Register :class:`TrainConfig` as ``train_schema`` in Hydra's ConfigStore."""
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(name="train_schema", node=TrainConfig)
+
+
+def _number_errors(cfg: DictConfig) -> list[str]:
+    errors = []
+
+    def check(key: str, ok: bool, fix: str) -> None:
+        if not ok:
+            errors.append(f"{key}={cfg[key]}: {fix}")
+
+    check("lr0", cfg.lr0 > 0 and math.isfinite(cfg.lr0), "must be a finite number > 0, e.g. lr0=0.01")
+    check("lrf", 0 <= cfg.lrf <= 1, "must be in [0, 1] (final LR = lr0*lrf), e.g. lrf=0.01")
+    check("epochs", cfg.epochs >= 1, "must be >= 1, e.g. epochs=10")
+    check("max_steps", cfg.max_steps is None or cfg.max_steps >= 1, "must be >= 1 or null (no cap)")
+    check("batch_size", cfg.batch_size >= 1, "must be >= 1, e.g. batch_size=64")
+    check("warmup_epochs", cfg.warmup_epochs >= 0, "must be >= 0 (0 = no warmup)")
+    check("warmup_steps", cfg.warmup_steps is None or cfg.warmup_steps >= 0, "must be >= 0 or null")
+    check(
+        "warmup_start_factor",
+        0 < cfg.warmup_start_factor <= 1,
+        "must be in (0, 1] so warmup step 0 never has LR 0, e.g. warmup_start_factor=0.1",
+    )
+    check("device", bool(_DEVICE_RE.match(str(cfg.device))), "use auto, cpu, cuda, cuda:N or mps")
+    return errors
+
+
+def _group_errors(cfg: DictConfig) -> list[str]:
+    errors = []
+    for group in GROUPS:
+        node = cfg.get(group)
+        if not isinstance(node, DictConfig) or "_target_" not in node:
+            errors.append(f"{group}: the group has no _target_; pick one of {registry.available(group)}")
+            continue
+        errors += registry.check_signature(
+            node, group, runtime=RUNTIME_ARGS[group], reserved=RESERVED_KEYS.get(group, ())
+        )
+    if not errors:
+        interval = cfg.scheduler.get("interval", "step")
+        if interval not in INTERVALS:
+            errors.append(f"scheduler.interval={interval}: use step or epoch")
+        precision = str(cfg.trainer.get("precision", "32"))
+        if precision not in PRECISIONS:
+            errors.append(f"trainer.precision={precision}: use 32, bf16 or fp16")
+        accumulate = cfg.trainer.get("accumulate_grad_batches", 1)
+        if not isinstance(accumulate, int) or accumulate < 1:
+            errors.append(f"trainer.accumulate_grad_batches={accumulate}: must be an integer >= 1")
+        clip = cfg.trainer.get("gradient_clip_val")
+        if clip is not None and not clip > 0:
+            errors.append(f"trainer.gradient_clip_val={clip}: must be > 0 or null (no clipping)")
+    return errors
+
+
+def validate(cfg: DictConfig) -> None:
+    """Check the composed config before anything is built.
+
+    Args:
+        cfg: the config composed by Hydra from ``conf/train.yaml``.
+
+    Raises:
+        ConfigError: with one line per problem (all of them, not just the first), each naming
+            the key and the fix.
+    """
+    errors = _number_errors(cfg) + _group_errors(cfg)
+    if errors:
+        raise ConfigError(errors)

@@ -1,0 +1,164 @@
+"""Datasets (``conf/dataset/*.yaml``) and the loaders built from them.
+
+A dataset callable returns a :class:`DataBundle`: train and validation ``Dataset`` objects plus
+what the model must adapt to (classes, channels, image size).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+
+from framework.config import ConfigError
+
+
+@dataclass
+class DataBundle:
+    """Train/val datasets and their shape.
+
+    Attributes:
+        train: training samples, each ``(image (C, H, W) float32, label int64)``.
+        val: validation samples, same format.
+        num_classes: number of labels.
+        in_chans: ``C``.
+        img_size: ``H`` (= ``W``), pixels.
+    """
+
+    train: Dataset
+    val: Dataset
+    num_classes: int
+    in_chans: int
+    img_size: int
+
+
+def _subsample(x: torch.Tensor, y: torch.Tensor, n: Optional[int], seed: int, key: str):
+    """First ``n`` samples of a seeded permutation (all of them when ``n`` is None)."""
+    if n is None:
+        return x, y
+    if not 1 <= n <= len(x):
+        raise ConfigError(f"{key}={n}: must be between 1 and {len(x)} for this dataset (or null)")
+    idx = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:n]
+    return x[idx], y[idx]
+
+
+def digits(
+    seed: int,
+    image_size: int = 32,
+    val_frac: float = 0.2,
+    split_seed: int = 0,
+    train_size: Optional[int] = None,
+) -> DataBundle:
+    """scikit-learn's bundled handwritten digits (1,797 real 8×8 images, 10 classes), offline.
+
+    Images (values 0…16) are scaled to [0, 1], resized bilinearly to ``image_size`` and
+    normalised with the training split's mean and std. The train/val split is stratified and
+    fixed by ``split_seed`` (independent of the run's seed).
+
+    Args:
+        seed: run seed (runtime); picks the ``train_size`` subsample.
+        image_size: output side, pixels (models with stride-32 stems need >= 32).
+        val_frac: fraction of the 1,797 images held out for validation, in (0, 1).
+        split_seed: seed of the stratified split.
+        train_size: keep this many training samples (seeded subsample); null = all.
+
+    Returns:
+        A :class:`DataBundle` with tensors ``(N, 1, image_size, image_size)``.
+
+    Raises:
+        ConfigError: ``val_frac``, ``image_size`` or ``train_size`` out of range.
+    """
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    if not 0 < val_frac < 1:
+        raise ConfigError(f"dataset.val_frac={val_frac}: must be in (0, 1), e.g. 0.2")
+    if image_size < 8:
+        raise ConfigError(f"dataset.image_size={image_size}: must be >= 8 pixels")
+    bunch = load_digits()
+    x = torch.tensor(bunch.images, dtype=torch.float32).unsqueeze(1) / 16.0  # (1797, 1, 8, 8)
+    y = torch.tensor(bunch.target, dtype=torch.int64)
+    idx_train, idx_val = train_test_split(
+        torch.arange(len(y)).numpy(), test_size=val_frac, stratify=y.numpy(), random_state=split_seed
+    )
+    if image_size != 8:
+        x = torch.nn.functional.interpolate(x, size=image_size, mode="bilinear", align_corners=False)
+    x_train, y_train = x[idx_train], y[idx_train]
+    mean, std = x_train.mean(), x_train.std()
+    x_train, x_val = (x_train - mean) / std, (x[idx_val] - mean) / std
+    x_train, y_train = _subsample(x_train, y_train, train_size, seed, "dataset.train_size")
+    return DataBundle(
+        TensorDataset(x_train, y_train), TensorDataset(x_val, y[idx_val]), 10, 1, image_size
+    )
+
+
+def synthetic(
+    seed: int,
+    train_size: int = 512,
+    val_size: int = 128,
+    num_classes: int = 10,
+    in_chans: int = 3,
+    image_size: int = 32,
+    data_seed: int = 0,
+) -> DataBundle:
+    """Random images with learnable labels, for tests and benchmarks.
+
+    Images are standard normal; the label of an image is the argmax of a fixed random linear
+    map of it (seeded by ``data_seed``), so a model can fit the data.
+
+    Args:
+        seed: run seed (runtime; the data depend on ``data_seed`` only).
+        train_size: number of training samples, >= 1.
+        val_size: number of validation samples, >= 1.
+        num_classes: number of labels, >= 2.
+        in_chans: channels ``C``.
+        image_size: side ``H = W``, pixels.
+        data_seed: seed of the images and the labelling map.
+
+    Returns:
+        A :class:`DataBundle` with tensors ``(N, in_chans, image_size, image_size)``.
+
+    Raises:
+        ConfigError: a size or count out of range.
+    """
+    for key, value, low in (
+        ("train_size", train_size, 1),
+        ("val_size", val_size, 1),
+        ("num_classes", num_classes, 2),
+        ("in_chans", in_chans, 1),
+        ("image_size", image_size, 1),
+    ):
+        if value < low:
+            raise ConfigError(f"dataset.{key}={value}: must be >= {low}")
+    g = torch.Generator().manual_seed(data_seed)
+    n = train_size + val_size
+    x = torch.randn(n, in_chans, image_size, image_size, generator=g)
+    w = torch.randn(in_chans * image_size * image_size, num_classes, generator=g)
+    y = (x.flatten(1) @ w).argmax(1)
+    return DataBundle(
+        TensorDataset(x[:train_size], y[:train_size]),
+        TensorDataset(x[train_size:], y[train_size:]),
+        num_classes,
+        in_chans,
+        image_size,
+    )
+
+
+def make_loaders(data: DataBundle, batch_size: int, seed: int, device: torch.device):
+    """Train loader (shuffled by ``seed``) and validation loader (in order, batch ×2).
+
+    Args:
+        data: the datasets.
+        batch_size: samples per forward pass.
+        seed: seeds the shuffling generator, so the data order is a function of the seed.
+        device: pins memory when it is CUDA.
+
+    Returns:
+        ``(train_loader, val_loader)``.
+    """
+    pin = device.type == "cuda"
+    gen = torch.Generator().manual_seed(seed)
+    train = DataLoader(data.train, batch_size=batch_size, shuffle=True, generator=gen, pin_memory=pin)
+    val = DataLoader(data.val, batch_size=2 * batch_size, shuffle=False, pin_memory=pin)
+    return train, val

@@ -1,0 +1,94 @@
+"""Run-folder writers: ``steps.csv``, ``epochs.csv``, ``summary.json``, ``lr.png``, git state."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+
+class CSVLog:
+    """Append rows to a CSV file with a fixed header (written on creation).
+
+    Args:
+        path: the CSV file (created or truncated).
+        columns: column names, in order; rows are dicts keyed by them (missing keys = empty).
+    """
+
+    def __init__(self, path: str | Path, columns: Sequence[str]):
+        self.path, self.columns = Path(path), list(columns)
+        with open(self.path, "w", newline="") as f:
+            csv.writer(f).writerow(self.columns)
+
+    def write(self, rows: Iterable[dict[str, Any]]) -> None:
+        """Append ``rows`` and close the file (so a killed run keeps what was written)."""
+        with open(self.path, "a", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=self.columns, extrasaction="ignore")
+            for row in rows:
+                w.writerow({k: _fmt(v) for k, v in row.items()})
+
+
+def _fmt(value: Any) -> Any:
+    # repr() of a float round-trips exactly: the CSV holds the applied LR bit for bit.
+    return repr(value) if isinstance(value, float) else value
+
+
+def write_json(data: dict[str, Any], path: str | Path) -> None:
+    """Write ``data`` as indented JSON atomically (temporary file, then rename)."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def git_state(folder: str | Path) -> dict[str, Any]:
+    """Commit and dirty flag of the git checkout holding ``folder``.
+
+    Returns:
+        ``{"git_commit": sha or None, "git_dirty": bool or None}`` (None outside a checkout or
+        without git).
+    """
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", *args], cwd=folder, capture_output=True, text=True, check=True, timeout=10
+        ).stdout.strip()
+
+    try:
+        commit = git("rev-parse", "HEAD")
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+    except (OSError, subprocess.SubprocessError):
+        return {"git_commit": None, "git_dirty": None}
+    return {"git_commit": commit, "git_dirty": dirty}
+
+
+def plot_lr(steps: Sequence[int], lrs: dict[str, Sequence[float]], path: str | Path,
+            warmup_steps: int = 0, title: str = "") -> None:
+    """Save the applied LR of every optimizer step (one line per param group) as a PNG.
+
+    Args:
+        steps: step indices ``k``.
+        lrs: group name -> applied LR at each of ``steps``.
+        path: output PNG.
+        warmup_steps: shade steps ``k < warmup_steps``.
+        title: figure title (e.g. the schedule name).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3.5), dpi=100)
+    for name, values in lrs.items():
+        ax.plot(steps, values, label=name, lw=1.5)
+    if warmup_steps:
+        ax.axvspan(-0.5, warmup_steps - 0.5, color="0.9", label="warmup")
+    ax.set_xlabel("optimizer step k")
+    ax.set_ylabel("applied LR")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="best", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

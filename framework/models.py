@@ -1,0 +1,74 @@
+"""Models: any timm architecture, adapted to the dataset (classes, channels, image size)."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from framework.config import ConfigError
+from framework.registry import suggest
+
+
+def check_model_name(name: str) -> None:
+    """Raise :class:`ConfigError` unless ``name`` is a timm architecture (``timm.list_models()``)."""
+    import timm
+
+    if not timm.is_model(name):
+        raise ConfigError(
+            f"model.name={name}: not a timm architecture{suggest(name, timm.list_models())}; "
+            "list them with python -c \"import timm; print(timm.list_models('resnet*'))\""
+        )
+
+
+def create_model(
+    name: str,
+    num_classes: int,
+    in_chans: int,
+    img_size: int,
+    pretrained: bool = False,
+    drop_rate: float = 0.0,
+    **kwargs: Any,
+) -> torch.nn.Module:
+    """``timm.create_model`` with the head and stem sized for the dataset.
+
+    ``img_size`` is passed only to architectures whose constructor takes it (ViT, Swin, ...);
+    convolutional nets adapt to any size by global pooling. With ``pretrained=True`` timm
+    downloads the weights (needs the network or a filled Hugging Face cache), adapts the first
+    conv to ``in_chans`` and drops the classifier when ``num_classes`` differs.
+
+    Args:
+        name: timm architecture, e.g. ``resnet18`` or ``vit_tiny_patch16_224``.
+        num_classes: classifier outputs (runtime, from the dataset).
+        in_chans: input channels ``C`` (runtime, from the dataset).
+        img_size: input side in pixels (runtime, from the dataset).
+        pretrained: load pretrained weights.
+        drop_rate: dropout probability before the classifier.
+        **kwargs: passed to the timm model constructor (e.g. ``drop_path_rate``).
+
+    Returns:
+        A model mapping ``(B, in_chans, img_size, img_size)`` to logits ``(B, num_classes)``.
+
+    Raises:
+        ConfigError: unknown architecture, a constructor argument it does not take, or weights
+            that cannot be downloaded.
+    """
+    import timm
+
+    check_model_name(name)
+    common = dict(pretrained=pretrained, num_classes=num_classes, in_chans=in_chans, drop_rate=drop_rate)
+    try:
+        try:
+            return timm.create_model(name, img_size=img_size, **common, **kwargs)
+        except TypeError as exc:
+            if "img_size" not in str(exc):
+                raise
+            return timm.create_model(name, **common, **kwargs)
+    except TypeError as exc:
+        raise ConfigError(f"model: {name} rejected an argument ({exc}); remove it from the model config")
+    except (OSError, RuntimeError, ValueError) as exc:  # hub/network errors
+        if not pretrained:
+            raise
+        raise ConfigError(
+            f"model.pretrained=true: weights for {name} could not be loaded "
+            f"({type(exc).__name__}); connect to the hub, fill its cache, or set model.pretrained=false"
+        )

@@ -1,0 +1,101 @@
+"""The config tree is the registry: ``conf/<group>/<name>.yaml`` exists = the component exists.
+
+Every group file names a callable with ``_target_`` and sets ``_partial_: true``; runtime inputs
+(parameters, the number of steps, datasets) are passed at the call site by :func:`instantiate`.
+:func:`check_signature` compares a group file's keys with its callable's signature before
+anything is built (pattern of torchtune's ``config._validate``).
+"""
+from __future__ import annotations
+
+import difflib
+import inspect
+from pathlib import Path
+from typing import Any, Iterable
+
+from omegaconf import DictConfig, OmegaConf
+
+#: The project's config tree (``conf/`` beside ``framework/``).
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+
+_META_KEYS = ("_target_", "_partial_", "_recursive_", "_convert_", "_args_")
+
+
+def available(group: str) -> list[str]:
+    """Names of the options of a config group, from ``conf/<group>/*.yaml`` (sorted)."""
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+
+
+def suggest(name: str, choices: Iterable[str]) -> str:
+    """`` (did you mean X?)`` for the closest of ``choices`` to ``name``, else an empty string."""
+    close = difflib.get_close_matches(str(name), list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+def _signature(target: Any) -> inspect.Signature:
+    return inspect.signature(target.__init__ if inspect.isclass(target) else target)
+
+
+def check_signature(
+    node: DictConfig, group: str, runtime: Iterable[str] = (), reserved: Iterable[str] = ()
+) -> list[str]:
+    """Check a group file's keys against the signature of its ``_target_``.
+
+    Args:
+        node: the group's composed config (holds ``_target_``).
+        group: the group's name, used in the messages (``scheduler``).
+        runtime: argument names passed at the call site; they must not be set in YAML.
+        reserved: keys read by the framework itself (``interval``), not passed to the target.
+
+    Returns:
+        One message per problem (unknown key, runtime key written in YAML, missing required
+        argument, target that cannot be imported); empty when the node is fine.
+    """
+    from hydra.utils import get_object
+
+    path = node.get("_target_")
+    try:
+        target = get_object(path)
+    except Exception as exc:  # ImportError, AttributeError, ValueError from hydra's locate
+        return [f"{group}._target_={path}: cannot be imported ({type(exc).__name__}); fix the path"]
+    try:
+        params = _signature(target).parameters
+    except (TypeError, ValueError):
+        return []
+    names = [n for n in params if n != "self"]
+    has_var_kw = any(p.kind is p.VAR_KEYWORD for p in params.values())
+    runtime, reserved = set(runtime), set(reserved)
+    errors = []
+    keys = [k for k in node.keys() if k not in _META_KEYS and k not in reserved]
+    for key in keys:
+        if key in runtime:
+            errors.append(f"{group}.{key}: is passed at run time; remove it from the YAML")
+        elif key not in names and not has_var_kw:
+            errors.append(
+                f"{group}.{key}: not an argument of {path}{suggest(key, names)}; "
+                f"valid keys: {', '.join(n for n in names if n not in runtime)}"
+            )
+    for name, p in params.items():
+        required = p.default is p.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+        if name != "self" and required and name not in keys and name not in runtime:
+            errors.append(f"{group}.{name}: required by {path}; add it to the group file")
+    return errors
+
+
+def instantiate(node: DictConfig, reserved: Iterable[str] = (), **runtime: Any) -> Any:
+    """Build a group's component: Hydra's ``instantiate`` on the node, then call it with ``runtime``.
+
+    Args:
+        node: group config with ``_target_`` and ``_partial_: true``.
+        reserved: framework keys to drop before the call (``interval``).
+        **runtime: call-site arguments (``params=...``, ``total=...``).
+
+    Returns:
+        What the target returns.
+    """
+    from hydra.utils import instantiate as hydra_instantiate
+
+    data = OmegaConf.to_container(node, resolve=True)
+    for key in reserved:
+        data.pop(key, None)
+    data["_partial_"] = True
+    return hydra_instantiate(data)(**runtime)

@@ -1,0 +1,210 @@
+"""One training run from a composed config: validate, build, train, write the run folder."""
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import DictConfig
+
+from framework import registry
+from framework.config import ConfigError, validate
+
+log = logging.getLogger(__name__)
+
+OBJECTIVE = "val/acc"  # returned to Hydra sweepers (maximise)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's ``random``, NumPy and torch (all devices)."""
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def resolve_device(name: str):
+    """``auto`` -> CUDA if available, else Apple MPS, else CPU; other names as given.
+
+    Raises:
+        ConfigError: the named device is not available here.
+    """
+    import torch
+
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device={name}: CUDA is not available here; use device=auto or device=cpu")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("device=mps: Apple MPS is not available here; use device=auto or device=cpu")
+    return torch.device(name)
+
+
+def count_steps(num_batches: int, accumulate: int, epochs: int, max_steps: Optional[int]) -> tuple[int, int]:
+    """``(T, steps_per_epoch)`` for a loader of ``num_batches`` batches (DESIGN.md §3).
+
+    ``steps_per_epoch = ceil(num_batches / accumulate)``; ``T = epochs * steps_per_epoch``,
+    capped at ``max_steps`` when it is set.
+    """
+    spe = math.ceil(num_batches / accumulate)
+    total = epochs * spe
+    return (min(total, max_steps) if max_steps else total), spe
+
+
+def warmup_length(cfg: DictConfig, steps_per_epoch: int) -> tuple[int, str]:
+    """Warmup steps ``W`` and the key that set it: ``warmup_steps`` when set, else
+    ``round(warmup_epochs * steps_per_epoch)``."""
+    if cfg.warmup_steps is not None:
+        return int(cfg.warmup_steps), f"warmup_steps={cfg.warmup_steps}"
+    return int(round(cfg.warmup_epochs * steps_per_epoch)), f"warmup_epochs={cfg.warmup_epochs}"
+
+
+def build(cfg: DictConfig, run_dir: Path) -> Any:
+    """Validate, then build dataset, loaders, LR plan, model, optimizer and trainer.
+
+    Raises:
+        ConfigError: any user mistake; raised before anything is written to ``run_dir``.
+    """
+    validate(cfg)
+    from framework.data import make_loaders
+    from framework.models import check_model_name
+    from framework.optim import param_groups
+    from framework.schedules import LRPlan
+
+    device = resolve_device(cfg.device)
+    if str(cfg.trainer.precision) == "fp16" and device.type != "cuda":
+        raise ConfigError(f"trainer.precision=fp16: needs CUDA (device is {device.type}); use bf16 or 32")
+    check_model_name(cfg.model.name)
+    seed_everything(cfg.seed)
+    data = registry.instantiate(cfg.dataset, seed=cfg.seed)
+    loaders = make_loaders(data, cfg.batch_size, cfg.seed, device)
+    T, spe = count_steps(len(loaders[0]), cfg.trainer.accumulate_grad_batches, cfg.epochs, cfg.max_steps)
+    W, warmup_key = warmup_length(cfg, spe)
+    plan = LRPlan(
+        lambda units: registry.instantiate(cfg.scheduler, reserved=("interval",), total=units),
+        total_steps=T,
+        steps_per_epoch=spe,
+        warmup_steps=W,
+        warmup_start_factor=cfg.warmup_start_factor,
+        interval=cfg.scheduler.get("interval", "step"),
+        warmup_key=warmup_key,
+    )
+    model = registry.instantiate(
+        cfg.model, num_classes=data.num_classes, in_chans=data.in_chans, img_size=data.img_size
+    )
+    optimizer = registry.instantiate(
+        cfg.optimizer, params=param_groups(model, cfg.optimizer.get("weight_decay", 0.0) or 0.0)
+    )
+    return registry.instantiate(
+        cfg.trainer, model=model, optimizer=optimizer, plan=plan, data=loaders, run_dir=run_dir, device=device
+    )
+
+
+def _print_table(summary: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    best, final = summary["best"], summary["final"]
+    table = Table(title=f"run {summary['status']}", show_header=True, header_style="bold")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    rows = [
+        ("best val/acc", f"{best.get('val/acc', float('nan')):.4f} (epoch {best.get('epoch', -1) + 1})"),
+        ("final val/acc", f"{final.get('val/acc', float('nan')):.4f}"),
+        ("final val/loss", f"{final.get('val/loss', float('nan')):.4f}"),
+        ("final train/loss", f"{final.get('train/loss', float('nan')):.4f}"),
+        ("lr0 -> last lr", f"{summary['lr0']:.4g} -> {summary['last_lr']:.4g}"),
+        ("epochs / steps", f"{summary['epochs']} / {summary['steps']}"),
+        ("device", summary["device"]),
+        ("wall time", f"{summary['wall_time_s']:.1f} s"),
+        ("run folder", summary["run_dir"]),
+    ]
+    for name, value in rows:
+        table.add_row(name, str(value))
+    Console().print(table)
+
+
+def train(cfg: DictConfig, run_dir: Optional[str | Path] = None) -> float:
+    """Run one training job described by ``cfg`` and return the objective (best ``val/acc``).
+
+    Writes into the run folder (Hydra's output dir unless ``run_dir`` is given): ``steps.csv``,
+    ``epochs.csv``, ``summary.json``, ``lr.png`` and ``checkpoints/``.
+
+    Args:
+        cfg: the composed config (``conf/train.yaml``).
+        run_dir: output folder; default Hydra's ``runtime.output_dir``.
+
+    Returns:
+        Best validation top-1 accuracy (fraction), for Hydra sweepers to maximise.
+
+    Raises:
+        ConfigError: a user mistake, before any training and before any file is written.
+    """
+    start = time.time()
+    overrides: list[str] = []
+    if run_dir is None:
+        from hydra.core.hydra_config import HydraConfig
+
+        hc = HydraConfig.get()
+        run_dir, overrides = hc.runtime.output_dir, list(hc.overrides.task)
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    trainer = build(cfg, run_dir)
+
+    from framework.loggers import git_state, plot_lr, write_json
+
+    plan = trainer.plan
+    log.info(
+        "T=%d optimizer steps (%d per epoch), warmup %d steps, scheduler %s, device %s",
+        plan.total_steps, plan.steps_per_epoch, plan.warmup_steps,
+        type(plan.schedule).__name__, trainer.device,
+    )
+    summary: dict[str, Any] = {
+        "status": "failed",
+        "objective_name": OBJECTIVE,
+        "objective": None,
+        "lr0": cfg.lr0,
+        "lrf": cfg.lrf,
+        "planned_steps": plan.total_steps,
+        "device": str(trainer.device),
+        "run_dir": str(run_dir),
+        "overrides": overrides,
+        **git_state(registry.CONF_DIR.parent),
+    }
+    try:
+        result = trainer.fit()
+    except BaseException as exc:
+        summary.update(error=f"{type(exc).__name__}: {exc}", wall_time_s=time.time() - start,
+                       status="stopped" if isinstance(exc, KeyboardInterrupt) else "failed")
+        write_json(summary, run_dir / "summary.json")
+        raise
+    history = trainer.history
+    objective = result["best"].get(OBJECTIVE, float("nan"))
+    summary.update(
+        status="completed",
+        objective=objective,
+        best=result["best"],
+        final=result["final"],
+        steps=result["steps"],
+        epochs=result["epochs"],
+        skipped_steps=result["skipped_steps"],
+        last_lr=history[trainer.group_names[0]][-1] if history["step"] else cfg.lr0,
+        wall_time_s=time.time() - start,
+    )
+    write_json(summary, run_dir / "summary.json")
+    plot_lr(
+        history["step"], {n: history[n] for n in trainer.group_names}, run_dir / "lr.png",
+        warmup_steps=plan.warmup_steps, title=f"{type(plan.schedule).__name__} (lr0={cfg.lr0:g}, lrf={cfg.lrf:g})",
+    )
+    _print_table(summary)
+    return float(objective)
+
