@@ -13,9 +13,11 @@ register_configs()
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float:
-    from framework.run import train  # imports torch; kept out of --help and --cfg
+    from framework.cli import exit_on_user_error
+    from framework.run import train  # imports torch lazily: --help and --cfg stay fast
 
-    return train(cfg)
+    with exit_on_user_error():
+        return train(cfg)
 
 
 if __name__ == "__main__":

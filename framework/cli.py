@@ -7,13 +7,19 @@ other exception keeps its full traceback (exit status 1).
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import sys
-from typing import Callable
+from typing import Callable, Iterator
 
 from framework.config import ConfigError, TrainConfig
 from framework.registry import available, suggest
+
+
+#: Names users bring from other tools, mapped to ours.
+ALIASES = {"lr": "lr0", "learning_rate": "lr0", "max_epochs": "epochs", "warmup": "warmup_epochs",
+           "min_lr": "lrf", "final_lr": "lrf", "bs": "batch_size", "batch": "batch_size"}
 
 
 def _first_line(exc: BaseException | None) -> str:
@@ -23,7 +29,7 @@ def _first_line(exc: BaseException | None) -> str:
 def describe(exc: BaseException) -> list[str] | None:
     """One message per user mistake in ``exc``, or None when ``exc`` is not a user mistake."""
     from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
-    from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
     if isinstance(exc, ConfigError):
         return exc.messages
@@ -34,14 +40,18 @@ def describe(exc: BaseException) -> list[str] | None:
     if isinstance(exc, ConfigCompositionException):
         cause = exc.__cause__
         append = re.search(r"use \+(\S+)", str(exc))
-        if isinstance(cause, ConfigKeyError) and append:
+        if isinstance(cause, (ConfigKeyError, ConfigAttributeError)) and append:
             override = append.group(1)
             key = override.split("=", 1)[0]
-            top = [k for k in TrainConfig.__dataclass_fields__]
-            return [
-                f"{override}: unknown key '{key}'{suggest(key.split('.')[-1], top)}; "
-                f"top-level keys are {', '.join(top)} (use +{override} to add a new key on purpose)"
-            ]
+            if "." in key:
+                parent = getattr(cause, "parent_node", None)
+                keys = [k for k in (parent.keys() if parent is not None else []) if not str(k).startswith("_")]
+                leaf = key.rsplit(".", 1)[1]
+                return [f"{override}: unknown key '{key}'{suggest(leaf, keys)}; "
+                        f"{key.rsplit('.', 1)[0]} has {', '.join(map(str, keys))}"]
+            top = list(TrainConfig.__dataclass_fields__)
+            hint = f" (did you mean {ALIASES[key]}?)" if key in ALIASES else suggest(key, top)
+            return [f"{override}: unknown key '{key}'{hint}; top-level keys are {', '.join(top)}"]
         merging = re.search(r"Error merging override (\S+)", str(exc))
         where = f"{merging.group(1)}: " if merging else ""
         return [f"{where}{_first_line(cause) or _first_line(exc)}"]
@@ -50,11 +60,15 @@ def describe(exc: BaseException) -> list[str] | None:
     return None
 
 
-def run_cli(main: Callable[[], object]) -> None:
-    """Call a ``@hydra.main`` function; report user mistakes on one line each, exit status 2."""
-    os.environ.setdefault("HYDRA_FULL_ERROR", "1")  # let exceptions reach us, unformatted
+@contextlib.contextmanager
+def exit_on_user_error() -> Iterator[None]:
+    """Turn a user mistake raised inside the block into ``error: ...`` lines and exit status 2.
+
+    Used around the Hydra task body (so Hydra does not add its own "Error executing job" line)
+    and around the Hydra main itself (composition errors). Other exceptions pass unchanged.
+    """
     try:
-        main()
+        yield
     except Exception as exc:
         messages = describe(exc)
         if messages is None:
@@ -62,3 +76,10 @@ def run_cli(main: Callable[[], object]) -> None:
         for message in messages:
             print(f"error: {message}", file=sys.stderr)
         sys.exit(2)
+
+
+def run_cli(main: Callable[[], object]) -> None:
+    """Call a ``@hydra.main`` function; report composition mistakes on one line each, exit 2."""
+    os.environ.setdefault("HYDRA_FULL_ERROR", "1")  # let exceptions reach us, unformatted
+    with exit_on_user_error():
+        main()

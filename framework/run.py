@@ -168,6 +168,11 @@ def train(cfg: DictConfig, run_dir: Optional[str | Path] = None) -> float:
         plan.total_steps, plan.steps_per_epoch, plan.warmup_steps,
         type(plan.schedule).__name__, trainer.device,
     )
+    if plan.warmup_steps and plan.schedule(0) < 1:
+        log.warning(
+            "%s starts at %.3g*lr0 after a %d-step warmup to lr0; it has its own warmup, so "
+            "consider warmup_epochs=0", type(plan.schedule).__name__, plan.schedule(0), plan.warmup_steps,
+        )
     summary: dict[str, Any] = {
         "status": "failed",
         "objective_name": OBJECTIVE,

@@ -159,7 +159,7 @@ class OneCycle(Schedule):
 
     Formula: m(t) = anneal(a_i, b_i, (t - s_i) / (e_i - s_i)) in the phase i holding t, with phase ends e = [pct_start*total - 1, total - 1]
 
-    ``anneal`` is ``b + (a - b) * (1 + cos(pi*x)) / 2`` (``cos``) or ``a + (b - a) * x`` (``linear``).
+    ``anneal`` is ``b + (a - b) * (1 + cos(pi*x)) / 2`` (``cos``) or ``b + (a - b) * (1 - x)`` (``linear``).
     With ``three_phase`` the phases are 1/div_factor → 1 → 1/div_factor → lrf, ends
     ``[pct_start*total - 1, 2*pct_start*total - 2, total - 1]`` (fast.ai's variant).
 
@@ -210,7 +210,7 @@ class OneCycle(Schedule):
         for i, (end, a, b) in enumerate(self.phases):
             if t <= end or i == len(self.phases) - 1:
                 x = (t - start) / (end - start)
-                return b + (a - b) / 2.0 * (math.cos(math.pi * x) + 1) if self.cos else (b - a) * x + a
+                return b + (a - b) / 2.0 * (math.cos(math.pi * x) + 1) if self.cos else b + (a - b) * (1 - x)
             start = end
         raise AssertionError("unreachable")  # pragma: no cover
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import sys
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -165,7 +166,9 @@ class Trainer:
         epochs_csv = CSVLog(self.run_dir / "epochs.csv", ["epoch", "train/loss", "val/loss", "val/acc", "lr", "time_s"])
         sizes = group_sizes(len(self.train_loader.dataset), self.train_loader.batch_size, self.accumulate)
         pending: list[tuple[dict[str, Any], torch.Tensor, Optional[torch.Tensor]]] = []
-        bar = tqdm(total=T, disable=not self.progress_bar, unit="step", dynamic_ncols=True, leave=True)
+        interactive = sys.stderr.isatty()  # in log files, refresh the bar every 10 s only
+        bar = tqdm(total=T, disable=not self.progress_bar, unit="step", dynamic_ncols=True,
+                   mininterval=0.1 if interactive else 10.0)
         best: dict[str, Any] = {}
         final: dict[str, Any] = {}
         last_loss = float("nan")

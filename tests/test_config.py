@@ -1,0 +1,125 @@
+"""Every YAML composes, validates and instantiates; bad input is one line, exit 2, no artefacts."""
+from __future__ import annotations
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from framework import registry
+from framework.config import GROUPS, ConfigError, TrainConfig, validate
+from framework.optim import param_groups
+from framework.schedules import LRPlan
+from tests.conftest import compose_cfg, run_cli
+
+GROUP_FILES = sorted(p for g in GROUPS for p in (registry.CONF_DIR / g).rglob("*.yaml"))
+
+
+def test_config_tree_found():
+    assert len(GROUP_FILES) >= 20
+    for group in GROUPS:
+        assert registry.available(group), group
+
+
+def test_every_yaml_starts_with_a_purpose_comment():
+    for path in [registry.CONF_DIR / "train.yaml", *GROUP_FILES]:
+        assert path.read_text().startswith("# "), path
+
+
+@pytest.mark.parametrize("path", GROUP_FILES, ids=lambda p: f"{p.parent.name}/{p.stem}")
+def test_every_group_file_composes_validates_and_instantiates(path):
+    group = path.parent.name
+    cfg = compose_cfg(f"{group}={path.stem}")
+    validate(cfg)
+    node = cfg[group]
+    if group == "dataset":
+        data = registry.instantiate(node, seed=0)
+        x, y = data.train[0]
+        assert x.shape == (data.in_chans, data.img_size, data.img_size) and 0 <= int(y) < data.num_classes
+    elif group == "model":
+        model = registry.instantiate(node, num_classes=10, in_chans=1, img_size=32)
+        assert model(torch.randn(2, 1, 32, 32)).shape == (2, 10)
+    elif group == "optimizer":
+        net = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3))
+        opt = registry.instantiate(node, params=param_groups(net, node.get("weight_decay", 0.0)))
+        assert all(g["lr"] == cfg.lr0 for g in opt.param_groups)
+    elif group == "scheduler":
+        plan = LRPlan(lambda total: registry.instantiate(node, reserved=("interval",), total=total), 200, 20)
+        assert len(plan.multipliers()) == 200
+    elif group == "trainer":
+        cfg = compose_cfg(f"trainer={path.stem}")
+        net = torch.nn.Linear(2, 2)
+        opt = torch.optim.SGD(net.parameters(), lr=0.1)
+        trainer = registry.instantiate(
+            node, model=net, optimizer=opt, plan=None, data=(None, None), run_dir=".", device=torch.device("cpu")
+        )
+        assert trainer.accumulate == node.accumulate_grad_batches
+
+
+def test_top_level_knobs_and_defaults():
+    cfg = compose_cfg()
+    for key in TrainConfig.__dataclass_fields__:
+        assert key in cfg
+    assert cfg.lr0 == 0.01 and cfg.lrf == 0.01 and cfg.max_steps is None and cfg.warmup_steps is None
+    assert cfg.device == "auto" and cfg.resume is None
+    assert cfg.optimizer.lr == cfg.lr0  # interpolated: an override of lr0 reaches the optimizer
+
+
+def test_lr0_override_reaches_optimizer_as_the_literal_float():
+    cfg = compose_cfg("lr0=5e-6", "optimizer=adamw")
+    assert isinstance(cfg.lr0, float) and cfg.lr0 == 5e-6
+    opt = registry.instantiate(cfg.optimizer, params=[torch.nn.Parameter(torch.zeros(1))])
+    assert opt.param_groups[0]["lr"] == float("5e-6")
+
+
+def test_yaml_exponent_without_dot_is_a_float():
+    """`lr0: 1e-3` (no dot; YAML 1.1 would read a string) becomes the float 0.001."""
+    cfg = OmegaConf.merge(OmegaConf.structured(TrainConfig), OmegaConf.create("lr0: 1e-3\nlrf: 5e-2\n"))
+    assert isinstance(cfg.lr0, float) and cfg.lr0 == 0.001 and cfg.lrf == 0.05
+
+
+def test_validate_reports_all_errors_at_once():
+    cfg = compose_cfg("lr0=-1", "lrf=1.5", "epochs=0", "+scheduler.gama=0.5")
+    with pytest.raises(ConfigError) as info:
+        validate(cfg)
+    text = str(info.value)
+    for key in ("lr0=", "lrf=", "epochs=", "scheduler.gama"):
+        assert key in text
+
+
+def test_runtime_argument_in_yaml_is_refused():
+    cfg = compose_cfg("+optimizer.params=[1]")
+    with pytest.raises(ConfigError, match="optimizer.params: is passed at run time"):
+        validate(cfg)
+
+
+BAD_INPUTS = [
+    (["lr=0.1"], "lr0"),
+    (["scheduler=cosin"], "scheduler=cosin"),
+    (["lr0=-1"], "lr0="),
+    (["lr0=abc"], "lr0=abc"),
+    (["lrf=1.5"], "lrf=1.5"),
+    (["epochs=0"], "epochs=0"),
+    (["batch_size=0"], "batch_size=0"),
+    (["dataset=synthetic", "epochs=2", "warmup_epochs=2"], "warmup_epochs"),
+    (["model.name=notamodel"], "model.name=notamodel"),
+]
+
+
+@pytest.mark.parametrize("args,key", BAD_INPUTS, ids=lambda v: " ".join(v) if isinstance(v, list) else None)
+def test_bad_input_is_one_line_exit_2_before_training(tmp_path, args, key):
+    run_dir = tmp_path / "run"
+    proc = run_cli(args, run_dir)
+    assert proc.returncode == 2, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("error: ") and key in lines[0]
+    assert "Traceback" not in proc.stdout + proc.stderr
+    leftovers = {p.name for p in run_dir.iterdir()} if run_dir.exists() else set()
+    assert leftovers <= {".hydra", "train.log"}, leftovers
+
+
+def test_unknown_group_option_lists_the_available_names(tmp_path):
+    proc = run_cli(["scheduler=cosin"], tmp_path / "run")
+    assert "did you mean cosine" in proc.stderr
+    for name in registry.available("scheduler"):
+        assert name in proc.stderr

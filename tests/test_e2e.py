@@ -1,0 +1,50 @@
+"""End to end: train.py in a subprocess, as a user runs it."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from tests.conftest import ROOT, TINY, read_csv, run_cli
+
+
+def test_train_py_runs_and_leaves_a_run_folder(tmp_path):
+    run_dir = tmp_path / "run"
+    proc = run_cli([*TINY, "epochs=2", "trainer.progress_bar=true", "scheduler=onecycle"], run_dir)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "best val/acc" in proc.stdout and "run completed" in proc.stdout  # final table
+    assert "epoch 2/2" in proc.stderr and "lr=" in proc.stderr and "loss=" in proc.stderr  # progress bar
+    names = {p.name for p in run_dir.iterdir()}
+    assert {".hydra", "steps.csv", "epochs.csv", "summary.json", "lr.png", "checkpoints"} <= names
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["steps"] == 8
+    assert "scheduler=onecycle" in summary["overrides"]
+
+
+def test_multirun_grid_one_folder_per_job_with_literal_lrs(tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = run_cli(["-m", "scheduler=cosine,step", "lr0=1e-5,1e-9", "epochs=1", *TINY,
+                    "trainer.save_checkpoints=false", f"hydra.sweep.dir={sweep}"])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    jobs = sorted(p for p in sweep.iterdir() if p.is_dir() and p.name.isdigit())
+    assert len(jobs) == 4
+    seen = set()
+    for job in jobs:
+        summary = json.loads((job / "summary.json").read_text())
+        assert summary["status"] == "completed"
+        literal = next(o.split("=")[1] for o in summary["overrides"] if o.startswith("lr0="))
+        first = read_csv(job / "steps.csv")[0]
+        assert float(first["lr"]) == float(literal)  # no warmup: step 0 applies lr0 exactly
+        assert summary["lr0"] == float(literal)
+        seen.add((next(o for o in summary["overrides"] if o.startswith("scheduler=")), float(literal)))
+    assert seen == {(s, v) for s in ("scheduler=cosine", "scheduler=step") for v in (1e-5, 1e-9)}
+
+
+def test_help_and_cfg_do_not_import_torch(tmp_path):
+    for args in (["--help"], ["--cfg", "job"]):
+        proc = subprocess.run([sys.executable, "-X", "importtime", str(ROOT / "train.py"), *args],
+                              cwd=ROOT, capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        imported = {line.split("|")[-1].strip() for line in proc.stderr.splitlines() if "|" in line}
+        assert "hydra" in imported and "torch" not in imported and "timm" not in imported
+        assert "lr0" in proc.stdout

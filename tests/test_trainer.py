@@ -1,0 +1,145 @@
+"""The loop honours the LR contract: T from the real loader, logged LR = applied LR, exact tables."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from torch.optim import lr_scheduler as tls
+
+from framework.checkpoint import load_checkpoint
+from framework.trainer import group_sizes
+from tests.conftest import TINY, read_csv, train_in_process
+from tests.test_schedules import assert_close, torch_lrs
+
+LR0, LRF = 0.1, 0.01
+
+# 1000 samples, batch 64 -> 16 batches (the last one of 40), accumulation 4 -> 4 steps/epoch, T=12
+ACCUM_RUN = [*TINY, "dataset.train_size=1000", "batch_size=64", "trainer.accumulate_grad_batches=4",
+             "epochs=3", f"lr0={LR0}", f"lrf={LRF}", "warmup_epochs=0", "trainer.save_checkpoints=false"]
+
+REFERENCES = {
+    "cosine": lambda T: (lambda o: tls.CosineAnnealingLR(o, T_max=T - 1, eta_min=LR0 * LRF)),
+    "linear": lambda T: (lambda o: tls.LinearLR(o, start_factor=1.0, end_factor=LRF, total_iters=T - 1)),
+    "onecycle": lambda T: (lambda o: tls.OneCycleLR(o, max_lr=LR0, total_steps=T, final_div_factor=1 / (25 * LRF),
+                                                    cycle_momentum=False)),
+    "step": lambda T: (lambda o: tls.StepLR(o, step_size=5, gamma=0.5)),
+    "multistep": lambda T: (lambda o: tls.MultiStepLR(o, milestones=[3, 7], gamma=0.1)),
+}
+SCHED_ARGS = {
+    "step": ["scheduler.interval=step", "scheduler.step_size=5", "scheduler.gamma=0.5"],
+    "multistep": ["scheduler.interval=step", "scheduler.milestones=[3,7]", "scheduler.gamma=0.1"],
+}
+
+
+def test_group_sizes_hand_worked():
+    assert group_sizes(1000, 64, 4) == [256, 256, 256, 232]
+    assert group_sizes(256, 8, 4) == [32] * 8
+    assert group_sizes(10, 3, 2) == [6, 4]
+
+
+@pytest.mark.parametrize("name", sorted(REFERENCES))
+def test_logged_lr_equals_pytorch_reference_with_accumulation(tmp_path, name):
+    train_in_process(tmp_path, *ACCUM_RUN, f"scheduler={name}", *SCHED_ARGS.get(name, []))
+    rows = read_csv(tmp_path / "steps.csv")
+    assert [int(r["step"]) for r in rows] == list(range(12))  # T = 3 epochs x 4 steps
+    assert [int(r["epoch"]) for r in rows] == [0] * 4 + [1] * 4 + [2] * 4
+    lrs = [float(r["lr"]) for r in rows]
+    assert_close(lrs, torch_lrs(REFERENCES[name](12), 12))
+    assert all(float(r["lr/no_decay"]) == float(r["lr"]) for r in rows)
+    if name in ("cosine", "linear", "onecycle"):
+        assert lrs[11] == LR0 * LRF
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["steps"] == summary["planned_steps"] == 12
+
+
+def test_onecycle_accumulation_example_peaks_at_lr0(tmp_path):
+    """T = 12; pct_start=0.25 puts the end of the rise on step 2, which applies lr0 exactly."""
+    train_in_process(tmp_path, *ACCUM_RUN, "scheduler=onecycle", "scheduler.pct_start=0.25")
+    lrs = [float(r["lr"]) for r in read_csv(tmp_path / "steps.csv")]
+    assert len(lrs) == 12 and max(lrs) == lrs[2] == LR0 and lrs[11] == LR0 * LRF
+
+
+def test_step_schedule_accumulation_equals_large_batch(tmp_path):
+    """256 samples, batch 8 x accumulation 4 = batch 32: T = 8, LR halves every 2 steps."""
+    common = [*TINY, "dataset.train_size=256", "epochs=1", "lr0=0.1", "warmup_epochs=0", "scheduler=step",
+              "scheduler.interval=step", "scheduler.step_size=2", "scheduler.gamma=0.5",
+              "trainer.save_checkpoints=false"]
+    expected = [0.1, 0.1, 0.05, 0.05, 0.025, 0.025, 0.0125, 0.0125]
+    train_in_process(tmp_path / "a", *common, "batch_size=8", "trainer.accumulate_grad_batches=4")
+    train_in_process(tmp_path / "b", *common, "batch_size=32")
+    for run in ("a", "b"):
+        assert [float(r["lr"]) for r in read_csv(tmp_path / run / "steps.csv")] == expected
+
+
+def test_max_steps_caps_the_run_and_the_schedule_horizon(tmp_path):
+    train_in_process(tmp_path, *TINY, "batch_size=32", "epochs=5", "max_steps=11", "warmup_steps=3",
+                     "scheduler=cosine", "lr0=0.1", "lrf=0.01", "trainer.save_checkpoints=false")
+    lrs = [float(r["lr"]) for r in read_csv(tmp_path / "steps.csv")]
+    assert len(lrs) == 11
+    assert lrs[:3] == pytest.approx([0.01, 0.04, 0.07], abs=1e-15)  # 0.1*(0.1 + 0.9*k/3)
+    assert lrs[3] == 0.1 and lrs[10] == 0.1 * 0.01
+    assert len(read_csv(tmp_path / "epochs.csv")) == 2  # 8 steps per epoch: 11 steps end in epoch 1
+
+
+def test_epoch_interval_multistep_per_epoch_lrs(tmp_path):
+    """multistep milestones=[4] gamma=0.1 lr0=0.1 epochs=6: epoch LRs 0.1 x4 then 0.01 x2."""
+    train_in_process(tmp_path, *TINY, "batch_size=64", "epochs=6", "lr0=0.1", "warmup_epochs=0",
+                     "scheduler=multistep", "scheduler.milestones=[4]", "scheduler.gamma=0.1",
+                     "trainer.save_checkpoints=false")
+    epoch_lrs = [float(r["lr"]) for r in read_csv(tmp_path / "epochs.csv")]
+    assert epoch_lrs == pytest.approx([0.1] * 4 + [0.01] * 2, rel=1e-15)
+    steps = read_csv(tmp_path / "steps.csv")
+    assert all(float(r["lr"]) == epoch_lrs[int(r["epoch"])] for r in steps)
+
+
+def test_run_folder_contents(tmp_path):
+    objective = train_in_process(tmp_path, *TINY, "epochs=2", "trainer.gradient_clip_val=1.0")
+    assert {"steps.csv", "epochs.csv", "summary.json", "lr.png", "checkpoints"} <= {p.name for p in tmp_path.iterdir()}
+    steps = read_csv(tmp_path / "steps.csv")
+    assert list(steps[0]) == ["step", "epoch", "lr", "lr/no_decay", "loss", "grad_norm"]
+    assert len(steps) == 8 and all(math.isfinite(float(r["loss"])) for r in steps)
+    epochs = read_csv(tmp_path / "epochs.csv")
+    assert list(epochs[0]) == ["epoch", "train/loss", "val/loss", "val/acc", "lr", "time_s"] and len(epochs) == 2
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["status"] == "completed"
+    assert summary["objective"] == objective == max(float(r["val/acc"]) for r in epochs)
+    assert summary["best"]["val/acc"] == objective and summary["final"]["epoch"] == 1
+    assert set(summary) >= {"git_commit", "git_dirty", "wall_time_s", "steps", "overrides"}
+    assert summary["last_lr"] == float(steps[-1]["lr"])
+    for name in ("last.pt", "best.pt"):
+        state = load_checkpoint(tmp_path / "checkpoints" / name)
+        assert set(state) >= {"model", "optimizer", "step", "epoch"}
+        assert all(torch.isfinite(t).all() for t in state["model"].values() if t.is_floating_point())
+    assert load_checkpoint(tmp_path / "checkpoints" / "last.pt")["step"] == 8
+    assert not list((tmp_path / "checkpoints").glob("*.tmp"))
+
+
+def test_same_seed_same_numbers_on_cpu(tmp_path):
+    args = [*TINY, "epochs=2", "trainer.save_checkpoints=false", "device=cpu"]
+    train_in_process(tmp_path / "a", *args)
+    train_in_process(tmp_path / "b", *args)
+    train_in_process(tmp_path / "c", *args, "seed=1")
+    a, b, c = (read_csv(tmp_path / r / "steps.csv") for r in "abc")
+    assert [r["loss"] for r in a] == [r["loss"] for r in b]
+    assert [r["loss"] for r in a] != [r["loss"] for r in c]
+
+
+def test_bf16_on_cpu_trains(tmp_path):
+    train_in_process(tmp_path, *TINY, "epochs=1", "trainer.precision=bf16", "trainer.save_checkpoints=false")
+    assert all(math.isfinite(float(r["loss"])) for r in read_csv(tmp_path / "steps.csv"))
+
+
+def test_accumulation_gives_the_large_batch_losses(tmp_path):
+    """With no batch-dependent layers (ViT: LayerNorm), batch 8 x 4 with a last partial group
+    trains exactly like batch 32: same step losses (weighted micro-batch losses)."""
+    common = [*TINY, "model.name=test_vit", "dataset.train_size=200", "epochs=2", "optimizer=adamw",
+              "lr0=0.001", "trainer.save_checkpoints=false", "device=cpu"]
+    train_in_process(tmp_path / "a", *common, "batch_size=8", "trainer.accumulate_grad_batches=4")
+    train_in_process(tmp_path / "b", *common, "batch_size=32")
+    a, b = (read_csv(tmp_path / r / "steps.csv") for r in "ab")
+    assert len(a) == len(b) == 14  # 200/32 -> 7 steps per epoch, the last of 8 samples
+    for ra, rb in zip(a, b):
+        assert ra["lr"] == rb["lr"]
+        assert float(ra["loss"]) == pytest.approx(float(rb["loss"]), rel=1e-4, abs=1e-6)
