@@ -75,6 +75,8 @@ def build(cfg: DictConfig, run_dir: Path) -> Any:
         ConfigError: any user mistake; raised before anything is written to ``run_dir``.
     """
     validate(cfg)
+    if cfg.resume is not None:
+        raise ConfigError(f"resume={cfg.resume}: resuming is not available in this version; use resume=null")
     from framework.data import make_loaders
     from framework.models import check_model_name
     from framework.optim import param_groups
@@ -118,7 +120,7 @@ def _print_table(summary: dict[str, Any]) -> None:
     table.add_column("metric")
     table.add_column("value", justify="right")
     rows = [
-        ("best val/acc", f"{best.get('val/acc', float('nan')):.4f} (epoch {best.get('epoch', -1) + 1})"),
+        ("best val/acc", f"{best.get('val/acc', float('nan')):.4f} (epoch {best.get('epoch', -1) + 1}/{summary['epochs']})"),
         ("final val/acc", f"{final.get('val/acc', float('nan')):.4f}"),
         ("final val/loss", f"{final.get('val/loss', float('nan')):.4f}"),
         ("final train/loss", f"{final.get('train/loss', float('nan')):.4f}"),

@@ -216,6 +216,7 @@ class Trainer:
                     for n, v in zip(self.group_names, lrs):
                         self.history[n].append(v)
                     self.step += 1
+                    bar.set_postfix(loss=f"{last_loss:.4f}", lr=f"{lrs[0]:.3g}", refresh=False)
                     bar.update(1)
                     if len(pending) >= self.log_every:
                         flush()

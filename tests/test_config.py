@@ -102,6 +102,8 @@ BAD_INPUTS = [
     (["batch_size=0"], "batch_size=0"),
     (["dataset=synthetic", "epochs=2", "warmup_epochs=2"], "warmup_epochs"),
     (["model.name=notamodel"], "model.name=notamodel"),
+    (["dataset=synthetic", "trainer.precision=fp16", "device=cpu"], "trainer.precision=fp16"),
+    (["dataset=synthetic", "scheduler=step", "scheduler.step_size=0"], "scheduler.step_size=0"),
 ]
 
 

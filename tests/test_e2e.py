@@ -48,3 +48,15 @@ def test_help_and_cfg_do_not_import_torch(tmp_path):
         imported = {line.split("|")[-1].strip() for line in proc.stderr.splitlines() if "|" in line}
         assert "hydra" in imported and "torch" not in imported and "timm" not in imported
         assert "lr0" in proc.stdout
+
+
+def test_default_run_reaches_97_percent_on_digits(tmp_path):
+    """The main job, no arguments: resnet10t + SGD + cosine, 10 epochs on the real digits."""
+    run_dir = tmp_path / "run"
+    proc = run_cli([], run_dir)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["device"] in ("cpu", "cuda", "mps")
+    assert summary["objective"] >= 0.97 and summary["final"]["val/acc"] >= 0.97
+    lrs = [float(r["lr"]) for r in read_csv(run_dir / "steps.csv")]
+    assert len(lrs) == 230 and lrs[0] == 0.01 and lrs[-1] == 0.01 * 0.01  # 1437 / 64 -> 23 steps x 10
