@@ -108,7 +108,24 @@ class MultiStep(Schedule):
         return self.gamma ** bisect.bisect_right(self.milestones, t)
 
 
-class Cosine(Schedule):
+class Decay(Schedule):
+    """Base of schedules that run once over the main phase and end at ``lrf`` exactly.
+
+    Args:
+        total: units in the main phase (runtime).
+        lrf: final multiplier, reached exactly at ``t = total-1``; in [0, 1].
+
+    Raises:
+        ConfigError: ``lrf`` outside [0, 1].
+    """
+
+    def __init__(self, total: int, lrf: float):
+        super().__init__(total)
+        _check_lrf(lrf)
+        self.lrf = float(lrf)
+
+
+class Cosine(Decay):
     """Cosine annealing from 1 to ``lrf`` over the main phase (Loshchilov & Hutter, SGDR, 2017).
 
     Equals ``CosineAnnealingLR(T_max=total-1, eta_min=lr0*lrf)`` step for step.
@@ -120,16 +137,11 @@ class Cosine(Schedule):
         lrf: final multiplier, reached exactly at ``t = total-1``; in [0, 1].
     """
 
-    def __init__(self, total: int, lrf: float):
-        super().__init__(total)
-        _check_lrf(lrf)
-        self.lrf = float(lrf)
-
     def __call__(self, t: int) -> float:
         return self.lrf + (1 - self.lrf) * (1 + math.cos(math.pi * _progress(t, self.total))) / 2
 
 
-class Linear(Schedule):
+class Linear(Decay):
     """Linear decay from 1 to ``lrf`` over the main phase (Ultralytics' default ``lf``).
 
     Equals ``LinearLR(start_factor=1, end_factor=lrf, total_iters=total-1)`` step for step.
@@ -140,11 +152,6 @@ class Linear(Schedule):
         total: units in the main phase (runtime).
         lrf: final multiplier, reached exactly at ``t = total-1``; in [0, 1].
     """
-
-    def __init__(self, total: int, lrf: float):
-        super().__init__(total)
-        _check_lrf(lrf)
-        self.lrf = float(lrf)
 
     def __call__(self, t: int) -> float:
         return self.lrf + (1 - self.lrf) * (1 - _progress(t, self.total))
