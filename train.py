@@ -13,11 +13,9 @@ register_configs()
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float:
-    from framework.cli import exit_on_user_error
-    from framework.run import train  # imports torch lazily: --help and --cfg stay fast
+    from framework.cli import run_task  # imports torch lazily: --help and --cfg stay fast
 
-    with exit_on_user_error():
-        return train(cfg)
+    return run_task(cfg)
 
 
 if __name__ == "__main__":

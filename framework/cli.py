@@ -78,6 +78,29 @@ def exit_on_user_error() -> Iterator[None]:
         sys.exit(2)
 
 
+def run_task(cfg) -> float:
+    """Body of the Hydra main: train, and turn the ways a run can end into exit statuses.
+
+    A user mistake prints ``error: ...`` lines and exits with status 2 (before training). A
+    diverged run prints one ``diverged: ...`` line; alone it exits with status 1, inside a
+    multirun it returns 0.0 (the worst accuracy) so the sweep goes on.
+    """
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    from framework.run import train
+    from framework.trainer import Diverged
+
+    try:
+        with exit_on_user_error():
+            return train(cfg)
+    except Diverged as exc:
+        print(f"diverged: {exc}", file=sys.stderr)
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            return 0.0
+        sys.exit(1)
+
+
 def run_cli(main: Callable[[], object]) -> None:
     """Call a ``@hydra.main`` function; report composition mistakes on one line each, exit 2."""
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")  # let exceptions reach us, unformatted

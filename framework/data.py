@@ -5,6 +5,7 @@ what the model must adapt to (classes, channels, image size).
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Optional
 
@@ -12,6 +13,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from framework.config import ConfigError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -45,51 +48,51 @@ def _subsample(x: torch.Tensor, y: torch.Tensor, n: Optional[int], seed: int, ke
 
 def digits(
     seed: int,
-    image_size: int = 32,
+    img_size: int = 32,
     val_frac: float = 0.2,
-    split_seed: int = 0,
+    data_seed: int = 0,
     train_size: Optional[int] = None,
 ) -> DataBundle:
     """scikit-learn's bundled handwritten digits (1,797 real 8×8 images, 10 classes), offline.
 
-    Images (values 0…16) are scaled to [0, 1], resized bilinearly to ``image_size`` and
+    Images (values 0…16) are scaled to [0, 1], resized bilinearly to ``img_size`` and
     normalised with the training split's mean and std. The train/val split is stratified and
-    fixed by ``split_seed`` (independent of the run's seed).
+    fixed by ``data_seed`` (independent of the run's seed).
 
     Args:
         seed: run seed (runtime); picks the ``train_size`` subsample.
-        image_size: output side, pixels (models with stride-32 stems need >= 32).
+        img_size: output side, pixels (models with stride-32 stems need >= 32).
         val_frac: fraction of the 1,797 images held out for validation, in (0, 1).
-        split_seed: seed of the stratified split.
+        data_seed: seed of the stratified split.
         train_size: keep this many training samples (seeded subsample); null = all.
 
     Returns:
-        A :class:`DataBundle` with tensors ``(N, 1, image_size, image_size)``.
+        A :class:`DataBundle` with tensors ``(N, 1, img_size, img_size)``.
 
     Raises:
-        ConfigError: ``val_frac``, ``image_size`` or ``train_size`` out of range.
+        ConfigError: ``val_frac``, ``img_size`` or ``train_size`` out of range.
     """
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
     if not 0 < val_frac < 1:
         raise ConfigError(f"dataset.val_frac={val_frac}: must be in (0, 1), e.g. 0.2")
-    if image_size < 8:
-        raise ConfigError(f"dataset.image_size={image_size}: must be >= 8 pixels")
+    if img_size < 8:
+        raise ConfigError(f"dataset.img_size={img_size}: must be >= 8 pixels")
     bunch = load_digits()
     x = torch.tensor(bunch.images, dtype=torch.float32).unsqueeze(1) / 16.0  # (1797, 1, 8, 8)
     y = torch.tensor(bunch.target, dtype=torch.int64)
     idx_train, idx_val = train_test_split(
-        torch.arange(len(y)).numpy(), test_size=val_frac, stratify=y.numpy(), random_state=split_seed
+        torch.arange(len(y)).numpy(), test_size=val_frac, stratify=y.numpy(), random_state=data_seed
     )
-    if image_size != 8:
-        x = torch.nn.functional.interpolate(x, size=image_size, mode="bilinear", align_corners=False)
+    if img_size != 8:
+        x = torch.nn.functional.interpolate(x, size=img_size, mode="bilinear", align_corners=False)
     x_train, y_train = x[idx_train], y[idx_train]
     mean, std = x_train.mean(), x_train.std()
     x_train, x_val = (x_train - mean) / std, (x[idx_val] - mean) / std
     x_train, y_train = _subsample(x_train, y_train, train_size, seed, "dataset.train_size")
     return DataBundle(
-        TensorDataset(x_train, y_train), TensorDataset(x_val, y[idx_val]), 10, 1, image_size
+        TensorDataset(x_train, y_train), TensorDataset(x_val, y[idx_val]), 10, 1, img_size
     )
 
 
@@ -99,7 +102,7 @@ def synthetic(
     val_size: int = 128,
     num_classes: int = 10,
     in_chans: int = 3,
-    image_size: int = 32,
+    img_size: int = 32,
     data_seed: int = 0,
 ) -> DataBundle:
     """Random images with learnable labels, for tests and benchmarks.
@@ -113,11 +116,11 @@ def synthetic(
         val_size: number of validation samples, >= 1.
         num_classes: number of labels, >= 2.
         in_chans: channels ``C``.
-        image_size: side ``H = W``, pixels.
+        img_size: side ``H = W``, pixels.
         data_seed: seed of the images and the labelling map.
 
     Returns:
-        A :class:`DataBundle` with tensors ``(N, in_chans, image_size, image_size)``.
+        A :class:`DataBundle` with tensors ``(N, in_chans, img_size, img_size)``.
 
     Raises:
         ConfigError: a size or count out of range.
@@ -127,21 +130,21 @@ def synthetic(
         ("val_size", val_size, 1),
         ("num_classes", num_classes, 2),
         ("in_chans", in_chans, 1),
-        ("image_size", image_size, 1),
+        ("img_size", img_size, 1),
     ):
         if value < low:
             raise ConfigError(f"dataset.{key}={value}: must be >= {low}")
     g = torch.Generator().manual_seed(data_seed)
     n = train_size + val_size
-    x = torch.randn(n, in_chans, image_size, image_size, generator=g)
-    w = torch.randn(in_chans * image_size * image_size, num_classes, generator=g)
+    x = torch.randn(n, in_chans, img_size, img_size, generator=g)
+    w = torch.randn(in_chans * img_size * img_size, num_classes, generator=g)
     y = (x.flatten(1) @ w).argmax(1)
     return DataBundle(
         TensorDataset(x[:train_size], y[:train_size]),
         TensorDataset(x[train_size:], y[train_size:]),
         num_classes,
         in_chans,
-        image_size,
+        img_size,
     )
 
 
@@ -155,10 +158,16 @@ def make_loaders(data: DataBundle, batch_size: int, seed: int, device: torch.dev
         device: pins memory when it is CUDA.
 
     Returns:
-        ``(train_loader, val_loader)``.
+        ``(train_loader, val_loader)``; the train loader drops a last batch of exactly one
+        sample (BatchNorm cannot train on it), so the step count ``T`` reflects that.
     """
     pin = device.type == "cuda"
     gen = torch.Generator().manual_seed(seed)
-    train = DataLoader(data.train, batch_size=batch_size, shuffle=True, generator=gen, pin_memory=pin)
+    # A last batch of one sample breaks BatchNorm in training mode; drop it (one sample per epoch).
+    drop_last = len(data.train) % batch_size == 1 and len(data.train) > 1
+    if drop_last:
+        log.info("batch_size=%d leaves a last batch of 1 sample: it is dropped each epoch", batch_size)
+    train = DataLoader(data.train, batch_size=batch_size, shuffle=True, generator=gen, pin_memory=pin,
+                       drop_last=drop_last)
     val = DataLoader(data.val, batch_size=2 * batch_size, shuffle=False, pin_memory=pin)
     return train, val

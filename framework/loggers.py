@@ -47,8 +47,9 @@ def git_state(folder: str | Path) -> dict[str, Any]:
     """Commit and dirty flag of the git checkout holding ``folder``.
 
     Returns:
-        ``{"git_commit": sha or None, "git_dirty": bool or None}`` (None outside a checkout or
-        without git).
+        ``{"git_commit": sha or None, "git_dirty": bool or None}``; dirty = tracked files
+        modified or files neither tracked nor ignored present. None outside a checkout or
+        without git.
     """
     def git(*args: str) -> str:
         return subprocess.run(
@@ -57,7 +58,7 @@ def git_state(folder: str | Path) -> dict[str, Any]:
 
     try:
         commit = git("rev-parse", "HEAD")
-        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+        dirty = bool(git("status", "--porcelain"))  # modified or untracked, not ignored
     except (OSError, subprocess.SubprocessError):
         return {"git_commit": None, "git_dirty": None}
     return {"git_commit": commit, "git_dirty": dirty}

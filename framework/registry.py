@@ -81,21 +81,34 @@ def check_signature(
     return errors
 
 
-def instantiate(node: DictConfig, reserved: Iterable[str] = (), **runtime: Any) -> Any:
+def instantiate(node: DictConfig, group: str, reserved: Iterable[str] = (), **runtime: Any) -> Any:
     """Build a group's component: Hydra's ``instantiate`` on the node, then call it with ``runtime``.
 
     Args:
         node: group config with ``_target_`` and ``_partial_: true``.
+        group: the group's name (``optimizer``), for error messages.
         reserved: framework keys to drop before the call (``interval``).
         **runtime: call-site arguments (``params=...``, ``total=...``).
 
     Returns:
         What the target returns.
+
+    Raises:
+        ConfigError: the target rejected its arguments (``TypeError`` or ``ValueError``, e.g.
+            ``optimizer.momentum=0`` with ``nesterov: true``), with the target's own message.
     """
     from hydra.utils import instantiate as hydra_instantiate
+
+    from framework.config import ConfigError
 
     data = OmegaConf.to_container(node, resolve=True)
     for key in reserved:
         data.pop(key, None)
     data["_partial_"] = True
-    return hydra_instantiate(data)(**runtime)
+    try:
+        return hydra_instantiate(data)(**runtime)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as exc:
+        message = " ".join(str(exc).split())
+        raise ConfigError(f"{group}: {data.get('_target_')} rejected its arguments: {message}; fix the {group} keys")

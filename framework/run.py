@@ -19,7 +19,11 @@ OBJECTIVE = "val/acc"  # returned to Hydra sweepers (maximise)
 
 
 def seed_everything(seed: int) -> None:
-    """Seed Python's ``random``, NumPy and torch (all devices)."""
+    """Seed Python's ``random``, NumPy and torch (CPU and every CUDA device).
+
+    Args:
+        seed: any integer; NumPy gets ``seed % 2**32``.
+    """
     import numpy as np
     import torch
 
@@ -50,10 +54,18 @@ def resolve_device(name: str):
 
 
 def count_steps(num_batches: int, accumulate: int, epochs: int, max_steps: Optional[int]) -> tuple[int, int]:
-    """``(T, steps_per_epoch)`` for a loader of ``num_batches`` batches (DESIGN.md §3).
+    """The run's optimizer steps ``T`` and steps per epoch (DESIGN.md §3).
 
-    ``steps_per_epoch = ceil(num_batches / accumulate)``; ``T = epochs * steps_per_epoch``,
-    capped at ``max_steps`` when it is set.
+    Args:
+        num_batches: ``len(train_loader)``, batches per epoch (the last may be partial).
+        accumulate: ``trainer.accumulate_grad_batches``, batches per optimizer step.
+        epochs: passes over the data.
+        max_steps: cap on ``T``; None = no cap.
+
+    Returns:
+        ``(T, steps_per_epoch)`` with ``steps_per_epoch = ceil(num_batches / accumulate)`` (a
+        last partial accumulation group still steps) and ``T = epochs * steps_per_epoch``,
+        capped at ``max_steps``.
     """
     spe = math.ceil(num_batches / accumulate)
     total = epochs * spe
@@ -61,11 +73,23 @@ def count_steps(num_batches: int, accumulate: int, epochs: int, max_steps: Optio
 
 
 def warmup_length(cfg: DictConfig, steps_per_epoch: int) -> tuple[int, str]:
-    """Warmup steps ``W`` and the key that set it: ``warmup_steps`` when set, else
-    ``round(warmup_epochs * steps_per_epoch)``."""
+    """Warmup length ``W`` in optimizer steps, and the ``key=value`` that set it.
+
+    Args:
+        cfg: composed config (reads ``warmup_steps``, ``warmup_epochs``).
+        steps_per_epoch: optimizer steps per epoch.
+
+    Returns:
+        ``(W, "warmup_steps=N")`` when ``warmup_steps`` is set, else
+        ``(round(warmup_epochs * steps_per_epoch), "warmup_epochs=X")``, at least 1 step when
+        ``warmup_epochs > 0``.
+    """
     if cfg.warmup_steps is not None:
         return int(cfg.warmup_steps), f"warmup_steps={cfg.warmup_steps}"
-    return int(round(cfg.warmup_epochs * steps_per_epoch)), f"warmup_epochs={cfg.warmup_epochs}"
+    steps = int(round(cfg.warmup_epochs * steps_per_epoch))
+    if cfg.warmup_epochs > 0 and steps == 0:
+        steps = 1  # a requested warmup is never dropped silently
+    return steps, f"warmup_epochs={cfg.warmup_epochs}"
 
 
 def build(cfg: DictConfig, run_dir: Path) -> Any:
@@ -87,12 +111,12 @@ def build(cfg: DictConfig, run_dir: Path) -> Any:
         raise ConfigError(f"trainer.precision=fp16: needs CUDA (device is {device.type}); use bf16 or 32")
     check_model_name(cfg.model.name)
     seed_everything(cfg.seed)
-    data = registry.instantiate(cfg.dataset, seed=cfg.seed)
+    data = registry.instantiate(cfg.dataset, "dataset", seed=cfg.seed)
     loaders = make_loaders(data, cfg.batch_size, cfg.seed, device)
     T, spe = count_steps(len(loaders[0]), cfg.trainer.accumulate_grad_batches, cfg.epochs, cfg.max_steps)
     W, warmup_key = warmup_length(cfg, spe)
     plan = LRPlan(
-        lambda units: registry.instantiate(cfg.scheduler, reserved=("interval",), total=units),
+        lambda units: registry.instantiate(cfg.scheduler, "scheduler", reserved=("interval",), total=units),
         total_steps=T,
         steps_per_epoch=spe,
         warmup_steps=W,
@@ -101,13 +125,13 @@ def build(cfg: DictConfig, run_dir: Path) -> Any:
         warmup_key=warmup_key,
     )
     model = registry.instantiate(
-        cfg.model, num_classes=data.num_classes, in_chans=data.in_chans, img_size=data.img_size
+        cfg.model, "model", num_classes=data.num_classes, in_chans=data.in_chans, img_size=data.img_size
     )
     optimizer = registry.instantiate(
-        cfg.optimizer, params=param_groups(model, cfg.optimizer.get("weight_decay", 0.0) or 0.0)
+        cfg.optimizer, "optimizer", params=param_groups(model, cfg.optimizer.get("weight_decay", 0.0) or 0.0)
     )
     return registry.instantiate(
-        cfg.trainer, model=model, optimizer=optimizer, plan=plan, data=loaders, run_dir=run_dir, device=device
+        cfg.trainer, "trainer", model=model, optimizer=optimizer, plan=plan, data=loaders, run_dir=run_dir, device=device
     )
 
 
@@ -150,6 +174,8 @@ def train(cfg: DictConfig, run_dir: Optional[str | Path] = None) -> float:
 
     Raises:
         ConfigError: a user mistake, before any training and before any file is written.
+        Diverged: the loss became non-finite; ``summary.json`` says ``status: diverged`` with
+            the step and LR (objective 0.0, the worst accuracy).
     """
     start = time.time()
     overrides: list[str] = []
@@ -163,6 +189,7 @@ def train(cfg: DictConfig, run_dir: Optional[str | Path] = None) -> float:
     trainer = build(cfg, run_dir)
 
     from framework.loggers import git_state, plot_lr, write_json
+    from framework.trainer import Diverged
 
     plan = trainer.plan
     log.info(
@@ -189,6 +216,12 @@ def train(cfg: DictConfig, run_dir: Optional[str | Path] = None) -> float:
     }
     try:
         result = trainer.fit()
+    except Diverged as exc:
+        summary.update(status="diverged", objective=0.0, diverged_step=exc.step, diverged_lr=exc.lr,
+                       best=trainer.best, final=trainer.final, steps=trainer.step,
+                       wall_time_s=time.time() - start, error=str(exc))
+        write_json(summary, run_dir / "summary.json")
+        raise
     except BaseException as exc:
         summary.update(error=f"{type(exc).__name__}: {exc}", wall_time_s=time.time() - start,
                        status="stopped" if isinstance(exc, KeyboardInterrupt) else "failed")

@@ -18,8 +18,8 @@ from framework.config import ConfigError
 
 
 def _progress(t: int, total: int) -> float:
-    """Fraction ``p = t/(total-1)`` of the decay done at unit ``t`` (1.0 when ``total == 1``)."""
-    return t / (total - 1) if total > 1 else 1.0
+    """Fraction ``p = t/(total-1)`` of the decay done at unit ``t`` (``total >= 2``)."""
+    return t / (total - 1)
 
 
 def _check_lrf(lrf: float) -> None:
@@ -116,12 +116,19 @@ class Decay(Schedule):
         lrf: final multiplier, reached exactly at ``t = total-1``; in [0, 1].
 
     Raises:
-        ConfigError: ``lrf`` outside [0, 1].
+        ConfigError: ``lrf`` outside [0, 1], or a decay phase shorter than 2 units (its first
+            unit must be 1 and its last ``lrf``).
     """
 
     def __init__(self, total: int, lrf: float):
         super().__init__(total)
         _check_lrf(lrf)
+        if total < 2:
+            raise ConfigError(
+                f"scheduler: {type(self).__name__.lower()} has {total} unit (step, or epoch with "
+                "scheduler.interval=epoch) left after warmup to decay over and needs 2; raise epochs, "
+                "shorten the warmup or use scheduler.interval=step"
+            )
         self.lrf = float(lrf)
 
 
@@ -164,9 +171,9 @@ class OneCycle(Schedule):
     ``lrf``. Equals ``OneCycleLR(max_lr=lr0, total_steps=total, div_factor=div_factor,
     final_div_factor=1/(div_factor*lrf))`` step for step (its floor moved to ``lr0*lrf``).
 
-    Formula: m(t) = anneal(a_i, b_i, (t - s_i) / (e_i - s_i)) in the phase i holding t, with phase ends e = [pct_start*total - 1, total - 1]
+    Formula: m(t) = cos_anneal(1/div_factor, 1, t/(r-1)) for t <= r-1, else cos_anneal(1, lrf, (t-r+1)/(total-r)), with r = pct_start*total and cos_anneal(a, b, x) = b + (a-b)*(1+cos(pi*x))/2
 
-    ``anneal`` is ``b + (a - b) * (1 + cos(pi*x)) / 2`` (``cos``) or ``b + (a - b) * (1 - x)`` (``linear``).
+    ``cos_anneal`` becomes ``b + (a - b) * (1 - x)`` with ``anneal_strategy=linear``.
     With ``three_phase`` the phases are 1/div_factor → 1 → 1/div_factor → lrf, ends
     ``[pct_start*total - 1, 2*pct_start*total - 2, total - 1]`` (fast.ai's variant).
 

@@ -20,26 +20,33 @@ from framework.schedules import LRPlan
 log = logging.getLogger(__name__)
 
 
-def steps_per_epoch(num_batches: int, accumulate_grad_batches: int) -> int:
-    """Optimizer steps in one epoch: ``ceil(num_batches / accumulate_grad_batches)``.
+class Diverged(RuntimeError):
+    """The training loss became non-finite (NaN or inf) at optimizer step ``step``.
 
-    The last, partial accumulation group of an epoch still steps (as Lightning does).
+    Attributes:
+        step: index ``k`` of the first step whose loss was not finite.
+        lr: LR applied at that step (group 0).
     """
-    return math.ceil(num_batches / accumulate_grad_batches)
+
+    def __init__(self, step: int, lr: float):
+        self.step, self.lr = step, lr
+        super().__init__(f"loss is not finite at step {step} (lr {lr:.6g}); lower lr0 or add warmup")
 
 
-def group_sizes(num_samples: int, batch_size: int, accumulate_grad_batches: int) -> list[int]:
-    """Samples in each accumulation group of an epoch of a non-dropping loader.
+def group_sizes(num_samples: int, batch_size: int, accumulate_grad_batches: int, drop_last: bool = False) -> list[int]:
+    """Samples in each accumulation group of one epoch.
 
     Args:
         num_samples: dataset length.
         batch_size: samples per batch (the last batch holds the remainder).
         accumulate_grad_batches: batches per optimizer step.
+        drop_last: the loader drops an incomplete last batch.
 
     Returns:
         One sample count per optimizer step of the epoch.
     """
-    sizes = [batch_size] * (num_samples // batch_size) + ([num_samples % batch_size] if num_samples % batch_size else [])
+    rest = num_samples % batch_size
+    sizes = [batch_size] * (num_samples // batch_size) + ([rest] if rest and not drop_last else [])
     a = accumulate_grad_batches
     return [sum(sizes[i : i + a]) for i in range(0, len(sizes), a)]
 
@@ -62,7 +69,8 @@ class Trainer:
         accumulate_grad_batches: batches per optimizer step, >= 1.
         gradient_clip_val: max total gradient L2 norm; None = no clipping.
         precision: ``32``, ``bf16`` (autocast) or ``fp16`` (autocast + grad scaler, CUDA only).
-        log_every_n_steps: steps between reads of the on-device loss buffer (CSV flush).
+        log_every_n_steps: steps between reads of the on-device loss buffer (CSV flush and
+            the check for a non-finite loss).
         progress_bar: show a tqdm bar with epoch, step, loss and LR.
         save_checkpoints: write ``checkpoints/last.pt`` and ``best.pt`` after every epoch.
     """
@@ -78,7 +86,7 @@ class Trainer:
         accumulate_grad_batches: int = 1,
         gradient_clip_val: Optional[float] = None,
         precision: str | int = "32",
-        log_every_n_steps: int = 50,
+        log_every_n_steps: int = 10,
         progress_bar: bool = True,
         save_checkpoints: bool = True,
     ):
@@ -95,6 +103,7 @@ class Trainer:
         for group in optimizer.param_groups:
             group.setdefault("initial_lr", group["lr"])
         self.step = 0  # k: optimizer steps applied so far
+        self._postfix: dict[str, str] = {}  # progress-bar fields (loss once it has been read)
         self.skipped_steps = 0
         self.history: dict[str, list] = {"step": [], **{n: [] for n in self.group_names}}
 
@@ -150,109 +159,124 @@ class Trainer:
     def fit(self) -> dict[str, Any]:
         """Train for ``plan.total_steps`` optimizer steps, evaluating after every epoch.
 
-        Writes ``steps.csv``, ``epochs.csv`` and checkpoints into ``run_dir``.
+        Writes ``steps.csv``, ``epochs.csv`` and checkpoints into ``run_dir``. Step rows are
+        buffered on the device and written every ``log_every_n_steps`` steps, at the end of
+        each epoch and when training stops for any reason (exception, Ctrl-C).
 
         Returns:
             ``{"steps", "epochs", "skipped_steps", "best": {...}, "final": {...}}``; the metric
-            dicts hold ``epoch``, ``train/loss``, ``val/loss``, ``val/acc``, ``lr``.
+            dicts hold ``epoch`` (from 0), ``train/loss`` and ``val/loss`` (mean cross-entropy,
+            nats), ``val/acc`` (fraction), ``lr`` (of the epoch's last step), ``time_s``.
+
+        Raises:
+            Diverged: the loss of some step was NaN or inf; rows up to it are written and no
+                checkpoint is saved after it.
         """
         from tqdm.auto import tqdm
 
         T, spe = self.plan.total_steps, self.plan.steps_per_epoch
         epochs = math.ceil(T / spe)
         lr_cols = ["lr"] + [f"lr/{n}" for n in self.group_names[1:]]
-        step_cols = ["step", "epoch", *lr_cols, "loss"] + (["grad_norm"] if self.clip else [])
-        steps_csv = CSVLog(self.run_dir / "steps.csv", step_cols)
+        self._steps_csv = CSVLog(self.run_dir / "steps.csv",
+                                 ["step", "epoch", *lr_cols, "loss"] + (["grad_norm"] if self.clip else []))
         epochs_csv = CSVLog(self.run_dir / "epochs.csv", ["epoch", "train/loss", "val/loss", "val/acc", "lr", "time_s"])
-        sizes = group_sizes(len(self.train_loader.dataset), self.train_loader.batch_size, self.accumulate)
-        pending: list[tuple[dict[str, Any], torch.Tensor, Optional[torch.Tensor]]] = []
-        interactive = sys.stderr.isatty()  # in log files, refresh the bar every 10 s only
-        bar = tqdm(total=T, disable=not self.progress_bar, unit="step", dynamic_ncols=True,
-                   mininterval=0.1 if interactive else 10.0)
+        self._pending: list[tuple[dict[str, Any], torch.Tensor, Optional[torch.Tensor]]] = []
+        self._bar = tqdm(total=T, disable=not self.progress_bar, unit="step", dynamic_ncols=True,
+                         mininterval=0.1 if sys.stderr.isatty() else 10.0)  # log files: every 10 s
         best: dict[str, Any] = {}
         final: dict[str, Any] = {}
-        last_loss = float("nan")
-
-        def flush() -> None:
-            nonlocal last_loss
-            if not pending:
-                return
-            values = torch.stack([p[1] for p in pending]).tolist()
-            norms = [p[2] for p in pending]
-            norm_values = torch.stack(norms).tolist() if self.clip else [None] * len(norms)
-            steps_csv.write({**row, "loss": v, "grad_norm": g} for (row, _, _), v, g in zip(pending, values, norm_values))
-            last_loss = values[-1]
-            bar.set_postfix(loss=f"{last_loss:.4f}", lr=f"{pending[-1][0]['lr']:.3g}", refresh=False)
-            pending.clear()
-
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
-        for epoch in range(epochs):
-            t0 = time.perf_counter()
-            bar.set_description(f"epoch {epoch + 1}/{epochs}")
-            epoch_loss = torch.zeros((), device=self.device)
-            epoch_samples = 0
-            group_loss = torch.zeros((), device=self.device)
-            g = 0
-            lrs = self._set_lr(self.step)
-            for i, (x, y) in enumerate(self.train_loader):
-                x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-                weight = len(y) / sizes[g]
-                with self._autocast():
-                    loss = F.cross_entropy(self.model(x).float(), y)
-                scaled = loss * weight
-                (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
-                group_loss += scaled.detach()
-                if (i + 1) % self.accumulate and i + 1 < len(self.train_loader):
-                    continue
-                applied, norm = self._apply_step()
-                epoch_loss += group_loss * sizes[g]
-                epoch_samples += sizes[g]
-                if applied:
-                    row = {"step": self.step, "epoch": epoch, "lr": lrs[0]}
-                    row.update({f"lr/{n}": v for n, v in zip(self.group_names[1:], lrs[1:])})
-                    pending.append((row, group_loss, norm))
-                    self.history["step"].append(self.step)
-                    for n, v in zip(self.group_names, lrs):
-                        self.history[n].append(v)
-                    self.step += 1
-                    bar.set_postfix(loss=f"{last_loss:.4f}", lr=f"{lrs[0]:.3g}", refresh=False)
-                    bar.update(1)
-                    if len(pending) >= self.log_every:
-                        flush()
-                else:
-                    self.skipped_steps += 1
-                group_loss = torch.zeros((), device=self.device)
-                g += 1
+        try:
+            for epoch in range(epochs):
+                t0 = time.perf_counter()
+                self._bar.set_description(f"epoch {epoch + 1}/{epochs}")
+                train_loss = self._train_epoch(epoch, T)
+                metrics = {"epoch": epoch, "train/loss": train_loss, **self.evaluate(),
+                           "lr": self.history[self.group_names[0]][-1], "time_s": time.perf_counter() - t0}
+                epochs_csv.write([metrics])
+                final = metrics
+                is_best = not best or metrics["val/acc"] > best["val/acc"]
+                if is_best:
+                    best = dict(metrics)
+                if self.save_checkpoints:
+                    self._save(epoch, metrics, is_best)
+                log.info("epoch %d/%d  train/loss %.4f  val/loss %.4f  val/acc %.4f  lr %.4g", epoch + 1, epochs,
+                         metrics["train/loss"], metrics["val/loss"], metrics["val/acc"], metrics["lr"])
                 if self.step >= T:
                     break
-                lrs = self._set_lr(self.step)
-            flush()
-            metrics = {
-                "epoch": epoch,
-                "train/loss": (epoch_loss / max(epoch_samples, 1)).item(),
-                **self.evaluate(),
-                "lr": self.history[self.group_names[0]][-1] if self.history["step"] else lrs[0],
-                "time_s": time.perf_counter() - t0,
-            }
-            epochs_csv.write([metrics])
-            final = metrics
-            is_best = not best or metrics["val/acc"] > best["val/acc"]
-            if is_best:
-                best = dict(metrics)
-            if self.save_checkpoints:
-                self._save(epoch, metrics, is_best)
-            log.info(
-                "epoch %d/%d  train/loss %.4f  val/loss %.4f  val/acc %.4f  lr %.4g",
-                epoch + 1, epochs, metrics["train/loss"], metrics["val/loss"], metrics["val/acc"], metrics["lr"],
-            )
+        finally:
+            self.best, self.final = best, final
+            try:
+                self._flush()
+            finally:
+                self._bar.close()
+        if self.skipped_steps:
+            log.warning("%d optimizer steps skipped by the fp16 grad scaler: the LR plan stopped at step %d of %d",
+                        self.skipped_steps, self.step, T)
+        return {"steps": self.step, "epochs": final["epoch"] + 1, "skipped_steps": self.skipped_steps,
+                "best": best, "final": final}
+
+    def _train_epoch(self, epoch: int, T: int) -> float:
+        """One pass over the train loader (or until step ``T``); returns the mean train loss."""
+        loader = self.train_loader
+        sizes = group_sizes(len(loader.dataset), loader.batch_size, self.accumulate, loader.drop_last)
+        epoch_loss = torch.zeros((), device=self.device)
+        group_loss = torch.zeros((), device=self.device)
+        epoch_samples, g = 0, 0
+        lrs = self._set_lr(self.step)
+        for i, (x, y) in enumerate(loader):
+            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            with self._autocast():
+                loss = F.cross_entropy(self.model(x).float(), y)
+            scaled = loss * (len(y) / sizes[g])  # share of the accumulation group's samples
+            (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
+            group_loss += scaled.detach()
+            if (i + 1) % self.accumulate and i + 1 < len(loader):
+                continue
+            applied, norm = self._apply_step()
+            epoch_loss += group_loss * sizes[g]
+            epoch_samples += sizes[g]
+            if applied:
+                self._record(epoch, lrs, group_loss, norm)
+            else:
+                self.skipped_steps += 1
+            group_loss = torch.zeros((), device=self.device)
+            g += 1
             if self.step >= T:
                 break
-        bar.close()
-        if self.skipped_steps:
-            log.info("%d optimizer steps skipped by the fp16 grad scaler (LR schedule not advanced)", self.skipped_steps)
-        return {"steps": self.step, "epochs": final.get("epoch", -1) + 1, "skipped_steps": self.skipped_steps,
-                "best": best, "final": final}
+            lrs = self._set_lr(self.step)
+        self._flush()
+        return (epoch_loss / max(epoch_samples, 1)).item()
+
+    def _record(self, epoch: int, lrs: list[float], loss: torch.Tensor, norm: Optional[torch.Tensor]) -> None:
+        """Log applied step ``k`` (its LRs now, its loss at the next flush) and advance ``k``."""
+        row = {"step": self.step, "epoch": epoch, "lr": lrs[0]}
+        row.update({f"lr/{n}": v for n, v in zip(self.group_names[1:], lrs[1:])})
+        self._pending.append((row, loss, norm))
+        self.history["step"].append(self.step)
+        for name, value in zip(self.group_names, lrs):
+            self.history[name].append(value)
+        self.step += 1
+        self._bar.set_postfix(self._postfix | {"lr": f"{lrs[0]:.3g}"}, refresh=False)
+        self._bar.update(1)
+        if len(self._pending) >= self.log_every:
+            self._flush()
+
+    def _flush(self) -> None:
+        """Read the buffered losses from the device (one sync), write them, check they are finite."""
+        pending = getattr(self, "_pending", None)
+        if not pending:
+            return
+        losses = torch.stack([p[1] for p in pending]).tolist()
+        norms = torch.stack([p[2] for p in pending]).tolist() if self.clip else [None] * len(pending)
+        self._steps_csv.write({**row, "loss": v, "grad_norm": n} for (row, _, _), v, n in zip(pending, losses, norms))
+        bad = next((i for i, v in enumerate(losses) if not math.isfinite(v)), None)
+        rows = [p[0] for p in pending]
+        pending.clear()
+        self._postfix = {"loss": f"{losses[-1]:.4f}"}
+        if bad is not None:
+            raise Diverged(rows[bad]["step"], rows[bad]["lr"])
 
     def _save(self, epoch: int, metrics: dict[str, Any], is_best: bool) -> None:
         state = {

@@ -16,7 +16,7 @@ ROOT = CONF_DIR.parent
 #: Small, fast settings for runs in tests: a tiny timm ResNet on small synthetic images.
 TINY = [
     "dataset=synthetic",
-    "dataset.image_size=16",
+    "dataset.img_size=16",
     "dataset.train_size=256",
     "dataset.val_size=64",
     "model.name=test_resnet",

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from omegaconf import OmegaConf
+from hydra import compose, initialize_config_dir
 
 from framework import registry
 from framework.config import GROUPS, ConfigError, TrainConfig, validate
@@ -32,25 +32,24 @@ def test_every_group_file_composes_validates_and_instantiates(path):
     validate(cfg)
     node = cfg[group]
     if group == "dataset":
-        data = registry.instantiate(node, seed=0)
+        data = registry.instantiate(node, group, seed=0)
         x, y = data.train[0]
         assert x.shape == (data.in_chans, data.img_size, data.img_size) and 0 <= int(y) < data.num_classes
     elif group == "model":
-        model = registry.instantiate(node, num_classes=10, in_chans=1, img_size=32)
+        model = registry.instantiate(node, group, num_classes=10, in_chans=1, img_size=32)
         assert model(torch.randn(2, 1, 32, 32)).shape == (2, 10)
     elif group == "optimizer":
         net = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3))
-        opt = registry.instantiate(node, params=param_groups(net, node.get("weight_decay", 0.0)))
+        opt = registry.instantiate(node, group, params=param_groups(net, node.get("weight_decay", 0.0)))
         assert all(g["lr"] == cfg.lr0 for g in opt.param_groups)
     elif group == "scheduler":
-        plan = LRPlan(lambda total: registry.instantiate(node, reserved=("interval",), total=total), 200, 20)
-        assert len(plan.multipliers()) == 200
+        plan = LRPlan(lambda total: registry.instantiate(node, group, reserved=("interval",), total=total), 200, 20)
+        assert all(0 < m <= 1 for m in plan.multipliers())
     elif group == "trainer":
-        cfg = compose_cfg(f"trainer={path.stem}")
         net = torch.nn.Linear(2, 2)
         opt = torch.optim.SGD(net.parameters(), lr=0.1)
         trainer = registry.instantiate(
-            node, model=net, optimizer=opt, plan=None, data=(None, None), run_dir=".", device=torch.device("cpu")
+            node, group, model=net, optimizer=opt, plan=None, data=(None, None), run_dir=".", device=torch.device("cpu")
         )
         assert trainer.accumulate == node.accumulate_grad_batches
 
@@ -67,14 +66,28 @@ def test_top_level_knobs_and_defaults():
 def test_lr0_override_reaches_optimizer_as_the_literal_float():
     cfg = compose_cfg("lr0=5e-6", "optimizer=adamw")
     assert isinstance(cfg.lr0, float) and cfg.lr0 == 5e-6
-    opt = registry.instantiate(cfg.optimizer, params=[torch.nn.Parameter(torch.zeros(1))])
+    opt = registry.instantiate(cfg.optimizer, "optimizer", params=[torch.nn.Parameter(torch.zeros(1))])
     assert opt.param_groups[0]["lr"] == float("5e-6")
 
 
-def test_yaml_exponent_without_dot_is_a_float():
-    """`lr0: 1e-3` (no dot; YAML 1.1 would read a string) becomes the float 0.001."""
-    cfg = OmegaConf.merge(OmegaConf.structured(TrainConfig), OmegaConf.create("lr0: 1e-3\nlrf: 5e-2\n"))
-    assert isinstance(cfg.lr0, float) and cfg.lr0 == 0.001 and cfg.lrf == 0.05
+def test_yaml_exponent_without_dot_reaches_the_optimizer_as_a_float(tmp_path):
+    """`lr0: 1e-3` in train.yaml and `weight_decay: 5e-4` in a group file (no dot: YAML 1.1
+    reads them as strings) reach torch.optim.SGD as the floats 0.001 and 0.0005."""
+    import shutil
+
+    conf = tmp_path / "conf"
+    shutil.copytree(registry.CONF_DIR, conf)
+    text = (conf / "train.yaml").read_text()
+    assert "\nlr0: 0.01 " in text
+    (conf / "train.yaml").write_text(text.replace("\nlr0: 0.01 ", "\nlr0: 1e-3 "))
+    assert "\nweight_decay: 5e-4 " in (conf / "optimizer" / "sgd.yaml").read_text()
+    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=["optimizer=sgd"])
+    net = torch.nn.Linear(2, 2)
+    opt = registry.instantiate(cfg.optimizer, "optimizer", params=param_groups(net, cfg.optimizer.weight_decay))
+    decay = opt.param_groups[0]
+    assert type(decay["lr"]) is float and decay["lr"] == 0.001
+    assert type(decay["weight_decay"]) is float and decay["weight_decay"] == 0.0005
 
 
 def test_validate_reports_all_errors_at_once():
@@ -104,6 +117,8 @@ BAD_INPUTS = [
     (["model.name=notamodel"], "model.name=notamodel"),
     (["dataset=synthetic", "trainer.precision=fp16", "device=cpu"], "trainer.precision=fp16"),
     (["dataset=synthetic", "scheduler=step", "scheduler.step_size=0"], "scheduler.step_size=0"),
+    (["dataset=synthetic", "optimizer.momentum=0"], "optimizer: torch.optim.SGD rejected"),
+    (["dataset=synthetic", "scheduler.interval=epoch", "epochs=1"], "scheduler: cosine has 1 unit"),
 ]
 
 

@@ -31,7 +31,7 @@ def test_train_size_is_a_seeded_subsample():
 
 
 def test_synthetic_shapes_and_learnable_labels():
-    d = synthetic(seed=0, train_size=50, val_size=10, num_classes=4, in_chans=2, image_size=8)
+    d = synthetic(seed=0, train_size=50, val_size=10, num_classes=4, in_chans=2, img_size=8)
     assert d.train.tensors[0].shape == (50, 2, 8, 8) and len(d.val) == 10
     assert set(d.train.tensors[1].tolist()) <= set(range(4))
     with pytest.raises(ConfigError, match="dataset.num_classes=1"):
@@ -39,7 +39,7 @@ def test_synthetic_shapes_and_learnable_labels():
 
 
 def test_train_loader_order_is_a_function_of_the_seed():
-    d = synthetic(seed=0, train_size=64, val_size=8, image_size=4)
+    d = synthetic(seed=0, train_size=64, val_size=8, img_size=4)
     order = lambda seed: torch.cat([y for _, y in make_loaders(d, 8, seed, torch.device("cpu"))[0]])
     assert torch.equal(order(0), order(0)) and not torch.equal(order(0), order(1))
     val = make_loaders(d, 8, 0, torch.device("cpu"))[1]

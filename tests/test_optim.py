@@ -32,7 +32,7 @@ def test_every_optimizer_reduces_the_loss_of_a_small_problem(name):
     x = torch.randn(64, 5)
     y = x @ torch.randn(5, 1)
     net = torch.nn.Linear(5, 1)
-    opt = registry.instantiate(cfg.optimizer, params=param_groups(net, cfg.optimizer.get("weight_decay", 0.0)))
+    opt = registry.instantiate(cfg.optimizer, "optimizer", params=param_groups(net, cfg.optimizer.get("weight_decay", 0.0)))
     loss0 = torch.nn.functional.mse_loss(net(x), y).item()
     for _ in range(100):
         loss = torch.nn.functional.mse_loss(net(x), y)

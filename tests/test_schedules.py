@@ -197,7 +197,7 @@ def test_every_schedule_invariants(path, interval):
     cfg = compose_cfg(f"scheduler={path.stem}", f"scheduler.interval={interval}", "lr0=0.1", "lrf=0.01")
     spe, epochs, W = 10, 12, 10
     plan = LRPlan(
-        lambda total: registry.instantiate(cfg.scheduler, reserved=("interval",), total=total),
+        lambda total: registry.instantiate(cfg.scheduler, "scheduler", reserved=("interval",), total=total),
         spe * epochs, spe, W, 0.1, interval,
     )
     lrs = [cfg.lr0 * m for m in plan.multipliers()]

@@ -143,3 +143,35 @@ def test_accumulation_gives_the_large_batch_losses(tmp_path):
     for ra, rb in zip(a, b):
         assert ra["lr"] == rb["lr"]
         assert float(ra["loss"]) == pytest.approx(float(rb["loss"]), rel=1e-4, abs=1e-6)
+
+
+def test_divergence_is_detected_at_its_step_and_reported(tmp_path):
+    from framework.trainer import Diverged
+
+    with pytest.raises(Diverged) as info:
+        train_in_process(tmp_path, *TINY, "epochs=3", "lr0=1e6", "warmup_epochs=0")
+    rows = read_csv(tmp_path / "steps.csv")
+    first_bad = next(int(r["step"]) for r in rows if not math.isfinite(float(r["loss"])))
+    assert info.value.step == first_bad
+    assert info.value.lr == float(rows[first_bad]["lr"])
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["status"] == "diverged" and summary["diverged_step"] == first_bad
+    assert summary["objective"] == 0.0
+    for ckpt in (tmp_path / "checkpoints").glob("*.pt"):  # none after the divergence
+        state = load_checkpoint(ckpt)
+        assert all(torch.isfinite(t).all() for t in state["model"].values() if t.is_floating_point())
+
+
+def test_last_batch_of_one_sample_is_dropped_for_batchnorm(tmp_path):
+    """65 samples, batch 64: the 1-sample batch would crash BatchNorm; it is dropped, T = 1/epoch."""
+    train_in_process(tmp_path, *TINY, "dataset.train_size=65", "batch_size=64", "epochs=2",
+                     "trainer.save_checkpoints=false")
+    assert [int(r["step"]) for r in read_csv(tmp_path / "steps.csv")] == [0, 1]
+
+
+def test_short_warmup_epochs_is_never_dropped(tmp_path):
+    """warmup_epochs=0.05 of 4 steps/epoch rounds to 0 steps; it becomes 1 step (LR lr0*s at step 0)."""
+    train_in_process(tmp_path, *TINY, "epochs=2", "warmup_epochs=0.05", "lr0=0.1", "scheduler=constant",
+                     "trainer.save_checkpoints=false")
+    lrs = [float(r["lr"]) for r in read_csv(tmp_path / "steps.csv")]
+    assert lrs[0] == pytest.approx(0.01, abs=1e-15) and lrs[1:] == [0.1] * 7
