@@ -83,7 +83,8 @@ def run_task(cfg) -> float:
 
     A user mistake prints ``error: ...`` lines and exits with status 2 (before training). A
     diverged run prints one ``diverged: ...`` line; alone it exits with status 1, inside a
-    multirun it returns 0.0 (the worst accuracy) so the sweep goes on.
+    multirun it returns 0.0 (the worst accuracy) so the sweep goes on. Ctrl-C exits with 130
+    after the run folder is written (``status: stopped``).
     """
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
@@ -99,6 +100,9 @@ def run_task(cfg) -> float:
         if HydraConfig.get().mode == RunMode.MULTIRUN:
             return 0.0
         sys.exit(1)
+    except KeyboardInterrupt:
+        print("stopped: interrupted; summary.json says status: stopped", file=sys.stderr)
+        sys.exit(130)
 
 
 def run_cli(main: Callable[[], object]) -> None:

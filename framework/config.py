@@ -128,6 +128,11 @@ def _group_errors(cfg: DictConfig) -> list[str]:
     return errors
 
 
+def _unknown_top_level(cfg: DictConfig) -> list[str]:
+    known = set(TrainConfig.__dataclass_fields__) | {"hydra"}
+    return [f"{key}: unknown top-level key (added with +{key}=...); remove it" for key in cfg if key not in known]
+
+
 def validate(cfg: DictConfig) -> None:
     """Check the composed config before anything is built.
 
@@ -138,6 +143,6 @@ def validate(cfg: DictConfig) -> None:
         ConfigError: with one line per problem (all of them, not just the first), each naming
             the key and the fix.
     """
-    errors = _number_errors(cfg) + _group_errors(cfg)
+    errors = _unknown_top_level(cfg) + _number_errors(cfg) + _group_errors(cfg)
     if errors:
         raise ConfigError(errors)

@@ -49,12 +49,15 @@ def create_model(
         A model mapping ``(B, in_chans, img_size, img_size)`` to logits ``(B, num_classes)``.
 
     Raises:
-        ConfigError: unknown architecture, a constructor argument it does not take, or weights
-            that cannot be downloaded.
+        ConfigError: unknown architecture, ``drop_rate`` outside [0, 1), a constructor argument
+            it does not take, or weights that cannot be downloaded (offline, set
+            ``HF_HUB_OFFLINE=1`` to fail at once instead of retrying).
     """
     import timm
 
     check_model_name(name)
+    if not 0 <= drop_rate < 1:
+        raise ConfigError(f"model.drop_rate={drop_rate}: a dropout probability must be in [0, 1)")
     common = dict(pretrained=pretrained, num_classes=num_classes, in_chans=in_chans, drop_rate=drop_rate)
     try:
         try:

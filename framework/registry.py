@@ -94,7 +94,8 @@ def instantiate(node: DictConfig, group: str, reserved: Iterable[str] = (), **ru
         What the target returns.
 
     Raises:
-        ConfigError: the target rejected its arguments (``TypeError`` or ``ValueError``, e.g.
+        ConfigError: the target rejected its arguments (``TypeError``, ``ValueError`` or
+            ``IndexError``, e.g.
             ``optimizer.momentum=0`` with ``nesterov: true``), with the target's own message.
     """
     from hydra.utils import instantiate as hydra_instantiate
@@ -109,6 +110,6 @@ def instantiate(node: DictConfig, group: str, reserved: Iterable[str] = (), **ru
         return hydra_instantiate(data)(**runtime)
     except ConfigError:
         raise
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, IndexError) as exc:
         message = " ".join(str(exc).split())
         raise ConfigError(f"{group}: {data.get('_target_')} rejected its arguments: {message}; fix the {group} keys")

@@ -148,7 +148,7 @@ def _print_table(summary: dict[str, Any]) -> None:
         ("final val/acc", f"{final.get('val/acc', float('nan')):.4f}"),
         ("final val/loss", f"{final.get('val/loss', float('nan')):.4f}"),
         ("final train/loss", f"{final.get('train/loss', float('nan')):.4f}"),
-        ("lr0 -> last lr", f"{summary['lr0']:.4g} -> {summary['last_lr']:.4g}"),
+        ("base lr -> last lr", f"{next(iter(summary['base_lrs'].values())):.4g} -> {summary['last_lr']:.4g}"),
         ("epochs / steps", f"{summary['epochs']} / {summary['steps']}"),
         ("device", summary["device"]),
         ("wall time", f"{summary['wall_time_s']:.1f} s"),
@@ -188,7 +188,7 @@ def train(cfg: DictConfig, run_dir: Optional[str | Path] = None) -> float:
     run_dir.mkdir(parents=True, exist_ok=True)
     trainer = build(cfg, run_dir)
 
-    from framework.loggers import git_state, plot_lr, write_json
+    from framework.loggers import git_state
     from framework.trainer import Diverged
 
     plan = trainer.plan
@@ -199,15 +199,20 @@ def train(cfg: DictConfig, run_dir: Optional[str | Path] = None) -> float:
     )
     if plan.warmup_steps and plan.schedule(0) < 1:
         log.warning(
-            "%s starts at %.3g*lr0 after a %d-step warmup to lr0; it has its own warmup, so "
-            "consider warmup_epochs=0", type(plan.schedule).__name__, plan.schedule(0), plan.warmup_steps,
+            "%s starts at %.3g*lr0, so the LR drops after the %d-step warmup to lr0; it rises on its "
+            "own: consider warmup_epochs=0", type(plan.schedule).__name__, plan.schedule(0), plan.warmup_steps,
         )
+    base_lrs = {name: g["initial_lr"] for name, g in zip(trainer.group_names, trainer.optimizer.param_groups)}
+    if base_lrs[trainer.group_names[0]] != cfg.lr0:
+        log.warning("the optimizer's base LR is %g, not lr0=%g (optimizer.lr was set directly)",
+                    base_lrs[trainer.group_names[0]], cfg.lr0)
     summary: dict[str, Any] = {
         "status": "failed",
         "objective_name": OBJECTIVE,
         "objective": None,
         "lr0": cfg.lr0,
         "lrf": cfg.lrf,
+        "base_lrs": base_lrs,
         "planned_steps": plan.total_steps,
         "device": str(trainer.device),
         "run_dir": str(run_dir),
@@ -215,36 +220,37 @@ def train(cfg: DictConfig, run_dir: Optional[str | Path] = None) -> float:
         **git_state(registry.CONF_DIR.parent),
     }
     try:
-        result = trainer.fit()
+        trainer.fit()
+        summary.update(status="completed", objective=trainer.best[OBJECTIVE])
     except Diverged as exc:
-        summary.update(status="diverged", objective=0.0, diverged_step=exc.step, diverged_lr=exc.lr,
-                       best=trainer.best, final=trainer.final, steps=trainer.step,
-                       wall_time_s=time.time() - start, error=str(exc))
-        write_json(summary, run_dir / "summary.json")
+        summary.update(status="diverged", objective=0.0, diverged_step=exc.step, diverged_lr=exc.lr, error=str(exc))
         raise
     except BaseException as exc:
-        summary.update(error=f"{type(exc).__name__}: {exc}", wall_time_s=time.time() - start,
-                       status="stopped" if isinstance(exc, KeyboardInterrupt) else "failed")
-        write_json(summary, run_dir / "summary.json")
+        summary.update(status="stopped" if isinstance(exc, KeyboardInterrupt) else "failed",
+                       objective=trainer.best.get(OBJECTIVE), error=f"{type(exc).__name__}: {exc}")
         raise
-    history = trainer.history
-    objective = result["best"].get(OBJECTIVE, float("nan"))
+    finally:
+        _finish(trainer, summary, start, cfg)
+    _print_table(summary)
+    return float(summary["objective"])
+
+
+def _finish(trainer: Any, summary: dict[str, Any], start: float, cfg: DictConfig) -> None:
+    """Complete and write ``summary.json`` and ``lr.png``, however the run ended."""
+    from framework.loggers import plot_lr, write_json
+
+    history, plan, first = trainer.history, trainer.plan, trainer.group_names[0]
     summary.update(
-        status="completed",
-        objective=objective,
-        best=result["best"],
-        final=result["final"],
-        steps=result["steps"],
-        epochs=result["epochs"],
-        skipped_steps=result["skipped_steps"],
-        last_lr=history[trainer.group_names[0]][-1] if history["step"] else cfg.lr0,
+        best=trainer.best,
+        final=trainer.final,
+        steps=trainer.step,
+        epochs=trainer.final.get("epoch", -1) + 1,
+        skipped_steps=trainer.skipped_steps,
+        last_lr=history[first][-1] if history["step"] else None,
         wall_time_s=time.time() - start,
     )
-    write_json(summary, run_dir / "summary.json")
-    plot_lr(
-        history["step"], {n: history[n] for n in trainer.group_names}, run_dir / "lr.png",
-        warmup_steps=plan.warmup_steps, title=f"{type(plan.schedule).__name__} (lr0={cfg.lr0:g}, lrf={cfg.lrf:g})",
-    )
-    _print_table(summary)
-    return float(objective)
-
+    write_json(summary, trainer.run_dir / "summary.json")
+    if history["step"]:
+        plot_lr(history["step"], {n: history[n] for n in trainer.group_names}, trainer.run_dir / "lr.png",
+                warmup_steps=plan.warmup_steps,
+                title=f"{type(plan.schedule).__name__} (lr0={cfg.lr0:g}, lrf={cfg.lrf:g})")

@@ -104,6 +104,8 @@ class Trainer:
             group.setdefault("initial_lr", group["lr"])
         self.step = 0  # k: optimizer steps applied so far
         self._postfix: dict[str, str] = {}  # progress-bar fields (loss once it has been read)
+        self.best: dict[str, Any] = {}  # metrics of the best epoch so far (by val/acc)
+        self.final: dict[str, Any] = {}  # metrics of the last finished epoch
         self.skipped_steps = 0
         self.history: dict[str, list] = {"step": [], **{n: [] for n in self.group_names}}
 

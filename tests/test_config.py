@@ -25,6 +25,22 @@ def test_every_yaml_starts_with_a_purpose_comment():
         assert path.read_text().startswith("# "), path
 
 
+def test_every_key_has_a_comment():
+    """DESIGN §4: every key carries a short `# (unit) meaning` comment (_target_/_partial_ aside)."""
+    import re
+
+    key_line = re.compile(r"^\s*[A-Za-z_][\w.]*:\s*\S")
+    for path in [registry.CONF_DIR / "train.yaml", *GROUP_FILES]:
+        block_indent = None
+        for line in path.read_text().splitlines():
+            indent = len(line) - len(line.lstrip())
+            if block_indent is not None and (not line.strip() or indent > block_indent):
+                continue  # inside a block scalar (|)
+            block_indent = indent if re.search(r":\s*\|", line) else None
+            if key_line.match(line) and not line.lstrip().startswith(("_target_", "_partial_")):
+                assert " # " in line, f"{path.name}: {line.strip()}"
+
+
 @pytest.mark.parametrize("path", GROUP_FILES, ids=lambda p: f"{p.parent.name}/{p.stem}")
 def test_every_group_file_composes_validates_and_instantiates(path):
     group = path.parent.name
@@ -119,6 +135,9 @@ BAD_INPUTS = [
     (["dataset=synthetic", "scheduler=step", "scheduler.step_size=0"], "scheduler.step_size=0"),
     (["dataset=synthetic", "optimizer.momentum=0"], "optimizer: torch.optim.SGD rejected"),
     (["dataset=synthetic", "scheduler.interval=epoch", "epochs=1"], "scheduler: cosine has 1 unit"),
+    (["dataset=synthetic", "+foo=1"], "foo: unknown top-level key"),
+    (["dataset=synthetic", "model.drop_rate=2"], "model.drop_rate=2"),
+    (["dataset=synthetic", "optimizer=adam", "optimizer.betas=[0.9]"], "optimizer: torch.optim.Adam rejected"),
 ]
 
 
