@@ -30,7 +30,7 @@ RUNTIME_ARGS = {
     "dataset": ("seed",),
     "model": ("num_classes", "in_chans", "img_size"),
     "optimizer": ("params",),
-    "scheduler": ("total",),
+    "scheduler": ("total", "warmup"),
     "trainer": ("model", "optimizer", "plan", "data", "run_dir", "device"),
 }
 
@@ -67,6 +67,7 @@ class TrainConfig:
     warmup_epochs: float = 0.0  # (epochs) linear warmup length, fractions allowed
     warmup_steps: Optional[int] = None  # (steps) warmup length; wins over warmup_epochs
     warmup_start_factor: float = 0.1  # (fraction) LR of warmup step 0 = lr0 * this
+    warmup_momentum: Optional[float] = None  # momentum (beta1) of warmup step 0; null = no warmup
     seed: int = 0  # RNG seed of everything (data order, init, augmentation)
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     resume: Optional[str] = None  # run folder or checkpoint to continue from
@@ -97,6 +98,11 @@ def _number_errors(cfg: DictConfig) -> list[str]:
         "warmup_start_factor",
         0 < cfg.warmup_start_factor <= 1,
         "must be in (0, 1] so warmup step 0 never has LR 0, e.g. warmup_start_factor=0.1",
+    )
+    check(
+        "warmup_momentum",
+        cfg.warmup_momentum is None or 0 <= cfg.warmup_momentum < 1,
+        "must be in [0, 1) or null (no momentum warmup), e.g. warmup_momentum=0.8",
     )
     check("device", bool(_DEVICE_RE.match(str(cfg.device))), "use auto, cpu, cuda, cuda:N or mps")
     return errors

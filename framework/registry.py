@@ -35,6 +35,13 @@ def _signature(target: Any) -> inspect.Signature:
     return inspect.signature(target.__init__ if inspect.isclass(target) else target)
 
 
+def accepts(node: DictConfig, name: str) -> bool:
+    """True when the ``_target_`` of ``node`` takes an argument called ``name``."""
+    from hydra.utils import get_object
+
+    return name in _signature(get_object(node["_target_"])).parameters
+
+
 def check_signature(
     node: DictConfig, group: str, runtime: Iterable[str] = (), reserved: Iterable[str] = ()
 ) -> list[str]:

@@ -115,14 +115,19 @@ def build(cfg: DictConfig, run_dir: Path) -> Any:
     loaders = make_loaders(data, cfg.batch_size, cfg.seed, device)
     T, spe = count_steps(len(loaders[0]), cfg.trainer.accumulate_grad_batches, cfg.epochs, cfg.max_steps)
     W, warmup_key = warmup_length(cfg, spe)
+    takes_warmup = registry.accepts(cfg.scheduler, "warmup")
     plan = LRPlan(
-        lambda units: registry.instantiate(cfg.scheduler, "scheduler", reserved=("interval",), total=units),
+        lambda units, warmup: registry.instantiate(
+            cfg.scheduler, "scheduler", reserved=("interval",), total=units,
+            **({"warmup": warmup} if takes_warmup else {}),
+        ),
         total_steps=T,
         steps_per_epoch=spe,
         warmup_steps=W,
         warmup_start_factor=cfg.warmup_start_factor,
         interval=cfg.scheduler.get("interval", "step"),
         warmup_key=warmup_key,
+        warmup_momentum=cfg.warmup_momentum,
     )
     model = registry.instantiate(
         cfg.model, "model", num_classes=data.num_classes, in_chans=data.in_chans, img_size=data.img_size

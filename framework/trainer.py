@@ -20,6 +20,11 @@ from framework.schedules import LRPlan
 log = logging.getLogger(__name__)
 
 
+def _momentum_key(group: dict[str, Any]) -> Optional[str]:
+    """``momentum`` (SGD, RMSprop), ``betas`` (Adam family: beta1) or None for a param group."""
+    return "momentum" if "momentum" in group else "betas" if "betas" in group else None
+
+
 class Diverged(RuntimeError):
     """The training loss became non-finite (NaN or inf) at optimizer step ``step``.
 
@@ -102,6 +107,10 @@ class Trainer:
         self.group_names = [g.get("name", str(i)) for i, g in enumerate(optimizer.param_groups)]
         for group in optimizer.param_groups:
             group.setdefault("initial_lr", group["lr"])
+            key = _momentum_key(group)
+            if key is not None:
+                group.setdefault("initial_momentum", group["momentum"] if key == "momentum" else group["betas"][0])
+        self.momentum_key = _momentum_key(optimizer.param_groups[0])
         self.step = 0  # k: optimizer steps applied so far
         self._postfix: dict[str, str] = {}  # progress-bar fields (loss once it has been read)
         self.best: dict[str, Any] = {}  # metrics of the best epoch so far (by val/acc)
@@ -116,12 +125,27 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=dtype)
 
     def _set_lr(self, k: int) -> list[float]:
+        """Set every group's LR (and momentum, when the plan prescribes it) for step ``k``."""
         m = self.plan(k)
         lrs = []
         for group in self.optimizer.param_groups:
             group["lr"] = group["initial_lr"] * m
             lrs.append(group["lr"])
+            key = _momentum_key(group)
+            if key is not None and self.plan.sets_momentum:
+                value = self.plan.momentum(k, group["initial_momentum"])
+                if key == "momentum":
+                    group["momentum"] = value
+                else:
+                    group["betas"] = (value, *tuple(group["betas"])[1:])
         return lrs
+
+    def _momentum(self) -> Optional[float]:
+        """Momentum (or Adam beta1) of group 0 now; None for optimizers without one."""
+        group = self.optimizer.param_groups[0]
+        if self.momentum_key is None:
+            return None
+        return group["momentum"] if self.momentum_key == "momentum" else group["betas"][0]
 
     def _apply_step(self) -> tuple[bool, Optional[torch.Tensor]]:
         """Clip, step, zero grads. Returns (applied, grad_norm); fp16 overflow = not applied."""
@@ -180,7 +204,8 @@ class Trainer:
         epochs = math.ceil(T / spe)
         lr_cols = ["lr"] + [f"lr/{n}" for n in self.group_names[1:]]
         self._steps_csv = CSVLog(self.run_dir / "steps.csv",
-                                 ["step", "epoch", *lr_cols, "loss"] + (["grad_norm"] if self.clip else []))
+                                 ["step", "epoch", *lr_cols, *(["momentum"] if self.momentum_key else []), "loss"]
+                                 + (["grad_norm"] if self.clip else []))
         epochs_csv = CSVLog(self.run_dir / "epochs.csv", ["epoch", "train/loss", "val/loss", "val/acc", "lr", "time_s"])
         self._pending: list[tuple[dict[str, Any], torch.Tensor, Optional[torch.Tensor]]] = []
         self._bar = tqdm(total=T, disable=not self.progress_bar, unit="step", dynamic_ncols=True,
@@ -197,6 +222,7 @@ class Trainer:
                 metrics = {"epoch": epoch, "train/loss": train_loss, **self.evaluate(),
                            "lr": self.history[self.group_names[0]][-1], "time_s": time.perf_counter() - t0}
                 epochs_csv.write([metrics])
+                self.plan.observe(epoch, metrics)
                 final = metrics
                 is_best = not best or metrics["val/acc"] > best["val/acc"]
                 if is_best:
@@ -253,7 +279,7 @@ class Trainer:
 
     def _record(self, epoch: int, lrs: list[float], loss: torch.Tensor, norm: Optional[torch.Tensor]) -> None:
         """Log applied step ``k`` (its LRs now, its loss at the next flush) and advance ``k``."""
-        row = {"step": self.step, "epoch": epoch, "lr": lrs[0]}
+        row = {"step": self.step, "epoch": epoch, "lr": lrs[0], "momentum": self._momentum()}
         row.update({f"lr/{n}": v for n, v in zip(self.group_names[1:], lrs[1:])})
         self._pending.append((row, loss, norm))
         self.history["step"].append(self.step)
@@ -287,6 +313,7 @@ class Trainer:
             "step": self.step,
             "epoch": epoch + 1,
             "metrics": metrics,
+            "plan": self.plan.state_dict(),
         }
         if self.scaler is not None:
             state["scaler"] = self.scaler.state_dict()

@@ -59,7 +59,9 @@ def test_every_group_file_composes_validates_and_instantiates(path):
         opt = registry.instantiate(node, group, params=param_groups(net, node.get("weight_decay", 0.0)))
         assert all(g["lr"] == cfg.lr0 for g in opt.param_groups)
     elif group == "scheduler":
-        plan = LRPlan(lambda total: registry.instantiate(node, group, reserved=("interval",), total=total), 200, 20)
+        plan = LRPlan(lambda total, warmup: registry.instantiate(
+            node, group, reserved=("interval",), total=total,
+            **({"warmup": 10} if registry.accepts(node, "warmup") else {})), 200, 20)
         assert all(0 < m <= 1 for m in plan.multipliers())
     elif group == "trainer":
         net = torch.nn.Linear(2, 2)

@@ -31,7 +31,9 @@ def torch_lrs(make, T: int, lr0: float = LR0, steps_per_epoch: int = 1) -> list[
 
 def plan_lrs(schedule_cls, T: int, lr0: float = LR0, W: int = 0, s: float = 0.1, spe: int = 1,
              interval: str = "step", **kwargs) -> list[float]:
-    plan = LRPlan(lambda total: schedule_cls(total=total, **kwargs), T, spe, W, s, interval)
+    takes_warmup = "warmup" in inspect.signature(schedule_cls).parameters
+    plan = LRPlan(lambda total, warmup: schedule_cls(total=total, **({"warmup": warmup} if takes_warmup else {}),
+                                                     **kwargs), T, spe, W, s, interval)
     return [lr0 * m for m in plan.multipliers()]
 
 
@@ -179,7 +181,7 @@ def test_bad_schedule_arguments_raise(cls, kwargs, key):
 @pytest.mark.parametrize("W,T", [(10, 10), (11, 10)])
 def test_warmup_covering_the_run_is_refused(W, T):
     with pytest.raises(ConfigError, match="warmup"):
-        LRPlan(lambda total: schedules.Constant(total), T, 5, W)
+        LRPlan(lambda total, warmup: schedules.Constant(total), T, 5, W)
 
 
 SCHEDULER_FILES = sorted((registry.CONF_DIR / "scheduler").rglob("*.yaml"))
@@ -197,15 +199,30 @@ def test_every_schedule_invariants(path, interval):
     cfg = compose_cfg(f"scheduler={path.stem}", f"scheduler.interval={interval}", "lr0=0.1", "lrf=0.01")
     spe, epochs, W = 10, 12, 10
     plan = LRPlan(
-        lambda total: registry.instantiate(cfg.scheduler, "scheduler", reserved=("interval",), total=total),
+        lambda total, warmup: registry.instantiate(cfg.scheduler, "scheduler", reserved=("interval",), total=total,
+                                                   **({"warmup": warmup} if registry.accepts(cfg.scheduler, "warmup") else {})),
         spe * epochs, spe, W, 0.1, interval,
     )
     lrs = [cfg.lr0 * m for m in plan.multipliers()]
     assert all(math.isfinite(v) and 0 < v <= cfg.lr0 * (1 + 1e-12) for v in lrs)
     assert all(a < b for a, b in zip(lrs[: W - 1], lrs[1:W]))
-    assert lrs[W] == pytest.approx(cfg.lr0 / cfg.scheduler.get("div_factor", 1.0), rel=1e-12)
-    if "lrf" in cfg.scheduler:
+    assert lrs[W] == pytest.approx(cfg.lr0 * plan.schedule(0), rel=1e-12)
+    if plan.schedule.ends_at_lrf:
         assert lrs[-1] == pytest.approx(cfg.lr0 * cfg.lrf, rel=1e-12)
+    with pytest.raises(ConfigError):  # a horizon of zero units is refused by every schedule
+        registry.instantiate(cfg.scheduler, "scheduler", reserved=("interval",), total=0)
+
+
+def test_schedules_that_end_at_lrf():
+    ending = {name for name in registry.available("scheduler")
+              if getattr(registry_target(name), "ends_at_lrf", False)}
+    assert ending == {"cosine", "linear", "onecycle", "poly", "wsd"}
+
+
+def registry_target(name):
+    from hydra.utils import get_object
+
+    return get_object(compose_cfg(f"scheduler={name}").scheduler._target_)
 
 
 def test_every_schedule_documents_its_formula():
@@ -215,3 +232,176 @@ def test_every_schedule_documents_its_formula():
     for cls in classes:
         lines = [line.strip() for line in (cls.__doc__ or "").splitlines()]
         assert any(line.startswith("Formula: m(t) =") for line in lines), cls.__name__
+
+
+# ---- the rest of the library (issue: complete LR-policy library) ----
+
+def test_exponential_equals_exponential_lr():
+    T = 30
+    ref = torch_lrs(lambda o: tls.ExponentialLR(o, gamma=0.9), T)
+    assert_close(plan_lrs(schedules.Exponential, T, gamma=0.9), ref)
+
+
+@pytest.mark.parametrize("power", [0.9, 1.0, 2.0])
+def test_poly_with_lrf_0_equals_polynomial_lr(power):
+    T = 25
+    ref = torch_lrs(lambda o: tls.PolynomialLR(o, total_iters=T - 1, power=power), T)
+    assert_close(plan_lrs(schedules.Poly, T, lrf=0.0, power=power), ref)
+
+
+def test_poly_hand_worked_table():
+    """power 2, T = 11, lr0 0.1, lrf 0.01: step 5 = 0.1*(0.01 + 0.99*0.5^2) = 0.02575."""
+    lrs = plan_lrs(schedules.Poly, 11, lrf=0.01, power=2.0)
+    assert lrs[5] == pytest.approx(0.02575, abs=1e-15) and lrs[10] == 0.001
+    assert all(a > b for a, b in zip(lrs, lrs[1:]))
+
+
+@pytest.mark.parametrize("T_0,T_mult", [(5, 1), (3, 2), (4, 3)])
+def test_cosine_restarts_equals_warm_restarts(T_0, T_mult):
+    T = 60
+    ref = torch_lrs(lambda o: tls.CosineAnnealingWarmRestarts(o, T_0=T_0, T_mult=T_mult, eta_min=LR0 * LRF), T)
+    assert_close(plan_lrs(schedules.CosineRestarts, T, lrf=LRF, T_0=T_0, T_mult=T_mult), ref)
+
+
+def test_cosine_restarts_peak_decay_hand_worked():
+    """T_0=4, decay 0.5: restarts at t = 4, 8 peak at 0.5 and 0.25 of lr0."""
+    lrs = plan_lrs(schedules.CosineRestarts, 12, lrf=0.0, T_0=4, decay=0.5)
+    assert lrs[0] == LR0 and lrs[4] == LR0 * 0.5 and lrs[8] == LR0 * 0.25
+    assert lrs[2] == pytest.approx(LR0 * 0.5, abs=1e-15)  # half-way down the first cosine
+
+
+def torch_momenta(make, T, optimizer="sgd"):
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([p], lr=LR0, momentum=0.9) if optimizer == "sgd" else torch.optim.Adam([p], lr=LR0)
+    sched = make(opt)
+    lrs, moms = [], []
+    for _ in range(T):
+        g = opt.param_groups[0]
+        lrs.append(g["lr"])
+        moms.append(g["momentum"] if optimizer == "sgd" else g["betas"][0])
+        opt.step()
+        sched.step()
+    return lrs, moms
+
+
+def plan_momenta(schedule_cls, T, **kwargs):
+    plan = LRPlan(lambda total, warmup: schedule_cls(total=total, **kwargs), T, 1)
+    return [LR0 * plan(k) for k in range(T)], [plan.momentum(k, 0.9) for k in range(T)]
+
+
+@pytest.mark.parametrize("mode,gamma", [("triangular", 1.0), ("triangular2", 1.0), ("exp_range", 0.97)])
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_cyclic_equals_cyclic_lr_with_momentum(mode, gamma, optimizer):
+    T = 50
+    ref_lr, ref_m = torch_momenta(
+        lambda o: tls.CyclicLR(o, base_lr=LR0 * LRF, max_lr=LR0, step_size_up=4, step_size_down=6, mode=mode,
+                               gamma=gamma, cycle_momentum=True, base_momentum=0.8, max_momentum=0.9), T, optimizer)
+    lrs, moms = plan_momenta(schedules.Cyclic, T, lrf=LRF, step_size_up=4, step_size_down=6, mode=mode, gamma=gamma)
+    assert_close(lrs, ref_lr)
+    assert_close(moms, ref_m)
+
+
+def test_cyclic_triangular_hand_worked_table():
+    """Bounds 0.001 ... 0.01 (lr0 0.01, lrf 0.1), half-cycle 4 steps, T = 9."""
+    lrs = [0.01 * m for m in LRPlan(lambda total, warmup: schedules.Cyclic(total, lrf=0.1, step_size_up=4), 9, 1)
+           .multipliers()]
+    assert_close(lrs, [0.001, 0.00325, 0.0055, 0.00775, 0.01, 0.00775, 0.0055, 0.00325, 0.001], tol=1e-15)
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_onecycle_momentum_equals_onecycle_lr(optimizer):
+    T = 40
+    ref_lr, ref_m = torch_momenta(
+        lambda o: tls.OneCycleLR(o, max_lr=LR0, total_steps=T, final_div_factor=1 / (25 * LRF)), T, optimizer)
+    lrs, moms = plan_momenta(schedules.OneCycle, T, lrf=LRF)
+    assert_close(lrs, ref_lr)
+    assert_close(moms, ref_m)
+
+
+def test_onecycle_two_epochs_of_ten_steps():
+    lrs = plan_lrs(schedules.OneCycle, 20, lrf=LRF)
+    assert len(set(lrs)) == 20 and lrs[19] == LR0 * LRF
+
+
+def test_step_epoch_interval_hand_worked():
+    """interval=epoch, step_size=1, gamma=0.5, 3 epochs of 4 steps: constant inside each epoch."""
+    lrs = plan_lrs(schedules.Step, 12, spe=4, interval="epoch", step_size=1, gamma=0.5)
+    assert lrs == [0.1] * 4 + [0.05] * 4 + [0.025] * 4
+
+
+def test_wsd_hand_worked_table():
+    """T = 10, decay_frac 0.2, linear, lr0 0.1, lrf 0.01: 0.1 x8, 0.0505, 0.001."""
+    lrs = plan_lrs(schedules.WSD, 10, lrf=0.01, decay_frac=0.2)
+    assert_close(lrs, [0.1] * 8 + [0.0505, 0.001], tol=1e-15)
+
+
+@pytest.mark.parametrize("shape,mid", [("cosine", 0.5), ("1-sqrt", 1 - 0.5**0.5)])
+def test_wsd_shapes(shape, mid):
+    """D = 4 decay steps: step 7 has done p = 2/4 of the decay."""
+    lrs = plan_lrs(schedules.WSD, 10, lrf=0.0, decay_frac=0.4, decay_shape=shape)
+    assert lrs[:6] == [0.1] * 6 and lrs[7] == pytest.approx(0.1 * mid, abs=1e-15) and lrs[9] == 0.0
+
+
+@pytest.mark.parametrize("frac", [0.01, 1.5, 0.0])
+def test_wsd_decay_shorter_than_a_step_or_longer_than_the_run_is_refused(frac):
+    with pytest.raises(ConfigError, match="scheduler.decay_frac"):
+        schedules.WSD(10, lrf=0.01, decay_frac=frac)
+
+
+def test_inverse_sqrt_after_warmup_is_fairseq_rule():
+    """W = 4 warmup steps: step k >= 4 has lr0*sqrt(4/k)."""
+    lrs = plan_lrs(schedules.InverseSqrt, 20, W=4, s=0.25)
+    assert_close(lrs[4:], [LR0 * math.sqrt(4 / k) for k in range(4, 20)], tol=1e-15)
+    assert schedules.InverseSqrt(50, warmup=0).timescale == 5  # no warmup: a tenth of the phase
+    with pytest.raises(ConfigError, match="scheduler.timescale"):
+        schedules.InverseSqrt(10, warmup=0, timescale=0)
+
+
+def plateau_epoch_lrs(metrics, warmup_epochs=0, spe=3, **kwargs):
+    """LR of each epoch's last step under a plan fed ``metrics[e]`` after each epoch."""
+    epochs = len(metrics)
+    plan = LRPlan(lambda total, warmup: schedules.Plateau(total, **kwargs), epochs * spe, spe,
+                  warmup_epochs * spe, 0.1, "epoch")
+    out = []
+    for e, value in enumerate(metrics):
+        out.append(LR0 * plan(e * spe + spe - 1))
+        plan.observe(e, {"val/loss": value, "val/acc": value})
+    return out
+
+
+def test_plateau_hand_worked_table():
+    """factor 0.5, patience 0, 2 warmup epochs, 6 epochs, metric never changes."""
+    lrs = plateau_epoch_lrs([1.0] * 6, warmup_epochs=2, lrf=0.01, factor=0.5, patience=0)
+    assert lrs[0] < lrs[1] < 0.1  # warmup epochs rise toward lr0
+    assert_close(lrs[2:], [0.1, 0.1, 0.05, 0.025], tol=1e-15)
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"mode": "min", "factor": 0.5, "patience": 1},
+    {"mode": "max", "factor": 0.3, "patience": 0, "cooldown": 2},
+    {"mode": "min", "factor": 0.5, "patience": 0, "threshold": 0.1, "threshold_mode": "abs"},
+])
+def test_plateau_equals_reduce_lr_on_plateau(kwargs):
+    metrics = [1.0, 0.9, 0.95, 0.95, 0.94, 0.7, 0.71, 0.72, 0.73, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5]
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=LR0)
+    ref_sched = tls.ReduceLROnPlateau(opt, min_lr=LR0 * LRF, **kwargs)
+    ref = []
+    for value in metrics:
+        ref.append(opt.param_groups[0]["lr"])
+        ref_sched.step(value)
+    assert_close(plateau_epoch_lrs(metrics, lrf=LRF, **kwargs), ref)
+
+
+def test_plateau_state_round_trip():
+    a = schedules.Plateau(10, lrf=0.01, factor=0.5, patience=0)
+    for value in (1.0, 1.0, 1.0):
+        a.observe({"val/loss": value})
+    b = schedules.Plateau(10, lrf=0.01, factor=0.5, patience=0)
+    b.load_state_dict(a.state_dict())
+    assert b(0) == a(0) == 0.25 and b.state_dict() == a.state_dict()
+
+
+def test_momentum_warmup_rises_to_the_optimizer_momentum():
+    plan = LRPlan(lambda total, warmup: schedules.Cosine(total, lrf=0.01), 20, 5, 4, 0.1, "step",
+                  warmup_momentum=0.8)
+    assert [plan.momentum(k, 0.9) for k in range(6)] == pytest.approx([0.8, 0.825, 0.85, 0.875, 0.9, 0.9])

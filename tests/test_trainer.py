@@ -175,3 +175,37 @@ def test_short_warmup_epochs_is_never_dropped(tmp_path):
                      "trainer.save_checkpoints=false")
     lrs = [float(r["lr"]) for r in read_csv(tmp_path / "steps.csv")]
     assert lrs[0] == pytest.approx(0.01, abs=1e-15) and lrs[1:] == [0.1] * 7
+
+
+def test_cyclic_with_adam_cycles_beta1_and_logs_it(tmp_path):
+    """cyclic + Adam must not crash; the momentum column is beta1, as CyclicLR sets it."""
+    train_in_process(tmp_path, *TINY, "optimizer=adam", "scheduler=cyclic", "scheduler.step_size_up=2",
+                     "lr0=0.01", "lrf=0.1", "epochs=2", "trainer.save_checkpoints=false")
+    rows = read_csv(tmp_path / "steps.csv")
+    ref_lr, ref_m = [], []
+    opt = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=0.01)
+    sched = tls.CyclicLR(opt, base_lr=0.001, max_lr=0.01, step_size_up=2, base_momentum=0.8, max_momentum=0.9)
+    for _ in rows:
+        ref_lr.append(opt.param_groups[0]["lr"])
+        ref_m.append(opt.param_groups[0]["betas"][0])
+        opt.step()
+        sched.step()
+    assert_close([float(r["lr"]) for r in rows], ref_lr)
+    assert_close([float(r["momentum"]) for r in rows], ref_m)
+
+
+def test_sgd_momentum_is_logged_and_warmed_up(tmp_path):
+    train_in_process(tmp_path, *TINY, "epochs=2", "warmup_steps=4", "warmup_momentum=0.5",
+                     "trainer.save_checkpoints=false")
+    moms = [float(r["momentum"]) for r in read_csv(tmp_path / "steps.csv")]
+    assert moms == pytest.approx([0.5, 0.6, 0.7, 0.8, 0.9, 0.9, 0.9, 0.9], abs=1e-15)
+
+
+def test_plateau_in_a_run_reduces_and_checkpoints_its_state(tmp_path):
+    """A metric that cannot improve (val/acc with lr so small nothing moves) halves the LR."""
+    train_in_process(tmp_path, *TINY, "epochs=4", "scheduler=plateau", "scheduler.monitor=val/acc",
+                     "scheduler.mode=max", "scheduler.patience=0", "scheduler.factor=0.5", "lr0=1e-12")
+    epoch_lrs = [float(r["lr"]) for r in read_csv(tmp_path / "epochs.csv")]
+    assert epoch_lrs == pytest.approx([1e-12, 1e-12, 5e-13, 2.5e-13], rel=1e-12)
+    state = load_checkpoint(tmp_path / "checkpoints" / "last.pt")["plan"]
+    assert state["multiplier"] == 0.125 and state["num_bad_epochs"] == 0  # reduced after epoch 3 too

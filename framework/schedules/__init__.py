@@ -1,0 +1,32 @@
+"""LR policies: pure functions of the step index returning a multiplier on each group's base LR.
+
+Notation (DESIGN.md §3): ``T`` optimizer steps ``k = 0 … T-1``; warmup of ``W`` steps; after
+warmup the main schedule sees ``t`` = interval units (steps, or epochs with
+``scheduler.interval=epoch``) since warmup ended, out of ``total`` units. Decaying schedules
+reach exactly ``lrf`` at ``t = total-1``, so the last step of the run uses ``lr0·lrf``.
+
+A schedule holds no state (plateau, driven by a metric, is the one exception): the trainer owns
+``k`` and asks :class:`LRPlan` for the multiplier of step ``k`` before applying it. Config files
+name the classes as ``framework.schedules.<Class>``.
+"""
+from framework.schedules.base import Decay, Schedule
+from framework.schedules.cycles import CosineRestarts, Cyclic, OneCycle
+from framework.schedules.decay import (
+    WSD,
+    Constant,
+    Cosine,
+    Exponential,
+    InverseSqrt,
+    Linear,
+    MultiStep,
+    NoSchedule,
+    Poly,
+    Step,
+)
+from framework.schedules.plan import LRPlan
+from framework.schedules.plateau import Plateau
+
+__all__ = [
+    "Schedule", "Decay", "LRPlan", "Constant", "NoSchedule", "Step", "MultiStep", "Exponential",
+    "Cosine", "Linear", "Poly", "InverseSqrt", "WSD", "OneCycle", "Cyclic", "CosineRestarts", "Plateau",
+]

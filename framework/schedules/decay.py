@@ -1,0 +1,242 @@
+"""Monotone policies: constant, step-wise, exponential and smooth decays (one pass over the run)."""
+from __future__ import annotations
+
+import bisect
+import math
+from typing import Optional, Sequence
+
+from framework.config import ConfigError
+from framework.schedules.base import Decay, Schedule, check_gamma, check_lrf, progress
+
+
+class Constant(Schedule):
+    """Constant LR (``lr0``) after warmup.
+
+    Formula: m(t) = 1
+    """
+
+    def __call__(self, t: int) -> float:
+        return 1.0
+
+
+class NoSchedule(Constant):
+    """No schedule: the optimizer's LR is left at ``lr0`` (schedule-free and LR-free optimizers).
+
+    Same values as :class:`Constant`; a warmup still applies if one is asked for.
+
+    Formula: m(t) = 1
+    """
+
+    def __call__(self, t: int) -> float:
+        return 1.0
+
+
+class Step(Schedule):
+    """Step decay: multiply by ``gamma`` every ``step_size`` units, as ``torch.optim.lr_scheduler.StepLR``.
+
+    Formula: m(t) = gamma^floor(t / step_size)
+
+    Args:
+        total: units in the main phase (runtime).
+        step_size: units (steps or epochs, per ``scheduler.interval``) between decays; >= 1.
+        gamma: decay factor per step_size, in (0, 1].
+
+    Raises:
+        ConfigError: step_size < 1 or gamma outside (0, 1].
+    """
+
+    def __init__(self, total: int, step_size: int, gamma: float = 0.1):
+        super().__init__(total)
+        if int(step_size) != step_size or step_size < 1:
+            raise ConfigError(f"scheduler.step_size={step_size}: must be an integer >= 1")
+        check_gamma(gamma)
+        self.step_size, self.gamma = int(step_size), float(gamma)
+
+    def __call__(self, t: int) -> float:
+        return self.gamma ** (t // self.step_size)
+
+
+class MultiStep(Schedule):
+    """Decay by ``gamma`` at each milestone, as ``torch.optim.lr_scheduler.MultiStepLR``.
+
+    Formula: m(t) = gamma^(number of milestones <= t)
+
+    Args:
+        total: units in the main phase (runtime).
+        milestones: strictly increasing units (steps or epochs) at which the LR drops; each >= 1.
+        gamma: decay factor per milestone, in (0, 1].
+
+    Raises:
+        ConfigError: milestones not strictly increasing positive integers, or gamma out of range.
+    """
+
+    def __init__(self, total: int, milestones: Sequence[int], gamma: float = 0.1):
+        super().__init__(total)
+        ms = list(milestones)
+        if any(int(m) != m or m < 1 for m in ms) or ms != sorted(set(ms)):
+            raise ConfigError(
+                f"scheduler.milestones={ms}: must be strictly increasing integers >= 1, e.g. [30,60]"
+            )
+        check_gamma(gamma)
+        self.milestones, self.gamma = [int(m) for m in ms], float(gamma)
+
+    def __call__(self, t: int) -> float:
+        return self.gamma ** bisect.bisect_right(self.milestones, t)
+
+
+class Exponential(Schedule):
+    """Exponential decay by ``gamma`` per unit, as ``torch.optim.lr_scheduler.ExponentialLR``.
+
+    Formula: m(t) = gamma^t
+
+    Args:
+        total: units in the main phase (runtime).
+        gamma: decay factor per unit (step or epoch), in (0, 1].
+
+    Raises:
+        ConfigError: gamma outside (0, 1].
+    """
+
+    def __init__(self, total: int, gamma: float = 0.95):
+        super().__init__(total)
+        check_gamma(gamma)
+        self.gamma = float(gamma)
+
+    def __call__(self, t: int) -> float:
+        return self.gamma**t
+
+
+class Cosine(Decay):
+    """Cosine annealing from 1 to ``lrf`` over the main phase (Loshchilov & Hutter, SGDR, 2017).
+
+    Equals ``CosineAnnealingLR(T_max=total-1, eta_min=lr0*lrf)`` step for step.
+
+    Formula: m(t) = lrf + (1 - lrf) * (1 + cos(pi * t / (total - 1))) / 2
+
+    Args:
+        total: units in the main phase (runtime), >= 2.
+        lrf: final multiplier, reached exactly at ``t = total-1``; in [0, 1].
+    """
+
+    def __call__(self, t: int) -> float:
+        return self.lrf + (1 - self.lrf) * (1 + math.cos(math.pi * progress(t, self.total))) / 2
+
+
+class Linear(Decay):
+    """Linear decay from 1 to ``lrf`` over the main phase (Ultralytics' default ``lf``).
+
+    Equals ``LinearLR(start_factor=1, end_factor=lrf, total_iters=total-1)`` step for step.
+
+    Formula: m(t) = lrf + (1 - lrf) * (1 - t / (total - 1))
+
+    Args:
+        total: units in the main phase (runtime), >= 2.
+        lrf: final multiplier, reached exactly at ``t = total-1``; in [0, 1].
+    """
+
+    def __call__(self, t: int) -> float:
+        return self.lrf + (1 - self.lrf) * (1 - progress(t, self.total))
+
+
+class Poly(Decay):
+    """Polynomial decay from 1 to ``lrf`` (DeepLab's "poly" policy, Chen et al., 2017).
+
+    With ``lrf=0`` it equals ``PolynomialLR(total_iters=total-1, power=power)`` step for step.
+
+    Formula: m(t) = lrf + (1 - lrf) * (1 - t / (total - 1))^power
+
+    Args:
+        total: units in the main phase (runtime), >= 2.
+        lrf: final multiplier, reached exactly at ``t = total-1``; in [0, 1].
+        power: exponent, > 0 (1 = linear; DeepLab uses 0.9).
+
+    Raises:
+        ConfigError: power <= 0.
+    """
+
+    def __init__(self, total: int, lrf: float, power: float = 1.0):
+        super().__init__(total, lrf)
+        if not power > 0:
+            raise ConfigError(f"scheduler.power={power}: must be > 0, e.g. 0.9 or 2")
+        self.power = float(power)
+
+    def __call__(self, t: int) -> float:
+        return self.lrf + (1 - self.lrf) * (1 - progress(t, self.total)) ** self.power
+
+
+class InverseSqrt(Schedule):
+    """Inverse square-root decay after warmup (Vaswani et al., 2017; fairseq's ``inverse_sqrt``).
+
+    With ``timescale`` = the warmup length ``W`` (the default when there is a warmup) this is
+    fairseq's rule ``lr0*sqrt(W/k)`` at step ``k >= W``. Without a warmup the default timescale
+    is a tenth of the main phase. Never below ``lrf``.
+
+    Formula: m(t) = max(lrf, sqrt(timescale / (timescale + t)))
+
+    Args:
+        total: units in the main phase (runtime).
+        warmup: warmup length in units (runtime); the timescale when ``timescale`` is null.
+        lrf: floor multiplier, in [0, 1].
+        timescale: units after which the LR has fallen to ``lr0/sqrt(2)``; null = the warmup
+            length, or ``max(1, total // 10)`` without warmup.
+
+    Raises:
+        ConfigError: a timescale < 1.
+    """
+
+    def __init__(self, total: int, warmup: int = 0, lrf: float = 0.0, timescale: Optional[int] = None):
+        super().__init__(total)
+        check_lrf(lrf)
+        scale = (warmup or max(1, total // 10)) if timescale is None else timescale
+        if scale < 1:
+            raise ConfigError(f"scheduler.timescale={timescale}: must be >= 1 (units) or null")
+        self.timescale, self.lrf = float(scale), float(lrf)
+
+    def __call__(self, t: int) -> float:
+        return max(self.lrf, math.sqrt(self.timescale / (self.timescale + t)))
+
+
+class WSD(Schedule):
+    """Warmup-stable-decay (Hu et al., MiniCPM, 2024): hold lr0, then decay to ``lrf`` at the end.
+
+    The decay covers the last ``D = round(decay_frac * total)`` units; its ``j``-th unit
+    (``j = 0 … D-1``) has done ``p = (j+1)/D`` of the decay, so the last unit is ``lrf``.
+
+    Formula: m(t) = 1 for t < total - D, else lrf + (1 - lrf) * f(p), p = (t - total + D + 1)/D, f = 1 - p (linear), (1 + cos(pi*p))/2 (cosine), 1 - sqrt(p) (1-sqrt)
+
+    Args:
+        total: units in the main phase (runtime).
+        lrf: final multiplier; in [0, 1].
+        decay_frac: fraction of the main phase spent decaying, in (0, 1].
+        decay_shape: ``linear``, ``cosine`` or ``1-sqrt`` (Hägele et al., 2024).
+
+    Raises:
+        ConfigError: a decay shorter than one unit or longer than the run, or a bad shape.
+    """
+
+    SHAPES = {
+        "linear": lambda p: 1 - p,
+        "cosine": lambda p: (1 + math.cos(math.pi * p)) / 2,
+        "1-sqrt": lambda p: 1 - math.sqrt(p),
+    }
+
+    ends_at_lrf = True
+
+    def __init__(self, total: int, lrf: float, decay_frac: float = 0.2, decay_shape: str = "linear"):
+        super().__init__(total)
+        check_lrf(lrf)
+        if decay_shape not in self.SHAPES:
+            raise ConfigError(f"scheduler.decay_shape={decay_shape}: use linear, cosine or 1-sqrt")
+        decay = int(round(decay_frac * total))
+        if not 0 < decay_frac <= 1 or decay < 1:
+            raise ConfigError(
+                f"scheduler.decay_frac={decay_frac}: gives a decay of {decay_frac * total:g} of {total} "
+                "units; it must cover at least 1 unit and at most the whole run"
+            )
+        self.lrf, self.decay, self.shape = float(lrf), decay, self.SHAPES[decay_shape]
+
+    def __call__(self, t: int) -> float:
+        start = self.total - self.decay
+        if t < start:
+            return 1.0
+        return self.lrf + (1 - self.lrf) * self.shape((t - start + 1) / self.decay)
