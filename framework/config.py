@@ -35,6 +35,7 @@ RUNTIME_ARGS = {
 }
 
 PRECISIONS = ("32", "bf16", "fp16")
+MODES = ("train", "plot_lr")
 INTERVALS = ("step", "epoch")
 _DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
@@ -71,6 +72,7 @@ class TrainConfig:
     seed: int = 0  # RNG seed of everything (data order, init, augmentation)
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     resume: Optional[str] = None  # run folder or checkpoint to continue from
+    mode: str = "train"  # train | plot_lr (draw the planned LR of every step, then exit)
 
 
 def register_configs() -> None:
@@ -104,6 +106,7 @@ def _number_errors(cfg: DictConfig) -> list[str]:
         cfg.warmup_momentum is None or 0 <= cfg.warmup_momentum < 1,
         "must be in [0, 1) or null (no momentum warmup), e.g. warmup_momentum=0.8",
     )
+    check("mode", cfg.mode in MODES, f"use one of {', '.join(MODES)}")
     check("device", bool(_DEVICE_RE.match(str(cfg.device))), "use auto, cpu, cuda, cuda:N or mps")
     return errors
 

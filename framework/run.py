@@ -140,6 +140,23 @@ def build(cfg: DictConfig, run_dir: Path) -> Any:
     )
 
 
+def preview(trainer: Any, run_dir: Path, label: str) -> float:
+    """``mode=plot_lr``: write ``lr_plan.png`` and ``lr_plan.json`` (key points), print them, train nothing.
+
+    Returns:
+        0.0 (no objective: nothing was trained).
+    """
+    from framework.loggers import write_json
+    from framework.preview import describe, key_points, plan_of, plot
+
+    run = plan_of(trainer, label or type(trainer.plan.schedule).__name__)
+    plot([run], run_dir / "lr_plan.png", grid=True)
+    write_json({**key_points(run), "groups": {n: v[0] for n, v in run.lrs.items()}}, run_dir / "lr_plan.json")
+    print(describe(run))
+    print(f"wrote {run_dir / 'lr_plan.png'}")
+    return 0.0
+
+
 def _print_table(summary: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -192,6 +209,8 @@ def train(cfg: DictConfig, run_dir: Optional[str | Path] = None) -> float:
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     trainer = build(cfg, run_dir)
+    if cfg.mode == "plot_lr":
+        return preview(trainer, run_dir, " ".join(overrides))
 
     from framework.loggers import git_state
     from framework.trainer import Diverged

@@ -1,0 +1,182 @@
+"""Preview LR plans before spending compute: the planned LR (and momentum) of every step.
+
+``python train.py mode=plot_lr <overrides>`` draws one run's plan into its run folder;
+``python -m framework.preview scheduler=cosine,wsd,onecycle epochs=30`` overlays several (any
+comma list, ``range(...)`` or ``glob(...)`` of Hydra's override grammar; ``--grid`` draws one
+panel per plan). T is computed from the real data loader, as in training; nothing is trained.
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+
+@dataclass
+class PlannedRun:
+    """The plan of one composed config.
+
+    Attributes:
+        label: the overrides that made it (for legends).
+        lrs: group name -> LR (absolute) of every step ``k = 0 … T-1``.
+        momentum: momentum (or Adam beta1) of group 0 at every step; None without one.
+        warmup_steps: ``W``.
+        steps_per_epoch: optimizer steps per epoch.
+    """
+
+    label: str
+    lrs: dict[str, list[float]]
+    momentum: Optional[list[float]]
+    warmup_steps: int
+    steps_per_epoch: int
+
+
+def plan_of(trainer: Any, label: str = "") -> PlannedRun:
+    """Evaluate a built trainer's plan at every step (a metric-driven plan as it stands: flat)."""
+    plan, groups = trainer.plan, trainer.optimizer.param_groups
+    mults = plan.multipliers()
+    lrs = {name: [g["initial_lr"] * m for m in mults] for name, g in zip(trainer.group_names, groups)}
+    momentum = None
+    if "initial_momentum" in groups[0]:
+        base = groups[0]["initial_momentum"]
+        momentum = [plan.momentum(k, base) if plan.sets_momentum else base for k in range(plan.total_steps)]
+    return PlannedRun(label, lrs, momentum, plan.warmup_steps, plan.steps_per_epoch)
+
+
+def key_points(run: PlannedRun) -> dict[str, Any]:
+    """Peak LR and its step, LR at the end of warmup, first and final LR (group 0)."""
+    lrs = next(iter(run.lrs.values()))
+    peak = max(range(len(lrs)), key=lrs.__getitem__)
+    return {
+        "steps": len(lrs),
+        "first_lr": lrs[0],
+        "peak_lr": lrs[peak],
+        "peak_step": peak,
+        "warmup_end_step": run.warmup_steps,
+        "lr_after_warmup": lrs[run.warmup_steps] if run.warmup_steps < len(lrs) else None,
+        "final_lr": lrs[-1],
+    }
+
+
+def describe(run: PlannedRun) -> str:
+    """One line of key points, e.g. ``cosine: T=230, peak 0.01 at step 0, final 0.0001``."""
+    p = key_points(run)
+    warm = f", warmup to step {p['warmup_end_step']}" if p["warmup_end_step"] else ""
+    return (f"{run.label or 'plan'}: T={p['steps']}, first {p['first_lr']:.4g}, peak {p['peak_lr']:.4g} at "
+            f"step {p['peak_step']}{warm}, final {p['final_lr']:.4g}")
+
+
+def distinct(lrs: dict[str, list[float]]) -> dict[str, list[float]]:
+    """Merge groups whose LRs are identical: ``{"decay, no_decay": [...]}``."""
+    merged: dict[tuple, list[str]] = {}
+    for name, values in lrs.items():
+        merged.setdefault(tuple(values), []).append(name)
+    return {", ".join(names): list(values) for values, names in merged.items()}
+
+
+def plot(runs: Sequence[PlannedRun], path: str | Path, grid: bool = False, title: str = "") -> None:
+    """Draw the planned LR of every group of every run (momentum on a second axis) into a PNG.
+
+    Args:
+        runs: plans to draw; overlaid in one panel, or one panel each with ``grid``.
+        path: output PNG.
+        grid: one panel per run.
+        title: figure title.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(runs) if grid else 1
+    cols = min(n, 3)
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols if grid else 8, 3.0 * rows if grid else 4),
+                             dpi=100, squeeze=False)
+    for i, run in enumerate(runs):
+        ax = axes[i // cols][i % cols] if grid else axes[0][0]
+        lines = distinct(run.lrs)
+        for name, values in lines.items():
+            label = name if grid else f"{run.label} ({name})" if len(lines) > 1 else run.label
+            ax.plot(values, lw=1.5, label=label)
+        if grid:
+            ax.set_title(run.label, fontsize=9)
+            if run.momentum is not None and len(set(run.momentum)) > 1:
+                twin = ax.twinx()
+                twin.plot(run.momentum, color="0.6", lw=1, ls="--")
+                twin.set_ylabel("momentum", fontsize=7, color="0.4")
+                twin.tick_params(labelsize=6)
+        ax.set_xlabel("optimizer step k", fontsize=8)
+        ax.set_ylabel("LR", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+    for j in range(n, rows * cols):
+        axes[j // cols][j % cols].axis("off")
+    if not grid or any(len(distinct(r.lrs)) > 1 for r in runs):
+        for ax in axes.flat:
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout(rect=(0, 0, 1, 0.97) if title else (0, 0, 1, 1))
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def expand(overrides: Sequence[str]) -> list[list[str]]:
+    """Every combination of Hydra sweep overrides (``a=1,2``, ``range``, ``glob`` of a group)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import Glob
+
+    from framework.registry import available
+
+    choices = []
+    for o in OverridesParser.create().parse_overrides(list(overrides)):
+        key = o.get_key_element()
+        if isinstance(o.value(), Glob):
+            values = o.value().filter(available(key))
+        elif o.is_sweep_override():
+            values = list(o.sweep_string_iterator())
+        else:
+            values = [o.get_value_element_as_str()]
+        choices.append([f"{key}={v}" for v in values])
+    return [list(c) for c in itertools.product(*choices)]
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    """``python -m framework.preview [--out PNG] [--grid] OVERRIDES...``"""
+    from hydra import compose, initialize_config_dir
+
+    from framework.cli import exit_on_user_error
+    from framework.config import register_configs
+    from framework.registry import CONF_DIR
+
+    parser = argparse.ArgumentParser(prog="python -m framework.preview", description=__doc__.splitlines()[0])
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides; comma lists / range / glob are expanded")
+    parser.add_argument("--out", default="lr_preview.png", help="output PNG (default: %(default)s)")
+    parser.add_argument("--grid", action="store_true", help="one panel per plan instead of one overlay")
+    args = parser.parse_args(argv)
+    register_configs()
+    from framework.run import build
+
+    runs = []
+    with exit_on_user_error():
+        combos = expand(args.overrides)
+        varying = [i for i in range(len(combos[0])) if len({c[i] for c in combos}) > 1]
+        for combo in combos:
+            with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+                cfg = compose(config_name="train", overrides=combo)
+            label = " ".join(combo[i] for i in varying) or " ".join(combo)
+            runs.append(plan_of(build(cfg, Path.cwd()), label))
+    fixed = " ".join(o for i, o in enumerate(combos[0]) if i not in varying)
+    plot(runs, args.out, grid=args.grid, title=fixed)
+    for run in runs:
+        print(describe(run))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
