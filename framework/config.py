@@ -23,7 +23,7 @@ from framework import registry
 GROUPS = ("dataset", "model", "optimizer", "scheduler", "trainer")
 
 #: Keys of a group file that configure the framework rather than the ``_target_`` callable.
-RESERVED_KEYS = {"scheduler": ("interval",)}
+RESERVED_KEYS = {"scheduler": ("interval",), "optimizer": ("head_lr_mult", "layer_decay")}
 
 #: Runtime arguments each group's callable receives at the call site (never written in YAML).
 RUNTIME_ARGS = {
@@ -72,6 +72,8 @@ class TrainConfig:
     seed: int = 0  # RNG seed of everything (data order, init, augmentation)
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     resume: Optional[str] = None  # run folder or checkpoint to continue from
+    lr_scaling: str = "none"  # none | linear | sqrt: scale lr0 by the global batch size
+    lr_base_size: int = 256  # (samples) global batch size that lr0 was tuned for
     mode: str = "train"  # train | plot_lr (draw the planned LR of every step, then exit)
 
 
@@ -106,6 +108,8 @@ def _number_errors(cfg: DictConfig) -> list[str]:
         cfg.warmup_momentum is None or 0 <= cfg.warmup_momentum < 1,
         "must be in [0, 1) or null (no momentum warmup), e.g. warmup_momentum=0.8",
     )
+    check("lr_scaling", cfg.lr_scaling in ("none", "linear", "sqrt"), "use none, linear or sqrt")
+    check("lr_base_size", cfg.lr_base_size >= 1, "must be >= 1 (samples), e.g. 256")
     check("mode", cfg.mode in MODES, f"use one of {', '.join(MODES)}")
     check("device", bool(_DEVICE_RE.match(str(cfg.device))), "use auto, cpu, cuda, cuda:N or mps")
     return errors

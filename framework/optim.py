@@ -1,31 +1,147 @@
-"""Optimizers: named parameter groups (no weight decay on biases and norm weights) + any torch optimizer."""
+"""Parameter groups (weight decay, head LR, layer-wise LR decay), batch-size LR scaling, timm optimizers."""
 from __future__ import annotations
 
-from typing import Any
+import math
+from typing import Any, Optional
 
 import torch
 
+from framework.config import ConfigError
 
-def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Split parameters into ``decay`` and ``no_decay`` groups (timm's convention).
+SCALING_RULES = ("none", "linear", "sqrt")
 
-    Parameters with ``ndim <= 1`` (biases, norm scales and shifts) and names ending in ``.bias``
-    get no weight decay, as ``timm.optim.param_groups_weight_decay``. Frozen parameters are left
-    out. Empty groups are dropped.
+
+def _no_decay(name: str, p: torch.nn.Parameter, skip: set[str]) -> bool:
+    return p.ndim <= 1 or name.endswith(".bias") or name in skip
+
+
+def param_groups(
+    model: torch.nn.Module,
+    weight_decay: float,
+    head_lr_mult: float = 1.0,
+    layer_decay: Optional[float] = None,
+) -> list[dict[str, Any]]:
+    """Named parameter groups with weight decay and LR scales, following timm's conventions.
+
+    - No weight decay for parameters with ``ndim <= 1`` (biases, norm scales and shifts), names
+      ending in ``.bias`` and the model's ``no_weight_decay()`` set (timm's
+      ``param_groups_weight_decay``): groups ``decay`` and ``no_decay``.
+    - ``layer_decay``: layer-wise LR decay (Clark et al., ELECTRA 2020; BEiT), by timm's
+      ``param_groups_layer_decay``: layer ``i`` of ``L`` gets ``lr_scale = layer_decay^(L-1-i)``;
+      groups ``layer_<i>_decay`` / ``layer_<i>_no_decay``.
+    - ``head_lr_mult``: the classifier (``model.get_classifier()``) in its own groups ``head`` /
+      ``head_no_decay`` with its ``lr_scale`` multiplied by ``head_lr_mult`` (fine-tuning).
+    Every group's base LR is ``lr0 * lr_scale``; all follow the same schedule shape.
 
     Args:
-        model: the network.
-        weight_decay: decay of the ``decay`` group (L2 coefficient, or decoupled for AdamW).
+        model: the network (a timm model for ``layer_decay`` and ``head_lr_mult``).
+        weight_decay: decay of the decayed groups (L2 coefficient, or decoupled for AdamW).
+        head_lr_mult: LR multiplier of the classifier head, > 0.
+        layer_decay: per-layer LR decay in (0, 1]; None = off.
 
     Returns:
-        ``[{"name": "decay", "params": [...], "weight_decay": wd}, {"name": "no_decay", ...}]``.
+        ``[{"name", "params", "weight_decay", "lr_scale"}, ...]``; frozen parameters and empty
+        groups left out.
+
+    Raises:
+        ConfigError: a multiplier out of range, or a model without the needed timm API.
     """
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if p.requires_grad:
-            (no_decay if p.ndim <= 1 or name.endswith(".bias") else decay).append(p)
-    groups = [
-        {"name": "decay", "params": decay, "weight_decay": weight_decay},
-        {"name": "no_decay", "params": no_decay, "weight_decay": 0.0},
-    ]
+    if not head_lr_mult > 0:
+        raise ConfigError(f"optimizer.head_lr_mult={head_lr_mult}: must be > 0 (1 = same LR as the body)")
+    skip = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
+    names = {id(p): n for n, p in model.named_parameters()}
+    if layer_decay is None:
+        groups = [{"name": "decay", "params": [], "weight_decay": weight_decay, "lr_scale": 1.0},
+                  {"name": "no_decay", "params": [], "weight_decay": 0.0, "lr_scale": 1.0}]
+        for name, p in model.named_parameters():
+            if p.requires_grad:
+                groups[_no_decay(name, p, skip)]["params"].append(p)
+    else:
+        groups = _layer_decay_groups(model, weight_decay, layer_decay, skip, names)
+    if head_lr_mult != 1.0:
+        groups = _split_head(model, groups, head_lr_mult, names, skip)
     return [g for g in groups if g["params"]]
+
+
+def _layer_decay_groups(model, weight_decay, layer_decay, skip, names) -> list[dict[str, Any]]:
+    if not 0 < layer_decay <= 1:
+        raise ConfigError(f"optimizer.layer_decay={layer_decay}: must be in (0, 1], e.g. 0.75, or null")
+    if not hasattr(model, "group_matcher"):
+        raise ConfigError(f"optimizer.layer_decay: {type(model).__name__} has no timm layer grouping; set it to null")
+    from timm.models import group_parameters
+    from timm.optim import param_groups_layer_decay
+
+    layer_map = group_parameters(model, model.group_matcher(coarse=False), reverse=True)
+    layer_max = max(layer_map.values())
+    groups = param_groups_layer_decay(model, weight_decay=weight_decay, no_weight_decay_list=tuple(skip),
+                                      layer_decay=layer_decay)
+    for g in groups:
+        first = names[id(g["params"][0])]
+        kind = "no_decay" if _no_decay(first, g["params"][0], skip) else "decay"
+        g["name"] = f"layer_{layer_map.get(first, layer_max)}_{kind}"
+    return groups
+
+
+def _split_head(model, groups, head_lr_mult, names, skip) -> list[dict[str, Any]]:
+    if not hasattr(model, "get_classifier"):
+        raise ConfigError(f"optimizer.head_lr_mult: {type(model).__name__} has no get_classifier(); set it to 1.0")
+    head = {id(p) for p in model.get_classifier().parameters()}
+    out, heads = [], {}
+    for g in groups:
+        body = [p for p in g["params"] if id(p) not in head]
+        out.append({**g, "params": body})
+        for p in g["params"]:
+            if id(p) in head:
+                name = "head_no_decay" if _no_decay(names[id(p)], p, skip) else "head"
+                heads.setdefault(name, {**g, "name": name, "params": [], "lr_scale": g["lr_scale"] * head_lr_mult})
+                heads[name]["params"].append(p)
+    return out + list(heads.values())
+
+
+def lr_scale_factor(rule: str, global_batch_size: int, lr_base_size: int) -> float:
+    """Batch-size LR scaling factor, applied to ``lr0``.
+
+    ``linear``: ``B / lr_base_size`` (Goyal et al., 2017, "Accurate, Large Minibatch SGD");
+    ``sqrt``: ``sqrt(B / lr_base_size)`` (Krizhevsky, 2014; for adaptive optimizers, as timm's
+    ``--lr-base-scale sqrt``); ``none``: 1.
+
+    Args:
+        rule: ``none``, ``linear`` or ``sqrt``.
+        global_batch_size: samples per optimizer step = batch_size x accumulate_grad_batches x
+            world size.
+        lr_base_size: batch size that ``lr0`` was tuned for.
+
+    Raises:
+        ConfigError: unknown rule or a base size < 1.
+    """
+    if rule not in SCALING_RULES:
+        raise ConfigError(f"lr_scaling={rule}: use none, linear or sqrt")
+    if lr_base_size < 1:
+        raise ConfigError(f"lr_base_size={lr_base_size}: must be >= 1 (the batch size lr0 was tuned for)")
+    ratio = global_batch_size / lr_base_size
+    return {"none": 1.0, "linear": ratio, "sqrt": math.sqrt(ratio)}[rule]
+
+
+def timm_optimizer(params: list[dict[str, Any]], opt: str, lr: float, weight_decay: float = 0.0,
+                   momentum: float = 0.9, **kwargs: Any) -> torch.optim.Optimizer:
+    """Any optimizer of timm's family (``lamb``, ``lars``, ``lion``, ``adabelief``, ``nadamw``,
+    ``sgdp``, ...) through ``timm.optim.create_optimizer_v2``, on our named parameter groups.
+
+    Args:
+        params: parameter groups (runtime, from :func:`param_groups`).
+        opt: timm optimizer name (``timm.optim.list_optimizers()``).
+        lr: base LR (``${lr0}``).
+        weight_decay: default decay (the groups carry their own).
+        momentum: momentum for the optimizers that take one.
+        **kwargs: passed to the optimizer (``betas``, ``eps``, ...).
+
+    Raises:
+        ConfigError: an unknown optimizer name.
+    """
+    from timm.optim import create_optimizer_v2, list_optimizers
+
+    if opt.lower() not in list_optimizers():
+        from framework.registry import suggest
+
+        raise ConfigError(f"optimizer.opt={opt}: not a timm optimizer{suggest(opt, list_optimizers())}")
+    return create_optimizer_v2(params, opt=opt, lr=lr, weight_decay=weight_decay, momentum=momentum, **kwargs)

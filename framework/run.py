@@ -11,7 +11,7 @@ from typing import Any, Optional
 from omegaconf import DictConfig
 
 from framework import registry
-from framework.config import ConfigError, validate
+from framework.config import RESERVED_KEYS, ConfigError, validate
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +103,7 @@ def build(cfg: DictConfig, run_dir: Path) -> Any:
         raise ConfigError(f"resume={cfg.resume}: resuming is not available in this version; use resume=null")
     from framework.data import make_loaders
     from framework.models import check_model_name
-    from framework.optim import param_groups
+    from framework.optim import lr_scale_factor, param_groups
     from framework.schedules import LRPlan
 
     device = resolve_device(cfg.device)
@@ -133,8 +133,15 @@ def build(cfg: DictConfig, run_dir: Path) -> Any:
         cfg.model, "model", num_classes=data.num_classes, in_chans=data.in_chans, img_size=data.img_size
     )
     optimizer = registry.instantiate(
-        cfg.optimizer, "optimizer", params=param_groups(model, cfg.optimizer.get("weight_decay", 0.0) or 0.0)
+        cfg.optimizer, "optimizer", reserved=RESERVED_KEYS["optimizer"],
+        params=param_groups(model, cfg.optimizer.get("weight_decay", 0.0) or 0.0,
+                            head_lr_mult=cfg.optimizer.get("head_lr_mult", 1.0),
+                            layer_decay=cfg.optimizer.get("layer_decay")),
     )
+    scale = lr_scale_factor(cfg.lr_scaling, cfg.batch_size * cfg.trainer.accumulate_grad_batches, cfg.lr_base_size)
+    for group in optimizer.param_groups:
+        group["initial_lr"] = group["lr"] * group.get("lr_scale", 1.0) * scale
+        group["lr"] = group["initial_lr"]
     return registry.instantiate(
         cfg.trainer, "trainer", model=model, optimizer=optimizer, plan=plan, data=loaders, run_dir=run_dir, device=device
     )
@@ -226,16 +233,27 @@ def train(cfg: DictConfig, run_dir: Optional[str | Path] = None) -> float:
             "%s starts at %.3g*lr0, so the LR drops after the %d-step warmup to lr0; it rises on its "
             "own: consider warmup_epochs=0", type(plan.schedule).__name__, plan.schedule(0), plan.warmup_steps,
         )
-    base_lrs = {name: g["initial_lr"] for name, g in zip(trainer.group_names, trainer.optimizer.param_groups)}
-    if base_lrs[trainer.group_names[0]] != cfg.lr0:
+    groups = trainer.optimizer.param_groups
+    base_lrs = {name: g["initial_lr"] for name, g in zip(trainer.group_names, groups)}
+    lr0_effective = groups[0]["initial_lr"] / groups[0].get("lr_scale", 1.0)
+    if cfg.lr_scaling != "none":
+        log.info("lr_scaling=%s: lr0 %g x %.4g (global batch %d / lr_base_size %d%s) = %g effective",
+                 cfg.lr_scaling, cfg.lr0, lr0_effective / cfg.lr0,
+                 cfg.batch_size * cfg.trainer.accumulate_grad_batches, cfg.lr_base_size,
+                 ", sqrt" if cfg.lr_scaling == "sqrt" else "", lr0_effective)
+    elif groups[0]["lr"] / groups[0].get("lr_scale", 1.0) != cfg.lr0:
         log.warning("the optimizer's base LR is %g, not lr0=%g (optimizer.lr was set directly)",
-                    base_lrs[trainer.group_names[0]], cfg.lr0)
+                    lr0_effective, cfg.lr0)
+    if len(set(base_lrs.values())) > 1:
+        log.info("base LR per group: %s", ", ".join(f"{n} {v:.4g}" for n, v in base_lrs.items()))
     summary: dict[str, Any] = {
         "status": "failed",
         "objective_name": OBJECTIVE,
         "objective": None,
         "lr0": cfg.lr0,
         "lrf": cfg.lrf,
+        "lr0_effective": lr0_effective,
+        "lr_scaling": cfg.lr_scaling,
         "base_lrs": base_lrs,
         "planned_steps": plan.total_steps,
         "device": str(trainer.device),

@@ -6,6 +6,7 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from framework import registry
+from framework.config import RESERVED_KEYS
 from framework.config import GROUPS, ConfigError, TrainConfig, validate
 from framework.optim import param_groups
 from framework.schedules import LRPlan
@@ -56,7 +57,7 @@ def test_every_group_file_composes_validates_and_instantiates(path):
         assert model(torch.randn(2, 1, 32, 32)).shape == (2, 10)
     elif group == "optimizer":
         net = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3))
-        opt = registry.instantiate(node, group, params=param_groups(net, node.get("weight_decay", 0.0)))
+        opt = registry.instantiate(node, group, reserved=RESERVED_KEYS["optimizer"], params=param_groups(net, node.get("weight_decay", 0.0)))
         assert all(g["lr"] == cfg.lr0 for g in opt.param_groups)
     elif group == "scheduler":
         plan = LRPlan(lambda total, warmup: registry.instantiate(
@@ -84,7 +85,7 @@ def test_top_level_knobs_and_defaults():
 def test_lr0_override_reaches_optimizer_as_the_literal_float():
     cfg = compose_cfg("lr0=5e-6", "optimizer=adamw")
     assert isinstance(cfg.lr0, float) and cfg.lr0 == 5e-6
-    opt = registry.instantiate(cfg.optimizer, "optimizer", params=[torch.nn.Parameter(torch.zeros(1))])
+    opt = registry.instantiate(cfg.optimizer, "optimizer", reserved=RESERVED_KEYS["optimizer"], params=[torch.nn.Parameter(torch.zeros(1))])
     assert opt.param_groups[0]["lr"] == float("5e-6")
 
 
@@ -102,7 +103,7 @@ def test_yaml_exponent_without_dot_reaches_the_optimizer_as_a_float(tmp_path):
     with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
         cfg = compose(config_name="train", overrides=["optimizer=sgd"])
     net = torch.nn.Linear(2, 2)
-    opt = registry.instantiate(cfg.optimizer, "optimizer", params=param_groups(net, cfg.optimizer.weight_decay))
+    opt = registry.instantiate(cfg.optimizer, "optimizer", reserved=RESERVED_KEYS["optimizer"], params=param_groups(net, cfg.optimizer.weight_decay))
     decay = opt.param_groups[0]
     assert type(decay["lr"]) is float and decay["lr"] == 0.001
     assert type(decay["weight_decay"]) is float and decay["weight_decay"] == 0.0005

@@ -209,3 +209,15 @@ def test_plateau_in_a_run_reduces_and_checkpoints_its_state(tmp_path):
     assert epoch_lrs == pytest.approx([1e-12, 1e-12, 5e-13, 2.5e-13], rel=1e-12)
     state = load_checkpoint(tmp_path / "checkpoints" / "last.pt")["plan"]
     assert state["multiplier"] == 0.125 and state["num_bad_epochs"] == 0  # reduced after epoch 3 too
+
+
+def test_group_lrs_and_batch_scaling_in_steps_csv(tmp_path):
+    """head_lr_mult=10 and lr_scaling=linear (batch 128 / 256 = 0.5): every group follows one shape."""
+    train_in_process(tmp_path, *TINY, "epochs=2", "batch_size=128", "lr0=0.1", "lr_scaling=linear",
+                     "optimizer.head_lr_mult=10", "trainer.save_checkpoints=false")
+    rows = read_csv(tmp_path / "steps.csv")
+    ref = torch_lrs(lambda o: tls.CosineAnnealingLR(o, T_max=3, eta_min=0.05 * 0.01), 4, lr0=0.05)
+    assert_close([float(r["lr"]) for r in rows], ref)
+    assert_close([float(r["lr/head"]) for r in rows], [10 * v for v in ref])
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["lr0"] == 0.1 and summary["lr0_effective"] == 0.05
