@@ -17,6 +17,9 @@ from omegaconf import DictConfig, OmegaConf
 #: The project's config tree (``conf/`` beside ``framework/``).
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
+#: Packages behind optional config options -> the pyproject extra that installs them.
+OPTIONAL_EXTRAS = {"schedulefree": "schedulefree", "prodigyopt": "prodigy"}
+
 _META_KEYS = ("_target_", "_partial_", "_recursive_", "_convert_", "_args_")
 
 
@@ -35,11 +38,24 @@ def _signature(target: Any) -> inspect.Signature:
     return inspect.signature(target.__init__ if inspect.isclass(target) else target)
 
 
-def accepts(node: DictConfig, name: str) -> bool:
-    """True when the ``_target_`` of ``node`` takes an argument called ``name``."""
+def locate(path: str) -> Any:
+    """The object named by a dotted ``_target_`` path (Hydra's ``get_object``, without its log line)."""
+    import logging
+
     from hydra.utils import get_object
 
-    return name in _signature(get_object(node["_target_"])).parameters
+    logger = logging.getLogger("hydra.utils")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        return get_object(path)
+    finally:
+        logger.setLevel(level)
+
+
+def accepts(node: DictConfig, name: str) -> bool:
+    """True when the ``_target_`` of ``node`` takes an argument called ``name``."""
+    return name in _signature(locate(node["_target_"])).parameters
 
 
 def check_signature(
@@ -57,12 +73,16 @@ def check_signature(
         One message per problem (unknown key, runtime key written in YAML, missing required
         argument, target that cannot be imported); empty when the node is fine.
     """
-    from hydra.utils import get_object
-
     path = node.get("_target_")
     try:
-        target = get_object(path)
+        target = locate(path)
     except Exception as exc:  # ImportError, AttributeError, ValueError from hydra's locate
+        module = str(path).split(".")[0]
+        if isinstance(exc.__cause__ or exc, ModuleNotFoundError) or "No module named" in str(exc):
+            extra = OPTIONAL_EXTRAS.get(module)
+            if extra:
+                return [f"{group}._target_={path}: package '{module}' is not installed; "
+                        f"pip install -e '.[{extra}]'"]
         return [f"{group}._target_={path}: cannot be imported ({type(exc).__name__}); fix the path"]
     try:
         params = _signature(target).parameters

@@ -165,9 +165,21 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         return applied, norm
 
+    def _optimizer_mode(self, mode: str) -> None:
+        """Schedule-free optimizers keep two points: ``train()`` before steps, ``eval()`` before
+        evaluating or saving (the averaged weights). Other optimizers have no such methods."""
+        switch = getattr(self.optimizer, mode, None)
+        if callable(switch):
+            switch()
+
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        """Validation loss (mean cross-entropy, nats) and top-1 accuracy (fraction)."""
+        """Validation loss (mean cross-entropy, nats) and top-1 accuracy (fraction).
+
+        Runs the model in eval mode on the validation loader; batches ``(B, C, H, W)``, labels
+        ``(B,)``; schedule-free optimizers are switched to their averaged weights first.
+        """
+        self._optimizer_mode("eval")
         self.model.eval()
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device, dtype=torch.int64)
@@ -204,7 +216,8 @@ class Trainer:
         epochs = math.ceil(T / spe)
         lr_cols = ["lr"] + [f"lr/{n}" for n in self.group_names[1:]]
         self._steps_csv = CSVLog(self.run_dir / "steps.csv",
-                                 ["step", "epoch", *lr_cols, *(["momentum"] if self.momentum_key else []), "loss"]
+                                 ["step", "epoch", *lr_cols, *(["momentum"] if self.momentum_key else []),
+                                  *(["d"] if "d" in self.optimizer.param_groups[0] else []), "loss"]
                                  + (["grad_norm"] if self.clip else []))
         epochs_csv = CSVLog(self.run_dir / "epochs.csv", ["epoch", "train/loss", "val/loss", "val/acc", "lr", "time_s"])
         self._pending: list[tuple[dict[str, Any], torch.Tensor, Optional[torch.Tensor]]] = []
@@ -252,6 +265,7 @@ class Trainer:
         epoch_loss = torch.zeros((), device=self.device)
         group_loss = torch.zeros((), device=self.device)
         epoch_samples, g = 0, 0
+        self._optimizer_mode("train")
         lrs = self._set_lr(self.step)
         for i, (x, y) in enumerate(loader):
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
@@ -279,7 +293,8 @@ class Trainer:
 
     def _record(self, epoch: int, lrs: list[float], loss: torch.Tensor, norm: Optional[torch.Tensor]) -> None:
         """Log applied step ``k`` (its LRs now, its loss at the next flush) and advance ``k``."""
-        row = {"step": self.step, "epoch": epoch, "lr": lrs[0], "momentum": self._momentum()}
+        row = {"step": self.step, "epoch": epoch, "lr": lrs[0], "momentum": self._momentum(),
+               "d": self.optimizer.param_groups[0].get("d")}  # Prodigy's step-size estimate (applied LR = d*lr)
         row.update({f"lr/{n}": v for n, v in zip(self.group_names[1:], lrs[1:])})
         self._pending.append((row, loss, norm))
         self.history["step"].append(self.step)

@@ -36,6 +36,8 @@ def test_every_optimizer_reduces_the_loss_of_a_small_problem(name):
     net = torch.nn.Linear(5, 1)
     opt = registry.instantiate(cfg.optimizer, "optimizer", reserved=RESERVED_KEYS["optimizer"], params=param_groups(net, cfg.optimizer.get("weight_decay", 0.0)))
     loss0 = torch.nn.functional.mse_loss(net(x), y).item()
+    if hasattr(opt, "train"):
+        opt.train()  # schedule-free optimizers step in train mode (the trainer switches them)
     for _ in range(200):
         loss = torch.nn.functional.mse_loss(net(x), y)
         opt.zero_grad()
@@ -88,3 +90,21 @@ def test_timm_optimizer_names_are_checked():
 
     with pytest.raises(ConfigError, match="optimizer.opt=lamn: not a timm optimizer.*did you mean lamb"):
         timm_optimizer([torch.nn.Parameter(torch.zeros(1))], opt="lamn", lr=0.1)
+
+
+def test_missing_optional_package_names_the_extra(monkeypatch):
+    import sys
+
+    from omegaconf import OmegaConf
+
+    monkeypatch.setitem(sys.modules, "schedulefree", None)
+    node = OmegaConf.create({"_target_": "schedulefree.SGDScheduleFree", "_partial_": True})
+    assert registry.check_signature(node, "optimizer") == [
+        "optimizer._target_=schedulefree.SGDScheduleFree: package 'schedulefree' is not installed; "
+        "pip install -e '.[schedulefree]'"]
+
+
+def test_schedule_free_optimizers_default_to_no_schedule():
+    for name in ("sgd_schedulefree", "adamw_schedulefree", "prodigy"):
+        assert compose_cfg(f"optimizer={name}").scheduler._target_ == "framework.schedules.NoSchedule"
+    assert compose_cfg("optimizer=prodigy", "scheduler=cosine").scheduler._target_ == "framework.schedules.Cosine"

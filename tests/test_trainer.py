@@ -221,3 +221,20 @@ def test_group_lrs_and_batch_scaling_in_steps_csv(tmp_path):
     assert_close([float(r["lr/head"]) for r in rows], [10 * v for v in ref])
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["lr0"] == 0.1 and summary["lr0_effective"] == 0.05
+
+
+def test_schedule_free_optimizer_is_switched_to_its_averaged_weights_for_eval(tmp_path):
+    """A run with sgd_schedulefree trains in train mode and evaluates and saves in eval mode."""
+    from framework.run import build
+    from tests.conftest import compose_cfg
+
+    trainer = build(compose_cfg(*TINY, "optimizer=sgd_schedulefree", "epochs=2", "trainer.save_checkpoints=true"),
+                    tmp_path)
+    modes = []  # (model.training, optimizer train_mode) at every forward pass
+    trainer.model.register_forward_hook(
+        lambda m, i, o: modes.append((m.training, trainer.optimizer.param_groups[0]["train_mode"])))
+    trainer.fit()
+    assert {mode for training, mode in modes if training} == {True}  # steps at the train point
+    assert {mode for training, mode in modes if not training} == {False}  # eval at the averaged point
+    saved = load_checkpoint(tmp_path / "checkpoints" / "last.pt")["model"]
+    assert all(torch.equal(saved[k], v) for k, v in trainer.model.state_dict().items())
