@@ -58,7 +58,7 @@ def test_every_group_file_composes_validates_and_instantiates(path):
     elif group == "optimizer":
         net = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3))
         opt = registry.instantiate(node, group, reserved=RESERVED_KEYS["optimizer"], params=param_groups(net, node.get("weight_decay", 0.0)))
-        assert all(g["lr"] == cfg.lr0 for g in opt.param_groups)
+        assert all(g["lr"] == node.lr for g in opt.param_groups)  # ${lr0}, or 1.0 for Prodigy
     elif group == "scheduler":
         plan = LRPlan(lambda total, warmup: registry.instantiate(
             node, group, reserved=("interval",), total=total,
