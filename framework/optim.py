@@ -20,6 +20,7 @@ def param_groups(
     weight_decay: float,
     head_lr_mult: float = 1.0,
     layer_decay: Optional[float] = None,
+    split_bias: bool = False,
 ) -> list[dict[str, Any]]:
     """Named parameter groups with weight decay and LR scales, following timm's conventions.
 
@@ -29,6 +30,8 @@ def param_groups(
     - ``layer_decay``: layer-wise LR decay (Clark et al., ELECTRA 2020; BEiT), by timm's
       ``param_groups_layer_decay``: layer ``i`` of ``L`` gets ``lr_scale = layer_decay^(L-1-i)``;
       groups ``layer_<i>_decay`` / ``layer_<i>_no_decay``.
+    - ``split_bias``: biases in their own ``bias`` group (no decay), apart from the norm weights
+      (Ultralytics' three groups; its warmup treats biases apart).
     - ``head_lr_mult``: the classifier (``model.get_classifier()``) in its own groups ``head`` /
       ``head_no_decay`` with its ``lr_scale`` multiplied by ``head_lr_mult`` (fine-tuning).
     Every group's base LR is ``lr0 * lr_scale``; all follow the same schedule shape.
@@ -38,6 +41,7 @@ def param_groups(
         weight_decay: decay of the decayed groups (L2 coefficient, or decoupled for AdamW).
         head_lr_mult: LR multiplier of the classifier head, > 0.
         layer_decay: per-layer LR decay in (0, 1]; None = off.
+        split_bias: put biases in a ``bias`` group (ignored with ``layer_decay``).
 
     Returns:
         ``[{"name", "params", "weight_decay", "lr_scale"}, ...]``; frozen parameters and empty
@@ -52,10 +56,12 @@ def param_groups(
     names = {id(p): n for n, p in model.named_parameters()}
     if layer_decay is None:
         groups = [{"name": "decay", "params": [], "weight_decay": weight_decay, "lr_scale": 1.0},
-                  {"name": "no_decay", "params": [], "weight_decay": 0.0, "lr_scale": 1.0}]
+                  {"name": "no_decay", "params": [], "weight_decay": 0.0, "lr_scale": 1.0},
+                  {"name": "bias", "params": [], "weight_decay": 0.0, "lr_scale": 1.0}]
         for name, p in model.named_parameters():
             if p.requires_grad:
-                groups[_no_decay(name, p, skip)]["params"].append(p)
+                index = 2 if split_bias and name.endswith(".bias") else int(_no_decay(name, p, skip))
+                groups[index]["params"].append(p)
     else:
         groups = _layer_decay_groups(model, weight_decay, layer_decay, skip, names)
     if head_lr_mult != 1.0:

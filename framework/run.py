@@ -136,7 +136,8 @@ def build(cfg: DictConfig, run_dir: Path) -> Any:
         cfg.optimizer, "optimizer", reserved=RESERVED_KEYS["optimizer"],
         params=param_groups(model, cfg.optimizer.get("weight_decay", 0.0) or 0.0,
                             head_lr_mult=cfg.optimizer.get("head_lr_mult", 1.0),
-                            layer_decay=cfg.optimizer.get("layer_decay")),
+                            layer_decay=cfg.optimizer.get("layer_decay"),
+                            split_bias=cfg.scheduler.get("warmup_bias_lr") is not None),
     )
     scale = lr_scale_factor(cfg.lr_scaling, cfg.batch_size * cfg.trainer.accumulate_grad_batches, cfg.lr_base_size)
     for group in optimizer.param_groups:

@@ -126,10 +126,9 @@ class Trainer:
 
     def _set_lr(self, k: int) -> list[float]:
         """Set every group's LR (and momentum, when the plan prescribes it) for step ``k``."""
-        m = self.plan(k)
         lrs = []
-        for group in self.optimizer.param_groups:
-            group["lr"] = group["initial_lr"] * m
+        for name, group in zip(self.group_names, self.optimizer.param_groups):
+            group["lr"] = self.plan.group_lr(k, group["initial_lr"], name)
             lrs.append(group["lr"])
             key = _momentum_key(group)
             if key is not None and self.plan.sets_momentum:

@@ -15,6 +15,22 @@ from tests.conftest import compose_cfg, run_cli
 GROUP_FILES = sorted(p for g in GROUPS for p in (registry.CONF_DIR / g).rglob("*.yaml"))
 
 
+EXPERIMENT_FILES = sorted((registry.CONF_DIR / "experiment").rglob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", EXPERIMENT_FILES, ids=lambda p: p.stem)
+def test_every_experiment_composes_validates_and_heads_with_its_command(path):
+    lines = path.read_text().splitlines()
+    assert lines[0] == "# @package _global_" and lines[1] == f"# python train.py +experiment={path.stem}"
+    validate(compose_cfg(f"+experiment={path.stem}"))
+
+
+def test_ultralytics_experiment_sets_the_recipe():
+    cfg = compose_cfg("+experiment=ultralytics")
+    assert cfg.scheduler._target_ == "framework.schedules.Ultralytics" and cfg.scheduler.interval == "epoch"
+    assert (cfg.warmup_epochs, cfg.warmup_momentum, cfg.optimizer.momentum) == (3.0, 0.8, 0.937)
+
+
 def test_config_tree_found():
     assert len(GROUP_FILES) >= 20
     for group in GROUPS:
@@ -31,7 +47,7 @@ def test_every_key_has_a_comment():
     import re
 
     key_line = re.compile(r"^\s*[A-Za-z_][\w.]*:\s*\S")
-    for path in [registry.CONF_DIR / "train.yaml", *GROUP_FILES]:
+    for path in [registry.CONF_DIR / "train.yaml", *GROUP_FILES, *EXPERIMENT_FILES]:
         block_indent = None
         for line in path.read_text().splitlines():
             indent = len(line) - len(line.lstrip())

@@ -216,7 +216,7 @@ def test_every_schedule_invariants(path, interval):
 def test_schedules_that_end_at_lrf():
     ending = {name for name in registry.available("scheduler")
               if getattr(registry_target(name), "ends_at_lrf", False)}
-    assert ending == {"cosine", "linear", "onecycle", "poly", "wsd"}
+    assert ending == {"cosine", "linear", "onecycle", "poly", "ultralytics", "wsd"}
 
 
 def registry_target(name):
@@ -405,3 +405,22 @@ def test_momentum_warmup_rises_to_the_optimizer_momentum():
     plan = LRPlan(lambda total, warmup: schedules.Cosine(total, lrf=0.01), 20, 5, 4, 0.1, "step",
                   warmup_momentum=0.8)
     assert [plan.momentum(k, 0.9) for k in range(6)] == pytest.approx([0.8, 0.825, 0.85, 0.875, 0.9, 0.9])
+
+
+def test_ultralytics_recipe_hand_worked():
+    """4 epochs of 5 steps, warmup 1 epoch (W = 5), lr0 0.01, lrf 0.01, warmup_bias_lr 0.1, linear:
+    after warmup the epochs use 0.01 * (0.01 + 0.99 * (1 - t/2)) for t = 0, 1, 2."""
+    plan = LRPlan(lambda total, warmup: schedules.Ultralytics(total, lrf=0.01, warmup_bias_lr=0.1), 20, 5, 5, 0.1,
+                  "epoch")
+    weights = [plan.group_lr(k, 0.01, "decay") for k in range(20)]
+    bias = [plan.group_lr(k, 0.01, "bias") for k in range(20)]
+    assert_close(weights[:5], [0.01 * (0.1 + 0.9 * k / 5) for k in range(5)], tol=1e-15)
+    assert_close(bias[:5], [0.1 + (0.01 - 0.1) * k / 5 for k in range(5)], tol=1e-15)  # falls 0.1 -> lr0
+    expected = [0.01, 0.01 * (0.01 + 0.99 * 0.5), 0.01 * 0.01]
+    assert_close(weights[5:], [v for v in expected for _ in range(5)], tol=1e-15)
+    assert bias[5:] == weights[5:]
+
+
+def test_ultralytics_cos_lr():
+    lrs = plan_lrs(schedules.Ultralytics, 5, lrf=0.01, cos_lr=True)
+    assert_close(lrs, [0.1 * (0.01 + 0.99 * (1 + math.cos(math.pi * t / 4)) / 2) for t in range(5)])

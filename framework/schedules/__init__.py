@@ -22,6 +22,7 @@ from framework.schedules.decay import (
     NoSchedule,
     Poly,
     Step,
+    Ultralytics,
 )
 from framework.schedules.plan import LRPlan
 from framework.schedules.plateau import Plateau
@@ -29,4 +30,5 @@ from framework.schedules.plateau import Plateau
 __all__ = [
     "Schedule", "Decay", "LRPlan", "Constant", "NoSchedule", "Step", "MultiStep", "Exponential",
     "Cosine", "Linear", "Poly", "InverseSqrt", "WSD", "OneCycle", "Cyclic", "CosineRestarts", "Plateau",
+    "Ultralytics",
 ]

@@ -240,3 +240,36 @@ class WSD(Schedule):
         if t < start:
             return 1.0
         return self.lrf + (1 - self.lrf) * self.shape((t - start + 1) / self.decay)
+
+
+class Ultralytics(Decay):
+    """Ultralytics' YOLO recipe: per-epoch linear (or ``cos_lr``) decay from 1 to ``lrf``.
+
+    Use with ``scheduler.interval=epoch`` (its file's default), ``warmup_epochs`` and
+    ``warmup_momentum`` (Ultralytics: 3 and 0.8). During warmup the ``bias`` group's LR falls
+    from ``warmup_bias_lr`` (absolute) to its base LR while the other groups rise, as in
+    Ultralytics' trainer. Unlike Ultralytics, whose ``lf`` reaches ``lrf`` one epoch after the
+    last, the last epoch here uses exactly ``lr0*lrf`` (DESIGN.md §3).
+
+    Formula: m(t) = lrf + (1 - lrf) * (1 - t/(total-1)), or lrf + (1 - lrf) * (1 + cos(pi*t/(total-1)))/2 with cos_lr
+
+    Args:
+        total: epochs of the main phase (runtime), >= 2.
+        lrf: final multiplier; in [0, 1].
+        cos_lr: cosine instead of linear decay.
+        warmup_bias_lr: LR of the bias group at warmup step 0 (absolute); null = like the others.
+
+    Raises:
+        ConfigError: ``lrf`` or ``warmup_bias_lr`` out of range.
+    """
+
+    def __init__(self, total: int, lrf: float, cos_lr: bool = False, warmup_bias_lr: Optional[float] = 0.1):
+        super().__init__(total, lrf)
+        if warmup_bias_lr is not None and not warmup_bias_lr >= 0:
+            raise ConfigError(f"scheduler.warmup_bias_lr={warmup_bias_lr}: must be >= 0 or null")
+        self.cos_lr, self.warmup_bias_lr = cos_lr, warmup_bias_lr
+
+    def __call__(self, t: int) -> float:
+        p = progress(t, self.total)
+        shape = (1 + math.cos(math.pi * p)) / 2 if self.cos_lr else 1 - p
+        return self.lrf + (1 - self.lrf) * shape

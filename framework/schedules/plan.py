@@ -59,6 +59,19 @@ class LRPlan:
             units, warmup_units = (T - 1) // spe - W // spe + 1, round(W / spe)
         self.schedule = make_schedule(units, warmup_units)
 
+    def group_lr(self, k: int, base_lr: float, group: str) -> float:
+        """LR of param group ``group`` (base LR ``base_lr``) at step ``k``.
+
+        ``base_lr * self(k)``, except during warmup for the ``bias`` group of a schedule with a
+        ``warmup_bias_lr`` (Ultralytics): a line from ``warmup_bias_lr`` at step 0 to the
+        group's first main-schedule LR at step ``W``.
+        """
+        bias_lr = getattr(self.schedule, "warmup_bias_lr", None)
+        if k < self.warmup_steps and bias_lr is not None and group == "bias":
+            target = base_lr * self.schedule(0)
+            return bias_lr + (target - bias_lr) * k / self.warmup_steps
+        return base_lr * self(k)
+
     def unit(self, k: int) -> int:
         """Index ``t`` of step ``k`` in the main schedule (steps or epochs since warmup ended)."""
         if self.interval == "step":
