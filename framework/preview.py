@@ -37,8 +37,8 @@ class PlannedRun:
 def plan_of(trainer: Any, label: str = "") -> PlannedRun:
     """Evaluate a built trainer's plan at every step (a metric-driven plan as it stands: flat)."""
     plan, groups = trainer.plan, trainer.optimizer.param_groups
-    mults = plan.multipliers()
-    lrs = {name: [g["initial_lr"] * m for m in mults] for name, g in zip(trainer.group_names, groups)}
+    lrs = {name: [plan.group_lr(k, g["initial_lr"], name) for k in range(plan.total_steps)]
+           for name, g in zip(trainer.group_names, groups)}
     momentum = None
     if "initial_momentum" in groups[0]:
         base = groups[0]["initial_momentum"]
@@ -120,7 +120,10 @@ def plot(runs: Sequence[PlannedRun], path: str | Path, grid: bool = False, title
             if ax.get_legend_handles_labels()[0]:
                 ax.legend(fontsize=7)
     if title:
-        fig.suptitle(title, fontsize=10)
+        import textwrap
+
+        title = "\n".join(textwrap.wrap(title, 110 if not grid else 40 * cols))
+        fig.suptitle(title, fontsize=9)
     fig.tight_layout(rect=(0, 0, 1, 0.97) if title else (0, 0, 1, 1))
     fig.savefig(path)
     plt.close(fig)

@@ -97,9 +97,9 @@ def check_signature(
         if key in runtime:
             errors.append(f"{group}.{key}: is passed at run time; remove it from the YAML")
         elif key not in names and not has_var_kw:
+            valid = [n for n in names if n not in runtime] + sorted(reserved)
             errors.append(
-                f"{group}.{key}: not an argument of {path}{suggest(key, names)}; "
-                f"valid keys: {', '.join(n for n in names if n not in runtime)}"
+                f"{group}.{key}: not an argument of {path}{suggest(key, valid)}; valid keys: {', '.join(valid)}"
             )
     for name, p in params.items():
         required = p.default is p.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)

@@ -231,8 +231,8 @@ def train(cfg: DictConfig, run_dir: Optional[str | Path] = None) -> float:
     )
     if plan.warmup_steps and plan.schedule(0) < 1:
         log.warning(
-            "%s starts at %.3g*lr0, so the LR drops after the %d-step warmup to lr0; it rises on its "
-            "own: consider warmup_epochs=0", type(plan.schedule).__name__, plan.schedule(0), plan.warmup_steps,
+            "%s starts at %.3g*lr0, so after the %d-step warmup to lr0 the LR drops; it has its own "
+            "rise: consider warmup_epochs=0", type(plan.schedule).__name__, plan.schedule(0), plan.warmup_steps,
         )
     groups = trainer.optimizer.param_groups
     base_lrs = {name: g["initial_lr"] for name, g in zip(trainer.group_names, groups)}
@@ -242,9 +242,8 @@ def train(cfg: DictConfig, run_dir: Optional[str | Path] = None) -> float:
                  cfg.lr_scaling, cfg.lr0, lr0_effective / cfg.lr0,
                  cfg.batch_size * cfg.trainer.accumulate_grad_batches, cfg.lr_base_size,
                  ", sqrt" if cfg.lr_scaling == "sqrt" else "", lr0_effective)
-    elif groups[0]["lr"] / groups[0].get("lr_scale", 1.0) != cfg.lr0:
-        log.warning("the optimizer's base LR is %g, not lr0=%g (optimizer.lr was set directly)",
-                    lr0_effective, cfg.lr0)
+    elif lr0_effective != cfg.lr0:
+        log.info("base LR from optimizer.lr=%g (lr0=%g is not used by this optimizer config)", lr0_effective, cfg.lr0)
     if len(set(base_lrs.values())) > 1:
         log.info("base LR per group: %s", ", ".join(f"{n} {v:.4g}" for n, v in base_lrs.items()))
     summary: dict[str, Any] = {

@@ -35,3 +35,10 @@ def test_overlay_command_writes_one_png_and_prints_key_points(tmp_path, capsys):
     assert out.read_bytes()[:4] == b"\x89PNG"
     assert "scheduler=cosine: T=12, first 0.1, peak 0.1 at step 0, final 0.001" in text
     assert "scheduler=linear: T=12" in text
+
+
+def test_preview_shows_the_bias_group_warmup(tmp_path):
+    """+experiment=ultralytics: the planned bias LR starts at warmup_bias_lr = 0.1, as trained."""
+    train_in_process(tmp_path, *TINY, "+experiment=ultralytics", "mode=plot_lr", "epochs=5")
+    points = json.loads((tmp_path / "lr_plan.json").read_text())
+    assert points["groups"]["bias"] == 0.1 and points["groups"]["decay"] == pytest.approx(0.001, abs=1e-15)

@@ -206,7 +206,6 @@ def test_every_schedule_invariants(path, interval):
     lrs = [cfg.lr0 * m for m in plan.multipliers()]
     assert all(math.isfinite(v) and 0 < v <= cfg.lr0 * (1 + 1e-12) for v in lrs)
     assert all(a < b for a, b in zip(lrs[: W - 1], lrs[1:W]))
-    assert lrs[W] == pytest.approx(cfg.lr0 * plan.schedule(0), rel=1e-12)
     if plan.schedule.ends_at_lrf:
         assert lrs[-1] == pytest.approx(cfg.lr0 * cfg.lrf, rel=1e-12)
     with pytest.raises(ConfigError):  # a horizon of zero units is refused by every schedule
@@ -227,7 +226,8 @@ def registry_target(name):
 
 def test_every_schedule_documents_its_formula():
     classes = [c for _, c in inspect.getmembers(schedules, inspect.isclass)
-               if issubclass(c, schedules.Schedule) and "__call__" in vars(c) and c is not schedules.Schedule]
+               if issubclass(c, schedules.Schedule) and ("__call__" in vars(c) or "decay" in vars(c))
+               and c not in (schedules.Schedule, schedules.Decay)]
     assert len(classes) >= 6
     for cls in classes:
         lines = [line.strip() for line in (cls.__doc__ or "").splitlines()]
@@ -261,6 +261,12 @@ def test_cosine_restarts_equals_warm_restarts(T_0, T_mult):
     T = 60
     ref = torch_lrs(lambda o: tls.CosineAnnealingWarmRestarts(o, T_0=T_0, T_mult=T_mult, eta_min=LR0 * LRF), T)
     assert_close(plan_lrs(schedules.CosineRestarts, T, lrf=LRF, T_0=T_0, T_mult=T_mult), ref)
+
+
+def test_cosine_restarts_decayed_peak_never_goes_below_the_floor():
+    """lrf 0.3, decay 0.5: cycle 2's peak 0.25 < 0.3 is held at the floor."""
+    lrs = plan_lrs(schedules.CosineRestarts, 12, lrf=0.3, T_0=4, decay=0.5)
+    assert min(lrs) >= LR0 * 0.3 - 1e-15 and lrs[8:] == [pytest.approx(LR0 * 0.3, abs=1e-15)] * 4
 
 
 def test_cosine_restarts_peak_decay_hand_worked():
@@ -342,7 +348,7 @@ def test_wsd_shapes(shape, mid):
     assert lrs[:6] == [0.1] * 6 and lrs[7] == pytest.approx(0.1 * mid, abs=1e-15) and lrs[9] == 0.0
 
 
-@pytest.mark.parametrize("frac", [0.01, 1.5, 0.0])
+@pytest.mark.parametrize("frac", [0.01, 0.06, 1.5, 0.0])
 def test_wsd_decay_shorter_than_a_step_or_longer_than_the_run_is_refused(frac):
     with pytest.raises(ConfigError, match="scheduler.decay_frac"):
         schedules.WSD(10, lrf=0.01, decay_frac=frac)
@@ -424,3 +430,13 @@ def test_ultralytics_recipe_hand_worked():
 def test_ultralytics_cos_lr():
     lrs = plan_lrs(schedules.Ultralytics, 5, lrf=0.01, cos_lr=True)
     assert_close(lrs, [0.1 * (0.01 + 0.99 * (1 + math.cos(math.pi * t / 4)) / 2) for t in range(5)])
+
+
+@pytest.mark.parametrize("cls", [schedules.Cosine, schedules.Linear, schedules.Poly, schedules.Ultralytics])
+def test_decay_over_a_single_unit_holds_lr0_and_warns(cls, caplog):
+    """One epoch with interval=epoch (or warmup T-1 steps): nothing to decay over, LR stays lr0."""
+    with caplog.at_level("WARNING"):
+        sched = cls(total=1, lrf=0.01)
+    assert sched(0) == 1.0 and "single unit" in caplog.text
+    lrs = plan_lrs(cls, 8, spe=8, interval="epoch", lrf=0.01)
+    assert lrs == [LR0] * 8

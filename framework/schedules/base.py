@@ -1,9 +1,12 @@
 """Base classes and helpers of the LR policies."""
 from __future__ import annotations
 
+import logging
 from typing import Optional
 
 from framework.config import ConfigError
+
+log = logging.getLogger(__name__)
 
 
 def progress(t: int, total: int) -> float:
@@ -70,9 +73,12 @@ class Decay(Schedule):
         total: units in the main phase (runtime).
         lrf: final multiplier, reached exactly at ``t = total-1``; in [0, 1].
 
+    A main phase of a single unit (one epoch with ``interval=epoch``, or a warmup of ``T-1``
+    steps) holds the multiplier at 1, as Ultralytics' one-epoch runs do: there is nothing to
+    decay over, and a warning says so.
+
     Raises:
-        ConfigError: ``lrf`` outside [0, 1], or a decay phase shorter than 2 units (its first
-            unit must be 1 and its last ``lrf``).
+        ConfigError: ``lrf`` outside [0, 1].
     """
 
     ends_at_lrf = True
@@ -80,10 +86,17 @@ class Decay(Schedule):
     def __init__(self, total: int, lrf: float):
         super().__init__(total)
         check_lrf(lrf)
-        if total < 2:
-            raise ConfigError(
-                f"scheduler: {type(self).__name__.lower()} has {total} unit (step, or epoch with "
-                "scheduler.interval=epoch) left after warmup to decay over and needs 2; raise epochs, "
-                "shorten the warmup or use scheduler.interval=step"
+        if total == 1:
+            log.warning(
+                "scheduler: %s has a single unit (step, or epoch with scheduler.interval=epoch) after "
+                "warmup: the LR stays at lr0 (raise epochs or use scheduler.interval=step to decay)",
+                type(self).__name__.lower(),
             )
         self.lrf = float(lrf)
+
+    def __call__(self, t: int) -> float:
+        return 1.0 if self.total == 1 else self.decay(progress(t, self.total))
+
+    def decay(self, p: float) -> float:  # pragma: no cover - abstract
+        """Multiplier at decay progress ``p`` in [0, 1]."""
+        raise NotImplementedError

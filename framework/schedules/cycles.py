@@ -183,7 +183,7 @@ class CosineRestarts(Schedule):
     ``i`` from 0) down toward ``lrf``; cycles keep their own length (not stretched to the run).
     With ``decay=1`` it equals ``CosineAnnealingWarmRestarts(T_0, T_mult, eta_min=lr0*lrf)``.
 
-    Formula: m(t) = lrf + (decay^i - lrf) * (1 + cos(pi * t_i / T_i)) / 2, with cycle i holding t, T_i = T_0 * T_mult^i and t_i = t - (T_0 + ... + T_{i-1})
+    Formula: m(t) = lrf + (max(decay^i, lrf) - lrf) * (1 + cos(pi * t_i / T_i)) / 2, with cycle i holding t, T_i = T_0 * T_mult^i and t_i = t - (T_0 + ... + T_{i-1})
 
     Args:
         total: units in the main phase (runtime).
@@ -211,5 +211,5 @@ class CosineRestarts(Schedule):
         i, t_i, length = 0, t, self.T_0
         while t_i >= length:
             t_i, length, i = t_i - length, length * self.T_mult, i + 1
-        peak = self.decay**i
+        peak = max(self.decay**i, self.lrf)  # a decayed peak never goes below the floor
         return self.lrf + (peak - self.lrf) * (1 + math.cos(math.pi * t_i / length)) / 2

@@ -6,7 +6,7 @@ import math
 from typing import Optional, Sequence
 
 from framework.config import ConfigError
-from framework.schedules.base import Decay, Schedule, check_gamma, check_lrf, progress
+from framework.schedules.base import Decay, Schedule, check_gamma, check_lrf
 
 
 class Constant(Schedule):
@@ -114,12 +114,15 @@ class Cosine(Decay):
     Formula: m(t) = lrf + (1 - lrf) * (1 + cos(pi * t / (total - 1))) / 2
 
     Args:
-        total: units in the main phase (runtime), >= 2.
+        total: units in the main phase (runtime); 1 holds the multiplier at 1.
         lrf: final multiplier, reached exactly at ``t = total-1``; in [0, 1].
+
+    Raises:
+        ConfigError: ``lrf`` outside [0, 1].
     """
 
-    def __call__(self, t: int) -> float:
-        return self.lrf + (1 - self.lrf) * (1 + math.cos(math.pi * progress(t, self.total))) / 2
+    def decay(self, p: float) -> float:
+        return self.lrf + (1 - self.lrf) * (1 + math.cos(math.pi * p)) / 2
 
 
 class Linear(Decay):
@@ -130,12 +133,15 @@ class Linear(Decay):
     Formula: m(t) = lrf + (1 - lrf) * (1 - t / (total - 1))
 
     Args:
-        total: units in the main phase (runtime), >= 2.
+        total: units in the main phase (runtime); 1 holds the multiplier at 1.
         lrf: final multiplier, reached exactly at ``t = total-1``; in [0, 1].
+
+    Raises:
+        ConfigError: ``lrf`` outside [0, 1].
     """
 
-    def __call__(self, t: int) -> float:
-        return self.lrf + (1 - self.lrf) * (1 - progress(t, self.total))
+    def decay(self, p: float) -> float:
+        return self.lrf + (1 - self.lrf) * (1 - p)
 
 
 class Poly(Decay):
@@ -160,8 +166,8 @@ class Poly(Decay):
             raise ConfigError(f"scheduler.power={power}: must be > 0, e.g. 0.9 or 2")
         self.power = float(power)
 
-    def __call__(self, t: int) -> float:
-        return self.lrf + (1 - self.lrf) * (1 - progress(t, self.total)) ** self.power
+    def decay(self, p: float) -> float:
+        return self.lrf + (1 - self.lrf) * (1 - p) ** self.power
 
 
 class InverseSqrt(Schedule):
@@ -228,7 +234,7 @@ class WSD(Schedule):
         if decay_shape not in self.SHAPES:
             raise ConfigError(f"scheduler.decay_shape={decay_shape}: use linear, cosine or 1-sqrt")
         decay = int(round(decay_frac * total))
-        if not 0 < decay_frac <= 1 or decay < 1:
+        if not 0 < decay_frac <= 1 or decay_frac * total < 1:
             raise ConfigError(
                 f"scheduler.decay_frac={decay_frac}: gives a decay of {decay_frac * total:g} of {total} "
                 "units; it must cover at least 1 unit and at most the whole run"
@@ -248,8 +254,10 @@ class Ultralytics(Decay):
     Use with ``scheduler.interval=epoch`` (its file's default), ``warmup_epochs`` and
     ``warmup_momentum`` (Ultralytics: 3 and 0.8). During warmup the ``bias`` group's LR falls
     from ``warmup_bias_lr`` (absolute) to its base LR while the other groups rise, as in
-    Ultralytics' trainer. Unlike Ultralytics, whose ``lf`` reaches ``lrf`` one epoch after the
-    last, the last epoch here uses exactly ``lr0*lrf`` (DESIGN.md §3).
+    Ultralytics' trainer. Differences from Ultralytics, all from DESIGN.md §3: its ``lf``
+    reaches ``lrf`` one epoch after the last, here the last epoch uses exactly ``lr0*lrf``; its
+    decay counts epochs from 0 (warmup included) while here it starts after warmup at ``lr0``;
+    its other groups warm up from 0, here from ``lr0*warmup_start_factor`` (never 0).
 
     Formula: m(t) = lrf + (1 - lrf) * (1 - t/(total-1)), or lrf + (1 - lrf) * (1 + cos(pi*t/(total-1)))/2 with cos_lr
 
@@ -269,7 +277,6 @@ class Ultralytics(Decay):
             raise ConfigError(f"scheduler.warmup_bias_lr={warmup_bias_lr}: must be >= 0 or null")
         self.cos_lr, self.warmup_bias_lr = cos_lr, warmup_bias_lr
 
-    def __call__(self, t: int) -> float:
-        p = progress(t, self.total)
+    def decay(self, p: float) -> float:
         shape = (1 + math.cos(math.pi * p)) / 2 if self.cos_lr else 1 - p
         return self.lrf + (1 - self.lrf) * shape

@@ -16,7 +16,9 @@ class Plateau(Schedule):
 
     Judged once per epoch on ``monitor``, only on epochs that start after warmup. Equals
     ``ReduceLROnPlateau(mode, factor, patience, threshold, threshold_mode, cooldown,
-    min_lr=lr0*lrf)`` fed the same metrics. Its state is saved in checkpoints.
+    min_lr=lr0*lrf)`` fed the same metrics, except that PyTorch skips a reduction that would
+    change the LR by less than ``eps=1e-8`` (absolute), which only matters for LRs near 1e-8;
+    here every reduction applies. Its state is saved in checkpoints.
 
     Formula: m(t) = max(lrf, factor^n), n = reductions so far (one each time the metric has not improved for more than patience judged epochs, outside cooldown)
 
