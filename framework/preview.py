@@ -115,10 +115,9 @@ def plot(runs: Sequence[PlannedRun], path: str | Path, grid: bool = False, title
         ax.grid(alpha=0.3)
     for j in range(n, rows * cols):
         axes[j // cols][j % cols].axis("off")
-    if not grid or any(len(distinct(r.lrs)) > 1 for r in runs):
-        for ax in axes.flat:
-            if ax.get_legend_handles_labels()[0]:
-                ax.legend(fontsize=7)
+    for ax in axes.flat:
+        if len(ax.get_legend_handles_labels()[0]) > (0 if not grid else 1):
+            ax.legend(fontsize=7)
     if title:
         import textwrap
 
