@@ -47,14 +47,16 @@ def plan_of(trainer: Any, label: str = "") -> PlannedRun:
 
 
 def key_points(run: PlannedRun) -> dict[str, Any]:
-    """Peak LR and its step, LR at the end of warmup, first and final LR (group 0)."""
+    """First, end-of-warmup and final LR of group 0; the peak LR over all groups, its step and group."""
     lrs = next(iter(run.lrs.values()))
-    peak = max(range(len(lrs)), key=lrs.__getitem__)
+    peak_group = max(run.lrs, key=lambda name: max(run.lrs[name]))
+    peak = max(range(len(lrs)), key=run.lrs[peak_group].__getitem__)
     return {
         "steps": len(lrs),
         "first_lr": lrs[0],
-        "peak_lr": lrs[peak],
+        "peak_lr": run.lrs[peak_group][peak],
         "peak_step": peak,
+        "peak_group": peak_group,
         "warmup_end_step": run.warmup_steps,
         "lr_after_warmup": lrs[run.warmup_steps] if run.warmup_steps < len(lrs) else None,
         "final_lr": lrs[-1],
@@ -65,7 +67,8 @@ def describe(run: PlannedRun) -> str:
     """One line of key points, e.g. ``cosine: T=230, peak 0.01 at step 0, final 0.0001``."""
     p = key_points(run)
     warm = f", warmup to step {p['warmup_end_step']}" if p["warmup_end_step"] else ""
-    return (f"{run.label or 'plan'}: T={p['steps']}, first {p['first_lr']:.4g}, peak {p['peak_lr']:.4g} at "
+    group = f" ({p['peak_group']})" if len(run.lrs) > 1 and len(distinct(run.lrs)) > 1 else ""
+    return (f"{run.label or 'plan'}: T={p['steps']}, first {p['first_lr']:.4g}, peak {p['peak_lr']:.4g}{group} at "
             f"step {p['peak_step']}{warm}, final {p['final_lr']:.4g}")
 
 
@@ -158,7 +161,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
 
     parser = argparse.ArgumentParser(prog="python -m framework.preview", description=__doc__.splitlines()[0])
     parser.add_argument("overrides", nargs="*", help="Hydra overrides; comma lists / range / glob are expanded")
-    parser.add_argument("--out", default="lr_preview.png", help="output PNG (default: %(default)s)")
+    parser.add_argument("--out", default="outputs/lr_preview.png", help="output PNG (default: %(default)s)")
     parser.add_argument("--grid", action="store_true", help="one panel per plan instead of one overlay")
     args = parser.parse_args(argv)
     register_configs()
@@ -174,6 +177,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
             label = " ".join(combo[i] for i in varying) or " ".join(combo)
             runs.append(plan_of(build(cfg, Path.cwd()), label))
     fixed = " ".join(o for i, o in enumerate(combos[0]) if i not in varying)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     plot(runs, args.out, grid=args.grid, title=fixed)
     for run in runs:
         print(describe(run))

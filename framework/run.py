@@ -54,7 +54,7 @@ def resolve_device(name: str):
 
 
 def count_steps(num_batches: int, accumulate: int, epochs: int, max_steps: Optional[int]) -> tuple[int, int]:
-    """The run's optimizer steps ``T`` and steps per epoch (DESIGN.md §3).
+    """The run's optimizer steps ``T`` and steps per epoch (the LR contract, README).
 
     Args:
         num_batches: ``len(train_loader)``, batches per epoch (the last may be partial).

@@ -127,6 +127,7 @@ class Trainer:
     def _set_lr(self, k: int) -> list[float]:
         """Set every group's LR (and momentum, when the plan prescribes it) for step ``k``."""
         lrs = []
+        self._d_before_step = self.optimizer.param_groups[0].get("d")  # Prodigy: applied LR = d*lr
         for name, group in zip(self.group_names, self.optimizer.param_groups):
             group["lr"] = self.plan.group_lr(k, group["initial_lr"], name)
             lrs.append(group["lr"])
@@ -138,6 +139,11 @@ class Trainer:
                 else:
                     group["betas"] = (value, *tuple(group["betas"])[1:])
         return lrs
+
+    @property
+    def _d(self) -> Optional[float]:
+        """Prodigy's step-size estimate used by the step being recorded (read before the step)."""
+        return self._d_before_step
 
     def _momentum(self) -> Optional[float]:
         """Momentum (or Adam beta1) of group 0 now; None for optimizers without one."""
@@ -292,8 +298,7 @@ class Trainer:
 
     def _record(self, epoch: int, lrs: list[float], loss: torch.Tensor, norm: Optional[torch.Tensor]) -> None:
         """Log applied step ``k`` (its LRs now, its loss at the next flush) and advance ``k``."""
-        row = {"step": self.step, "epoch": epoch, "lr": lrs[0], "momentum": self._momentum(),
-               "d": self.optimizer.param_groups[0].get("d")}  # Prodigy's step-size estimate (applied LR = d*lr)
+        row = {"step": self.step, "epoch": epoch, "lr": lrs[0], "momentum": self._momentum(), "d": self._d}
         row.update({f"lr/{n}": v for n, v in zip(self.group_names[1:], lrs[1:])})
         self._pending.append((row, loss, norm))
         self.history["step"].append(self.step)

@@ -43,7 +43,7 @@ def test_every_yaml_starts_with_a_purpose_comment():
 
 
 def test_every_key_has_a_comment():
-    """DESIGN §4: every key carries a short `# (unit) meaning` comment (_target_/_partial_ aside)."""
+    """Convention: every key carries a short `# (unit) meaning` comment (_target_/_partial_ aside)."""
     import re
 
     key_line = re.compile(r"^\s*[A-Za-z_][\w.]*:\s*\S")

@@ -1,4 +1,4 @@
-"""Step counting and warmup length (DESIGN.md §3), worked out by hand."""
+"""Step counting and warmup length (the LR contract, README), worked out by hand."""
 from __future__ import annotations
 
 from omegaconf import OmegaConf

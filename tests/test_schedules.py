@@ -414,17 +414,25 @@ def test_momentum_warmup_rises_to_the_optimizer_momentum():
 
 
 def test_ultralytics_recipe_hand_worked():
-    """4 epochs of 5 steps, warmup 1 epoch (W = 5), lr0 0.01, lrf 0.01, warmup_bias_lr 0.1, linear:
-    after warmup the epochs use 0.01 * (0.01 + 0.99 * (1 - t/2)) for t = 0, 1, 2."""
+    """4 epochs of 5 steps, warmup 1 epoch (W = 5), lr0 0.01, lrf 0.01, warmup_bias_lr 0.1, linear.
+    Epochs count from 0, warmup included: lf(t) = 0.01 + 0.99 * (1 - t/3) for t = 0..3; warmup
+    rises from 0.1*lr0 (bias: falls from 0.1) toward lr0 * lf(epoch)."""
     plan = LRPlan(lambda total, warmup: schedules.Ultralytics(total, lrf=0.01, warmup_bias_lr=0.1), 20, 5, 5, 0.1,
                   "epoch")
     weights = [plan.group_lr(k, 0.01, "decay") for k in range(20)]
     bias = [plan.group_lr(k, 0.01, "bias") for k in range(20)]
     assert_close(weights[:5], [0.01 * (0.1 + 0.9 * k / 5) for k in range(5)], tol=1e-15)
     assert_close(bias[:5], [0.1 + (0.01 - 0.1) * k / 5 for k in range(5)], tol=1e-15)  # falls 0.1 -> lr0
-    expected = [0.01, 0.01 * (0.01 + 0.99 * 0.5), 0.01 * 0.01]
+    expected = [0.01 * (0.01 + 0.99 * 2 / 3), 0.01 * (0.01 + 0.99 / 3), 0.01 * 0.01]
     assert_close(weights[5:], [v for v in expected for _ in range(5)], tol=1e-15)
     assert bias[5:] == weights[5:]
+
+
+def test_ultralytics_warmup_rises_toward_the_current_epoch_value():
+    """W = 10 steps over 2 epochs of 5: in epoch 1 the target is lf(1) = 0.01 + 0.99 * (1 - 1/3)."""
+    plan = LRPlan(lambda total, warmup: schedules.Ultralytics(total, lrf=0.01), 20, 5, 10, 0.1, "epoch")
+    lf1 = 0.01 + 0.99 * (2 / 3)
+    assert_close([plan(k) for k in range(5, 10)], [0.1 + (lf1 - 0.1) * k / 10 for k in range(5, 10)], tol=1e-15)
 
 
 def test_ultralytics_cos_lr():
@@ -440,3 +448,14 @@ def test_decay_over_a_single_unit_holds_lr0_and_warns(cls, caplog):
     assert sched(0) == 1.0 and "single unit" in caplog.text
     lrs = plan_lrs(cls, 8, spe=8, interval="epoch", lrf=0.01)
     assert lrs == [LR0] * 8
+
+
+@pytest.mark.parametrize("make,text", [
+    (lambda: schedules.MultiStep(4, milestones=[5, 8]), "never reached"),
+    (lambda: schedules.Step(4, step_size=4), "never drops"),
+    (lambda: schedules.Cyclic(32, lrf=0.01, step_size_up=50), "only rises"),
+])
+def test_schedules_that_would_do_nothing_in_this_run_warn(make, text, caplog):
+    with caplog.at_level("WARNING"):
+        make()
+    assert text in caplog.text

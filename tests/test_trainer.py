@@ -250,13 +250,17 @@ def test_schedule_free_optimizer_is_switched_to_its_averaged_weights_for_eval(tm
 
 def test_ultralytics_experiment_bias_warmup_in_steps_csv(tmp_path):
     """+experiment=ultralytics, 5 epochs of 4 steps, 3 warmup epochs (W = 12): the bias LR falls
-    from 0.1 while the others rise, momentum rises 0.8 -> 0.937, then per-epoch decay to lr0*lrf."""
+    from 0.1 while the others rise toward lr0*lf(epoch), lf(t) = 0.01 + 0.99*(1 - t/4), momentum
+    rises 0.8 -> 0.937, then per-epoch decay to lr0*lrf."""
     train_in_process(tmp_path, *TINY, "+experiment=ultralytics", "epochs=5", "trainer.save_checkpoints=false")
     rows = read_csv(tmp_path / "steps.csv")
     assert float(rows[0]["lr/bias"]) == 0.1 and float(rows[0]["lr"]) == pytest.approx(0.001, abs=1e-15)
     assert float(rows[0]["momentum"]) == 0.8
     assert float(rows[6]["momentum"]) == pytest.approx(0.8 + 0.137 * 6 / 12, abs=1e-12)
-    assert [float(r["lr"]) for r in rows[12:]] == [0.01] * 4 + [0.01 * 0.01] * 4
+    lf = [0.01 + 0.99 * (1 - t / 4) for t in range(5)]
+    assert_close([float(r["lr"]) for r in rows[:12]],
+                 [0.01 * (0.1 + (lf[k // 4] - 0.1) * k / 12) for k in range(12)], tol=1e-15)
+    assert_close([float(r["lr"]) for r in rows[12:]], [0.01 * lf[3]] * 4 + [0.01 * 0.01] * 4, tol=1e-15)
     assert [float(r["lr/bias"]) for r in rows[12:]] == [float(r["lr"]) for r in rows[12:]]
     assert all(float(r["momentum"]) == 0.937 for r in rows[12:])
 

@@ -1,6 +1,6 @@
 """LR policies: pure functions of the step index returning a multiplier on each group's base LR.
 
-Notation (DESIGN.md §3): ``T`` optimizer steps ``k = 0 … T-1``; warmup of ``W`` steps; after
+Notation (the LR contract, README): ``T`` optimizer steps ``k = 0 … T-1``; warmup of ``W`` steps; after
 warmup the main schedule sees ``t`` = interval units (steps, or epochs with
 ``scheduler.interval=epoch``) since warmup ended, out of ``total`` units. Decaying schedules
 reach exactly ``lrf`` at ``t = total-1``, so the last step of the run uses ``lr0·lrf``.

@@ -50,8 +50,11 @@ class Schedule:
 
     #: True for metric-driven policies (plateau): they carry state and need :meth:`observe`.
     stateful = False
-    #: True when the last unit of the main phase is exactly ``lrf`` (DESIGN.md §3).
+    #: True when the last unit of the main phase is exactly ``lrf`` (the LR contract, README).
     ends_at_lrf = False
+    #: True when ``t`` counts from step 0, warmup included, and warmup rises toward ``m(t)``
+    #: instead of 1 (Ultralytics); False: ``t`` starts after warmup, which rises to 1.
+    counts_warmup = False
 
     def __init__(self, total: int):
         if total < 1:

@@ -1,11 +1,14 @@
 """Cyclical policies: one-cycle, cyclic (CLR) and cosine with warm restarts (SGDR)."""
 from __future__ import annotations
 
+import logging
 import math
 from typing import Optional
 
 from framework.config import ConfigError
 from framework.schedules.base import Schedule, check_lrf, check_momentum_bounds
+
+log = logging.getLogger(__name__)
 
 
 def cos_anneal(a: float, b: float, x: float) -> float:
@@ -157,6 +160,9 @@ class Cyclic(Schedule):
         self.lrf, self.mode, self.gamma = float(lrf), mode, float(gamma)
         self.size = float(step_size_up + down)
         self.ratio = step_size_up / self.size
+        if step_size_up >= total:
+            log.warning("scheduler.step_size_up=%d: not shorter than the run's %d units, the LR only "
+                        "rises; lower it to see a cycle", step_size_up, total)
         self.cycle_momentum, self.base_m, self.max_m = cycle_momentum, base_momentum, max_momentum
 
     def _shape(self, t: int) -> float:

@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 import bisect
+import logging
 import math
 from typing import Optional, Sequence
 
 from framework.config import ConfigError
 from framework.schedules.base import Decay, Schedule, check_gamma, check_lrf
+
+log = logging.getLogger(__name__)
 
 
 class Constant(Schedule):
@@ -51,6 +54,9 @@ class Step(Schedule):
             raise ConfigError(f"scheduler.step_size={step_size}: must be an integer >= 1")
         check_gamma(gamma)
         self.step_size, self.gamma = int(step_size), float(gamma)
+        if step_size >= total:
+            log.warning("scheduler.step_size=%d: not shorter than the run's %d units after warmup, the LR "
+                        "never drops", step_size, total)
 
     def __call__(self, t: int) -> float:
         return self.gamma ** (t // self.step_size)
@@ -79,6 +85,9 @@ class MultiStep(Schedule):
             )
         check_gamma(gamma)
         self.milestones, self.gamma = [int(m) for m in ms], float(gamma)
+        late = [m for m in self.milestones if m >= total]
+        if late:
+            log.warning("scheduler.milestones %s: beyond the run's %d units after warmup, never reached", late, total)
 
     def __call__(self, t: int) -> float:
         return self.gamma ** bisect.bisect_right(self.milestones, t)
@@ -254,10 +263,11 @@ class Ultralytics(Decay):
     Use with ``scheduler.interval=epoch`` (its file's default), ``warmup_epochs`` and
     ``warmup_momentum`` (Ultralytics: 3 and 0.8). During warmup the ``bias`` group's LR falls
     from ``warmup_bias_lr`` (absolute) to its base LR while the other groups rise, as in
-    Ultralytics' trainer. Differences from Ultralytics, all from DESIGN.md §3: its ``lf``
-    reaches ``lrf`` one epoch after the last, here the last epoch uses exactly ``lr0*lrf``; its
-    decay counts epochs from 0 (warmup included) while here it starts after warmup at ``lr0``;
-    its other groups warm up from 0, here from ``lr0*warmup_start_factor`` (never 0).
+    Ultralytics' trainer; every group warms up toward its LR of the current epoch,
+    ``lr0*lf(epoch)``, and the epochs are counted from 0, warmup included, as Ultralytics does.
+    Two differences, from the LR contract: Ultralytics' ``lf`` reaches ``lrf`` one epoch after
+    the last (here the last epoch uses exactly ``lr0*lrf``), and its other groups warm up from
+    0 (here from ``lr0*warmup_start_factor``: a step never has LR 0).
 
     Formula: m(t) = lrf + (1 - lrf) * (1 - t/(total-1)), or lrf + (1 - lrf) * (1 + cos(pi*t/(total-1)))/2 with cos_lr
 
@@ -270,6 +280,8 @@ class Ultralytics(Decay):
     Raises:
         ConfigError: ``lrf`` or ``warmup_bias_lr`` out of range.
     """
+
+    counts_warmup = True  # t counts epochs from 0, warmup included; warmup rises toward m(t)
 
     def __init__(self, total: int, lrf: float, cos_lr: bool = False, warmup_bias_lr: Optional[float] = 0.1):
         super().__init__(total, lrf)

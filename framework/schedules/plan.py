@@ -58,6 +58,11 @@ class LRPlan:
         else:
             units, warmup_units = (T - 1) // spe - W // spe + 1, round(W / spe)
         self.schedule = make_schedule(units, warmup_units)
+        if getattr(self.schedule, "counts_warmup", False):  # t from step 0: rebuild over the whole run
+            self.offset = 0
+            self.schedule = make_schedule(T if interval == "step" else (T - 1) // spe + 1, warmup_units)
+        else:
+            self.offset = W if interval == "step" else W // spe
 
     def group_lr(self, k: int, base_lr: float, group: str) -> float:
         """LR of param group ``group`` (base LR ``base_lr``) at step ``k``.
@@ -68,21 +73,26 @@ class LRPlan:
         """
         bias_lr = getattr(self.schedule, "warmup_bias_lr", None)
         if k < self.warmup_steps and bias_lr is not None and group == "bias":
-            target = base_lr * self.schedule(0)
+            target = base_lr * self._warmup_target(k)
             return bias_lr + (target - bias_lr) * k / self.warmup_steps
         return base_lr * self(k)
 
+    def _warmup_target(self, k: int) -> float:
+        """What warmup rises to: 1, or the schedule's value now when it counts warmup (Ultralytics)."""
+        return self.schedule(self.unit(k)) if self.schedule.counts_warmup else 1.0
+
     def unit(self, k: int) -> int:
-        """Index ``t`` of step ``k`` in the main schedule (steps or epochs since warmup ended)."""
+        """Index ``t`` of step ``k`` in the main schedule (steps or epochs since warmup ended, or
+        since step 0 for a schedule that counts warmup)."""
         if self.interval == "step":
-            return k - self.warmup_steps
-        return k // self.steps_per_epoch - self.warmup_steps // self.steps_per_epoch
+            return k - self.offset
+        return k // self.steps_per_epoch - self.offset
 
     def __call__(self, k: int) -> float:
         """Multiplier on the base LR applied at optimizer step ``k`` (``0 <= k < T``)."""
         if k < self.warmup_steps:
             s = self.start_factor
-            return s + (1 - s) * k / self.warmup_steps
+            return s + (self._warmup_target(k) - s) * k / self.warmup_steps
         return self.schedule(self.unit(k))
 
     @property
@@ -92,7 +102,8 @@ class LRPlan:
 
     def momentum(self, k: int, base: float) -> float:
         """Momentum (or beta1) for step ``k``, given the optimizer's configured value ``base``."""
-        main = self.schedule.momentum(self.unit(max(k, self.warmup_steps)))
+        main = self.schedule.momentum(self.unit(max(k, self.warmup_steps)) if not self.schedule.counts_warmup
+                                      else self.unit(k))
         target = base if main is None else main
         if k < self.warmup_steps and self.warmup_momentum is not None:
             return self.warmup_momentum + (target - self.warmup_momentum) * k / self.warmup_steps
