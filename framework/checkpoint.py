@@ -39,3 +39,102 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         The saved dict.
     """
     return torch.load(path, map_location=map_location, weights_only=True)
+
+
+def rng_state() -> dict[str, Any]:
+    """Every random stream a run draws from: Python, NumPy, torch CPU and CUDA (if any).
+
+    Returns:
+        Tensors, ints and floats only (loadable with ``weights_only=True``).
+    """
+    import random
+
+    import numpy as np
+
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    state = {
+        "python": {"version": version, "internal": torch.tensor(internal, dtype=torch.int64), "gauss_next": gauss_next},
+        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached": float(cached)},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what :func:`rng_state` returned."""
+    import random
+
+    import numpy as np
+
+    py = state["python"]
+    random.setstate((py["version"], tuple(py["internal"].tolist()), py["gauss_next"]))
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def resolve_resume(path: str | Path) -> tuple[Path, Path]:
+    """The checkpoint file and the run folder that ``resume=<path>`` names.
+
+    Args:
+        path: a run folder (its ``checkpoints/last.pt`` is used) or a checkpoint file inside a
+            run folder's ``checkpoints/``.
+
+    Returns:
+        ``(checkpoint file, run folder)``.
+
+    Raises:
+        ConfigError: the path or the checkpoint does not exist.
+    """
+    from framework.config import ConfigError
+
+    p = Path(path).expanduser()
+    file = p / "checkpoints" / "last.pt" if p.is_dir() else p
+    if not file.is_file():
+        raise ConfigError(f"resume={path}: no checkpoint there (expected a run folder with checkpoints/last.pt "
+                          "or a .pt file); check the path")
+    folder = file.parent.parent if file.parent.name == "checkpoints" else file.parent
+    return file, folder
+
+
+def read_resume_checkpoint(file: Path, key: str) -> dict[str, Any]:
+    """Load a checkpoint for resuming, turning unreadable files into one-line errors.
+
+    Raises:
+        ConfigError: the file is truncated, corrupt, not a checkpoint, or holds pickled code
+            (refused by ``weights_only=True``).
+    """
+    import pickle
+
+    from framework.config import ConfigError
+
+    try:
+        state = load_checkpoint(file)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, AttributeError) as exc:
+        first = (str(exc).strip().splitlines() or [""])[0][:160]
+        raise ConfigError(f"{key}={file}: not a readable checkpoint ({type(exc).__name__}: {first}); "
+                          "point resume at a checkpoint this framework wrote")
+    if not isinstance(state, dict) or "step" not in state or "model" not in state:
+        raise ConfigError(f"{key}={file}: not a checkpoint of this framework (no model/step); check the path")
+    return state
+
+
+def config_differences(saved: dict[str, Any], current: dict[str, Any], ignore: tuple[str, ...] = ()) -> list[str]:
+    """Dotted keys whose values differ between two nested config dicts (``ignore``: key prefixes)."""
+    def flat(d: Any, prefix: str = "") -> dict[str, Any]:
+        if not isinstance(d, dict):
+            return {prefix: d}
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            out.update(flat(v, f"{prefix}{k}."))
+        return out
+
+    a, b = flat(saved), flat(current)
+    keys = sorted(k.rstrip(".") for k in set(a) | set(b) if a.get(k) != b.get(k))
+    return [k for k in keys if not any(k == i or k.startswith(i + ".") for i in ignore)]

@@ -31,7 +31,7 @@ RUNTIME_ARGS = {
     "model": ("num_classes", "in_chans", "img_size"),
     "optimizer": ("params",),
     "scheduler": ("total", "warmup"),
-    "trainer": ("model", "optimizer", "plan", "data", "run_dir", "device"),
+    "trainer": ("model", "optimizer", "plan", "data", "run_dir", "device", "config"),
 }
 
 PRECISIONS = ("32", "bf16", "fp16")
@@ -72,6 +72,7 @@ class TrainConfig:
     seed: int = 0  # RNG seed of everything (data order, init, augmentation)
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     resume: Optional[str] = None  # run folder or checkpoint to continue from
+    resume_allow_changes: bool = False  # resume even when the config differs from the run's
     lr_scaling: str = "none"  # none | linear | sqrt: scale lr0 by the global batch size
     lr_base_size: int = 256  # (samples) global batch size that lr0 was tuned for
     mode: str = "train"  # train | plot_lr (draw the planned LR of every step, then exit)

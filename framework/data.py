@@ -148,13 +148,42 @@ def synthetic(
     )
 
 
+class EpochSampler(torch.utils.data.Sampler):
+    """Shuffled indices that are a pure function of ``(seed, epoch)``, resumable mid-epoch.
+
+    Epoch ``e`` visits ``torch.randperm(n)`` drawn from a generator seeded with
+    ``seed * 1_000_003 + e`` (as ``DistributedSampler`` derives its order from seed and epoch),
+    skipping the first ``start`` indices after :meth:`set_epoch` with ``start > 0``: a run
+    resumed at batch ``b`` sees exactly the batches it would have seen.
+
+    Args:
+        num_samples: dataset length ``n``.
+        seed: run seed.
+    """
+
+    def __init__(self, num_samples: int, seed: int):
+        self.num_samples, self.seed = num_samples, seed
+        self.epoch, self.start = 0, 0
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """Select epoch ``epoch`` and skip its first ``start`` indices (samples already seen)."""
+        self.epoch, self.start = epoch, start
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        return iter(torch.randperm(self.num_samples, generator=g)[self.start:].tolist())
+
+    def __len__(self) -> int:
+        return self.num_samples - self.start
+
+
 def make_loaders(data: DataBundle, batch_size: int, seed: int, device: torch.device):
     """Train loader (shuffled by ``seed``) and validation loader (in order, batch ×2).
 
     Args:
         data: the datasets.
         batch_size: samples per forward pass.
-        seed: seeds the shuffling generator, so the data order is a function of the seed.
+        seed: seeds the :class:`EpochSampler`, so the data order is a function of seed and epoch.
         device: pins memory when it is CUDA.
 
     Returns:
@@ -162,12 +191,11 @@ def make_loaders(data: DataBundle, batch_size: int, seed: int, device: torch.dev
         sample (BatchNorm cannot train on it), so the step count ``T`` reflects that.
     """
     pin = device.type == "cuda"
-    gen = torch.Generator().manual_seed(seed)
     # A last batch of one sample breaks BatchNorm in training mode; drop it (one sample per epoch).
     drop_last = len(data.train) % batch_size == 1 and len(data.train) > 1
     if drop_last:
         log.info("batch_size=%d leaves a last batch of 1 sample: it is dropped each epoch", batch_size)
-    train = DataLoader(data.train, batch_size=batch_size, shuffle=True, generator=gen, pin_memory=pin,
-                       drop_last=drop_last)
+    train = DataLoader(data.train, batch_size=batch_size, sampler=EpochSampler(len(data.train), seed),
+                       pin_memory=pin, drop_last=drop_last)
     val = DataLoader(data.val, batch_size=2 * batch_size, shuffle=False, pin_memory=pin)
     return train, val

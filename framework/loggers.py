@@ -15,10 +15,15 @@ class CSVLog:
     Args:
         path: the CSV file (created or truncated).
         columns: column names, in order; rows are dicts keyed by them (missing keys = empty).
+        append: keep an existing file with the same header and append to it (resume).
     """
 
-    def __init__(self, path: str | Path, columns: Sequence[str]):
+    def __init__(self, path: str | Path, columns: Sequence[str], append: bool = False):
         self.path, self.columns = Path(path), list(columns)
+        if append and self.path.exists():
+            with open(self.path, newline="") as f:
+                if next(csv.reader(f), None) == self.columns:
+                    return
         with open(self.path, "w", newline="") as f:
             csv.writer(f).writerow(self.columns)
 
@@ -93,3 +98,24 @@ def plot_lr(steps: Sequence[int], lrs: dict[str, Sequence[float]], path: str | P
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def truncate_csv(path: str | Path, column: str, below: int) -> list[dict[str, str]]:
+    """Keep the rows of a CSV whose integer ``column`` is ``< below`` (atomically); return them.
+
+    Used on resume: rows written after the checkpoint (a run killed between flushes and
+    checkpoints) are dropped so the resumed run writes them again, once.
+    """
+    path = Path(path)
+    if not path.exists():
+        return []
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        header, rows = reader.fieldnames or [], [r for r in reader if int(r[column]) < below]
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=header)
+        w.writeheader()
+        w.writerows(rows)
+    os.replace(tmp, path)
+    return rows

@@ -92,6 +92,56 @@ def warmup_length(cfg: DictConfig, steps_per_epoch: int) -> tuple[int, str]:
     return steps, f"warmup_epochs={cfg.warmup_epochs}"
 
 
+#: Keys that may change between a run and its resume without being reported.
+RESUME_FREE_KEYS = ("resume", "resume_allow_changes", "device", "mode", "trainer.stop_after_steps",
+                    "trainer.progress_bar", "trainer.log_every_n_steps")
+
+
+def plain_config(cfg: DictConfig) -> dict[str, Any]:
+    """The config as plain resolved containers, without Hydra's own node."""
+    from omegaconf import OmegaConf
+
+    data = OmegaConf.to_container(cfg, resolve=True)
+    data.pop("hydra", None)
+    return data
+
+
+def prepare_resume(cfg: DictConfig) -> tuple[Path, dict[str, Any]]:
+    """Check ``resume=...`` before building anything: the run folder and its checkpoint state.
+
+    Raises:
+        ConfigError: missing or unreadable checkpoint, or a config that differs from the run's
+            (unless ``resume_allow_changes=true``), naming the differing keys.
+    """
+    from framework.checkpoint import config_differences, read_resume_checkpoint, resolve_resume
+
+    file, folder = resolve_resume(cfg.resume)
+    state = read_resume_checkpoint(file, "resume")
+    diffs = config_differences(state.get("config") or {}, plain_config(cfg), RESUME_FREE_KEYS)
+    if diffs and not cfg.resume_allow_changes:
+        raise ConfigError(f"resume={cfg.resume}: the config differs from the run's in {', '.join(diffs)}; "
+                          "use the run's overrides, or resume_allow_changes=true to continue anyway")
+    if diffs:
+        log.warning("resuming with changed keys: %s", ", ".join(diffs))
+    return folder, state
+
+
+def resume_trainer(trainer: Any, state: dict[str, Any]) -> None:
+    """Load ``state`` into a built trainer and cut its run folder's CSVs back to the checkpoint."""
+    from framework.loggers import truncate_csv
+
+    trainer.load_state_dict(state)
+    rows = truncate_csv(trainer.run_dir / "steps.csv", "step", state["step"])
+    truncate_csv(trainer.run_dir / "epochs.csv", "epoch", state["epoch"])
+    first, others = trainer.group_names[0], trainer.group_names[1:]
+    trainer.history["step"] = [int(r["step"]) for r in rows]
+    trainer.history[first] = [float(r["lr"]) for r in rows]
+    for name in others:
+        trainer.history[name] = [float(r[f"lr/{name}"]) for r in rows]
+    log.info("resumed at step %d (epoch %d, batch %d) in %s", trainer.step, trainer.epoch, trainer.batch,
+             trainer.run_dir)
+
+
 def build(cfg: DictConfig, run_dir: Path) -> Any:
     """Validate, then build dataset, loaders, LR plan, model, optimizer and trainer.
 
@@ -99,8 +149,6 @@ def build(cfg: DictConfig, run_dir: Path) -> Any:
         ConfigError: any user mistake; raised before anything is written to ``run_dir``.
     """
     validate(cfg)
-    if cfg.resume is not None:
-        raise ConfigError(f"resume={cfg.resume}: resuming is not available in this version; use resume=null")
     from framework.data import make_loaders
     from framework.models import check_model_name
     from framework.optim import lr_scale_factor, param_groups
@@ -144,7 +192,7 @@ def build(cfg: DictConfig, run_dir: Path) -> Any:
         group["initial_lr"] = group["lr"] * group.get("lr_scale", 1.0) * scale
         group["lr"] = group["initial_lr"]
     return registry.instantiate(
-        cfg.trainer, "trainer", model=model, optimizer=optimizer, plan=plan, data=loaders, run_dir=run_dir, device=device
+        cfg.trainer, "trainer", config=plain_config(cfg), model=model, optimizer=optimizer, plan=plan, data=loaders, run_dir=run_dir, device=device
     )
 
 
@@ -215,10 +263,16 @@ def train(cfg: DictConfig, run_dir: Optional[str | Path] = None) -> float:
         hc = HydraConfig.get()
         run_dir, overrides = hc.runtime.output_dir, list(hc.overrides.task)
     run_dir = Path(run_dir)
+    resume_state = None
+    if cfg.resume is not None and cfg.mode == "train":
+        validate(cfg)
+        run_dir, resume_state = prepare_resume(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     trainer = build(cfg, run_dir)
     if cfg.mode == "plot_lr":
         return preview(trainer, run_dir, " ".join(overrides))
+    if resume_state is not None:
+        resume_trainer(trainer, resume_state)
 
     from framework.loggers import git_state
     from framework.trainer import Diverged
@@ -262,8 +316,10 @@ def train(cfg: DictConfig, run_dir: Optional[str | Path] = None) -> float:
         **git_state(registry.CONF_DIR.parent),
     }
     try:
-        trainer.fit()
-        summary.update(status="completed", objective=trainer.best[OBJECTIVE])
+        result = trainer.fit()
+        stopped = result["stopped"]
+        summary.update(status="stopped" if stopped else "completed", objective=trainer.best.get(OBJECTIVE, 0.0),
+                       **({"stop_reason": stopped, "resume_with": f"resume={run_dir}"} if stopped else {}))
     except Diverged as exc:
         summary.update(status="diverged", objective=0.0, diverged_step=exc.step, diverged_lr=exc.lr, error=str(exc))
         raise

@@ -4,7 +4,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -13,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from framework.checkpoint import save_checkpoint
+from framework.checkpoint import rng_state, save_checkpoint, set_rng_state
 from framework.loggers import CSVLog
 from framework.schedules import LRPlan
 
@@ -78,6 +80,9 @@ class Trainer:
             the check for a non-finite loss).
         progress_bar: show a tqdm bar with epoch, step, loss and LR.
         save_checkpoints: write ``checkpoints/last.pt`` and ``best.pt`` after every epoch.
+        stop_after_steps: stop after this many optimizer steps with a resumable checkpoint, as
+            on SIGTERM (the schedule keeps its horizon ``T``); None = run to the end.
+        config: the run's resolved config (runtime), stored in checkpoints to check resumes.
     """
 
     def __init__(
@@ -94,6 +99,8 @@ class Trainer:
         log_every_n_steps: int = 10,
         progress_bar: bool = True,
         save_checkpoints: bool = True,
+        stop_after_steps: Optional[int] = None,
+        config: Optional[dict[str, Any]] = None,
     ):
         self.model, self.optimizer, self.plan = model.to(device), optimizer, plan
         self.train_loader, self.val_loader = data
@@ -117,6 +124,12 @@ class Trainer:
         self.final: dict[str, Any] = {}  # metrics of the last finished epoch
         self.skipped_steps = 0
         self.history: dict[str, list] = {"step": [], **{n: [] for n in self.group_names}}
+        self.stop_after_steps, self.config = stop_after_steps, config
+        self.epoch, self.batch = 0, 0  # position: current epoch, batches of it already trained
+        self._epoch_loss, self._epoch_samples = 0.0, 0  # the epoch's loss sum (loss x samples), samples
+        self.batches_per_epoch = len(self.train_loader) if self.train_loader is not None else 0
+        self.stopped: Optional[str] = None  # why fit() stopped early, if it did
+        self._stop_request: Optional[str] = None
 
     def _autocast(self):
         if self.precision == "32":
@@ -200,16 +213,20 @@ class Trainer:
         return {"val/loss": loss_sum.item() / n, "val/acc": correct.item() / n}
 
     def fit(self) -> dict[str, Any]:
-        """Train for ``plan.total_steps`` optimizer steps, evaluating after every epoch.
+        """Train until step ``T`` (from where :meth:`load_state_dict` left it), evaluating after
+        every epoch.
 
-        Writes ``steps.csv``, ``epochs.csv`` and checkpoints into ``run_dir``. Step rows are
-        buffered on the device and written every ``log_every_n_steps`` steps, at the end of
-        each epoch and when training stops for any reason (exception, Ctrl-C).
+        Writes ``steps.csv``, ``epochs.csv`` (appending when resuming) and checkpoints into
+        ``run_dir``. Step rows are buffered on the device and written every
+        ``log_every_n_steps`` steps, at the end of each epoch and when training stops for any
+        reason. SIGTERM or Ctrl-C (and ``stop_after_steps``) stop at the next step boundary with
+        a resumable ``checkpoints/last.pt``; a second Ctrl-C interrupts at once.
 
         Returns:
-            ``{"steps", "epochs", "skipped_steps", "best": {...}, "final": {...}}``; the metric
-            dicts hold ``epoch`` (from 0), ``train/loss`` and ``val/loss`` (mean cross-entropy,
-            nats), ``val/acc`` (fraction), ``lr`` (of the epoch's last step), ``time_s``.
+            ``{"steps", "epochs", "skipped_steps", "best": {...}, "final": {...}, "stopped"}``;
+            the metric dicts hold ``epoch`` (from 0), ``train/loss`` and ``val/loss`` (mean
+            cross-entropy, nats), ``val/acc`` (fraction), ``lr`` (of the epoch's last step),
+            ``time_s``; ``stopped`` is None, ``stop_after_steps``, ``SIGTERM`` or ``SIGINT``.
 
         Raises:
             Diverged: the loss of some step was NaN or inf; rows up to it are written and no
@@ -220,39 +237,43 @@ class Trainer:
         T, spe = self.plan.total_steps, self.plan.steps_per_epoch
         epochs = math.ceil(T / spe)
         lr_cols = ["lr"] + [f"lr/{n}" for n in self.group_names[1:]]
+        resuming = self.step > 0
         self._steps_csv = CSVLog(self.run_dir / "steps.csv",
                                  ["step", "epoch", *lr_cols, *(["momentum"] if self.momentum_key else []),
                                   *(["d"] if "d" in self.optimizer.param_groups[0] else []), "loss"]
-                                 + (["grad_norm"] if self.clip else []))
-        epochs_csv = CSVLog(self.run_dir / "epochs.csv", ["epoch", "train/loss", "val/loss", "val/acc", "lr", "time_s"])
+                                 + (["grad_norm"] if self.clip else []), append=resuming)
+        epochs_csv = CSVLog(self.run_dir / "epochs.csv", ["epoch", "train/loss", "val/loss", "val/acc", "lr", "time_s"],
+                            append=resuming)
         self._pending: list[tuple[dict[str, Any], torch.Tensor, Optional[torch.Tensor]]] = []
-        self._bar = tqdm(total=T, disable=not self.progress_bar, unit="step", dynamic_ncols=True,
-                         mininterval=0.1 if sys.stderr.isatty() else 10.0)  # log files: every 10 s
-        best: dict[str, Any] = {}
-        final: dict[str, Any] = {}
+        self._bar = tqdm(total=T, initial=self.step, disable=not self.progress_bar, unit="step",
+                         dynamic_ncols=True, mininterval=0.1 if sys.stderr.isatty() else 10.0)  # log files: every 10 s
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
+        restore_signals = self._catch_stop_signals()
         try:
-            for epoch in range(epochs):
+            for epoch in range(self.epoch, epochs):
                 t0 = time.perf_counter()
                 self._bar.set_description(f"epoch {epoch + 1}/{epochs}")
                 train_loss = self._train_epoch(epoch, T)
+                if self.stopped:
+                    break
                 metrics = {"epoch": epoch, "train/loss": train_loss, **self.evaluate(),
                            "lr": self.history[self.group_names[0]][-1], "time_s": time.perf_counter() - t0}
                 epochs_csv.write([metrics])
                 self.plan.observe(epoch, metrics)
-                final = metrics
-                is_best = not best or metrics["val/acc"] > best["val/acc"]
+                self.final = metrics
+                is_best = not self.best or metrics["val/acc"] > self.best["val/acc"]
                 if is_best:
-                    best = dict(metrics)
+                    self.best = dict(metrics)
+                self.epoch, self.batch = epoch + 1, 0
                 if self.save_checkpoints:
-                    self._save(epoch, metrics, is_best)
+                    self._save(is_best)
                 log.info("epoch %d/%d  train/loss %.4f  val/loss %.4f  val/acc %.4f  lr %.4g", epoch + 1, epochs,
                          metrics["train/loss"], metrics["val/loss"], metrics["val/acc"], metrics["lr"])
                 if self.step >= T:
                     break
         finally:
-            self.best, self.final = best, final
+            restore_signals()
             try:
                 self._flush()
             finally:
@@ -260,30 +281,48 @@ class Trainer:
         if self.skipped_steps:
             log.warning("%d optimizer steps skipped by the fp16 grad scaler: the LR plan stopped at step %d of %d",
                         self.skipped_steps, self.step, T)
-        return {"steps": self.step, "epochs": final["epoch"] + 1, "skipped_steps": self.skipped_steps,
-                "best": best, "final": final}
+        return {"steps": self.step, "epochs": self.final.get("epoch", -1) + 1, "skipped_steps": self.skipped_steps,
+                "best": self.best, "final": self.final, "stopped": self.stopped}
+
+    def _catch_stop_signals(self):
+        """SIGTERM / first Ctrl-C request a stop at the next step boundary; returns the undo."""
+        if threading.current_thread() is not threading.main_thread():
+            return lambda: None
+
+        def request(signum, frame):
+            if self._stop_request is not None and signum == signal.SIGINT:
+                raise KeyboardInterrupt  # second Ctrl-C: stop now
+            self._stop_request = signal.Signals(signum).name
+            log.warning("%s received: stopping after this step with a resumable checkpoint", self._stop_request)
+
+        previous = {sig: signal.signal(sig, request) for sig in (signal.SIGTERM, signal.SIGINT)}
+        return lambda: [signal.signal(sig, handler) for sig, handler in previous.items()]
 
     def _train_epoch(self, epoch: int, T: int) -> float:
-        """One pass over the train loader (or until step ``T``); returns the mean train loss."""
+        """One pass over the train loader from batch ``self.batch`` (or until step ``T``, or a
+        stop request); returns the mean train loss of the epoch."""
         loader = self.train_loader
         sizes = group_sizes(len(loader.dataset), loader.batch_size, self.accumulate, loader.drop_last)
-        epoch_loss = torch.zeros((), device=self.device)
+        if hasattr(loader.sampler, "set_epoch"):
+            loader.sampler.set_epoch(epoch, start=self.batch * loader.batch_size)
+        epoch_loss = torch.full((), self._epoch_loss, device=self.device)
         group_loss = torch.zeros((), device=self.device)
-        epoch_samples, g = 0, 0
+        g = self.batch // self.accumulate
         self._optimizer_mode("train")
         lrs = self._set_lr(self.step)
-        for i, (x, y) in enumerate(loader):
+        for i, (x, y) in enumerate(loader, start=self.batch):
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
             with self._autocast():
                 loss = F.cross_entropy(self.model(x).float(), y)
             scaled = loss * (len(y) / sizes[g])  # share of the accumulation group's samples
             (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
             group_loss += scaled.detach()
-            if (i + 1) % self.accumulate and i + 1 < len(loader):
+            if (i + 1) % self.accumulate and i + 1 < self.batches_per_epoch:
                 continue
             applied, norm = self._apply_step()
             epoch_loss += group_loss * sizes[g]
-            epoch_samples += sizes[g]
+            self._epoch_samples += sizes[g]
+            self.batch = i + 1
             if applied:
                 self._record(epoch, lrs, group_loss, norm)
             else:
@@ -292,9 +331,22 @@ class Trainer:
             g += 1
             if self.step >= T:
                 break
+            if self._should_stop():
+                self._flush()
+                self._epoch_loss = epoch_loss.item()
+                self.stopped = self._stop_request or "stop_after_steps"
+                self._save(False)
+                log.warning("stopped at step %d (%s); continue with resume=%s", self.step, self.stopped, self.run_dir)
+                return float("nan")
             lrs = self._set_lr(self.step)
         self._flush()
-        return (epoch_loss / max(epoch_samples, 1)).item()
+        mean = (epoch_loss / max(self._epoch_samples, 1)).item()
+        self._epoch_loss, self._epoch_samples = 0.0, 0
+        return mean
+
+    def _should_stop(self) -> bool:
+        return self._stop_request is not None or (
+            self.stop_after_steps is not None and self.step >= self.stop_after_steps)
 
     def _record(self, epoch: int, lrs: list[float], loss: torch.Tensor, norm: Optional[torch.Tensor]) -> None:
         """Log applied step ``k`` (its LRs now, its loss at the next flush) and advance ``k``."""
@@ -325,17 +377,60 @@ class Trainer:
         if bad is not None:
             raise Diverged(rows[bad]["step"], rows[bad]["lr"])
 
-    def _save(self, epoch: int, metrics: dict[str, Any], is_best: bool) -> None:
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue exactly: weights, optimizer, scaler, LR-plan state,
+        position (step ``k``, epoch, batch within it), epoch accumulators, metrics, RNG streams."""
         state = {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
-            "step": self.step,
-            "epoch": epoch + 1,
-            "metrics": metrics,
             "plan": self.plan.state_dict(),
+            "step": self.step,
+            "epoch": self.epoch,
+            "batch": self.batch,
+            "epoch_loss": self._epoch_loss,
+            "epoch_samples": self._epoch_samples,
+            "best": self.best,
+            "final": self.final,
+            "skipped_steps": self.skipped_steps,
+            "rng": rng_state(),
+            "config": self.config,
         }
         if self.scaler is not None:
             state["scaler"] = self.scaler.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from :meth:`state_dict` (RNG streams last, so nothing after draws from them).
+
+        The base LR and momentum of each group stay those of the current config.
+
+        Raises:
+            ConfigError: the checkpoint holds another model or optimizer layout.
+        """
+        from framework.config import ConfigError
+
+        try:
+            self.model.load_state_dict(state["model"])
+        except RuntimeError as exc:
+            raise ConfigError(f"resume: the checkpoint holds a different model ({str(exc).splitlines()[0][:120]}); "
+                              "resume with the run's own model config")
+        keep = [{k: g[k] for k in ("initial_lr", "initial_momentum") if k in g} for g in self.optimizer.param_groups]
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+        except ValueError as exc:
+            raise ConfigError(f"resume: the checkpoint's optimizer does not fit ({exc}); resume with the run's optimizer")
+        for group, kept in zip(self.optimizer.param_groups, keep):
+            group.update(kept)
+        if self.scaler is not None and "scaler" in state:
+            self.scaler.load_state_dict(state["scaler"])
+        self.plan.load_state_dict(state.get("plan", {}))
+        self.step, self.epoch, self.batch = state["step"], state["epoch"], state["batch"]
+        self._epoch_loss, self._epoch_samples = state["epoch_loss"], state["epoch_samples"]
+        self.best, self.final, self.skipped_steps = state["best"], state["final"], state["skipped_steps"]
+        set_rng_state(state["rng"])
+
+    def _save(self, is_best: bool) -> None:
+        state = self.state_dict()
         folder = self.run_dir / "checkpoints"
         save_checkpoint(state, folder / "last.pt")
         if is_best:

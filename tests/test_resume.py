@@ -1,0 +1,123 @@
+"""Exact resume, stop at a step boundary (stop_after_steps, SIGTERM), unreadable checkpoints."""
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from framework.config import ConfigError
+from tests.conftest import ROOT, TINY, read_csv, run_cli, train_in_process
+
+RUN = [*TINY, "epochs=3", "device=cpu"]  # 4 steps per epoch, T = 12
+
+
+def same_run(a, b):
+    """steps.csv identical; epochs.csv identical but for the wall time."""
+    assert read_csv(a / "steps.csv") == read_csv(b / "steps.csv")
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "time_s"} for r in rows]
+    assert strip(read_csv(a / "epochs.csv")) == strip(read_csv(b / "epochs.csv"))
+
+
+@pytest.mark.parametrize("stop", [2, 4, 7])  # mid-epoch, at an epoch boundary, mid-epoch
+@pytest.mark.parametrize("scheduler", ["cosine", "plateau"])
+def test_stopped_and_resumed_equals_uninterrupted(tmp_path, stop, scheduler):
+    extra = [f"scheduler={scheduler}"] + (["scheduler.patience=0", "scheduler.threshold=0.05"]
+                                          if scheduler == "plateau" else [])
+    train_in_process(tmp_path / "full", *RUN, *extra)
+    train_in_process(tmp_path / "cut", *RUN, *extra, f"trainer.stop_after_steps={stop}")
+    summary = json.loads((tmp_path / "cut" / "summary.json").read_text())
+    assert summary["status"] == "stopped" and summary["steps"] == stop
+    assert len(read_csv(tmp_path / "cut" / "steps.csv")) == stop
+    train_in_process(tmp_path / "ignored", *RUN, *extra, f"resume={tmp_path / 'cut'}")
+    same_run(tmp_path / "full", tmp_path / "cut")
+    assert json.loads((tmp_path / "cut" / "summary.json").read_text())["status"] == "completed"
+
+
+def test_multistep_example_resumed_after_3_epochs(tmp_path):
+    """multistep milestones=[4] gamma=0.1 lr0=0.1 epochs=6, stopped after 3 epochs (12 steps)."""
+    args = [*TINY, "scheduler=multistep", "scheduler.milestones=[4]", "scheduler.gamma=0.1", "lr0=0.1", "epochs=6"]
+    train_in_process(tmp_path, *args, "trainer.stop_after_steps=12")
+    train_in_process(tmp_path / "x", *args, f"resume={tmp_path}")
+    assert [float(r["lr"]) for r in read_csv(tmp_path / "epochs.csv")] == pytest.approx([0.1] * 4 + [0.01] * 2)
+
+
+def test_cosine_first_epoch_after_resume_is_not_at_lr0(tmp_path):
+    args = [*TINY, "scheduler=cosine", "lr0=0.1", "epochs=6"]
+    train_in_process(tmp_path, *args, "trainer.stop_after_steps=12")
+    train_in_process(tmp_path / "x", *args, f"resume={tmp_path}")
+    steps = read_csv(tmp_path / "steps.csv")
+    assert all(float(r["lr"]) < 0.1 for r in steps if int(r["epoch"]) == 3)
+    assert [int(r["step"]) for r in steps] == list(range(24))
+
+
+def test_resume_with_a_different_config_is_refused_naming_the_keys(tmp_path):
+    train_in_process(tmp_path, *RUN, "trainer.stop_after_steps=2")
+    with pytest.raises(ConfigError, match=r"differs from the run's in epochs, lr0, optimizer.lr; .*resume_allow_changes=true"):
+        train_in_process(tmp_path / "x", *TINY, "epochs=4", "lr0=0.5", f"resume={tmp_path}")
+    train_in_process(tmp_path / "x", *TINY, "epochs=4", f"resume={tmp_path}", "resume_allow_changes=true")
+    assert len(read_csv(tmp_path / "steps.csv")) == 16
+
+
+def test_resume_of_a_different_model_is_refused(tmp_path):
+    train_in_process(tmp_path, *RUN, "trainer.stop_after_steps=2")
+    with pytest.raises(ConfigError, match="resume: the checkpoint holds a different model"):
+        train_in_process(tmp_path / "x", *RUN, "model.name=resnet10t", f"resume={tmp_path}", "resume_allow_changes=true")
+
+
+def corrupt_variants(tmp_path):
+    good = tmp_path / "good" / "checkpoints" / "last.pt"
+    data = good.read_bytes()
+    (tmp_path / "trunc.pt").write_bytes(data[: len(data) // 2])
+    (tmp_path / "garbage.pt").write_bytes(b"not a checkpoint at all")
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("touch " + str(tmp_path / "pwned"),))
+
+    with open(tmp_path / "evil.pt", "wb") as f:
+        pickle.dump({"model": {}, "step": 0, "x": Evil()}, f, protocol=2)
+    return ["trunc.pt", "garbage.pt", "evil.pt"]
+
+
+def test_truncated_corrupt_and_malicious_checkpoints_are_refused(tmp_path):
+    train_in_process(tmp_path / "good", *RUN, "trainer.stop_after_steps=2")
+    for name in corrupt_variants(tmp_path):
+        with pytest.raises(ConfigError, match=f"resume={tmp_path / name}: not a readable checkpoint"):
+            train_in_process(tmp_path / "x", *RUN, f"resume={tmp_path / name}")
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_bad_resume_paths_from_the_command_line(tmp_path):
+    train_in_process(tmp_path / "good", *RUN, "trainer.stop_after_steps=2")
+    before = sorted(p.name for p in (tmp_path / "good").rglob("*"))
+    corrupt_variants(tmp_path)
+    for target, text in [(tmp_path / "missing", "no checkpoint there"), (tmp_path / "trunc.pt", "not a readable")]:
+        proc = run_cli([*RUN, f"resume={target}"], tmp_path / "run")
+        lines = [line for line in proc.stderr.splitlines() if line.strip()]
+        assert proc.returncode == 2 and len(lines) == 1 and text in lines[0], proc.stderr
+    assert sorted(p.name for p in (tmp_path / "good").rglob("*")) == before  # nothing damaged
+
+
+def test_sigterm_stops_at_a_step_boundary_with_a_resumable_checkpoint(tmp_path):
+    args = [*TINY, "dataset.train_size=512", "epochs=40", "device=cpu"]
+    train_in_process(tmp_path / "full", *args, "trainer.save_checkpoints=false")
+    run = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args, f"hydra.run.dir={run}"],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(read_csv(run / "steps.csv") if (run / "steps.csv").exists() else []) < 20:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err[-2000:]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "stopped" and summary["stop_reason"] == "SIGTERM" and summary["steps"] < 320
+    assert (run / "checkpoints" / "last.pt").exists()
+    train_in_process(tmp_path / "x", *args, f"resume={run}")
+    same_run(tmp_path / "full", run)
