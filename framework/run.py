@@ -344,6 +344,7 @@ def _finish(trainer: Any, summary: dict[str, Any], start: float, cfg: DictConfig
         steps=trainer.step,
         epochs=trainer.final.get("epoch", -1) + 1,
         skipped_steps=trainer.skipped_steps,
+        rollbacks=trainer.guard.rollbacks,
         last_lr=history[first][-1] if history["step"] else None,
         wall_time_s=time.time() - start,
     )

@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader
 from framework.checkpoint import rng_state, save_checkpoint, set_rng_state
 from framework.loggers import CSVLog
 from framework.schedules import LRPlan
+from framework.trainer.guard import Diverged, DivergenceGuard
 
 log = logging.getLogger(__name__)
 
@@ -25,19 +26,6 @@ log = logging.getLogger(__name__)
 def _momentum_key(group: dict[str, Any]) -> Optional[str]:
     """``momentum`` (SGD, RMSprop), ``betas`` (Adam family: beta1) or None for a param group."""
     return "momentum" if "momentum" in group else "betas" if "betas" in group else None
-
-
-class Diverged(RuntimeError):
-    """The training loss became non-finite (NaN or inf) at optimizer step ``step``.
-
-    Attributes:
-        step: index ``k`` of the first step whose loss was not finite.
-        lr: LR applied at that step (group 0).
-    """
-
-    def __init__(self, step: int, lr: float):
-        self.step, self.lr = step, lr
-        super().__init__(f"loss is not finite at step {step} (lr {lr:.6g}); lower lr0 or add warmup")
 
 
 def group_sizes(num_samples: int, batch_size: int, accumulate_grad_batches: int, drop_last: bool = False) -> list[int]:
@@ -82,6 +70,12 @@ class Trainer:
         save_checkpoints: write ``checkpoints/last.pt`` and ``best.pt`` after every epoch.
         stop_after_steps: stop after this many optimizer steps with a resumable checkpoint, as
             on SIGTERM (the schedule keeps its horizon ``T``); None = run to the end.
+        on_divergence: ``stop`` (end the run, status ``diverged``) or ``rollback`` (restore the
+            last good state, lower the LR, retry); see :class:`DivergenceGuard`.
+        divergence_loss_mult: a step loss above this multiple of the best smoothed loss counts
+            as divergence; None = only NaN/inf losses (and gradient norms, when clipping).
+        rollback_lr_factor: LR multiplier applied for the rest of the run at each rollback.
+        max_rollbacks: rollbacks before giving up as ``stop`` would.
         config: the run's resolved config (runtime), stored in checkpoints to check resumes.
     """
 
@@ -100,6 +94,10 @@ class Trainer:
         progress_bar: bool = True,
         save_checkpoints: bool = True,
         stop_after_steps: Optional[int] = None,
+        on_divergence: str = "stop",
+        divergence_loss_mult: Optional[float] = None,
+        rollback_lr_factor: float = 0.5,
+        max_rollbacks: int = 3,
         config: Optional[dict[str, Any]] = None,
     ):
         self.model, self.optimizer, self.plan = model.to(device), optimizer, plan
@@ -130,6 +128,10 @@ class Trainer:
         self.batches_per_epoch = len(self.train_loader) if self.train_loader is not None else 0
         self.stopped: Optional[str] = None  # why fit() stopped early, if it did
         self._stop_request: Optional[str] = None
+        self.guard = DivergenceGuard(on_divergence, divergence_loss_mult, rollback_lr_factor, max_rollbacks)
+        self.lr_backoff = 1.0  # product of the rollback LR factors applied so far
+        self._base_lrs = [g["initial_lr"] for g in optimizer.param_groups]
+        self._epoch_loss_t: Optional[torch.Tensor] = None  # the epoch's loss sum, on the device
 
     def _autocast(self):
         if self.precision == "32":
@@ -250,28 +252,16 @@ class Trainer:
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
         restore_signals = self._catch_stop_signals()
+        self.guard.keep(self.state_dict(), trusted=True)  # the start is a good state to roll back to
         try:
-            for epoch in range(self.epoch, epochs):
-                t0 = time.perf_counter()
-                self._bar.set_description(f"epoch {epoch + 1}/{epochs}")
-                train_loss = self._train_epoch(epoch, T)
-                if self.stopped:
+            while True:
+                try:
+                    self._run_epochs(T, epochs, epochs_csv)
                     break
-                metrics = {"epoch": epoch, "train/loss": train_loss, **self.evaluate(),
-                           "lr": self.history[self.group_names[0]][-1], "time_s": time.perf_counter() - t0}
-                epochs_csv.write([metrics])
-                self.plan.observe(epoch, metrics)
-                self.final = metrics
-                is_best = not self.best or metrics["val/acc"] > self.best["val/acc"]
-                if is_best:
-                    self.best = dict(metrics)
-                self.epoch, self.batch = epoch + 1, 0
-                if self.save_checkpoints:
-                    self._save(is_best)
-                log.info("epoch %d/%d  train/loss %.4f  val/loss %.4f  val/acc %.4f  lr %.4g", epoch + 1, epochs,
-                         metrics["train/loss"], metrics["val/loss"], metrics["val/acc"], metrics["lr"])
-                if self.step >= T:
-                    break
+                except Diverged as exc:
+                    if not self.guard.can_roll_back():
+                        raise
+                    self._roll_back(exc)
         finally:
             restore_signals()
             try:
@@ -283,6 +273,55 @@ class Trainer:
                         self.skipped_steps, self.step, T)
         return {"steps": self.step, "epochs": self.final.get("epoch", -1) + 1, "skipped_steps": self.skipped_steps,
                 "best": self.best, "final": self.final, "stopped": self.stopped}
+
+    def _run_epochs(self, T: int, epochs: int, epochs_csv: CSVLog) -> None:
+        """Epochs from the current position to step ``T`` (or a stop request)."""
+        for epoch in range(self.epoch, epochs):
+            t0 = time.perf_counter()
+            self._bar.set_description(f"epoch {epoch + 1}/{epochs}")
+            train_loss = self._train_epoch(epoch, T)
+            if self.stopped:
+                break
+            metrics = {"epoch": epoch, "train/loss": train_loss, **self.evaluate(),
+                       "lr": self.history[self.group_names[0]][-1], "time_s": time.perf_counter() - t0}
+            epochs_csv.write([metrics])
+            self.plan.observe(epoch, metrics)
+            self.final = metrics
+            is_best = not self.best or metrics["val/acc"] > self.best["val/acc"]
+            if is_best:
+                self.best = dict(metrics)
+            self.epoch, self.batch = epoch + 1, 0
+            if self.save_checkpoints:
+                self._save(is_best)
+            log.info("epoch %d/%d  train/loss %.4f  val/loss %.4f  val/acc %.4f  lr %.4g", epoch + 1, epochs,
+                     metrics["train/loss"], metrics["val/loss"], metrics["val/acc"], metrics["lr"])
+            if self.step >= T:
+                break
+
+    def _roll_back(self, exc: Diverged) -> None:
+        """Restore the last good state, lower the LR by ``rollback_lr_factor``, forget later rows."""
+        from framework.loggers import truncate_csv
+
+        state = self.guard.restore_point()
+        backoff = self.lr_backoff * self.guard.backoff
+        self._pending.clear()
+        self.load_state_dict(state)
+        self.lr_backoff = backoff
+        self._apply_backoff()
+        truncate_csv(self.run_dir / "steps.csv", "step", self.step)
+        truncate_csv(self.run_dir / "epochs.csv", "epoch", self.epoch)
+        keep = sum(1 for k in self.history["step"] if k < self.step)
+        for key in self.history:
+            del self.history[key][keep:]
+        self.guard.rollbacks.append({"diverged_step": exc.step, "reason": exc.reason, "lr": exc.lr,
+                                     "restored_step": self.step, "lr_factor": backoff})
+        self._bar.n = self.step
+        log.warning("rollback %d/%d: %s at step %d; back to step %d with the LR x%g",
+                    len(self.guard.rollbacks), self.guard.max_rollbacks, exc.reason, exc.step, self.step, backoff)
+
+    def _apply_backoff(self) -> None:
+        for group, base in zip(self.optimizer.param_groups, self._base_lrs):
+            group["initial_lr"] = base * self.lr_backoff
 
     def _catch_stop_signals(self):
         """SIGTERM / first Ctrl-C request a stop at the next step boundary; returns the undo."""
@@ -305,7 +344,7 @@ class Trainer:
         sizes = group_sizes(len(loader.dataset), loader.batch_size, self.accumulate, loader.drop_last)
         if hasattr(loader.sampler, "set_epoch"):
             loader.sampler.set_epoch(epoch, start=self.batch * loader.batch_size)
-        epoch_loss = torch.full((), self._epoch_loss, device=self.device)
+        self._epoch_loss_t = epoch_loss = torch.full((), self._epoch_loss, device=self.device)
         group_loss = torch.zeros((), device=self.device)
         g = self.batch // self.accumulate
         self._optimizer_mode("train")
@@ -333,7 +372,6 @@ class Trainer:
                 break
             if self._should_stop():
                 self._flush()
-                self._epoch_loss = epoch_loss.item()
                 self.stopped = self._stop_request or "stop_after_steps"
                 self._save(False)
                 log.warning("stopped at step %d (%s); continue with resume=%s", self.step, self.stopped, self.run_dir)
@@ -341,7 +379,7 @@ class Trainer:
             lrs = self._set_lr(self.step)
         self._flush()
         mean = (epoch_loss / max(self._epoch_samples, 1)).item()
-        self._epoch_loss, self._epoch_samples = 0.0, 0
+        self._epoch_loss, self._epoch_samples, self._epoch_loss_t = 0.0, 0, None
         return mean
 
     def _should_stop(self) -> bool:
@@ -370,12 +408,13 @@ class Trainer:
         losses = torch.stack([p[1] for p in pending]).tolist()
         norms = torch.stack([p[2] for p in pending]).tolist() if self.clip else [None] * len(pending)
         self._steps_csv.write({**row, "loss": v, "grad_norm": n} for (row, _, _), v, n in zip(pending, losses, norms))
-        bad = next((i for i, v in enumerate(losses) if not math.isfinite(v)), None)
         rows = [p[0] for p in pending]
         pending.clear()
         self._postfix = {"loss": f"{losses[-1]:.4f}"}
+        bad = self.guard.check([r["step"] for r in rows], losses, norms)
         if bad is not None:
-            raise Diverged(rows[bad]["step"], rows[bad]["lr"])
+            raise Diverged(rows[bad[0]]["step"], rows[bad[0]]["lr"], bad[1])
+        self.guard.keep(self.state_dict())
 
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to continue exactly: weights, optimizer, scaler, LR-plan state,
@@ -387,7 +426,8 @@ class Trainer:
             "step": self.step,
             "epoch": self.epoch,
             "batch": self.batch,
-            "epoch_loss": self._epoch_loss,
+            "epoch_loss": self._epoch_loss_t.item() if self._epoch_loss_t is not None else self._epoch_loss,
+            "lr_backoff": self.lr_backoff,
             "epoch_samples": self._epoch_samples,
             "best": self.best,
             "final": self.final,
@@ -421,11 +461,14 @@ class Trainer:
             raise ConfigError(f"resume: the checkpoint's optimizer does not fit ({exc}); resume with the run's optimizer")
         for group, kept in zip(self.optimizer.param_groups, keep):
             group.update(kept)
+        self.lr_backoff = state.get("lr_backoff", 1.0)
+        self._apply_backoff()
         if self.scaler is not None and "scaler" in state:
             self.scaler.load_state_dict(state["scaler"])
         self.plan.load_state_dict(state.get("plan", {}))
         self.step, self.epoch, self.batch = state["step"], state["epoch"], state["batch"]
         self._epoch_loss, self._epoch_samples = state["epoch_loss"], state["epoch_samples"]
+        self._epoch_loss_t = None
         self.best, self.final, self.skipped_steps = state["best"], state["final"], state["skipped_steps"]
         set_rng_state(state["rng"])
 
