@@ -187,6 +187,10 @@ def build(cfg: DictConfig, run_dir: Path) -> Any:
                             layer_decay=cfg.optimizer.get("layer_decay"),
                             split_bias=cfg.scheduler.get("warmup_bias_lr") is not None),
     )
+    if plan.sets_momentum and not any(k in optimizer.param_groups[0] for k in ("momentum", "betas")):
+        key = "warmup_momentum" if cfg.warmup_momentum is not None else "scheduler.cycle_momentum"
+        raise ConfigError(f"{key}: {type(optimizer).__name__} has no momentum or beta1 to set; use "
+                          "scheduler.cycle_momentum=false and warmup_momentum=null, or an optimizer with momentum")
     scale = lr_scale_factor(cfg.lr_scaling, cfg.batch_size * cfg.trainer.accumulate_grad_batches, cfg.lr_base_size)
     for group in optimizer.param_groups:
         group["initial_lr"] = group["lr"] * group.get("lr_scale", 1.0) * scale

@@ -162,6 +162,16 @@ BAD_INPUTS = [
     (["dataset=synthetic", "+foo=1"], "foo: unknown top-level key"),
     (["dataset=synthetic", "model.drop_rate=2"], "model.drop_rate=2"),
     (["dataset=synthetic", "optimizer=adam", "optimizer.betas=[0.9]"], "optimizer: torch.optim.Adam rejected"),
+    # schedules whose durations do not fit the run, impossible pairs, out-of-range optimizer values
+    (["dataset=synthetic", "scheduler=multistep", "scheduler.milestones=[5,50]"], "scheduler.milestones=[5, 50]"),
+    (["dataset=synthetic", "scheduler=cosine_restarts", "scheduler.T_0=50"], "scheduler.T_0=50"),
+    (["dataset=synthetic", "scheduler=wsd", "scheduler.decay_frac=1.5"], "scheduler.decay_frac=1.5"),
+    (["dataset=synthetic", "scheduler=onecycle", "optimizer=lamb", "optimizer.opt=adagrad"],
+     "scheduler.cycle_momentum: Adagrad has no momentum"),
+    (["dataset=synthetic", "warmup_start_factor=0"], "warmup_start_factor=0"),
+    (["dataset=synthetic", "optimizer.momentum=-0.5"], "Invalid momentum value"),
+    (["dataset=synthetic", "optimizer.weight_decay=-1"], "Invalid weight_decay value"),
+    (["dataset=synthetic", "resume=/nonexistent/run"], "resume=/nonexistent/run: no checkpoint there"),
 ]
 
 

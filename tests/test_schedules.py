@@ -451,11 +451,29 @@ def test_decay_over_a_single_unit_holds_lr0_and_warns(cls, caplog):
 
 
 @pytest.mark.parametrize("make,text", [
-    (lambda: schedules.MultiStep(4, milestones=[5, 8]), "never reached"),
-    (lambda: schedules.Step(4, step_size=4), "never drops"),
+    (lambda: schedules.MultiStep(4, milestones=[0.5, 0.99]), "at or after the run's end"),
+    (lambda: schedules.Step(1, step_size=0.3), "never drop"),
     (lambda: schedules.Cyclic(32, lrf=0.01, step_size_up=50), "only rises"),
 ])
 def test_schedules_that_would_do_nothing_in_this_run_warn(make, text, caplog):
     with caplog.at_level("WARNING"):
         make()
     assert text in caplog.text
+
+
+@pytest.mark.parametrize("make,key", [
+    (lambda: schedules.MultiStep(10, milestones=[5, 12]), r"scheduler.milestones=\[5, 12\]: \[12\] past the end"),
+    (lambda: schedules.Step(10, step_size=10), "scheduler.step_size=10: not shorter than the run"),
+    (lambda: schedules.CosineRestarts(10, lrf=0.01, T_0=11), "scheduler.T_0=11: the first cycle is longer"),
+    (lambda: schedules.Step(10, step_size=2.5), "scheduler.step_size=2.5: use a whole number"),
+])
+def test_durations_in_units_that_do_not_fit_the_run_are_refused(make, key):
+    with pytest.raises(ConfigError, match=key):
+        make()
+
+
+def test_fractions_of_the_run_hand_worked():
+    """10 units: milestones [0.5, 0.75] -> [5, 8] (7.5 rounds to even), step_size 0.3 -> 3, T_0 0.2 -> 2."""
+    assert schedules.MultiStep(10, milestones=[0.5, 0.75]).milestones == [5, 8]
+    assert schedules.Step(10, step_size=0.3).step_size == 3
+    assert schedules.CosineRestarts(10, lrf=0.0, T_0=0.2).T_0 == 2

@@ -20,6 +20,27 @@ def check_lrf(lrf: float) -> None:
         raise ConfigError(f"scheduler.lrf={lrf}: must be in [0, 1] (set the top-level lrf)")
 
 
+def to_units(value: float, total: int, key: str) -> tuple[int, bool]:
+    """A duration in schedule units: an integer >= 1 as given, or a fraction in (0, 1) of ``total``.
+
+    Args:
+        value: the configured duration (``3`` epochs, or ``0.3`` of the run).
+        total: units of the main phase.
+        key: config key for messages (``scheduler.step_size``).
+
+    Returns:
+        ``(units, was_fraction)``; a fraction becomes ``max(1, round(value * total))``.
+
+    Raises:
+        ConfigError: neither a whole number >= 1 nor a fraction in (0, 1).
+    """
+    if 0 < value < 1:
+        return max(1, round(value * total)), True
+    if value >= 1 and int(value) == value:
+        return int(value), False
+    raise ConfigError(f"{key}={value}: use a whole number of units (>= 1) or a fraction of the run in (0, 1)")
+
+
 def check_gamma(gamma: float, key: str = "gamma") -> None:
     """Raise :class:`ConfigError` unless ``0 < gamma <= 1``."""
     if not 0 < gamma <= 1:

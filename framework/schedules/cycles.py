@@ -6,7 +6,7 @@ import math
 from typing import Optional
 
 from framework.config import ConfigError
-from framework.schedules.base import Schedule, check_lrf, check_momentum_bounds
+from framework.schedules.base import Schedule, check_lrf, check_momentum_bounds, to_units
 
 log = logging.getLogger(__name__)
 
@@ -194,7 +194,8 @@ class CosineRestarts(Schedule):
     Args:
         total: units in the main phase (runtime).
         lrf: floor multiplier, in [0, 1].
-        T_0: units of the first cycle, >= 1.
+        T_0: units of the first cycle, an integer >= 1 (not longer than the run) or a fraction in
+            (0, 1) of the main phase.
         T_mult: growth factor of the cycle length, an integer >= 1.
         decay: peak multiplier per restart (timm's ``cycle_decay``), in (0, 1].
 
@@ -205,13 +206,15 @@ class CosineRestarts(Schedule):
     def __init__(self, total: int, lrf: float, T_0: int = 10, T_mult: int = 1, decay: float = 1.0):
         super().__init__(total)
         check_lrf(lrf)
-        if int(T_0) != T_0 or T_0 < 1:
-            raise ConfigError(f"scheduler.T_0={T_0}: must be an integer >= 1 (units of the first cycle)")
+        units, fraction = to_units(T_0, total, "scheduler.T_0")
+        if units > total and not fraction:
+            raise ConfigError(f"scheduler.T_0={T_0}: the first cycle is longer than the run ({total} units after "
+                              "warmup); lower it or give a fraction of the run, e.g. 0.25")
         if int(T_mult) != T_mult or T_mult < 1:
             raise ConfigError(f"scheduler.T_mult={T_mult}: must be an integer >= 1")
         if not 0 < decay <= 1:
             raise ConfigError(f"scheduler.decay={decay}: must be in (0, 1] (1 = every restart at lr0)")
-        self.lrf, self.T_0, self.T_mult, self.decay = float(lrf), int(T_0), int(T_mult), float(decay)
+        self.lrf, self.T_0, self.T_mult, self.decay = float(lrf), units, int(T_mult), float(decay)
 
     def __call__(self, t: int) -> float:
         i, t_i, length = 0, t, self.T_0

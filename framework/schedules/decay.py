@@ -7,7 +7,7 @@ import math
 from typing import Optional, Sequence
 
 from framework.config import ConfigError
-from framework.schedules.base import Decay, Schedule, check_gamma, check_lrf
+from framework.schedules.base import Decay, Schedule, check_gamma, check_lrf, to_units
 
 log = logging.getLogger(__name__)
 
@@ -41,22 +41,26 @@ class Step(Schedule):
 
     Args:
         total: units in the main phase (runtime).
-        step_size: units (steps or epochs, per ``scheduler.interval``) between decays; >= 1.
+        step_size: units (steps or epochs, per ``scheduler.interval``) between decays, an
+            integer >= 1; or a fraction in (0, 1) of the main phase.
         gamma: decay factor per step_size, in (0, 1].
 
     Raises:
-        ConfigError: step_size < 1 or gamma outside (0, 1].
+        ConfigError: a bad step_size, one (in units) not shorter than the run, or gamma outside
+            (0, 1].
     """
 
-    def __init__(self, total: int, step_size: int, gamma: float = 0.1):
+    def __init__(self, total: int, step_size: float, gamma: float = 0.1):
         super().__init__(total)
-        if int(step_size) != step_size or step_size < 1:
-            raise ConfigError(f"scheduler.step_size={step_size}: must be an integer >= 1")
+        units, fraction = to_units(step_size, total, "scheduler.step_size")
         check_gamma(gamma)
-        self.step_size, self.gamma = int(step_size), float(gamma)
-        if step_size >= total:
-            log.warning("scheduler.step_size=%d: not shorter than the run's %d units after warmup, the LR "
-                        "never drops", step_size, total)
+        self.step_size, self.gamma = units, float(gamma)
+        if units >= total:
+            message = (f"scheduler.step_size={step_size}: not shorter than the run's {total} units after "
+                       "warmup, the LR would never drop")
+            if not fraction:
+                raise ConfigError(message + "; lower it or give a fraction of the run, e.g. 0.3")
+            log.warning(message)
 
     def __call__(self, t: int) -> float:
         return self.gamma ** (t // self.step_size)
@@ -69,25 +73,32 @@ class MultiStep(Schedule):
 
     Args:
         total: units in the main phase (runtime).
-        milestones: strictly increasing units (steps or epochs) at which the LR drops; each >= 1.
+        milestones: strictly increasing units (steps or epochs) at which the LR drops, each an
+            integer >= 1 or a fraction in (0, 1) of the main phase (``[0.5, 0.75]``).
         gamma: decay factor per milestone, in (0, 1].
 
     Raises:
-        ConfigError: milestones not strictly increasing positive integers, or gamma out of range.
+        ConfigError: milestones not strictly increasing, a milestone in units past the end of
+            the run, or gamma out of range.
     """
 
-    def __init__(self, total: int, milestones: Sequence[int], gamma: float = 0.1):
+    def __init__(self, total: int, milestones: Sequence[float], gamma: float = 0.1):
         super().__init__(total)
-        ms = list(milestones)
-        if any(int(m) != m or m < 1 for m in ms) or ms != sorted(set(ms)):
+        given = list(milestones)
+        converted = [to_units(m, total, "scheduler.milestones") for m in given]
+        ms = [u for u, _ in converted]
+        if ms != sorted(ms) or len(set(given)) != len(given):  # fractions may round to one unit
             raise ConfigError(
-                f"scheduler.milestones={ms}: must be strictly increasing integers >= 1, e.g. [30,60]"
+                f"scheduler.milestones={given}: must be strictly increasing (units >= 1 or fractions), e.g. [30,60]"
             )
         check_gamma(gamma)
-        self.milestones, self.gamma = [int(m) for m in ms], float(gamma)
-        late = [m for m in self.milestones if m >= total]
+        self.milestones, self.gamma = ms, float(gamma)
+        late = [g for g, (u, fraction) in zip(given, converted) if u >= total and not fraction]
         if late:
-            log.warning("scheduler.milestones %s: beyond the run's %d units after warmup, never reached", late, total)
+            raise ConfigError(f"scheduler.milestones={given}: {late} past the end of the run ({total} units after "
+                              "warmup); lower them or give fractions of the run, e.g. [0.5,0.75]")
+        if any(u >= total for u in ms):
+            log.warning("scheduler.milestones=%s: some fall at or after the run's end (%d units)", given, total)
 
     def __call__(self, t: int) -> float:
         return self.gamma ** bisect.bisect_right(self.milestones, t)
