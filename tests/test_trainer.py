@@ -281,3 +281,26 @@ def test_every_scheduler_trains_one_epoch(tmp_path, name):
                      "trainer.save_checkpoints=false")
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["steps"] == 8
+
+
+def test_fp16_overflow_skipped_step_does_not_advance_the_schedule(tmp_path):
+    """A step whose gradients overflow is skipped by the grad scaler: k stays, the LR plan waits."""
+    from framework.data import make_loaders, synthetic
+    from framework.schedules import LRPlan, Step
+    from framework.trainer import Trainer
+
+    torch.manual_seed(0)
+    data = synthetic(seed=0, train_size=64, val_size=8, img_size=4, in_chans=1)
+    loaders = make_loaders(data, 8, 0, torch.device("cpu"))  # 8 batches = 8 steps per epoch
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 10))
+    calls = []
+    model[1].weight.register_hook(lambda g: g * float("inf") if len(calls.append(1) or calls) in (3, 4) else g)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    plan = LRPlan(lambda total, warmup: Step(total, step_size=1, gamma=0.5), 8, 8)
+    trainer = Trainer(model, opt, plan, loaders, tmp_path, torch.device("cpu"), precision="fp16",
+                      progress_bar=False, save_checkpoints=False)
+    result = trainer.fit()
+    rows = read_csv(tmp_path / "steps.csv")
+    assert result["skipped_steps"] == 2 and result["steps"] == 6
+    assert [int(r["step"]) for r in rows] == list(range(6))
+    assert [float(r["lr"]) for r in rows] == [0.1 * 0.5**k for k in range(6)]  # no LR was skipped

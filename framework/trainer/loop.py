@@ -108,7 +108,7 @@ class Trainer:
         self.precision = str(precision)
         self.log_every = max(1, int(log_every_n_steps))
         self.progress_bar, self.save_checkpoints = progress_bar, save_checkpoints
-        self.scaler = torch.amp.GradScaler("cuda") if self.precision == "fp16" else None
+        self.scaler = torch.amp.GradScaler(device.type) if self.precision == "fp16" else None
         self.group_names = [g.get("name", str(i)) for i, g in enumerate(optimizer.param_groups)]
         for group in optimizer.param_groups:
             group.setdefault("initial_lr", group["lr"])
