@@ -4,9 +4,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import signal
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -15,10 +13,10 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from framework.checkpoint import rng_state, save_checkpoint, set_rng_state
 from framework.loggers import CSVLog
 from framework.schedules import LRPlan
 from framework.trainer.guard import Diverged, DivergenceGuard
+from framework.trainer.state import StateMixin
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +44,7 @@ def group_sizes(num_samples: int, batch_size: int, accumulate_grad_batches: int,
     return [sum(sizes[i : i + a]) for i in range(0, len(sizes), a)]
 
 
-class Trainer:
+class Trainer(StateMixin):
     """Trains a classifier with an exact, step-indexed LR plan.
 
     Each micro-batch loss (mean cross-entropy) is weighted by its share of the accumulation
@@ -298,45 +296,6 @@ class Trainer:
             if self.step >= T:
                 break
 
-    def _roll_back(self, exc: Diverged) -> None:
-        """Restore the last good state, lower the LR by ``rollback_lr_factor``, forget later rows."""
-        from framework.loggers import truncate_csv
-
-        state = self.guard.restore_point()
-        backoff = self.lr_backoff * self.guard.backoff
-        self._pending.clear()
-        self.load_state_dict(state)
-        self.lr_backoff = backoff
-        self._apply_backoff()
-        truncate_csv(self.run_dir / "steps.csv", "step", self.step)
-        truncate_csv(self.run_dir / "epochs.csv", "epoch", self.epoch)
-        keep = sum(1 for k in self.history["step"] if k < self.step)
-        for key in self.history:
-            del self.history[key][keep:]
-        self.guard.rollbacks.append({"diverged_step": exc.step, "reason": exc.reason, "lr": exc.lr,
-                                     "restored_step": self.step, "lr_factor": backoff})
-        self._bar.n = self.step
-        log.warning("rollback %d/%d: %s at step %d; back to step %d with the LR x%g",
-                    len(self.guard.rollbacks), self.guard.max_rollbacks, exc.reason, exc.step, self.step, backoff)
-
-    def _apply_backoff(self) -> None:
-        for group, base in zip(self.optimizer.param_groups, self._base_lrs):
-            group["initial_lr"] = base * self.lr_backoff
-
-    def _catch_stop_signals(self):
-        """SIGTERM / first Ctrl-C request a stop at the next step boundary; returns the undo."""
-        if threading.current_thread() is not threading.main_thread():
-            return lambda: None
-
-        def request(signum, frame):
-            if self._stop_request is not None and signum == signal.SIGINT:
-                raise KeyboardInterrupt  # second Ctrl-C: stop now
-            self._stop_request = signal.Signals(signum).name
-            log.warning("%s received: stopping after this step with a resumable checkpoint", self._stop_request)
-
-        previous = {sig: signal.signal(sig, request) for sig in (signal.SIGTERM, signal.SIGINT)}
-        return lambda: [signal.signal(sig, handler) for sig, handler in previous.items()]
-
     def _train_epoch(self, epoch: int, T: int) -> float:
         """One pass over the train loader from batch ``self.batch`` (or until step ``T``, or a
         stop request); returns the mean train loss of the epoch."""
@@ -416,65 +375,3 @@ class Trainer:
             raise Diverged(rows[bad[0]]["step"], rows[bad[0]]["lr"], bad[1])
         self.guard.keep(self.state_dict())
 
-    def state_dict(self) -> dict[str, Any]:
-        """Everything needed to continue exactly: weights, optimizer, scaler, LR-plan state,
-        position (step ``k``, epoch, batch within it), epoch accumulators, metrics, RNG streams."""
-        state = {
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "plan": self.plan.state_dict(),
-            "step": self.step,
-            "epoch": self.epoch,
-            "batch": self.batch,
-            "epoch_loss": self._epoch_loss_t.item() if self._epoch_loss_t is not None else self._epoch_loss,
-            "lr_backoff": self.lr_backoff,
-            "epoch_samples": self._epoch_samples,
-            "best": self.best,
-            "final": self.final,
-            "skipped_steps": self.skipped_steps,
-            "rng": rng_state(),
-            "config": self.config,
-        }
-        if self.scaler is not None:
-            state["scaler"] = self.scaler.state_dict()
-        return state
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Continue from :meth:`state_dict` (RNG streams last, so nothing after draws from them).
-
-        The base LR and momentum of each group stay those of the current config.
-
-        Raises:
-            ConfigError: the checkpoint holds another model or optimizer layout.
-        """
-        from framework.config import ConfigError
-
-        try:
-            self.model.load_state_dict(state["model"])
-        except RuntimeError as exc:
-            raise ConfigError(f"resume: the checkpoint holds a different model ({str(exc).splitlines()[0][:120]}); "
-                              "resume with the run's own model config")
-        keep = [{k: g[k] for k in ("initial_lr", "initial_momentum") if k in g} for g in self.optimizer.param_groups]
-        try:
-            self.optimizer.load_state_dict(state["optimizer"])
-        except ValueError as exc:
-            raise ConfigError(f"resume: the checkpoint's optimizer does not fit ({exc}); resume with the run's optimizer")
-        for group, kept in zip(self.optimizer.param_groups, keep):
-            group.update(kept)
-        self.lr_backoff = state.get("lr_backoff", 1.0)
-        self._apply_backoff()
-        if self.scaler is not None and "scaler" in state:
-            self.scaler.load_state_dict(state["scaler"])
-        self.plan.load_state_dict(state.get("plan", {}))
-        self.step, self.epoch, self.batch = state["step"], state["epoch"], state["batch"]
-        self._epoch_loss, self._epoch_samples = state["epoch_loss"], state["epoch_samples"]
-        self._epoch_loss_t = None
-        self.best, self.final, self.skipped_steps = state["best"], state["final"], state["skipped_steps"]
-        set_rng_state(state["rng"])
-
-    def _save(self, is_best: bool) -> None:
-        state = self.state_dict()
-        folder = self.run_dir / "checkpoints"
-        save_checkpoint(state, folder / "last.pt")
-        if is_best:
-            save_checkpoint(state, folder / "best.pt")
