@@ -136,6 +136,15 @@ def _group_errors(cfg: DictConfig) -> list[str]:
         accumulate = cfg.trainer.get("accumulate_grad_batches", 1)
         if not isinstance(accumulate, int) or accumulate < 1:
             errors.append(f"trainer.accumulate_grad_batches={accumulate}: must be an integer >= 1")
+        stop = cfg.trainer.get("stop_after_steps")
+        if stop is not None and not (isinstance(stop, int) and stop >= 1):
+            errors.append(f"trainer.stop_after_steps={stop}: must be an integer >= 1 or null")
+        momentum = cfg.optimizer.get("momentum")
+        if isinstance(momentum, (int, float)) and not 0 <= momentum < 1:
+            errors.append(f"optimizer.momentum={momentum}: must be in [0, 1), e.g. 0.9")
+        betas = cfg.optimizer.get("betas")
+        if betas is not None and not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in betas):
+            errors.append(f"optimizer.betas={list(betas)}: each must be in [0, 1), e.g. [0.9,0.999]")
         clip = cfg.trainer.get("gradient_clip_val")
         if clip is not None and not clip > 0:
             errors.append(f"trainer.gradient_clip_val={clip}: must be > 0 or null (no clipping)")

@@ -22,8 +22,19 @@ class CSVLog:
         self.path, self.columns = Path(path), list(columns)
         if append and self.path.exists():
             with open(self.path, newline="") as f:
-                if next(csv.reader(f), None) == self.columns:
-                    return
+                reader = csv.DictReader(f)
+                old, rows = list(reader.fieldnames or []), list(reader)
+            if old == self.columns:
+                return
+            # columns changed (a resume with other options): keep every row under the union header
+            self.columns = old + [c for c in self.columns if c not in old]
+            tmp = self.path.with_name(self.path.name + ".tmp")
+            with open(tmp, "w", newline="") as f:
+                w = csv.DictWriter(f, fieldnames=self.columns, extrasaction="ignore")
+                w.writeheader()
+                w.writerows(rows)
+            os.replace(tmp, self.path)
+            return
         with open(self.path, "w", newline="") as f:
             csv.writer(f).writerow(self.columns)
 
@@ -109,9 +120,15 @@ def truncate_csv(path: str | Path, column: str, below: int) -> list[dict[str, st
     path = Path(path)
     if not path.exists():
         return []
+    def keep(row: dict[str, str]) -> bool:
+        try:  # a row cut short by a kill has missing fields: drop it
+            return None not in row.values() and int(row[column]) < below
+        except (TypeError, ValueError):
+            return False
+
     with open(path, newline="") as f:
         reader = csv.DictReader(f)
-        header, rows = reader.fieldnames or [], [r for r in reader if int(r[column]) < below]
+        header, rows = reader.fieldnames or [], [r for r in reader if keep(r)]
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=header)

@@ -169,7 +169,10 @@ BAD_INPUTS = [
     (["dataset=synthetic", "scheduler=onecycle", "optimizer=lamb", "optimizer.opt=adagrad"],
      "scheduler.cycle_momentum: Adagrad has no momentum"),
     (["dataset=synthetic", "warmup_start_factor=0"], "warmup_start_factor=0"),
-    (["dataset=synthetic", "optimizer.momentum=-0.5"], "Invalid momentum value"),
+    (["dataset=synthetic", "optimizer.momentum=-0.5"], "optimizer.momentum=-0.5: must be in [0, 1)"),
+    (["dataset=synthetic", "optimizer.momentum=1.5"], "optimizer.momentum=1.5: must be in [0, 1)"),
+    (["dataset=synthetic", "optimizer=adam", "optimizer.betas=[0.9,1.5]"], "optimizer.betas=[0.9, 1.5]"),
+    (["dataset=synthetic", "trainer.stop_after_steps=0"], "trainer.stop_after_steps=0"),
     (["dataset=synthetic", "optimizer.weight_decay=-1"], "Invalid weight_decay value"),
     (["dataset=synthetic", "resume=/nonexistent/run"], "resume=/nonexistent/run: no checkpoint there"),
 ]

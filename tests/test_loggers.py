@@ -30,3 +30,14 @@ def test_git_state_commit_and_dirty_flag(tmp_path):
 def test_plot_lr_writes_a_png(tmp_path):
     plot_lr([0, 1, 2], {"decay": [0.1, 0.05, 0.01]}, tmp_path / "lr.png", warmup_steps=1)
     assert (tmp_path / "lr.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_truncate_csv_drops_later_rows_and_a_row_cut_by_a_kill(tmp_path):
+    from framework.loggers import truncate_csv
+
+    path = tmp_path / "steps.csv"
+    path.write_text("step,lr,loss\n0,0.1,2.3\n1,0.1,2.2\n2,0.1,2.1\n3,0.1\n")  # last row cut short
+    assert [r["step"] for r in truncate_csv(path, "step", 2)] == ["0", "1"]
+    assert path.read_text() == "step,lr,loss\n0,0.1,2.3\n1,0.1,2.2\n"
+    path.write_text("step,lr,loss\n0,0.1,2.3\n1")
+    assert [r["step"] for r in truncate_csv(path, "step", 5)] == ["0"]

@@ -75,6 +75,7 @@ def corrupt_variants(tmp_path):
     data = good.read_bytes()
     (tmp_path / "trunc.pt").write_bytes(data[: len(data) // 2])
     (tmp_path / "garbage.pt").write_bytes(b"not a checkpoint at all")
+    (tmp_path / "text.pt").write_text("root:x:0:0:root:/root:/bin/bash\n" * 20)
 
     class Evil:
         def __reduce__(self):
@@ -82,7 +83,7 @@ def corrupt_variants(tmp_path):
 
     with open(tmp_path / "evil.pt", "wb") as f:
         pickle.dump({"model": {}, "step": 0, "x": Evil()}, f, protocol=2)
-    return ["trunc.pt", "garbage.pt", "evil.pt"]
+    return ["trunc.pt", "garbage.pt", "text.pt", "evil.pt"]
 
 
 def test_truncated_corrupt_and_malicious_checkpoints_are_refused(tmp_path):
@@ -121,3 +122,25 @@ def test_sigterm_stops_at_a_step_boundary_with_a_resumable_checkpoint(tmp_path):
     assert (run / "checkpoints" / "last.pt").exists()
     train_in_process(tmp_path / "x", *args, f"resume={run}")
     same_run(tmp_path / "full", run)
+
+
+def test_rollback_record_and_budget_survive_a_resume(tmp_path):
+    args = [*RUN, "lr0=1e6", "trainer.on_divergence=rollback", "trainer.rollback_lr_factor=0.01",
+            "trainer.max_rollbacks=3"]
+    train_in_process(tmp_path, *args, "trainer.stop_after_steps=10")
+    before = json.loads((tmp_path / "summary.json").read_text())["rollbacks"]
+    assert before  # lr0=1e6 diverged and rolled back before step 10
+    train_in_process(tmp_path / "x", *args, f"resume={tmp_path}")
+    after = json.loads((tmp_path / "summary.json").read_text())
+    assert after["status"] == "completed" and after["rollbacks"][: len(before)] == before
+    assert len(after["rollbacks"]) <= 3
+    assert [int(r["step"]) for r in read_csv(tmp_path / "steps.csv")] == list(range(12))
+
+
+def test_resume_with_an_extra_column_keeps_the_rows(tmp_path):
+    train_in_process(tmp_path, *RUN, "trainer.stop_after_steps=6")
+    train_in_process(tmp_path / "x", *RUN, f"resume={tmp_path}", "trainer.gradient_clip_val=1.0",
+                     "resume_allow_changes=true")
+    rows = read_csv(tmp_path / "steps.csv")
+    assert [int(r["step"]) for r in rows] == list(range(12))
+    assert all(r["grad_norm"] == "" for r in rows[:6]) and all(r["grad_norm"] for r in rows[6:])

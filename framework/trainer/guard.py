@@ -95,6 +95,15 @@ class DivergenceGuard:
                 self.snapshot = self.candidate
             self.candidate = state
 
+    def state_dict(self) -> dict[str, Any]:
+        """Smoothed-loss statistics and the rollbacks so far (saved in checkpoints)."""
+        return {"avg": self.avg, "seen": self.seen, "best": self.best, "rollbacks": list(self.rollbacks)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""
+        self.avg, self.seen, self.best = state["avg"], state["seen"], state["best"]
+        self.rollbacks = list(state["rollbacks"])
+
     def can_roll_back(self) -> bool:
         return self.policy == "rollback" and self.snapshot is not None and len(self.rollbacks) < self.max_rollbacks
 

@@ -33,6 +33,8 @@ class StateMixin:
         self.guard.rollbacks.append({"diverged_step": exc.step, "reason": exc.reason, "lr": exc.lr,
                                      "restored_step": self.step, "lr_factor": backoff})
         self._bar.n = self.step
+        if self.save_checkpoints:  # last.pt must match the CSVs cut back to this step
+            self._save(False)
         log.warning("rollback %d/%d: %s at step %d; back to step %d with the LR x%g",
                     len(self.guard.rollbacks), self.guard.max_rollbacks, exc.reason, exc.step, self.step, backoff)
 
@@ -66,6 +68,7 @@ class StateMixin:
             "batch": self.batch,
             "epoch_loss": self._epoch_loss_t.item() if self._epoch_loss_t is not None else self._epoch_loss,
             "lr_backoff": self.lr_backoff,
+            "guard": self.guard.state_dict(),
             "epoch_samples": self._epoch_samples,
             "best": self.best,
             "final": self.final,
@@ -100,6 +103,11 @@ class StateMixin:
         for group, kept in zip(self.optimizer.param_groups, keep):
             group.update(kept)
         self.lr_backoff = state.get("lr_backoff", 1.0)
+        if "guard" in state:
+            rollbacks = self.guard.rollbacks  # a rollback in progress keeps its own record
+            self.guard.load_state_dict(state["guard"])
+            if len(rollbacks) > len(self.guard.rollbacks):
+                self.guard.rollbacks = rollbacks
         self._apply_backoff()
         if self.scaler is not None and "scaler" in state:
             self.scaler.load_state_dict(state["scaler"])
