@@ -10,7 +10,6 @@ This module imports neither torch nor timm, so ``python train.py --help`` stays 
 """
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass
 from typing import Any, Optional
@@ -92,7 +91,7 @@ def _number_errors(cfg: DictConfig) -> list[str]:
         if not ok:
             errors.append(f"{key}={cfg[key]}: {fix}")
 
-    check("lr0", cfg.lr0 > 0 and math.isfinite(cfg.lr0), "must be a finite number > 0, e.g. lr0=0.01")
+    check("lr0", 0 < cfg.lr0 <= 1e30, "must be a number in (0, 1e30] (float32 range), e.g. lr0=0.01")
     check("lrf", 0 <= cfg.lrf <= 1, "must be in [0, 1] (final LR = lr0*lrf), e.g. lrf=0.01")
     check("epochs", cfg.epochs >= 1, "must be >= 1, e.g. epochs=10")
     check("max_steps", cfg.max_steps is None or cfg.max_steps >= 1, "must be >= 1 or null (no cap)")

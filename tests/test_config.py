@@ -173,6 +173,7 @@ BAD_INPUTS = [
     (["dataset=synthetic", "optimizer.momentum=1.5"], "optimizer.momentum=1.5: must be in [0, 1)"),
     (["dataset=synthetic", "optimizer=adam", "optimizer.betas=[0.9,1.5]"], "optimizer.betas=[0.9, 1.5]"),
     (["dataset=synthetic", "trainer.stop_after_steps=0"], "trainer.stop_after_steps=0"),
+    (["dataset=synthetic", "lr0=1e39"], "lr0=1e+39: must be a number in (0, 1e30]"),
     (["dataset=synthetic", "optimizer.weight_decay=-1"], "Invalid weight_decay value"),
     (["dataset=synthetic", "resume=/nonexistent/run"], "resume=/nonexistent/run: no checkpoint there"),
 ]
