@@ -351,6 +351,7 @@ def _finish(trainer: Any, summary: dict[str, Any], start: float, cfg: DictConfig
         rollbacks=trainer.guard.rollbacks,
         last_lr=history[first][-1] if history["step"] else None,
         wall_time_s=time.time() - start,
+        train_time_s=trainer.train_time_s,
     )
     write_json(summary, trainer.run_dir / "summary.json")
     if history["step"]:

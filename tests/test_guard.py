@@ -62,3 +62,4 @@ def test_guard_check_hand_worked():
     assert guard.check([5], [1.0], [float("inf")]) == (0, "gradient norm is not finite")
     with pytest.raises(ValueError, match="trainer.on_divergence=retry"):
         DivergenceGuard(policy="retry")
+

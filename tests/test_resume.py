@@ -144,3 +144,11 @@ def test_resume_with_an_extra_column_keeps_the_rows(tmp_path):
     rows = read_csv(tmp_path / "steps.csv")
     assert [int(r["step"]) for r in rows] == list(range(12))
     assert all(r["grad_norm"] == "" for r in rows[:6]) and all(r["grad_norm"] for r in rows[6:])
+
+
+def test_training_time_adds_up_over_resumes(tmp_path):
+    train_in_process(tmp_path, *RUN, "trainer.stop_after_steps=6")
+    first = json.loads((tmp_path / "summary.json").read_text())["train_time_s"]
+    train_in_process(tmp_path / "x", *RUN, f"resume={tmp_path}")
+    total = json.loads((tmp_path / "summary.json").read_text())
+    assert first > 0 and total["train_time_s"] > first and total["wall_time_s"] < total["train_time_s"] + 60

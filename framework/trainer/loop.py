@@ -250,6 +250,7 @@ class Trainer(StateMixin):
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
         restore_signals = self._catch_stop_signals()
+        self._fit_start = time.perf_counter()
         # a fresh start is a good state to roll back to; a resumed one is proven by its next loss
         self.guard.keep(self.state_dict(), trusted=self.step == 0)
         try:

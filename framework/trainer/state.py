@@ -15,6 +15,17 @@ log = logging.getLogger("framework.trainer.loop")
 class StateMixin:
     """What a trainer saves, restores and rolls back to (mixed into ``Trainer``)."""
 
+    _earlier_time_s = 0.0  # training time of the segments before a resume (s)
+    _fit_start = None
+
+    @property
+    def train_time_s(self) -> float:
+        """Seconds spent in ``fit`` over every segment of the run (resumes included)."""
+        import time
+
+        now = time.perf_counter() - self._fit_start if self._fit_start is not None else 0.0
+        return self._earlier_time_s + now
+
     def _roll_back(self, exc: Diverged) -> None:
         """Restore the last good state, lower the LR by ``rollback_lr_factor``, forget later rows."""
         from framework.loggers import truncate_csv
@@ -70,6 +81,7 @@ class StateMixin:
             "lr_backoff": self.lr_backoff,
             "guard": self.guard.state_dict(),
             "epoch_samples": self._epoch_samples,
+            "train_time_s": self.train_time_s,
             "best": self.best,
             "final": self.final,
             "skipped_steps": self.skipped_steps,
@@ -103,6 +115,7 @@ class StateMixin:
         for group, kept in zip(self.optimizer.param_groups, keep):
             group.update(kept)
         self.lr_backoff = state.get("lr_backoff", 1.0)
+        self._earlier_time_s = state.get("train_time_s", 0.0)
         if "guard" in state:
             rollbacks = self.guard.rollbacks  # a rollback in progress keeps its own record
             self.guard.load_state_dict(state["guard"])
