@@ -63,3 +63,15 @@ def test_guard_check_hand_worked():
     with pytest.raises(ValueError, match="trainer.on_divergence=retry"):
         DivergenceGuard(policy="retry")
 
+
+
+def test_stop_policy_takes_no_snapshots(tmp_path):
+    """Snapshots copy the weights; with on_divergence=stop (default) none is ever taken."""
+    from framework.run import build
+    from tests.conftest import compose_cfg
+
+    trainer = build(compose_cfg(*RUN, "trainer.save_checkpoints=false"), tmp_path)
+    calls = []
+    trainer.state_dict = lambda: calls.append(1) or {}
+    trainer.fit()
+    assert calls == [] and trainer.guard.snapshot is None

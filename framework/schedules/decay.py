@@ -30,9 +30,6 @@ class NoSchedule(Constant):
     Formula: m(t) = 1
     """
 
-    def __call__(self, t: int) -> float:
-        return 1.0
-
 
 class Step(Schedule):
     """Step decay: multiply by ``gamma`` every ``step_size`` units, as ``torch.optim.lr_scheduler.StepLR``.
@@ -133,12 +130,7 @@ class Cosine(Decay):
 
     Formula: m(t) = lrf + (1 - lrf) * (1 + cos(pi * t / (total - 1))) / 2
 
-    Args:
-        total: units in the main phase (runtime); 1 holds the multiplier at 1.
-        lrf: final multiplier, reached exactly at ``t = total-1``; in [0, 1].
-
-    Raises:
-        ConfigError: ``lrf`` outside [0, 1].
+    Args and Raises: as :class:`~framework.schedules.base.Decay` (``total``, ``lrf``).
     """
 
     def decay(self, p: float) -> float:
@@ -152,12 +144,7 @@ class Linear(Decay):
 
     Formula: m(t) = lrf + (1 - lrf) * (1 - t / (total - 1))
 
-    Args:
-        total: units in the main phase (runtime); 1 holds the multiplier at 1.
-        lrf: final multiplier, reached exactly at ``t = total-1``; in [0, 1].
-
-    Raises:
-        ConfigError: ``lrf`` outside [0, 1].
+    Args and Raises: as :class:`~framework.schedules.base.Decay` (``total``, ``lrf``).
     """
 
     def decay(self, p: float) -> float:

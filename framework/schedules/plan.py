@@ -63,6 +63,8 @@ class LRPlan:
             self.schedule = make_schedule(T if interval == "step" else (T - 1) // spe + 1, warmup_units)
         else:
             self.offset = W if interval == "step" else W // spe
+        #: True when the plan prescribes the momentum (momentum warmup or a cycling schedule).
+        self.sets_momentum = warmup_momentum is not None or self.schedule.momentum(0) is not None
 
     def group_lr(self, k: int, base_lr: float, group: str) -> float:
         """LR of param group ``group`` (base LR ``base_lr``) at step ``k``.
@@ -95,10 +97,6 @@ class LRPlan:
             return s + (self._warmup_target(k) - s) * k / self.warmup_steps
         return self.schedule(self.unit(k))
 
-    @property
-    def sets_momentum(self) -> bool:
-        """True when the plan prescribes the momentum (momentum warmup or a cycling schedule)."""
-        return self.warmup_momentum is not None or self.schedule.momentum(0) is not None
 
     def momentum(self, k: int, base: float) -> float:
         """Momentum (or beta1) for step ``k``, given the optimizer's configured value ``base``."""

@@ -140,7 +140,7 @@ class Trainer(StateMixin):
     def _set_lr(self, k: int) -> list[float]:
         """Set every group's LR (and momentum, when the plan prescribes it) for step ``k``."""
         lrs = []
-        self._d_before_step = self.optimizer.param_groups[0].get("d")  # Prodigy: applied LR = d*lr
+        self._d = self.optimizer.param_groups[0].get("d")  # Prodigy's d used by this step: applied LR = d*lr
         for name, group in zip(self.group_names, self.optimizer.param_groups):
             group["lr"] = self.plan.group_lr(k, group["initial_lr"], name)
             lrs.append(group["lr"])
@@ -152,11 +152,6 @@ class Trainer(StateMixin):
                 else:
                     group["betas"] = (value, *tuple(group["betas"])[1:])
         return lrs
-
-    @property
-    def _d(self) -> Optional[float]:
-        """Prodigy's step-size estimate used by the step being recorded (read before the step)."""
-        return self._d_before_step
 
     def _momentum(self) -> Optional[float]:
         """Momentum (or Adam beta1) of group 0 now; None for optimizers without one."""
@@ -252,7 +247,8 @@ class Trainer(StateMixin):
         restore_signals = self._catch_stop_signals()
         self._fit_start = time.perf_counter()
         # a fresh start is a good state to roll back to; a resumed one is proven by its next loss
-        self.guard.keep(self.state_dict(), trusted=self.step == 0)
+        if self.guard.policy == "rollback":  # a snapshot copies the weights: only when it can be used
+            self.guard.keep(self.state_dict(), trusted=self.step == 0)
         try:
             while True:
                 try:
@@ -375,5 +371,6 @@ class Trainer(StateMixin):
         bad = self.guard.check([r["step"] for r in rows], losses, norms)
         if bad is not None:
             raise Diverged(rows[bad[0]]["step"], rows[bad[0]]["lr"], bad[1])
-        self.guard.keep(self.state_dict())
+        if self.guard.policy == "rollback":
+            self.guard.keep(self.state_dict())
 
