@@ -28,8 +28,32 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
     os.replace(tmp, path)
 
 
+def verify_checkpoint(path: str | Path) -> None:
+    """Check every record of a checkpoint against the CRC-32 that ``torch.save`` stored for it.
+
+    ``torch.save`` writes a zip archive with a CRC-32 per record, but ``torch.load`` does not
+    check them, so a flipped byte in tensor data would load silently; Python's
+    :meth:`zipfile.ZipFile.testzip` reads every record and compares.
+
+    Args:
+        path: file written by ``torch.save`` (zip format, the default since PyTorch 1.6).
+
+    Raises:
+        ValueError: the file is not a zip archive, or a record fails its CRC (corrupt file).
+    """
+    import zipfile
+
+    if not zipfile.is_zipfile(path):
+        raise ValueError("not a torch.save zip archive (truncated, or another format)")
+    with zipfile.ZipFile(path) as archive:
+        bad = archive.testzip()
+    if bad is not None:
+        raise ValueError(f"record {bad} fails its CRC-32 check (the file is corrupt)")
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a checkpoint with ``torch.load(weights_only=True)`` (no pickled code is run).
+    """Verify a checkpoint's CRCs, then read it with ``torch.load(weights_only=True)`` (no pickled
+    code is run).
 
     Args:
         path: file written by :func:`save_checkpoint`.
@@ -37,7 +61,12 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
     Returns:
         The saved dict.
+
+    Raises:
+        ValueError: corrupt or truncated file (see :func:`verify_checkpoint`).
+        pickle.UnpicklingError: the file holds objects other than tensors and containers.
     """
+    verify_checkpoint(path)
     return torch.load(path, map_location=map_location, weights_only=True)
 
 

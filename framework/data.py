@@ -148,6 +148,127 @@ def synthetic(
     )
 
 
+class ImageTensorDataset(Dataset):
+    """Images kept as ``uint8`` ``(N, C, H, W)``, turned into normalised ``float32`` on access.
+
+    Args:
+        images: ``(N, C, H, W)`` uint8, values 0…255.
+        labels: ``(N,)`` int64.
+        mean: per-channel mean of ``images / 255``, ``C`` floats.
+        std: per-channel std of ``images / 255``, ``C`` floats.
+        img_size: output side ``S`` (bilinear resize when it differs from ``H``); None = keep.
+        augment: random crop (padding ``S // 8``) and horizontal flip, for training splits.
+
+    Items are ``(image (C, S, S) float32, label int64)``.
+    """
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, mean: list[float], std: list[float],
+                 img_size: Optional[int] = None, augment: bool = False):
+        self.images, self.labels = images, labels
+        self.mean = torch.tensor(mean).view(-1, 1, 1)
+        self.std = torch.tensor(std).view(-1, 1, 1)
+        self.img_size = img_size if img_size is not None else images.shape[-1]
+        self.augment = None
+        if augment:
+            from torchvision.transforms import v2
+
+            self.augment = v2.Compose([v2.RandomCrop(self.img_size, padding=self.img_size // 8),
+                                       v2.RandomHorizontalFlip()])
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int):
+        x = (self.images[i].float() / 255.0 - self.mean) / self.std
+        if x.shape[-1] != self.img_size:
+            x = torch.nn.functional.interpolate(x[None], size=self.img_size, mode="bilinear", align_corners=False)[0]
+        if self.augment is not None:
+            x = self.augment(x)
+        return x, self.labels[i]
+
+
+#: torchvision dataset classes by config name, with their classes and where their files go.
+TORCHVISION = {
+    "mnist": ("MNIST", 10, "MNIST/raw/ (train-images-idx3-ubyte, ..., unzipped)"),
+    "fashion_mnist": ("FashionMNIST", 10, "FashionMNIST/raw/ (train-images-idx3-ubyte, ..., unzipped)"),
+    "cifar10": ("CIFAR10", 10, "cifar-10-batches-py/ (the extracted cifar-10-python.tar.gz)"),
+    "cifar100": ("CIFAR100", 100, "cifar-100-python/ (the extracted cifar-100-python.tar.gz)"),
+}
+
+
+def torchvision_dataset(
+    seed: int,
+    name: str,
+    root: str = "data",
+    download: bool = False,
+    img_size: Optional[int] = None,
+    augment: bool = False,
+    train_size: Optional[int] = None,
+) -> DataBundle:
+    """MNIST, Fashion-MNIST, CIFAR-10 or CIFAR-100 through ``torchvision.datasets``.
+
+    The official train split trains and the official test split validates. Pixels are scaled to
+    [0, 1] and normalised per channel with the training split's mean and std.
+
+    Args:
+        seed: run seed (runtime); picks the ``train_size`` subsample.
+        name: ``mnist``, ``fashion_mnist``, ``cifar10`` or ``cifar100``.
+        root: folder holding the files in torchvision's layout (relative to the working directory).
+        download: fetch the files into ``root`` when they are missing.
+        img_size: output side, pixels (bilinear resize); None = native (28 or 32).
+        augment: random crop (padding ``img_size // 8``) and horizontal flip of training images.
+        train_size: keep this many training samples (seeded subsample); null = all.
+
+    Returns:
+        A :class:`DataBundle` of :class:`ImageTensorDataset` ``(N, C, img_size, img_size)``.
+
+    Raises:
+        ConfigError: unknown ``name``; ``root`` missing or without the files (with the folder
+            the files belong in); a failed download; ``img_size`` or ``train_size`` out of range.
+    """
+    import os
+
+    import torchvision
+
+    if name not in TORCHVISION:
+        raise ConfigError(f"dataset.name={name}: unknown; use one of {', '.join(TORCHVISION)}")
+    cls_name, num_classes, layout = TORCHVISION[name]
+    if img_size is not None and img_size < 8:
+        raise ConfigError(f"dataset.img_size={img_size}: must be >= 8 pixels (or null for the native size)")
+    where = os.path.abspath(os.path.expanduser(root))
+    if not download and not os.path.isdir(where):
+        raise ConfigError(f"dataset.root={root}: no such folder ({where}); put the {cls_name} files in "
+                          f"{os.path.join(where, layout)} or use dataset.download=true")
+    cls = getattr(torchvision.datasets, cls_name)
+    try:
+        train, val = (cls(where, train=split, download=download) for split in (True, False))
+    except RuntimeError as exc:  # torchvision: "Dataset not found or corrupted ..." / "Error downloading ..."
+        text = " ".join(str(exc).split())[:160]
+        if download and "download" in text.lower():
+            raise ConfigError(f"dataset.download=true: fetching {cls_name} into {where} failed ({text}); "
+                              f"download the files elsewhere and put them in {os.path.join(where, layout)}")
+        raise ConfigError(f"dataset.root={root}: no readable {cls_name} files there ({text}); "
+                          f"put them in {os.path.join(where, layout)}"
+                          + ("" if download else " or use dataset.download=true"))
+    except OSError as exc:  # a download without network, a full disk
+        raise ConfigError(f"dataset.download=true: fetching {cls_name} into {where} failed "
+                          f"({' '.join(str(exc).split())[:160]}); "
+                          f"download the files elsewhere and put them in {os.path.join(where, layout)}")
+
+    def tensors(ds):
+        x = torch.as_tensor(ds.data)
+        x = x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2)  # (N, H, W) or (N, H, W, C) -> (N, C, H, W)
+        return x.contiguous(), torch.as_tensor(ds.targets, dtype=torch.int64)
+
+    (x_train, y_train), (x_val, y_val) = tensors(train), tensors(val)
+    x_train, y_train = _subsample(x_train, y_train, train_size, seed, "dataset.train_size")
+    scaled = x_train.float() / 255.0
+    mean, std = scaled.mean((0, 2, 3)).tolist(), scaled.std((0, 2, 3)).tolist()
+    size = img_size or x_train.shape[-1]
+    return DataBundle(ImageTensorDataset(x_train, y_train, mean, std, size, augment),
+                      ImageTensorDataset(x_val, y_val, mean, std, size), num_classes, x_train.shape[1], size)
+
+
 class EpochSampler(torch.utils.data.Sampler):
     """Shuffled indices that are a pure function of ``(seed, epoch)``, resumable mid-epoch.
 

@@ -56,3 +56,66 @@ def run_cli(args: list[str], run_dir: Path | None = None, timeout: float = 300) 
 @pytest.fixture
 def compose_fn():
     return compose_cfg
+
+
+def write_mnist(root, folder="MNIST", n_train=64, n_test=20, seed=0):
+    """Tiny MNIST files in the real idx format (big-endian header, then uint8), unzipped as
+    torchvision keeps them in ``<root>/<folder>/raw/``. Returns the train images ``(n, 28, 28)``."""
+    import struct
+
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    raw = root / folder / "raw"
+    raw.mkdir(parents=True)
+    out = {}
+    for split, n in (("train", n_train), ("t10k", n_test)):
+        images = torch.randint(0, 256, (n, 28, 28), generator=g, dtype=torch.uint8)
+        labels = torch.arange(n, dtype=torch.uint8) % 10
+        (raw / f"{split}-images-idx3-ubyte").write_bytes(struct.pack(">iiii", 0x803, n, 28, 28) + images.numpy().tobytes())
+        (raw / f"{split}-labels-idx1-ubyte").write_bytes(struct.pack(">ii", 0x801, n) + labels.numpy().tobytes())
+        out[split] = images
+    return out["train"]
+
+
+def write_cifar10(root, n_per_batch=8, seed=0):
+    """Tiny CIFAR-10 pickle batches (rows of 3072 bytes, channel-major) in ``cifar-10-batches-py/``."""
+    import pickle
+
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    batches = {}
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        data = rng.integers(0, 256, (n_per_batch, 3072), dtype=np.uint8)
+        batches[name] = data
+        with open(folder / name, "wb") as f:
+            pickle.dump({"data": data, "labels": [i % 10 for i in range(n_per_batch)]}, f)
+    with open(folder / "batches.meta", "wb") as f:
+        pickle.dump({"label_names": [f"c{i}" for i in range(10)]}, f)
+    return batches
+
+
+def write_cifar100(root, n_train=32, n_test=8, seed=0):
+    """Tiny CIFAR-100 pickles (``train``, ``test``, ``meta``, fine labels) in ``cifar-100-python/``."""
+    import pickle
+
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    folder = root / "cifar-100-python"
+    folder.mkdir(parents=True)
+    for split, n in (("train", n_train), ("test", n_test)):
+        with open(folder / split, "wb") as f:
+            pickle.dump({"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+                         "fine_labels": [i % 100 for i in range(n)]}, f)
+    with open(folder / "meta", "wb") as f:
+        pickle.dump({"fine_label_names": [f"c{i}" for i in range(100)]}, f)
+
+
+def write_torchvision_files(name, root):
+    """Tiny files in the real on-disk format of ``conf/dataset/<name>.yaml``'s torchvision dataset."""
+    {"mnist": lambda: write_mnist(root), "fashion_mnist": lambda: write_mnist(root, "FashionMNIST"),
+     "cifar10": lambda: write_cifar10(root), "cifar100": lambda: write_cifar100(root)}[name]()

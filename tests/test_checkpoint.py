@@ -27,13 +27,43 @@ def test_failed_write_leaves_the_previous_file_intact(tmp_path):
 
 
 class _Evil:
+    def __init__(self, marker):
+        self.marker = marker
+
     def __reduce__(self):
-        return (os.system, ("echo pwned",))
+        return (os.system, (f"touch {self.marker}",))
 
 
 def test_a_checkpoint_with_code_is_refused(tmp_path):
-    path = tmp_path / "evil.pt"
-    with open(path, "wb") as f:
-        pickle.dump({"x": _Evil()}, f, protocol=2)
+    marker = tmp_path / "pwned"
+    zipped, raw = tmp_path / "evil.pt", tmp_path / "raw.pt"
+    torch.save({"step": 0, "x": _Evil(marker)}, zipped)  # a real torch.save archive carrying code
     with pytest.raises(pickle.UnpicklingError):
+        load_checkpoint(zipped)
+    with open(raw, "wb") as f:  # a bare pickle: not even a torch.save archive
+        pickle.dump({"x": _Evil(marker)}, f, protocol=2)
+    with pytest.raises(ValueError, match="not a torch.save zip archive"):
+        load_checkpoint(raw)
+    assert not marker.exists()
+
+
+def test_a_flipped_byte_in_tensor_data_is_caught(tmp_path):
+    """torch.load alone returns the corrupted tensor; the CRC-32 of each record catches it."""
+    path = tmp_path / "last.pt"
+    w = torch.randn(256, 256)
+    save_checkpoint({"model": {"w": w}, "step": 3}, path)
+    data = bytearray(path.read_bytes())
+    i = data.index(w.numpy().tobytes()[:64]) + 1000  # inside the tensor's bytes
+    data[i] ^= 0xFF
+    path.write_bytes(bytes(data))
+    assert not torch.equal(torch.load(path, weights_only=True)["model"]["w"], w)  # silent without the check
+    with pytest.raises(ValueError, match="fails its CRC-32 check"):
+        load_checkpoint(path)
+
+
+def test_truncated_file_is_refused(tmp_path):
+    path = tmp_path / "last.pt"
+    save_checkpoint({"model": {"w": torch.randn(64, 64)}, "step": 3}, path)
+    path.write_bytes(path.read_bytes()[:-100])
+    with pytest.raises(ValueError, match="not a torch.save zip archive"):
         load_checkpoint(path)

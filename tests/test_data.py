@@ -1,11 +1,14 @@
 """Datasets: real digits split, synthetic shapes, seeded shuffling."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from framework.config import ConfigError
 from framework.data import digits, make_loaders, synthetic
+from tests.conftest import write_cifar10, write_mnist, write_torchvision_files
 
 
 def test_digits_split_is_stratified_normalised_and_fixed():
@@ -44,3 +47,73 @@ def test_train_loader_order_is_a_function_of_the_seed():
     assert torch.equal(order(0), order(0)) and not torch.equal(order(0), order(1))
     val = make_loaders(d, 8, 0, torch.device("cpu"))[1]
     assert torch.equal(torch.cat([y for _, y in val]), d.val.tensors[1])  # not shuffled
+
+
+def test_mnist_idx_files_load_through_torchvision(tmp_path):
+    from framework.data import torchvision_dataset
+
+    images = write_mnist(tmp_path)
+    bundle = torchvision_dataset(seed=0, name="mnist", root=str(tmp_path))
+    assert (bundle.num_classes, bundle.in_chans, bundle.img_size) == (10, 1, 28)
+    assert (len(bundle.train), len(bundle.val)) == (64, 20)
+    x, y = bundle.train[3]
+    scaled = images.float() / 255  # normalised with the train split's own statistics
+    assert torch.allclose(x[0], (scaled[3] - scaled.mean()) / scaled.std(), atol=1e-5)
+    assert y.item() == 3
+
+
+def test_cifar10_pickle_batches_load_through_torchvision(tmp_path, monkeypatch):
+    import torchvision.datasets.cifar
+
+    from framework.data import torchvision_dataset
+
+    batches = write_cifar10(tmp_path)
+    # the real files are checked against their published MD5s; these tiny ones cannot match them
+    monkeypatch.setattr(torchvision.datasets.cifar, "check_integrity", lambda *a, **k: True)
+    bundle = torchvision_dataset(seed=0, name="cifar10", root=str(tmp_path), img_size=16)
+    assert (bundle.num_classes, bundle.in_chans, bundle.img_size, len(bundle.train), len(bundle.val)) == (10, 3, 16, 40, 8)
+    first = torch.from_numpy(batches["data_batch_1"][0].reshape(3, 32, 32)).float() / 255  # (C, H, W)
+    all_train = torch.from_numpy(np.concatenate([batches[f"data_batch_{i}"] for i in range(1, 6)])).float() / 255
+    all_train = all_train.view(-1, 3, 32 * 32)
+    mean, std = all_train.mean((0, 2)), all_train.std((0, 2))
+    want = F.interpolate(((first - mean[:, None, None]) / std[:, None, None])[None], size=16, mode="bilinear",
+                         align_corners=False)[0]
+    x, y = bundle.train[0]
+    assert x.shape == (3, 16, 16) and torch.allclose(x, want, atol=1e-5) and y.item() == 0
+
+
+def test_missing_root_and_missing_files_are_config_errors(tmp_path):
+    from framework.data import torchvision_dataset
+
+    with pytest.raises(ConfigError, match=r"dataset.root=.*nowhere: no such folder .* put the MNIST files in "
+                                          r".*MNIST/raw/ .* or use dataset.download=true"):
+        torchvision_dataset(seed=0, name="mnist", root=str(tmp_path / "nowhere"))
+    with pytest.raises(ConfigError, match=r"dataset.root=.*: no readable CIFAR10 files there .*cifar-10-batches-py/"):
+        torchvision_dataset(seed=0, name="cifar10", root=str(tmp_path))
+    with pytest.raises(ConfigError, match="dataset.name=svhn: unknown; use one of mnist, fashion_mnist"):
+        torchvision_dataset(seed=0, name="svhn", root=str(tmp_path))
+
+
+@pytest.mark.parametrize("name", ["mnist", "fashion_mnist"])
+def test_mnist_configs_train_one_epoch_on_generated_files(tmp_path, name):
+    from tests.conftest import TINY, read_csv, train_in_process
+
+    write_torchvision_files(name, tmp_path / "data")
+    args = [a for a in TINY if not a.startswith("dataset")]
+    train_in_process(tmp_path / "run", *args, f"dataset={name}", f"dataset.root={tmp_path / 'data'}",
+                     "dataset.download=false", "epochs=1", "batch_size=16")
+    assert len(read_csv(tmp_path / "run" / "steps.csv")) == 4
+
+
+@pytest.mark.parametrize("name", ["cifar10", "cifar100"])
+def test_cifar_configs_train_one_epoch_on_generated_files(tmp_path, monkeypatch, name):
+    import torchvision.datasets.cifar
+
+    from tests.conftest import TINY, read_csv, train_in_process
+
+    write_torchvision_files(name, tmp_path / "data")
+    monkeypatch.setattr(torchvision.datasets.cifar, "check_integrity", lambda *a, **k: True)
+    args = [a for a in TINY if not a.startswith("dataset")]
+    train_in_process(tmp_path / "run", *args, f"dataset={name}", f"dataset.root={tmp_path / 'data'}",
+                     "dataset.download=false", "epochs=1", "batch_size=16")
+    assert len(read_csv(tmp_path / "run" / "steps.csv")) == {"cifar10": 3, "cifar100": 2}[name]  # 40 or 32 samples

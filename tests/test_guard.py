@@ -20,9 +20,12 @@ def test_sgd_at_lr0_1000_stops_at_the_first_non_finite_step(tmp_path):
     with pytest.raises(Diverged) as info:
         train_in_process(tmp_path, *RUN, "lr0=1000")
     rows = read_csv(tmp_path / "steps.csv")
-    losses = [float(r["loss"]) for r in rows]
-    first_bad = next(i for i, v in enumerate(losses) if not math.isfinite(v))
-    assert info.value.step == first_bad and all(math.isfinite(v) for v in losses[:first_bad])
+    finite = [math.isfinite(float(r["loss"])) and math.isfinite(float(r["grad_norm"])) for r in rows]
+    first_bad = len(rows) - 1  # the log ends at the diverging step: every row before it is finite
+    assert finite[:first_bad] == [True] * first_bad and [int(r["step"]) for r in rows] == list(range(len(rows)))
+    assert info.value.step == first_bad
+    # its own loss or gradient is not finite, or (last step of an epoch) the weights it made are not
+    assert not finite[-1] or info.value.reason == "validation loss is not finite"
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["status"] == "diverged" and summary["diverged_step"] == first_bad
     assert summary["diverged_lr"] == float(rows[first_bad]["lr"])
@@ -52,7 +55,7 @@ def test_rollback_recovers_and_finishes_with_a_lower_lr(tmp_path):
 
 def test_exploding_loss_counts_as_divergence(tmp_path):
     with pytest.raises(Diverged, match="exploded past 5 x its best smoothed"):
-        train_in_process(tmp_path, *RUN, "lr0=100", "trainer.divergence_loss_mult=5")
+        train_in_process(tmp_path, *RUN, "lr0=30", "trainer.divergence_loss_mult=5")
 
 
 def test_guard_check_hand_worked():
@@ -75,3 +78,51 @@ def test_stop_policy_takes_no_snapshots(tmp_path):
     trainer.state_dict = lambda: calls.append(1) or {}
     trainer.fit()
     assert calls == [] and trainer.guard.snapshot is None
+
+
+def _train_with(monkeypatch, tmp_path, hook, *overrides):
+    """Train through ``framework.run.train`` with ``hook(trainer)`` applied to the built trainer."""
+    import framework.run
+
+    build = framework.run.build
+
+    def build_and_hook(cfg, run_dir):
+        trainer = build(cfg, run_dir)
+        hook(trainer)
+        return trainer
+
+    monkeypatch.setattr(framework.run, "build", build_and_hook)
+    return train_in_process(tmp_path, *RUN, *overrides)
+
+
+def test_a_nan_gradient_with_a_finite_loss_stops_at_its_step(monkeypatch, tmp_path):
+    """Step 5's backward yields a NaN gradient while its loss is finite (log read every 4 steps):
+    the run stops at step 5, the log ends there and no later row is written."""
+    calls = []
+
+    def poison(trainer):
+        weight = next(trainer.model.parameters())
+        weight.register_hook(lambda g: calls.append(1) or (g * math.nan if len(calls) == 6 else g))
+
+    with pytest.raises(Diverged) as info:
+        _train_with(monkeypatch, tmp_path, poison, "trainer.log_every_n_steps=4")
+    assert (info.value.step, info.value.reason) == (5, "gradient norm is not finite")
+    rows = read_csv(tmp_path / "steps.csv")
+    assert [int(r["step"]) for r in rows] == [0, 1, 2, 3, 4, 5]
+    assert math.isfinite(float(rows[5]["loss"])) and math.isnan(float(rows[5]["grad_norm"]))
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert (summary["status"], summary["diverged_step"]) == ("diverged", 5)
+    assert load_checkpoint(tmp_path / "checkpoints" / "last.pt")["step"] == 4  # epoch 1's, all finite
+
+
+def test_a_non_finite_validation_loss_is_divergence(monkeypatch, tmp_path):
+    """Finite training losses, but the weights after epoch 2's last step (k = 7) give an inf
+    validation loss: diverged at step 7, and no checkpoint of that epoch is written."""
+    def overflow_in_eval(trainer):
+        trainer.model.register_forward_hook(lambda m, i, out: out if m.training or trainer.epoch < 1 else out * math.inf)
+
+    with pytest.raises(Diverged) as info:
+        _train_with(monkeypatch, tmp_path, overflow_in_eval)
+    assert (info.value.step, info.value.reason) == (7, "validation loss is not finite")
+    assert len(read_csv(tmp_path / "epochs.csv")) == 1
+    assert load_checkpoint(tmp_path / "checkpoints" / "last.pt")["step"] == 4

@@ -127,8 +127,12 @@ def test_same_seed_same_numbers_on_cpu(tmp_path):
 
 
 def test_bf16_on_cpu_trains(tmp_path):
-    train_in_process(tmp_path, *TINY, "epochs=1", "trainer.precision=bf16", "trainer.save_checkpoints=false")
-    assert all(math.isfinite(float(r["loss"])) for r in read_csv(tmp_path / "steps.csv"))
+    # 32 px: at 16 px the last stage convolves a 1x1 map with stride 2, where PyTorch 2.14's CPU
+    # bf16 convolution backward returns NaN weight gradients in about 2 runs of 5 (the guard stops them)
+    train_in_process(tmp_path, *TINY, "dataset.img_size=32", "epochs=1", "trainer.precision=bf16",
+                     "trainer.save_checkpoints=false")
+    rows = read_csv(tmp_path / "steps.csv")
+    assert len(rows) == 4 and all(math.isfinite(float(r["loss"])) and math.isfinite(float(r["grad_norm"])) for r in rows)
 
 
 def test_accumulation_gives_the_large_batch_losses(tmp_path):

@@ -26,6 +26,20 @@ def _momentum_key(group: dict[str, Any]) -> Optional[str]:
     return "momentum" if "momentum" in group else "betas" if "betas" in group else None
 
 
+def _total_norm(grads: list[torch.Tensor]) -> torch.Tensor:
+    """Total L2 norm of the gradients, a 0-dim tensor on their device (0 when there are none).
+
+    ``torch.nn.utils.get_total_norm`` (PyTorch >= 2.6), else the norm of the per-tensor norms,
+    which is what it computes.
+    """
+    if not grads:
+        return torch.zeros(())
+    get_total_norm = getattr(torch.nn.utils, "get_total_norm", None)
+    if get_total_norm is not None:
+        return get_total_norm(grads)
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+
+
 def group_sizes(num_samples: int, batch_size: int, accumulate_grad_batches: int, drop_last: bool = False) -> list[int]:
     """Samples in each accumulation group of one epoch.
 
@@ -71,7 +85,7 @@ class Trainer(StateMixin):
         on_divergence: ``stop`` (end the run, status ``diverged``) or ``rollback`` (restore the
             last good state, lower the LR, retry); see :class:`DivergenceGuard`.
         divergence_loss_mult: a step loss above this multiple of the best smoothed loss counts
-            as divergence; None = only NaN/inf losses (and gradient norms, when clipping).
+            as divergence; None = only NaN/inf losses and gradient norms.
         rollback_lr_factor: LR multiplier applied for the rest of the run at each rollback.
         max_rollbacks: rollbacks before giving up as ``stop`` would.
         config: the run's resolved config (runtime), stored in checkpoints to check resumes.
@@ -160,13 +174,16 @@ class Trainer(StateMixin):
             return None
         return group["momentum"] if self.momentum_key == "momentum" else group["betas"][0]
 
-    def _apply_step(self) -> tuple[bool, Optional[torch.Tensor]]:
-        """Clip, step, zero grads. Returns (applied, grad_norm); fp16 overflow = not applied."""
-        norm = None
+    def _apply_step(self) -> tuple[bool, torch.Tensor]:
+        """Clip, step, zero grads. Returns (applied, total gradient L2 norm before clipping, a
+        0-dim tensor on the device); fp16 overflow = not applied."""
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
+        # the total norm is read by the divergence guard at the next flush (no sync here)
         if self.clip is not None:
             norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip)
+        else:
+            norm = _total_norm([p.grad for p in self.model.parameters() if p.grad is not None])
         applied = True
         if self.scaler is not None:
             scale = self.scaler.get_scale()
@@ -235,20 +252,20 @@ class Trainer(StateMixin):
         resuming = self.step > 0
         self._steps_csv = CSVLog(self.run_dir / "steps.csv",
                                  ["step", "epoch", *lr_cols, *(["momentum"] if self.momentum_key else []),
-                                  *(["d"] if "d" in self.optimizer.param_groups[0] else []), "loss"]
-                                 + (["grad_norm"] if self.clip else []), append=resuming)
+                                  *(["d"] if "d" in self.optimizer.param_groups[0] else []), "loss", "grad_norm"],
+                                 append=resuming)
         epochs_csv = CSVLog(self.run_dir / "epochs.csv", ["epoch", "train/loss", "val/loss", "val/acc", "lr", "time_s"],
                             append=resuming)
-        self._pending: list[tuple[dict[str, Any], torch.Tensor, Optional[torch.Tensor]]] = []
+        self._pending: list[tuple[dict[str, Any], torch.Tensor, torch.Tensor]] = []
         self._bar = tqdm(total=T, initial=self.step, disable=not self.progress_bar, unit="step",
                          dynamic_ncols=True, mininterval=0.1 if sys.stderr.isatty() else 10.0)  # log files: every 10 s
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
         restore_signals = self._catch_stop_signals()
         self._fit_start = time.perf_counter()
-        # a fresh start is a good state to roll back to; a resumed one is proven by its next loss
-        if self.guard.policy == "rollback":  # a snapshot copies the weights: only when it can be used
-            self.guard.keep(self.state_dict(), trusted=self.step == 0)
+        # a fresh start is a good state to roll back to; a resumed run brought its restore points
+        if self.guard.policy == "rollback" and self.step == 0:  # snapshots copy the weights: only when used
+            self.guard.keep(self.state_dict(), trusted=True)
         try:
             while True:
                 try:
@@ -280,6 +297,8 @@ class Trainer(StateMixin):
                 break
             metrics = {"epoch": epoch, "train/loss": train_loss, **self.evaluate(),
                        "lr": self.history[self.group_names[0]][-1], "time_s": time.perf_counter() - t0}
+            if not math.isfinite(metrics["val/loss"]):  # finite train losses, yet the model now overflows
+                raise Diverged(self.step - 1, metrics["lr"], "validation loss is not finite")
             epochs_csv.write([metrics])
             self.plan.observe(epoch, metrics)
             self.final = metrics
@@ -334,7 +353,7 @@ class Trainer(StateMixin):
                 log.warning("stopped at step %d (%s); continue with resume=%s", self.step, self.stopped, self.run_dir)
                 return float("nan")
             lrs = self._set_lr(self.step)
-        self._flush()
+        self._flush(keep=True)
         mean = (epoch_loss / max(self._epoch_samples, 1)).item()
         self._epoch_loss, self._epoch_samples, self._epoch_loss_t = 0.0, 0, None
         return mean
@@ -343,7 +362,7 @@ class Trainer(StateMixin):
         return self._stop_request is not None or (
             self.stop_after_steps is not None and self.step >= self.stop_after_steps)
 
-    def _record(self, epoch: int, lrs: list[float], loss: torch.Tensor, norm: Optional[torch.Tensor]) -> None:
+    def _record(self, epoch: int, lrs: list[float], loss: torch.Tensor, norm: torch.Tensor) -> None:
         """Log applied step ``k`` (its LRs now, its loss at the next flush) and advance ``k``."""
         row = {"step": self.step, "epoch": epoch, "lr": lrs[0], "momentum": self._momentum(), "d": self._d}
         row.update({f"lr/{n}": v for n, v in zip(self.group_names[1:], lrs[1:])})
@@ -354,23 +373,34 @@ class Trainer(StateMixin):
         self.step += 1
         self._bar.set_postfix(self._postfix | {"lr": f"{lrs[0]:.3g}"}, refresh=False)
         self._bar.update(1)
-        if len(self._pending) >= self.log_every:
-            self._flush()
+        if self.step % self.log_every == 0:
+            self._flush(keep=True)
 
-    def _flush(self) -> None:
-        """Read the buffered losses from the device (one sync), write them, check they are finite."""
+    def _flush(self, keep: bool = False) -> None:
+        """Read the buffered losses and gradient norms from the device (one sync), check them, write
+        the rows up to the first diverging one.
+
+        Args:
+            keep: a regular check point (every ``log_every_n_steps``-th step and each epoch's end,
+                never a stop): with ``on_divergence=rollback`` the guard takes a snapshot here, so
+                restore points do not depend on where a run was stopped and resumed.
+
+        Raises:
+            Diverged: a row failed the guard's check.
+        """
         pending = getattr(self, "_pending", None)
         if not pending:
             return
-        losses = torch.stack([p[1] for p in pending]).tolist()
-        norms = torch.stack([p[2] for p in pending]).tolist() if self.clip else [None] * len(pending)
-        self._steps_csv.write({**row, "loss": v, "grad_norm": n} for (row, _, _), v, n in zip(pending, losses, norms))
+        values = torch.stack([torch.stack((p[1].float(), p[2].float())) for p in pending]).tolist()  # (n, 2)
+        losses, norms = [v[0] for v in values], [v[1] for v in values]
         rows = [p[0] for p in pending]
         pending.clear()
-        self._postfix = {"loss": f"{losses[-1]:.4f}"}
         bad = self.guard.check([r["step"] for r in rows], losses, norms)
+        end = len(rows) if bad is None else bad[0] + 1  # rows after a diverging step are dropped
+        self._steps_csv.write({**row, "loss": v, "grad_norm": n} for row, v, n in zip(rows[:end], losses, norms))
+        self._postfix = {"loss": f"{losses[end - 1]:.4f}"}
         if bad is not None:
             raise Diverged(rows[bad[0]]["step"], rows[bad[0]]["lr"], bad[1])
-        if self.guard.policy == "rollback":
+        if keep and self.guard.policy == "rollback":
             self.guard.keep(self.state_dict())
 

@@ -33,8 +33,9 @@ class StateMixin:
         state = self.guard.restore_point()
         backoff = self.lr_backoff * self.guard.backoff
         self._pending.clear()
+        earlier = self._earlier_time_s  # time spent is not rolled back
         self.load_state_dict(state)
-        self.lr_backoff = backoff
+        self.lr_backoff, self._earlier_time_s = backoff, earlier
         self._apply_backoff()
         truncate_csv(self.run_dir / "steps.csv", "step", self.step)
         truncate_csv(self.run_dir / "epochs.csv", "epoch", self.epoch)
@@ -121,6 +122,8 @@ class StateMixin:
             self.guard.load_state_dict(state["guard"])
             if len(rollbacks) > len(self.guard.rollbacks):
                 self.guard.rollbacks = rollbacks
+        if "guard_points" in state and self.guard.policy == "rollback":  # a resume: the run's restore points
+            self.guard.snapshot, self.guard.candidate = state["guard_points"]
         self._apply_backoff()
         if self.scaler is not None and "scaler" in state:
             self.scaler.load_state_dict(state["scaler"])
@@ -132,7 +135,12 @@ class StateMixin:
         set_rng_state(state["rng"])
 
     def _save(self, is_best: bool) -> None:
+        """Write ``last.pt`` (and ``best.pt``); with ``on_divergence=rollback`` the checkpoint also
+        holds the guard's two restore points (up to 2 more copies of the weights and optimizer
+        state), so a resumed run rolls back exactly as the run would have."""
         state = self.state_dict()
+        if self.guard.policy == "rollback":
+            state["guard_points"] = [self.guard.snapshot, self.guard.candidate]
         folder = self.run_dir / "checkpoints"
         save_checkpoint(state, folder / "last.pt")
         if is_best:
