@@ -22,6 +22,11 @@ ALIASES = {"lr": "lr0", "learning_rate": "lr0", "max_epochs": "epochs", "warmup"
            "min_lr": "lrf", "final_lr": "lrf", "bs": "batch_size", "batch": "batch_size"}
 
 
+#: Hydra plugins the sweep configs use, by the override that selects them.
+PLUGINS = {"hydra/launcher=joblib": "hydra-joblib-launcher", "hydra/launcher=submitit_local": "hydra-submitit-launcher",
+           "hydra/launcher=submitit_slurm": "hydra-submitit-launcher", "hydra/sweeper=optuna": "hydra-optuna-sweeper"}
+
+
 def _first_line(exc: BaseException | None) -> str:
     return str(exc).strip().splitlines()[0] if exc is not None and str(exc).strip() else ""
 
@@ -36,6 +41,10 @@ def describe(exc: BaseException) -> list[str] | None:
     if isinstance(exc, MissingConfigException) and exc.missing_cfg_file and "/" in exc.missing_cfg_file:
         group, name = exc.missing_cfg_file.rsplit("/", 1)
         options = available(group) or list(exc.options or [])
+        plugin = PLUGINS.get(f"{group}={name}")
+        if plugin:
+            return [f"{group}={name}: the Hydra plugin is not installed; pip install {plugin} "
+                    "(or pip install -e '.[sweep]' for every sweep plugin)"]
         return [f"{group}={name}: no such option{suggest(name, options)}; available: {', '.join(options)}"]
     if isinstance(exc, ConfigCompositionException):
         cause = exc.__cause__
@@ -92,21 +101,82 @@ def run_task(cfg) -> float:
     from framework.run import train
     from framework.trainer import Diverged
 
+    hc = HydraConfig.get()
+    multirun = hc.mode == RunMode.MULTIRUN
+    if multirun:
+        _share_cores(hc)
     try:
+        if multirun:  # a job's mistake fails that job, not the sweep
+            return train(cfg)
         with exit_on_user_error():
             return train(cfg)
     except Diverged as exc:
         print(f"diverged: {exc}", file=sys.stderr)
-        if HydraConfig.get().mode == RunMode.MULTIRUN:
+        if multirun:
             return 0.0
         sys.exit(1)
     except KeyboardInterrupt:
         print("stopped: interrupted; summary.json says status: stopped", file=sys.stderr)
         sys.exit(130)
+    except Exception as exc:
+        if not multirun:
+            raise
+        return _failed_job(exc, hc)
+
+
+def _failed_job(exc: Exception, hc) -> float:
+    """Record a multirun job that failed (a config mistake or a crash) and let the sweep go on.
+
+    Writes ``summary.json`` with ``status: failed`` and the one-line error (unless the run
+    already wrote one), logs the traceback of an unexpected error to the job's log, prints one
+    ``failed:`` line and returns 0.0, the worst accuracy, for the sweeper.
+    """
+    import logging
+    from pathlib import Path
+
+    from framework.loggers import write_json
+
+    messages = describe(exc)
+    text = "; ".join(messages) if messages else f"{type(exc).__name__}: {_first_line(exc)}"
+    if messages is None:
+        logging.getLogger("framework.run").error("job %s failed", hc.job.num, exc_info=exc)
+    run_dir = Path(hc.runtime.output_dir)
+    if not (run_dir / "summary.json").is_file():
+        write_json({"status": "failed", "objective": 0.0, "error": text, "overrides": list(hc.overrides.task),
+                    "run_dir": str(run_dir)}, run_dir / "summary.json")
+    print(f"failed: job {hc.job.num}: {text}", file=sys.stderr)
+    return 0.0
+
+
+def _share_cores(hc) -> None:
+    """Parallel jobs on one machine (the joblib launcher) split the CPU cores between them:
+    ``torch.set_num_threads(cores // n_jobs)`` instead of every job using every core."""
+    launcher = hc.launcher
+    if "joblib" not in str(launcher.get("_target_", "")).lower():
+        return
+    import torch
+
+    cores = os.cpu_count() or 1
+    n_jobs = launcher.get("n_jobs", -1) or -1
+    n_jobs = cores if n_jobs < 0 else min(n_jobs, cores)
+    threads = max(1, cores // n_jobs)
+    torch.set_num_threads(threads)
+    import logging
+
+    logging.getLogger(__name__).info("joblib launcher: %d parallel jobs on %d cores, torch.set_num_threads(%d) per job",
+                                     n_jobs, cores, threads)
 
 
 def run_cli(main: Callable[[], object]) -> None:
-    """Call a ``@hydra.main`` function; report composition mistakes on one line each, exit 2."""
+    """Call a ``@hydra.main`` function; report composition mistakes on one line each, exit 2.
+
+    After a multirun, exits with status 1 when some job did not complete (failed, diverged,
+    stopped), as the sweep report counted them.
+    """
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")  # let exceptions reach us, unformatted
     with exit_on_user_error():
         main()
+    from framework import report
+
+    if report.LAST_SWEEP is not None and report.LAST_SWEEP[1]:
+        sys.exit(1)

@@ -77,11 +77,49 @@ class TrainConfig:
     mode: str = "train"  # train | plot_lr (draw the planned LR of every step, then exit)
 
 
+_RESERVED_DIRS: dict[str, str] = {}
+
+
+def unique_dir(path: str) -> str:
+    """Reserve a new folder for a run or sweep: ``path`` itself, else ``path-1``, ``path-2``, ...
+
+    The folder is created with ``os.makedirs(exist_ok=False)``, which fails when another
+    process got there first, so two runs or sweeps started at the same moment never share a
+    folder. The same ``path`` asked again by this process returns the folder already reserved
+    (Hydra resolves its output folder more than once). Registered as the OmegaConf resolver
+    ``${unique_dir:...}`` used by ``hydra.run.dir`` and ``hydra.sweep.dir``.
+
+    Args:
+        path: the wanted folder (e.g. ``outputs/multirun/<date>/<time>``).
+
+    Returns:
+        The reserved folder, as given or with a ``-N`` suffix.
+    """
+    import os
+
+    if path in _RESERVED_DIRS:
+        return _RESERVED_DIRS[path]
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    for n in range(10_000):
+        candidate = path if n == 0 else f"{path}-{n}"
+        try:
+            os.makedirs(candidate)
+        except FileExistsError:
+            continue
+        _RESERVED_DIRS[path] = candidate
+        return candidate
+    raise RuntimeError(f"{path}: 10,000 folders of that name exist; choose another hydra output dir")
+
+
 def register_configs() -> None:
-    """Register :class:`TrainConfig` as ``train_schema`` in Hydra's ConfigStore."""
+    """Register :class:`TrainConfig` as ``train_schema`` in Hydra's ConfigStore and the
+    ``unique_dir`` resolver."""
     from hydra.core.config_store import ConfigStore
+    from omegaconf import OmegaConf
 
     ConfigStore.instance().store(name="train_schema", node=TrainConfig)
+    if not OmegaConf.has_resolver("unique_dir"):
+        OmegaConf.register_new_resolver("unique_dir", unique_dir, use_cache=True)
 
 
 def _number_errors(cfg: DictConfig) -> list[str]:

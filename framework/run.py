@@ -142,6 +142,30 @@ def resume_trainer(trainer: Any, state: dict[str, Any]) -> None:
              trainer.run_dir)
 
 
+def _resume_requeued_job(cfg: DictConfig, run_dir: Path, hc: Any) -> DictConfig:
+    """A multirun job whose folder holds a stopped run (a SLURM job preempted, then requeued by
+    the submitit launcher into the same folder) resumes it instead of starting over."""
+    import json
+
+    from hydra.types import RunMode
+    from omegaconf import OmegaConf, open_dict
+
+    summary = run_dir / "summary.json"
+    if hc.mode != RunMode.MULTIRUN or cfg.resume is not None or not (run_dir / "checkpoints" / "last.pt").is_file():
+        return cfg
+    try:
+        stopped = json.loads(summary.read_text()).get("status") == "stopped"
+    except (OSError, ValueError):
+        stopped = False
+    if not stopped:
+        return cfg
+    log.warning("this job's folder holds a stopped run: resuming it (resume=%s)", run_dir)
+    cfg = OmegaConf.create(OmegaConf.to_container(cfg))  # a copy: Hydra's own config stays as composed
+    with open_dict(cfg):
+        cfg.resume = str(run_dir)
+    return cfg
+
+
 def build(cfg: DictConfig, run_dir: Path) -> Any:
     """Validate, then build dataset, loaders, LR plan, model, optimizer and trainer.
 
@@ -266,6 +290,7 @@ def train(cfg: DictConfig, run_dir: Optional[str | Path] = None) -> float:
 
         hc = HydraConfig.get()
         run_dir, overrides = hc.runtime.output_dir, list(hc.overrides.task)
+        cfg = _resume_requeued_job(cfg, Path(run_dir), hc)
     run_dir = Path(run_dir)
     resume_state = None
     if cfg.resume is not None and cfg.mode == "train":

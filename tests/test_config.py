@@ -25,6 +25,29 @@ def test_every_experiment_composes_validates_and_heads_with_its_command(path):
     validate(compose_cfg(f"+experiment={path.stem}"))
 
 
+SEARCH_FILES = sorted((registry.CONF_DIR / "hparams_search").rglob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", SEARCH_FILES, ids=lambda p: p.stem)
+def test_every_sweep_file_composes_and_heads_with_its_command(path):
+    lines = path.read_text().splitlines()
+    assert lines[0] == "# @package _global_" and lines[1] == f"# python train.py -m hparams_search={path.stem}"
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(registry.CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=[f"hparams_search={path.stem}"], return_hydra_config=True)
+    assert "lr0" in cfg.hydra.sweeper.params
+    validate(cfg)
+
+
+def test_lr_grid_is_log_spaced():
+    text = (registry.CONF_DIR / "hparams_search" / "lr_grid.yaml").read_text()
+    values = [float(v) for v in text.split("lr0: ")[1].split("#")[0].split(",")]
+    assert len(values) >= 7 and values[0] == 1e-4 and values[-1] == 1.0
+    ratios = [b / a for a, b in zip(values, values[1:])]
+    assert all(2.99 < r < 3.34 for r in ratios)  # ~sqrt(10) per step: 1, 3 per decade
+
+
 def test_ultralytics_experiment_sets_the_recipe():
     cfg = compose_cfg("+experiment=ultralytics")
     assert cfg.scheduler._target_ == "framework.schedules.Ultralytics" and cfg.scheduler.interval == "epoch"
@@ -32,7 +55,7 @@ def test_ultralytics_experiment_sets_the_recipe():
 
 
 def test_config_tree_found():
-    assert len(GROUP_FILES) >= 20
+    assert len(GROUP_FILES) >= 20 and len(EXPERIMENT_FILES) >= 3 and len(SEARCH_FILES) >= 2
     for group in GROUPS:
         assert registry.available(group), group
 

@@ -1,0 +1,319 @@
+"""Sweep report: one row per job of a multirun folder, best first, with the LR sensitivity plot.
+
+Written automatically when a multirun ends (:class:`SweepReport`, a Hydra callback set in
+``conf/train.yaml``) and on demand::
+
+    python -m framework.report outputs/multirun/<date>/<time>
+
+Files written into the sweep folder: ``report.csv`` and ``report.md`` (one row per job: its
+overrides, status, best and final ``val/acc``, final ``train/loss``, wall time, steps),
+``sensitivity.png`` (best ``val/acc`` against ``lr0`` on a log axis, one line per combination
+of the other swept keys, e.g. one per scheduler), ``loss.png`` (training loss per step of
+every job) and ``lr.png`` (the applied LR per step of every job). Jobs still running or
+killed (no ``summary.json``) are reported as ``incomplete`` with what their CSVs hold.
+"""
+from __future__ import annotations
+
+import csv
+import math
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+try:  # Hydra's callback base class; the report also works without Hydra's experimental API
+    from hydra.experimental.callback import Callback
+except ImportError:  # pragma: no cover
+    Callback = object
+
+COLUMNS = ["rank", "job", "overrides", "status", "best_val_acc", "final_val_acc", "final_train_loss", "lr0",
+           "wall_time_s", "steps", "planned_steps"]
+#: Statuses that count as a problem for the sweep's exit status.
+BAD_STATUSES = ("failed", "diverged", "stopped", "incomplete")
+
+
+def _read_csv(path: Path) -> list[dict[str, str]]:
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        return [r for r in csv.DictReader(f) if None not in r.values()]  # a row cut by a kill is dropped
+
+
+def _float(value: Any) -> Optional[float]:
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        return None
+    return out if math.isfinite(out) else None
+
+
+def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(d, dict):
+        return {prefix.rstrip("."): d}
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}."))
+    return out
+
+
+def job_folders(sweep_dir: str | Path) -> list[Path]:
+    """Job folders of a sweep: subfolders holding Hydra's ``.hydra/`` (any depth), by job number."""
+    root = Path(sweep_dir)
+    jobs = {p.parent.parent for p in root.rglob(".hydra/config.yaml")}
+    key = lambda p: (int(p.name) if p.name.isdigit() else math.inf, str(p))
+    return sorted((j for j in jobs if j != root), key=key)
+
+
+def read_job(folder: Path) -> dict[str, Any]:
+    """One report row from a job folder (``summary.json``, ``.hydra/``, the CSVs).
+
+    Returns:
+        The :data:`COLUMNS` values plus ``config`` (the flattened composed config),
+        ``choices`` (Hydra's group choices), ``steps_rows`` (``steps.csv``) and ``error``.
+    """
+    import json
+
+    from omegaconf import OmegaConf
+
+    summary: dict[str, Any] = {}
+    if (folder / "summary.json").is_file():
+        try:
+            summary = json.loads((folder / "summary.json").read_text())
+        except ValueError:  # being written right now
+            summary = {}
+    hydra_dir = folder / ".hydra"
+    loaded = OmegaConf.load(hydra_dir / "config.yaml")
+    try:  # resolved, so ${lr0} in optimizer.lr shows its value
+        config = OmegaConf.to_container(loaded, resolve=True)
+    except Exception:  # an interpolation that needs Hydra's runtime: show it as written
+        config = OmegaConf.to_container(loaded, resolve=False)
+    overrides = [str(o) for o in OmegaConf.load(hydra_dir / "overrides.yaml")] if (hydra_dir / "overrides.yaml").is_file() else []
+    choices: dict[str, Any] = {}
+    if (hydra_dir / "hydra.yaml").is_file():
+        choices = dict(OmegaConf.to_container(OmegaConf.load(hydra_dir / "hydra.yaml")).get("hydra", {})
+                       .get("runtime", {}).get("choices", {}))
+    steps = _read_csv(folder / "steps.csv")
+    epochs = _read_csv(folder / "epochs.csv")
+    best, final = summary.get("best") or {}, summary.get("final") or {}
+    accs = [_float(r.get("val/acc")) for r in epochs]
+    return {
+        "job": folder.name,
+        "folder": folder,
+        "overrides": " ".join(overrides),
+        "status": summary.get("status", "incomplete"),
+        "best_val_acc": _float(best.get("val/acc")) if summary else max((a for a in accs if a is not None), default=None),
+        "final_val_acc": _float(final.get("val/acc")) if summary else (accs[-1] if accs else None),
+        "final_train_loss": _float(final.get("train/loss")) if summary else (
+            _float(epochs[-1].get("train/loss")) if epochs else None),
+        "lr0": _float(summary.get("lr0", config.get("lr0"))),
+        "wall_time_s": _float(summary.get("wall_time_s")),
+        "steps": summary.get("steps", len(steps)),
+        "planned_steps": summary.get("planned_steps"),
+        "error": summary.get("error", ""),
+        "config": _flat(config),
+        "choices": choices,
+        "steps_rows": steps,
+    }
+
+
+def collect(sweep_dir: str | Path) -> list[dict[str, Any]]:
+    """Every job of the sweep, best first: completed and stopped jobs by best ``val/acc``
+    (descending), then incomplete, diverged and failed ones. Adds ``rank`` (1 = best)."""
+    rows = [read_job(f) for f in job_folders(sweep_dir)]
+    order = {"completed": 0, "stopped": 1, "incomplete": 2, "diverged": 3, "failed": 4}
+    rows.sort(key=lambda r: (order.get(r["status"], 5), -(r["best_val_acc"] if r["best_val_acc"] is not None else -1),
+                             int(r["job"]) if r["job"].isdigit() else 0))
+    for i, row in enumerate(rows, 1):
+        row["rank"] = i
+    return rows
+
+
+def varying_keys(rows: list[dict[str, Any]]) -> list[str]:
+    """Flattened config keys whose values differ between jobs (what the sweep changed)."""
+    keys = sorted({k for r in rows for k in r["config"]})
+    return [k for k in keys if len({repr(r["config"].get(k)) for r in rows}) > 1]
+
+
+def _fmt(value: Any, digits: int = 4) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.{digits}g}" if abs(value) < 1e-3 or abs(value) >= 1e4 else f"{value:.{digits}f}".rstrip("0").rstrip(".")
+    return str(value)
+
+
+def _key(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def swept_keys(rows: list[dict[str, Any]]) -> list[str]:
+    """Override keys whose value differs between jobs (the rest are common to the sweep)."""
+    keys = {_key(o) for r in rows for o in r["overrides"].split()}
+    value = lambda r, k: next((o for o in r["overrides"].split() if _key(o) == k), "")
+    return sorted(k for k in keys if len({value(r, k) for r in rows}) > 1)
+
+
+def _series_label(row: dict[str, Any], swept: list[str]) -> str:
+    """The job's values of the swept group choices and keys other than ``lr0`` (one curve each)."""
+    parts = [o for o in row["overrides"].split() if _key(o) in swept]
+    return " ".join(parts) or "all jobs"
+
+
+def plot(rows: list[dict[str, Any]], out_dir: Path) -> list[Path]:
+    """``sensitivity.png``, ``loss.png`` and ``lr.png`` for the jobs in ``rows``; returns the files.
+
+    The sensitivity curve: best ``val/acc`` (fraction) of each job against its ``lr0`` on a log
+    axis, one line per combination of the other swept keys; diverged jobs are drawn as red
+    crosses at 0.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    swept = swept_keys(rows)
+    others = [k for k in swept if k != "lr0"]
+    files = []
+    series: dict[str, list[tuple[float, Optional[float], str]]] = {}
+    for r in rows:
+        if r["lr0"] is not None:
+            series.setdefault(_series_label(r, others), []).append((r["lr0"], r["best_val_acc"], r["status"]))
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for label, points in sorted(series.items()):
+        points.sort()
+        good = [(x, y) for x, y, s in points if s not in ("diverged", "failed") and y is not None]
+        if good:
+            ax.plot(*zip(*good), marker="o", label=label)
+        bad = [x for x, _, s in points if s == "diverged"]
+        if bad:
+            ax.scatter(bad, [0.0] * len(bad), marker="x", color="red", zorder=3)
+    if any(r["status"] == "diverged" for r in rows):
+        ax.scatter([], [], marker="x", color="red", label="diverged")
+    ax.set_xscale("log")
+    ax.set_xlabel("lr0")
+    ax.set_ylabel("best val/acc")
+    ax.set_title("LR sensitivity")
+    ax.grid(True, which="both", alpha=0.3)
+    if series:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    files.append(out_dir / "sensitivity.png")
+    fig.savefig(files[-1], dpi=120)
+    plt.close(fig)
+    for column, name, ylabel in (("loss", "loss.png", "train loss (per step)"), ("lr", "lr.png", "applied LR (group 0)")):
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for r in sorted(rows, key=lambda r: r["job"]):
+            pts = [(int(s["step"]), _float(s.get(column))) for s in r["steps_rows"]]
+            pts = [(k, v) for k, v in pts if v is not None and v > 0]
+            if pts:
+                ax.plot(*zip(*pts), lw=1, label=f"{r['job']}: {_series_label(r, swept)}")
+        ax.set_yscale("log")
+        ax.set_xlabel("optimizer step k")
+        ax.set_ylabel(ylabel)
+        if len(rows) <= 12 and ax.lines:
+            ax.legend(fontsize=6)
+        fig.tight_layout()
+        files.append(out_dir / name)
+        fig.savefig(files[-1], dpi=120)
+        plt.close(fig)
+    return files
+
+
+def write_report(sweep_dir: str | Path) -> dict[str, Any]:
+    """Write ``report.csv``, ``report.md`` and the figures into ``sweep_dir``.
+
+    Args:
+        sweep_dir: a multirun folder (``outputs/multirun/<date>/<time>``), finished or not.
+
+    Returns:
+        ``{"rows": [...], "bad": number of jobs not completed, "files": [...]}``.
+
+    Raises:
+        FileNotFoundError: no job folder (with ``.hydra/config.yaml``) under ``sweep_dir``.
+    """
+    sweep_dir = Path(sweep_dir)
+    rows = collect(sweep_dir)
+    if not rows:
+        raise FileNotFoundError(f"{sweep_dir}: no job folders (with .hydra/config.yaml) here; "
+                                "pass a multirun folder, e.g. outputs/multirun/<date>/<time>")
+    with open(sweep_dir / "report.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS + ["error"], extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    files = plot(rows, sweep_dir)
+    bad = [r for r in rows if r["status"] in BAD_STATUSES]
+    swept = swept_keys(rows)
+    common = [o for o in rows[0]["overrides"].split() if _key(o) not in swept]
+    lines = [f"# Sweep report: {sweep_dir}", "",
+             f"{len(rows)} jobs: " + ", ".join(f"{n} {s}" for s, n in _counts(rows)) + ". Best first; "
+             "**bold** status = not completed.", "",
+             f"Overrides common to every job: `{' '.join(common) or '(none)'}`", "",
+             "| rank | job | swept overrides | status | best val/acc | final val/acc | final train/loss | wall time (s) | steps |",
+             "|---:|---:|---|---|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        status = r["status"] if r["status"] == "completed" else f"**{r['status']}**"
+        steps = f"{r['steps']}/{r['planned_steps']}" if r["planned_steps"] else str(r["steps"])
+        lines.append(f"| {r['rank']} | {r['job']} | `{_series_label(r, swept)}` | {status} | {_fmt(r['best_val_acc'])} | "
+                     f"{_fmt(r['final_val_acc'])} | {_fmt(r['final_train_loss'])} | {_fmt(r['wall_time_s'], 3)} | {steps} |")
+    errors = [r for r in rows if r["error"]]
+    if errors:
+        lines += ["", "## Errors", ""] + [f"- job {r['job']} ({r['status']}): {r['error']}" for r in errors]
+    diffs = varying_keys(rows)
+    lines += ["", "## Config differences between jobs", ""]
+    if diffs:
+        lines += ["| job | " + " | ".join(diffs) + " |", "|---:|" + "---|" * len(diffs)]
+        for r in sorted(rows, key=lambda r: (not r["job"].isdigit(), int(r["job"]) if r["job"].isdigit() else r["job"])):
+            lines.append(f"| {r['job']} | " + " | ".join(_fmt(r["config"].get(k)) for k in diffs) + " |")
+    else:
+        lines.append("None: every job has the same config.")
+    lines += ["", "## Figures", ""] + [f"![{p.stem}]({p.name})" for p in files]
+    (sweep_dir / "report.md").write_text("\n".join(lines) + "\n")
+    return {"rows": rows, "bad": len(bad), "files": files}
+
+
+def _counts(rows: list[dict[str, Any]]) -> list[tuple[str, int]]:
+    out: dict[str, int] = {}
+    for r in rows:
+        out[r["status"]] = out.get(r["status"], 0) + 1
+    return sorted(out.items())
+
+
+#: Outcome of the last sweep reported in this process: ``(jobs, jobs not completed)``.
+LAST_SWEEP: Optional[tuple[int, int]] = None
+
+
+class SweepReport(Callback):
+    """Hydra callback: write the sweep report when a multirun ends (``hydra.callbacks`` in
+    ``conf/train.yaml``) and remember how many jobs did not complete, for the exit status."""
+
+    def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
+        global LAST_SWEEP
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+        try:
+            result = write_report(sweep_dir)
+        except FileNotFoundError:
+            return
+        LAST_SWEEP = (len(result["rows"]), result["bad"])
+        best = result["rows"][0]
+        print(f"sweep report: {sweep_dir / 'report.md'} ({len(result['rows'])} jobs, {result['bad']} not completed; "
+              f"best: job {best['job']} {best['overrides']} val/acc {_fmt(best['best_val_acc'])})", file=sys.stderr)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """``python -m framework.report <sweep folder>``: write the report, print it; exit status 1
+    when some job did not complete, 2 when the folder holds no jobs."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m framework.report", description=__doc__.split("\n\n")[0])
+    parser.add_argument("sweep_dir", help="a multirun folder, e.g. outputs/multirun/<date>/<time>")
+    args = parser.parse_args(argv)
+    try:
+        result = write_report(args.sweep_dir)
+    except FileNotFoundError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print((Path(args.sweep_dir) / "report.md").read_text())
+    return 1 if result["bad"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,178 @@
+"""Sweeps: failed and diverged jobs do not abort them, the automatic report, unique folders."""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+
+from framework.report import main as report_main
+from framework.report import write_report
+from tests.conftest import ROOT, TINY, read_csv
+
+SWEEP = [*TINY, "epochs=2", "device=cpu", "scheduler.lrf=0.01", "warmup_epochs=0"]
+
+
+def multirun(sweep_dir, *overrides, cwd=ROOT, timeout=600):
+    extra = [f"hydra.sweep.dir={sweep_dir}"] if sweep_dir is not None else []
+    return subprocess.run([sys.executable, str(ROOT / "train.py"), "-m", *overrides, *extra],
+                          cwd=cwd, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def lr_sweep(tmp_path_factory):
+    """lr0 = 0.01 (trains) and 1000 (diverges) with SGD: a real two-job sweep."""
+    sweep = tmp_path_factory.mktemp("sweep")
+    proc = multirun(sweep, *SWEEP, "optimizer=sgd", "lr0=0.01,1000")
+    return sweep, proc
+
+
+def test_a_diverged_job_does_not_abort_the_sweep(lr_sweep):
+    sweep, proc = lr_sweep
+    assert proc.returncode == 1, proc.stderr[-3000:]  # one job did not complete
+    assert "Traceback" not in proc.stderr
+    statuses = {json.loads((sweep / j / "summary.json").read_text())["lr0"]: json.loads(
+        (sweep / j / "summary.json").read_text())["status"] for j in ("0", "1")}
+    assert statuses == {0.01: "completed", 1000.0: "diverged"}
+    assert "sweep report:" in proc.stderr and "1 not completed" in proc.stderr
+
+
+def test_report_rows_cover_the_sweep_best_first(lr_sweep):
+    sweep, _ = lr_sweep
+    rows = read_csv(sweep / "report.csv")
+    assert [(r["rank"], r["job"], r["status"]) for r in rows] == [("1", "0", "completed"), ("2", "1", "diverged")]
+    done = json.loads((sweep / "0" / "summary.json").read_text())
+    assert float(rows[0]["best_val_acc"]) == done["best"]["val/acc"]
+    assert float(rows[0]["final_train_loss"]) == done["final"]["train/loss"]
+    assert rows[0]["steps"] == "8" and rows[0]["overrides"].lower().split() == [*SWEEP, "optimizer=sgd", "lr0=0.01"]
+    md = (sweep / "report.md").read_text()
+    assert "| 2 | 1 |" in md and "**diverged**" in md and md.count("**diverged**") == 1
+    assert "| job | lr0 | optimizer.lr |" in md  # config differences: what the sweep changed
+    for name in ("sensitivity.png", "loss.png", "lr.png"):
+        assert (sweep / name).stat().st_size > 10_000
+
+
+def test_every_job_starts_at_its_lr0_and_ends_at_lr0_times_lrf(tmp_path):
+    sweep = tmp_path / "s"
+    proc = multirun(sweep, *SWEEP, "lr0=0.001,0.1", "optimizer=sgd,adamw", "scheduler=cosine", "lrf=0.01")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = read_csv(sweep / "report.csv")
+    assert len(rows) == 4 and {r["status"] for r in rows} == {"completed"}
+    for job in range(4):
+        summary = json.loads((sweep / str(job) / "summary.json").read_text())
+        steps = read_csv(sweep / str(job) / "steps.csv")
+        assert float(steps[0]["lr"]) == summary["lr0"]
+        assert float(steps[-1]["lr"]) == pytest.approx(summary["lr0"] * 0.01, rel=1e-12)
+
+
+def test_a_failed_job_is_recorded_and_the_sweep_goes_on(tmp_path):
+    """lr0=-1 fails validation in its job: status failed, error line kept, the other job runs."""
+    sweep = tmp_path / "s"
+    proc = multirun(sweep, *SWEEP, "epochs=1", "lr0=-1,0.01")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    failed = json.loads((sweep / "0" / "summary.json").read_text())
+    assert failed["status"] == "failed" and "lr0=-1" in failed["error"] and failed["objective"] == 0.0
+    assert json.loads((sweep / "1" / "summary.json").read_text())["status"] == "completed"
+    assert [r["status"] for r in read_csv(sweep / "report.csv")] == ["completed", "failed"]
+
+
+def test_report_on_a_partial_sweep(lr_sweep, tmp_path):
+    """A job killed before it wrote summary.json is reported as incomplete from its CSVs."""
+    import shutil
+
+    sweep, _ = lr_sweep
+    copy = tmp_path / "partial"
+    shutil.copytree(sweep, copy)
+    (copy / "0" / "summary.json").unlink()
+    steps = (copy / "0" / "steps.csv").read_text().splitlines(keepends=True)
+    (copy / "0" / "steps.csv").write_text("".join(steps[:5]) + steps[5][:7])  # cut mid-row by a kill
+    result = write_report(copy)
+    row = next(r for r in result["rows"] if r["job"] == "0")
+    assert row["status"] == "incomplete" and row["steps"] == 4 and result["bad"] == 2
+    assert row["best_val_acc"] == max(float(r["val/acc"]) for r in read_csv(copy / "0" / "epochs.csv"))
+
+
+def test_report_command_line(lr_sweep, tmp_path, capsys):
+    sweep, _ = lr_sweep
+    assert report_main([str(sweep)]) == 1  # a diverged job
+    assert "# Sweep report" in capsys.readouterr().out
+    assert report_main([str(tmp_path)]) == 2
+    assert "no job folders" in capsys.readouterr().err
+
+
+def test_two_sweeps_started_together_never_share_a_folder(tmp_path):
+    """Same sweep folder asked for by two processes at once: each gets its own."""
+    cmd = [sys.executable, str(ROOT / "train.py"), "-m", *SWEEP, "epochs=1", "lr0=0.01,0.02",
+           "hydra.sweep.dir=${unique_dir:" + str(tmp_path / "same") + "}"]
+    procs = [subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    for p in procs:
+        _, err = p.communicate(timeout=600)
+        assert p.returncode == 0, err[-3000:]
+    folders = sorted(p.name for p in tmp_path.iterdir())
+    assert folders == ["same", "same-1"]
+    for folder in folders:
+        assert len(read_csv(tmp_path / folder / "report.csv")) == 2
+        assert sorted(p.name for p in (tmp_path / folder).iterdir() if p.is_dir()) == ["0", "1"]
+
+
+def test_joblib_launcher_shares_the_cores(tmp_path):
+    import os
+
+    sweep = tmp_path / "s"
+    proc = multirun(sweep, *SWEEP, "epochs=1", "lr0=0.01,0.02", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    threads = max(1, (os.cpu_count() or 1) // min(2, os.cpu_count() or 1))
+    for job in ("0", "1"):
+        assert f"torch.set_num_threads({threads}) per job" in (sweep / job / "train.log").read_text()
+    assert [r["status"] for r in read_csv(sweep / "report.csv")] == ["completed", "completed"]
+
+
+def test_submitit_local_launcher(tmp_path):
+    sweep = tmp_path / "s"
+    proc = multirun(sweep, *SWEEP, "lr0=0.01,1000", "hydra/launcher=submitit_local",
+                    "hydra.launcher.timeout_min=10")
+    assert proc.returncode == 1, proc.stderr[-3000:]  # lr0=1000 diverges
+    assert sorted(r["status"] for r in read_csv(sweep / "report.csv")) == ["completed", "diverged"]
+
+
+def test_optuna_search_maximises_the_returned_accuracy(tmp_path):
+    import yaml
+
+    sweep = tmp_path / "s"
+    proc = multirun(sweep, *SWEEP, "epochs=1", "hparams_search=lr_optuna", "hydra.sweeper.n_trials=3",
+                    "~hydra.sweeper.params.scheduler")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = read_csv(sweep / "report.csv")
+    assert len(rows) == 3 and {r["status"] for r in rows} == {"completed"}
+    lrs = [float(r["lr0"]) for r in rows]
+    assert all(1e-4 <= v <= 1.0 for v in lrs) and len(set(lrs)) == 3  # sampled from the log range
+    best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    assert best["best_value"] == max(float(r["best_val_acc"]) for r in rows)
+
+
+def test_a_missing_plugin_names_the_package_to_install():
+    from hydra.errors import MissingConfigException
+
+    from framework.cli import describe
+
+    exc = MissingConfigException("Could not find 'hydra/launcher/joblib'", missing_cfg_file="hydra/launcher/joblib")
+    assert describe(exc) == ["hydra/launcher=joblib: the Hydra plugin is not installed; pip install "
+                             "hydra-joblib-launcher (or pip install -e '.[sweep]' for every sweep plugin)"]
+
+
+def test_a_requeued_job_resumes_its_stopped_run(tmp_path):
+    """A job stopped mid-run (as on SLURM preemption) and launched again into the same sweep
+    folder (as submitit requeues it) continues exactly: same steps.csv as an uninterrupted job."""
+    args = [*SWEEP, "epochs=3", "lr0=0.05"]
+    assert multirun(tmp_path / "full", *args).returncode == 0
+    first = multirun(tmp_path / "cut", *args, "trainer.stop_after_steps=5")
+    assert first.returncode == 1  # a stopped job has not completed
+    assert json.loads((tmp_path / "cut" / "0" / "summary.json").read_text())["status"] == "stopped"
+    again = multirun(tmp_path / "cut", *args)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "resuming it" in (tmp_path / "cut" / "0" / "train.log").read_text()
+    assert read_csv(tmp_path / "cut" / "0" / "steps.csv") == read_csv(tmp_path / "full" / "0" / "steps.csv")
