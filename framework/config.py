@@ -2,7 +2,8 @@
 
 The user's knobs (``lr0``, ``lrf``, ``epochs`` ...) sit at the top level of the composed config
 and are typed by :class:`TrainConfig`, registered in Hydra's ConfigStore as ``train_schema`` so
-``lr0=abc`` or an unknown key fails while Hydra composes. :func:`validate` then checks values
+``epochs=abc`` or an unknown key fails while Hydra composes (``lr0`` also takes ``auto``, so
+``lr0=abc`` is caught by :func:`validate`). :func:`validate` then checks values
 and ranges and the group files' keys against the signatures of their ``_target_`` callables,
 reporting every problem at once, before anything is built.
 
@@ -19,7 +20,7 @@ from omegaconf import MISSING, DictConfig
 from framework import registry
 
 #: Config groups every run composes, in build order.
-GROUPS = ("dataset", "model", "optimizer", "scheduler", "trainer")
+GROUPS = ("dataset", "model", "optimizer", "scheduler", "trainer", "lr_finder")
 
 #: Keys of a group file that configure the framework rather than the ``_target_`` callable.
 RESERVED_KEYS = {"scheduler": ("interval",), "optimizer": ("head_lr_mult", "layer_decay")}
@@ -31,10 +32,11 @@ RUNTIME_ARGS = {
     "optimizer": ("params",),
     "scheduler": ("total", "warmup"),
     "trainer": ("model", "optimizer", "plan", "data", "run_dir", "device", "config"),
+    "lr_finder": (),
 }
 
 PRECISIONS = ("32", "bf16", "fp16")
-MODES = ("train", "plot_lr")
+MODES = ("train", "plot_lr", "lr_find")
 INTERVALS = ("step", "epoch")
 _DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
@@ -59,7 +61,8 @@ class TrainConfig:
     scheduler: Any = MISSING
     dataset: Any = MISSING
     trainer: Any = MISSING
-    lr0: float = 0.01  # (LR) initial learning rate, reached at the end of warmup
+    lr_finder: Any = MISSING
+    lr0: Any = 0.01  # (LR) initial learning rate, reached at the end of warmup; or "auto" (LR range test)
     lrf: float = 0.01  # (fraction) final LR = lr0 * lrf for decaying schedules
     epochs: int = 10  # (epochs) passes over the training set
     max_steps: Optional[int] = None  # (steps) cap on optimizer steps; null = no cap
@@ -74,7 +77,7 @@ class TrainConfig:
     resume_allow_changes: bool = False  # resume even when the config differs from the run's
     lr_scaling: str = "none"  # none | linear | sqrt: scale lr0 by the global batch size
     lr_base_size: int = 256  # (samples) global batch size that lr0 was tuned for
-    mode: str = "train"  # train | plot_lr (draw the planned LR of every step, then exit)
+    mode: str = "train"  # train | plot_lr (draw the planned LR of every step, then exit) | lr_find
 
 
 _RESERVED_DIRS: dict[str, str] = {}
@@ -129,7 +132,12 @@ def _number_errors(cfg: DictConfig) -> list[str]:
         if not ok:
             errors.append(f"{key}={cfg[key]}: {fix}")
 
-    check("lr0", 0 < cfg.lr0 <= 1e30, "must be a number in (0, 1e30] (float32 range), e.g. lr0=0.01")
+    lr0 = cfg.lr0
+    if lr0 == "auto":
+        check("mode", cfg.mode != "plot_lr", "mode=plot_lr needs a number for lr0, not auto")
+    else:
+        check("lr0", isinstance(lr0, (int, float)) and not isinstance(lr0, bool) and 0 < lr0 <= 1e30,
+              "must be a number in (0, 1e30] (float32 range), e.g. lr0=0.01, or auto (LR range test)")
     check("lrf", 0 <= cfg.lrf <= 1, "must be in [0, 1] (final LR = lr0*lrf), e.g. lrf=0.01")
     check("epochs", cfg.epochs >= 1, "must be >= 1, e.g. epochs=10")
     check("max_steps", cfg.max_steps is None or cfg.max_steps >= 1, "must be >= 1 or null (no cap)")
@@ -194,7 +202,8 @@ def _unknown_top_level(cfg: DictConfig) -> list[str]:
 
 
 def validate(cfg: DictConfig) -> None:
-    """Check the composed config before anything is built.
+    """Check the composed config before anything is built (a numeric string ``lr0``, as YAML 1.1
+    reads ``1e-3``, becomes a float; ``lr0`` is typed loosely to allow ``auto``).
 
     Args:
         cfg: the config composed by Hydra from ``conf/train.yaml``.
@@ -203,6 +212,11 @@ def validate(cfg: DictConfig) -> None:
         ConfigError: with one line per problem (all of them, not just the first), each naming
             the key and the fix.
     """
+    if isinstance(cfg.get("lr0"), str) and cfg.lr0 != "auto":  # YAML 1.1 reads `lr0: 1e-3` as a string
+        try:
+            cfg.lr0 = float(cfg.lr0)
+        except ValueError:
+            pass  # reported below
     errors = _unknown_top_level(cfg) + _number_errors(cfg) + _group_errors(cfg)
     if errors:
         raise ConfigError(errors)

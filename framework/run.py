@@ -117,6 +117,9 @@ def prepare_resume(cfg: DictConfig) -> tuple[Path, dict[str, Any]]:
 
     file, folder = resolve_resume(cfg.resume)
     state = read_resume_checkpoint(file, "resume")
+    saved_lr0 = (state.get("config") or {}).get("lr0")
+    if cfg.lr0 == "auto" and saved_lr0 is not None:  # the run chose it already: keep its value
+        cfg.lr0 = saved_lr0
     diffs = config_differences(state.get("config") or {}, plain_config(cfg), RESUME_FREE_KEYS)
     if diffs and not cfg.resume_allow_changes:
         raise ConfigError(f"resume={cfg.resume}: the config differs from the run's in {', '.join(diffs)}; "
@@ -224,6 +227,72 @@ def build(cfg: DictConfig, run_dir: Path) -> Any:
     )
 
 
+def _range_test(cfg: DictConfig, run_dir: Path) -> Any:
+    """Build the run as configured (``lr0=auto``: with lr0 = 1 as the base the group LRs are
+    ratios of), run the LR range test on it and write ``lr_find.csv/.json/.png``."""
+    from omegaconf import OmegaConf, open_dict
+
+    from framework.lr_finder import write_outputs
+
+    probe_cfg = cfg
+    if cfg.lr0 == "auto":
+        probe_cfg = OmegaConf.create(OmegaConf.to_container(cfg))
+        with open_dict(probe_cfg):
+            probe_cfg.lr0 = 1.0
+    trainer = build(probe_cfg, run_dir)
+    finder = registry.instantiate(cfg.lr_finder, "lr_finder")
+    log.info("LR range test: %d probes from %g to %g (lr0 units)", finder.num_steps, finder.start_lr, finder.end_lr)
+    result = finder.run(trainer, float(probe_cfg.lr0))
+    write_outputs(result, run_dir)
+    return result
+
+
+def lr_find(cfg: DictConfig, run_dir: Path) -> float:
+    """``mode=lr_find``: run the LR range test, write ``lr_find.*``, print the answer, train nothing.
+
+    Returns:
+        0.0 (no objective: nothing was trained).
+    """
+    from framework.lr_finder import answer
+
+    result = _range_test(cfg, run_dir)
+    print(answer(result))
+    print(f"wrote {run_dir / 'lr_find.png'}, lr_find.csv, lr_find.json")
+    return 0.0
+
+
+def choose_lr0(cfg: DictConfig, run_dir: Path) -> tuple[DictConfig, dict[str, Any]]:
+    """``lr0=auto``: run the range test, then return the config with ``lr0`` = the chosen suggestion.
+
+    The run is then built from scratch with that config (same seed, same initial weights and
+    data order), so it equals a run started with ``lr0=<suggestion>``. The choice is written
+    into ``.hydra/config.yaml`` (when Hydra wrote one) and returned for ``summary.json``.
+
+    Raises:
+        ConfigError: the range test found no suggestion (flat or too short a loss curve).
+    """
+    from omegaconf import OmegaConf, open_dict
+
+    from framework.lr_finder import answer
+
+    validate(cfg)
+    result = _range_test(cfg, run_dir)
+    print(answer(result))
+    if result.lr is None:
+        raise ConfigError(f"lr0=auto: the LR range test gave no {result.chosen} suggestion "
+                          f"({result.stop_reason or 'the loss did not fall'}); set lr0, or widen lr_finder.start_lr/end_lr")
+    chosen = OmegaConf.create(OmegaConf.to_container(cfg))
+    with open_dict(chosen):
+        chosen.lr0 = result.lr
+    saved = run_dir / ".hydra" / "config.yaml"
+    if saved.is_file():
+        text = OmegaConf.load(saved)
+        text.lr0 = result.lr
+        OmegaConf.save(text, saved)
+    log.info("lr0=auto: lr0=%r (%s)", result.lr, result.chosen)
+    return chosen, result.to_json()
+
+
 def preview(trainer: Any, run_dir: Path, label: str) -> float:
     """``mode=plot_lr``: write ``lr_plan.png`` and ``lr_plan.json`` (key points), print them, train nothing.
 
@@ -297,6 +366,11 @@ def train(cfg: DictConfig, run_dir: Optional[str | Path] = None) -> float:
         validate(cfg)
         run_dir, resume_state = prepare_resume(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.mode == "lr_find":
+        return lr_find(cfg, run_dir)
+    lr0_auto = None
+    if cfg.lr0 == "auto":
+        cfg, lr0_auto = choose_lr0(cfg, run_dir)
     trainer = build(cfg, run_dir)
     if cfg.mode == "plot_lr":
         return preview(trainer, run_dir, " ".join(overrides))
@@ -342,6 +416,7 @@ def train(cfg: DictConfig, run_dir: Optional[str | Path] = None) -> float:
         "device": str(trainer.device),
         "run_dir": str(run_dir),
         "overrides": overrides,
+        **({"lr0_auto": lr0_auto} if lr0_auto else {}),
         **git_state(registry.CONF_DIR.parent),
     }
     try:

@@ -109,6 +109,9 @@ def test_every_group_file_composes_validates_and_instantiates(path, tmp_path, mo
             node, group, reserved=("interval",), total=total,
             **({"warmup": 10} if registry.accepts(node, "warmup") else {})), 200, 20)
         assert all(0 < m <= 1 for m in plan.multipliers())
+    elif group == "lr_finder":
+        finder = registry.instantiate(node, group)
+        assert finder.num_steps == node.num_steps and finder.suggestion == node.suggestion
     elif group == "trainer":
         net = torch.nn.Linear(2, 2)
         opt = torch.optim.SGD(net.parameters(), lr=0.1)
@@ -147,6 +150,7 @@ def test_yaml_exponent_without_dot_reaches_the_optimizer_as_a_float(tmp_path):
     assert "\nweight_decay: 5e-4 " in (conf / "optimizer" / "sgd.yaml").read_text()
     with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
         cfg = compose(config_name="train", overrides=["optimizer=sgd"])
+    validate(cfg)  # as every run does: lr0 (typed loosely, to allow auto) becomes the float
     net = torch.nn.Linear(2, 2)
     opt = registry.instantiate(cfg.optimizer, "optimizer", reserved=RESERVED_KEYS["optimizer"], params=param_groups(net, cfg.optimizer.weight_decay))
     decay = opt.param_groups[0]

@@ -1,0 +1,335 @@
+"""The LR range test: ``python train.py mode=lr_find`` and ``lr0=auto``.
+
+The LR grows exponentially from ``start_lr`` to ``end_lr`` over ``num_steps`` optimizer steps
+(Smith, "Cyclical Learning Rates for Training Neural Networks", 2015/2017); the loss of each
+step is smoothed with a bias-corrected exponential moving average and the test stops once the
+smoothed loss passes ``diverge_mult`` times its best (as fastai's ``lr_find`` and Lightning's
+``Tuner.lr_find``). The model, optimizer, data order and random streams are restored afterwards,
+so the test leaves no trace on the training that follows.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+log = logging.getLogger(__name__)
+
+#: Fewest finite points a suggestion needs.
+MIN_POINTS = 5
+
+
+def probe_lrs(start_lr: float, end_lr: float, num_steps: int) -> list[float]:
+    """LR of each probe: ``lr_i = start_lr * (end_lr / start_lr) ** (i / (num_steps - 1))``.
+
+    Args:
+        start_lr: LR of probe 0 (> 0).
+        end_lr: LR of the last probe (> start_lr).
+        num_steps: probes (optimizer steps), >= 2.
+
+    Returns:
+        ``num_steps`` LRs, geometric from ``start_lr`` to ``end_lr`` (both exact).
+    """
+    n = num_steps - 1
+    return [start_lr * (end_lr / start_lr) ** (i / n) if 0 < i < n else (start_lr if i == 0 else end_lr)
+            for i in range(num_steps)]
+
+
+def smooth(losses: Sequence[float], beta: float = 0.98) -> list[float]:
+    """Bias-corrected exponential moving average: ``a_i = beta*a_{i-1} + (1-beta)*x_i``,
+    ``s_i = a_i / (1 - beta**(i+1))`` (Kingma & Ba's correction, as fastai's ``lr_find``).
+
+    Non-finite losses give non-finite smoothed values from there on.
+    """
+    avg, out = 0.0, []
+    for i, x in enumerate(losses):
+        avg = beta * avg + (1 - beta) * x
+        out.append(avg / (1 - beta ** (i + 1)))
+    return out
+
+
+def _finite(lrs: Sequence[float], losses: Sequence[float]) -> tuple[list[float], list[float]]:
+    pts = [(lr, v) for lr, v in zip(lrs, losses) if math.isfinite(v) and math.isfinite(lr) and lr > 0]
+    return [p[0] for p in pts], [p[1] for p in pts]
+
+
+def suggest_steepest(lrs: Sequence[float], losses: Sequence[float]) -> Optional[float]:
+    """LR where the smoothed loss falls fastest against ``log10(lr)`` (Smith 2017; Lightning's
+    ``suggestion()``): the argmin of ``np.gradient(loss, log10(lr))``. Non-finite points are
+    dropped first.
+
+    Returns:
+        The LR, or None with fewer than :data:`MIN_POINTS` finite points or no falling part.
+    """
+    import numpy as np
+
+    x, y = _finite(lrs, losses)
+    if len(x) < MIN_POINTS:
+        return None
+    slope = np.gradient(np.asarray(y), np.log10(np.asarray(x)))
+    i = int(np.argmin(slope))
+    return float(x[i]) if slope[i] < 0 else None
+
+
+def suggest_valley(lrs: Sequence[float], losses: Sequence[float]) -> Optional[float]:
+    """fastai's ``valley`` (Z. Mueller, fastai 2.4, 2021): the longest stretch over which the loss
+    keeps falling (longest decreasing subsequence of the finite points), and the LR at about
+    half-way into it (index ``start + 1/3 + 1/6`` of its length), where the loss is still
+    falling steadily, away from both the flat start and the minimum.
+
+    Returns:
+        The LR, or None with fewer than :data:`MIN_POINTS` finite points.
+    """
+    x, y = _finite(lrs, losses)
+    n = len(x)
+    if n < MIN_POINTS:
+        return None
+    run = [1] * n  # run[i]: length of the longest decreasing subsequence ending at i
+    end = 0
+    for i in range(1, n):
+        for j in range(i):
+            if y[i] < y[j] and run[j] + 1 > run[i]:
+                run[i] = run[j] + 1
+        if run[i] > run[end]:
+            end = i
+    start = end - run[end]
+    third = (end - start) / 3
+    return float(x[max(0, start + int(third) + int(third / 2))])
+
+
+def suggest_minimum(lrs: Sequence[float], losses: Sequence[float]) -> Optional[float]:
+    """The LR of the lowest loss divided by 10 (fastai's ``minimum``; Smith's rule of thumb:
+    an order of magnitude below where the loss is lowest).
+
+    Returns:
+        The LR, or None with fewer than :data:`MIN_POINTS` finite points.
+    """
+    x, y = _finite(lrs, losses)
+    if len(x) < MIN_POINTS:
+        return None
+    return float(x[min(range(len(y)), key=y.__getitem__)] / 10)
+
+
+#: Suggestion functions by name (``lr_finder.suggestion`` picks one; all are reported).
+SUGGESTIONS: dict[str, Callable[[Sequence[float], Sequence[float]], Optional[float]]] = {
+    "valley": suggest_valley,
+    "steepest": suggest_steepest,
+    "minimum": suggest_minimum,
+}
+#: Why each suggestion is what it is, for ``lr_find.json``.
+SOURCES = {
+    "valley": "fastai valley: half-way into the longest falling stretch of the smoothed loss",
+    "steepest": "steepest fall of the smoothed loss against log10(lr) (Smith 2017; Lightning)",
+    "minimum": "LR of the lowest smoothed loss / 10 (fastai minimum)",
+}
+
+
+@dataclass
+class RangeTestResult:
+    """What a range test measured.
+
+    Attributes:
+        lrs: LR of each probe run (lr0 units: the LR group 0 gets with no scaling).
+        losses: training loss of each probe (mean cross-entropy of its optimizer step, nats).
+        smoothed: bias-corrected EMA of ``losses``.
+        planned: probes planned (``num_steps``); ``len(lrs)`` is less when it stopped early.
+        stop_reason: why it stopped early, or None.
+        suggestions: LR by suggestion name (None when a suggestion has too few points).
+        chosen: the name of the suggestion used.
+    """
+
+    lrs: list[float]
+    losses: list[float]
+    smoothed: list[float]
+    planned: int
+    stop_reason: Optional[str] = None
+    suggestions: dict[str, Optional[float]] = field(default_factory=dict)
+    chosen: str = "valley"
+
+    @property
+    def lr(self) -> Optional[float]:
+        """The chosen suggestion's LR (None when it could not be computed)."""
+        return self.suggestions.get(self.chosen)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"chosen": self.chosen, "lr0": self.lr, "why": SOURCES[self.chosen],
+                "suggestions": self.suggestions, "sources": SOURCES, "probes": len(self.lrs),
+                "planned_probes": self.planned, "stop_reason": self.stop_reason,
+                "lr_range": [self.lrs[0], self.lrs[-1]] if self.lrs else None}
+
+
+class LRFinder:
+    """LR range test over a built :class:`~framework.trainer.Trainer`'s model, optimizer and data.
+
+    Probe ``i`` sets every param group's LR to ``lr_i * (group's base LR / lr0)`` (so head and
+    layer-decay ratios and ``lr_scaling`` hold), runs one optimizer step (with the trainer's
+    accumulation, precision and clipping) and records its loss. Afterwards the weights, optimizer
+    state, LRs, grad scaler, data sampler and every random stream are restored exactly.
+
+    Args:
+        start_lr: LR of the first probe, > 0 (lr0 units).
+        end_lr: LR of the last probe, > start_lr.
+        num_steps: probes (optimizer steps), >= MIN_POINTS.
+        beta: EMA coefficient of the smoothed loss, in [0, 1).
+        diverge_mult: stop once the smoothed loss exceeds this multiple of its best (> 1).
+        suggestion: the suggestion used for ``lr0=auto``: valley, steepest or minimum.
+
+    Raises:
+        ValueError: an argument out of range (reported as a config error).
+    """
+
+    def __init__(self, start_lr: float = 1e-7, end_lr: float = 10.0, num_steps: int = 100, beta: float = 0.98,
+                 diverge_mult: float = 4.0, suggestion: str = "valley"):
+        if not 0 < start_lr < end_lr:
+            raise ValueError(f"lr_finder.start_lr={start_lr}, end_lr={end_lr}: need 0 < start_lr < end_lr, e.g. 1e-7 and 10")
+        if num_steps < MIN_POINTS:
+            raise ValueError(f"lr_finder.num_steps={num_steps}: must be >= {MIN_POINTS}, e.g. 100")
+        if not 0 <= beta < 1:
+            raise ValueError(f"lr_finder.beta={beta}: must be in [0, 1), e.g. 0.98")
+        if not diverge_mult > 1:
+            raise ValueError(f"lr_finder.diverge_mult={diverge_mult}: must be > 1, e.g. 4")
+        if suggestion not in SUGGESTIONS:
+            raise ValueError(f"lr_finder.suggestion={suggestion}: use one of {', '.join(SUGGESTIONS)}")
+        self.start_lr, self.end_lr, self.num_steps = start_lr, end_lr, int(num_steps)
+        self.beta, self.diverge_mult, self.suggestion = beta, diverge_mult, suggestion
+
+    def run(self, trainer: Any, lr0: float) -> RangeTestResult:
+        """Run the test on ``trainer`` (built, not yet fitted) and restore it.
+
+        Args:
+            trainer: a :class:`~framework.trainer.Trainer`.
+            lr0: the lr0 the trainer was built with (its groups' base LRs are ratios of it).
+
+        Returns:
+            The :class:`RangeTestResult` with every suggestion.
+        """
+        from framework.checkpoint import rng_state, set_rng_state
+
+        saved = {"model": copy.deepcopy(trainer.model.state_dict()),
+                 "optimizer": copy.deepcopy(trainer.optimizer.state_dict()),
+                 "groups": [{k: copy.deepcopy(v) for k, v in g.items() if k != "params"}
+                            for g in trainer.optimizer.param_groups],
+                 "scaler": copy.deepcopy(trainer.scaler.state_dict()) if trainer.scaler is not None else None,
+                 "rng": rng_state(), "training": trainer.model.training}
+        sampler = trainer.train_loader.sampler
+        sampler_state = (getattr(sampler, "epoch", None), getattr(sampler, "start", None))
+        try:
+            lrs, losses, reason = self._probe(trainer, lr0)
+        finally:
+            trainer.model.load_state_dict(saved["model"])
+            trainer.optimizer.load_state_dict(saved["optimizer"])
+            for group, kept in zip(trainer.optimizer.param_groups, saved["groups"]):
+                group.update(kept)
+            if saved["scaler"] is not None:
+                trainer.scaler.load_state_dict(saved["scaler"])
+            trainer.optimizer.zero_grad(set_to_none=True)
+            trainer.model.train(saved["training"])
+            if sampler_state[0] is not None:
+                sampler.set_epoch(*sampler_state)
+            set_rng_state(saved["rng"])
+        smoothed = smooth(losses, self.beta)
+        result = RangeTestResult(lrs, losses, smoothed, self.num_steps, reason, chosen=self.suggestion)
+        result.suggestions = {name: fn(lrs, smoothed) for name, fn in SUGGESTIONS.items()}
+        return result
+
+    def _probe(self, trainer: Any, lr0: float) -> tuple[list[float], list[float], Optional[str]]:
+        import torch.nn.functional as F
+
+        from framework.trainer.loop import group_sizes
+
+        loader, accumulate = trainer.train_loader, trainer.accumulate
+        ratios = [g["initial_lr"] / lr0 for g in trainer.optimizer.param_groups]
+        planned = probe_lrs(self.start_lr, self.end_lr, self.num_steps)
+        lrs: list[float] = []
+        losses: list[float] = []
+        avg, best = 0.0, math.inf
+        trainer._optimizer_mode("train")
+        trainer.model.train()
+        trainer.optimizer.zero_grad(set_to_none=True)
+        epoch = 0
+        while len(lrs) < len(planned):
+            if hasattr(loader.sampler, "set_epoch"):
+                loader.sampler.set_epoch(epoch)
+            sizes = group_sizes(len(loader.dataset), loader.batch_size, accumulate, loader.drop_last)
+            step_loss, g = 0.0, 0
+            for i, (x, y) in enumerate(loader):
+                lr = planned[len(lrs)]
+                for group, ratio in zip(trainer.optimizer.param_groups, ratios):
+                    group["lr"] = lr * ratio
+                x, y = x.to(trainer.device, non_blocking=True), y.to(trainer.device, non_blocking=True)
+                with trainer._autocast():
+                    loss = F.cross_entropy(trainer.model(x).float(), y) * (len(y) / sizes[g])
+                (trainer.scaler.scale(loss) if trainer.scaler is not None else loss).backward()
+                step_loss += loss.item()
+                if (i + 1) % accumulate and i + 1 < len(loader):
+                    continue
+                applied, _ = trainer._apply_step()
+                g += 1
+                if not applied:  # fp16 overflow: the probe is repeated at the same LR
+                    step_loss = 0.0
+                    continue
+                lrs.append(lr)
+                losses.append(step_loss)
+                step_loss = 0.0
+                if not math.isfinite(losses[-1]):
+                    return lrs, losses, f"loss not finite at lr {lr:.3g}"
+                n = len(losses)
+                avg = self.beta * avg + (1 - self.beta) * losses[-1]
+                smoothed = avg / (1 - self.beta**n)
+                best = min(best, smoothed)
+                if n > 1 and smoothed > self.diverge_mult * best:
+                    return lrs, losses, f"smoothed loss {smoothed:.4g} > {self.diverge_mult:g} x its best {best:.4g} at lr {lr:.3g}"
+                if len(lrs) == len(planned):
+                    break
+            epoch += 1
+        return lrs, losses, None
+
+
+def write_outputs(result: RangeTestResult, run_dir: Path) -> None:
+    """``lr_find.csv`` (lr, loss, smoothed_loss per probe), ``lr_find.json`` (suggestions, the
+    chosen one and why) and ``lr_find.png`` (log-x curve with every suggestion marked)."""
+    import csv
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from framework.loggers import write_json
+
+    with open(run_dir / "lr_find.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["step", "lr", "loss", "smoothed_loss"])
+        w.writerows((i, lr, loss, s) for i, (lr, loss, s) in enumerate(zip(result.lrs, result.losses, result.smoothed)))
+    write_json(result.to_json(), run_dir / "lr_find.json")
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    x, y = _finite(result.lrs, result.smoothed)
+    ax.plot(result.lrs, result.losses, color="0.75", lw=0.8, label="loss")
+    ax.plot(x, y, color="C0", label="smoothed loss")
+    for k, (name, lr) in enumerate(result.suggestions.items()):
+        if lr is not None:
+            style = "-" if name == result.chosen else "--"
+            ax.axvline(lr, color=f"C{k + 1}", ls=style, label=f"{name}: {lr:.3g}" + (" (chosen)" if name == result.chosen else ""))
+    ax.set_xscale("log")
+    ax.set_xlabel("lr (log scale)")
+    ax.set_ylabel("train loss")
+    if y:
+        top = min(max(y[: max(1, len(y) // 10)]) * 1.5, max(y))
+        ax.set_ylim(min(y) * 0.9, top * 1.05)
+    ax.set_title(f"LR range test ({len(result.lrs)} of {result.planned} probes)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(run_dir / "lr_find.png", dpi=120)
+    plt.close(fig)
+
+
+def answer(result: RangeTestResult) -> str:
+    """The one-line answer printed after a range test."""
+    others = ", ".join(f"{n} {v:.3g}" for n, v in result.suggestions.items() if n != result.chosen and v is not None)
+    if result.lr is None:
+        return (f"lr_find: no {result.chosen} suggestion ({len(result.lrs)} probes; {result.stop_reason or 'flat loss'}); "
+                "widen lr_finder.start_lr/end_lr or raise lr_finder.num_steps")
+    return f"lr_find: use lr0={result.lr!r} ({result.chosen}; {others})"

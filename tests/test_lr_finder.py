@@ -1,0 +1,131 @@
+"""LR range test: probe LRs, suggestions on hand-worked curves, no side effects, lr0=auto."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from framework.lr_finder import LRFinder, probe_lrs, smooth, suggest_minimum, suggest_steepest, suggest_valley
+from tests.conftest import TINY, compose_cfg, read_csv, run_cli, train_in_process
+
+DECADES = [10.0**e for e in range(-5, 3)]  # 1e-5 ... 1e2: log10 spacing 1
+
+
+def test_probe_lrs_follow_the_formula_with_asymmetric_bounds():
+    lrs = probe_lrs(1e-6, 3.0, 50)
+    assert lrs[0] == 1e-6 and lrs[-1] == 3.0 and len(lrs) == 50
+    for i in (1, 17, 48):
+        assert lrs[i] == pytest.approx(1e-6 * (3.0 / 1e-6) ** (i / 49), rel=1e-12)
+    ratios = [b / a for a, b in zip(lrs, lrs[1:])]
+    assert max(ratios) == pytest.approx(min(ratios), rel=1e-9)
+
+
+def test_smooth_is_the_bias_corrected_ema():
+    # beta 0.5: a = 1, 1.5, 2.25 (x = 2, 2, 3 scaled by 1/2); corrections 1/(1-0.5^n)
+    assert smooth([2.0, 2.0, 3.0], beta=0.5) == pytest.approx([2.0, 1.5 / 0.75, 2.25 / 0.875])
+
+
+def test_valley_hand_worked():
+    """Longest falling run 5 -> 4 -> 3 -> 2 -> 1 -> 0.5 ends at index 7 (length 6), so it starts
+    at 1; a third of its length is 2, and the valley is index 1 + 2 + 1 = 4."""
+    losses = [5, 5, 5, 4, 3, 2, 1, 0.5, 2, 8]
+    lrs = [10.0**e for e in range(-7, 3)]
+    assert suggest_valley(lrs, losses) == lrs[4]
+
+
+def test_steepest_hand_worked():
+    """Central differences over log10(lr) (spacing 1): slopes at 2, 3, 4 are -0.5, -0.95, -0.55."""
+    losses = [3, 3, 2.9, 2, 1, 0.9, 0.9, 3]
+    assert suggest_steepest(DECADES, losses) == DECADES[3]
+
+
+def test_minimum_hand_worked():
+    losses = [3, 3, 2.9, 2, 1, 0.9, 0.9, 3]  # first lowest at index 5 (1e0), so 1e0 / 10
+    assert suggest_minimum(DECADES, losses) == pytest.approx(0.1)
+
+
+def test_nan_and_inf_points_are_ignored():
+    """The finite points are the steepest example shifted one decade down (1e-6 ... 1e1)."""
+    lrs = [1e-6, 1e-5, 2e-5, 1e-4, 1e-3, 5e-3, 1e-2, 1e-1, 1.0, 10.0]
+    losses = [3, 3, math.nan, 2.9, 2, math.inf, 1, 0.9, 0.9, 3]
+    assert suggest_steepest(lrs, losses) == 1e-3
+    assert suggest_minimum(lrs, losses) == pytest.approx(0.01)  # lowest (0.9) first at 1e-1
+    # falling run 3 -> 2.9 -> 2 -> 1 -> 0.9 ends at finite index 5 (length 5): start 0, third 1 -> index 1
+    assert suggest_valley(lrs, losses) == 1e-5
+
+
+def test_too_few_points_give_no_suggestion():
+    lrs, losses = [1e-3, 1e-2, 1e-1, 1.0, 10.0], [2.0, 1.5, math.nan, 1.0, math.inf]
+    for fn in (suggest_steepest, suggest_valley, suggest_minimum):
+        assert fn(lrs, losses) is None
+    assert suggest_steepest(DECADES, [1, 1, 1, 1, 1, 1, 1, 1]) is None  # nothing falls
+
+
+def test_bad_finder_arguments():
+    for kwargs, text in [({"start_lr": 1.0, "end_lr": 0.1}, "need 0 < start_lr < end_lr"),
+                         ({"num_steps": 2}, "lr_finder.num_steps=2"),
+                         ({"suggestion": "best"}, "lr_finder.suggestion=best: use one of valley, steepest, minimum")]:
+        with pytest.raises(ValueError, match=text):
+            LRFinder(**kwargs)
+
+
+def test_range_test_leaves_weights_optimizer_data_order_and_rng_untouched(tmp_path):
+    from framework.run import build
+
+    trainer = build(compose_cfg(*TINY, "device=cpu", "trainer.save_checkpoints=false"), tmp_path)
+    x, y = next(iter(trainer.train_loader))  # give the optimizer a momentum buffer first
+    torch.nn.functional.cross_entropy(trainer.model(x), y).backward()
+    trainer.optimizer.step()
+    trainer.optimizer.zero_grad()
+    model = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    opt = trainer.optimizer.state_dict()
+    buffers = {k: v["momentum_buffer"].clone() for k, v in opt["state"].items()}
+    groups = [{k: v for k, v in g.items() if k != "params"} for g in trainer.optimizer.param_groups]
+    rng = torch.get_rng_state()
+    order = list(trainer.train_loader.sampler)
+    result = LRFinder(num_steps=30).run(trainer, lr0=0.01)
+    assert len(result.lrs) >= 5
+    after = trainer.model.state_dict()
+    assert all(torch.equal(model[k], after[k]) for k in model)
+    state = trainer.optimizer.state_dict()["state"]
+    assert all(torch.equal(buffers[k], state[k]["momentum_buffer"]) for k in buffers)
+    assert [{k: v for k, v in g.items() if k != "params"} for g in trainer.optimizer.param_groups] == groups
+    assert torch.equal(torch.get_rng_state(), rng) and list(trainer.train_loader.sampler) == order
+
+
+def test_accumulation_counts_one_probe_per_optimizer_step(tmp_path):
+    from framework.run import build
+
+    trainer = build(compose_cfg(*TINY, "device=cpu", "trainer.accumulate_grad_batches=4", "batch_size=16"), tmp_path)
+    result = LRFinder(start_lr=1e-5, end_lr=1e-3, num_steps=6).run(trainer, lr0=0.01)
+    assert result.lrs == probe_lrs(1e-5, 1e-3, 6)  # 6 probes = 24 batches (1.5 epochs of 16)
+
+
+def test_lr_find_mode_writes_its_files_and_answer(tmp_path):
+    proc = run_cli([*TINY, "mode=lr_find", "lr_finder.num_steps=20"], tmp_path / "run")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("lr_find: use lr0="))
+    data = json.loads((tmp_path / "run" / "lr_find.json").read_text())
+    assert line.startswith(f"lr_find: use lr0={data['lr0']!r} (valley")
+    assert set(data["suggestions"]) == {"valley", "steepest", "minimum"} and data["chosen"] == "valley"
+    rows = read_csv(tmp_path / "run" / "lr_find.csv")
+    assert [float(r["lr"]) for r in rows] == probe_lrs(1e-7, 10.0, 20)[: len(rows)]
+    assert (tmp_path / "run" / "lr_find.png").stat().st_size > 10_000
+    assert not (tmp_path / "run" / "steps.csv").exists()  # nothing trained
+
+
+def test_lr0_auto_equals_a_run_with_the_suggestion(tmp_path):
+    args = [*TINY, "device=cpu", "epochs=2", "warmup_epochs=0", "lr_finder.num_steps=20", "lr_finder.suggestion=minimum"]
+    proc = run_cli([*args, "lr0=auto"], tmp_path / "auto")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    summary = json.loads((tmp_path / "auto" / "summary.json").read_text())
+    chosen = summary["lr0_auto"]["lr0"]
+    assert summary["lr0"] == chosen and summary["lr0_auto"]["chosen"] == "minimum"
+    assert chosen == json.loads((tmp_path / "auto" / "lr_find.json").read_text())["suggestions"]["minimum"]
+    assert "lr0: " + repr(chosen) in (tmp_path / "auto" / ".hydra" / "config.yaml").read_text()
+    auto = read_csv(tmp_path / "auto" / "steps.csv")
+    assert float(auto[0]["lr"]) == chosen  # the first step uses exactly the suggestion
+    train_in_process(tmp_path / "fixed", *args, f"lr0={chosen!r}")
+    assert read_csv(tmp_path / "fixed" / "steps.csv") == auto
