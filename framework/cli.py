@@ -140,10 +140,14 @@ def _failed_job(exc: Exception, hc) -> float:
     text = "; ".join(messages) if messages else f"{type(exc).__name__}: {_first_line(exc)}"
     if messages is None:
         logging.getLogger("framework.run").error("job %s failed", hc.job.num, exc_info=exc)
+    from framework.loggers import git_state
+    from framework.registry import CONF_DIR
+
     run_dir = Path(hc.runtime.output_dir)
     if not (run_dir / "summary.json").is_file():
         write_json({"status": "failed", "objective": 0.0, "error": text, "overrides": list(hc.overrides.task),
-                    "run_dir": str(run_dir)}, run_dir / "summary.json")
+                    "run_dir": str(run_dir), "steps": 0, "best": {}, "final": {}, **git_state(CONF_DIR.parent)},
+                   run_dir / "summary.json")
     print(f"failed: job {hc.job.num}: {text}", file=sys.stderr)
     return 0.0
 
@@ -158,7 +162,7 @@ def _share_cores(hc) -> None:
 
     cores = os.cpu_count() or 1
     n_jobs = launcher.get("n_jobs", -1) or -1
-    n_jobs = cores if n_jobs < 0 else min(n_jobs, cores)
+    n_jobs = min(max(1, cores + 1 + n_jobs if n_jobs < 0 else n_jobs), cores)  # joblib: -1 = all cores, -2 = all but one
     threads = max(1, cores // n_jobs)
     torch.set_num_threads(threads)
     import logging

@@ -89,7 +89,9 @@ def unique_dir(path: str) -> str:
     The folder is created with ``os.makedirs(exist_ok=False)``, which fails when another
     process got there first, so two runs or sweeps started at the same moment never share a
     folder. The same ``path`` asked again by this process returns the folder already reserved
-    (Hydra resolves its output folder more than once). Registered as the OmegaConf resolver
+    (Hydra resolves its output folder more than once; its launchers copy the resolved values to
+    every job with ``OmegaConf.copy_cache``, so jobs in other processes see the same folder).
+    Resolving ``hydra.run.dir`` itself (``--cfg hydra --resolve``) reserves a folder too. Registered as the OmegaConf resolver
     ``${unique_dir:...}`` used by ``hydra.run.dir`` and ``hydra.sweep.dir``.
 
     Args:
@@ -97,6 +99,10 @@ def unique_dir(path: str) -> str:
 
     Returns:
         The reserved folder, as given or with a ``-N`` suffix.
+
+    Raises:
+        RuntimeError: 10,000 folders of that name exist already; set ``hydra.run.dir`` /
+            ``hydra.sweep.dir`` to another place.
     """
     import os
 
@@ -111,7 +117,7 @@ def unique_dir(path: str) -> str:
             continue
         _RESERVED_DIRS[path] = candidate
         return candidate
-    raise RuntimeError(f"{path}: 10,000 folders of that name exist; choose another hydra output dir")
+    raise RuntimeError(f"{path}: 10,000 folders of that name exist; set hydra.run.dir or hydra.sweep.dir elsewhere")
 
 
 def register_configs() -> None:

@@ -6,6 +6,7 @@ what the model must adapt to (classes, channels, image size).
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 from typing import Optional
 
@@ -240,20 +241,21 @@ def torchvision_dataset(
         raise ConfigError(f"dataset.root={root}: no such folder ({where}); put the {cls_name} files in "
                           f"{os.path.join(where, layout)} or use dataset.download=true")
     cls = getattr(torchvision.datasets, cls_name)
+    existed = os.path.isdir(where)
     try:
         train, val = (cls(where, train=split, download=download) for split in (True, False))
-    except RuntimeError as exc:  # torchvision: "Dataset not found or corrupted ..." / "Error downloading ..."
-        text = " ".join(str(exc).split())[:160]
-        if download and "download" in text.lower():
-            raise ConfigError(f"dataset.download=true: fetching {cls_name} into {where} failed ({text}); "
+    except (RuntimeError, OSError) as exc:  # "Dataset not found or corrupted", "Error downloading", no network
+        _remove_empty_folders(where, keep_root=existed)
+        text = " ".join(str(exc).split())
+        fetching = download and ("download" in text.lower() or isinstance(exc, OSError))
+        reason = re.search(r"<urlopen error (.*?)>", text)
+        text = reason.group(1) if reason else (text if len(text) <= 160 else text[:157].rsplit(" ", 1)[0] + " ...")
+        if fetching:
+            raise ConfigError(f"dataset.download=true: fetching {cls_name} into {where} failed ({text}; no network?); "
                               f"download the files elsewhere and put them in {os.path.join(where, layout)}")
         raise ConfigError(f"dataset.root={root}: no readable {cls_name} files there ({text}); "
                           f"put them in {os.path.join(where, layout)}"
                           + ("" if download else " or use dataset.download=true"))
-    except OSError as exc:  # a download without network, a full disk
-        raise ConfigError(f"dataset.download=true: fetching {cls_name} into {where} failed "
-                          f"({' '.join(str(exc).split())[:160]}); "
-                          f"download the files elsewhere and put them in {os.path.join(where, layout)}")
 
     def tensors(ds):
         x = torch.as_tensor(ds.data)
@@ -267,6 +269,18 @@ def torchvision_dataset(
     size = img_size or x_train.shape[-1]
     return DataBundle(ImageTensorDataset(x_train, y_train, mean, std, size, augment),
                       ImageTensorDataset(x_val, y_val, mean, std, size), num_classes, x_train.shape[1], size)
+
+
+def _remove_empty_folders(root: str, keep_root: bool) -> None:
+    """Remove the empty folders a failed download left under ``root`` (and ``root`` when it is
+    empty and was not there before)."""
+    import os
+
+    if not os.path.isdir(root):
+        return
+    for folder, _, _ in sorted(os.walk(root), key=lambda w: -len(w[0])):
+        if (folder != root or not keep_root) and not os.listdir(folder):
+            os.rmdir(folder)
 
 
 class EpochSampler(torch.utils.data.Sampler):

@@ -238,7 +238,7 @@ class LRFinder:
     def _probe(self, trainer: Any, lr0: float) -> tuple[list[float], list[float], Optional[str]]:
         import torch.nn.functional as F
 
-        from framework.trainer.loop import group_sizes
+        from framework.trainer.steps import group_sizes
 
         loader, accumulate = trainer.train_loader, trainer.accumulate
         ratios = [g["initial_lr"] / lr0 for g in trainer.optimizer.param_groups]

@@ -118,7 +118,16 @@ def read_job(folder: Path) -> dict[str, Any]:
 def collect(sweep_dir: str | Path) -> list[dict[str, Any]]:
     """Every job of the sweep, best first: completed and stopped jobs by best ``val/acc``
     (descending), then incomplete, diverged and failed ones. Adds ``rank`` (1 = best)."""
-    rows = [read_job(f) for f in job_folders(sweep_dir)]
+    rows = []
+    for folder in job_folders(sweep_dir):
+        try:
+            rows.append(read_job(folder))
+        except Exception as exc:  # a job killed while Hydra wrote .hydra/: report it, go on
+            rows.append({"job": folder.name, "folder": folder, "overrides": "", "status": "incomplete",
+                         "best_val_acc": None, "final_val_acc": None, "final_train_loss": None, "lr0": None,
+                         "wall_time_s": None, "steps": 0, "planned_steps": None,
+                         "error": f"unreadable job folder ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})",
+                         "config": {}, "choices": {}, "steps_rows": []})
     order = {"completed": 0, "stopped": 1, "incomplete": 2, "diverged": 3, "failed": 4}
     rows.sort(key=lambda r: (order.get(r["status"], 5), -(r["best_val_acc"] if r["best_val_acc"] is not None else -1),
                              int(r["job"]) if r["job"].isdigit() else 0))
@@ -177,12 +186,14 @@ def plot(rows: list[dict[str, Any]], out_dir: Path) -> list[Path]:
     for r in rows:
         if r["lr0"] is not None:
             series.setdefault(_series_label(r, others), []).append((r["lr0"], r["best_val_acc"], r["status"]))
+    if len(series) > 8:  # continuous keys (Optuna): one point per job, drawn as one scatter
+        series = {"all jobs": [p for points in series.values() for p in points]}
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for label, points in sorted(series.items()):
         points.sort()
         good = [(x, y) for x, y, s in points if s not in ("diverged", "failed") and y is not None]
         if good:
-            ax.plot(*zip(*good), marker="o", label=label)
+            ax.plot(*zip(*good), marker="o", label=label, ls="-" if label != "all jobs" or len(series) == 1 else "")
         bad = [x for x, _, s in points if s == "diverged"]
         if bad:
             ax.scatter(bad, [0.0] * len(bad), marker="x", color="red", zorder=3)
@@ -193,7 +204,7 @@ def plot(rows: list[dict[str, Any]], out_dir: Path) -> list[Path]:
     ax.set_ylabel("best val/acc")
     ax.set_title("LR sensitivity")
     ax.grid(True, which="both", alpha=0.3)
-    if series:
+    if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8)
     fig.tight_layout()
     files.append(out_dir / "sensitivity.png")
@@ -286,11 +297,17 @@ class SweepReport(Callback):
     ``conf/train.yaml``) and remember how many jobs did not complete, for the exit status."""
 
     def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
+        """Write the report of the sweep folder ``config.hydra.sweep.dir`` and print one line;
+        a report that cannot be written is one line too, never a traceback after the sweep."""
         global LAST_SWEEP
         sweep_dir = Path(str(config.hydra.sweep.dir))
         try:
             result = write_report(sweep_dir)
         except FileNotFoundError:
+            return
+        except Exception as exc:
+            print(f"sweep report: not written ({type(exc).__name__}: {exc}); "
+                  f"try python -m framework.report {sweep_dir}", file=sys.stderr)
             return
         LAST_SWEEP = (len(result["rows"]), result["bad"])
         best = result["rows"][0]
@@ -306,6 +323,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m framework.report", description=__doc__.split("\n\n")[0])
     parser.add_argument("sweep_dir", help="a multirun folder, e.g. outputs/multirun/<date>/<time>")
     args = parser.parse_args(argv)
+    if Path(args.sweep_dir).is_dir() and not (Path(args.sweep_dir) / "multirun.yaml").is_file():
+        print(f"error: {args.sweep_dir}: not a sweep folder (no multirun.yaml); pass a multirun folder, "
+              "e.g. outputs/multirun/<date>/<time>", file=sys.stderr)
+        return 2
     try:
         result = write_report(args.sweep_dir)
     except FileNotFoundError as exc:

@@ -12,6 +12,7 @@ from omegaconf import DictConfig
 
 from framework import registry
 from framework.config import RESERVED_KEYS, ConfigError, validate
+from framework.resume import plain_config, prepare_resume, resume_requeued_job, resume_trainer
 
 log = logging.getLogger(__name__)
 
@@ -90,83 +91,6 @@ def warmup_length(cfg: DictConfig, steps_per_epoch: int) -> tuple[int, str]:
     if cfg.warmup_epochs > 0 and steps == 0:
         steps = 1  # a requested warmup is never dropped silently
     return steps, f"warmup_epochs={cfg.warmup_epochs}"
-
-
-#: Keys that may change between a run and its resume without being reported.
-RESUME_FREE_KEYS = ("resume", "resume_allow_changes", "device", "mode", "trainer.stop_after_steps",
-                    "trainer.progress_bar", "trainer.log_every_n_steps")
-
-
-def plain_config(cfg: DictConfig) -> dict[str, Any]:
-    """The config as plain resolved containers, without Hydra's own node."""
-    from omegaconf import OmegaConf
-
-    data = OmegaConf.to_container(cfg, resolve=True)
-    data.pop("hydra", None)
-    return data
-
-
-def prepare_resume(cfg: DictConfig) -> tuple[Path, dict[str, Any]]:
-    """Check ``resume=...`` before building anything: the run folder and its checkpoint state.
-
-    Raises:
-        ConfigError: missing or unreadable checkpoint, or a config that differs from the run's
-            (unless ``resume_allow_changes=true``), naming the differing keys.
-    """
-    from framework.checkpoint import config_differences, read_resume_checkpoint, resolve_resume
-
-    file, folder = resolve_resume(cfg.resume)
-    state = read_resume_checkpoint(file, "resume")
-    saved_lr0 = (state.get("config") or {}).get("lr0")
-    if cfg.lr0 == "auto" and saved_lr0 is not None:  # the run chose it already: keep its value
-        cfg.lr0 = saved_lr0
-    diffs = config_differences(state.get("config") or {}, plain_config(cfg), RESUME_FREE_KEYS)
-    if diffs and not cfg.resume_allow_changes:
-        raise ConfigError(f"resume={cfg.resume}: the config differs from the run's in {', '.join(diffs)}; "
-                          "use the run's overrides, or resume_allow_changes=true to continue anyway")
-    if diffs:
-        log.warning("resuming with changed keys: %s", ", ".join(diffs))
-    return folder, state
-
-
-def resume_trainer(trainer: Any, state: dict[str, Any]) -> None:
-    """Load ``state`` into a built trainer and cut its run folder's CSVs back to the checkpoint."""
-    from framework.loggers import truncate_csv
-
-    trainer.load_state_dict(state)
-    rows = truncate_csv(trainer.run_dir / "steps.csv", "step", state["step"])
-    truncate_csv(trainer.run_dir / "epochs.csv", "epoch", state["epoch"])
-    first, others = trainer.group_names[0], trainer.group_names[1:]
-    trainer.history["step"] = [int(r["step"]) for r in rows]
-    trainer.history[first] = [float(r["lr"]) for r in rows]
-    for name in others:
-        trainer.history[name] = [float(r[f"lr/{name}"]) for r in rows]
-    log.info("resumed at step %d (epoch %d, batch %d) in %s", trainer.step, trainer.epoch, trainer.batch,
-             trainer.run_dir)
-
-
-def _resume_requeued_job(cfg: DictConfig, run_dir: Path, hc: Any) -> DictConfig:
-    """A multirun job whose folder holds a stopped run (a SLURM job preempted, then requeued by
-    the submitit launcher into the same folder) resumes it instead of starting over."""
-    import json
-
-    from hydra.types import RunMode
-    from omegaconf import OmegaConf, open_dict
-
-    summary = run_dir / "summary.json"
-    if hc.mode != RunMode.MULTIRUN or cfg.resume is not None or not (run_dir / "checkpoints" / "last.pt").is_file():
-        return cfg
-    try:
-        stopped = json.loads(summary.read_text()).get("status") == "stopped"
-    except (OSError, ValueError):
-        stopped = False
-    if not stopped:
-        return cfg
-    log.warning("this job's folder holds a stopped run: resuming it (resume=%s)", run_dir)
-    cfg = OmegaConf.create(OmegaConf.to_container(cfg))  # a copy: Hydra's own config stays as composed
-    with open_dict(cfg):
-        cfg.resume = str(run_dir)
-    return cfg
 
 
 def build(cfg: DictConfig, run_dir: Path) -> Any:
@@ -359,7 +283,7 @@ def train(cfg: DictConfig, run_dir: Optional[str | Path] = None) -> float:
 
         hc = HydraConfig.get()
         run_dir, overrides = hc.runtime.output_dir, list(hc.overrides.task)
-        cfg = _resume_requeued_job(cfg, Path(run_dir), hc)
+        cfg = resume_requeued_job(cfg, Path(run_dir), hc)
     run_dir = Path(run_dir)
     resume_state = None
     if cfg.resume is not None and cfg.mode == "train":
@@ -434,6 +358,11 @@ def train(cfg: DictConfig, run_dir: Optional[str | Path] = None) -> float:
     finally:
         _finish(trainer, summary, start, cfg)
     _print_table(summary)
+    if summary["status"] == "stopped":
+        again = [o for o in overrides if not o.startswith(("resume=", "trainer.stop_after_steps="))]
+        print(f"stopped at step {summary['steps']} of {summary['planned_steps']}; continue with: "
+              f"python train.py {' '.join(again)} resume={run_dir}".replace("  ", " "))
+    trainer.forward_stop_signal()
     return float(summary["objective"])
 
 

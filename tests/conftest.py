@@ -53,6 +53,29 @@ def run_cli(args: list[str], run_dir: Path | None = None, timeout: float = 300) 
     )
 
 
+def run_cli_in_process(args: list[str], run_dir: Path) -> int:
+    """``python train.py <args>`` in this process (as ``train.py``'s ``__main__`` does): the
+    exit status; what it prints is left to pytest's ``capfd``."""
+    import os
+    import runpy
+
+    from hydra.core.global_hydra import GlobalHydra
+
+    argv, cwd = sys.argv, os.getcwd()
+    sys.argv = [str(ROOT / "train.py"), *args, f"hydra.run.dir={run_dir}"]
+    GlobalHydra.instance().clear()
+    try:
+        os.chdir(ROOT)
+        runpy.run_path(str(ROOT / "train.py"), run_name="__main__")
+        return 0
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else 1
+    finally:
+        sys.argv = argv
+        os.chdir(cwd)
+        GlobalHydra.instance().clear()
+
+
 @pytest.fixture
 def compose_fn():
     return compose_cfg

@@ -10,12 +10,13 @@ from framework.config import RESERVED_KEYS
 from framework.config import GROUPS, ConfigError, TrainConfig, validate
 from framework.optim import param_groups
 from framework.schedules import LRPlan
-from tests.conftest import compose_cfg, run_cli, write_torchvision_files
+from tests.conftest import compose_cfg, run_cli, run_cli_in_process, write_torchvision_files
 
 GROUP_FILES = sorted(p for g in GROUPS for p in (registry.CONF_DIR / g).rglob("*.yaml"))
 
 
 EXPERIMENT_FILES = sorted((registry.CONF_DIR / "experiment").rglob("*.yaml"))
+SEARCH_FILES = sorted((registry.CONF_DIR / "hparams_search").rglob("*.yaml"))
 
 
 @pytest.mark.parametrize("path", EXPERIMENT_FILES, ids=lambda p: p.stem)
@@ -23,9 +24,6 @@ def test_every_experiment_composes_validates_and_heads_with_its_command(path):
     lines = path.read_text().splitlines()
     assert lines[0] == "# @package _global_" and lines[1] == f"# python train.py +experiment={path.stem}"
     validate(compose_cfg(f"+experiment={path.stem}"))
-
-
-SEARCH_FILES = sorted((registry.CONF_DIR / "hparams_search").rglob("*.yaml"))
 
 
 @pytest.mark.parametrize("path", SEARCH_FILES, ids=lambda p: p.stem)
@@ -70,7 +68,7 @@ def test_every_key_has_a_comment():
     import re
 
     key_line = re.compile(r"^\s*[A-Za-z_][\w.]*:\s*\S")
-    for path in [registry.CONF_DIR / "train.yaml", *GROUP_FILES, *EXPERIMENT_FILES]:
+    for path in [registry.CONF_DIR / "train.yaml", *GROUP_FILES, *EXPERIMENT_FILES, *SEARCH_FILES]:
         block_indent = None
         for line in path.read_text().splitlines():
             indent = len(line) - len(line.lstrip())
@@ -215,16 +213,26 @@ BAD_INPUTS = [
 
 
 @pytest.mark.parametrize("args,key", BAD_INPUTS, ids=lambda v: " ".join(v) if isinstance(v, list) else None)
-def test_bad_input_is_one_line_exit_2_before_training(tmp_path, args, key):
+def test_bad_input_is_one_line_exit_2_before_training(tmp_path, capfd, args, key):
+    """Run in this process (a subprocess per case costs ~4 s of imports); the subprocess path
+    is covered by test_bad_input_from_a_real_command_line."""
     run_dir = tmp_path / "run"
-    proc = run_cli(args, run_dir)
-    assert proc.returncode == 2, proc.stderr
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, proc.stderr
+    code = run_cli_in_process(args, run_dir)
+    out, err = capfd.readouterr()
+    assert code == 2, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
     assert lines[0].startswith("error: ") and key in lines[0]
-    assert "Traceback" not in proc.stdout + proc.stderr
+    assert "Traceback" not in out + err
     leftovers = {p.name for p in run_dir.iterdir()} if run_dir.exists() else set()
     assert leftovers <= {".hydra", "train.log"}, leftovers
+
+
+@pytest.mark.parametrize("args,key", [BAD_INPUTS[0], BAD_INPUTS[3], BAD_INPUTS[-1]], ids=lambda v: " ".join(v) if isinstance(v, list) else None)
+def test_bad_input_from_a_real_command_line(tmp_path, args, key):
+    proc = run_cli(args, tmp_path / "run")
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: ") and key in lines[0], proc.stderr
 
 
 def test_unknown_group_option_lists_the_available_names(tmp_path):

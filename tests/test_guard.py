@@ -28,7 +28,8 @@ def test_sgd_at_lr0_1000_stops_at_the_first_non_finite_step(tmp_path):
     assert not finite[-1] or info.value.reason == "validation loss is not finite"
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["status"] == "diverged" and summary["diverged_step"] == first_bad
-    assert summary["diverged_lr"] == float(rows[first_bad]["lr"])
+    assert summary["diverged_lr"] == float(rows[first_bad]["lr"]) == summary["last_lr"]
+    assert summary["steps"] == first_bad + 1  # steps run after it (before the check) are not counted
     for ckpt in (tmp_path / "checkpoints").glob("*.pt"):
         state = load_checkpoint(ckpt)
         assert all(torch.isfinite(t).all() for t in state["model"].values() if t.is_floating_point())

@@ -124,12 +124,13 @@ def test_sigterm_stops_at_a_step_boundary_with_a_resumable_checkpoint(tmp_path):
     same_run(tmp_path / "full", run)
 
 
-@pytest.mark.parametrize("stop", [3, 4, 10])
-def test_rollback_run_stopped_and_resumed_equals_uninterrupted(tmp_path, stop):
-    """The guard's restore point travels in the checkpoint: a resumed run rolls back to the same
-    step with the same LR factor as the run that went on."""
+@pytest.mark.parametrize("stop,every", [(3, 2), (4, 2), (10, 2), (4, 3), (8, 3)])
+def test_rollback_run_stopped_and_resumed_equals_uninterrupted(tmp_path, stop, every):
+    """The guard's restore points travel in the checkpoint: a resumed run rolls back to the same
+    step with the same LR factor as the run that went on (also when the stop falls on an epoch's
+    last step between two regular checks: 4 and 8 with checks every 3 steps)."""
     args = [*RUN, "lr0=1e6", "trainer.on_divergence=rollback", "trainer.rollback_lr_factor=0.01",
-            "trainer.max_rollbacks=3", "trainer.log_every_n_steps=2"]
+            "trainer.max_rollbacks=3", f"trainer.log_every_n_steps={every}"]
     train_in_process(tmp_path / "full", *args)
     full = json.loads((tmp_path / "full" / "summary.json").read_text())
     assert full["status"] == "completed" and 1 <= len(full["rollbacks"]) <= 3

@@ -3,6 +3,7 @@
 Config files name the loop as ``framework.trainer.Trainer``.
 """
 from framework.trainer.guard import Diverged, DivergenceGuard
-from framework.trainer.loop import Trainer, group_sizes
+from framework.trainer.loop import Trainer
+from framework.trainer.steps import group_sizes
 
 __all__ = ["Trainer", "Diverged", "DivergenceGuard", "group_sizes"]

@@ -56,6 +56,7 @@ class DivergenceGuard:
         self.beta, self.min_steps = beta, min_steps
         self.avg, self.seen, self.best = 0.0, 0, math.inf
         self.rollbacks: list[dict[str, Any]] = []
+        self.kept_step = -1  # step k of the last state offered to keep()
         self.snapshot: Optional[dict[str, Any]] = None  # last state known good
         self.candidate: Optional[dict[str, Any]] = None  # newer state, good once a later loss is finite
 
@@ -87,6 +88,7 @@ class DivergenceGuard:
         """
         if self.policy != "rollback":
             return
+        self.kept_step = state["step"]
         state = copy.deepcopy({**state, "guard": (self.avg, self.seen, self.best)})
         if trusted:
             self.snapshot, self.candidate = state, None
@@ -97,12 +99,14 @@ class DivergenceGuard:
 
     def state_dict(self) -> dict[str, Any]:
         """Smoothed-loss statistics and the rollbacks so far (saved in checkpoints)."""
-        return {"avg": self.avg, "seen": self.seen, "best": self.best, "rollbacks": list(self.rollbacks)}
+        return {"avg": self.avg, "seen": self.seen, "best": self.best, "rollbacks": list(self.rollbacks),
+                "kept_step": self.kept_step}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what :meth:`state_dict` returned."""
         self.avg, self.seen, self.best = state["avg"], state["seen"], state["best"]
         self.rollbacks = list(state["rollbacks"])
+        self.kept_step = state.get("kept_step", -1)
 
     def can_roll_back(self) -> bool:
         return self.policy == "rollback" and self.snapshot is not None and len(self.rollbacks) < self.max_rollbacks
@@ -111,5 +115,5 @@ class DivergenceGuard:
         """The last good state; resets the smoothed loss to what it was then."""
         state = copy.deepcopy(self.snapshot)
         self.avg, self.seen, self.best = state.pop("guard")
-        self.candidate = None
+        self.candidate, self.kept_step = None, state["step"]
         return state

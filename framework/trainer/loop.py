@@ -17,45 +17,9 @@ from framework.loggers import CSVLog
 from framework.schedules import LRPlan
 from framework.trainer.guard import Diverged, DivergenceGuard
 from framework.trainer.state import StateMixin
+from framework.trainer.steps import momentum_key, total_norm, group_sizes
 
 log = logging.getLogger(__name__)
-
-
-def _momentum_key(group: dict[str, Any]) -> Optional[str]:
-    """``momentum`` (SGD, RMSprop), ``betas`` (Adam family: beta1) or None for a param group."""
-    return "momentum" if "momentum" in group else "betas" if "betas" in group else None
-
-
-def _total_norm(grads: list[torch.Tensor]) -> torch.Tensor:
-    """Total L2 norm of the gradients, a 0-dim tensor on their device (0 when there are none).
-
-    ``torch.nn.utils.get_total_norm`` (PyTorch >= 2.6), else the norm of the per-tensor norms,
-    which is what it computes.
-    """
-    if not grads:
-        return torch.zeros(())
-    get_total_norm = getattr(torch.nn.utils, "get_total_norm", None)
-    if get_total_norm is not None:
-        return get_total_norm(grads)
-    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
-
-
-def group_sizes(num_samples: int, batch_size: int, accumulate_grad_batches: int, drop_last: bool = False) -> list[int]:
-    """Samples in each accumulation group of one epoch.
-
-    Args:
-        num_samples: dataset length.
-        batch_size: samples per batch (the last batch holds the remainder).
-        accumulate_grad_batches: batches per optimizer step.
-        drop_last: the loader drops an incomplete last batch.
-
-    Returns:
-        One sample count per optimizer step of the epoch.
-    """
-    rest = num_samples % batch_size
-    sizes = [batch_size] * (num_samples // batch_size) + ([rest] if rest and not drop_last else [])
-    a = accumulate_grad_batches
-    return [sum(sizes[i : i + a]) for i in range(0, len(sizes), a)]
 
 
 class Trainer(StateMixin):
@@ -77,7 +41,7 @@ class Trainer(StateMixin):
         gradient_clip_val: max total gradient L2 norm; None = no clipping.
         precision: ``32``, ``bf16`` (autocast) or ``fp16`` (autocast + grad scaler, CUDA only).
         log_every_n_steps: steps between reads of the on-device loss buffer (CSV flush and
-            the check for a non-finite loss).
+            the divergence check); on the CPU, where a read costs nothing, every step is read.
         progress_bar: show a tqdm bar with epoch, step, loss and LR.
         save_checkpoints: write ``checkpoints/last.pt`` and ``best.pt`` after every epoch.
         stop_after_steps: stop after this many optimizer steps with a resumable checkpoint, as
@@ -124,10 +88,10 @@ class Trainer(StateMixin):
         self.group_names = [g.get("name", str(i)) for i, g in enumerate(optimizer.param_groups)]
         for group in optimizer.param_groups:
             group.setdefault("initial_lr", group["lr"])
-            key = _momentum_key(group)
+            key = momentum_key(group)
             if key is not None:
                 group.setdefault("initial_momentum", group["momentum"] if key == "momentum" else group["betas"][0])
-        self.momentum_key = _momentum_key(optimizer.param_groups[0])
+        self.momentum_key = momentum_key(optimizer.param_groups[0])
         self.step = 0  # k: optimizer steps applied so far
         self._postfix: dict[str, str] = {}  # progress-bar fields (loss once it has been read)
         self.best: dict[str, Any] = {}  # metrics of the best epoch so far (by val/acc)
@@ -158,7 +122,7 @@ class Trainer(StateMixin):
         for name, group in zip(self.group_names, self.optimizer.param_groups):
             group["lr"] = self.plan.group_lr(k, group["initial_lr"], name)
             lrs.append(group["lr"])
-            key = _momentum_key(group)
+            key = momentum_key(group)
             if key is not None and self.plan.sets_momentum:
                 value = self.plan.momentum(k, group["initial_momentum"])
                 if key == "momentum":
@@ -183,7 +147,7 @@ class Trainer(StateMixin):
         if self.clip is not None:
             norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip)
         else:
-            norm = _total_norm([p.grad for p in self.model.parameters() if p.grad is not None])
+            norm = total_norm([p.grad for p in self.model.parameters() if p.grad is not None])
         applied = True
         if self.scaler is not None:
             scale = self.scaler.get_scale()
@@ -273,6 +237,7 @@ class Trainer(StateMixin):
                     break
                 except Diverged as exc:
                     if not self.guard.can_roll_back():
+                        self._forget_after(exc.step)
                         raise
                     self._roll_back(exc)
         finally:
@@ -306,6 +271,7 @@ class Trainer(StateMixin):
             if is_best:
                 self.best = dict(metrics)
             self.epoch, self.batch = epoch + 1, 0
+            self._keep()
             if self.save_checkpoints:
                 self._save(is_best)
             log.info("epoch %d/%d  train/loss %.4f  val/loss %.4f  val/acc %.4f  lr %.4g", epoch + 1, epochs,
@@ -353,10 +319,18 @@ class Trainer(StateMixin):
                 log.warning("stopped at step %d (%s); continue with resume=%s", self.step, self.stopped, self.run_dir)
                 return float("nan")
             lrs = self._set_lr(self.step)
-        self._flush(keep=True)
+        self._flush()  # the epoch's restore point is taken once its validation passed (_run_epochs)
         mean = (epoch_loss / max(self._epoch_samples, 1)).item()
         self._epoch_loss, self._epoch_samples, self._epoch_loss_t = 0.0, 0, None
         return mean
+
+    def _forget_after(self, step: int) -> None:
+        """The run ends diverged at ``step``: the steps run after it (before the check read them)
+        are not counted in ``steps`` nor in the LR history."""
+        keep = sum(1 for k in self.history["step"] if k <= step)
+        for key in self.history:
+            del self.history[key][keep:]
+        self.step = min(self.step, step + 1)
 
     def _should_stop(self) -> bool:
         return self._stop_request is not None or (
@@ -375,22 +349,35 @@ class Trainer(StateMixin):
         self._bar.update(1)
         if self.step % self.log_every == 0:
             self._flush(keep=True)
+        elif self.device.type == "cpu":  # no device to wait for: check every step, stop at once
+            self._flush()
 
     def _flush(self, keep: bool = False) -> None:
         """Read the buffered losses and gradient norms from the device (one sync), check them, write
         the rows up to the first diverging one.
 
         Args:
-            keep: a regular check point (every ``log_every_n_steps``-th step and each epoch's end,
-                never a stop): with ``on_divergence=rollback`` the guard takes a snapshot here, so
-                restore points do not depend on where a run was stopped and resumed.
+            keep: a regular point (every ``log_every_n_steps``-th step, never a stop): see
+                :meth:`_keep`.
 
         Raises:
             Diverged: a row failed the guard's check.
         """
         pending = getattr(self, "_pending", None)
-        if not pending:
-            return
+        if pending:
+            self._check_and_write(pending)
+        if keep:
+            self._keep()
+
+    def _keep(self) -> None:
+        """Offer the state to the rollback guard at a regular point: every
+        ``log_every_n_steps``-th step, and each epoch's end once its validation loss is finite.
+        Stops never take one, so a resumed run takes the same restore points as the run that
+        went on (a point already offered at this step is not offered again)."""
+        if self.guard.policy == "rollback" and self.guard.kept_step != self.step:
+            self.guard.keep(self.state_dict())
+
+    def _check_and_write(self, pending: list) -> None:
         values = torch.stack([torch.stack((p[1].float(), p[2].float())) for p in pending]).tolist()  # (n, 2)
         losses, norms = [v[0] for v in values], [v[1] for v in values]
         rows = [p[0] for p in pending]
@@ -401,6 +388,4 @@ class Trainer(StateMixin):
         self._postfix = {"loss": f"{losses[end - 1]:.4f}"}
         if bad is not None:
             raise Diverged(rows[bad[0]]["step"], rows[bad[0]]["lr"], bad[1])
-        if keep and self.guard.policy == "rollback":
-            self.guard.keep(self.state_dict())
 

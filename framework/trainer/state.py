@@ -55,7 +55,8 @@ class StateMixin:
             group["initial_lr"] = base * self.lr_backoff
 
     def _catch_stop_signals(self):
-        """SIGTERM / first Ctrl-C request a stop at the next step boundary; returns the undo."""
+        """SIGTERM, SIGUSR2 (submitit's warning before a SLURM time limit) and a first Ctrl-C
+        request a stop at the next step boundary; returns the undo."""
         if threading.current_thread() is not threading.main_thread():
             return lambda: None
 
@@ -65,8 +66,17 @@ class StateMixin:
             self._stop_request = signal.Signals(signum).name
             log.warning("%s received: stopping after this step with a resumable checkpoint", self._stop_request)
 
-        previous = {sig: signal.signal(sig, request) for sig in (signal.SIGTERM, signal.SIGINT)}
+        signals = [signal.SIGTERM, signal.SIGINT] + ([signal.SIGUSR2] if hasattr(signal, "SIGUSR2") else [])
+        previous = {sig: signal.signal(sig, request) for sig in signals}
+        self._previous_handlers = {signal.Signals(sig).name: h for sig, h in previous.items()}
         return lambda: [signal.signal(sig, handler) for sig, handler in previous.items()]
+
+    def forward_stop_signal(self) -> None:
+        """After a run stopped on SIGUSR2 has written its checkpoint and summary, hand the signal
+        to the handler that was there before (submitit's, which requeues the SLURM job)."""
+        handler = getattr(self, "_previous_handlers", {}).get(self.stopped or "")
+        if self.stopped == "SIGUSR2" and callable(handler):
+            handler(signal.SIGUSR2, None)
 
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to continue exactly: weights, optimizer, scaler, LR-plan state,
@@ -143,5 +153,5 @@ class StateMixin:
             state["guard_points"] = [self.guard.snapshot, self.guard.candidate]
         folder = self.run_dir / "checkpoints"
         save_checkpoint(state, folder / "last.pt")
-        if is_best:
-            save_checkpoint(state, folder / "best.pt")
+        if is_best:  # the best weights, without the rollback restore points (1/3 of the size)
+            save_checkpoint({k: v for k, v in state.items() if k != "guard_points"}, folder / "best.pt")

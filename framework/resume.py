@@ -1,0 +1,100 @@
+"""Resuming runs: check ``resume=...`` against the run's config, load the checkpoint into a
+built trainer, and resume a requeued sweep job's unfinished run."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+from framework.config import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+#: Keys that may change between a run and its resume without being reported.
+RESUME_FREE_KEYS = ("resume", "resume_allow_changes", "device", "mode", "trainer.stop_after_steps",
+                    "trainer.progress_bar", "trainer.log_every_n_steps")
+
+
+def plain_config(cfg: DictConfig) -> dict[str, Any]:
+    """The config as plain resolved containers, without Hydra's own node."""
+    from omegaconf import OmegaConf
+
+    data = OmegaConf.to_container(cfg, resolve=True)
+    data.pop("hydra", None)
+    return data
+
+
+def prepare_resume(cfg: DictConfig) -> tuple[Path, dict[str, Any]]:
+    """Check ``resume=...`` before building anything: the run folder and its checkpoint state.
+
+    Raises:
+        ConfigError: missing or unreadable checkpoint, or a config that differs from the run's
+            (unless ``resume_allow_changes=true``), naming the differing keys.
+    """
+    from framework.checkpoint import config_differences, read_resume_checkpoint, resolve_resume
+
+    file, folder = resolve_resume(cfg.resume)
+    state = read_resume_checkpoint(file, "resume")
+    saved_lr0 = (state.get("config") or {}).get("lr0")
+    if cfg.lr0 == "auto" and saved_lr0 is not None:  # the run chose it already: keep its value
+        cfg.lr0 = saved_lr0
+    diffs = config_differences(state.get("config") or {}, plain_config(cfg), RESUME_FREE_KEYS)
+    if diffs and not cfg.resume_allow_changes:
+        import json
+
+        try:
+            overrides = " ".join(o for o in json.loads((folder / "summary.json").read_text()).get("overrides", [])
+                                 if not o.startswith(("resume=", "trainer.stop_after_steps=")))
+        except (OSError, ValueError):
+            overrides = ""
+        hint = f" ({overrides})" if overrides else ""
+        raise ConfigError(f"resume={cfg.resume}: the config differs from the run's in {', '.join(diffs)}; "
+                          f"use the run's overrides{hint}, or resume_allow_changes=true to continue anyway")
+    if diffs:
+        log.warning("resuming with changed keys: %s", ", ".join(diffs))
+    return folder, state
+
+
+def resume_trainer(trainer: Any, state: dict[str, Any]) -> None:
+    """Load ``state`` into a built trainer and cut its run folder's CSVs back to the checkpoint."""
+    from framework.loggers import truncate_csv
+
+    trainer.load_state_dict(state)
+    rows = truncate_csv(trainer.run_dir / "steps.csv", "step", state["step"])
+    truncate_csv(trainer.run_dir / "epochs.csv", "epoch", state["epoch"])
+    first, others = trainer.group_names[0], trainer.group_names[1:]
+    trainer.history["step"] = [int(r["step"]) for r in rows]
+    trainer.history[first] = [float(r["lr"]) for r in rows]
+    for name in others:
+        trainer.history[name] = [float(r[f"lr/{name}"]) for r in rows]
+    log.info("resumed at step %d (epoch %d, batch %d) in %s", trainer.step, trainer.epoch, trainer.batch,
+             trainer.run_dir)
+
+
+def resume_requeued_job(cfg: DictConfig, run_dir: Path, hc: Any) -> DictConfig:
+    """A multirun job whose folder holds an unfinished run with a checkpoint (a SLURM job
+    preempted, timed out or lost with its node, then requeued by the submitit launcher into the
+    same folder) resumes it instead of starting over. Completed and diverged runs are left alone."""
+    import copy
+    import json
+
+    from hydra.types import RunMode
+    from omegaconf import open_dict
+
+    summary = run_dir / "summary.json"
+    if hc.mode != RunMode.MULTIRUN or cfg.resume is not None or not (run_dir / "checkpoints" / "last.pt").is_file():
+        return cfg
+    try:
+        status = json.loads(summary.read_text()).get("status")
+    except (OSError, ValueError):  # no summary: killed before it was written
+        status = None
+    if status in ("completed", "diverged"):
+        return cfg
+    log.warning("this job's folder holds an unfinished run (status %s): resuming it (resume=%s)", status, run_dir)
+    cfg = copy.deepcopy(cfg)  # Hydra's own config stays as composed
+    with open_dict(cfg):
+        cfg.resume = str(run_dir)
+    return cfg

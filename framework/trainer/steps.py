@@ -1,0 +1,43 @@
+"""Step arithmetic of the loop: accumulation group sizes, the total gradient norm, momentum keys."""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import torch
+
+
+def momentum_key(group: dict[str, Any]) -> Optional[str]:
+    """``momentum`` (SGD, RMSprop), ``betas`` (Adam family: beta1) or None for a param group."""
+    return "momentum" if "momentum" in group else "betas" if "betas" in group else None
+
+
+def total_norm(grads: list[torch.Tensor]) -> torch.Tensor:
+    """Total L2 norm of the gradients, a 0-dim tensor on their device (0 when there are none).
+
+    ``torch.nn.utils.get_total_norm`` (PyTorch >= 2.6), else the norm of the per-tensor norms,
+    which is what it computes.
+    """
+    if not grads:
+        return torch.zeros(())
+    get_total_norm = getattr(torch.nn.utils, "get_total_norm", None)
+    if get_total_norm is not None:
+        return get_total_norm(grads)
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+
+
+def group_sizes(num_samples: int, batch_size: int, accumulate_grad_batches: int, drop_last: bool = False) -> list[int]:
+    """Samples in each accumulation group of one epoch.
+
+    Args:
+        num_samples: dataset length.
+        batch_size: samples per batch (the last batch holds the remainder).
+        accumulate_grad_batches: batches per optimizer step.
+        drop_last: the loader drops an incomplete last batch.
+
+    Returns:
+        One sample count per optimizer step of the epoch.
+    """
+    rest = num_samples % batch_size
+    sizes = [batch_size] * (num_samples // batch_size) + ([rest] if rest and not drop_last else [])
+    a = accumulate_grad_batches
+    return [sum(sizes[i : i + a]) for i in range(0, len(sizes), a)]
