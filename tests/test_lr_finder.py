@@ -108,8 +108,9 @@ def test_lr_find_mode_writes_its_files_and_answer(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("lr_find: use lr0="))
     data = json.loads((tmp_path / "run" / "lr_find.json").read_text())
-    assert line.startswith(f"lr_find: use lr0={data['lr0']!r} (valley")
-    assert set(data["suggestions"]) == {"valley", "steepest", "minimum"} and data["chosen"] == "valley"
+    assert line.startswith(f"lr_find: use lr0={data['lr0']!r} (steepest")
+    assert set(data["suggestions"]) == {"valley", "steepest", "minimum"} and data["chosen"] == "steepest"
+    assert data["lr0"] == data["suggestions"]["steepest"]
     rows = read_csv(tmp_path / "run" / "lr_find.csv")
     assert [float(r["lr"]) for r in rows] == probe_lrs(1e-7, 10.0, 20)[: len(rows)]
     assert (tmp_path / "run" / "lr_find.png").stat().st_size > 10_000
