@@ -99,6 +99,9 @@ def test_report_command_line(lr_sweep, tmp_path, capsys):
     sweep, _ = lr_sweep
     assert report_main([str(sweep)]) == 1  # a diverged job
     assert "# Sweep report" in capsys.readouterr().out
+    assert report_main([str(tmp_path)]) == 2  # a folder that is not a sweep (no multirun.yaml)
+    assert "not a sweep folder (no multirun.yaml)" in capsys.readouterr().err
+    (tmp_path / "multirun.yaml").write_text("{}\n")  # a sweep that has no job yet
     assert report_main([str(tmp_path)]) == 2
     assert "no job folders" in capsys.readouterr().err
 
