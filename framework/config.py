@@ -78,6 +78,8 @@ class TrainConfig:
     lr_scaling: str = "none"  # none | linear | sqrt: scale lr0 by the global batch size
     lr_base_size: int = 256  # (samples) global batch size that lr0 was tuned for
     mode: str = "train"  # train | plot_lr (draw the planned LR of every step, then exit) | lr_find
+    loader: str = "auto"  # auto | device (dataset held on the device, batches cut by index) | standard (DataLoader)
+    num_workers: int = 0  # DataLoader worker processes of the standard loader
 
 
 _RESERVED_DIRS: dict[str, str] = {}
@@ -163,6 +165,8 @@ def _number_errors(cfg: DictConfig) -> list[str]:
     check("lr_scaling", cfg.lr_scaling in ("none", "linear", "sqrt"), "use none, linear or sqrt")
     check("lr_base_size", cfg.lr_base_size >= 1, "must be >= 1 (samples), e.g. 256")
     check("mode", cfg.mode in MODES, f"use one of {', '.join(MODES)}")
+    check("loader", cfg.loader in ("auto", "device", "standard"), "use auto, device or standard")
+    check("num_workers", cfg.num_workers >= 0, "must be >= 0 (0 = load in the main process)")
     check("device", bool(_DEVICE_RE.match(str(cfg.device))), "use auto, cpu, cuda, cuda:N or mps")
     return errors
 

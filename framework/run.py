@@ -111,7 +111,7 @@ def build(cfg: DictConfig, run_dir: Path) -> Any:
     check_model_name(cfg.model.name)
     seed_everything(cfg.seed)
     data = registry.instantiate(cfg.dataset, "dataset", seed=cfg.seed)
-    loaders = make_loaders(data, cfg.batch_size, cfg.seed, device)
+    loaders = make_loaders(data, cfg.batch_size, cfg.seed, device, cfg.loader, cfg.num_workers)
     T, spe = count_steps(len(loaders[0]), cfg.trainer.accumulate_grad_batches, cfg.epochs, cfg.max_steps)
     W, warmup_key = warmup_length(cfg, spe)
     takes_warmup = registry.accepts(cfg.scheduler, "warmup")

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from framework.config import ConfigError
-from framework.data import digits, make_loaders, synthetic
+from framework.data import digits, make_loaders, mnist5k, synthetic
 from tests.conftest import write_cifar10, write_mnist, write_torchvision_files
 
 
@@ -117,3 +117,67 @@ def test_cifar_configs_train_one_epoch_on_generated_files(tmp_path, monkeypatch,
     train_in_process(tmp_path / "run", *args, f"dataset={name}", f"dataset.root={tmp_path / 'data'}",
                      "dataset.download=false", "epochs=1", "batch_size=16")
     assert len(read_csv(tmp_path / "run" / "steps.csv")) == {"cifar10": 3, "cifar100": 2}[name]  # 40 or 32 samples
+
+
+def _batches(loader):
+    return [(x.clone(), y.clone()) for x, y in loader]
+
+
+@pytest.mark.parametrize("name", ["digits", "mnist5k", "synthetic"])
+def test_device_loader_gives_the_standard_batches(name):
+    """Same seed: the device-resident loader yields bitwise the DataLoader's batches, for whole
+    epochs and for an epoch resumed mid-way (mnist5k resized 28 -> 32 per batch)."""
+    from framework.data import DeviceLoader
+    from framework.data.loaders import EpochSampler
+    from torch.utils.data import DataLoader
+
+    data = {"digits": lambda: digits(seed=0), "mnist5k": lambda: mnist5k(seed=0, img_size=32, train_size=600),
+            "synthetic": lambda: synthetic(seed=0, train_size=300)}[name]()
+    cpu = torch.device("cpu")
+    fast = DeviceLoader(data.train, 64, cpu, EpochSampler(len(data.train), seed=3))
+    slow = DataLoader(data.train, batch_size=64, sampler=EpochSampler(len(data.train), seed=3))
+    assert len(fast) == len(slow)
+    for epoch, start in ((0, 0), (1, 0), (2, 128)):
+        fast.sampler.set_epoch(epoch, start)
+        slow.sampler.set_epoch(epoch, start)
+        a, b = _batches(fast), _batches(slow)
+        assert len(a) == len(b) > 0
+        assert all(torch.equal(xa, xb) and torch.equal(ya, yb) for (xa, ya), (xb, yb) in zip(a, b))
+    val_a, val_b = _batches(DeviceLoader(data.val, 128, cpu)), _batches(DataLoader(data.val, batch_size=128))
+    assert all(torch.equal(xa, xb) and torch.equal(ya, yb) for (xa, ya), (xb, yb) in zip(val_a, val_b))
+
+
+def test_loader_choice_and_same_training(tmp_path):
+    from framework.data import DeviceLoader
+    from framework.data.loaders import make_loaders
+    from tests.conftest import TINY, read_csv, train_in_process
+
+    cpu = torch.device("cpu")
+    assert isinstance(make_loaders(synthetic(seed=0), 32, 0, cpu)[0], DeviceLoader)  # auto: it fits
+    augmented = torchvision_like_augmented()
+    assert not isinstance(make_loaders(augmented, 32, 0, cpu)[0], DeviceLoader)  # per-sample augmentation
+    with pytest.raises(ConfigError, match="loader=device: ImageTensorDataset: not a tensor dataset without "
+                                          "per-sample augmentation; use loader=standard"):
+        make_loaders(augmented, 32, 0, cpu, loader="device")
+    for loader in ("device", "standard"):
+        train_in_process(tmp_path / loader, *TINY, "device=cpu", "epochs=2", f"loader={loader}")
+    assert read_csv(tmp_path / "device" / "steps.csv") == read_csv(tmp_path / "standard" / "steps.csv")
+
+
+def torchvision_like_augmented():
+    from framework.data import DataBundle, ImageTensorDataset
+
+    x = torch.randint(0, 256, (40, 3, 32, 32), dtype=torch.uint8)
+    y = torch.arange(40) % 10
+    return DataBundle(ImageTensorDataset(x, y, [0.5] * 3, [0.25] * 3, 32, augment=True),
+                      ImageTensorDataset(x, y, [0.5] * 3, [0.25] * 3, 32), 10, 3, 32)
+
+
+def test_mnist5k_is_the_bundled_real_mnist_with_a_stratified_split():
+    data = mnist5k(seed=0)
+    assert (len(data.train), len(data.val), data.num_classes, data.in_chans, data.img_size) == (4000, 1000, 10, 1, 28)
+    assert torch.bincount(data.val.labels).tolist() == [100] * 10
+    x, _ = data.train[0]
+    assert x.shape == (1, 28, 28)
+    again = mnist5k(seed=5)  # the split depends on data_seed only
+    assert torch.equal(again.val.images, data.val.images)

