@@ -119,6 +119,36 @@ SUGGESTIONS: dict[str, Callable[[Sequence[float], Sequence[float]], Optional[flo
     "steepest": suggest_steepest,
     "minimum": suggest_minimum,
 }
+def search_window(smoothed: Sequence[float]) -> tuple[int, int]:
+    """Probes the suggestions look at: from ``n // 10`` (the first tenth is skipped, where the
+    bias-corrected average is still one noisy step, as Lightning skips 10 points and fastai
+    10%) to the lowest smoothed loss after it (past it the model is breaking; a broken model's
+    loss can fall again towards chance level, and that fall is not a good LR).
+
+    Returns:
+        ``(lo, hi)``, inclusive indices into the probes.
+    """
+    finite = [i for i, v in enumerate(smoothed) if math.isfinite(v)]
+    if not finite:
+        return 0, -1
+    lo = min(len(smoothed) // 10, finite[-1])
+    after = [i for i in finite if i >= lo]
+    hi = min(after, key=lambda i: smoothed[i])
+    return lo, hi
+
+
+def suggest_all(lrs: Sequence[float], smoothed: Sequence[float]) -> dict[str, Optional[float]]:
+    """Every suggestion of :data:`SUGGESTIONS` over the :func:`search_window` of the probes; a
+    suggestion on the first or last probe of the test is dropped (None): the best LR is then
+    outside the tested range, or the curve has no usable fall."""
+    lo, hi = search_window(smoothed)
+    out: dict[str, Optional[float]] = {}
+    for name, fn in SUGGESTIONS.items():
+        lr = fn(lrs[lo : hi + 1], smoothed[lo : hi + 1]) if hi >= lo else None
+        out[name] = None if lr is None or not lrs[0] < lr < lrs[-1] else lr
+    return out
+
+
 #: Why each suggestion is what it is, for ``lr_find.json``.
 SOURCES = {
     "valley": "fastai valley: half-way into the longest falling stretch of the smoothed loss",
@@ -233,7 +263,7 @@ class LRFinder:
             set_rng_state(saved["rng"])
         smoothed = smooth(losses, self.beta)
         result = RangeTestResult(lrs, losses, smoothed, self.num_steps, reason, chosen=self.suggestion)
-        result.suggestions = {name: fn(lrs, smoothed) for name, fn in SUGGESTIONS.items()}
+        result.suggestions = suggest_all(lrs, smoothed)
         return result
 
     def _probe(self, trainer: Any, lr0: float) -> tuple[list[float], list[float], Optional[str]]:
@@ -315,7 +345,7 @@ def write_outputs(result: RangeTestResult, run_dir: Path) -> None:
             style = "-" if name == result.chosen else "--"
             ax.axvline(lr, color=f"C{k + 1}", ls=style, label=f"{name}: {lr:.3g}" + (" (chosen)" if name == result.chosen else ""))
     ax.set_xscale("log")
-    ax.set_xlabel("lr (log scale)")
+    ax.set_xlabel("lr0 (log scale; group LRs keep their ratios to it)")
     ax.set_ylabel("train loss")
     if y:
         top = min(max(y[: max(1, len(y) // 10)]) * 1.5, max(y))
@@ -331,6 +361,9 @@ def answer(result: RangeTestResult) -> str:
     """The one-line answer printed after a range test."""
     others = ", ".join(f"{n} {v:.3g}" for n, v in result.suggestions.items() if n != result.chosen and v is not None)
     if result.lr is None:
-        return (f"lr_find: no {result.chosen} suggestion ({len(result.lrs)} probes; {result.stop_reason or 'flat loss'}); "
-                "widen lr_finder.start_lr/end_lr or raise lr_finder.num_steps")
+        early = len(result.lrs) < max(MIN_POINTS, result.planned // 10)
+        fix = ("lower lr_finder.start_lr (the loss blew up at once)" if early
+               else "widen lr_finder.start_lr/end_lr or raise lr_finder.num_steps")
+        return (f"lr_find: no {result.chosen} suggestion ({len(result.lrs)} probes; "
+                f"{result.stop_reason or 'no usable fall of the loss'}); {fix}")
     return f"lr_find: use lr0={result.lr!r} ({result.chosen}; {others})"

@@ -15,7 +15,7 @@ log = logging.getLogger(__name__)
 
 #: Keys that may change between a run and its resume without being reported.
 RESUME_FREE_KEYS = ("resume", "resume_allow_changes", "device", "mode", "trainer.stop_after_steps",
-                    "trainer.progress_bar", "trainer.log_every_n_steps", "loader", "num_workers")
+                    "trainer.progress_bar", "trainer.log_every_n_steps", "loader", "num_workers", "lr_finder")
 
 
 def plain_config(cfg: DictConfig) -> dict[str, Any]:

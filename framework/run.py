@@ -151,6 +151,17 @@ def build(cfg: DictConfig, run_dir: Path) -> Any:
     )
 
 
+def _earlier_lr0_auto(run_dir: Path) -> dict[str, Any]:
+    """A resumed ``lr0=auto`` run keeps the record of how its lr0 was chosen."""
+    import json
+
+    try:
+        earlier = json.loads((run_dir / "summary.json").read_text()).get("lr0_auto")
+    except (OSError, ValueError):
+        earlier = None
+    return {"lr0_auto": earlier} if earlier else {}
+
+
 def _range_test(cfg: DictConfig, run_dir: Path) -> Any:
     """Build the run as configured (``lr0=auto``: with lr0 = 1 as the base the group LRs are
     ratios of), run the LR range test on it and write ``lr_find.csv/.json/.png``."""
@@ -158,13 +169,19 @@ def _range_test(cfg: DictConfig, run_dir: Path) -> Any:
 
     from framework.lr_finder import write_outputs
 
+    key = "lr0=auto" if cfg.lr0 == "auto" else "mode=lr_find"
+    if OmegaConf.to_container(cfg.optimizer, resolve=False).get("lr") != "${lr0}":
+        raise ConfigError(f"{key}: optimizer.lr is not ${{lr0}} here ({type(cfg.optimizer.get('lr')).__name__} "
+                          f"{cfg.optimizer.get('lr')}), so the range test would probe an LR the optimizer does not "
+                          "use; set optimizer.lr='${lr0}' or use another optimizer")
+    validate(cfg)
+    finder = registry.instantiate(cfg.lr_finder, "lr_finder")  # bad lr_finder.* values fail before any build
     probe_cfg = cfg
     if cfg.lr0 == "auto":
         probe_cfg = OmegaConf.create(OmegaConf.to_container(cfg))
         with open_dict(probe_cfg):
             probe_cfg.lr0 = 1.0
     trainer = build(probe_cfg, run_dir)
-    finder = registry.instantiate(cfg.lr_finder, "lr_finder")
     log.info("LR range test: %d probes from %g to %g (lr0 units)", finder.num_steps, finder.start_lr, finder.end_lr)
     result = finder.run(trainer, float(probe_cfg.lr0))
     write_outputs(result, run_dir)
@@ -179,9 +196,14 @@ def lr_find(cfg: DictConfig, run_dir: Path) -> float:
     """
     from framework.lr_finder import answer
 
+    from framework.loggers import git_state, write_json
+
     result = _range_test(cfg, run_dir)
     print(answer(result))
     print(f"wrote {run_dir / 'lr_find.png'}, lr_find.csv, lr_find.json")
+    write_json({"status": "completed", "mode": "lr_find", "objective": None, "lr0": result.lr,
+                "lr_find": result.to_json(), "steps": 0, "best": {}, "final": {}, "run_dir": str(run_dir),
+                **git_state(registry.CONF_DIR.parent)}, run_dir / "summary.json")
     return 0.0
 
 
@@ -199,12 +221,11 @@ def choose_lr0(cfg: DictConfig, run_dir: Path) -> tuple[DictConfig, dict[str, An
 
     from framework.lr_finder import answer
 
-    validate(cfg)
     result = _range_test(cfg, run_dir)
-    print(answer(result))
-    if result.lr is None:
-        raise ConfigError(f"lr0=auto: the LR range test gave no {result.chosen} suggestion "
-                          f"({result.stop_reason or 'the loss did not fall'}); set lr0, or widen lr_finder.start_lr/end_lr")
+    if result.lr is not None:
+        print(answer(result))
+    else:
+        raise ConfigError("lr0=auto: " + answer(result).split(": ", 1)[1] + "; or set lr0 to a number")
     chosen = OmegaConf.create(OmegaConf.to_container(cfg))
     with open_dict(chosen):
         chosen.lr0 = result.lr
@@ -340,7 +361,7 @@ def train(cfg: DictConfig, run_dir: Optional[str | Path] = None) -> float:
         "device": str(trainer.device),
         "run_dir": str(run_dir),
         "overrides": overrides,
-        **({"lr0_auto": lr0_auto} if lr0_auto else {}),
+        **({"lr0_auto": lr0_auto} if lr0_auto else _earlier_lr0_auto(run_dir) if resume_state is not None else {}),
         **git_state(registry.CONF_DIR.parent),
     }
     try:

@@ -130,3 +130,43 @@ def test_lr0_auto_equals_a_run_with_the_suggestion(tmp_path):
     assert float(auto[0]["lr"]) == chosen  # the first step uses exactly the suggestion
     train_in_process(tmp_path / "fixed", *args, f"lr0={chosen!r}")
     assert read_csv(tmp_path / "fixed" / "steps.csv") == auto
+
+
+def test_suggestions_ignore_the_first_tenth_and_the_recovering_tail():
+    """A curve that falls (probes 10-19), blows up (20-24), then falls back towards chance
+    (25-39, as a broken model's loss does): every suggestion lies in the real fall, none on a
+    boundary; a noisy low first probe is not 'the minimum'."""
+    from framework.lr_finder import search_window, suggest_all
+
+    lrs = probe_lrs(1e-6, 10.0, 40)
+    losses = [1.0] + [2.3] * 9 + [2.3 - 0.2 * i for i in range(10)] + [0.5 + 3 * i for i in range(5)] \
+        + [14.0 - 0.5 * i for i in range(15)]
+    assert search_window(losses) == (4, 19)  # 40 // 10 = 4; lowest after it: 0.5 at 19
+    out = suggest_all(lrs, losses)
+    assert out["steepest"] == suggest_steepest(lrs[4:20], losses[4:20])
+    assert out["minimum"] == pytest.approx(lrs[19] / 10)
+    assert all(lrs[4] <= v <= lrs[19] for v in (out["steepest"], out["valley"]))
+    # the whole curve would pick the recovering tail's fall or the noisy first probe
+    assert suggest_minimum(lrs, losses) == pytest.approx(lrs[19] / 10) and suggest_steepest(lrs, losses) != out["steepest"]
+
+
+def test_a_suggestion_on_the_range_boundary_is_dropped():
+    from framework.lr_finder import suggest_all
+
+    lrs = probe_lrs(1e-3, 1.0, 20)
+    falling = [2.0 - 0.004 * i * i for i in range(20)]  # falling ever faster up to end_lr
+    out = suggest_all(lrs, falling)
+    assert suggest_steepest(lrs, falling) == lrs[-1]  # the steepest fall is the last probe: beyond the range
+    assert out["steepest"] is None and out["minimum"] == pytest.approx(lrs[-1] / 10)
+    rising = [1.0 + 0.1 * i for i in range(20)]  # only rises: nothing to suggest
+    assert suggest_all(lrs, rising) == {"valley": None, "steepest": None, "minimum": None}
+
+
+def test_an_optimizer_that_ignores_lr0_is_refused(tmp_path):
+    from framework.config import ConfigError
+    from framework.run import train
+
+    cfg = compose_cfg(*TINY, "device=cpu", "mode=lr_find", "optimizer.lr=0.5")
+    with pytest.raises(ConfigError, match=r"mode=lr_find: optimizer.lr is not \$\{lr0\} here"):
+        train(cfg, run_dir=tmp_path)
+    assert not (tmp_path / "lr_find.csv").exists()
