@@ -290,9 +290,9 @@ class LRFinder:
                 lr = planned[len(lrs)]
                 for group, ratio in zip(trainer.optimizer.param_groups, ratios):
                     group["lr"] = lr * ratio
-                x, y = x.to(trainer.device, non_blocking=True), y.to(trainer.device, non_blocking=True)
+                x, y = trainer._to_device(x), y.to(trainer.device, non_blocking=True)
                 with trainer._autocast():
-                    loss = F.cross_entropy(trainer.model(x).float(), y) * (len(y) / sizes[g])
+                    loss = F.cross_entropy(trainer.forward(x).float(), y) * (len(y) / sizes[g])
                 (trainer.scaler.scale(loss) if trainer.scaler is not None else loss).backward()
                 step_loss += loss.item()
                 if (i + 1) % accumulate and i + 1 < len(loader):

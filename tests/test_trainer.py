@@ -308,3 +308,23 @@ def test_fp16_overflow_skipped_step_does_not_advance_the_schedule(tmp_path):
     assert result["skipped_steps"] == 2 and result["steps"] == 6
     assert [int(r["step"]) for r in rows] == list(range(6))
     assert [float(r["lr"]) for r in rows] == [0.1 * 0.5**k for k in range(6)]  # no LR was skipped
+
+
+def test_channels_last_trains_the_same_run(tmp_path):
+    """channels-last changes the memory layout, not the maths: same LRs, losses equal to float
+    rounding (convolution kernels differ by layout)."""
+    for name, flag in (("a", "false"), ("b", "true")):
+        train_in_process(tmp_path / name, *TINY, "device=cpu", "epochs=1", f"trainer.channels_last={flag}",
+                         "trainer.save_checkpoints=false")
+    a, b = (read_csv(tmp_path / r / "steps.csv") for r in "ab")
+    assert [r["lr"] for r in a] == [r["lr"] for r in b]
+    assert [float(r["loss"]) for r in a] == pytest.approx([float(r["loss"]) for r in b], rel=1e-4)
+
+
+def test_compile_wraps_the_forward_and_keeps_plain_checkpoint_keys(tmp_path):
+    from framework.run import build
+    from tests.conftest import compose_cfg
+
+    trainer = build(compose_cfg(*TINY, "device=cpu", "trainer.compile=true"), tmp_path)
+    assert trainer.forward is not trainer.model and hasattr(trainer.forward, "_orig_mod")
+    assert not any(k.startswith("_orig_mod") for k in trainer.state_dict()["model"])

@@ -53,6 +53,11 @@ class Trainer(StateMixin):
         rollback_lr_factor: LR multiplier applied for the rest of the run at each rollback.
         max_rollbacks: rollbacks before giving up as ``stop`` would.
         config: the run's resolved config (runtime), stored in checkpoints to check resumes.
+        channels_last: model and input batches in ``torch.channels_last`` memory format (faster
+            convolutions on tensor cores).
+        compile: run the forward passes through ``torch.compile`` (first steps pay the compilation).
+        cudnn_benchmark: ``torch.backends.cudnn.benchmark = True`` on CUDA (picks the fastest
+            convolution algorithms; runs are then not bitwise reproducible on the GPU).
     """
 
     def __init__(
@@ -75,8 +80,17 @@ class Trainer(StateMixin):
         rollback_lr_factor: float = 0.5,
         max_rollbacks: int = 3,
         config: Optional[dict[str, Any]] = None,
+        channels_last: bool = False,
+        compile: bool = False,
+        cudnn_benchmark: bool = True,
     ):
-        self.model, self.optimizer, self.plan = model.to(device), optimizer, plan
+        self.channels_last = channels_last
+        model = model.to(device, memory_format=torch.channels_last) if channels_last else model.to(device)
+        self.model, self.optimizer, self.plan = model, optimizer, plan
+        # torch.compile wraps the forward; the plain module keeps the weights, so checkpoints stay the same
+        self.forward = torch.compile(model) if compile else model
+        if cudnn_benchmark and device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
         self.train_loader, self.val_loader = data
         self.run_dir, self.device = Path(run_dir), device
         self.accumulate = int(accumulate_grad_batches)
@@ -108,6 +122,12 @@ class Trainer(StateMixin):
         self.lr_backoff = 1.0  # product of the rollback LR factors applied so far
         self._base_lrs = [g["initial_lr"] for g in optimizer.param_groups]
         self._epoch_loss_t: Optional[torch.Tensor] = None  # the epoch's loss sum, on the device
+
+    def _to_device(self, x: torch.Tensor) -> torch.Tensor:
+        """A batch ``(B, C, H, W)`` on the device (non-blocking from pinned memory), channels-last
+        when asked."""
+        x = x.to(self.device, non_blocking=True)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last and x.ndim == 4 else x
 
     def _autocast(self):
         if self.precision == "32":
@@ -179,9 +199,9 @@ class Trainer(StateMixin):
         correct = torch.zeros((), device=self.device, dtype=torch.int64)
         n = 0
         for x, y in self.val_loader:
-            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            x, y = self._to_device(x), y.to(self.device, non_blocking=True)
             with self._autocast():
-                logits = self.model(x)
+                logits = self.forward(x)
             loss_sum += F.cross_entropy(logits.float(), y, reduction="sum")
             correct += (logits.argmax(1) == y).sum()
             n += len(y)
@@ -292,9 +312,9 @@ class Trainer(StateMixin):
         self._optimizer_mode("train")
         lrs = self._set_lr(self.step)
         for i, (x, y) in enumerate(loader, start=self.batch):
-            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            x, y = self._to_device(x), y.to(self.device, non_blocking=True)
             with self._autocast():
-                loss = F.cross_entropy(self.model(x).float(), y)
+                loss = F.cross_entropy(self.forward(x).float(), y)
             scaled = loss * (len(y) / sizes[g])  # share of the accumulation group's samples
             (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
             group_loss += scaled.detach()
