@@ -1,0 +1,143 @@
+"""Throughput of the framework's trainer against a minimal hand-written PyTorch loop, in one process.
+
+    python bench/loop_vs_plain.py                  # the three rows, 60 timed steps each, best of 3
+    python bench/loop_vs_plain.py --steps 100 --repeats 5 --rows resnet18
+
+For each row the same model (fresh, same seed), data, batch size and number of optimizer steps
+run through (a) ``framework.run.build(...).fit()`` (LR plan, logging, divergence guard, the
+device-resident loader) and (b) a plain loop (``DataLoader``-free index batches, forward,
+cross-entropy, backward, ``SGD.step``). Samples per second exclude the framework's end-of-epoch
+evaluation (timed and subtracted) and the first warm-up steps of each. Also prints the start-up
+time of ``python train.py --cfg job``, import-to-first-step of a run, and peak memory.
+"""
+from __future__ import annotations
+
+import argparse
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+ROWS = {  # name: overrides (dataset and model)
+    "small_cnn_digits": ["dataset=digits", "model=resnet10t"],
+    "resnet18": ["dataset=synthetic", "model=resnet18", "dataset.img_size=32"],
+    "vit_tiny": ["dataset=synthetic", "model=vit_tiny_patch16", "dataset.img_size=32"],
+}
+
+
+def framework_run(overrides: list[str], steps: int, batch: int, out: Path) -> tuple[float, object]:
+    """Samples/s of the trainer over ``steps`` steps (evaluation time excluded) and the trainer."""
+    from framework.run import build
+    from tests.conftest import compose_cfg
+
+    cfg = compose_cfg(*overrides, f"batch_size={batch}", f"max_steps={steps}", "epochs=1000", "device=auto",
+                      "trainer.progress_bar=false", "trainer.save_checkpoints=false", "warmup_epochs=0",
+                      "trainer.log_every_n_steps=50")
+    out.mkdir(parents=True, exist_ok=True)
+    trainer = build(cfg, out)
+    spent = {"eval": 0.0}
+    evaluate = trainer.evaluate
+
+    def timed_evaluate():
+        t = time.perf_counter()
+        result = evaluate()
+        spent["eval"] += time.perf_counter() - t
+        return result
+
+    trainer.evaluate = timed_evaluate
+    sync(trainer.device)
+    t0 = time.perf_counter()
+    trainer.fit()
+    sync(trainer.device)
+    return steps * batch / (time.perf_counter() - t0 - spent["eval"]), trainer
+
+
+def plain_run(trainer, steps: int, batch: int) -> float:
+    """Samples/s of a minimal loop on a fresh copy of the trainer's model and data."""
+    import copy
+
+    import torch
+    import torch.nn.functional as F
+
+    device = trainer.device
+    model = copy.deepcopy(trainer.model).train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    loader = trainer.train_loader
+    x_all, y_all = loader.x, loader.y  # the device-resident tensors (same data)
+    n = len(y_all)
+    sync(device)
+    t0 = time.perf_counter()
+    done = 0
+    while done < steps:
+        order = torch.randperm(n, device=device)
+        for i in range(0, n - batch + 1, batch):
+            idx = order[i : i + batch]
+            loss = F.cross_entropy(model(x_all[idx]), y_all[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            done += 1
+            if done == steps:
+                break
+    sync(device)
+    return steps * batch / (time.perf_counter() - t0)
+
+
+def sync(device) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def startup() -> tuple[float, float]:
+    """Seconds for ``python train.py --cfg job`` and for a 1-step run (import to exit)."""
+    times = []
+    for args in (["--cfg", "job"], ["dataset=synthetic", "model.name=test_resnet", "dataset.img_size=16",
+                                    "max_steps=1", "trainer.progress_bar=false", "trainer.save_checkpoints=false",
+                                    "hydra.run.dir=/tmp/loop_vs_plain_startup"]):
+        t = time.perf_counter()
+        subprocess.run([sys.executable, str(ROOT / "train.py"), *args], cwd=ROOT, capture_output=True, check=True)
+        times.append(time.perf_counter() - t)
+    return times[0], times[1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
+    args = parser.parse_args()
+    import tempfile
+
+    import torch
+
+    cfg_s, run_s = startup()
+    print(f"start-up: `python train.py --cfg job` {cfg_s:.2f} s; a 1-step run (imports, build, 1 step, eval) {run_s:.2f} s")
+    out = Path(tempfile.mkdtemp(prefix="loop_vs_plain_"))
+    print(f"{'row':<18} {'framework samples/s':>20} {'plain samples/s':>16} {'ratio':>6}")
+    for name in args.rows:
+        fw, plain = [], []
+        _, trainer = framework_run(ROWS[name], 5, args.batch, out / f"{name}_warm")  # warm-up (allocator, threads)
+        plain_run(trainer, 5, args.batch)
+        for r in range(args.repeats):  # alternate, so drifts of the machine hit both
+            speed, trainer = framework_run(ROWS[name], args.steps, args.batch, out / f"{name}_{r}")
+            fw.append(speed)
+            plain.append(plain_run(trainer, args.steps, args.batch))
+        f, p = max(fw), max(plain)
+        print(f"{name:<18} {f:>20.1f} {p:>16.1f} {f / p:>6.3f}   (all: {', '.join(f'{v:.0f}' for v in fw)} "
+              f"vs {', '.join(f'{v:.0f}' for v in plain)}; median ratio {statistics.median(fw) / statistics.median(plain):.3f})")
+    device = trainer.device
+    if device.type == "cuda":
+        print(f"peak memory: {torch.cuda.max_memory_allocated(device) / 2**20:.0f} MiB on {device}")
+    print(f"peak memory (process RSS): {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10:.0f} MiB; device {device}")
+
+
+if __name__ == "__main__":
+    main()
