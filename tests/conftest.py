@@ -142,3 +142,19 @@ def write_torchvision_files(name, root):
     """Tiny files in the real on-disk format of ``conf/dataset/<name>.yaml``'s torchvision dataset."""
     {"mnist": lambda: write_mnist(root), "fashion_mnist": lambda: write_mnist(root, "FashionMNIST"),
      "cifar10": lambda: write_cifar10(root), "cifar100": lambda: write_cifar100(root)}[name]()
+
+
+def write_imagefolder(root, classes=("cat", "dog"), per_class=(6, 3), size=40, seed=0):
+    """A class-per-folder tree of PNG files: ``root/train/<class>/`` and ``root/val/<class>/``
+    (``per_class`` images each); class ``i`` images are brighter with ``i``, so they can be learnt."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for split, n in zip(("train", "val"), per_class):
+        for c, name in enumerate(classes):
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for k in range(n):
+                pixels = rng.integers(0, 100, (size, size, 3)) + 100 * c
+                Image.fromarray(pixels.clip(0, 255).astype("uint8")).save(folder / f"{k}.png")

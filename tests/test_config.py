@@ -10,7 +10,7 @@ from framework.config import RESERVED_KEYS
 from framework.config import GROUPS, ConfigError, TrainConfig, validate
 from framework.optim import param_groups
 from framework.schedules import LRPlan
-from tests.conftest import compose_cfg, run_cli, run_cli_in_process, write_torchvision_files
+from tests.conftest import compose_cfg, run_cli, run_cli_in_process, write_imagefolder, write_torchvision_files
 
 GROUP_FILES = sorted(p for g in GROUPS for p in (registry.CONF_DIR / g).rglob("*.yaml"))
 
@@ -91,6 +91,9 @@ def test_every_group_file_composes_validates_and_instantiates(path, tmp_path, mo
         write_torchvision_files(node.name, tmp_path)
         monkeypatch.setattr(torchvision.datasets.cifar, "check_integrity", lambda *a, **k: True)  # published MD5s
         node.root, node.download = str(tmp_path), False
+    if group == "dataset" and node._target_ == "framework.data.imagefolder":  # a generated class-per-folder tree
+        write_imagefolder(tmp_path)
+        node.root, node.img_size = str(tmp_path), 32
     if group == "dataset":
         data = registry.instantiate(node, group, seed=0)
         x, y = data.train[0]

@@ -181,3 +181,55 @@ def test_mnist5k_is_the_bundled_real_mnist_with_a_stratified_split():
     assert x.shape == (1, 28, 28)
     again = mnist5k(seed=5)  # the split depends on data_seed only
     assert torch.equal(again.val.images, data.val.images)
+
+
+def test_imagefolder_with_val_folder_and_with_a_held_out_fraction(tmp_path):
+    from framework.data import imagefolder
+    from tests.conftest import write_imagefolder
+
+    write_imagefolder(tmp_path)
+    data = imagefolder(seed=0, root=str(tmp_path), img_size=32)
+    assert (data.num_classes, data.in_chans, data.img_size, len(data.train), len(data.val)) == (2, 3, 32, 12, 6)
+    x, y = data.val[5]  # evaluation transform: resize + centre crop + ImageNet normalisation
+    assert x.shape == (3, 32, 32) and y == 1
+    split = imagefolder(seed=0, root=str(tmp_path), val_dir=None, val_frac=0.25, img_size=32)
+    assert (len(split.train), len(split.val)) == (9, 3)
+    again = imagefolder(seed=7, root=str(tmp_path), val_dir=None, val_frac=0.25, img_size=32)
+    assert split.val.indices == again.val.indices  # the split depends on data_seed only
+    with pytest.raises(ConfigError, match="dataset.val_frac=None: with dataset.val_dir=null it must be in"):
+        imagefolder(seed=0, root=str(tmp_path), val_dir=None)
+    with pytest.raises(ConfigError, match=r"dataset.root=.*nowhere: no train/ folder there"):
+        imagefolder(seed=0, root=str(tmp_path / "nowhere"))
+
+
+def test_imagefolder_pretrained_takes_the_model_data_config(tmp_path):
+    import timm
+
+    from framework.data import imagefolder
+    from tests.conftest import write_imagefolder
+
+    write_imagefolder(tmp_path)
+    cfg = timm.get_pretrained_cfg("vit_tiny_patch16_224")
+    data = imagefolder(seed=0, root=str(tmp_path), model_name="vit_tiny_patch16_224", pretrained=True, augment=False)
+    assert data.img_size == cfg.input_size[-1] == 224
+    normalize = data.train.transform.transforms[-1]
+    assert tuple(normalize.mean.tolist()) == pytest.approx(cfg.mean) and tuple(normalize.std.tolist()) == pytest.approx(cfg.std)
+
+
+def test_imagefolder_config_trains_one_epoch(tmp_path):
+    from tests.conftest import TINY, read_csv, train_in_process, write_imagefolder
+
+    write_imagefolder(tmp_path / "images")
+    args = [a for a in TINY if not a.startswith("dataset")]
+    train_in_process(tmp_path / "run", *args, "dataset=imagefolder", f"dataset.root={tmp_path / 'images'}",
+                     "dataset.img_size=32", "epochs=1", "batch_size=4")
+    assert len(read_csv(tmp_path / "run" / "steps.csv")) == 3  # 12 images / 4
+    assert len(read_csv(tmp_path / "run" / "epochs.csv")) == 1
+
+
+def test_mnist5k_config_trains_one_epoch(tmp_path):
+    from tests.conftest import TINY, read_csv, train_in_process
+
+    args = [a for a in TINY if not a.startswith("dataset")]
+    train_in_process(tmp_path, *args, "dataset=mnist5k", "dataset.train_size=256", "epochs=1", "batch_size=64")
+    assert len(read_csv(tmp_path / "steps.csv")) == 4

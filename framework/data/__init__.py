@@ -5,9 +5,10 @@ what the model must adapt to (classes, channels, image size).
 """
 from framework.data.base import DataBundle, ImageTensorDataset
 from framework.data.bundled import digits, mnist5k, synthetic
+from framework.data.imagefolder import imagefolder
 from framework.data.loaders import DeviceLoader, EpochSampler, fits_on_device, make_loaders
 from framework.data.torchvision_sets import TORCHVISION, torchvision_dataset
 
-__all__ = ["DataBundle", "ImageTensorDataset", "digits", "mnist5k", "synthetic", "DeviceLoader", "EpochSampler",
+__all__ = ["imagefolder", "DataBundle", "ImageTensorDataset", "digits", "mnist5k", "synthetic", "DeviceLoader", "EpochSampler",
            "fits_on_device", "make_loaders",
            "TORCHVISION", "torchvision_dataset"]
