@@ -252,6 +252,9 @@ def preview(trainer: Any, run_dir: Path, label: str) -> float:
     write_json({**key_points(run), "groups": {n: v[0] for n, v in run.lrs.items()}}, run_dir / "lr_plan.json")
     print(describe(run))
     print(f"wrote {run_dir / 'lr_plan.png'}")
+    write_json({"status": "completed", "mode": "plot_lr", "objective": None, "steps": 0,
+                "planned_steps": trainer.plan.total_steps, "best": {}, "final": {}, "run_dir": str(run_dir)},
+               run_dir / "summary.json")
     return 0.0
 
 

@@ -233,3 +233,13 @@ def test_mnist5k_config_trains_one_epoch(tmp_path):
     args = [a for a in TINY if not a.startswith("dataset")]
     train_in_process(tmp_path, *args, "dataset=mnist5k", "dataset.train_size=256", "epochs=1", "batch_size=64")
     assert len(read_csv(tmp_path / "steps.csv")) == 4
+
+
+def test_channel_stats_equal_torch_mean_and_std():
+    from framework.data.base import channel_stats
+
+    images = torch.randint(0, 256, (37, 3, 5, 6), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    mean, std = channel_stats(images, chunk=8)  # chunks of 8 images, a last one of 5
+    ref = images.double() / 255
+    assert mean == pytest.approx(ref.mean((0, 2, 3)).tolist(), abs=1e-12)
+    assert std == pytest.approx(ref.std((0, 2, 3)).tolist(), abs=1e-12)

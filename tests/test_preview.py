@@ -19,6 +19,8 @@ def test_mode_plot_lr_draws_the_plan_and_trains_nothing(tmp_path):
     points = json.loads((tmp_path / "lr_plan.json").read_text())
     assert points["steps"] == 16 and points["peak_step"] == 3 and points["peak_lr"] == 0.1
     assert points["first_lr"] == pytest.approx(0.1 / 25, abs=1e-15) and points["final_lr"] == 0.1 * 0.01
+    summary = json.loads((tmp_path / "summary.json").read_text())  # a sweep of previews reports them as done
+    assert (summary["status"], summary["mode"], summary["planned_steps"]) == ("completed", "plot_lr", 16)
 
 
 def test_expand_sweeps_like_hydra():

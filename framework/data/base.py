@@ -32,6 +32,29 @@ class DataBundle:
     img_size: int
 
 
+def channel_stats(images: torch.Tensor, chunk: int = 4096) -> tuple[list[float], list[float]]:
+    """Per-channel mean and (unbiased) std of ``images / 255``, summed in float64 chunks so a
+    large ``uint8`` dataset is never copied whole to float.
+
+    Args:
+        images: ``(N, C, H, W)`` uint8.
+        chunk: images per chunk.
+
+    Returns:
+        ``(mean, std)``, ``C`` floats each.
+    """
+    c = images.shape[1]
+    total, total_sq = torch.zeros(c, dtype=torch.float64), torch.zeros(c, dtype=torch.float64)
+    for i in range(0, len(images), chunk):
+        x = images[i : i + chunk].to(torch.float64) / 255.0
+        total += x.sum((0, 2, 3))
+        total_sq += (x * x).sum((0, 2, 3))
+    n = images.numel() // c
+    mean = total / n
+    var = (total_sq - n * mean * mean) / max(n - 1, 1)
+    return mean.tolist(), var.clamp_min(0).sqrt().tolist()
+
+
 def _subsample(x: torch.Tensor, y: torch.Tensor, n: Optional[int], seed: int, key: str):
     """First ``n`` samples of a seeded permutation (all of them when ``n`` is None)."""
     if n is None:

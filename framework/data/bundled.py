@@ -8,7 +8,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from framework.config import ConfigError
-from framework.data.base import DataBundle, ImageTensorDataset, _subsample
+from framework.data.base import DataBundle, ImageTensorDataset, _subsample, channel_stats
 
 log = logging.getLogger(__name__)
 
@@ -156,8 +156,7 @@ def mnist5k(
     idx_train, idx_val = train_test_split(torch.arange(len(y)).numpy(), test_size=val_frac, stratify=y.numpy(),
                                           random_state=data_seed)
     x_train, y_train = _subsample(x[idx_train], y[idx_train], train_size, seed, "dataset.train_size")
-    scaled = x_train.float() / 255.0
-    mean, std = [scaled.mean().item()], [scaled.std().item()]
+    mean, std = channel_stats(x_train)
     size = img_size or 28
     return DataBundle(ImageTensorDataset(x_train, y_train, mean, std, size),
                       ImageTensorDataset(x[idx_val], y[idx_val], mean, std, size), 10, 1, size)

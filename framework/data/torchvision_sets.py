@@ -8,7 +8,7 @@ from typing import Optional
 import torch
 
 from framework.config import ConfigError
-from framework.data.base import DataBundle, ImageTensorDataset, _subsample
+from framework.data.base import DataBundle, ImageTensorDataset, _subsample, channel_stats
 
 log = logging.getLogger(__name__)
 
@@ -89,8 +89,7 @@ def torchvision_dataset(
 
     (x_train, y_train), (x_val, y_val) = tensors(train), tensors(val)
     x_train, y_train = _subsample(x_train, y_train, train_size, seed, "dataset.train_size")
-    scaled = x_train.float() / 255.0
-    mean, std = scaled.mean((0, 2, 3)).tolist(), scaled.std((0, 2, 3)).tolist()
+    mean, std = channel_stats(x_train)
     size = img_size or x_train.shape[-1]
     return DataBundle(ImageTensorDataset(x_train, y_train, mean, std, size, augment),
                       ImageTensorDataset(x_val, y_val, mean, std, size), num_classes, x_train.shape[1], size)
