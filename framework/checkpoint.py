@@ -21,10 +21,21 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
+    try:  # PyTorch >= 2.6
+        from torch.utils.serialization import config
+    except ImportError:
+        config = None
+    crc_off = config is not None and not config.save.compute_crc32
+    if crc_off:  # someone switched PyTorch's CRC-32 off; our checkpoints carry it (verify_checkpoint reads it)
+        config.save.compute_crc32 = True
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+    finally:
+        if crc_off:
+            config.save.compute_crc32 = False
     os.replace(tmp, path)
 
 

@@ -67,3 +67,14 @@ def test_truncated_file_is_refused(tmp_path):
     path.write_bytes(path.read_bytes()[:-100])
     with pytest.raises(ValueError, match="not a torch.save zip archive"):
         load_checkpoint(path)
+
+
+def test_checkpoints_carry_crcs_even_when_pytorch_is_told_not_to(tmp_path):
+    config = torch.utils.serialization.config.save
+    config.compute_crc32 = False
+    try:
+        save_checkpoint({"model": {"w": torch.randn(8, 8)}, "step": 1}, tmp_path / "last.pt")
+        assert config.compute_crc32 is False  # the user's setting is put back
+    finally:
+        config.compute_crc32 = True
+    assert load_checkpoint(tmp_path / "last.pt")["step"] == 1
