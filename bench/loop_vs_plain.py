@@ -126,10 +126,13 @@ def main() -> None:
         fw, plain = [], []
         _, trainer = framework_run(ROWS[name], 5, args.batch, out / f"{name}_warm")  # warm-up (allocator, threads)
         plain_run(trainer, 5, args.batch)
-        for r in range(args.repeats):  # alternate, so drifts of the machine hit both
+        for r in range(args.repeats):  # alternate which goes first, so drifts of the machine hit both
+            if r % 2:
+                plain.append(plain_run(trainer, args.steps, args.batch))
             speed, trainer = framework_run(ROWS[name], args.steps, args.batch, out / f"{name}_{r}")
             fw.append(speed)
-            plain.append(plain_run(trainer, args.steps, args.batch))
+            if not r % 2:
+                plain.append(plain_run(trainer, args.steps, args.batch))
         f, p = max(fw), max(plain)
         print(f"{name:<18} {f:>20.1f} {p:>16.1f} {f / p:>6.3f}   (all: {', '.join(f'{v:.0f}' for v in fw)} "
               f"vs {', '.join(f'{v:.0f}' for v in plain)}; median ratio {statistics.median(fw) / statistics.median(plain):.3f})")

@@ -108,8 +108,12 @@ def run_task(cfg) -> float:
     try:
         if multirun:  # a job's mistake fails that job, not the sweep
             return train(cfg)
-        with exit_on_user_error():
-            return train(cfg)
+        try:
+            with exit_on_user_error():
+                return train(cfg)
+        except SystemExit:
+            _drop_unused_run_dir(hc.runtime.output_dir)
+            raise
     except Diverged as exc:
         print(f"diverged: {exc}", file=sys.stderr)
         if multirun:
@@ -122,6 +126,19 @@ def run_task(cfg) -> float:
         if not multirun:
             raise
         return _failed_job(exc, hc)
+
+
+def _drop_unused_run_dir(folder: str) -> None:
+    """A run refused before training leaves no folder behind: remove Hydra's output folder when
+    it holds nothing but ``.hydra/`` and an empty ``train.log``."""
+    import shutil
+    from pathlib import Path
+
+    run_dir = Path(folder)
+    log_file = run_dir / "train.log"
+    names = {p.name for p in run_dir.iterdir()} if run_dir.is_dir() else {"?"}
+    if names <= {".hydra", "train.log"} and (not log_file.exists() or log_file.stat().st_size == 0):
+        shutil.rmtree(run_dir, ignore_errors=True)
 
 
 def _failed_job(exc: Exception, hc) -> float:

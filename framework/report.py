@@ -312,7 +312,8 @@ class SweepReport(Callback):
         LAST_SWEEP = (len(result["rows"]), result["bad"])
         best = result["rows"][0]
         print(f"sweep report: {sweep_dir / 'report.md'} ({len(result['rows'])} jobs, {result['bad']} not completed; "
-              f"best: job {best['job']} {best['overrides']} val/acc {_fmt(best['best_val_acc'])})", file=sys.stderr)
+              f"best: job {best['job']} {_series_label(best, swept_keys(result['rows']))} "
+              f"val/acc {_fmt(best['best_val_acc'])})", file=sys.stderr)
 
 
 def main(argv: Optional[list[str]] = None) -> int:
