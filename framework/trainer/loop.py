@@ -240,7 +240,8 @@ class Trainer(StateMixin):
                                  append=resuming)
         epochs_csv = CSVLog(self.run_dir / "epochs.csv", ["epoch", "train/loss", "val/loss", "val/acc", "lr", "time_s"],
                             append=resuming)
-        self._pending: list[tuple[dict[str, Any], torch.Tensor, torch.Tensor]] = []
+        self._pending: list[tuple[dict[str, Any], torch.Tensor, torch.Tensor]] = []  # rows not read yet
+        self._checked: list[dict[str, Any]] = []  # rows read and checked, not written yet
         self._bar = tqdm(total=T, initial=self.step, disable=not self.progress_bar, unit="step",
                          dynamic_ncols=True, mininterval=0.1 if sys.stderr.isatty() else 10.0)  # log files: every 10 s
         self.model.train()
@@ -369,12 +370,12 @@ class Trainer(StateMixin):
         self._bar.update(1)
         if self.step % self.log_every == 0:
             self._flush(keep=True)
-        elif self.device.type == "cpu":  # no device to wait for: check every step, stop at once
-            self._flush()
+        elif self.device.type == "cpu":  # no device to wait for: check every step (no file I/O), stop at once
+            self._check(self._pending)
 
     def _flush(self, keep: bool = False) -> None:
-        """Read the buffered losses and gradient norms from the device (one sync), check them, write
-        the rows up to the first diverging one.
+        """Read the buffered losses and gradient norms from the device (one sync), check them, and
+        append every checked row to ``steps.csv`` (one file write).
 
         Args:
             keep: a regular point (every ``log_every_n_steps``-th step, never a stop): see
@@ -383,9 +384,13 @@ class Trainer(StateMixin):
         Raises:
             Diverged: a row failed the guard's check.
         """
-        pending = getattr(self, "_pending", None)
-        if pending:
-            self._check_and_write(pending)
+        try:
+            if getattr(self, "_pending", None):
+                self._check(self._pending)
+        finally:
+            if getattr(self, "_checked", None):
+                self._steps_csv.write(self._checked)
+                self._checked.clear()
         if keep:
             self._keep()
 
@@ -397,14 +402,20 @@ class Trainer(StateMixin):
         if self.guard.policy == "rollback" and self.guard.kept_step != self.step:
             self.guard.keep(self.state_dict())
 
-    def _check_and_write(self, pending: list) -> None:
+    def _check(self, pending: list) -> None:
+        """Read ``pending`` rows' loss and gradient norm (one transfer), run the divergence guard
+        on them and move them to the rows to write, up to and including a diverging one.
+
+        Raises:
+            Diverged: a row failed the check (the rows after it are dropped).
+        """
         values = torch.stack([torch.stack((p[1].float(), p[2].float())) for p in pending]).tolist()  # (n, 2)
         losses, norms = [v[0] for v in values], [v[1] for v in values]
         rows = [p[0] for p in pending]
         pending.clear()
         bad = self.guard.check([r["step"] for r in rows], losses, norms)
         end = len(rows) if bad is None else bad[0] + 1  # rows after a diverging step are dropped
-        self._steps_csv.write({**row, "loss": v, "grad_norm": n} for row, v, n in zip(rows[:end], losses, norms))
+        self._checked.extend({**row, "loss": v, "grad_norm": n} for row, v, n in zip(rows[:end], losses, norms))
         self._postfix = {"loss": f"{losses[end - 1]:.4f}"}
         if bad is not None:
             raise Diverged(rows[bad[0]]["step"], rows[bad[0]]["lr"], bad[1])

@@ -33,6 +33,7 @@ class StateMixin:
         state = self.guard.restore_point()
         backoff = self.lr_backoff * self.guard.backoff
         self._pending.clear()
+        self._checked.clear()
         earlier = self._earlier_time_s  # time spent is not rolled back
         self.load_state_dict(state)
         self.lr_backoff, self._earlier_time_s = backoff, earlier
