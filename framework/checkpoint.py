@@ -150,14 +150,12 @@ def read_resume_checkpoint(file: Path, key: str) -> dict[str, Any]:
         ConfigError: the file is truncated, corrupt, not a checkpoint, or holds pickled code
             (refused by ``weights_only=True``).
     """
-    from framework.config import ConfigError
+    from framework.config import ConfigError, first_line
 
     try:
         state = load_checkpoint(file)
     except Exception as exc:  # truncated, corrupt, text, code-carrying: never a traceback
-
-        first = (str(exc).strip().splitlines() or [""])[0][:160]
-        raise ConfigError(f"{key}={file}: not a readable checkpoint ({type(exc).__name__}: {first}); "
+        raise ConfigError(f"{key}={file}: not a readable checkpoint ({type(exc).__name__}: {first_line(exc)}); "
                           "point resume at a checkpoint this framework wrote")
     if not isinstance(state, dict) or "step" not in state or "model" not in state:
         raise ConfigError(f"{key}={file}: not a checkpoint of this framework (no model/step); check the path")
@@ -166,14 +164,8 @@ def read_resume_checkpoint(file: Path, key: str) -> dict[str, Any]:
 
 def config_differences(saved: dict[str, Any], current: dict[str, Any], ignore: tuple[str, ...] = ()) -> list[str]:
     """Dotted keys whose values differ between two nested config dicts (``ignore``: key prefixes)."""
-    def flat(d: Any, prefix: str = "") -> dict[str, Any]:
-        if not isinstance(d, dict):
-            return {prefix: d}
-        out: dict[str, Any] = {}
-        for k, v in d.items():
-            out.update(flat(v, f"{prefix}{k}."))
-        return out
+    from framework.config import flatten
 
-    a, b = flat(saved), flat(current)
-    keys = sorted(k.rstrip(".") for k in set(a) | set(b) if a.get(k) != b.get(k))
+    a, b = flatten(saved), flatten(current)
+    keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
     return [k for k in keys if not any(k == i or k.startswith(i + ".") for i in ignore)]

@@ -13,7 +13,7 @@ import re
 import sys
 from typing import Callable, Iterator
 
-from framework.config import ConfigError, TrainConfig
+from framework.config import ConfigError, TrainConfig, first_line
 from framework.registry import available, suggest
 
 
@@ -25,10 +25,6 @@ ALIASES = {"lr": "lr0", "learning_rate": "lr0", "max_epochs": "epochs", "warmup"
 #: Hydra plugins the sweep configs use, by the override that selects them.
 PLUGINS = {"hydra/launcher=joblib": "hydra-joblib-launcher", "hydra/launcher=submitit_local": "hydra-submitit-launcher",
            "hydra/launcher=submitit_slurm": "hydra-submitit-launcher", "hydra/sweeper=optuna": "hydra-optuna-sweeper"}
-
-
-def _first_line(exc: BaseException | None) -> str:
-    return str(exc).strip().splitlines()[0] if exc is not None and str(exc).strip() else ""
 
 
 def describe(exc: BaseException) -> list[str] | None:
@@ -63,9 +59,9 @@ def describe(exc: BaseException) -> list[str] | None:
             return [f"{override}: unknown key '{key}'{hint}; top-level keys are {', '.join(top)}"]
         merging = re.search(r"Error merging override (\S+)", str(exc))
         where = f"{merging.group(1)}: " if merging else ""
-        return [f"{where}{_first_line(cause) or _first_line(exc)}"]
+        return [f"{where}{first_line(cause) or first_line(exc)}"]
     if isinstance(exc, (OverrideParseException, OmegaConfBaseException)):
-        return [_first_line(exc)]
+        return [first_line(exc)]
     return None
 
 
@@ -154,7 +150,7 @@ def _failed_job(exc: Exception, hc) -> float:
     from framework.loggers import write_json
 
     messages = describe(exc)
-    text = "; ".join(messages) if messages else f"{type(exc).__name__}: {_first_line(exc)}"
+    text = "; ".join(messages) if messages else f"{type(exc).__name__}: {first_line(exc)}"
     if messages is None:
         logging.getLogger("framework.run").error("job %s failed", hc.job.num, exc_info=exc)
     from framework.loggers import git_state

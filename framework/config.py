@@ -41,6 +41,22 @@ INTERVALS = ("step", "epoch")
 _DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 
+def flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    """A nested dict as ``{"dotted.key": leaf}`` (the top-level keys when ``prefix`` is "")."""
+    if not isinstance(d, dict):
+        return {prefix.rstrip("."): d}
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(flatten(v, f"{prefix}{k}."))
+    return out
+
+
+def first_line(exc: BaseException | None, limit: int = 160) -> str:
+    """The first non-empty line of an exception's message, cut to ``limit`` characters ("" if none)."""
+    lines = str(exc).strip().splitlines() if exc is not None else []
+    return lines[0][:limit] if lines else ""
+
+
 class ConfigError(ValueError):
     """A user mistake in the config: one line that names the key and says how to fix it.
 

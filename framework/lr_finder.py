@@ -294,7 +294,7 @@ class LRFinder:
                 with trainer._autocast():
                     loss = F.cross_entropy(trainer.forward(x).float(), y) * (len(y) / sizes[g])
                 (trainer.scaler.scale(loss) if trainer.scaler is not None else loss).backward()
-                step_loss += loss.item()
+                step_loss = step_loss + loss.detach()  # on the device: read once per probe
                 if (i + 1) % accumulate and i + 1 < len(loader):
                     continue
                 applied, _ = trainer._apply_step()
@@ -303,7 +303,7 @@ class LRFinder:
                     step_loss = 0.0
                     continue
                 lrs.append(lr)
-                losses.append(step_loss)
+                losses.append(float(step_loss))  # one read per probe: it decides whether to stop
                 step_loss = 0.0
                 if not math.isfinite(losses[-1]):
                     return lrs, losses, f"loss not finite at lr {lr:.3g}"

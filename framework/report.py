@@ -20,6 +20,8 @@ import sys
 from pathlib import Path
 from typing import Any, Optional
 
+from framework.config import first_line, flatten
+
 try:  # Hydra's callback base class; the report also works without Hydra's experimental API
     from hydra.experimental.callback import Callback
 except ImportError:  # pragma: no cover
@@ -44,15 +46,6 @@ def _float(value: Any) -> Optional[float]:
     except (TypeError, ValueError):
         return None
     return out if math.isfinite(out) else None
-
-
-def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
-    if not isinstance(d, dict):
-        return {prefix.rstrip("."): d}
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        out.update(_flat(v, f"{prefix}{k}."))
-    return out
 
 
 def job_folders(sweep_dir: str | Path) -> list[Path]:
@@ -109,7 +102,7 @@ def read_job(folder: Path) -> dict[str, Any]:
         "steps": summary.get("steps", len(steps)),
         "planned_steps": summary.get("planned_steps"),
         "error": summary.get("error", ""),
-        "config": _flat(config),
+        "config": flatten(config),
         "choices": choices,
         "steps_rows": steps,
     }
@@ -126,7 +119,7 @@ def collect(sweep_dir: str | Path) -> list[dict[str, Any]]:
             rows.append({"job": folder.name, "folder": folder, "overrides": "", "status": "incomplete",
                          "best_val_acc": None, "final_val_acc": None, "final_train_loss": None, "lr0": None,
                          "wall_time_s": None, "steps": 0, "planned_steps": None,
-                         "error": f"unreadable job folder ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})",
+                         "error": f"unreadable job folder ({type(exc).__name__}: {first_line(exc, 120)})",
                          "config": {}, "choices": {}, "steps_rows": []})
     order = {"completed": 0, "stopped": 1, "incomplete": 2, "diverged": 3, "failed": 4}
     rows.sort(key=lambda r: (order.get(r["status"], 5), -(r["best_val_acc"] if r["best_val_acc"] is not None else -1),

@@ -112,12 +112,12 @@ class StateMixin:
         Raises:
             ConfigError: the checkpoint holds another model or optimizer layout.
         """
-        from framework.config import ConfigError
+        from framework.config import ConfigError, first_line
 
         try:
             self.model.load_state_dict(state["model"])
         except RuntimeError as exc:
-            raise ConfigError(f"resume: the checkpoint holds a different model ({str(exc).splitlines()[0][:120]}); "
+            raise ConfigError(f"resume: the checkpoint holds a different model ({first_line(exc, 120)}); "
                               "resume with the run's own model config")
         keep = [{k: g[k] for k in ("initial_lr", "initial_momentum") if k in g} for g in self.optimizer.param_groups]
         try:
