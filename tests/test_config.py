@@ -104,7 +104,8 @@ def test_every_group_file_composes_validates_and_instantiates(path, tmp_path, mo
     elif group == "optimizer":
         net = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3))
         opt = registry.instantiate(node, group, reserved=RESERVED_KEYS["optimizer"], params=param_groups(net, node.get("weight_decay", 0.0)))
-        assert all(g["lr"] == node.lr for g in opt.param_groups)  # ${lr0}, or 1.0 for Prodigy
+        expected = 1.0 if path.stem == "prodigy" else cfg.lr0  # Prodigy's LR is a multiplier of its own d
+        assert all(g["lr"] == expected for g in opt.param_groups)
     elif group == "scheduler":
         plan = LRPlan(lambda total, warmup: registry.instantiate(
             node, group, reserved=("interval",), total=total,

@@ -45,6 +45,9 @@ def test_rollback_recovers_and_finishes_with_a_lower_lr(tmp_path):
     assert all(math.isfinite(float(r["loss"])) for r in rows)
     cosine = torch_lrs(lambda o: tls.CosineAnnealingLR(o, T_max=11, eta_min=1e6 * 0.01), 12, lr0=1e6)
     factor = [1.0] * 12
+    factors = [rb["lr_factor"] for rb in summary["rollbacks"]]
+    assert factors == pytest.approx([0.01 ** (i + 1) for i in range(len(factors))], rel=1e-12)  # 0.01, 1e-4, ...
+    assert all(rb["restored_step"] <= rb["diverged_step"] for rb in summary["rollbacks"])
     for rb in summary["rollbacks"]:  # each rollback lowers the LR from the step it restored on
         for k in range(rb["restored_step"], 12):
             factor[k] = rb["lr_factor"]

@@ -45,7 +45,7 @@ def test_report_rows_cover_the_sweep_best_first(lr_sweep):
     rows = read_csv(sweep / "report.csv")
     assert [(r["rank"], r["job"], r["status"]) for r in rows] == [("1", "0", "completed"), ("2", "1", "diverged")]
     done = json.loads((sweep / "0" / "summary.json").read_text())
-    assert float(rows[0]["best_val_acc"]) == done["best"]["val/acc"]
+    assert float(rows[0]["best_val_acc"]) == max(float(r["val/acc"]) for r in read_csv(sweep / "0" / "epochs.csv"))
     assert float(rows[0]["final_train_loss"]) == done["final"]["train/loss"]
     assert rows[0]["steps"] == "8" and rows[0]["overrides"].lower().split() == [*SWEEP, "optimizer=sgd", "lr0=0.01"]
     md = (sweep / "report.md").read_text()
@@ -64,8 +64,10 @@ def test_every_job_starts_at_its_lr0_and_ends_at_lr0_times_lrf(tmp_path):
     for job in range(4):
         summary = json.loads((sweep / str(job) / "summary.json").read_text())
         steps = read_csv(sweep / str(job) / "steps.csv")
-        assert float(steps[0]["lr"]) == summary["lr0"]
-        assert float(steps[-1]["lr"]) == pytest.approx(summary["lr0"] * 0.01, rel=1e-12)
+        lr0 = next(float(o.split("=")[1]) for o in (sweep / str(job) / ".hydra" / "overrides.yaml").read_text()
+                   .replace("- ", "").split() if o.startswith("lr0="))  # what the command line gave this job
+        assert float(steps[0]["lr"]) == lr0 and summary["lr0"] == lr0
+        assert float(steps[-1]["lr"]) == pytest.approx(lr0 * 0.01, rel=1e-12)
 
 
 def test_a_failed_job_is_recorded_and_the_sweep_goes_on(tmp_path):
@@ -128,9 +130,12 @@ def test_joblib_launcher_shares_the_cores(tmp_path):
     sweep = tmp_path / "s"
     proc = multirun(sweep, *SWEEP, "epochs=1", "lr0=0.01,0.02", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    threads = max(1, (os.cpu_count() or 1) // min(2, os.cpu_count() or 1))
+    cores = os.cpu_count() or 1
     for job in ("0", "1"):
-        assert f"torch.set_num_threads({threads}) per job" in (sweep / job / "train.log").read_text()
+        text = (sweep / job / "train.log").read_text()
+        assert f"2 parallel jobs on {cores} cores" in text if cores >= 2 else "1 parallel jobs" in text
+        threads = int(text.split("torch.set_num_threads(")[1].split(")")[0])
+        assert threads >= 1 and (threads * 2 <= cores or threads == 1)  # 2 jobs never ask for more than the cores
     assert [r["status"] for r in read_csv(sweep / "report.csv")] == ["completed", "completed"]
 
 
