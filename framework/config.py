@@ -41,6 +41,19 @@ INTERVALS = ("step", "epoch")
 _DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 
+def with_values(cfg: DictConfig, **values: Any) -> DictConfig:
+    """A copy of ``cfg`` with top-level keys set (Hydra's own config is left as composed)."""
+    import copy
+
+    from omegaconf import open_dict
+
+    out = copy.deepcopy(cfg)
+    with open_dict(out):
+        for key, value in values.items():
+            out[key] = value
+    return out
+
+
 def flatten(d: Any, prefix: str = "") -> dict[str, Any]:
     """A nested dict as ``{"dotted.key": leaf}`` (the top-level keys when ``prefix`` is "")."""
     if not isinstance(d, dict):

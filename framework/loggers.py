@@ -59,6 +59,16 @@ def write_json(data: dict[str, Any], path: str | Path) -> None:
     os.replace(tmp, path)
 
 
+def read_summary(folder: str | Path) -> dict[str, Any]:
+    """A run folder's ``summary.json``; ``{}`` when it is missing or unreadable (being written,
+    or the run was killed before writing it)."""
+    try:
+        data = json.loads((Path(folder) / "summary.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
 def git_state(folder: str | Path) -> dict[str, Any]:
     """Commit and dirty flag of the git checkout holding ``folder``.
 

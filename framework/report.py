@@ -63,16 +63,11 @@ def read_job(folder: Path) -> dict[str, Any]:
         The :data:`COLUMNS` values plus ``config`` (the flattened composed config),
         ``choices`` (Hydra's group choices), ``steps_rows`` (``steps.csv``) and ``error``.
     """
-    import json
-
     from omegaconf import OmegaConf
 
-    summary: dict[str, Any] = {}
-    if (folder / "summary.json").is_file():
-        try:
-            summary = json.loads((folder / "summary.json").read_text())
-        except ValueError:  # being written right now
-            summary = {}
+    from framework.loggers import read_summary
+
+    summary = read_summary(folder)
     hydra_dir = folder / ".hydra"
     loaded = OmegaConf.load(hydra_dir / "config.yaml")
     try:  # resolved, so ${lr0} in optimizer.lr shows its value

@@ -43,13 +43,9 @@ def prepare_resume(cfg: DictConfig) -> tuple[Path, dict[str, Any]]:
         cfg.lr0 = saved_lr0
     diffs = config_differences(state.get("config") or {}, plain_config(cfg), RESUME_FREE_KEYS)
     if diffs and not cfg.resume_allow_changes:
-        import json
+        from framework.loggers import read_summary
 
-        try:
-            overrides = " ".join(o for o in json.loads((folder / "summary.json").read_text()).get("overrides", [])
-                                 if not o.startswith(("resume=", "trainer.stop_after_steps=")))
-        except (OSError, ValueError):
-            overrides = ""
+        overrides = " ".join(rerun_overrides(read_summary(folder).get("overrides", [])))
         hint = f" ({overrides})" if overrides else ""
         raise ConfigError(f"resume={cfg.resume}: the config differs from the run's in {', '.join(diffs)}; "
                           f"use the run's overrides{hint}, or resume_allow_changes=true to continue anyway")
@@ -78,23 +74,20 @@ def resume_requeued_job(cfg: DictConfig, run_dir: Path, hc: Any) -> DictConfig:
     """A multirun job whose folder holds an unfinished run with a checkpoint (a SLURM job
     preempted, timed out or lost with its node, then requeued by the submitit launcher into the
     same folder) resumes it instead of starting over. Completed and diverged runs are left alone."""
-    import copy
-    import json
-
     from hydra.types import RunMode
-    from omegaconf import open_dict
 
-    summary = run_dir / "summary.json"
+    from framework.config import with_values
+    from framework.loggers import read_summary
+
     if hc.mode != RunMode.MULTIRUN or cfg.resume is not None or not (run_dir / "checkpoints" / "last.pt").is_file():
         return cfg
-    try:
-        status = json.loads(summary.read_text()).get("status")
-    except (OSError, ValueError):  # no summary: killed before it was written
-        status = None
+    status = read_summary(run_dir).get("status")  # None: killed before it wrote its summary
     if status in ("completed", "diverged"):
         return cfg
     log.warning("this job's folder holds an unfinished run (status %s): resuming it (resume=%s)", status, run_dir)
-    cfg = copy.deepcopy(cfg)  # Hydra's own config stays as composed
-    with open_dict(cfg):
-        cfg.resume = str(run_dir)
-    return cfg
+    return with_values(cfg, resume=str(run_dir))
+
+
+def rerun_overrides(overrides: list[str]) -> list[str]:
+    """A run's command-line overrides without those that stopped or resumed it: what continues it."""
+    return [o for o in overrides if not o.startswith(("resume=", "trainer.stop_after_steps="))]

@@ -11,8 +11,8 @@ from typing import Any, Optional
 from omegaconf import DictConfig
 
 from framework import registry
-from framework.config import RESERVED_KEYS, ConfigError, validate
-from framework.resume import plain_config, prepare_resume, resume_requeued_job, resume_trainer
+from framework.config import RESERVED_KEYS, ConfigError, validate, with_values
+from framework.resume import plain_config, prepare_resume, rerun_overrides, resume_requeued_job, resume_trainer
 
 log = logging.getLogger(__name__)
 
@@ -153,19 +153,16 @@ def build(cfg: DictConfig, run_dir: Path) -> Any:
 
 def _earlier_lr0_auto(run_dir: Path) -> dict[str, Any]:
     """A resumed ``lr0=auto`` run keeps the record of how its lr0 was chosen."""
-    import json
+    from framework.loggers import read_summary
 
-    try:
-        earlier = json.loads((run_dir / "summary.json").read_text()).get("lr0_auto")
-    except (OSError, ValueError):
-        earlier = None
+    earlier = read_summary(run_dir).get("lr0_auto")
     return {"lr0_auto": earlier} if earlier else {}
 
 
 def _range_test(cfg: DictConfig, run_dir: Path) -> Any:
     """Build the run as configured (``lr0=auto``: with lr0 = 1 as the base the group LRs are
     ratios of), run the LR range test on it and write ``lr_find.csv/.json/.png``."""
-    from omegaconf import OmegaConf, open_dict
+    from omegaconf import OmegaConf
 
     from framework.lr_finder import write_outputs
 
@@ -178,9 +175,7 @@ def _range_test(cfg: DictConfig, run_dir: Path) -> Any:
     finder = registry.instantiate(cfg.lr_finder, "lr_finder")  # bad lr_finder.* values fail before any build
     probe_cfg = cfg
     if cfg.lr0 == "auto":
-        probe_cfg = OmegaConf.create(OmegaConf.to_container(cfg))
-        with open_dict(probe_cfg):
-            probe_cfg.lr0 = 1.0
+        probe_cfg = with_values(cfg, lr0=1.0)
     trainer = build(probe_cfg, run_dir)
     log.info("LR range test: %d probes from %g to %g (lr0 units)", finder.num_steps, finder.start_lr, finder.end_lr)
     result = finder.run(trainer, float(probe_cfg.lr0))
@@ -217,7 +212,7 @@ def choose_lr0(cfg: DictConfig, run_dir: Path) -> tuple[DictConfig, dict[str, An
     Raises:
         ConfigError: the range test found no suggestion (flat or too short a loss curve).
     """
-    from omegaconf import OmegaConf, open_dict
+    from omegaconf import OmegaConf
 
     from framework.lr_finder import answer
 
@@ -226,9 +221,7 @@ def choose_lr0(cfg: DictConfig, run_dir: Path) -> tuple[DictConfig, dict[str, An
         print(answer(result))
     else:
         raise ConfigError("lr0=auto: " + answer(result).split(": ", 1)[1] + "; or set lr0 to a number")
-    chosen = OmegaConf.create(OmegaConf.to_container(cfg))
-    with open_dict(chosen):
-        chosen.lr0 = result.lr
+    chosen = with_values(cfg, lr0=result.lr)
     saved = run_dir / ".hydra" / "config.yaml"
     if saved.is_file():
         text = OmegaConf.load(saved)
@@ -383,7 +376,7 @@ def train(cfg: DictConfig, run_dir: Optional[str | Path] = None) -> float:
         _finish(trainer, summary, start, cfg)
     _print_table(summary)
     if summary["status"] == "stopped":
-        again = [o for o in overrides if not o.startswith(("resume=", "trainer.stop_after_steps="))]
+        again = rerun_overrides(overrides)
         print(f"stopped at step {summary['steps']} of {summary['planned_steps']}; continue with: "
               f"python train.py {' '.join(again)} resume={run_dir}".replace("  ", " "))
     trainer.forward_stop_signal()
