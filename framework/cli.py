@@ -94,13 +94,27 @@ def run_task(cfg) -> float:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    from framework.run import train
-    from framework.trainer import Diverged
+    from framework import distributed
 
     hc = HydraConfig.get()
     multirun = hc.mode == RunMode.MULTIRUN
     if multirun:
         _share_cores(hc)
+    started = distributed.init()  # a submitit job with several tasks (torchrun joined in run_cli)
+    ok = False
+    try:
+        objective = _run(cfg, hc, multirun)
+        ok = True
+        return objective
+    finally:
+        if started:
+            distributed.shutdown(barrier=ok)
+
+
+def _run(cfg, hc, multirun: bool) -> float:
+    from framework.run import train
+    from framework.trainer import Diverged
+
     try:
         if multirun:  # a job's mistake fails that job, not the sweep
             return train(cfg)
@@ -190,9 +204,20 @@ def run_cli(main: Callable[[], object]) -> None:
     After a multirun, exits with status 1 when some job did not complete (failed, diverged,
     stopped), as the sweep report counted them.
     """
+    from framework import distributed
+
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")  # let exceptions reach us, unformatted
-    with exit_on_user_error():
-        main()
+    started = distributed.wanted() and distributed.init()  # torchrun: join before Hydra picks the run folder
+    if started and not distributed.is_main():
+        sys.argv.append("hydra.output_subdir=null")  # rank 0 writes .hydra/ (config, overrides)
+    ok = False
+    try:
+        with exit_on_user_error():
+            main()
+        ok = True
+    finally:
+        if started:
+            distributed.shutdown(barrier=ok)
     from framework import report
 
     if report.LAST_SWEEP is not None and report.LAST_SWEEP[1]:

@@ -122,7 +122,9 @@ def unique_dir(path: str) -> str:
     folder. The same ``path`` asked again by this process returns the folder already reserved
     (Hydra resolves its output folder more than once; its launchers copy the resolved values to
     every job with ``OmegaConf.copy_cache``, so jobs in other processes see the same folder).
-    Resolving ``hydra.run.dir`` itself (``--cfg hydra --resolve``) reserves a folder too. Registered as the OmegaConf resolver
+    Resolving ``hydra.run.dir`` itself (``--cfg hydra --resolve``) reserves a folder too. Under
+    ``torchrun`` rank 0 reserves the folder and the other ranks read its name from the rendezvous
+    store, so every rank writes into one folder. Registered as the OmegaConf resolver
     ``${unique_dir:...}`` used by ``hydra.run.dir`` and ``hydra.sweep.dir``.
 
     Args:
@@ -135,10 +137,21 @@ def unique_dir(path: str) -> str:
         RuntimeError: 10,000 folders of that name exist already; set ``hydra.run.dir`` /
             ``hydra.sweep.dir`` to another place.
     """
-    import os
-
     if path in _RESERVED_DIRS:
         return _RESERVED_DIRS[path]
+    from framework import distributed
+
+    if distributed.wanted():  # torchrun: rank 0 reserves (its clock names the folder), every rank uses it
+        folder = distributed.shared(f"lrframe/unique_dir/{len(_RESERVED_DIRS)}", lambda: _reserve(path))
+    else:
+        folder = _reserve(path)
+    _RESERVED_DIRS[path] = folder
+    return folder
+
+
+def _reserve(path: str) -> str:
+    import os
+
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     for n in range(10_000):
         candidate = path if n == 0 else f"{path}-{n}"
@@ -146,7 +159,6 @@ def unique_dir(path: str) -> str:
             os.makedirs(candidate)
         except FileExistsError:
             continue
-        _RESERVED_DIRS[path] = candidate
         return candidate
     raise RuntimeError(f"{path}: 10,000 folders of that name exist; set hydra.run.dir or hydra.sweep.dir elsewhere")
 

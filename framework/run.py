@@ -10,7 +10,7 @@ from typing import Any, Optional
 
 from omegaconf import DictConfig
 
-from framework import registry
+from framework import distributed, registry
 from framework.config import RESERVED_KEYS, ConfigError, validate, with_values
 from framework.resume import plain_config, prepare_resume, rerun_overrides, resume_requeued_job, resume_trainer
 
@@ -34,13 +34,16 @@ def seed_everything(seed: int) -> None:
 
 
 def resolve_device(name: str):
-    """``auto`` -> CUDA if available, else Apple MPS, else CPU; other names as given.
+    """``auto`` -> CUDA if available, else Apple MPS, else CPU; other names as given. In a
+    data-parallel run ``auto`` and ``cuda`` mean this process's GPU, ``cuda:LOCAL_RANK``.
 
     Raises:
         ConfigError: the named device is not available here.
     """
     import torch
 
+    if distributed.world_size() > 1 and torch.cuda.is_available() and name in ("auto", "cuda"):
+        return torch.device("cuda", distributed.cuda_device_index())
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -93,6 +96,12 @@ def warmup_length(cfg: DictConfig, steps_per_epoch: int) -> tuple[int, str]:
     return steps, f"warmup_epochs={cfg.warmup_epochs}"
 
 
+def global_batch(cfg: DictConfig) -> int:
+    """Samples per optimizer step over all processes: ``batch_size x accumulate_grad_batches x
+    world size`` (what ``lr_scaling`` scales by, Goyal et al. 2017)."""
+    return cfg.batch_size * cfg.trainer.accumulate_grad_batches * distributed.world_size()
+
+
 def build(cfg: DictConfig, run_dir: Path) -> Any:
     """Validate, then build dataset, loaders, LR plan, model, optimizer and trainer.
 
@@ -108,10 +117,15 @@ def build(cfg: DictConfig, run_dir: Path) -> Any:
     device = resolve_device(cfg.device)
     if str(cfg.trainer.precision) == "fp16" and device.type != "cuda":
         raise ConfigError(f"trainer.precision=fp16: needs CUDA (device is {device.type}); use bf16 or 32")
+    world = distributed.world_size()
+    if cfg.trainer.get("sync_batchnorm") and world > 1 and device.type != "cuda":
+        raise ConfigError(f"trainer.sync_batchnorm=true: torch.nn.SyncBatchNorm needs CUDA (device is {device.type}); "
+                          "use trainer.sync_batchnorm=false")
     check_model_name(cfg.model.name)
     seed_everything(cfg.seed)
     data = registry.instantiate(cfg.dataset, "dataset", seed=cfg.seed)
-    loaders = make_loaders(data, cfg.batch_size, cfg.seed, device, cfg.loader, cfg.num_workers)
+    loaders = make_loaders(data, cfg.batch_size, cfg.seed, device, cfg.loader, cfg.num_workers,
+                           rank=distributed.rank(), world_size=world)
     T, spe = count_steps(len(loaders[0]), cfg.trainer.accumulate_grad_batches, cfg.epochs, cfg.max_steps)
     W, warmup_key = warmup_length(cfg, spe)
     takes_warmup = registry.accepts(cfg.scheduler, "warmup")
@@ -142,7 +156,7 @@ def build(cfg: DictConfig, run_dir: Path) -> Any:
         key = "warmup_momentum" if cfg.warmup_momentum is not None else "scheduler.cycle_momentum"
         raise ConfigError(f"{key}: {type(optimizer).__name__} has no momentum or beta1 to set; use "
                           "scheduler.cycle_momentum=false and warmup_momentum=null, or an optimizer with momentum")
-    scale = lr_scale_factor(cfg.lr_scaling, cfg.batch_size * cfg.trainer.accumulate_grad_batches, cfg.lr_base_size)
+    scale = lr_scale_factor(cfg.lr_scaling, global_batch(cfg), cfg.lr_base_size)
     for group in optimizer.param_groups:
         group["initial_lr"] = group["lr"] * group.get("lr_scale", 1.0) * scale
         group["lr"] = group["initial_lr"]
@@ -302,6 +316,11 @@ def train(cfg: DictConfig, run_dir: Optional[str | Path] = None) -> float:
         run_dir, overrides = hc.runtime.output_dir, list(hc.overrides.task)
         cfg = resume_requeued_job(cfg, Path(run_dir), hc)
     run_dir = Path(run_dir)
+    distributed.quiet_other_ranks()
+    if distributed.world_size() > 1 and (cfg.mode == "lr_find" or cfg.lr0 == "auto"):
+        key = "mode=lr_find" if cfg.mode == "lr_find" else "lr0=auto"
+        raise ConfigError(f"{key}: the LR range test runs in one process; run python train.py mode=lr_find "
+                          "(same config, batch_size = the global batch) and start torchrun with lr0=<its answer>")
     resume_state = None
     if cfg.resume is not None and cfg.mode == "train":
         validate(cfg)
@@ -314,7 +333,7 @@ def train(cfg: DictConfig, run_dir: Optional[str | Path] = None) -> float:
         cfg, lr0_auto = choose_lr0(cfg, run_dir)
     trainer = build(cfg, run_dir)
     if cfg.mode == "plot_lr":
-        return preview(trainer, run_dir, " ".join(overrides))
+        return preview(trainer, run_dir, " ".join(overrides)) if distributed.is_main() else 0.0
     if resume_state is not None:
         resume_trainer(trainer, resume_state)
 
@@ -337,8 +356,7 @@ def train(cfg: DictConfig, run_dir: Optional[str | Path] = None) -> float:
     lr0_effective = groups[0]["initial_lr"] / groups[0].get("lr_scale", 1.0)
     if cfg.lr_scaling != "none":
         log.info("lr_scaling=%s: lr0 %g x %.4g (global batch %d / lr_base_size %d%s) = %g effective",
-                 cfg.lr_scaling, cfg.lr0, lr0_effective / cfg.lr0,
-                 cfg.batch_size * cfg.trainer.accumulate_grad_batches, cfg.lr_base_size,
+                 cfg.lr_scaling, cfg.lr0, lr0_effective / cfg.lr0, global_batch(cfg), cfg.lr_base_size,
                  ", sqrt" if cfg.lr_scaling == "sqrt" else "", lr0_effective)
     elif lr0_effective != cfg.lr0:
         log.info("base LR from optimizer.lr=%g (lr0=%g is not used by this optimizer config)", lr0_effective, cfg.lr0)
@@ -355,6 +373,7 @@ def train(cfg: DictConfig, run_dir: Optional[str | Path] = None) -> float:
         "base_lrs": base_lrs,
         "planned_steps": plan.total_steps,
         "device": str(trainer.device),
+        "world_size": distributed.world_size(),
         "run_dir": str(run_dir),
         "overrides": overrides,
         **({"lr0_auto": lr0_auto} if lr0_auto else _earlier_lr0_auto(run_dir) if resume_state is not None else {}),
@@ -373,7 +392,11 @@ def train(cfg: DictConfig, run_dir: Optional[str | Path] = None) -> float:
                        objective=trainer.best.get(OBJECTIVE), error=f"{type(exc).__name__}: {exc}")
         raise
     finally:
-        _finish(trainer, summary, start, cfg)
+        if distributed.is_main():
+            _finish(trainer, summary, start, cfg)
+    if not distributed.is_main():
+        trainer.forward_stop_signal()
+        return float(summary["objective"])
     _print_table(summary)
     if summary["status"] == "stopped":
         again = rerun_overrides(overrides)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any, Optional
 
 import torch
@@ -13,20 +14,28 @@ log = logging.getLogger(__name__)
 
 
 class EpochSampler(torch.utils.data.Sampler):
-    """Shuffled indices that are a pure function of ``(seed, epoch)``, resumable mid-epoch.
+    """Shuffled indices that are a pure function of ``(seed, epoch)``, resumable mid-epoch, and
+    split over the ranks of a data-parallel run.
 
     Epoch ``e`` visits ``torch.randperm(n)`` drawn from a generator seeded with
     ``seed * 1_000_003 + e`` (as ``DistributedSampler`` derives its order from seed and epoch),
     skipping the first ``start`` indices after :meth:`set_epoch` with ``start > 0``: a run
-    resumed at batch ``b`` sees exactly the batches it would have seen.
+    resumed at batch ``b`` sees exactly the batches it would have seen. With ``world_size = W``
+    the permutation is padded by wrapping around to ``W * ceil(n / W)`` indices and rank ``r``
+    takes every ``W``-th from ``r`` (``torch.utils.data.distributed.DistributedSampler``'s rule),
+    so every rank has ``ceil(n / W)`` samples and the same number of steps.
 
     Args:
         num_samples: dataset length ``n``.
         seed: run seed.
+        rank: this process's rank ``r`` (0 in a single process).
+        world_size: processes ``W`` (1 in a single process).
     """
 
-    def __init__(self, num_samples: int, seed: int):
+    def __init__(self, num_samples: int, seed: int, rank: int = 0, world_size: int = 1):
         self.num_samples, self.seed = num_samples, seed
+        self.rank, self.world_size = rank, world_size
+        self.epoch_length = math.ceil(num_samples / world_size)  # this rank's samples per epoch
         self.epoch, self.start = 0, 0
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
@@ -35,10 +44,14 @@ class EpochSampler(torch.utils.data.Sampler):
 
     def __iter__(self):
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        return iter(torch.randperm(self.num_samples, generator=g)[self.start:].tolist())
+        order = torch.randperm(self.num_samples, generator=g)
+        if self.world_size > 1:
+            total = self.epoch_length * self.world_size
+            order = order.repeat(math.ceil(total / self.num_samples))[:total][self.rank::self.world_size]
+        return iter(order[self.start:].tolist())
 
     def __len__(self) -> int:
-        return self.num_samples - self.start
+        return self.epoch_length - self.start
 
 
 class DeviceLoader:
@@ -116,7 +129,7 @@ def fits_on_device(data: DataBundle, device: torch.device) -> tuple[bool, str]:
 
 
 def make_loaders(data: DataBundle, batch_size: int, seed: int, device: torch.device, loader: str = "auto",
-                 num_workers: int = 0):
+                 num_workers: int = 0, rank: int = 0, world_size: int = 1):
     """Train loader (shuffled by ``seed``) and validation loader (in order, batch ×2).
 
     Args:
@@ -127,10 +140,13 @@ def make_loaders(data: DataBundle, batch_size: int, seed: int, device: torch.dev
         loader: ``device`` (:class:`DeviceLoader`), ``standard`` (``torch.utils.data.DataLoader``)
             or ``auto`` (device when :func:`fits_on_device`).
         num_workers: ``DataLoader`` worker processes on the standard path (persistent when > 0).
+        rank: this process's rank in a data-parallel run (0 otherwise).
+        world_size: processes of the run: each rank trains on its split of every epoch
+            (:class:`EpochSampler`) and evaluates every ``world_size``-th validation sample.
 
     Returns:
-        ``(train_loader, val_loader)``; the train loader drops a last batch of exactly one
-        sample (BatchNorm cannot train on it), so the step count ``T`` reflects that.
+        ``(train_loader, val_loader)`` of this rank; the train loader drops a last batch of
+        exactly one sample (BatchNorm cannot train on it), so the step count ``T`` reflects that.
 
     Raises:
         ConfigError: ``loader=device`` for data that cannot be held on the device.
@@ -138,20 +154,21 @@ def make_loaders(data: DataBundle, batch_size: int, seed: int, device: torch.dev
     from framework.config import ConfigError
 
     # A last batch of one sample breaks BatchNorm in training mode; drop it (one sample per epoch).
-    drop_last = len(data.train) % batch_size == 1 and len(data.train) > 1
+    sampler = EpochSampler(len(data.train), seed, rank, world_size)
+    drop_last = sampler.epoch_length % batch_size == 1 and sampler.epoch_length > 1
     if drop_last:
         log.info("batch_size=%d leaves a last batch of 1 sample: it is dropped each epoch", batch_size)
-    sampler = EpochSampler(len(data.train), seed)
+    val_shard = range(rank, len(data.val), world_size) if world_size > 1 else None  # no padding: each sample once
     ok, why = fits_on_device(data, device) if loader != "standard" else (False, "")
     if loader == "device" and not ok:
         raise ConfigError(f"loader=device: {why}; use loader=standard (or auto)")
     if ok:
         log.info("device-resident loader: the dataset is held on %s, batches are cut by index", device)
         return (DeviceLoader(data.train, batch_size, device, sampler, drop_last),
-                DeviceLoader(data.val, 2 * batch_size, device))
+                DeviceLoader(data.val, 2 * batch_size, device, val_shard))
     pin = device.type == "cuda"
     workers = {"num_workers": num_workers, "persistent_workers": num_workers > 0}
     train = DataLoader(data.train, batch_size=batch_size, sampler=sampler, pin_memory=pin, drop_last=drop_last,
                        **workers)
-    val = DataLoader(data.val, batch_size=2 * batch_size, shuffle=False, pin_memory=pin, **workers)
+    val = DataLoader(data.val, batch_size=2 * batch_size, sampler=val_shard, shuffle=False, pin_memory=pin, **workers)
     return train, val

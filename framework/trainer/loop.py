@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
+from framework import distributed
 from framework.loggers import CSVLog
 from framework.schedules import LRPlan
 from framework.trainer.guard import Diverged, DivergenceGuard
@@ -58,6 +59,16 @@ class Trainer(StateMixin):
         compile: run the forward passes through ``torch.compile`` (first steps pay the compilation).
         cudnn_benchmark: ``torch.backends.cudnn.benchmark = True`` on CUDA (picks the fastest
             convolution algorithms; runs are then not bitwise reproducible on the GPU).
+        sync_batchnorm: in a data-parallel run, batch-norm statistics over the global batch
+            (``torch.nn.SyncBatchNorm``, CUDA only) instead of each rank's own batch.
+
+    Data-parallel runs (``torchrun``, see :mod:`framework.distributed`): the model is wrapped in
+    ``DistributedDataParallel`` (gradients averaged over the ranks after each optimizer step's
+    last micro-batch; ``no_sync`` before), so every rank holds the same weights and applies the
+    same LR at the same ``k``. Each logged step loss is the mean over the ranks; evaluation
+    metrics are summed over the ranks' shards of the validation set; a stop request or a
+    divergence on one rank stops (or rolls back) every rank at the same step; only rank 0 writes
+    files.
     """
 
     def __init__(
@@ -83,12 +94,24 @@ class Trainer(StateMixin):
         channels_last: bool = False,
         compile: bool = False,
         cudnn_benchmark: bool = True,
+        sync_batchnorm: bool = False,
     ):
         self.channels_last = channels_last
+        self.world, self.main = distributed.world_size(), distributed.is_main()
+        if sync_batchnorm and self.world > 1:  # same Parameter objects: the optimizer keeps them
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         model = model.to(device, memory_format=torch.channels_last) if channels_last else model.to(device)
         self.model, self.optimizer, self.plan = model, optimizer, plan
+        self._params = list(model.parameters())  # walked once: model.parameters() recurses every module
+        self.ddp = None
+        if self.world > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
         # torch.compile wraps the forward; the plain module keeps the weights, so checkpoints stay the same
-        self.forward = torch.compile(model) if compile else model
+        train_module = self.ddp or model
+        self.forward = torch.compile(train_module) if compile else train_module
+        self.eval_forward = (torch.compile(model) if self.ddp else self.forward) if compile else model
         if cudnn_benchmark and device.type == "cuda":
             torch.backends.cudnn.benchmark = True
         self.train_loader, self.val_loader = data
@@ -165,9 +188,9 @@ class Trainer(StateMixin):
             self.scaler.unscale_(self.optimizer)
         # the total norm is read by the divergence guard at the next flush (no sync here)
         if self.clip is not None:
-            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip)
+            norm = torch.nn.utils.clip_grad_norm_(self._params, self.clip)
         else:
-            norm = total_norm([p.grad for p in self.model.parameters() if p.grad is not None])
+            norm = total_norm([p.grad for p in self._params if p.grad is not None])
         applied = True
         if self.scaler is not None:
             scale = self.scaler.get_scale()
@@ -191,9 +214,11 @@ class Trainer(StateMixin):
         """Validation loss (mean cross-entropy, nats) and top-1 accuracy (fraction).
 
         Runs the model in eval mode on the validation loader; batches ``(B, C, H, W)``, labels
-        ``(B,)``; schedule-free optimizers are switched to their averaged weights first.
+        ``(B,)``; schedule-free optimizers are switched to their averaged weights first. In a
+        data-parallel run each rank evaluates its shard and the sums are added over the ranks.
         """
         self._optimizer_mode("eval")
+        distributed.broadcast_buffers(self.model)  # rank 0's batch-norm statistics, as DDP's next forward would
         self.model.eval()
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device, dtype=torch.int64)
@@ -201,11 +226,16 @@ class Trainer(StateMixin):
         for x, y in self.val_loader:
             x, y = self._to_device(x), y.to(self.device, non_blocking=True)
             with self._autocast():
-                logits = self.forward(x)
+                logits = self.eval_forward(x)
             loss_sum += F.cross_entropy(logits.float(), y, reduction="sum")
             correct += (logits.argmax(1) == y).sum()
             n += len(y)
         self.model.train()
+        if self.world > 1:  # each rank saw its shard: sum the sums
+            totals = torch.stack((loss_sum.double(), correct.double(), torch.tensor(n, dtype=torch.float64,
+                                                                                    device=self.device)))
+            loss, right, n = distributed.all_reduce_sum(totals).tolist()
+            return {"val/loss": loss / n, "val/acc": right / n}
         return {"val/loss": loss_sum.item() / n, "val/acc": correct.item() / n}
 
     def fit(self) -> dict[str, Any]:
@@ -234,15 +264,16 @@ class Trainer(StateMixin):
         epochs = math.ceil(T / spe)
         lr_cols = ["lr"] + [f"lr/{n}" for n in self.group_names[1:]]
         resuming = self.step > 0
-        self._steps_csv = CSVLog(self.run_dir / "steps.csv",
+        log_file = CSVLog if self.main else _Discard  # only rank 0 writes files
+        self._steps_csv = log_file(self.run_dir / "steps.csv",
                                  ["step", "epoch", *lr_cols, *(["momentum"] if self.momentum_key else []),
                                   *(["d"] if "d" in self.optimizer.param_groups[0] else []), "loss", "grad_norm"],
                                  append=resuming)
-        epochs_csv = CSVLog(self.run_dir / "epochs.csv", ["epoch", "train/loss", "val/loss", "val/acc", "lr", "time_s"],
+        epochs_csv = log_file(self.run_dir / "epochs.csv", ["epoch", "train/loss", "val/loss", "val/acc", "lr", "time_s"],
                             append=resuming)
         self._pending: list[tuple[dict[str, Any], torch.Tensor, torch.Tensor]] = []  # rows not read yet
         self._checked: list[dict[str, Any]] = []  # rows read and checked, not written yet
-        self._bar = tqdm(total=T, initial=self.step, disable=not self.progress_bar, unit="step",
+        self._bar = tqdm(total=T, initial=self.step, disable=not (self.progress_bar and self.main), unit="step",
                          dynamic_ncols=True, mininterval=0.1 if sys.stderr.isatty() else 10.0)  # log files: every 10 s
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
@@ -304,7 +335,8 @@ class Trainer(StateMixin):
         """One pass over the train loader from batch ``self.batch`` (or until step ``T``, or a
         stop request); returns the mean train loss of the epoch."""
         loader = self.train_loader
-        sizes = group_sizes(len(loader.dataset), loader.batch_size, self.accumulate, loader.drop_last)
+        samples = getattr(loader.sampler, "epoch_length", len(loader.dataset))  # this rank's samples per epoch
+        sizes = group_sizes(samples, loader.batch_size, self.accumulate, loader.drop_last)
         if hasattr(loader.sampler, "set_epoch"):
             loader.sampler.set_epoch(epoch, start=self.batch * loader.batch_size)
         self._epoch_loss_t = epoch_loss = torch.full((), self._epoch_loss, device=self.device)
@@ -314,12 +346,15 @@ class Trainer(StateMixin):
         lrs = self._set_lr(self.step)
         for i, (x, y) in enumerate(loader, start=self.batch):
             x, y = self._to_device(x), y.to(self.device, non_blocking=True)
-            with self._autocast():
-                loss = F.cross_entropy(self.forward(x).float(), y)
-            scaled = loss * (len(y) / sizes[g])  # share of the accumulation group's samples
-            (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
+            steps_now = not (i + 1) % self.accumulate or i + 1 == self.batches_per_epoch
+            # DDP averages the gradients once per optimizer step, after its last micro-batch
+            with self.ddp.no_sync() if self.ddp is not None and not steps_now else contextlib.nullcontext():
+                with self._autocast():
+                    loss = F.cross_entropy(self.forward(x).float(), y)
+                scaled = loss * (len(y) / sizes[g])  # share of the accumulation group's samples
+                (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
             group_loss += scaled.detach()
-            if (i + 1) % self.accumulate and i + 1 < self.batches_per_epoch:
+            if not steps_now:
                 continue
             applied, norm = self._apply_step()
             epoch_loss += group_loss * sizes[g]
@@ -341,7 +376,7 @@ class Trainer(StateMixin):
                 return float("nan")
             lrs = self._set_lr(self.step)
         self._flush()  # the epoch's restore point is taken once its validation passed (_run_epochs)
-        mean = (epoch_loss / max(self._epoch_samples, 1)).item()
+        mean = (distributed.all_reduce_sum(epoch_loss) / max(self._epoch_samples * self.world, 1)).item()
         self._epoch_loss, self._epoch_samples, self._epoch_loss_t = 0.0, 0, None
         return mean
 
@@ -354,6 +389,11 @@ class Trainer(StateMixin):
         self.step = min(self.step, step + 1)
 
     def _should_stop(self) -> bool:
+        """A stop request (signal) or ``stop_after_steps`` reached; in a data-parallel run a
+        request on any rank stops every rank at this step (one host-side all-reduce per step)."""
+        requested = self._stop_request is not None
+        if self.world > 1 and distributed.any_rank(requested) and not requested:
+            self._stop_request = "stop requested on another rank"
         return self._stop_request is not None or (
             self.stop_after_steps is not None and self.step >= self.stop_after_steps)
 
@@ -409,7 +449,10 @@ class Trainer(StateMixin):
         Raises:
             Diverged: a row failed the check (the rows after it are dropped).
         """
-        values = torch.stack([torch.stack((p[1].float(), p[2].float())) for p in pending]).tolist()  # (n, 2)
+        losses_t = torch.stack([p[1].float() for p in pending])  # (n,)
+        if self.world > 1:  # the step loss of the global batch: mean over the ranks (norms agree already)
+            losses_t = distributed.all_reduce_sum(losses_t) / self.world
+        values = torch.stack((losses_t, torch.stack([p[2].float() for p in pending])), 1).tolist()  # (n, 2)
         losses, norms = [v[0] for v in values], [v[1] for v in values]
         rows = [p[0] for p in pending]
         pending.clear()
@@ -420,3 +463,13 @@ class Trainer(StateMixin):
         if bad is not None:
             raise Diverged(rows[bad[0]]["step"], rows[bad[0]]["lr"], bad[1])
 
+
+
+class _Discard:
+    """Stands in for :class:`CSVLog` on ranks other than 0 (they write no files)."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        pass
+
+    def write(self, rows: Any) -> None:
+        pass

@@ -38,8 +38,9 @@ class StateMixin:
         self.load_state_dict(state)
         self.lr_backoff, self._earlier_time_s = backoff, earlier
         self._apply_backoff()
-        truncate_csv(self.run_dir / "steps.csv", "step", self.step)
-        truncate_csv(self.run_dir / "epochs.csv", "epoch", self.epoch)
+        if self.main:
+            truncate_csv(self.run_dir / "steps.csv", "step", self.step)
+            truncate_csv(self.run_dir / "epochs.csv", "epoch", self.epoch)
         keep = sum(1 for k in self.history["step"] if k < self.step)
         for key in self.history:
             del self.history[key][keep:]
@@ -50,6 +51,18 @@ class StateMixin:
             self._save(False)
         log.warning("rollback %d/%d: %s at step %d; back to step %d with the LR x%g",
                     len(self.guard.rollbacks), self.guard.max_rollbacks, exc.reason, exc.step, self.step, backoff)
+
+    def _global_epoch_loss(self) -> float:
+        """The epoch's loss sum so far (loss x samples), summed over the ranks."""
+        import torch
+
+        from framework import distributed
+
+        if self._epoch_loss_t is None and self.world == 1:
+            return self._epoch_loss
+        total = (self._epoch_loss_t.detach().clone() if self._epoch_loss_t is not None
+                 else torch.tensor(self._epoch_loss, dtype=torch.float32, device=self.device))
+        return distributed.all_reduce_sum(total).item()
 
     def _apply_backoff(self) -> None:
         for group, base in zip(self.optimizer.param_groups, self._base_lrs):
@@ -81,7 +94,14 @@ class StateMixin:
 
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to continue exactly: weights, optimizer, scaler, LR-plan state,
-        position (step ``k``, epoch, batch within it), epoch accumulators, metrics, RNG streams."""
+        position (step ``k``, epoch, batch within it), epoch accumulators, metrics, RNG streams.
+
+        In a data-parallel run every rank calls it at the same step: the epoch accumulators are
+        summed over the ranks and rank 0's batch-norm buffers copied to all (as DDP's next forward
+        would), so the state is the same on every rank."""
+        from framework import distributed
+
+        distributed.broadcast_buffers(self.model)
         state = {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -89,10 +109,11 @@ class StateMixin:
             "step": self.step,
             "epoch": self.epoch,
             "batch": self.batch,
-            "epoch_loss": self._epoch_loss_t.item() if self._epoch_loss_t is not None else self._epoch_loss,
+            "epoch_loss": self._global_epoch_loss(),
             "lr_backoff": self.lr_backoff,
             "guard": self.guard.state_dict(),
-            "epoch_samples": self._epoch_samples,
+            "epoch_samples": self._epoch_samples * self.world,
+            "world_size": self.world,
             "train_time_s": self.train_time_s,
             "best": self.best,
             "final": self.final,
@@ -114,6 +135,11 @@ class StateMixin:
         """
         from framework.config import ConfigError, first_line
 
+        saved_world = state.get("world_size", 1)
+        if saved_world != self.world:
+            raise ConfigError(f"resume: the run was trained by {saved_world} process(es) and this is {self.world} "
+                              "(data order and per-rank batches depend on it); resume with the same number of "
+                              f"processes (torchrun --nnodes x --nproc_per_node = {saved_world})")
         try:
             self.model.load_state_dict(state["model"])
         except RuntimeError as exc:
@@ -140,7 +166,8 @@ class StateMixin:
             self.scaler.load_state_dict(state["scaler"])
         self.plan.load_state_dict(state.get("plan", {}))
         self.step, self.epoch, self.batch = state["step"], state["epoch"], state["batch"]
-        self._epoch_loss, self._epoch_samples = state["epoch_loss"], state["epoch_samples"]
+        # the checkpoint holds the sums over the ranks; each rank continues with its share
+        self._epoch_loss, self._epoch_samples = state["epoch_loss"] / self.world, state["epoch_samples"] // self.world
         self._epoch_loss_t = None
         self.best, self.final, self.skipped_steps = state["best"], state["final"], state["skipped_steps"]
         set_rng_state(state["rng"])
@@ -149,7 +176,9 @@ class StateMixin:
         """Write ``last.pt`` (and ``best.pt``); with ``on_divergence=rollback`` the checkpoint also
         holds the guard's two restore points (up to 2 more copies of the weights and optimizer
         state), so a resumed run rolls back exactly as the run would have."""
-        state = self.state_dict()
+        state = self.state_dict()  # every rank: it sums the epoch loss over the ranks
+        if not self.main:
+            return
         if self.guard.policy == "rollback":
             state["guard_points"] = [self.guard.snapshot, self.guard.candidate]
         folder = self.run_dir / "checkpoints"

@@ -1,0 +1,132 @@
+"""Data-parallel training through torchrun: 2 CPU processes with Gloo (tests/ddp_worker.py logs
+each rank's applied LRs and final weights)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import ROOT, TINY, read_csv, run_cli_in_process, train_in_process
+
+# 256 training samples: 128 per rank = 8 batches of 16 per epoch; the single process with the same
+# global batch (32) also takes 8 steps per epoch. T = 16.
+RUN = [*TINY, "batch_size=16", "epochs=2", "device=cpu", "warmup_epochs=0.5", "lrf=0.1", "lr0=0.05",
+       "trainer.log_every_n_steps=4"]
+
+
+def torchrun(args: list[str], cwd: Path, probe_dir: Path, **faults: int) -> subprocess.CompletedProcess:
+    """``torchrun --standalone --nproc_per_node=2 tests/ddp_worker.py <args>`` from ``cwd``."""
+    env = {**os.environ, "PROBE_DIR": str(probe_dir), "OMP_NUM_THREADS": "1",
+           **{f"PROBE_{k.upper()}": str(v) for k, v in faults.items()}}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           str(ROOT / "tests" / "ddp_worker.py"), *args],
+                          cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def per_rank(probe_dir: Path) -> tuple[list, list]:
+    """Each rank's ``[[k, [lr of every group]], ...]`` and final weights."""
+    lrs = [json.loads((probe_dir / f"lrs_rank{r}.json").read_text()) for r in range(2)]
+    weights = [torch.load(probe_dir / f"weights_rank{r}.pt") for r in range(2)]
+    return lrs, weights
+
+
+def assert_same_weights(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+@pytest.fixture(scope="module")
+def ddp_run(tmp_path_factory):
+    """One uninterrupted 2-process run, started without hydra.run.dir (Hydra's timestamped folder)."""
+    cwd = tmp_path_factory.mktemp("ddp")
+    result = torchrun(RUN, cwd, cwd / "probe")
+    assert result.returncode == 0, result.stderr[-3000:]
+    folders = sorted(p for p in (cwd / "outputs" / "runs").glob("*/*") if p.is_dir())
+    return cwd, folders, result
+
+
+def test_two_ranks_one_folder_same_lrs_as_one_process(ddp_run, tmp_path):
+    cwd, folders, _ = ddp_run
+    assert len(folders) == 1, folders  # both ranks wrote into rank 0's folder
+    run_dir = folders[0]
+    lrs, weights = per_rank(cwd / "probe")
+    assert [k for k, _ in lrs[0]] == list(range(16))  # T = 2 epochs x 8 steps, on every rank
+    assert lrs[0] == lrs[1]  # every group's LR, every step, bit for bit
+    assert_same_weights(weights[0], weights[1])  # parameters and batch-norm buffers
+    rows = read_csv(run_dir / "steps.csv")  # written once (rank 0): one row per step
+    assert [int(r["step"]) for r in rows] == list(range(16))
+    assert [float(r["lr"]) for r in rows] == [g[0] for _, g in lrs[0]]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["world_size"] == 2 and summary["planned_steps"] == 16
+    assert len(read_csv(run_dir / "epochs.csv")) == 2
+    # one process with the same global batch (2 x 16) applies the same LRs
+    single = tmp_path / "single"
+    train_in_process(single, *[o for o in RUN if not o.startswith("batch_size")], "batch_size=32")
+    assert [float(r["lr"]) for r in read_csv(single / "steps.csv")] == [float(r["lr"]) for r in rows]
+    # by hand: warmup 4 steps from 0.1*lr0, then cosine from lr0 to lr0*lrf over steps 4..15
+    import math
+
+    expected = [0.05 * (0.1 + 0.9 * k / 4) for k in range(4)] + [
+        0.005 + 0.5 * (0.05 - 0.005) * (1 + math.cos(math.pi * (k - 4) / 11)) for k in range(4, 16)]
+    assert [float(r["lr"]) for r in rows] == pytest.approx(expected, rel=1e-12)
+
+
+def test_rank_stop_resume_equals_uninterrupted_run(ddp_run, tmp_path):
+    cwd, folders, _ = ddp_run
+    run_dir = tmp_path / "run"
+    stop = torchrun([*RUN, f"hydra.run.dir={run_dir}"], tmp_path, tmp_path / "probe_stop", sigterm_at=5)
+    assert stop.returncode == 0, stop.stderr[-3000:]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "stopped" and summary["steps"] == 6  # SIGTERM on rank 1 stopped both after step 5
+    lrs, weights = per_rank(tmp_path / "probe_stop")
+    assert [k for k, _ in lrs[0]] == [k for k, _ in lrs[1]] == list(range(6))
+    assert_same_weights(weights[0], weights[1])
+
+    again = torchrun([*RUN, f"resume={run_dir}", f"hydra.run.dir={tmp_path / 'resume_log'}"], tmp_path,
+                     tmp_path / "probe_resume")
+    assert again.returncode == 0, again.stderr[-3000:]
+    lrs, weights = per_rank(tmp_path / "probe_resume")
+    assert [k for k, _ in lrs[0]] == list(range(6, 16)) and lrs[0] == lrs[1]
+    assert_same_weights(weights[0], weights[1])
+    _, full_weights = per_rank(cwd / "probe")
+    assert_same_weights(weights[0], full_weights[0])  # the same weights as the run that was not stopped
+    full = folders[0]
+    assert read_csv(run_dir / "steps.csv") == read_csv(full / "steps.csv")
+    drop_time = [{k: v for k, v in r.items() if k != "time_s"} for r in read_csv(run_dir / "epochs.csv")]
+    assert drop_time == [{k: v for k, v in r.items() if k != "time_s"} for r in read_csv(full / "epochs.csv")]
+
+
+def test_nan_on_one_rank_rolls_back_every_rank(tmp_path):
+    run_dir = tmp_path / "run"
+    result = torchrun([*RUN, "epochs=1", "trainer.on_divergence=rollback", "trainer.log_every_n_steps=2",
+                       f"hydra.run.dir={run_dir}"], tmp_path, tmp_path / "probe", nan_at=5)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "completed"
+    # restore points are offered at steps 2, 4, ... (log_every_n_steps=2), each trusted once the next is
+    # offered: at step 5 the last trusted one is step 2's
+    assert [(r["diverged_step"], r["restored_step"], r["lr_factor"]) for r in summary["rollbacks"]] == [(5, 2, 0.5)]
+    lrs, weights = per_rank(tmp_path / "probe")
+    # steps 0-5 ran, 5 diverged (rank 1's NaN batch, seen by both through the averaged gradient), 2-7 ran again
+    assert [k for k, _ in lrs[0]] == [0, 1, 2, 3, 4, 5, 2, 3, 4, 5, 6, 7] and lrs[0] == lrs[1]
+    assert lrs[0][6][1][0] == pytest.approx(0.5 * lrs[0][2][1][0], rel=1e-12)  # step 2 again, at half the LR
+    assert_same_weights(weights[0], weights[1])
+    assert all(torch.isfinite(v).all() for v in weights[0].values() if v.is_floating_point())
+
+
+def test_resume_with_another_world_size_is_refused(ddp_run, tmp_path, capfd):
+    _, folders, _ = ddp_run
+    before = (folders[0] / "checkpoints" / "last.pt").read_bytes()
+    status = run_cli_in_process([*RUN, f"resume={folders[0]}"], tmp_path / "one")
+    err = capfd.readouterr().err
+    assert status == 2
+    assert "trained by 2 process(es) and this is 1" in err and "--nproc_per_node = 2" in err
+    assert len([line for line in err.splitlines() if line.startswith("error:")]) == 1
+    assert (folders[0] / "checkpoints" / "last.pt").read_bytes() == before
