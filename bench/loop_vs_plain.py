@@ -10,7 +10,9 @@ cross-entropy, backward, ``SGD.step`` with the same Nesterov momentum and weight
 ``conf/optimizer/sgd.yaml``). Samples per second exclude the framework's end-of-epoch evaluation
 (timed and subtracted); a 5-step warm-up run of each precedes the timed ones. Runs go in
 back-to-back pairs (alternating which goes first); the ratio is the median of the pairs' ratios,
-which a machine whose speed drifts between runs disturbs least. Also prints the start-up
+which a machine whose speed drifts between runs disturbs least. Each row also times, on its
+own, the one piece of tensor work the trainer adds per step (the total gradient norm of the
+divergence guard), as a share of a plain step: a figure the drift does not blur. Also prints the start-up
 time of ``python train.py --cfg job``, import-to-first-step of a run, and peak memory.
 """
 from __future__ import annotations
@@ -92,6 +94,27 @@ def plain_run(trainer, steps: int, batch: int) -> float:
     return steps * batch / (time.perf_counter() - t0)
 
 
+def grad_norm_ms(trainer, repeats: int = 30) -> float:
+    """Milliseconds of the trainer's one piece of per-step tensor work a plain loop does not do:
+    the total gradient norm read by the divergence guard (on gradients of one real batch)."""
+    import torch.nn.functional as F
+
+    from framework.trainer.steps import total_norm
+
+    x, y = next(iter(trainer.train_loader))
+    F.cross_entropy(trainer.model(x), y).backward()
+    grads = [p.grad for p in trainer._params if p.grad is not None]
+    for _ in range(3):
+        total_norm(grads)
+    sync(trainer.device)
+    t = time.perf_counter()
+    for _ in range(repeats):
+        total_norm(grads)
+    sync(trainer.device)
+    trainer.model.zero_grad(set_to_none=True)
+    return (time.perf_counter() - t) / repeats * 1e3
+
+
 def sync(device) -> None:
     import torch
 
@@ -139,9 +162,12 @@ def main() -> None:
             if not r % 2:
                 plain.append(plain_run(trainer, args.steps, args.batch))
             ratios.append(fw[-1] / plain[-1])
+        step_ms = args.batch / statistics.median(plain) * 1e3
+        norm_ms = grad_norm_ms(trainer)
         print(f"{name:<18} {statistics.median(fw):>20.1f} {statistics.median(plain):>16.1f} "
               f"{statistics.median(ratios):>6.3f}   (pairs: {', '.join(f'{v:.0f}/{p:.0f}' for v, p in zip(fw, plain))}; "
-              f"ratio of the best runs {max(fw) / max(plain):.3f})")
+              f"ratio of the best runs {max(fw) / max(plain):.3f}; grad norm {norm_ms:.2f} ms of a "
+              f"{step_ms:.1f} ms plain step = {norm_ms / step_ms:.1%})")
     device = trainer.device
     if device.type == "cuda":
         print(f"peak memory: {torch.cuda.max_memory_allocated(device) / 2**20:.0f} MiB on {device}")

@@ -78,8 +78,11 @@ def exit_on_user_error() -> Iterator[None]:
         messages = describe(exc)
         if messages is None:
             raise
-        for message in messages:
-            print(f"error: {message}", file=sys.stderr)
+        from framework import distributed
+
+        if distributed.is_main():  # torchrun: every rank finds the same mistake; one says it
+            for message in messages:
+                print(f"error: {message}", file=sys.stderr)
         sys.exit(2)
 
 
@@ -170,8 +173,10 @@ def _failed_job(exc: Exception, hc) -> float:
     from framework.loggers import git_state
     from framework.registry import CONF_DIR
 
+    from framework import distributed
+
     run_dir = Path(hc.runtime.output_dir)
-    if not (run_dir / "summary.json").is_file():
+    if distributed.is_main() and not (run_dir / "summary.json").is_file():  # rank 0 writes files
         write_json({"status": "failed", "objective": 0.0, "error": text, "overrides": list(hc.overrides.task),
                     "run_dir": str(run_dir), "steps": 0, "best": {}, "final": {}, **git_state(CONF_DIR.parent)},
                    run_dir / "summary.json")

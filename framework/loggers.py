@@ -121,11 +121,14 @@ def plot_lr(steps: Sequence[int], lrs: dict[str, Sequence[float]], path: str | P
     plt.close(fig)
 
 
-def truncate_csv(path: str | Path, column: str, below: int) -> list[dict[str, str]]:
+def truncate_csv(path: str | Path, column: str, below: int, write: bool = True) -> list[dict[str, str]]:
     """Keep the rows of a CSV whose integer ``column`` is ``< below`` (atomically); return them.
 
     Used on resume: rows written after the checkpoint (a run killed between flushes and
     checkpoints) are dropped so the resumed run writes them again, once.
+
+    Args:
+        write: False only reads the rows that would be kept (data-parallel ranks other than 0).
     """
     path = Path(path)
     if not path.exists():
@@ -139,6 +142,8 @@ def truncate_csv(path: str | Path, column: str, below: int) -> list[dict[str, st
     with open(path, newline="") as f:
         reader = csv.DictReader(f)
         header, rows = reader.fieldnames or [], [r for r in reader if keep(r)]
+    if not write:
+        return rows
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=header)

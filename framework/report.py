@@ -288,6 +288,10 @@ class SweepReport(Callback):
         """Write the report of the sweep folder ``config.hydra.sweep.dir`` and print one line;
         a report that cannot be written is one line too, never a traceback after the sweep."""
         global LAST_SWEEP
+        from framework import distributed
+
+        if not distributed.is_main():  # a sweep inside torchrun: rank 0 writes the report
+            return
         sweep_dir = Path(str(config.hydra.sweep.dir))
         try:
             result = write_report(sweep_dir)

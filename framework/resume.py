@@ -59,8 +59,9 @@ def resume_trainer(trainer: Any, state: dict[str, Any]) -> None:
     from framework.loggers import truncate_csv
 
     trainer.load_state_dict(state)
-    rows = truncate_csv(trainer.run_dir / "steps.csv", "step", state["step"])
-    truncate_csv(trainer.run_dir / "epochs.csv", "epoch", state["epoch"])
+    rows = truncate_csv(trainer.run_dir / "steps.csv", "step", state["step"], write=trainer.main)  # rank 0 writes
+    if trainer.main:
+        truncate_csv(trainer.run_dir / "epochs.csv", "epoch", state["epoch"])
     first, others = trainer.group_names[0], trainer.group_names[1:]
     trainer.history["step"] = [int(r["step"]) for r in rows]
     trainer.history[first] = [float(r["lr"]) for r in rows]

@@ -401,9 +401,15 @@ def train(cfg: DictConfig, run_dir: Optional[str | Path] = None) -> float:
     if summary["status"] == "stopped":
         again = rerun_overrides(overrides)
         print(f"stopped at step {summary['steps']} of {summary['planned_steps']}; continue with: "
-              f"python train.py {' '.join(again)} resume={run_dir}".replace("  ", " "))
+              f"{launcher()} {' '.join(again)} resume={run_dir}".replace("  ", " "))
     trainer.forward_stop_signal()
     return float(summary["objective"])
+
+
+def launcher() -> str:
+    """How this run was started, for the command that continues it."""
+    world = distributed.world_size()
+    return "python train.py" if world == 1 else f"torchrun <same {world} processes> train.py"
 
 
 def _finish(trainer: Any, summary: dict[str, Any], start: float, cfg: DictConfig) -> None:

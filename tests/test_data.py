@@ -243,3 +243,29 @@ def test_channel_stats_equal_torch_mean_and_std():
     ref = images.double() / 255
     assert mean == pytest.approx(ref.mean((0, 2, 3)).tolist(), abs=1e-12)
     assert std == pytest.approx(ref.std((0, 2, 3)).tolist(), abs=1e-12)
+
+
+@pytest.mark.parametrize("n,world", [(10, 2), (11, 2), (10, 3), (2, 4)])
+def test_epoch_sampler_deals_like_torch_distributed_sampler(n, world):
+    """Rank r's indices of epoch e equal DistributedSampler's (shuffle, seed = seed*1_000_003, the
+    same padding by wrap-around); together the ranks cover every sample, each ceil(n/W) of them."""
+    import math
+
+    from torch.utils.data.distributed import DistributedSampler
+
+    from framework.data.loaders import EpochSampler
+
+    seen = []
+    for rank in range(world):
+        ours = EpochSampler(n, seed=5, rank=rank, world_size=world)
+        ref = DistributedSampler(range(n), num_replicas=world, rank=rank, shuffle=True, seed=5 * 1_000_003)
+        for epoch in (0, 3):
+            ours.set_epoch(epoch)
+            ref.set_epoch(epoch)
+            assert list(ours) == list(ref)
+        assert len(ours) == ours.epoch_length == math.ceil(n / world)
+        ours.set_epoch(3, start=1)  # resumed after its first sample of epoch 3
+        assert list(ours) == list(ref)[1:]
+        ours.set_epoch(0)
+        seen += list(ours)
+    assert set(seen) == set(range(n)) and len(seen) == world * math.ceil(n / world)

@@ -11,7 +11,7 @@ import pytest
 
 from framework.report import main as report_main
 from framework.report import write_report
-from tests.conftest import ROOT, TINY, read_csv
+from tests.conftest import ROOT, TINY, read_csv, train_in_process
 
 SWEEP = [*TINY, "epochs=2", "device=cpu", "scheduler.lrf=0.01", "warmup_epochs=0"]
 
@@ -139,12 +139,21 @@ def test_joblib_launcher_shares_the_cores(tmp_path):
     assert [r["status"] for r in read_csv(sweep / "report.csv")] == ["completed", "completed"]
 
 
-def test_submitit_local_launcher(tmp_path):
+def test_submitit_local_launcher_runs_each_job_on_two_processes(tmp_path):
+    """Each job is a 2-process data-parallel job (submitit tasks joined by framework.distributed),
+    as on SLURM with tasks_per_node = GPUs per node."""
     sweep = tmp_path / "s"
-    proc = multirun(sweep, *SWEEP, "lr0=0.01,1000", "hydra/launcher=submitit_local",
-                    "hydra.launcher.timeout_min=10")
-    assert proc.returncode == 1, proc.stderr[-3000:]  # lr0=1000 diverges
-    assert sorted(r["status"] for r in read_csv(sweep / "report.csv")) == ["completed", "diverged"]
+    proc = multirun(sweep, *SWEEP, "lr0=0.01,1000", "device=cpu", "hydra/launcher=submitit_local",
+                    "hydra.launcher.timeout_min=10", "hydra.launcher.tasks_per_node=2")
+    assert proc.returncode == 1, proc.stderr[-3000:]  # lr0=1000 diverges (on both ranks, at the same step)
+    rows = {r["lr0"]: r for r in read_csv(sweep / "report.csv")}
+    assert {float(k): r["status"] for k, r in rows.items()} == {0.01: "completed", 1000: "diverged"}
+    job = sweep / rows["0.01"]["job"]
+    summary = json.loads((job / "summary.json").read_text())
+    assert summary["world_size"] == 2
+    # each rank trains on half of every epoch: 256 samples, 128 per rank in batches of 64 -> 2 steps per epoch
+    assert summary["planned_steps"] == 2 * summary["epochs"]
+    assert [int(r["step"]) for r in read_csv(job / "steps.csv")] == list(range(summary["planned_steps"]))
 
 
 def test_optuna_search_maximises_the_returned_accuracy(tmp_path):
@@ -176,7 +185,7 @@ def test_a_requeued_job_resumes_its_stopped_run(tmp_path):
     """A job stopped mid-run (as on SLURM preemption) and launched again into the same sweep
     folder (as submitit requeues it) continues exactly: same steps.csv as an uninterrupted job."""
     args = [*SWEEP, "epochs=3", "lr0=0.05"]
-    assert multirun(tmp_path / "full", *args).returncode == 0
+    train_in_process(tmp_path / "full" / "0", *args)  # the uninterrupted job
     first = multirun(tmp_path / "cut", *args, "trainer.stop_after_steps=5")
     assert first.returncode == 1  # a stopped job has not completed
     hint = next(ln for ln in first.stdout.splitlines() if "continue with: python train.py " in ln)

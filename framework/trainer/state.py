@@ -38,7 +38,7 @@ class StateMixin:
         self.load_state_dict(state)
         self.lr_backoff, self._earlier_time_s = backoff, earlier
         self._apply_backoff()
-        if self.main:
+        if self.main:  # only rank 0 writes files
             truncate_csv(self.run_dir / "steps.csv", "step", self.step)
             truncate_csv(self.run_dir / "epochs.csv", "epoch", self.epoch)
         keep = sum(1 for k in self.history["step"] if k < self.step)
