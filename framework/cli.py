@@ -115,6 +115,7 @@ def run_task(cfg) -> float:
 
 
 def _run(cfg, hc, multirun: bool) -> float:
+    from framework import distributed
     from framework.run import train
     from framework.trainer import Diverged
 
@@ -128,7 +129,8 @@ def _run(cfg, hc, multirun: bool) -> float:
             _drop_unused_run_dir(hc.runtime.output_dir)
             raise
     except Diverged as exc:
-        print(f"diverged: {exc}", file=sys.stderr)
+        if distributed.is_main():  # every rank diverged at the same step; one says it
+            print(f"diverged: {exc}", file=sys.stderr)
         if multirun:
             return 0.0
         sys.exit(1)

@@ -52,8 +52,10 @@ def local_rank() -> int:
 
 
 def _submitit_tasks() -> int:
-    """Tasks of the submitit job this process runs in (0 when not in one)."""
-    if not any(k in os.environ for k in ("SUBMITIT_EXECUTOR", "SUBMITIT_LOCAL_JOB_ID", "SLURM_JOB_ID")):
+    """Tasks of the submitit job this process runs in (0 when not in one). Only submitit's own
+    jobs count (``SUBMITIT_EXECUTOR``): a plain ``sbatch --ntasks=4`` script that starts one
+    ``python train.py`` must not wait for three processes that never come."""
+    if "SUBMITIT_EXECUTOR" not in os.environ:
         return 0
     try:
         from submitit import JobEnvironment
