@@ -14,9 +14,10 @@ import torch
 from tests.conftest import ROOT, TINY, read_csv, run_cli_in_process, train_in_process
 
 # 256 training samples: 128 per rank = 8 batches of 16 per epoch; the single process with the same
-# global batch (32) also takes 8 steps per epoch. T = 16.
+# global batch (32) also takes 8 steps per epoch. T = 16. Linear LR scaling by the global batch:
+# lr0 x 32 / 64 = 0.025 (a rank's own batch, 16, would give 0.0125).
 RUN = [*TINY, "batch_size=16", "epochs=2", "device=cpu", "warmup_epochs=0.5", "lrf=0.1", "lr0=0.05",
-       "trainer.log_every_n_steps=4"]
+       "trainer.log_every_n_steps=4", "lr_scaling=linear", "lr_base_size=64"]
 
 
 def torchrun(args: list[str], cwd: Path, probe_dir: Path, **faults: int) -> subprocess.CompletedProcess:
@@ -82,11 +83,12 @@ def test_two_ranks_one_folder_same_lrs_as_one_process(ddp_run, tmp_path):
     single = tmp_path / "single"
     train_in_process(single, *[o for o in RUN if not o.startswith("batch_size")], "batch_size=32")
     assert [float(r["lr"]) for r in read_csv(single / "steps.csv")] == [float(r["lr"]) for r in rows]
-    # by hand: warmup 4 steps from 0.1*lr0, then cosine from lr0 to lr0*lrf over steps 4..15
+    # by hand, with the scaled lr0 = 0.025: warmup 4 steps from 0.1*lr0, then cosine from lr0 to lr0*lrf
+    # over steps 4..15
     import math
 
-    expected = [0.05 * (0.1 + 0.9 * k / 4) for k in range(4)] + [
-        0.005 + 0.5 * (0.05 - 0.005) * (1 + math.cos(math.pi * (k - 4) / 11)) for k in range(4, 16)]
+    expected = [0.025 * (0.1 + 0.9 * k / 4) for k in range(4)] + [
+        0.0025 + 0.5 * (0.025 - 0.0025) * (1 + math.cos(math.pi * (k - 4) / 11)) for k in range(4, 16)]
     assert [float(r["lr"]) for r in rows] == pytest.approx(expected, rel=1e-12)
 
 
