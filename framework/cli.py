@@ -104,35 +104,37 @@ def run_task(cfg) -> float:
     if multirun:
         _share_cores(hc)
     started = distributed.init()  # a submitit job with several tasks (torchrun joined in run_cli)
+    distributed.quiet_other_ranks()
     ok = False
     try:
-        objective = _run(cfg, hc, multirun)
-        ok = True
+        objective, ok = _run(cfg, hc, multirun)
         return objective
     finally:
-        if started:
+        if started:  # after a failure on this rank no barrier: the other ranks may be stuck in a collective
             distributed.shutdown(barrier=ok)
 
 
-def _run(cfg, hc, multirun: bool) -> float:
+def _run(cfg, hc, multirun: bool) -> tuple[float, bool]:
+    """``(objective, ended together)``: False when this job failed, perhaps on this rank alone."""
     from framework import distributed
     from framework.run import train
     from framework.trainer import Diverged
 
     try:
         if multirun:  # a job's mistake fails that job, not the sweep
-            return train(cfg)
+            return train(cfg), True
         try:
             with exit_on_user_error():
-                return train(cfg)
+                return train(cfg), True
         except SystemExit:
-            _drop_unused_run_dir(hc.runtime.output_dir)
+            if distributed.is_main():
+                _drop_unused_run_dir(hc.runtime.output_dir)
             raise
     except Diverged as exc:
         if distributed.is_main():  # every rank diverged at the same step; one says it
             print(f"diverged: {exc}", file=sys.stderr)
         if multirun:
-            return 0.0
+            return 0.0, True
         sys.exit(1)
     except KeyboardInterrupt:
         print("stopped: interrupted; summary.json says status: stopped", file=sys.stderr)
@@ -140,7 +142,7 @@ def _run(cfg, hc, multirun: bool) -> float:
     except Exception as exc:
         if not multirun:
             raise
-        return _failed_job(exc, hc)
+        return _failed_job(exc, hc), False
 
 
 def _drop_unused_run_dir(folder: str) -> None:
@@ -214,7 +216,7 @@ def run_cli(main: Callable[[], object]) -> None:
     from framework import distributed
 
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")  # let exceptions reach us, unformatted
-    started = distributed.wanted() and distributed.init()  # torchrun: join before Hydra picks the run folder
+    started = distributed.init()  # torchrun: join before Hydra picks the run folder
     if started and not distributed.is_main():
         sys.argv.append("hydra.output_subdir=null")  # rank 0 writes .hydra/ (config, overrides)
     ok = False

@@ -141,8 +141,8 @@ def unique_dir(path: str) -> str:
         return _RESERVED_DIRS[path]
     from framework import distributed
 
-    if distributed.wanted():  # torchrun: rank 0 reserves (its clock names the folder), every rank uses it
-        folder = distributed.shared(f"lrframe/unique_dir/{len(_RESERVED_DIRS)}", lambda: _reserve(path))
+    if distributed.is_distributed_launch():  # torchrun: rank 0 reserves (its clock names the folder)
+        folder = distributed.rank_zero_value(f"lrframe/unique_dir/{len(_RESERVED_DIRS)}", lambda: _reserve(path))
     else:
         folder = _reserve(path)
     _RESERVED_DIRS[path] = folder

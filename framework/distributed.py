@@ -65,7 +65,7 @@ def _submitit_tasks() -> int:
         return 0
 
 
-def wanted() -> bool:
+def is_distributed_launch() -> bool:
     """Whether the environment describes a data-parallel run of more than one process."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         return True
@@ -77,8 +77,9 @@ def init() -> bool:
 
     torchrun's variables are used as they are; in a submitit job with several tasks they are
     first exported from submitit's (``TorchDistributedEnvironment().export``, the master port
-    derived from the job id). On CUDA each process takes GPU ``LOCAL_RANK`` (GPU 0 when it sees
-    only one).
+    derived from the job id) and, unless ``OMP_NUM_THREADS`` is set, each task takes its share
+    of the cores it sees (``torch.set_num_threads``; torchrun sets ``OMP_NUM_THREADS=1``). On
+    CUDA each process takes GPU ``LOCAL_RANK`` (GPU 0 when it sees only one).
 
     Returns:
         True when this call initialised the group (the caller then calls :func:`shutdown`),
@@ -87,7 +88,7 @@ def init() -> bool:
     Raises:
         RuntimeError: the rendezvous failed (from ``torch.distributed.init_process_group``).
     """
-    if not wanted():
+    if not is_distributed_launch():
         return False
     import torch
     import torch.distributed as dist
@@ -98,12 +99,16 @@ def init() -> bool:
         from submitit.helpers import TorchDistributedEnvironment
 
         TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
+        if "OMP_NUM_THREADS" not in os.environ:  # as torchrun: the tasks of a node share its cores
+            cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+            torch.set_num_threads(max(1, cores // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
     backend = "gloo"
     if torch.cuda.is_available():
-        torch.cuda.set_device(local_rank() % torch.cuda.device_count())
+        torch.cuda.set_device(cuda_device_index())
         backend = "cpu:gloo,cuda:nccl"
     dist.init_process_group(backend)
-    log.info("data-parallel: rank %d of %d (%s)", dist.get_rank(), dist.get_world_size(), backend)
+    if dist.get_rank() == 0:
+        log.info("data-parallel: %d processes (%s)", dist.get_world_size(), backend)
     return True
 
 
@@ -128,13 +133,21 @@ def cuda_device_index() -> int:
     return local_rank() % max(torch.cuda.device_count(), 1)
 
 
-def shared(key: str, value_on_main) -> Any:
-    """A string chosen by rank 0 and read by every rank through the rendezvous store (no
-    collective, so ranks may ask at different moments).
+def rank_zero_value(key: str, value_on_main) -> Any:
+    """A string chosen by rank 0 and read by every rank through the rendezvous store (a
+    key-value get, not a collective, so ranks may ask at different moments and any number of
+    times).
 
     Args:
         key: a name unique within the run.
         value_on_main: called on rank 0 only; returns the string.
+
+    Returns:
+        Rank 0's string, on every rank (``value_on_main()`` itself without a process group).
+
+    Raises:
+        RuntimeError: rank 0 did not publish the key within the store's timeout (that of
+            ``init_process_group``, 30 min by default): rank 0 failed before choosing.
     """
     dist = _dist()
     if dist is None:
@@ -150,28 +163,56 @@ def shared(key: str, value_on_main) -> Any:
 
 
 def all_reduce_sum(tensor):
-    """Sum ``tensor`` over the ranks in place and return it (unchanged in a single process)."""
+    """Sum ``tensor`` over the ranks, in place, and return it (unchanged in a single process).
+
+    A collective: every rank must call it at the same point with a tensor of the same shape and
+    dtype. The tensor's device picks the backend of ``cpu:gloo,cuda:nccl`` (NCCL needs CUDA
+    tensors; on a CPU-only run Gloo takes CPU tensors).
+
+    Args:
+        tensor: any shape, on this rank's device.
+    """
     dist = _dist()
     if dist:
         dist.all_reduce(tensor)
     return tensor
 
 
-def any_rank(flag: bool) -> bool:
-    """True on every rank when ``flag`` is True on some rank (one host-side all-reduce)."""
+def all_gather_float(value: float) -> list[float]:
+    """Every rank's ``value`` (a float32 host scalar), in rank order; ``[value]`` in a single
+    process. A collective on a CPU tensor (Gloo)."""
     dist = _dist()
     if dist is None:
-        return flag
+        return [value]
     import torch
 
-    t = torch.tensor([int(flag)], dtype=torch.int32)
+    parts = [torch.zeros((), dtype=torch.float32) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, torch.tensor(value, dtype=torch.float32))
+    return [p.item() for p in parts]
+
+
+def max_over_ranks(value: int) -> int:
+    """The largest ``value`` over the ranks, on every rank (one host-side all-reduce on a CPU
+    tensor, Gloo); ``value`` in a single process. A collective: every rank calls it at the same
+    point."""
+    dist = _dist()
+    if dist is None:
+        return value
+    import torch
+
+    t = torch.tensor([value], dtype=torch.int64)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item())
+    return int(t.item())
 
 
 def broadcast_buffers(module) -> None:
     """Copy rank 0's buffers (batch-norm running statistics) to every rank, as DDP does before
-    each training forward, so evaluation and checkpoints see the same model on every rank."""
+    each training forward, so evaluation and checkpoints see the same model on every rank. A
+    collective (one broadcast per buffer, on the buffers' device); nothing in a single process.
+
+    Args:
+        module: the plain (unwrapped) model, the same architecture on every rank.
+    """
     dist = _dist()
     if dist is None:
         return
@@ -180,7 +221,8 @@ def broadcast_buffers(module) -> None:
 
 
 def quiet_other_ranks() -> None:
-    """Ranks other than 0 log warnings only, and to the console only (rank 0 keeps ``train.log``)."""
+    """Ranks other than 0 log errors only, and to the console only (rank 0 keeps ``train.log``
+    and says what every rank would)."""
     if is_main():
         return
     root = logging.getLogger()
@@ -188,5 +230,5 @@ def quiet_other_ranks() -> None:
         if isinstance(handler, logging.FileHandler):
             root.removeHandler(handler)
             handler.close()
-    for name in ("framework", "__main__"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+    for name in ("framework", "__main__", "hydra"):  # their warnings repeat rank 0's
+        logging.getLogger(name).setLevel(logging.ERROR)

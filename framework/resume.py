@@ -31,13 +31,21 @@ def prepare_resume(cfg: DictConfig) -> tuple[Path, dict[str, Any]]:
     """Check ``resume=...`` before building anything: the run folder and its checkpoint state.
 
     Raises:
-        ConfigError: missing or unreadable checkpoint, or a config that differs from the run's
-            (unless ``resume_allow_changes=true``), naming the differing keys.
+        ConfigError: missing or unreadable checkpoint, a config that differs from the run's
+            (unless ``resume_allow_changes=true``), naming the differing keys, or another number
+            of data-parallel processes than the run had.
     """
     from framework.checkpoint import config_differences, read_resume_checkpoint, resolve_resume
 
+    from framework import distributed
+
     file, folder = resolve_resume(cfg.resume)
     state = read_resume_checkpoint(file, "resume")
+    saved_world, world = state.get("world_size", 1), distributed.world_size()
+    if saved_world != world:
+        raise ConfigError(f"resume={cfg.resume}: the run was trained by {saved_world} process(es) and this is "
+                          f"{world} (data order and per-rank batches depend on it); resume with the same number of "
+                          f"processes (torchrun --nnodes x --nproc_per_node = {saved_world})")
     saved_lr0 = (state.get("config") or {}).get("lr0")
     if cfg.lr0 == "auto" and saved_lr0 is not None:  # the run chose it already: keep its value
         cfg.lr0 = saved_lr0
@@ -59,8 +67,8 @@ def resume_trainer(trainer: Any, state: dict[str, Any]) -> None:
     from framework.loggers import truncate_csv
 
     trainer.load_state_dict(state)
-    rows = truncate_csv(trainer.run_dir / "steps.csv", "step", state["step"], write=trainer.main)  # rank 0 writes
-    if trainer.main:
+    rows = truncate_csv(trainer.run_dir / "steps.csv", "step", state["step"], write=trainer.is_global_zero)  # rank 0 writes
+    if trainer.is_global_zero:
         truncate_csv(trainer.run_dir / "epochs.csv", "epoch", state["epoch"])
     first, others = trainer.group_names[0], trainer.group_names[1:]
     trainer.history["step"] = [int(r["step"]) for r in rows]

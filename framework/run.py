@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 import math
 import random
+import sys
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -38,12 +39,16 @@ def resolve_device(name: str):
     data-parallel run ``auto`` and ``cuda`` mean this process's GPU, ``cuda:LOCAL_RANK``.
 
     Raises:
-        ConfigError: the named device is not available here.
+        ConfigError: the named device is not available here, or ``cuda:N`` in a data-parallel
+            run (every process would take GPU N).
     """
     import torch
 
     if distributed.world_size() > 1 and torch.cuda.is_available() and name in ("auto", "cuda"):
         return torch.device("cuda", distributed.cuda_device_index())
+    if distributed.world_size() > 1 and name.startswith("cuda:"):
+        raise ConfigError(f"device={name}: under torchrun each process takes its own GPU (LOCAL_RANK); use "
+                          "device=auto or device=cuda (pick GPUs with CUDA_VISIBLE_DEVICES)")
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -273,13 +278,17 @@ def _print_table(summary: dict[str, Any]) -> None:
     table = Table(title=f"run {summary['status']}", show_header=True, header_style="bold")
     table.add_column("metric")
     table.add_column("value", justify="right")
+    best_acc = (f"{best['val/acc']:.4f} (epoch {best['epoch'] + 1} of {summary['planned_epochs']})" if best
+                else "- (no epoch finished)")
     rows = [
-        ("best val/acc", f"{best.get('val/acc', float('nan')):.4f} (epoch {best.get('epoch', -1) + 1}/{summary['epochs']})"),
+        ("best val/acc", best_acc),
         ("final val/acc", f"{final.get('val/acc', float('nan')):.4f}"),
         ("final val/loss", f"{final.get('val/loss', float('nan')):.4f}"),
         ("final train/loss", f"{final.get('train/loss', float('nan')):.4f}"),
         ("base lr -> last lr", f"{next(iter(summary['base_lrs'].values())):.4g} -> {summary['last_lr']:.4g}"),
-        ("epochs / steps", f"{summary['epochs']} / {summary['steps']}"),
+        ("epochs / steps", f"{summary['epochs']} / {summary['steps']} of {summary['planned_epochs']} / "
+                           f"{summary['planned_steps']}"),
+        ("batch", f"{summary['global_batch']} global ({summary['world_size']} process(es))"),
         ("device", summary["device"]),
         ("wall time", f"{summary['wall_time_s']:.1f} s"),
         ("run folder", summary["run_dir"]),
@@ -326,6 +335,33 @@ def train(cfg: DictConfig, run_dir: Optional[str | Path] = None) -> float:
         validate(cfg)
         run_dir, resume_state = prepare_resume(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
+    handler = _also_log_to(run_dir) if resume_state is not None and distributed.is_main() else None
+    try:
+        return _train(cfg, run_dir, resume_state, overrides, start)
+    finally:
+        if handler is not None:
+            logging.getLogger().removeHandler(handler)
+            handler.close()
+
+
+def _also_log_to(run_dir: Path) -> Optional[logging.Handler]:
+    """A resumed run's log lines also go to its own ``train.log`` (Hydra's file handler writes
+    into this invocation's folder); None when that is the same file."""
+    root = logging.getLogger()
+    target = (run_dir / "train.log").resolve()
+    files = [h for h in root.handlers if isinstance(h, logging.FileHandler)]
+    if any(Path(h.baseFilename).resolve() == target for h in files):
+        return None
+    handler = logging.FileHandler(target, mode="a")
+    if files:
+        handler.setFormatter(files[0].formatter)
+    root.addHandler(handler)
+    return handler
+
+
+def _train(cfg: DictConfig, run_dir: Path, resume_state: Optional[dict[str, Any]], overrides: list[str],
+           start: float) -> float:
+    """:func:`train` once the run folder is known (and a resume's checkpoint read)."""
     if cfg.mode == "lr_find":
         return lr_find(cfg, run_dir)
     lr0_auto = None
@@ -342,9 +378,9 @@ def train(cfg: DictConfig, run_dir: Optional[str | Path] = None) -> float:
 
     plan = trainer.plan
     log.info(
-        "T=%d optimizer steps (%d per epoch), warmup %d steps, scheduler %s, device %s",
-        plan.total_steps, plan.steps_per_epoch, plan.warmup_steps,
-        type(plan.schedule).__name__, trainer.device,
+        "T=%d optimizer steps (%d per epoch), warmup %d steps, scheduler %s, device %s, global batch %d (%d "
+        "process(es))", plan.total_steps, plan.steps_per_epoch, plan.warmup_steps,
+        type(plan.schedule).__name__, trainer.device, global_batch(cfg), distributed.world_size(),
     )
     if plan.warmup_steps and plan.schedule(0) < 1:
         log.warning(
@@ -372,6 +408,8 @@ def train(cfg: DictConfig, run_dir: Optional[str | Path] = None) -> float:
         "lr_scaling": cfg.lr_scaling,
         "base_lrs": base_lrs,
         "planned_steps": plan.total_steps,
+        "planned_epochs": math.ceil(plan.total_steps / plan.steps_per_epoch),
+        "global_batch": global_batch(cfg),
         "device": str(trainer.device),
         "world_size": distributed.world_size(),
         "run_dir": str(run_dir),
@@ -390,6 +428,10 @@ def train(cfg: DictConfig, run_dir: Optional[str | Path] = None) -> float:
     except BaseException as exc:
         summary.update(status="stopped" if isinstance(exc, KeyboardInterrupt) else "failed",
                        objective=trainer.best.get(OBJECTIVE), error=f"{type(exc).__name__}: {exc}")
+        last = run_dir / "checkpoints" / "last.pt"
+        if distributed.is_main() and not isinstance(exc, KeyboardInterrupt) and last.is_file():
+            print(f"failed at step {trainer.step}; the last checkpoint is {last}; continue with: {continue_command()} "
+                  f"{' '.join(rerun_overrides(overrides))} resume={run_dir}".replace("  ", " "), file=sys.stderr)
         raise
     finally:
         if distributed.is_main():
@@ -401,15 +443,24 @@ def train(cfg: DictConfig, run_dir: Optional[str | Path] = None) -> float:
     if summary["status"] == "stopped":
         again = rerun_overrides(overrides)
         print(f"stopped at step {summary['steps']} of {summary['planned_steps']}; continue with: "
-              f"{launcher()} {' '.join(again)} resume={run_dir}".replace("  ", " "))
+              f"{continue_command()} {' '.join(again)} resume={run_dir}".replace("  ", " "))
     trainer.forward_stop_signal()
     return float(summary["objective"])
 
 
-def launcher() -> str:
-    """How this run was started, for the command that continues it."""
+def continue_command() -> str:
+    """The start of the command that continues this run: ``python train.py``, or torchrun with
+    the same processes (``--standalone`` on one machine; several machines: the same
+    ``--nnodes`` plus the user's own rendezvous arguments)."""
+    import os
+
     world = distributed.world_size()
-    return "python train.py" if world == 1 else f"torchrun <same {world} processes> train.py"
+    if world == 1:
+        return "python train.py"
+    per_node = int(os.environ.get("LOCAL_WORLD_SIZE", world))
+    if per_node == world:
+        return f"torchrun --standalone --nproc_per_node={world} train.py"
+    return f"torchrun --nnodes={world // per_node} --nproc_per_node={per_node} <rendezvous arguments> train.py"
 
 
 def _finish(trainer: Any, summary: dict[str, Any], start: float, cfg: DictConfig) -> None:

@@ -13,10 +13,12 @@ import torch
 
 from tests.conftest import ROOT, TINY, read_csv, run_cli_in_process, train_in_process
 
-# 256 training samples: 128 per rank = 8 batches of 16 per epoch; the single process with the same
-# global batch (32) also takes 8 steps per epoch. T = 16. Linear LR scaling by the global batch:
-# lr0 x 32 / 64 = 0.025 (a rank's own batch, 16, would give 0.0125).
-RUN = [*TINY, "batch_size=16", "epochs=2", "device=cpu", "warmup_epochs=0.5", "lrf=0.1", "lr0=0.05",
+# 250 training samples: padded to 252, 126 per rank = 8 batches of 16 per epoch (the last of 14);
+# the single process with the same global batch (32) also takes 8 steps per epoch (7 x 32 + 26).
+# T = 16. 63 validation samples: 32 on rank 0, 31 on rank 1. Linear LR scaling by the global
+# batch: lr0 x 32 / 64 = 0.025 (a rank's own batch, 16, would give 0.0125).
+RUN = [*[o for o in TINY if not o.startswith(("dataset.train_size", "dataset.val_size"))],
+       "dataset.train_size=250", "dataset.val_size=63", "batch_size=16", "epochs=2", "device=cpu", "warmup_epochs=0.5", "lrf=0.1", "lr0=0.05",
        "trainer.log_every_n_steps=4", "lr_scaling=linear", "lr_base_size=64"]
 
 
@@ -68,7 +70,7 @@ def test_two_ranks_one_folder_same_lrs_as_one_process(ddp_run, tmp_path):
     assert summary["status"] == "completed" and summary["world_size"] == 2 and summary["planned_steps"] == 16
     assert len(read_csv(run_dir / "epochs.csv")) == 2
     # the logged validation metrics are those of the whole validation set: one process evaluating the
-    # saved weights (the last epoch's) on all 64 samples gets the same
+    # saved weights (the last epoch's) on all 63 samples gets the same
     from framework.checkpoint import load_checkpoint
     from framework.run import build
     from tests.conftest import compose_cfg
@@ -160,3 +162,29 @@ def test_sync_batchnorm_and_range_test_refused_where_they_cannot_work(tmp_path, 
         with pytest.raises(ConfigError, match=f"{override}: the LR range test runs in one process"):
             train(compose_cfg(*RUN, override), tmp_path / "b")
     assert not (tmp_path / "b" / "steps.csv").exists()
+
+
+def test_a_signal_during_the_stop_vote_waits_for_the_next_step(monkeypatch):
+    """The ranks stop on the all-reduced request only: a SIGTERM handled on this rank after the
+    vote (here: during it) does not stop it alone; the next step's vote stops every rank, and
+    the strongest request (SIGUSR2, which submitit needs on rank 0) is every rank's reason."""
+    from types import SimpleNamespace
+
+    from framework import distributed
+    from framework.trainer import Trainer
+
+    votes = []
+
+    def vote(value):  # what the other rank sends: nothing, nothing, SIGUSR2 (code 3)
+        votes.append(value)
+        if len(votes) == 1:
+            me._stop_request = "SIGTERM"  # arrives while the first vote is in flight
+        return max(value, [0, 0, 3][len(votes) - 1])
+
+    monkeypatch.setattr(distributed, "max_over_ranks", vote)
+    me = SimpleNamespace(world_size=2, _stop_request=None, stop_after_steps=None, step=3)
+    assert Trainer._should_stop(me) is False and me._stop_request == "SIGTERM"  # pending, not acted on
+    assert Trainer._should_stop(me) is True and votes == [0, 2] and me._stop_request == "SIGTERM"
+    me._stop_request = None
+    assert Trainer._should_stop(me) is True and votes[-1] == 0 and me._stop_request == "SIGUSR2"
+

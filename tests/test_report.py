@@ -1,9 +1,7 @@
 """Sweeps: failed and diverged jobs do not abort them, the automatic report, unique folders."""
 from __future__ import annotations
 
-import csv
 import json
-import math
 import subprocess
 import sys
 
@@ -151,9 +149,10 @@ def test_submitit_local_launcher_runs_each_job_on_two_processes(tmp_path):
     job = sweep / rows["0.01"]["job"]
     summary = json.loads((job / "summary.json").read_text())
     assert summary["world_size"] == 2
-    # each rank trains on half of every epoch: 256 samples, 128 per rank in batches of 64 -> 2 steps per epoch
-    assert summary["planned_steps"] == 2 * summary["epochs"]
-    assert [int(r["step"]) for r in read_csv(job / "steps.csv")] == list(range(summary["planned_steps"]))
+    # each rank trains on half of every epoch: 256 samples, 128 per rank in batches of 64 -> 2 steps per
+    # epoch, 2 epochs
+    assert summary["planned_steps"] == 4 and summary["global_batch"] == 128
+    assert [int(r["step"]) for r in read_csv(job / "steps.csv")] == [0, 1, 2, 3]
 
 
 def test_optuna_search_maximises_the_returned_accuracy(tmp_path):

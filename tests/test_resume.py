@@ -39,12 +39,20 @@ def test_stopped_and_resumed_equals_uninterrupted(tmp_path, stop, scheduler):
     assert json.loads((tmp_path / "cut" / "summary.json").read_text())["status"] == "completed"
 
 
-def test_multistep_example_resumed_after_3_epochs(tmp_path):
-    """multistep milestones=[4] gamma=0.1 lr0=0.1 epochs=6, stopped after 3 epochs (12 steps)."""
+def test_multistep_example_resumed_after_3_epochs(tmp_path, caplog):
+    """multistep milestones=[4] gamma=0.1 lr0=0.1 epochs=6, stopped after 3 epochs (12 steps).
+    The resumed run's log lines go to the run's own train.log too."""
+    import logging
+
     args = [*TINY, "scheduler=multistep", "scheduler.milestones=[4]", "scheduler.gamma=0.1", "lr0=0.1", "epochs=6"]
     train_in_process(tmp_path, *args, "trainer.stop_after_steps=12")
+    caplog.set_level(logging.INFO, logger="framework")
     train_in_process(tmp_path / "x", *args, f"resume={tmp_path}")
     assert [float(r["lr"]) for r in read_csv(tmp_path / "epochs.csv")] == pytest.approx([0.1] * 4 + [0.01] * 2)
+    text = (tmp_path / "train.log").read_text()
+    # stopped after the 12th step, before epoch 3's validation: epoch index 2, its 4 batches done
+    assert "resumed at step 12 (epoch 2, batch 4)" in text and "epoch 6/6" in text
+    assert not any(getattr(h, "baseFilename", "").startswith(str(tmp_path)) for h in logging.getLogger().handlers)
 
 
 def test_cosine_first_epoch_after_resume_is_not_at_lr0(tmp_path):

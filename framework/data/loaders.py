@@ -160,6 +160,11 @@ def make_loaders(data: DataBundle, batch_size: int, seed: int, device: torch.dev
         log.info("batch_size=%d leaves a last batch of 1 sample: it is dropped each epoch", batch_size)
     val_shard = range(rank, len(data.val), world_size) if world_size > 1 else None  # no padding: each sample once
     ok, why = fits_on_device(data, device) if loader != "standard" else (False, "")
+    if world_size > 1 and loader != "standard":  # one choice for all ranks (free GPU memory differs)
+        from framework import distributed
+
+        if distributed.max_over_ranks(int(not ok)) and ok:
+            ok, why = False, "another rank's device cannot hold the dataset"
     if loader == "device" and not ok:
         raise ConfigError(f"loader=device: {why}; use loader=standard (or auto)")
     if ok:

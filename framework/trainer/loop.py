@@ -22,6 +22,10 @@ from framework.trainer.steps import momentum_key, total_norm, group_sizes
 
 log = logging.getLogger(__name__)
 
+#: Stop requests ranked for the data-parallel agreement (the strongest wins on every rank).
+STOP_SIGNALS = {1: "SIGINT", 2: "SIGTERM", 3: "SIGUSR2"}
+STOP_CODES = {name: code for code, name in STOP_SIGNALS.items()}
+
 
 class Trainer(StateMixin):
     """Trains a classifier with an exact, step-indexed LR plan.
@@ -97,14 +101,14 @@ class Trainer(StateMixin):
         sync_batchnorm: bool = False,
     ):
         self.channels_last = channels_last
-        self.world, self.main = distributed.world_size(), distributed.is_main()
-        if sync_batchnorm and self.world > 1:  # same Parameter objects: the optimizer keeps them
+        self.world_size, self.is_global_zero = distributed.world_size(), distributed.is_main()
+        if sync_batchnorm and self.world_size > 1:  # same Parameter objects: the optimizer keeps them
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         model = model.to(device, memory_format=torch.channels_last) if channels_last else model.to(device)
         self.model, self.optimizer, self.plan = model, optimizer, plan
         self._params = list(model.parameters())  # walked once: model.parameters() recurses every module
         self.ddp = None
-        if self.world > 1:
+        if self.world_size > 1:
             from torch.nn.parallel import DistributedDataParallel
 
             self.ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
@@ -231,7 +235,7 @@ class Trainer(StateMixin):
             correct += (logits.argmax(1) == y).sum()
             n += len(y)
         self.model.train()
-        if self.world > 1:  # each rank saw its shard: sum the sums
+        if self.world_size > 1:  # each rank saw its shard: sum the sums
             totals = torch.stack((loss_sum.double(), correct.double(), torch.tensor(n, dtype=torch.float64,
                                                                                     device=self.device)))
             loss, right, n = distributed.all_reduce_sum(totals).tolist()
@@ -264,7 +268,7 @@ class Trainer(StateMixin):
         epochs = math.ceil(T / spe)
         lr_cols = ["lr"] + [f"lr/{n}" for n in self.group_names[1:]]
         resuming = self.step > 0
-        log_file = CSVLog if self.main else _Discard  # only rank 0 writes files
+        log_file = CSVLog if self.is_global_zero else _Discard  # only rank 0 writes files
         self._steps_csv = log_file(self.run_dir / "steps.csv",
                                  ["step", "epoch", *lr_cols, *(["momentum"] if self.momentum_key else []),
                                   *(["d"] if "d" in self.optimizer.param_groups[0] else []), "loss", "grad_norm"],
@@ -273,7 +277,7 @@ class Trainer(StateMixin):
                             append=resuming)
         self._pending: list[tuple[dict[str, Any], torch.Tensor, torch.Tensor]] = []  # rows not read yet
         self._checked: list[dict[str, Any]] = []  # rows read and checked, not written yet
-        self._bar = tqdm(total=T, initial=self.step, disable=not (self.progress_bar and self.main), unit="step",
+        self._bar = tqdm(total=T, initial=self.step, disable=not (self.progress_bar and self.is_global_zero), unit="step",
                          dynamic_ncols=True, mininterval=0.1 if sys.stderr.isatty() else 10.0)  # log files: every 10 s
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
@@ -282,20 +286,27 @@ class Trainer(StateMixin):
         # a fresh start is a good state to roll back to; a resumed run brought its restore points
         if self.guard.policy == "rollback" and self.step == 0:  # snapshots copy the weights: only when used
             self.guard.keep(self.state_dict(), trusted=True)
+        together = True  # every rank reaches the final flush at the same step (no error on one rank)
         try:
             while True:
                 try:
                     self._run_epochs(T, epochs, epochs_csv)
                     break
-                except Diverged as exc:
+                except Diverged as exc:  # the ranks agree on it: checked on reduced losses and norms
                     if not self.guard.can_roll_back():
                         self._forget_after(exc.step)
                         raise
                     self._roll_back(exc)
+        except Diverged:
+            raise
+        except BaseException:
+            together = False
+            raise
         finally:
             restore_signals()
             try:
-                self._flush()
+                # after an error on this rank alone, no collective: the others may never come
+                self._flush(reduce=together or self.world_size == 1)
             finally:
                 self._bar.close()
         if self.skipped_steps:
@@ -376,7 +387,7 @@ class Trainer(StateMixin):
                 return float("nan")
             lrs = self._set_lr(self.step)
         self._flush()  # the epoch's restore point is taken once its validation passed (_run_epochs)
-        mean = (distributed.all_reduce_sum(epoch_loss) / max(self._epoch_samples * self.world, 1)).item()
+        mean = (distributed.all_reduce_sum(epoch_loss) / max(self._epoch_samples * self.world_size, 1)).item()
         self._epoch_loss, self._epoch_samples, self._epoch_loss_t = 0.0, 0, None
         return mean
 
@@ -389,13 +400,21 @@ class Trainer(StateMixin):
         self.step = min(self.step, step + 1)
 
     def _should_stop(self) -> bool:
-        """A stop request (signal) or ``stop_after_steps`` reached; in a data-parallel run a
-        request on any rank stops every rank at this step (one host-side all-reduce per step)."""
-        requested = self._stop_request is not None
-        if self.world > 1 and distributed.any_rank(requested) and not requested:
-            self._stop_request = "stop requested on another rank"
-        return self._stop_request is not None or (
-            self.stop_after_steps is not None and self.step >= self.stop_after_steps)
+        """A stop request (signal) or ``stop_after_steps`` reached.
+
+        In a data-parallel run the ranks decide together from one host-side all-reduce per
+        step: the strongest request on any rank (SIGUSR2 > SIGTERM > SIGINT) stops every rank at
+        this step with the same reason, so rank 0 hands SIGUSR2 on to submitit. A signal that
+        arrives on some rank after the all-reduce stays pending there until the next step.
+        """
+        if self.world_size > 1:
+            code = distributed.max_over_ranks(STOP_CODES.get(self._stop_request, 0))
+            if code:
+                self._stop_request = STOP_SIGNALS[code]
+            stop = bool(code)
+        else:
+            stop = self._stop_request is not None
+        return stop or (self.stop_after_steps is not None and self.step >= self.stop_after_steps)
 
     def _record(self, epoch: int, lrs: list[float], loss: torch.Tensor, norm: torch.Tensor) -> None:
         """Log applied step ``k`` (its LRs now, its loss at the next flush) and advance ``k``."""
@@ -413,20 +432,27 @@ class Trainer(StateMixin):
         elif self.device.type == "cpu":  # no device to wait for: check every step (no file I/O), stop at once
             self._check(self._pending)
 
-    def _flush(self, keep: bool = False) -> None:
+    def _flush(self, keep: bool = False, reduce: bool = True) -> None:
         """Read the buffered losses and gradient norms from the device (one sync), check them, and
         append every checked row to ``steps.csv`` (one file write).
 
         Args:
             keep: a regular point (every ``log_every_n_steps``-th step, never a stop): see
                 :meth:`_keep`.
+            reduce: average the losses over the ranks (a collective); False writes this rank's
+                own losses unchecked (an error is unwinding on this rank alone).
 
         Raises:
             Diverged: a row failed the guard's check.
         """
         try:
             if getattr(self, "_pending", None):
-                self._check(self._pending)
+                if reduce:
+                    self._check(self._pending)
+                else:
+                    self._checked.extend({**row, "loss": loss.item(), "grad_norm": norm.item()}
+                                         for row, loss, norm in self._pending)
+                    self._pending.clear()
         finally:
             if getattr(self, "_checked", None):
                 self._steps_csv.write(self._checked)
@@ -450,8 +476,8 @@ class Trainer(StateMixin):
             Diverged: a row failed the check (the rows after it are dropped).
         """
         losses_t = torch.stack([p[1].float() for p in pending])  # (n,)
-        if self.world > 1:  # the step loss of the global batch: mean over the ranks (norms agree already)
-            losses_t = distributed.all_reduce_sum(losses_t) / self.world
+        if self.world_size > 1:  # the step loss of the global batch: mean over the ranks (norms agree already)
+            losses_t = distributed.all_reduce_sum(losses_t) / self.world_size
         values = torch.stack((losses_t, torch.stack([p[2].float() for p in pending])), 1).tolist()  # (n, 2)
         losses, norms = [v[0] for v in values], [v[1] for v in values]
         rows = [p[0] for p in pending]

@@ -6,6 +6,7 @@ import signal
 import threading
 from typing import Any
 
+from framework import distributed
 from framework.checkpoint import rng_state, save_checkpoint, set_rng_state
 from framework.trainer.guard import Diverged
 
@@ -38,7 +39,7 @@ class StateMixin:
         self.load_state_dict(state)
         self.lr_backoff, self._earlier_time_s = backoff, earlier
         self._apply_backoff()
-        if self.main:  # only rank 0 writes files
+        if self.is_global_zero:  # only rank 0 writes files
             truncate_csv(self.run_dir / "steps.csv", "step", self.step)
             truncate_csv(self.run_dir / "epochs.csv", "epoch", self.epoch)
         keep = sum(1 for k in self.history["step"] if k < self.step)
@@ -52,17 +53,9 @@ class StateMixin:
         log.warning("rollback %d/%d: %s at step %d; back to step %d with the LR x%g",
                     len(self.guard.rollbacks), self.guard.max_rollbacks, exc.reason, exc.step, self.step, backoff)
 
-    def _global_epoch_loss(self) -> float:
-        """The epoch's loss sum so far (loss x samples), summed over the ranks."""
-        import torch
-
-        from framework import distributed
-
-        if self._epoch_loss_t is None and self.world == 1:
-            return self._epoch_loss
-        total = (self._epoch_loss_t.detach().clone() if self._epoch_loss_t is not None
-                 else torch.tensor(self._epoch_loss, dtype=torch.float32, device=self.device))
-        return distributed.all_reduce_sum(total).item()
+    def _local_epoch_loss(self) -> float:
+        """This rank's loss sum of the epoch so far (loss x samples, float32 as accumulated)."""
+        return self._epoch_loss_t.item() if self._epoch_loss_t is not None else self._epoch_loss
 
     def _apply_backoff(self) -> None:
         for group, base in zip(self.optimizer.param_groups, self._base_lrs):
@@ -96,12 +89,11 @@ class StateMixin:
         """Everything needed to continue exactly: weights, optimizer, scaler, LR-plan state,
         position (step ``k``, epoch, batch within it), epoch accumulators, metrics, RNG streams.
 
-        In a data-parallel run every rank calls it at the same step: the epoch accumulators are
-        summed over the ranks and rank 0's batch-norm buffers copied to all (as DDP's next forward
-        would), so the state is the same on every rank."""
-        from framework import distributed
-
+        In a data-parallel run every rank calls it at the same step: each rank's epoch loss sum
+        is gathered (so each continues its own exactly) and rank 0's batch-norm buffers copied to
+        all (as DDP's next forward would), so the state is the same on every rank."""
         distributed.broadcast_buffers(self.model)
+        per_rank = distributed.all_gather_float(self._local_epoch_loss())
         state = {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -109,11 +101,12 @@ class StateMixin:
             "step": self.step,
             "epoch": self.epoch,
             "batch": self.batch,
-            "epoch_loss": self._global_epoch_loss(),
+            "epoch_loss": sum(per_rank),  # the epoch's loss sum so far over all ranks
+            "epoch_loss_per_rank": per_rank,
             "lr_backoff": self.lr_backoff,
             "guard": self.guard.state_dict(),
-            "epoch_samples": self._epoch_samples * self.world,
-            "world_size": self.world,
+            "epoch_samples": self._epoch_samples,  # per rank (the same on every rank)
+            "world_size": self.world_size,
             "train_time_s": self.train_time_s,
             "best": self.best,
             "final": self.final,
@@ -135,11 +128,6 @@ class StateMixin:
         """
         from framework.config import ConfigError, first_line
 
-        saved_world = state.get("world_size", 1)
-        if saved_world != self.world:
-            raise ConfigError(f"resume: the run was trained by {saved_world} process(es) and this is {self.world} "
-                              "(data order and per-rank batches depend on it); resume with the same number of "
-                              f"processes (torchrun --nnodes x --nproc_per_node = {saved_world})")
         try:
             self.model.load_state_dict(state["model"])
         except RuntimeError as exc:
@@ -166,8 +154,9 @@ class StateMixin:
             self.scaler.load_state_dict(state["scaler"])
         self.plan.load_state_dict(state.get("plan", {}))
         self.step, self.epoch, self.batch = state["step"], state["epoch"], state["batch"]
-        # the checkpoint holds the sums over the ranks; each rank continues with its share
-        self._epoch_loss, self._epoch_samples = state["epoch_loss"] / self.world, state["epoch_samples"] // self.world
+        # each rank continues its own float32 sum exactly (same world size: checked by prepare_resume)
+        self._epoch_loss = state.get("epoch_loss_per_rank", [state["epoch_loss"]])[distributed.rank()]
+        self._epoch_samples = state["epoch_samples"]
         self._epoch_loss_t = None
         self.best, self.final, self.skipped_steps = state["best"], state["final"], state["skipped_steps"]
         set_rng_state(state["rng"])
@@ -177,7 +166,7 @@ class StateMixin:
         holds the guard's two restore points (up to 2 more copies of the weights and optimizer
         state), so a resumed run rolls back exactly as the run would have."""
         state = self.state_dict()  # every rank: it sums the epoch loss over the ranks
-        if not self.main:
+        if not self.is_global_zero:
             return
         if self.guard.policy == "rollback":
             state["guard_points"] = [self.guard.snapshot, self.guard.candidate]
