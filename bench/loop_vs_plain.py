@@ -30,8 +30,9 @@ sys.path.insert(0, str(ROOT))
 
 ROWS = {  # name: overrides (dataset and model)
     "small_cnn_digits": ["dataset=digits", "model=resnet10t"],
-    "resnet18": ["dataset=synthetic", "model=resnet18", "dataset.img_size=32"],
-    "vit_tiny": ["dataset=synthetic", "model=vit_tiny_patch16", "dataset.img_size=32"],
+    # 4096 synthetic images: the timed steps fall in one epoch, as in the plain loop (no evaluation between)
+    "resnet18": ["dataset=synthetic", "model=resnet18", "dataset.img_size=32", "dataset.train_size=4096"],
+    "vit_tiny": ["dataset=synthetic", "model=vit_tiny_patch16", "dataset.img_size=32", "dataset.train_size=4096"],
 }
 
 
