@@ -282,9 +282,7 @@ def _print_table(summary: dict[str, Any]) -> None:
                 else "- (no epoch finished)")
     rows = [
         ("best val/acc", best_acc),
-        ("final val/acc", f"{final.get('val/acc', float('nan')):.4f}"),
-        ("final val/loss", f"{final.get('val/loss', float('nan')):.4f}"),
-        ("final train/loss", f"{final.get('train/loss', float('nan')):.4f}"),
+        *((f"final {k}", f"{final[k]:.4f}" if final else "-") for k in ("val/acc", "val/loss", "train/loss")),
         ("base lr -> last lr", f"{next(iter(summary['base_lrs'].values())):.4g} -> {summary['last_lr']:.4g}"),
         ("epochs / steps", f"{summary['epochs']} / {summary['steps']} of {summary['planned_epochs']} / "
                            f"{summary['planned_steps']}"),
