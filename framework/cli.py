@@ -107,15 +107,21 @@ def run_task(cfg) -> float:
     distributed.quiet_other_ranks()
     ok = False
     try:
-        objective, ok = _run(cfg, hc, multirun)
+        objective, ok = _run(cfg, hc, multirun, own_group=started)
         return objective
     finally:
         if started:  # after a failure on this rank no barrier: the other ranks may be stuck in a collective
             distributed.shutdown(barrier=ok)
 
 
-def _run(cfg, hc, multirun: bool) -> tuple[float, bool]:
-    """``(objective, ended together)``: False when this job failed, perhaps on this rank alone."""
+def _run(cfg, hc, multirun: bool, own_group: bool = False) -> tuple[float, bool]:
+    """``(objective, ended together)``: False when this job failed, perhaps on this rank alone.
+
+    ``own_group``: this job joined its process group itself (a submitit job with several tasks)
+    and leaves it afterwards. A sweep inside torchrun shares one group across its jobs, so a
+    job that failed (perhaps on one rank alone) ends the sweep instead: the next job's
+    collectives would not line up.
+    """
     from framework import distributed
     from framework.run import train
     from framework.trainer import Diverged
@@ -135,12 +141,13 @@ def _run(cfg, hc, multirun: bool) -> tuple[float, bool]:
             print(f"diverged: {exc}", file=sys.stderr)
         if multirun:
             return 0.0, True
+        distributed.barrier()  # agreed on every rank: wait while rank 0 writes summary.json and lr.png
         sys.exit(1)
     except KeyboardInterrupt:
         print("stopped: interrupted; summary.json says status: stopped", file=sys.stderr)
         sys.exit(130)
     except Exception as exc:
-        if not multirun:
+        if not multirun or (distributed.world_size() > 1 and not own_group):
             raise
         return _failed_job(exc, hc), False
 

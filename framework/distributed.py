@@ -100,8 +100,7 @@ def init() -> bool:
 
         TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
         if "OMP_NUM_THREADS" not in os.environ:  # as torchrun: the tasks of a node share its cores
-            cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-            torch.set_num_threads(max(1, cores // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
+            torch.set_num_threads(task_threads())
     backend = "gloo"
     if torch.cuda.is_available():
         torch.cuda.set_device(cuda_device_index())
@@ -110,6 +109,16 @@ def init() -> bool:
     if dist.get_rank() == 0:
         log.info("data-parallel: %d processes (%s)", dist.get_world_size(), backend)
     return True
+
+
+def task_threads() -> int:
+    """Torch threads for one task of a multi-task submitit job: SLURM's ``--cpus-per-task``
+    when set (SLURM binds each task to its own CPUs), else the CPUs this process may use
+    divided by the tasks on this machine (``LOCAL_WORLD_SIZE``), at least 1."""
+    if os.environ.get("SLURM_CPUS_PER_TASK", "").isdigit():
+        return max(1, int(os.environ["SLURM_CPUS_PER_TASK"]))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, cores // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
 
 
 def shutdown(barrier: bool = True) -> None:
@@ -124,6 +133,14 @@ def shutdown(barrier: bool = True) -> None:
         if barrier:
             dist.barrier()
         dist.destroy_process_group()
+
+
+def barrier() -> None:
+    """Wait until every rank gets here (nothing in a single process). Only where every rank is
+    known to arrive: an outcome the ranks agreed on."""
+    dist = _dist()
+    if dist:
+        dist.barrier()
 
 
 def cuda_device_index() -> int:

@@ -8,6 +8,7 @@ Environment:
     PROBE_RANK: the rank the two faults below hit (default 1).
     PROBE_SIGTERM_AT: that rank sends itself SIGTERM once step ``k`` is applied.
     PROBE_NAN_AT: that rank's training batch of step ``k`` is NaN (once per process).
+    PROBE_RAISE_AT: that rank raises ``RuntimeError`` (as a CUDA out-of-memory would) at step ``k``.
 """
 import json
 import os
@@ -28,6 +29,7 @@ PROBE_DIR = Path(os.environ["PROBE_DIR"])
 FAULT_RANK = int(os.environ.get("PROBE_RANK", "1"))
 SIGTERM_AT = int(os.environ.get("PROBE_SIGTERM_AT", "-1"))
 NAN_AT = int(os.environ.get("PROBE_NAN_AT", "-1"))
+RAISE_AT = int(os.environ.get("PROBE_RAISE_AT", "-1"))
 applied: list = []
 injected: list = []
 
@@ -43,6 +45,8 @@ def probed_record(self, epoch, lrs, loss, norm):
 
 def probed_to_device(self, x):
     x = to_device(self, x)
+    if RANK == FAULT_RANK and self.model.training and self.step == RAISE_AT:
+        raise RuntimeError(f"out of memory (simulated on rank {RANK})")
     if RANK == FAULT_RANK and self.model.training and self.step == NAN_AT and not injected:
         injected.append(self.step)
         x = x * float("nan")

@@ -137,6 +137,19 @@ def test_nan_on_one_rank_rolls_back_every_rank(tmp_path):
     assert all(torch.isfinite(v).all() for v in weights[0].values() if v.is_floating_point())
 
 
+def test_an_error_on_one_rank_ends_the_run_without_hanging(tmp_path):
+    """Rank 1 raises at step 10 (epoch 2; epoch 1's checkpoint exists): rank 0 records the failure,
+    names the checkpoint to resume from, and torchrun ends with an error instead of waiting."""
+    run_dir = tmp_path / "run"
+    result = torchrun([*RUN, f"hydra.run.dir={run_dir}"], tmp_path, tmp_path / "probe", raise_at=10)
+    assert result.returncode != 0
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "failed"
+    assert f"the last checkpoint is {run_dir / 'checkpoints' / 'last.pt'}; continue with: torchrun --standalone " \
+           "--nproc_per_node=2 train.py" in result.stderr
+    assert torch.load(run_dir / "checkpoints" / "last.pt", weights_only=False)["step"] == 8  # the epoch end
+
+
 def test_resume_with_another_world_size_is_refused(ddp_run, tmp_path, capfd):
     _, folders, _ = ddp_run
     before = (folders[0] / "checkpoints" / "last.pt").read_bytes()

@@ -404,13 +404,15 @@ class Trainer(StateMixin):
 
         In a data-parallel run the ranks decide together from one host-side all-reduce per
         step: the strongest request on any rank (SIGUSR2 > SIGTERM > SIGINT) stops every rank at
-        this step with the same reason, so rank 0 hands SIGUSR2 on to submitit. A signal that
-        arrives on some rank after the all-reduce stays pending there until the next step.
+        this step with that reason (a rank keeps a stronger one of its own that arrived after
+        its vote), so rank 0 hands SIGUSR2 on to submitit. A signal that arrives on some rank
+        after the all-reduce stays pending there until the next step.
         """
         if self.world_size > 1:
-            code = distributed.max_over_ranks(STOP_CODES.get(self._stop_request, 0))
-            if code:
-                self._stop_request = STOP_SIGNALS[code]
+            own = STOP_CODES.get(self._stop_request, 0)
+            code = distributed.max_over_ranks(own)
+            if code:  # a stronger signal of this rank's own (it came after its vote) is kept
+                self._stop_request = STOP_SIGNALS[max(code, own)]
             stop = bool(code)
         else:
             stop = self._stop_request is not None
@@ -439,8 +441,8 @@ class Trainer(StateMixin):
         Args:
             keep: a regular point (every ``log_every_n_steps``-th step, never a stop): see
                 :meth:`_keep`.
-            reduce: average the losses over the ranks (a collective); False writes this rank's
-                own losses unchecked (an error is unwinding on this rank alone).
+            reduce: average the losses over the ranks (a collective); False (an error is
+                unwinding on this rank alone) writes the rows unchecked with the loss left blank.
 
         Raises:
             Diverged: a row failed the guard's check.
@@ -449,9 +451,8 @@ class Trainer(StateMixin):
             if getattr(self, "_pending", None):
                 if reduce:
                     self._check(self._pending)
-                else:
-                    self._checked.extend({**row, "loss": loss.item(), "grad_norm": norm.item()}
-                                         for row, loss, norm in self._pending)
+                else:  # this rank's loss is not the step's (the mean over the ranks): left blank
+                    self._checked.extend({**row, "grad_norm": norm.item()} for row, _, norm in self._pending)
                     self._pending.clear()
         finally:
             if getattr(self, "_checked", None):
