@@ -104,7 +104,6 @@ def run_task(cfg) -> float:
     if multirun:
         _share_cores(hc)
     started = distributed.init()  # a submitit job with several tasks (torchrun joined in run_cli)
-    distributed.quiet_other_ranks()
     ok = False
     try:
         objective, ok = _run(cfg, hc, multirun, own_group=started)

@@ -269,7 +269,7 @@ class LRFinder:
     def _probe(self, trainer: Any, lr0: float) -> tuple[list[float], list[float], Optional[str]]:
         import torch.nn.functional as F
 
-        from framework.trainer.steps import group_sizes
+        from framework.trainer.steps import loader_group_sizes
 
         loader, accumulate = trainer.train_loader, trainer.accumulate
         ratios = [g["initial_lr"] / lr0 for g in trainer.optimizer.param_groups]
@@ -284,7 +284,7 @@ class LRFinder:
         while len(lrs) < len(planned):
             if hasattr(loader.sampler, "set_epoch"):
                 loader.sampler.set_epoch(epoch)
-            sizes = group_sizes(len(loader.dataset), loader.batch_size, accumulate, loader.drop_last)
+            sizes = loader_group_sizes(loader, accumulate)
             step_loss, g = 0.0, 0
             for i, (x, y) in enumerate(loader):
                 lr = planned[len(lrs)]

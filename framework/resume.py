@@ -63,14 +63,26 @@ def prepare_resume(cfg: DictConfig) -> tuple[Path, dict[str, Any]]:
 
 
 def resume_trainer(trainer: Any, state: dict[str, Any]) -> None:
-    """Load ``state`` into a built trainer and cut its run folder's CSVs back to the checkpoint."""
+    """Load ``state`` into a built trainer and cut its run folder's CSVs back to the checkpoint.
+
+    Raises:
+        ConfigError: ``steps.csv`` lacks some of the checkpoint's steps or their LR columns (the
+            LR history of the run is rebuilt from it); nothing is changed on disk.
+    """
     from framework.loggers import truncate_csv
 
-    trainer.load_state_dict(state)
-    rows = truncate_csv(trainer.run_dir / "steps.csv", "step", state["step"], write=trainer.is_global_zero)  # rank 0 writes
-    if trainer.is_global_zero:
-        truncate_csv(trainer.run_dir / "epochs.csv", "epoch", state["epoch"])
     first, others = trainer.group_names[0], trainer.group_names[1:]
+    steps_csv = trainer.run_dir / "steps.csv"
+    rows = truncate_csv(steps_csv, "step", state["step"], write=False)
+    columns = ["lr"] + [f"lr/{name}" for name in others]
+    if sorted(int(r["step"]) for r in rows) != list(range(state["step"])) or any(
+            not r.get(c) for r in rows for c in columns):
+        raise ConfigError(f"resume={trainer.run_dir}: steps.csv lacks rows or LR columns of the checkpoint's "
+                          f"{state['step']} steps; restore the run's steps.csv, or start a new run")
+    trainer.load_state_dict(state)
+    if trainer.is_global_zero:  # rank 0 writes
+        truncate_csv(steps_csv, "step", state["step"])
+        truncate_csv(trainer.run_dir / "epochs.csv", "epoch", state["epoch"])
     trainer.history["step"] = [int(r["step"]) for r in rows]
     trainer.history[first] = [float(r["lr"]) for r in rows]
     for name in others:

@@ -350,7 +350,7 @@ def _also_log_to(run_dir: Path) -> Optional[logging.Handler]:
     files = [h for h in root.handlers if isinstance(h, logging.FileHandler)]
     if any(Path(h.baseFilename).resolve() == target for h in files):
         return None
-    handler = logging.FileHandler(target, mode="a")
+    handler = logging.FileHandler(target, mode="a", delay=True)  # opened at its first line
     if files:
         handler.setFormatter(files[0].formatter)
     root.addHandler(handler)
@@ -428,8 +428,8 @@ def _train(cfg: DictConfig, run_dir: Path, resume_state: Optional[dict[str, Any]
                        objective=trainer.best.get(OBJECTIVE), error=f"{type(exc).__name__}: {exc}")
         last = run_dir / "checkpoints" / "last.pt"
         if distributed.is_main() and not isinstance(exc, KeyboardInterrupt) and last.is_file():
-            print(f"failed at step {trainer.step}; the last checkpoint is {last}; continue with: {continue_command()} "
-                  f"{' '.join(rerun_overrides(overrides))} resume={run_dir}".replace("  ", " "), file=sys.stderr)
+            print(f"failed at step {trainer.step}; the last checkpoint is {last}; continue with: "
+                  f"{continue_command(overrides, run_dir)}", file=sys.stderr)
         raise
     finally:
         if distributed.is_main():
@@ -439,26 +439,27 @@ def _train(cfg: DictConfig, run_dir: Path, resume_state: Optional[dict[str, Any]
         return float(summary["objective"])
     _print_table(summary)
     if summary["status"] == "stopped":
-        again = rerun_overrides(overrides)
         print(f"stopped at step {summary['steps']} of {summary['planned_steps']}; continue with: "
-              f"{continue_command()} {' '.join(again)} resume={run_dir}".replace("  ", " "))
+              f"{continue_command(overrides, run_dir)}")
     trainer.forward_stop_signal()
     return float(summary["objective"])
 
 
-def continue_command() -> str:
-    """The start of the command that continues this run: ``python train.py``, or torchrun with
-    the same processes (``--standalone`` on one machine; several machines: the same
-    ``--nnodes`` plus the user's own rendezvous arguments)."""
+def continue_command(overrides: list[str], run_dir: Path) -> str:
+    """The command that continues this run: ``python train.py``, or torchrun with the same
+    processes (``--standalone`` on one machine; several machines: the same ``--nnodes`` plus the
+    user's own rendezvous arguments), the run's overrides and ``resume=<run_dir>``."""
     import os
 
     world = distributed.world_size()
-    if world == 1:
-        return "python train.py"
     per_node = int(os.environ.get("LOCAL_WORLD_SIZE", world))
-    if per_node == world:
-        return f"torchrun --standalone --nproc_per_node={world} train.py"
-    return f"torchrun --nnodes={world // per_node} --nproc_per_node={per_node} <rendezvous arguments> train.py"
+    if world == 1:
+        start = "python train.py"
+    elif per_node == world:
+        start = f"torchrun --standalone --nproc_per_node={world} train.py"
+    else:
+        start = f"torchrun --nnodes={world // per_node} --nproc_per_node={per_node} <rendezvous arguments> train.py"
+    return " ".join([start, *rerun_overrides(overrides), f"resume={run_dir}"])
 
 
 def _finish(trainer: Any, summary: dict[str, Any], start: float, cfg: DictConfig) -> None:

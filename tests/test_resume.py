@@ -113,6 +113,28 @@ def test_bad_resume_paths_from_the_command_line(tmp_path):
     assert sorted(p.name for p in (tmp_path / "good").rglob("*")) == before  # nothing damaged
 
 
+@pytest.mark.parametrize("damage", ["missing", "short", "no lr column"])
+def test_resume_with_a_damaged_steps_csv_is_refused_before_anything_changes(tmp_path, damage):
+    """The LR history is rebuilt from steps.csv: without the checkpoint's 5 rows and their LRs the
+    resume is refused in one line, and the folder is left as it was."""
+    from framework.config import ConfigError
+
+    train_in_process(tmp_path / "run", *RUN, "trainer.stop_after_steps=5")
+    steps = tmp_path / "run" / "steps.csv"
+    lines = steps.read_text().splitlines()
+    if damage == "missing":
+        steps.unlink()
+    elif damage == "short":
+        steps.write_text("\n".join(lines[:4]) + "\n")  # header + steps 0-2
+    else:
+        steps.write_text("\n".join(",".join(c for i, c in enumerate(l.split(",")) if i != lines[0].split(",").index("lr"))
+                                   for l in lines) + "\n")
+    before = {p: p.read_bytes() for p in (tmp_path / "run").rglob("*") if p.is_file()}
+    with pytest.raises(ConfigError, match="steps.csv lacks rows or LR columns of the checkpoint's 5 steps"):
+        train_in_process(tmp_path / "x", *RUN, f"resume={tmp_path / 'run'}")
+    assert {p: p.read_bytes() for p in (tmp_path / "run").rglob("*") if p.is_file()} == before
+
+
 def test_sigterm_stops_at_a_step_boundary_with_a_resumable_checkpoint(tmp_path):
     args = [*TINY, "dataset.train_size=512", "epochs=40", "device=cpu"]
     train_in_process(tmp_path / "full", *args, "trainer.save_checkpoints=false")

