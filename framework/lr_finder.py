@@ -214,6 +214,14 @@ class LRFinder:
 
     def __init__(self, start_lr: float = 1e-7, end_lr: float = 10.0, num_steps: int = 100, beta: float = 0.98,
                  diverge_mult: float = 4.0, suggestion: str = "steepest"):
+        def number(key: str, value: Any, integer: bool = False) -> None:
+            kinds = (int,) if integer else (int, float)
+            if isinstance(value, bool) or not isinstance(value, kinds) or not math.isfinite(value):
+                raise ValueError(f"lr_finder.{key}={value}: must be a finite {'integer' if integer else 'number'}")
+
+        for key, value in (("start_lr", start_lr), ("end_lr", end_lr), ("beta", beta), ("diverge_mult", diverge_mult)):
+            number(key, value)
+        number("num_steps", num_steps, integer=True)
         if not 0 < start_lr < end_lr:
             raise ValueError(f"lr_finder.start_lr={start_lr}, end_lr={end_lr}: need 0 < start_lr < end_lr, e.g. 1e-7 and 10")
         if num_steps < MIN_POINTS:

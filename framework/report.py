@@ -61,7 +61,7 @@ def read_job(folder: Path) -> dict[str, Any]:
 
     Returns:
         The :data:`COLUMNS` values plus ``config`` (the flattened composed config),
-        ``choices`` (Hydra's group choices), ``steps_rows`` (``steps.csv``) and ``error``.
+        ``steps_rows`` (``steps.csv``) and ``error``.
     """
     from omegaconf import OmegaConf
 
@@ -75,10 +75,6 @@ def read_job(folder: Path) -> dict[str, Any]:
     except Exception:  # an interpolation that needs Hydra's runtime: show it as written
         config = OmegaConf.to_container(loaded, resolve=False)
     overrides = [str(o) for o in OmegaConf.load(hydra_dir / "overrides.yaml")] if (hydra_dir / "overrides.yaml").is_file() else []
-    choices: dict[str, Any] = {}
-    if (hydra_dir / "hydra.yaml").is_file():
-        choices = dict(OmegaConf.to_container(OmegaConf.load(hydra_dir / "hydra.yaml")).get("hydra", {})
-                       .get("runtime", {}).get("choices", {}))
     steps = _read_csv(folder / "steps.csv")
     epochs = _read_csv(folder / "epochs.csv")
     best, final = summary.get("best") or {}, summary.get("final") or {}
@@ -98,7 +94,6 @@ def read_job(folder: Path) -> dict[str, Any]:
         "planned_steps": summary.get("planned_steps"),
         "error": summary.get("error", ""),
         "config": flatten(config),
-        "choices": choices,
         "steps_rows": steps,
     }
 
@@ -111,11 +106,9 @@ def collect(sweep_dir: str | Path) -> list[dict[str, Any]]:
         try:
             rows.append(read_job(folder))
         except Exception as exc:  # a job killed while Hydra wrote .hydra/: report it, go on
-            rows.append({"job": folder.name, "folder": folder, "overrides": "", "status": "incomplete",
-                         "best_val_acc": None, "final_val_acc": None, "final_train_loss": None, "lr0": None,
-                         "wall_time_s": None, "steps": 0, "planned_steps": None,
-                         "error": f"unreadable job folder ({type(exc).__name__}: {first_line(exc, 120)})",
-                         "config": {}, "choices": {}, "steps_rows": []})
+            rows.append({**dict.fromkeys(COLUMNS), "job": folder.name, "folder": folder, "overrides": "",
+                         "status": "incomplete", "steps": 0, "config": {}, "steps_rows": [],
+                         "error": f"unreadable job folder ({type(exc).__name__}: {first_line(exc, 120)})"})
     order = {"completed": 0, "stopped": 1, "incomplete": 2, "diverged": 3, "failed": 4}
     rows.sort(key=lambda r: (order.get(r["status"], 5), -(r["best_val_acc"] if r["best_val_acc"] is not None else -1),
                              int(r["job"]) if r["job"].isdigit() else 0))

@@ -66,7 +66,10 @@ def test_too_few_points_give_no_suggestion():
 def test_bad_finder_arguments():
     for kwargs, text in [({"start_lr": 1.0, "end_lr": 0.1}, "need 0 < start_lr < end_lr"),
                          ({"num_steps": 2}, "lr_finder.num_steps=2"),
-                         ({"suggestion": "best"}, "lr_finder.suggestion=best: use one of valley, steepest, minimum")]:
+                         ({"suggestion": "best"}, "lr_finder.suggestion=best: use one of valley, steepest, minimum"),
+                         ({"beta": "abc"}, "lr_finder.beta=abc: must be a finite number"),
+                         ({"end_lr": float("inf")}, "lr_finder.end_lr=inf: must be a finite number"),
+                         ({"num_steps": 5.5}, "lr_finder.num_steps=5.5: must be a finite integer")]:
         with pytest.raises(ValueError, match=text):
             LRFinder(**kwargs)
 
@@ -99,8 +102,21 @@ def test_accumulation_counts_one_probe_per_optimizer_step(tmp_path):
     from framework.run import build
 
     trainer = build(compose_cfg(*TINY, "device=cpu", "trainer.accumulate_grad_batches=4", "batch_size=16"), tmp_path)
+    calls = {"forward": 0, "step": 0}
+    forward, apply_step = trainer.forward, trainer._apply_step
+
+    def counted_forward(x):
+        calls["forward"] += 1
+        return forward(x)
+
+    def counted_step():
+        calls["step"] += 1
+        return apply_step()
+
+    trainer.forward, trainer._apply_step = counted_forward, counted_step
     result = LRFinder(start_lr=1e-5, end_lr=1e-3, num_steps=6).run(trainer, lr0=0.01)
-    assert result.lrs == pytest.approx([1e-5 * 100 ** (i / 5) for i in range(6)], rel=1e-12)  # 6 probes = 24 batches
+    assert result.lrs == pytest.approx([1e-5 * 100 ** (i / 5) for i in range(6)], rel=1e-12)
+    assert calls == {"forward": 24, "step": 6}  # 6 probes x 4 batches of 16, one optimizer step each
 
 
 def test_lr_find_mode_writes_its_files_and_answer(tmp_path):
