@@ -113,12 +113,16 @@ def suggest_minimum(lrs: Sequence[float], losses: Sequence[float]) -> Optional[f
     return float(x[min(range(len(y)), key=y.__getitem__)] / 10)
 
 
-#: Suggestion functions by name (``lr_finder.suggestion`` picks one; all are reported).
-SUGGESTIONS: dict[str, Callable[[Sequence[float], Sequence[float]], Optional[float]]] = {
-    "valley": suggest_valley,
-    "steepest": suggest_steepest,
-    "minimum": suggest_minimum,
+#: Suggestion rules by name, each its function and source (``lr_finder.suggestion`` picks one;
+#: all are reported).
+SUGGESTIONS: dict[str, tuple[Callable[[Sequence[float], Sequence[float]], Optional[float]], str]] = {
+    "valley": (suggest_valley, "fastai valley: half-way into the longest falling stretch of the smoothed loss"),
+    "steepest": (suggest_steepest, "steepest fall of the smoothed loss against log10(lr) (Smith 2017; Lightning)"),
+    "minimum": (suggest_minimum, "LR of the lowest smoothed loss / 10 (fastai minimum)"),
 }
+SOURCES = {name: source for name, (_, source) in SUGGESTIONS.items()}
+
+
 def search_window(smoothed: Sequence[float]) -> tuple[int, int]:
     """Probes the suggestions look at: from ``n // 10`` (the first tenth is skipped, where the
     bias-corrected average is still one noisy step, as Lightning skips 10 points and fastai
@@ -143,18 +147,10 @@ def suggest_all(lrs: Sequence[float], smoothed: Sequence[float]) -> dict[str, Op
     outside the tested range, or the curve has no usable fall."""
     lo, hi = search_window(smoothed)
     out: dict[str, Optional[float]] = {}
-    for name, fn in SUGGESTIONS.items():
+    for name, (fn, _) in SUGGESTIONS.items():
         lr = fn(lrs[lo : hi + 1], smoothed[lo : hi + 1]) if hi >= lo else None
         out[name] = None if lr is None or not lrs[0] < lr < lrs[-1] else lr
     return out
-
-
-#: Why each suggestion is what it is, for ``lr_find.json``.
-SOURCES = {
-    "valley": "fastai valley: half-way into the longest falling stretch of the smoothed loss",
-    "steepest": "steepest fall of the smoothed loss against log10(lr) (Smith 2017; Lightning)",
-    "minimum": "LR of the lowest smoothed loss / 10 (fastai minimum)",
-}
 
 
 @dataclass
