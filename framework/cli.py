@@ -174,22 +174,16 @@ def _failed_job(exc: Exception, hc) -> float:
     import logging
     from pathlib import Path
 
-    from framework.loggers import write_json
+    from framework import distributed
+    from framework.run import write_untrained_summary
 
     messages = describe(exc)
     text = "; ".join(messages) if messages else f"{type(exc).__name__}: {first_line(exc)}"
     if messages is None:
         logging.getLogger("framework.run").error("job %s failed", hc.job.num, exc_info=exc)
-    from framework.loggers import git_state
-    from framework.registry import CONF_DIR
-
-    from framework import distributed
-
     run_dir = Path(hc.runtime.output_dir)
     if distributed.is_main() and not (run_dir / "summary.json").is_file():  # rank 0 writes files
-        write_json({"status": "failed", "objective": 0.0, "error": text, "overrides": list(hc.overrides.task),
-                    "run_dir": str(run_dir), "steps": 0, "best": {}, "final": {}, **git_state(CONF_DIR.parent)},
-                   run_dir / "summary.json")
+        write_untrained_summary(run_dir, "failed", objective=0.0, error=text, overrides=list(hc.overrides.task))
     print(f"failed: job {hc.job.num}: {text}", file=sys.stderr)
     return 0.0
 

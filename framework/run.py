@@ -202,6 +202,15 @@ def _range_test(cfg: DictConfig, run_dir: Path) -> Any:
     return result
 
 
+def write_untrained_summary(run_dir: Path, status: str, **fields: Any) -> None:
+    """``summary.json`` of a job that trained nothing (``mode=lr_find``, ``mode=plot_lr``, a
+    sweep job that failed before training): no steps, no metrics, the git state, ``fields``."""
+    from framework.loggers import git_state, write_json
+
+    write_json({"status": status, "objective": None, "steps": 0, "best": {}, "final": {}, "run_dir": str(run_dir),
+                **git_state(registry.CONF_DIR.parent), **fields}, run_dir / "summary.json")
+
+
 def lr_find(cfg: DictConfig, run_dir: Path) -> float:
     """``mode=lr_find``: run the LR range test, write ``lr_find.*``, print the answer, train nothing.
 
@@ -210,14 +219,10 @@ def lr_find(cfg: DictConfig, run_dir: Path) -> float:
     """
     from framework.lr_finder import answer
 
-    from framework.loggers import git_state, write_json
-
     result = _range_test(cfg, run_dir)
     print(answer(result))
     print(f"wrote {run_dir / 'lr_find.png'}, lr_find.csv, lr_find.json")
-    write_json({"status": "completed", "mode": "lr_find", "objective": None, "lr0": result.lr,
-                "lr_find": result.to_json(), "steps": 0, "best": {}, "final": {}, "run_dir": str(run_dir),
-                **git_state(registry.CONF_DIR.parent)}, run_dir / "summary.json")
+    write_untrained_summary(run_dir, "completed", mode="lr_find", lr0=result.lr, lr_find=result.to_json())
     return 0.0
 
 
@@ -264,9 +269,7 @@ def preview(trainer: Any, run_dir: Path, label: str) -> float:
     write_json({**key_points(run), "groups": {n: v[0] for n, v in run.lrs.items()}}, run_dir / "lr_plan.json")
     print(describe(run))
     print(f"wrote {run_dir / 'lr_plan.png'}")
-    write_json({"status": "completed", "mode": "plot_lr", "objective": None, "steps": 0,
-                "planned_steps": trainer.plan.total_steps, "best": {}, "final": {}, "run_dir": str(run_dir)},
-               run_dir / "summary.json")
+    write_untrained_summary(run_dir, "completed", mode="plot_lr", planned_steps=trainer.plan.total_steps)
     return 0.0
 
 
