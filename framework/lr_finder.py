@@ -271,8 +271,6 @@ class LRFinder:
         return result
 
     def _probe(self, trainer: Any, lr0: float) -> tuple[list[float], list[float], Optional[str]]:
-        import torch.nn.functional as F
-
         from framework.trainer.steps import loader_group_sizes
 
         loader, accumulate = trainer.train_loader, trainer.accumulate
@@ -294,11 +292,7 @@ class LRFinder:
                 lr = planned[len(lrs)]
                 for group, ratio in zip(trainer.optimizer.param_groups, ratios):
                     group["lr"] = lr * ratio
-                x, y = trainer._to_device(x), y.to(trainer.device, non_blocking=True)
-                with trainer._autocast():
-                    loss = F.cross_entropy(trainer.forward(x).float(), y) * (len(y) / sizes[g])
-                (trainer.scaler.scale(loss) if trainer.scaler is not None else loss).backward()
-                step_loss = step_loss + loss.detach()  # on the device: read once per probe
+                step_loss = step_loss + trainer._forward_backward(x, y, len(y) / sizes[g])  # read once per probe
                 if (i + 1) % accumulate and i + 1 < len(loader):
                     continue
                 applied, _ = trainer._apply_step()

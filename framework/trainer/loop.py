@@ -185,6 +185,24 @@ class Trainer(StateMixin):
             return None
         return group["momentum"] if self.momentum_key == "momentum" else group["betas"][0]
 
+    def _forward_backward(self, x: torch.Tensor, y: torch.Tensor, share: float) -> torch.Tensor:
+        """One micro-batch: forward (autocast), mean cross-entropy times ``share`` (its part of
+        the accumulation group's samples), backward (through the grad scaler under fp16).
+
+        Args:
+            x: images ``(B, C, H, W)`` from the loader; y: labels ``(B,)``.
+            share: ``B / samples of the accumulation group``.
+
+        Returns:
+            The weighted loss, a detached 0-dim tensor on the device (no sync).
+        """
+        x, y = self._to_device(x), y.to(self.device, non_blocking=True)
+        with self._autocast():
+            loss = F.cross_entropy(self.forward(x).float(), y)
+        loss = loss * share
+        (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+        return loss.detach()
+
     def _apply_step(self) -> tuple[bool, torch.Tensor]:
         """Clip, step, zero grads. Returns (applied, total gradient L2 norm before clipping, a
         0-dim tensor on the device); fp16 overflow = not applied."""
@@ -355,15 +373,10 @@ class Trainer(StateMixin):
         self._optimizer_mode("train")
         lrs = self._set_lr(self.step)
         for i, (x, y) in enumerate(loader, start=self.batch):
-            x, y = self._to_device(x), y.to(self.device, non_blocking=True)
             steps_now = not (i + 1) % self.accumulate or i + 1 == self.batches_per_epoch
             # DDP averages the gradients once per optimizer step, after its last micro-batch
             with self.ddp.no_sync() if self.ddp is not None and not steps_now else contextlib.nullcontext():
-                with self._autocast():
-                    loss = F.cross_entropy(self.forward(x).float(), y)
-                scaled = loss * (len(y) / sizes[g])  # share of the accumulation group's samples
-                (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
-            group_loss += scaled.detach()
+                group_loss += self._forward_backward(x, y, len(y) / sizes[g])
             if not steps_now:
                 continue
             applied, norm = self._apply_step()
