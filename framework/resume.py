@@ -32,8 +32,9 @@ def prepare_resume(cfg: DictConfig) -> tuple[Path, dict[str, Any]]:
 
     Raises:
         ConfigError: missing or unreadable checkpoint, a config that differs from the run's
-            (unless ``resume_allow_changes=true``), naming the differing keys, or another number
-            of data-parallel processes than the run had.
+            (unless ``resume_allow_changes=true``), naming the differing keys, another number
+            of data-parallel processes than the run had, or a ``steps.csv`` without the
+            checkpoint's steps.
     """
     from framework.checkpoint import config_differences, read_resume_checkpoint, resolve_resume
 
@@ -59,26 +60,36 @@ def prepare_resume(cfg: DictConfig) -> tuple[Path, dict[str, Any]]:
                           f"use the run's overrides{hint}, or resume_allow_changes=true to continue anyway")
     if diffs:
         log.warning("resuming with changed keys: %s", ", ".join(diffs))
+    _check_steps_csv(folder, state)
     return folder, state
 
 
-def resume_trainer(trainer: Any, state: dict[str, Any]) -> None:
-    """Load ``state`` into a built trainer and cut its run folder's CSVs back to the checkpoint.
+def _check_steps_csv(folder: Path, state: dict[str, Any]) -> None:
+    """The run's LR history is rebuilt from ``steps.csv``: it must hold the checkpoint's steps
+    ``0 … k-1`` with the LR of every param group.
 
     Raises:
-        ConfigError: ``steps.csv`` lacks some of the checkpoint's steps or their LR columns (the
-            LR history of the run is rebuilt from it); nothing is changed on disk.
+        ConfigError: rows or LR columns are missing (nothing has been changed on disk).
     """
+    from framework.loggers import truncate_csv
+
+    names = [g.get("name", str(i)) for i, g in enumerate(state["optimizer"]["param_groups"])]
+    columns = ["lr"] + [f"lr/{name}" for name in names[1:]]
+    rows = truncate_csv(folder / "steps.csv", "step", state["step"], write=False)
+    if sorted(int(r["step"]) for r in rows) != list(range(state["step"])) or any(
+            not r.get(c) for r in rows for c in columns):
+        raise ConfigError(f"resume={folder}: steps.csv lacks rows or LR columns of the checkpoint's "
+                          f"{state['step']} steps; restore the run's steps.csv, or start a new run")
+
+
+def resume_trainer(trainer: Any, state: dict[str, Any]) -> None:
+    """Load ``state`` into a built trainer and cut its run folder's CSVs back to the checkpoint
+    (``steps.csv`` was checked by :func:`prepare_resume`)."""
     from framework.loggers import truncate_csv
 
     first, others = trainer.group_names[0], trainer.group_names[1:]
     steps_csv = trainer.run_dir / "steps.csv"
     rows = truncate_csv(steps_csv, "step", state["step"], write=False)
-    columns = ["lr"] + [f"lr/{name}" for name in others]
-    if sorted(int(r["step"]) for r in rows) != list(range(state["step"])) or any(
-            not r.get(c) for r in rows for c in columns):
-        raise ConfigError(f"resume={trainer.run_dir}: steps.csv lacks rows or LR columns of the checkpoint's "
-                          f"{state['step']} steps; restore the run's steps.csv, or start a new run")
     trainer.load_state_dict(state)
     if trainer.is_global_zero:  # rank 0 writes
         truncate_csv(steps_csv, "step", state["step"])
