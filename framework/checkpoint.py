@@ -7,6 +7,8 @@ from typing import Any
 
 import torch
 
+from framework.loggers import atomic_file
+
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
     """Write ``state`` with ``torch.save`` to ``path`` atomically.
@@ -17,10 +19,13 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
     Args:
         state: tensors, numbers, strings, lists and dicts only (loadable with ``weights_only``).
         path: destination file; its folder is created when missing.
+
+    Raises:
+        OSError: the write failed (e.g. ``ENOSPC``, disk full), with ``filename`` = ``path``;
+            the temporary file is removed and ``path`` keeps its previous content.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
     try:  # PyTorch >= 2.6
         from torch.utils.serialization import config
     except ImportError:
@@ -29,14 +34,37 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
     if crc_off:  # someone switched PyTorch's CRC-32 off; our checkpoints carry it (verify_checkpoint reads it)
         config.save.compute_crc32 = True
     try:
-        with open(tmp, "wb") as f:
-            torch.save(state, f)
+        with atomic_file(path, "wb") as f:
+            sink = _Sink(f)
+            try:
+                torch.save(state, sink)
+            except RuntimeError:  # torch's zip writer reports a failed write as "unexpected pos"
+                if sink.error is not None:
+                    raise sink.error from None
+                raise
             f.flush()
             os.fsync(f.fileno())
     finally:
         if crc_off:
             config.save.compute_crc32 = False
-    os.replace(tmp, path)
+
+
+class _Sink:
+    """A binary file as ``torch.save`` writes to it, keeping the first ``OSError`` of a write
+    (disk full) that torch's zip writer would otherwise turn into a ``RuntimeError``."""
+
+    def __init__(self, f: Any):
+        self.f, self.error = f, None
+
+    def write(self, data: bytes) -> int:
+        try:
+            return self.f.write(data)
+        except OSError as exc:
+            self.error = self.error or exc
+            raise
+
+    def flush(self) -> None:
+        self.f.flush()
 
 
 def verify_checkpoint(path: str | Path) -> None:
@@ -152,9 +180,14 @@ def read_resume_checkpoint(file: Path, key: str) -> dict[str, Any]:
     """
     from framework.config import ConfigError, first_line
 
+    import pickle
+
     try:
         state = load_checkpoint(file)
-    except Exception as exc:  # truncated, corrupt, text, code-carrying: never a traceback
+    except pickle.UnpicklingError:  # torch's own text advises weights_only=False: never pass that on
+        raise ConfigError(f"{key}={file}: holds pickled Python objects besides tensors and plain values, which could "
+                          "run code when loaded; refused. Point resume at a checkpoint this framework wrote")
+    except Exception as exc:  # truncated, corrupt, text: never a traceback
         raise ConfigError(f"{key}={file}: not a readable checkpoint ({type(exc).__name__}: {first_line(exc)}); "
                           "point resume at a checkpoint this framework wrote")
     if not isinstance(state, dict) or "step" not in state or "model" not in state:

@@ -34,6 +34,9 @@ def describe(exc: BaseException) -> list[str] | None:
 
     if isinstance(exc, ConfigError):
         return exc.messages
+    yaml_error = _yaml_error(exc)
+    if yaml_error is not None:
+        return [yaml_error]
     if isinstance(exc, MissingConfigException) and exc.missing_cfg_file and "/" in exc.missing_cfg_file:
         group, name = exc.missing_cfg_file.rsplit("/", 1)
         options = available(group) or list(exc.options or [])
@@ -62,6 +65,24 @@ def describe(exc: BaseException) -> list[str] | None:
         return [f"{where}{first_line(cause) or first_line(exc)}"]
     if isinstance(exc, (OverrideParseException, OmegaConfBaseException)):
         return [first_line(exc)]
+    return None
+
+
+def _yaml_error(exc: BaseException) -> str | None:
+    """A YAML syntax error anywhere in ``exc``'s chain as ``<file>, line N: <problem>; fix``."""
+    import yaml
+
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, yaml.YAMLError):
+            mark = getattr(exc, "problem_mark", None)
+            problem = str(getattr(exc, "problem", None) or first_line(exc))
+            if "'\\t'" in problem or "\t" in problem:
+                problem = "a tab character (YAML indents with spaces only)"
+            where = f"{mark.name}, line {mark.line + 1}, column {mark.column + 1}" if mark is not None else "a config file"
+            return f"{where}: YAML syntax error: {problem}; fix that line"
+        exc = exc.__cause__ or exc.__context__
     return None
 
 
@@ -142,26 +163,56 @@ def _run(cfg, hc, multirun: bool, own_group: bool = False) -> tuple[float, bool]
             return 0.0, True
         distributed.barrier()  # agreed on every rank: wait while rank 0 writes summary.json and lr.png
         sys.exit(1)
-    except KeyboardInterrupt:
-        print("stopped: interrupted; summary.json says status: stopped", file=sys.stderr)
-        sys.exit(130)
+    except KeyboardInterrupt as exc:  # the run already said what is on disk if it was training
+        from framework.interrupts import Interrupted
+
+        if not isinstance(exc, Interrupted):
+            sys.exit(getattr(exc, "exit_code", 130))
+        if distributed.is_main():
+            _drop_unused_run_dir(hc.runtime.output_dir)
+            print(f"stopped: {exc.signal_name} before training started; nothing was trained or written",
+                  file=sys.stderr)
+        sys.exit(exc.exit_code)
     except Exception as exc:
+        if _storage_error(exc) is not None and not multirun:
+            print(f"error: {_storage_error(exc)}", file=sys.stderr)
+            sys.exit(1)
         if not multirun or (distributed.world_size() > 1 and not own_group):
             raise
         return _failed_job(exc, hc), False
 
 
+#: errno values of a storage problem the user fixes outside the program (space, quota, permissions).
+STORAGE_ERRNOS = ("ENOSPC", "EDQUOT", "EROFS", "EACCES", "EPERM", "EIO")
+
+
+def _storage_error(exc: BaseException) -> str | None:
+    """``<file>: <reason>; <fix>`` for an ``OSError`` of :data:`STORAGE_ERRNOS`, else None."""
+    import errno
+
+    if not isinstance(exc, OSError) or errno.errorcode.get(exc.errno or -1) not in STORAGE_ERRNOS:
+        return None
+    fix = ("free some space" if exc.errno in (errno.ENOSPC, errno.EDQUOT)
+           else "make the folder writable or choose another with hydra.run.dir=")
+    return (f"{exc.filename or 'a file of the run'}: {exc.strerror}; {fix}; temporary files were removed and the last "
+            "good checkpoint, if any, is intact")
+
+
 def _drop_unused_run_dir(folder: str) -> None:
-    """A run refused before training leaves no folder behind: remove Hydra's output folder when
-    it holds nothing but ``.hydra/`` and an empty ``train.log``."""
+    """A run refused or interrupted before training leaves no folder behind: remove Hydra's
+    output folder when it holds nothing but ``.hydra/`` and ``train.log`` (the error went to
+    the terminal). A folder with anything else (a resumed run's files, the user's own) and the
+    current folder are never touched."""
     import shutil
     from pathlib import Path
 
     run_dir = Path(folder)
-    log_file = run_dir / "train.log"
-    names = {p.name for p in run_dir.iterdir()} if run_dir.is_dir() else {"?"}
-    if names <= {".hydra", "train.log"} and (not log_file.exists() or log_file.stat().st_size == 0):
-        shutil.rmtree(run_dir, ignore_errors=True)
+    try:
+        names = {p.name for p in run_dir.iterdir()} if run_dir.is_dir() else {"?"}
+        if names <= {".hydra", "train.log"} and run_dir.resolve() != Path.cwd().resolve():
+            shutil.rmtree(run_dir, ignore_errors=True)
+    except OSError:
+        pass  # unreadable: leave it
 
 
 def _failed_job(exc: Exception, hc) -> float:
@@ -207,16 +258,76 @@ def _share_cores(hc) -> None:
                                      n_jobs, cores, threads)
 
 
+def _argv_value(argv: list[str], key: str) -> str | None:
+    """The value of the last ``key=value`` override in ``argv`` (``+``/``++`` allowed), or None."""
+    found = None
+    for arg in argv:
+        name, sep, value = arg.lstrip("+").partition("=")
+        if sep and name == key:
+            found = value
+    return found
+
+
+def _check_argv(argv: list[str]) -> None:
+    """Command-line checks Hydra cannot make, before it creates any folder; and a plain resume
+    (``resume=<run>``, one run, no ``hydra.run.dir``) logs into the resumed run's own folder
+    instead of leaving a new folder that holds only a log (``argv`` is extended in place).
+
+    Raises:
+        ConfigError: an empty ``hydra.run.dir`` / ``hydra.sweep.dir`` (it would write into the
+            current folder), or a resumed run folder that cannot be written.
+    """
+    for key in ("hydra.run.dir", "hydra.sweep.dir"):
+        value = _argv_value(argv, key)
+        if value is not None and not value.strip().strip("'\"").strip():
+            raise ConfigError(f"{key}= is empty: the run would write into the current folder; give a folder, "
+                              f"e.g. {key}=outputs/my_run")
+    resume = _argv_value(argv, "resume")
+    if not resume or resume == "null" or _argv_value(argv, "hydra.run.dir") is not None:
+        return
+    if any(a in ("-m", "--multirun") for a in argv) or (_argv_value(argv, "mode") or "train") != "train":
+        return
+    from framework.checkpoint import resolve_resume
+
+    try:
+        _, folder = resolve_resume(resume)
+    except ConfigError:
+        return  # said in one line once the config is composed
+    if not os.access(folder, os.W_OK) or not os.access(folder / "checkpoints", os.W_OK):
+        raise ConfigError(f"resume={resume}: the run folder {folder} cannot be written (read-only?); copy the "
+                          "run folder somewhere writable and resume from the copy")
+    argv += [f"hydra.run.dir='{folder}'", "hydra.output_subdir=null"]  # its own .hydra/ stays as the run wrote it
+
+
 def run_cli(main: Callable[[], object]) -> None:
     """Call a ``@hydra.main`` function; report composition mistakes on one line each, exit 2.
 
     After a multirun, exits with status 1 when some job did not complete (failed, diverged,
     stopped), as the sweep report counted them.
     """
-    from framework import distributed
+    from framework import interrupts
 
-    os.environ.setdefault("HYDRA_FULL_ERROR", "1")  # let exceptions reach us, unformatted
-    started = distributed.init()  # torchrun: join before Hydra picks the run folder
+    restore = interrupts.install()  # SIGTERM / Ctrl-C before training: one line, no traceback, no empty folder
+    try:
+        _run_cli(main)
+    finally:
+        restore()
+
+
+def _run_cli(main: Callable[[], object]) -> None:
+    """:func:`run_cli` once the signal handlers are in place."""
+    from framework import distributed, interrupts
+
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # let exceptions reach us, unformatted (whatever the user's shell set)
+    try:
+        with exit_on_user_error():
+            argv = sys.argv[1:]
+            _check_argv(argv)
+            sys.argv[1:] = argv
+        started = distributed.init()  # torchrun: join before Hydra picks the run folder
+    except interrupts.Interrupted as exc:
+        print(f"stopped: {exc.signal_name} before training started; nothing was trained or written", file=sys.stderr)
+        sys.exit(exc.exit_code)
     if started and not distributed.is_main():
         sys.argv.append("hydra.output_subdir=null")  # rank 0 writes .hydra/ (config, overrides)
     ok = False
@@ -224,6 +335,21 @@ def run_cli(main: Callable[[], object]) -> None:
         with exit_on_user_error():
             main()
         ok = True
+    except OSError as exc:  # Hydra could not create or write the run folder (the task's own are handled in _run)
+        import errno
+
+        if errno.errorcode.get(exc.errno or -1) not in (*STORAGE_ERRNOS, "EEXIST", "ENOTDIR", "EISDIR"):
+            raise
+        print(f"error: hydra.run.dir: cannot create or write {exc.filename or 'the run folder'} ({exc.strerror}); "
+              "choose a writable folder with hydra.run.dir=<folder>", file=sys.stderr)
+        sys.exit(2)
+    except interrupts.Interrupted as exc:  # in Hydra's own code, before or after the task
+        from framework.config import reserved_dirs
+
+        for folder in reserved_dirs():
+            _drop_unused_run_dir(folder)
+        print(f"stopped: {exc.signal_name} before training started; nothing was trained or written", file=sys.stderr)
+        sys.exit(exc.exit_code)
     finally:
         if started:
             distributed.shutdown(barrier=ok)

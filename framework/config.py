@@ -11,11 +11,12 @@ This module imports neither torch nor timm, so ``python train.py --help`` stays 
 """
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from omegaconf import MISSING, DictConfig
+from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
 from framework import registry
 
@@ -34,6 +35,10 @@ RUNTIME_ARGS = {
     "trainer": ("model", "optimizer", "plan", "data", "run_dir", "device", "config"),
     "lr_finder": (),
 }
+
+#: Optimizers whose ``lr`` is a multiplier on their own step-size estimate, not ``${lr0}``
+#: (one estimate for all param groups: their LRs must not differ).
+OWN_LR_TARGETS = ("prodigyopt.Prodigy",)
 
 PRECISIONS = ("32", "bf16", "fp16")
 MODES = ("train", "plot_lr", "lr_find")
@@ -149,6 +154,11 @@ def unique_dir(path: str) -> str:
     return folder
 
 
+def reserved_dirs() -> list[str]:
+    """The folders :func:`unique_dir` reserved in this process."""
+    return list(_RESERVED_DIRS.values())
+
+
 def _reserve(path: str) -> str:
     import os
 
@@ -191,7 +201,7 @@ def _number_errors(cfg: DictConfig) -> list[str]:
     check("epochs", cfg.epochs >= 1, "must be >= 1, e.g. epochs=10")
     check("max_steps", cfg.max_steps is None or cfg.max_steps >= 1, "must be >= 1 or null (no cap)")
     check("batch_size", cfg.batch_size >= 1, "must be >= 1, e.g. batch_size=64")
-    check("warmup_epochs", cfg.warmup_epochs >= 0, "must be >= 0 (0 = no warmup)")
+    check("warmup_epochs", 0 <= cfg.warmup_epochs < math.inf, "must be a finite number >= 0 (0 = no warmup)")
     check("warmup_steps", cfg.warmup_steps is None or cfg.warmup_steps >= 0, "must be >= 0 or null")
     check(
         "warmup_start_factor",
@@ -239,12 +249,65 @@ def _group_errors(cfg: DictConfig) -> list[str]:
         if isinstance(momentum, (int, float)) and not 0 <= momentum < 1:
             errors.append(f"optimizer.momentum={momentum}: must be in [0, 1), e.g. 0.9")
         betas = cfg.optimizer.get("betas")
-        if betas is not None and not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in betas):
-            errors.append(f"optimizer.betas={list(betas)}: each must be in [0, 1), e.g. [0.9,0.999]")
+        if betas is not None and (not isinstance(betas, ListConfig) or len(betas) != 2 or not all(
+                isinstance(b, (int, float)) and 0 <= b < 1 for b in betas)):
+            shown = list(betas) if isinstance(betas, ListConfig) else betas
+            errors.append(f"optimizer.betas={shown}: must be two numbers in [0, 1) (beta1, beta2), e.g. [0.9,0.999]")
+        decay = cfg.optimizer.get("weight_decay")
+        if isinstance(decay, (int, float)) and math.isfinite(decay) and not decay >= 0:
+            errors.append(f"optimizer.weight_decay={decay}: must be >= 0 (0 = no weight decay), e.g. 5e-4")
+        errors += _non_finite(cfg)
+        if cfg.optimizer.get("_target_") in OWN_LR_TARGETS:  # one step-size estimate shared by every group
+            ratios = {"optimizer.head_lr_mult": cfg.optimizer.get("head_lr_mult", 1.0) not in (None, 1, 1.0),
+                      "optimizer.layer_decay": cfg.optimizer.get("layer_decay") is not None,
+                      "scheduler.warmup_bias_lr": cfg.scheduler.get("warmup_bias_lr") is not None}
+            errors += [f"{key}={OmegaConf.select(cfg, key)}: {cfg.optimizer._target_} needs the same lr in every param "
+                       f"group (it estimates one step size for all); set {key}={'1.0' if 'head' in key else 'null'}"
+                       for key, differs in ratios.items() if differs]
+        if not errors:  # a group the run may not use is checked all the same (its values, by its constructor)
+            try:
+                registry.instantiate(cfg.lr_finder, "lr_finder")
+            except ConfigError as exc:
+                errors += exc.messages
         clip = cfg.trainer.get("gradient_clip_val")
         if clip is not None and not clip > 0:
             errors.append(f"trainer.gradient_clip_val={clip}: must be > 0 or null (no clipping)")
     return errors
+
+
+def _non_finite(cfg: DictConfig) -> list[str]:
+    """``group.key=nan`` or ``inf`` anywhere in a group: a number no component can use."""
+    errors = []
+    for group in GROUPS:
+        node = cfg.get(group)
+        if not isinstance(node, DictConfig):
+            continue
+        for key, value in flatten(OmegaConf.to_container(node, resolve=True), f"{group}.").items():
+            if isinstance(value, float) and not math.isfinite(value):
+                errors.append(f"{key}={value}: must be a finite number; set a real value")
+    return errors
+
+
+def check_overrides(cfg: DictConfig, overrides: list[str]) -> None:
+    """Refuse command-line overrides that would make the run's records false: ``optimizer.lr``
+    (a group's LR is ``${lr0}`` by contract; summary, plots and reports name ``lr0``).
+
+    Args:
+        cfg: the composed config.
+        overrides: Hydra's task overrides (``key=value`` strings as typed).
+
+    Raises:
+        ConfigError: an override of ``optimizer.lr`` for an optimizer whose LR is ``lr0``.
+    """
+    for override in overrides:
+        key, _, value = override.lstrip("+~").partition("=")
+        if key == "optimizer.lr" and cfg.optimizer.get("_target_") not in OWN_LR_TARGETS:
+            try:
+                example = f"lr0={float(value):g}"
+            except ValueError:
+                example = "lr0=<a number>, e.g. lr0=0.01"
+            raise ConfigError(f"{override}: the optimizer's LR is lr0 (summary, plots and reports name it); set "
+                              f"{example} instead, and optimizer.head_lr_mult / layer_decay for ratios between groups")
 
 
 def _unknown_top_level(cfg: DictConfig) -> list[str]:

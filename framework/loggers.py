@@ -1,12 +1,13 @@
 """Run-folder writers: ``steps.csv``, ``epochs.csv``, ``summary.json``, ``lr.png``, git state."""
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
 import subprocess
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 
 class CSVLog:
@@ -28,22 +29,57 @@ class CSVLog:
                 return
             # columns changed (a resume with other options): keep every row under the union header
             self.columns = old + [c for c in self.columns if c not in old]
-            tmp = self.path.with_name(self.path.name + ".tmp")
-            with open(tmp, "w", newline="") as f:
+            with atomic_file(self.path, newline="") as f:
                 w = csv.DictWriter(f, fieldnames=self.columns, extrasaction="ignore")
                 w.writeheader()
                 w.writerows(rows)
-            os.replace(tmp, self.path)
             return
         with open(self.path, "w", newline="") as f:
             csv.writer(f).writerow(self.columns)
 
     def write(self, rows: Iterable[dict[str, Any]]) -> None:
-        """Append ``rows`` and close the file (so a killed run keeps what was written)."""
-        with open(self.path, "a", newline="") as f:
+        """Append ``rows`` and close the file (so a killed run keeps what was written).
+
+        Raises:
+            OSError: the write failed (disk full), naming the file; a partly written last row
+                is dropped by :func:`truncate_csv` on resume.
+        """
+        with _named(self.path), open(self.path, "a", newline="") as f:
             w = csv.DictWriter(f, fieldnames=self.columns, extrasaction="ignore")
             for row in rows:
                 w.writerow({k: _fmt(v) for k, v in row.items()})
+
+
+@contextlib.contextmanager
+def _named(path: Path) -> Iterator[None]:
+    """An ``OSError`` raised inside (a write to an open file has no name) names ``path``."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename is None:
+            raise OSError(exc.errno, exc.strerror, str(path)) from exc
+        raise
+
+
+@contextlib.contextmanager
+def atomic_file(path: str | Path, mode: str = "w", **kwargs: Any) -> Iterator[Any]:
+    """Write ``path`` all at once: yield ``<path>.tmp`` opened with ``mode``, then rename it over
+    ``path`` (``os.replace``). On any failure (disk full, an exception, Ctrl-C) the temporary
+    file is removed and ``path`` keeps its previous content.
+
+    Raises:
+        OSError: the write failed, with ``filename`` = ``path``.
+    """
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with _named(path):
+            with open(tmp, mode, **kwargs) as f:
+                yield f
+            os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _fmt(value: Any) -> Any:
@@ -53,10 +89,8 @@ def _fmt(value: Any) -> Any:
 
 def write_json(data: dict[str, Any], path: str | Path) -> None:
     """Write ``data`` as indented JSON atomically (temporary file, then rename)."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
+    with atomic_file(path) as f:
+        f.write(json.dumps(data, indent=2, default=str) + "\n")
 
 
 def read_summary(folder: str | Path) -> dict[str, Any]:
@@ -136,7 +170,7 @@ def truncate_csv(path: str | Path, column: str, below: int, write: bool = True) 
     def keep(row: dict[str, str]) -> bool:
         try:  # a row cut short by a kill has missing fields: drop it
             return None not in row.values() and int(row[column]) < below
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, KeyError):
             return False
 
     with open(path, newline="") as f:
@@ -144,10 +178,8 @@ def truncate_csv(path: str | Path, column: str, below: int, write: bool = True) 
         header, rows = reader.fieldnames or [], [r for r in reader if keep(r)]
     if not write:
         return rows
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as f:
+    with atomic_file(path, newline="") as f:
         w = csv.DictWriter(f, fieldnames=header)
         w.writeheader()
         w.writerows(rows)
-    os.replace(tmp, path)
     return rows

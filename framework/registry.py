@@ -133,6 +133,7 @@ def instantiate(node: DictConfig, group: str, reserved: Iterable[str] = (), **ru
     for key in reserved:
         data.pop(key, None)
     data["_partial_"] = True
+    data["_convert_"] = "all"  # plain lists and dicts, never ListConfig/DictConfig (checkpoints hold them)
     try:
         return hydra_instantiate(data)(**runtime)
     except ConfigError:

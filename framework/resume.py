@@ -47,6 +47,14 @@ def prepare_resume(cfg: DictConfig) -> tuple[Path, dict[str, Any]]:
         raise ConfigError(f"resume={cfg.resume}: the run was trained by {saved_world} process(es) and this is "
                           f"{world} (data order and per-rank batches depend on it); resume with the same number of "
                           f"processes (torchrun --nnodes x --nproc_per_node = {saved_world})")
+    saved_opt = (state.get("config") or {}).get("optimizer") or {}
+    if saved_opt and any(saved_opt.get(k) != cfg.optimizer.get(k) for k in ("_target_", "opt")):
+        def kind(node: Any) -> str:
+            return str(node.get("opt") or node.get("_target_"))
+
+        raise ConfigError(f"resume={cfg.resume}: the run was trained with optimizer {kind(saved_opt)} and this config "
+                          f"builds {kind(cfg.optimizer)}; an optimizer's state cannot be carried to another kind: "
+                          "resume with the run's optimizer, or start a new run")
     saved_lr0 = (state.get("config") or {}).get("lr0")
     if cfg.lr0 == "auto" and saved_lr0 is not None:  # the run chose it already: keep its value
         cfg.lr0 = saved_lr0
@@ -65,21 +73,34 @@ def prepare_resume(cfg: DictConfig) -> tuple[Path, dict[str, Any]]:
 
 
 def _check_steps_csv(folder: Path, state: dict[str, Any]) -> None:
-    """The run's LR history is rebuilt from ``steps.csv``: it must hold the checkpoint's steps
-    ``0 … k-1`` with the LR of every param group.
+    """The run's LR history is rebuilt from ``steps.csv`` and its epochs continue ``epochs.csv``:
+    ``steps.csv`` must hold the checkpoint's steps ``0 … k-1`` with the LR of every param group,
+    ``epochs.csv`` its finished epochs ``0 … e-1``.
 
     Raises:
-        ConfigError: rows or LR columns are missing (nothing has been changed on disk).
+        ConfigError: a file is missing, unreadable (not text, not CSV) or lacks rows or LR
+            columns (nothing has been changed on disk).
     """
+    import csv
+
     from framework.loggers import truncate_csv
 
     names = [g.get("name", str(i)) for i, g in enumerate(state["optimizer"]["param_groups"])]
     columns = ["lr"] + [f"lr/{name}" for name in names[1:]]
-    rows = truncate_csv(folder / "steps.csv", "step", state["step"], write=False)
+    fix = "restore the run's {0}, or start a new run"
+    try:
+        rows = truncate_csv(folder / "steps.csv", "step", state["step"], write=False)
+        epochs = truncate_csv(folder / "epochs.csv", "epoch", state["epoch"], write=False)
+    except (UnicodeDecodeError, csv.Error, OSError) as exc:
+        raise ConfigError(f"resume={folder}: a CSV of the run cannot be read ({type(exc).__name__}); "
+                          + fix.format("steps.csv and epochs.csv"))
     if sorted(int(r["step"]) for r in rows) != list(range(state["step"])) or any(
             not r.get(c) for r in rows for c in columns):
         raise ConfigError(f"resume={folder}: steps.csv lacks rows or LR columns of the checkpoint's "
-                          f"{state['step']} steps; restore the run's steps.csv, or start a new run")
+                          f"{state['step']} steps; " + fix.format("steps.csv"))
+    if sorted(int(r["epoch"]) for r in epochs) != list(range(state["epoch"])):
+        raise ConfigError(f"resume={folder}: epochs.csv lacks rows of the checkpoint's {state['epoch']} finished "
+                          "epochs; " + fix.format("epochs.csv"))
 
 
 def resume_trainer(trainer: Any, state: dict[str, Any]) -> None:
@@ -121,5 +142,7 @@ def resume_requeued_job(cfg: DictConfig, run_dir: Path, hc: Any) -> DictConfig:
 
 
 def rerun_overrides(overrides: list[str]) -> list[str]:
-    """A run's command-line overrides without those that stopped or resumed it: what continues it."""
-    return [o for o in overrides if not o.startswith(("resume=", "trainer.stop_after_steps="))]
+    """A run's command-line overrides without those that stopped or resumed it or placed its
+    folder (a resume writes into the run's own folder): what continues it."""
+    return [o for o in overrides if not o.startswith(("resume=", "trainer.stop_after_steps=", "hydra.run.dir=",
+                                                      "hydra.output_subdir="))]

@@ -12,7 +12,7 @@ from typing import Any, Optional
 from omegaconf import DictConfig
 
 from framework import distributed, registry
-from framework.config import RESERVED_KEYS, ConfigError, validate, with_values
+from framework.config import RESERVED_KEYS, ConfigError, check_overrides, validate, with_values
 from framework.resume import plain_config, prepare_resume, rerun_overrides, resume_requeued_job, resume_trainer
 
 log = logging.getLogger(__name__)
@@ -146,10 +146,12 @@ def build(cfg: DictConfig, run_dir: Path) -> Any:
         interval=cfg.scheduler.get("interval", "step"),
         warmup_key=warmup_key,
         warmup_momentum=cfg.warmup_momentum,
+        counts_warmup=bool(getattr(registry.locate(cfg.scheduler._target_), "counts_warmup", False)),
     )
     model = registry.instantiate(
         cfg.model, "model", num_classes=data.num_classes, in_chans=data.in_chans, img_size=data.img_size
     )
+    _check_batch_norm_batches(model, loaders[0], cfg)
     optimizer = registry.instantiate(
         cfg.optimizer, "optimizer", reserved=RESERVED_KEYS["optimizer"],
         params=param_groups(model, cfg.optimizer.get("weight_decay", 0.0) or 0.0,
@@ -168,6 +170,25 @@ def build(cfg: DictConfig, run_dir: Path) -> Any:
     return registry.instantiate(
         cfg.trainer, "trainer", config=plain_config(cfg), model=model, optimizer=optimizer, plan=plan, data=loaders, run_dir=run_dir, device=device
     )
+
+
+def _check_batch_norm_batches(model: Any, loader: Any, cfg: DictConfig) -> None:
+    """Batch norm cannot train on a batch of one sample (its variance is undefined).
+
+    Raises:
+        ConfigError: the model has batch-norm layers and some training batch of an epoch holds
+            one sample (``batch_size=1``, or a dataset length that leaves a last batch of 1).
+    """
+    import torch
+
+    samples = getattr(loader.sampler, "epoch_length", len(loader.dataset))
+    smallest = loader.batch_size if samples % loader.batch_size == 0 or loader.drop_last else samples % loader.batch_size
+    if smallest != 1 or not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        return
+    key = f"dataset.train_size={samples}" if samples == 1 else f"batch_size={loader.batch_size}"
+    raise ConfigError(f"{key}: {samples} training sample(s) per epoch leave a batch of 1 sample, which the model's "
+                      "batch-norm layers cannot train on; change batch_size or dataset.train_size so that every "
+                      "batch holds at least 2 samples")
 
 
 def _earlier_lr0_auto(run_dir: Path) -> dict[str, Any]:
@@ -292,11 +313,11 @@ def _print_table(summary: dict[str, Any]) -> None:
         ("batch", f"{summary['global_batch']} global ({summary['world_size']} process(es))"),
         ("device", summary["device"]),
         ("wall time", f"{summary['wall_time_s']:.1f} s"),
-        ("run folder", summary["run_dir"]),
     ]
     for name, value in rows:
         table.add_row(name, str(value))
     Console().print(table)
+    print(f"run folder: {summary['run_dir']}")  # whole, never cut to the table's width
 
 
 def train(cfg: DictConfig, run_dir: Optional[str | Path] = None) -> float:
@@ -317,6 +338,9 @@ def train(cfg: DictConfig, run_dir: Optional[str | Path] = None) -> float:
         Diverged: the loss became non-finite; ``summary.json`` says ``status: diverged`` with
             the step and LR (objective 0.0, the worst accuracy).
     """
+    from framework.interrupts import set_training
+
+    set_training(False)  # until fit() starts, a signal ends the program (nothing trained yet)
     start = time.time()
     overrides: list[str] = []
     if run_dir is None:
@@ -325,6 +349,7 @@ def train(cfg: DictConfig, run_dir: Optional[str | Path] = None) -> float:
         hc = HydraConfig.get()
         run_dir, overrides = hc.runtime.output_dir, list(hc.overrides.task)
         cfg = resume_requeued_job(cfg, Path(run_dir), hc)
+    check_overrides(cfg, overrides)
     run_dir = Path(run_dir)
     distributed.quiet_other_ranks()
     if distributed.world_size() > 1 and (cfg.mode == "lr_find" or cfg.lr0 == "auto"):
@@ -418,6 +443,10 @@ def _train(cfg: DictConfig, run_dir: Path, resume_state: Optional[dict[str, Any]
         **({"lr0_auto": lr0_auto} if lr0_auto else _earlier_lr0_auto(run_dir) if resume_state is not None else {}),
         **git_state(registry.CONF_DIR.parent),
     }
+    from framework.interrupts import set_training, take_pending
+
+    set_training(True)  # a signal from here on: the trainer stops at a step boundary, or the files are finished
+    ended: Optional[BaseException] = None  # how fit() failed, if it did (not a divergence)
     try:
         result = trainer.fit()
         stopped = result["stopped"]
@@ -427,23 +456,24 @@ def _train(cfg: DictConfig, run_dir: Path, resume_state: Optional[dict[str, Any]
         summary.update(status="diverged", objective=0.0, diverged_step=exc.step, diverged_lr=exc.lr, error=str(exc))
         raise
     except BaseException as exc:
-        summary.update(status="stopped" if isinstance(exc, KeyboardInterrupt) else "failed",
-                       objective=trainer.best.get(OBJECTIVE), error=f"{type(exc).__name__}: {exc}")
-        last = run_dir / "checkpoints" / "last.pt"
-        if distributed.is_main() and not isinstance(exc, KeyboardInterrupt) and last.is_file():
-            print(f"failed at step {trainer.step}; the last checkpoint is {last}; continue with: "
-                  f"{continue_command(overrides, run_dir)}", file=sys.stderr)
+        interrupted = isinstance(exc, KeyboardInterrupt)
+        summary.update(status="stopped" if interrupted else "failed", objective=trainer.best.get(OBJECTIVE),
+                       error=f"{type(exc).__name__}: {exc}")
+        ended = exc
         raise
     finally:
         if distributed.is_main():
-            _finish(trainer, summary, start, cfg)
-    if not distributed.is_main():
-        trainer.forward_stop_signal()
-        return float(summary["objective"])
-    _print_table(summary)
-    if summary["status"] == "stopped":
-        print(f"stopped at step {summary['steps']} of {summary['planned_steps']}; continue with: "
-              f"{continue_command(overrides, run_dir)}")
+            written = _finish(trainer, summary, start, cfg)
+            if ended is not None:
+                _say_how_it_ended(ended, summary, written, trainer.step, continue_command(overrides, run_dir))
+    if distributed.is_main():
+        _print_table(summary)
+        if summary["status"] == "stopped":
+            print(f"stopped at step {summary['steps']} of {summary['planned_steps']}; continue with: "
+                  f"{continue_command(overrides, run_dir)}")
+    late = take_pending()
+    if late is not None and distributed.is_main() and summary["status"] == "completed":
+        print(f"{late} received after the last step: the run completed and its files are written", file=sys.stderr)
     trainer.forward_stop_signal()
     return float(summary["objective"])
 
@@ -465,8 +495,26 @@ def continue_command(overrides: list[str], run_dir: Path) -> str:
     return " ".join([start, *rerun_overrides(overrides), f"resume={run_dir}"])
 
 
-def _finish(trainer: Any, summary: dict[str, Any], start: float, cfg: DictConfig) -> None:
-    """Complete and write ``summary.json`` and ``lr.png``, however the run ended."""
+def _say_how_it_ended(exc: BaseException, summary: dict[str, Any], written: bool, step: int, command: str) -> None:
+    """One line on stderr for a run that failed or was interrupted: its status as
+    ``summary.json`` holds it (or that the file could not be written), and how to continue."""
+    last = Path(summary["run_dir"]) / "checkpoints" / "last.pt"
+    what = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+    said = f"summary.json says status: {summary['status']}" if written else "summary.json could not be written"
+    if last.is_file():
+        print(f"{what} at step {step}; {said}; the last checkpoint is {last}; continue with: {command}",
+              file=sys.stderr)
+    else:
+        print(f"{what} at step {step} before the first checkpoint; {said}; start the run again", file=sys.stderr)
+
+
+def _finish(trainer: Any, summary: dict[str, Any], start: float, cfg: DictConfig) -> bool:
+    """Complete and write ``summary.json`` and ``lr.png``, however the run ended.
+
+    Returns:
+        False when ``summary.json`` could not be written (disk full, folder gone): the run's
+        other files stay as they are; the caller says so.
+    """
     from framework.loggers import plot_lr, write_json
 
     history, plan, first = trainer.history, trainer.plan, trainer.group_names[0]
@@ -481,8 +529,16 @@ def _finish(trainer: Any, summary: dict[str, Any], start: float, cfg: DictConfig
         wall_time_s=time.time() - start,
         train_time_s=trainer.train_time_s,
     )
-    write_json(summary, trainer.run_dir / "summary.json")
+    try:
+        write_json(summary, trainer.run_dir / "summary.json")
+    except OSError as exc:
+        log.error("could not write summary.json: %s", exc)
+        return False
     if history["step"]:
-        plot_lr(history["step"], {n: history[n] for n in trainer.group_names}, trainer.run_dir / "lr.png",
-                warmup_steps=plan.warmup_steps,
-                title=f"{type(plan.schedule).__name__} (lr0={cfg.lr0:g}, lrf={cfg.lrf:g})")
+        try:
+            plot_lr(history["step"], {n: history[n] for n in trainer.group_names}, trainer.run_dir / "lr.png",
+                    warmup_steps=plan.warmup_steps,
+                    title=f"{type(plan.schedule).__name__} (lr0={cfg.lr0:g}, lrf={cfg.lrf:g})")
+        except OSError as exc:
+            log.error("could not write lr.png: %s", exc)
+    return True

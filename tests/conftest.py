@@ -44,7 +44,12 @@ def read_csv(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
-def run_cli(args: list[str], run_dir: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+#: Seconds after which a subprocess of a test counts as hung: a guard against a hang, far above
+#: any run's time on a loaded machine (no test result depends on how long something takes).
+HANG_GUARD_S = 3600
+
+
+def run_cli(args: list[str], run_dir: Path | None = None, timeout: float = HANG_GUARD_S) -> subprocess.CompletedProcess:
     """``python train.py <args>`` in a subprocess from the project root."""
     extra = [f"hydra.run.dir={run_dir}"] if run_dir is not None else []
     return subprocess.run(
@@ -53,16 +58,17 @@ def run_cli(args: list[str], run_dir: Path | None = None, timeout: float = 300) 
     )
 
 
-def run_cli_in_process(args: list[str], run_dir: Path) -> int:
+def run_cli_in_process(args: list[str], run_dir: Path | None) -> int:
     """``python train.py <args>`` in this process (as ``train.py``'s ``__main__`` does): the
-    exit status; what it prints is left to pytest's ``capfd``."""
+    exit status; what it prints is left to pytest's ``capfd``. ``run_dir`` None: ``args`` say
+    where (or Hydra's default folder)."""
     import os
     import runpy
 
     from hydra.core.global_hydra import GlobalHydra
 
     argv, cwd = sys.argv, os.getcwd()
-    sys.argv = [str(ROOT / "train.py"), *args, f"hydra.run.dir={run_dir}"]
+    sys.argv = [str(ROOT / "train.py"), *args, *([f"hydra.run.dir={run_dir}"] if run_dir is not None else [])]
     GlobalHydra.instance().clear()
     try:
         os.chdir(ROOT)

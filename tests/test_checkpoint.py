@@ -78,3 +78,67 @@ def test_checkpoints_carry_crcs_even_when_pytorch_is_told_not_to(tmp_path):
     finally:
         config.compute_crc32 = True
     assert load_checkpoint(tmp_path / "last.pt")["step"] == 1
+
+
+def test_a_checkpoint_with_code_is_refused_without_advising_weights_only_false(tmp_path):
+    """PyTorch's own message says to re-run with weights_only=False; ours must not."""
+    from framework.checkpoint import read_resume_checkpoint
+    from framework.config import ConfigError
+
+    marker = tmp_path / "pwned"
+    torch.save({"step": 0, "model": {}, "x": _Evil(marker)}, tmp_path / "evil.pt")
+    with pytest.raises(ConfigError) as info:
+        read_resume_checkpoint(tmp_path / "evil.pt", "resume")
+    message = str(info.value)
+    assert "could run code when loaded; refused" in message and "weights_only" not in message
+    assert not marker.exists()
+
+
+class _FullDisk:
+    """A binary file on a disk with ``room`` bytes left: writes past it fail with ENOSPC."""
+
+    def __init__(self, f, room):
+        self.f, self.room = f, room
+
+    def write(self, data):
+        import errno
+
+        if len(data) > self.room:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        self.room -= len(data)
+        return self.f.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self.f, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.f.close()
+
+
+def full_disk(monkeypatch, room):
+    """Files opened for writing by the framework's writers get ``room`` bytes."""
+    import builtins
+
+    import framework.loggers
+
+    def open_on_full_disk(path, mode="r", *args, **kwargs):
+        f = builtins.open(path, mode, *args, **kwargs)
+        return _FullDisk(f, room) if "w" in mode or "a" in mode else f
+
+    monkeypatch.setattr(framework.loggers, "open", open_on_full_disk, raising=False)
+
+
+def test_a_full_disk_names_the_file_removes_the_temporary_one_and_keeps_the_old(tmp_path, monkeypatch):
+    import errno
+
+    path = tmp_path / "last.pt"
+    save_checkpoint({"step": 1, "w": torch.zeros(10)}, path)
+    before = path.read_bytes()
+    full_disk(monkeypatch, 4096)
+    with pytest.raises(OSError) as info:
+        save_checkpoint({"step": 2, "w": torch.zeros(100_000)}, path)  # 400 kB: does not fit
+    assert (info.value.errno, info.value.filename) == (errno.ENOSPC, str(path))
+    assert os.listdir(tmp_path) == ["last.pt"] and path.read_bytes() == before

@@ -17,3 +17,111 @@ def test_describe_config_error_and_missing_option():
 
 def test_other_exceptions_are_not_user_mistakes():
     assert describe(RuntimeError("boom")) is None
+
+
+# --- signals outside the training loop, a full disk: one line, a truthful status, no traceback ---
+
+import json  # noqa: E402
+import os  # noqa: E402
+import signal  # noqa: E402
+
+import pytest  # noqa: E402
+
+from tests.conftest import TINY, run_cli_in_process  # noqa: E402
+
+SHORT = [*TINY, "dataset.train_size=64", "dataset.val_size=32", "batch_size=32", "epochs=2", "device=cpu"]  # T = 4
+
+
+def _lines(text):
+    return [line for line in text.splitlines() if line.strip()]
+
+
+@pytest.mark.parametrize("name,code", [("SIGTERM", 143), ("SIGINT", 130)])
+def test_a_signal_before_training_ends_in_one_line_and_leaves_no_folder(tmp_path, capfd, monkeypatch, name, code):
+    import framework.run
+
+    build = framework.run.build
+
+    def signalled_build(cfg, run_dir):
+        os.kill(os.getpid(), getattr(signal, name))  # arrives while the run is being built
+        return build(cfg, run_dir)
+
+    monkeypatch.setattr(framework.run, "build", signalled_build)
+    assert run_cli_in_process(SHORT, tmp_path / "run") == code
+    err = capfd.readouterr().err
+    assert _lines(err) == [f"stopped: {name} before training started; nothing was trained or written"], err
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_signal_while_training_starts_stops_at_the_first_step(tmp_path, capfd, monkeypatch):
+    """SIGTERM between the end of building and the trainer's own handler: held, then the run
+    stops at its first step boundary with a checkpoint, as a SIGTERM during training does."""
+    import framework.interrupts
+
+    set_training = framework.interrupts.set_training
+
+    def signalled(training):
+        set_training(training)
+        if training:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(framework.interrupts, "set_training", signalled)
+    assert run_cli_in_process(SHORT, tmp_path / "run") == 0
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert (summary["status"], summary["steps"], summary["stop_reason"]) == ("stopped", 1, "SIGTERM")
+    assert (tmp_path / "run" / "checkpoints" / "last.pt").is_file()
+    assert "Traceback" not in capfd.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["SIGTERM", "SIGINT"])
+def test_a_signal_after_the_last_step_keeps_the_run_completed_with_its_files(tmp_path, capfd, monkeypatch, name):
+    import framework.run
+
+    finish = framework.run._finish
+
+    def signalled_finish(*args, **kwargs):
+        os.kill(os.getpid(), getattr(signal, name))  # arrives while summary.json and lr.png are written
+        return finish(*args, **kwargs)
+
+    monkeypatch.setattr(framework.run, "_finish", signalled_finish)
+    assert run_cli_in_process(SHORT, tmp_path / "run") == 0
+    out, err = capfd.readouterr()
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert (summary["status"], summary["steps"]) == ("completed", 4)
+    assert (tmp_path / "run" / "lr.png").is_file() and "run completed" in out
+    assert _lines(err)[-1] == f"{name} received after the last step: the run completed and its files are written"
+    assert "Traceback" not in err
+
+
+def test_a_full_disk_during_training_is_one_line_and_the_last_checkpoint_resumes(tmp_path, capfd, monkeypatch):
+    """The disk fills while epoch 2's checkpoint is written: one line naming the file, exit 1,
+    no temporary file, epoch 1's last.pt intact; resumed later, the run completes."""
+    import builtins
+
+    import framework.loggers
+    from tests.conftest import read_csv
+    from tests.test_checkpoint import _FullDisk
+
+    saves = []
+
+    def open_filling_up(path, mode="r", *args, **kwargs):
+        f = builtins.open(path, mode, *args, **kwargs)
+        if str(path).endswith(".pt.tmp"):
+            saves.append(path)
+            if len(saves) > 2:  # epoch 1's last.pt and best.pt fit, nothing after
+                return _FullDisk(f, 0)
+        return f
+
+    monkeypatch.setattr(framework.loggers, "open", open_filling_up, raising=False)
+    run = tmp_path / "run"
+    assert run_cli_in_process(SHORT, run) == 1
+    err = capfd.readouterr().err
+    assert _lines(err)[-1].startswith(f"error: {run / 'checkpoints' / 'last.pt'}: No space left on device; free some "
+                                      "space; temporary files were removed"), err
+    assert "Traceback" not in err
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best.pt", "last.pt"]
+    assert json.loads((run / "summary.json").read_text())["status"] == "failed"
+    monkeypatch.undo()
+    assert run_cli_in_process([*SHORT, f"resume={run}"], None) == 0
+    assert json.loads((run / "summary.json").read_text())["status"] == "completed"
+    assert [int(r["step"]) for r in read_csv(run / "steps.csv")] == [0, 1, 2, 3]

@@ -11,7 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import ROOT, TINY, read_csv, run_cli_in_process, train_in_process
+from tests.conftest import HANG_GUARD_S, ROOT, TINY, read_csv, run_cli_in_process, train_in_process
+
+pytestmark = pytest.mark.slow  # end-to-end: train.py in subprocesses (deselect with -m "not slow")
 
 # 250 training samples: padded to 252, 126 per rank = 8 batches of 16 per epoch (the last of 14);
 # the single process with the same global batch (32) also takes 8 steps per epoch (7 x 32 + 26).
@@ -29,7 +31,7 @@ def torchrun(args: list[str], cwd: Path, probe_dir: Path, **faults: int) -> subp
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
     return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                            str(ROOT / "tests" / "ddp_worker.py"), *args],
-                          cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+                          cwd=cwd, env=env, capture_output=True, text=True, timeout=HANG_GUARD_S)
 
 
 def per_rank(probe_dir: Path) -> tuple[list, list]:

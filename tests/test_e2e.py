@@ -5,7 +5,11 @@ import json
 import subprocess
 import sys
 
-from tests.conftest import ROOT, TINY, read_csv, run_cli
+import pytest
+
+from tests.conftest import HANG_GUARD_S, ROOT, TINY, read_csv, run_cli
+
+pytestmark = pytest.mark.slow  # end-to-end: train.py in subprocesses (deselect with -m "not slow")
 
 
 def test_train_py_runs_and_leaves_a_run_folder(tmp_path):
@@ -43,7 +47,7 @@ def test_multirun_grid_one_folder_per_job_with_literal_lrs(tmp_path):
 def test_help_and_cfg_do_not_import_torch(tmp_path):
     for args in (["--help"], ["--cfg", "job"]):
         proc = subprocess.run([sys.executable, "-X", "importtime", str(ROOT / "train.py"), *args],
-                              cwd=ROOT, capture_output=True, text=True, timeout=60)
+                              cwd=ROOT, capture_output=True, text=True, timeout=HANG_GUARD_S)
         assert proc.returncode == 0, proc.stderr[-2000:]
         imported = {line.split("|")[-1].strip() for line in proc.stderr.splitlines() if "|" in line}
         assert "hydra" in imported and "torch" not in imported and "timm" not in imported

@@ -188,3 +188,31 @@ def test_an_optimizer_that_ignores_lr0_is_refused(tmp_path):
     with pytest.raises(ConfigError, match=r"mode=lr_find: optimizer.lr is not \$\{lr0\} here"):
         train(cfg, run_dir=tmp_path)
     assert not (tmp_path / "lr_find.csv").exists()
+
+
+def test_a_curve_without_a_usable_fall_gives_no_suggestion():
+    """Window = probes 2-19 of 20 (20 // 10 = 2). A fall of 0.8% from probe 2 to the lowest
+    point is noise (MIN_FALL = 1%): nothing is suggested; a fall of 1.2% is a fall."""
+    from framework.lr_finder import MIN_FALL, suggest_all
+
+    assert MIN_FALL == 0.01
+    lrs = probe_lrs(1e-7, 1e-5, 20)
+    for fall, usable in ((0.008, False), (0.012, True)):
+        losses = [2.3] * 3 + [2.3 * (1 - fall * i / 16) for i in range(1, 17)] + [2.3]  # lowest 2.3*(1-fall) at 18
+        out = suggest_all(lrs, losses)
+        assert (out["steepest"] is not None) == usable, (fall, out)
+        assert (out["minimum"] == pytest.approx(lrs[18] / 10)) if usable else out["minimum"] is None
+
+
+def test_lr0_auto_without_a_usable_fall_stops_before_training(tmp_path, capfd):
+    """LRs of 1e-7 .. 1e-6 barely move a fresh network: lr0=auto refuses in one line (exit 2)
+    naming what to change, instead of training at a meaningless lr0."""
+    from tests.conftest import run_cli_in_process
+
+    args = [*TINY, "device=cpu", "epochs=2", "lr0=auto", "lr_finder.start_lr=1e-7", "lr_finder.end_lr=1e-6",
+            "lr_finder.num_steps=20"]
+    assert run_cli_in_process(args, tmp_path / "run") == 2
+    lines = [x for x in capfd.readouterr().err.splitlines() if x.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: lr0=auto: no steepest suggestion (20 probes; no usable "
+                                                   "fall of the loss); widen lr_finder.start_lr/end_lr"), lines
+    assert "dataset.train_size" in lines[0] and not (tmp_path / "run" / "steps.csv").exists()

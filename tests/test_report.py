@@ -9,12 +9,14 @@ import pytest
 
 from framework.report import main as report_main
 from framework.report import write_report
-from tests.conftest import ROOT, TINY, read_csv, train_in_process
+from tests.conftest import HANG_GUARD_S, ROOT, TINY, read_csv, train_in_process
+
+pytestmark = pytest.mark.slow  # end-to-end: train.py in subprocesses (deselect with -m "not slow")
 
 SWEEP = [*TINY, "epochs=2", "device=cpu", "scheduler.lrf=0.01", "warmup_epochs=0"]
 
 
-def multirun(sweep_dir, *overrides, cwd=ROOT, timeout=600):
+def multirun(sweep_dir, *overrides, cwd=ROOT, timeout=HANG_GUARD_S):
     extra = [f"hydra.sweep.dir={sweep_dir}"] if sweep_dir is not None else []
     return subprocess.run([sys.executable, str(ROOT / "train.py"), "-m", *overrides, *extra],
                           cwd=cwd, capture_output=True, text=True, timeout=timeout)
@@ -113,7 +115,7 @@ def test_two_sweeps_started_together_never_share_a_folder(tmp_path):
     procs = [subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for _ in range(2)]
     for p in procs:
-        _, err = p.communicate(timeout=600)
+        _, err = p.communicate(timeout=HANG_GUARD_S)
         assert p.returncode == 0, err[-3000:]
     folders = sorted(p.name for p in tmp_path.iterdir())
     assert folders == ["same", "same-1"]

@@ -4,15 +4,17 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 import signal
 import subprocess
 import sys
 import time
 
 import pytest
+import torch
 
 from framework.config import ConfigError
-from tests.conftest import ROOT, TINY, read_csv, run_cli, train_in_process
+from tests.conftest import HANG_GUARD_S, ROOT, TINY, read_csv, run_cli, train_in_process
 
 RUN = [*TINY, "epochs=3", "device=cpu"]  # 4 steps per epoch, T = 12
 
@@ -135,17 +137,197 @@ def test_resume_with_a_damaged_steps_csv_is_refused_before_anything_changes(tmp_
     assert {p: p.read_bytes() for p in (tmp_path / "run").rglob("*") if p.is_file()} == before
 
 
+@pytest.mark.parametrize("damage,message", [
+    ("random bytes", "a CSV of the run cannot be read (UnicodeDecodeError)"),
+    ("epochs.csv deleted", "epochs.csv lacks rows of the checkpoint's 1 finished epochs"),
+    ("epochs.csv cut", "epochs.csv lacks rows of the checkpoint's 1 finished epochs"),
+])
+def test_resume_with_unreadable_or_incomplete_csvs_is_refused(tmp_path, damage, message):
+    """Stopped at step 5 = epoch 1 (4 steps per epoch) finished: steps.csv must read as text and
+    epochs.csv must hold epoch 0, else nothing would rebuild them; the folder is left as it was."""
+    train_in_process(tmp_path / "run", *RUN, "trainer.stop_after_steps=5")
+    run = tmp_path / "run"
+    if damage == "random bytes":
+        (run / "steps.csv").write_bytes(bytes(range(128, 256)) * 8)
+    elif damage == "epochs.csv deleted":
+        (run / "epochs.csv").unlink()
+    else:
+        text = (run / "epochs.csv").read_text()
+        (run / "epochs.csv").write_text(text[: len(text.splitlines()[0]) + 8])  # header + a cut row
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        train_in_process(tmp_path / "x", *RUN, f"resume={run}")
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+
+
+OPTIMIZERS = sorted(p.stem for p in (ROOT / "conf" / "optimizer").rglob("*.yaml"))
+SMALL = [*TINY, "dataset.train_size=64", "dataset.val_size=32", "batch_size=32", "epochs=2", "device=cpu",
+         "trainer.log_every_n_steps=1"]  # 2 steps per epoch, T = 4
+
+
+def test_optimizer_files_found():
+    assert len(OPTIMIZERS) >= 10 and "adamw_schedulefree" in OPTIMIZERS and "prodigy" in OPTIMIZERS
+
+
+@pytest.mark.parametrize("optimizer", OPTIMIZERS)
+def test_every_optimizer_stops_and_resumes_to_the_uninterrupted_run(tmp_path, optimizer):
+    """Stopped mid-epoch (step 3 of 4), resumed: the same steps.csv (LR, momentum, d, loss) and
+    epochs.csv as without the stop; its checkpoints load with weights_only=True (plain values,
+    no OmegaConf containers)."""
+    from framework.checkpoint import load_checkpoint
+
+    args = [*SMALL, f"optimizer={optimizer}", "lr0=0.002"]
+    train_in_process(tmp_path / "full", *args)
+    train_in_process(tmp_path / "cut", *args, "trainer.stop_after_steps=3")
+    assert len(read_csv(tmp_path / "cut" / "steps.csv")) == 3
+    train_in_process(tmp_path / "x", *args, f"resume={tmp_path / 'cut'}")
+    same_run(tmp_path / "full", tmp_path / "cut")
+    for name in ("last.pt", "best.pt"):
+        assert load_checkpoint(tmp_path / "cut" / "checkpoints" / name)["step"] >= 2
+
+
+def test_a_schedule_free_stop_saves_the_averaged_weights(tmp_path):
+    """Schedule-free AdamW trains on y and evaluates x = y + (1 - 1/beta1) (z - y) (Defazio et
+    al. 2024, schedulefree's eval()); a stop mid-epoch saves x as ``model`` and y apart."""
+    from framework import registry
+    from framework.checkpoint import load_checkpoint
+    from framework.optim import param_groups
+    from tests.conftest import compose_cfg
+
+    args = [*SMALL, "optimizer=adamw_schedulefree", "lr0=0.01"]
+    train_in_process(tmp_path, *args, "trainer.stop_after_steps=3")
+    state = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
+    cfg = compose_cfg(*args)
+    model = registry.instantiate(cfg.model, "model", num_classes=10, in_chans=3, img_size=16)
+    groups = param_groups(model, cfg.optimizer.weight_decay)
+    params = [p for g in groups for p in g["params"]]
+    names = {id(p): n for n, p in model.named_parameters()}
+    beta1 = cfg.optimizer.betas[0]
+    checked = 0
+    for index, p in enumerate(params):  # torch numbers the optimizer state by position over the groups
+        name = names[id(p)]
+        y, z = state["train_model"][name], state["optimizer"]["state"][index]["z"]
+        assert torch.allclose(state["model"][name], y + (1 - 1 / beta1) * (z - y), atol=1e-7)
+        checked += not torch.equal(y, z)
+    assert checked > 0  # the two points differ, so the check could fail
+    assert all(g["train_mode"] for g in state["optimizer"]["param_groups"])  # resumes on y, exactly
+
+
+def test_changed_optimizer_values_apply_from_the_resumed_step(tmp_path):
+    """momentum 0.9 -> 0.5 and weight decay 5e-4 -> 0.01 at resume (allowed): steps 2-3 run
+    with them (logged momentum), the optimizer holds them (no decay on biases and norms)."""
+    from framework.checkpoint import load_checkpoint
+
+    train_in_process(tmp_path, *SMALL, "trainer.stop_after_steps=2")
+    train_in_process(tmp_path / "x", *SMALL, f"resume={tmp_path}", "optimizer.momentum=0.5",
+                     "optimizer.weight_decay=0.01", "resume_allow_changes=true")
+    assert [r["momentum"] for r in read_csv(tmp_path / "steps.csv")] == ["0.9", "0.9", "0.5", "0.5"]
+    state = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
+    decay = {g["name"]: (g["weight_decay"], g["momentum"]) for g in state["optimizer"]["param_groups"]}
+    assert decay == {"decay": (0.01, 0.5), "no_decay": (0.0, 0.5)}
+    assert state["config"]["optimizer"]["momentum"] == 0.5
+
+
+def test_resume_with_another_optimizer_is_refused_in_one_line(tmp_path):
+    train_in_process(tmp_path, *SMALL, "trainer.stop_after_steps=2")
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    with pytest.raises(ConfigError, match="trained with optimizer torch.optim.SGD and this config builds "
+                                          "torch.optim.Adam; an optimizer's state cannot be carried"):
+        train_in_process(tmp_path / "x", *SMALL, "optimizer=adam", f"resume={tmp_path}", "resume_allow_changes=true")
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+
+
+class Killed(BaseException):
+    """Stands for a SIGKILL: nothing after it runs in the killed code path."""
+
+
+@pytest.mark.parametrize("instant", ["before last.pt is written", "after last.pt, before the CSVs are cut"])
+def test_a_kill_during_a_rollback_resumes_exactly(tmp_path, monkeypatch, instant):
+    """Step 5 (the first of epoch 2; 4 steps per epoch) gets a NaN gradient once; restore points
+    every 3 steps, so the rollback goes back to step 3, behind epoch 1's last.pt (step 4). A run
+    killed in the middle of that rollback continues (resume=) to the same steps.csv, epochs.csv
+    and rollbacks as the run that was never killed."""
+    import math
+
+    import framework.loggers
+    import framework.run
+    import framework.trainer.state as state_module
+
+    build = framework.run.build
+
+    def build_with_nan_at_step_5(cfg, run_dir):
+        trainer = build(cfg, run_dir)
+        weight = next(trainer.model.parameters())
+        weight.register_hook(lambda g: g * math.nan if trainer.step == 5 and not trainer.guard.rollbacks else g)
+        return trainer
+
+    monkeypatch.setattr(framework.run, "build", build_with_nan_at_step_5)
+    args = [*RUN, "trainer.on_divergence=rollback", "trainer.log_every_n_steps=3"]
+    train_in_process(tmp_path / "full", *args)
+    full = json.loads((tmp_path / "full" / "summary.json").read_text())
+    assert full["status"] == "completed"
+    assert [(r["diverged_step"], r["restored_step"]) for r in full["rollbacks"]] == [(5, 3)]
+
+    rolling = {"on": False}
+    roll_back = state_module.StateMixin._roll_back
+
+    def killed_roll_back(self, exc):
+        rolling["on"] = True
+        roll_back(self, exc)
+
+    def kill_if_rolling(original):
+        def wrapper(*a, **k):
+            if rolling["on"]:
+                raise Killed()
+            return original(*a, **k)
+        return wrapper
+
+    with monkeypatch.context() as m:
+        m.setattr(state_module.StateMixin, "_roll_back", killed_roll_back)
+        if instant.startswith("before"):
+            m.setattr(state_module, "save_checkpoint", kill_if_rolling(state_module.save_checkpoint))
+        else:
+            m.setattr(framework.loggers, "truncate_csv", kill_if_rolling(framework.loggers.truncate_csv))
+        with pytest.raises(Killed):
+            train_in_process(tmp_path / "cut", *args)
+    expected_last = 4 if instant.startswith("before") else 3
+    assert torch.load(tmp_path / "cut" / "checkpoints" / "last.pt", weights_only=True)["step"] == expected_last
+    train_in_process(tmp_path / "x", *args, f"resume={tmp_path / 'cut'}")
+    same_run(tmp_path / "full", tmp_path / "cut")
+    assert json.loads((tmp_path / "cut" / "summary.json").read_text())["rollbacks"] == full["rollbacks"]
+
+
+def test_a_plain_resume_leaves_no_new_folder(tmp_path):
+    """resume=<run> from the command line logs into the run's own train.log; no folder holding
+    only a log is left beside it."""
+    import os
+
+    from tests.conftest import run_cli_in_process
+
+    run = tmp_path / "outputs" / "run"
+    assert run_cli_in_process([*SMALL, "trainer.stop_after_steps=2"], run) == 0
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        assert run_cli_in_process([*SMALL, f"resume={run}"], None) == 0
+    finally:
+        os.chdir(cwd)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["outputs"]
+    assert sorted(p.name for p in (tmp_path / "outputs").iterdir()) == ["run"]
+    assert "resumed at step 2" in (run / "train.log").read_text()
+    assert [int(r["step"]) for r in read_csv(run / "steps.csv")] == [0, 1, 2, 3]
+
+
 def test_sigterm_stops_at_a_step_boundary_with_a_resumable_checkpoint(tmp_path):
     args = [*TINY, "dataset.train_size=512", "epochs=40", "device=cpu"]
     train_in_process(tmp_path / "full", *args, "trainer.save_checkpoints=false")
     run = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args, f"hydra.run.dir={run}"],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
-    while time.time() < deadline and len(read_csv(run / "steps.csv") if (run / "steps.csv").exists() else []) < 20:
-        time.sleep(0.2)
+    while proc.poll() is None and len(read_csv(run / "steps.csv") if (run / "steps.csv").exists() else []) < 20:
+        time.sleep(0.2)  # until 20 steps are on disk, however long the machine takes
     proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=120)
+    out, err = proc.communicate(timeout=HANG_GUARD_S)
     assert proc.returncode == 0, err[-2000:]
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "stopped" and summary["stop_reason"] == "SIGTERM" and summary["steps"] < 320

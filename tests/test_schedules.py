@@ -477,3 +477,24 @@ def test_fractions_of_the_run_hand_worked():
     assert schedules.MultiStep(10, milestones=[0.5, 0.75]).milestones == [5, 8]
     assert schedules.Step(10, step_size=0.3).step_size == 3
     assert schedules.CosineRestarts(10, lrf=0.0, T_0=0.2).T_0 == 2
+
+
+@pytest.mark.parametrize("scheduler,warns", [("ultralytics", False), ("cosine", True)])
+def test_only_the_plan_that_runs_warns_of_a_single_unit(tmp_path, caplog, scheduler, warns):
+    """40 samples / batch 8 = 5 steps per epoch, 2 epochs, warmup 1 epoch, LR per epoch.
+    Ultralytics counts epochs from 0, warmup included: epoch 1 (steps 5-9) is its last,
+    lr0*lrf = 1e-4, and no single-unit warning. Cosine's main phase after warmup is 1 epoch:
+    it holds lr0 there and says so."""
+    import logging
+
+    from framework.run import build
+    from tests.conftest import TINY, compose_cfg
+
+    cfg = compose_cfg(*TINY, f"scheduler={scheduler}", "scheduler.interval=epoch", "dataset.train_size=40",
+                      "batch_size=8", "epochs=2", "warmup_epochs=1", "lr0=0.01", "lrf=0.01", "device=cpu")
+    caplog.set_level(logging.WARNING, logger="framework")
+    plan = build(cfg, tmp_path).plan
+    assert (plan.total_steps, plan.warmup_steps) == (10, 5)
+    after_warmup = [0.01 * plan(k) for k in range(5, 10)]
+    assert after_warmup == pytest.approx([1e-4] * 5 if scheduler == "ultralytics" else [0.01] * 5)
+    assert ("single unit" in caplog.text) == warns

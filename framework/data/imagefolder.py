@@ -8,11 +8,136 @@ from typing import Optional
 import torch
 
 from framework.config import ConfigError
-from framework.data.base import DataBundle, check_img_size
+from framework.data.base import DataBundle, check_batch_memory, check_img_size
 
 log = logging.getLogger(__name__)
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+class UnreadableImage(ConfigError):
+    """An image file PIL cannot open or decode, found at first access: a :class:`ConfigError`
+    whose one-line message survives a ``DataLoader`` worker process.
+
+    A worker's exception comes back as ``type(exc)(text)``, ``text`` being ``"Caught
+    UnreadableImage in DataLoader worker process 0.\nOriginal Traceback ..."`` down to the
+    original ``framework.data.imagefolder.UnreadableImage: <message>`` line; the constructor
+    takes ``<message>`` back out of it, so ``train.py`` still prints one line.
+    """
+
+    def __init__(self, message: str):
+        marker = f"{type(self).__module__}.{type(self).__qualname__}: "
+        if message.startswith("Caught ") and marker in message:
+            message = message[message.rindex(marker) + len(marker):].strip().splitlines()[0]
+        super().__init__(message)
+
+
+def unreadable(path: str, reason: str) -> str:
+    """The one-line message for an image file that cannot be read."""
+    return (f"dataset: cannot read image {path} ({reason}); fix or remove the file, "
+            "or set dataset.skip_unreadable=true")
+
+
+def read_image(path: str):
+    """torchvision's ``pil_loader`` (open, decode, convert to RGB) that names the file it cannot read.
+
+    PIL's ``ImageFile.LOAD_TRUNCATED_IMAGES`` stays False, so a truncated file fails here.
+
+    Args:
+        path: the image file.
+
+    Returns:
+        The decoded ``PIL.Image.Image`` in RGB.
+
+    Raises:
+        UnreadableImage: PIL cannot open or decode the file (a ConfigError: fix or remove the
+            file, or set ``dataset.skip_unreadable=true``).
+    """
+    try:
+        return _decode(path)
+    except Exception as exc:  # PIL raises OSError, ValueError, SyntaxError, ... for broken files
+        raise UnreadableImage(unreadable(path, _reason(exc))) from None
+
+
+def _decode(path: str):
+    from PIL import Image
+
+    with open(path, "rb") as f:
+        return Image.open(f).convert("RGB")  # convert() decodes the whole file
+
+
+def _reason(exc: Exception) -> str:
+    """Why PIL could not read a file, in a few words (the path left out: the message names it)."""
+    from PIL import UnidentifiedImageError
+
+    if isinstance(exc, UnidentifiedImageError):
+        return "not an image format PIL can identify"
+    text = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+    text = " ".join(text.split()) or type(exc).__name__
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
+def _why_unreadable(path: str) -> Optional[str]:
+    """None when :func:`read_image` can read ``path``, else the reason."""
+    try:
+        _decode(path)
+    except Exception as exc:
+        return _reason(exc)
+    return None
+
+
+class _ImageFiles:
+    """``is_valid_file`` of ``ImageFolder``: a file with an image extension that is not empty.
+
+    Empty (0-byte) files are left out and kept in :attr:`empty` (``os.stat`` only, no reading).
+    """
+
+    def __init__(self):
+        from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
+
+        self.empty: list[str] = []
+        self._is_image = lambda path: has_file_allowed_extension(path, IMG_EXTENSIONS)
+
+    def __call__(self, path: str) -> bool:
+        if not self._is_image(path):
+            return False
+        try:
+            if os.stat(path).st_size == 0:
+                if path not in self.empty:
+                    self.empty.append(path)
+                return False
+        except OSError:  # a broken link: read_image names it
+            pass
+        return True
+
+    def refuse_empty(self) -> None:
+        """Refuse the empty files found so far.
+
+        Raises:
+            ConfigError: naming the first empty file (and how many there are); remove them, or
+                set ``dataset.skip_unreadable=true``.
+        """
+        if self.empty:
+            more = f"; {len(self.empty)} empty files in all" if len(self.empty) > 1 else ""
+            raise ConfigError(unreadable(self.empty[0], f"empty file, 0 bytes{more}"))
+
+
+def _drop_unreadable(folders: list, empty: list[str]) -> None:
+    """Decode every image of ``folders`` (``ImageFolder`` objects) once, in threads, and drop the
+    unreadable ones from their samples; one warning line with the count and the first paths."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    paths = sorted({path for folder in folders for path, _ in folder.samples})
+    with ThreadPoolExecutor(max_workers=min(32, os.cpu_count() or 1)) as pool:  # PIL decodes without the GIL
+        reasons = dict(zip(paths, pool.map(_why_unreadable, paths)))
+    for folder in folders:
+        folder.samples = [(path, target) for path, target in folder.samples if reasons[path] is None]
+        folder.imgs, folder.targets = folder.samples, [target for _, target in folder.samples]
+    dropped = [(path, "empty file") for path in empty] + [(path, why) for path, why in reasons.items() if why]
+    if dropped:
+        log.warning("dataset.skip_unreadable=true: dropped %d unreadable image file%s: %s", len(dropped),
+                    "s" if len(dropped) > 1 else "", ", ".join(f"{path} ({why})" for path, why in dropped[:3])
+                    + (", ..." if len(dropped) > 3 else ""))
 
 
 def imagefolder(
@@ -26,6 +151,7 @@ def imagefolder(
     model_name: Optional[str] = None,
     pretrained: bool = False,
     data_seed: int = 0,
+    skip_unreadable: bool = False,
 ) -> DataBundle:
     """Images in ``root/<train_dir>/<class>/*.jpg`` (and ``root/<val_dir>/<class>/...``, or a
     held-out fraction of the training folder), read by ``torchvision.datasets.ImageFolder``.
@@ -35,6 +161,12 @@ def imagefolder(
     transform (resize, centre crop). With ``pretrained`` the input size, mean and std are the
     model's pretrained config (``timm.get_pretrained_cfg(model_name)``); else ImageNet's mean
     and std and ``img_size`` (default 224).
+
+    Image files are read at first access (:func:`read_image`): a file PIL cannot open or decode
+    (corrupt, truncated, not an image) ends the run with one line naming it. Empty (0-byte)
+    files are refused while the dataset is built. With ``skip_unreadable`` every image is
+    decoded once here and the unreadable ones are left out (one warning line), so the sample
+    count, and with it the run's number of steps, is exact.
 
     Args:
         seed: run seed (runtime; the split depends on ``data_seed`` only).
@@ -47,13 +179,20 @@ def imagefolder(
         model_name: the timm model (``${model.name}``), for its pretrained data config.
         pretrained: use the model's pretrained input size, mean and std (``${model.pretrained}``).
         data_seed: seed of the held-out split.
+        skip_unreadable: decode every image once now and leave out the unreadable ones (and the
+            empty ones) instead of refusing them.
 
     Returns:
         A :class:`DataBundle` with items ``(image (3, S, S) float32, label int64)``.
 
     Raises:
         ConfigError: a missing folder, a folder without class subfolders of images, or
-            ``val_frac`` missing or out of range when ``val_dir`` is null.
+            ``val_frac`` missing or out of range when ``val_dir`` is null; an empty (0-byte)
+            image file (remove it, or set ``skip_unreadable``); no readable image left after
+            ``skip_unreadable``; a batch of 64 images at the input size (``64 x 3 x S² x 4``
+            bytes) over the memory available.
+        UnreadableImage: (a ConfigError, raised later, when the file is first read) an image
+            file PIL cannot open or decode; fix or remove it, or set ``skip_unreadable``.
     """
     from timm.data import create_transform
     from torch.utils.data import Subset
@@ -68,6 +207,7 @@ def imagefolder(
         if cfg is not None:
             mean, std = tuple(cfg.mean), tuple(cfg.std)
             size = img_size or cfg.input_size[-1]
+    check_batch_memory(img_size, 3, size)
     train_path = os.path.join(root, train_dir)
     if not os.path.isdir(train_path):
         raise ConfigError(f"dataset.root={root}: no {train_dir}/ folder there ({os.path.abspath(train_path)}); "
@@ -76,12 +216,28 @@ def imagefolder(
                                 **({} if augment else {"crop_pct": 1.0}))
     eval_tf = create_transform((3, size, size), is_training=False, mean=mean, std=std, crop_pct=1.0)
 
+    files = _ImageFiles()
+
     def folder(path: str, transform) -> ImageFolder:
         try:
-            return ImageFolder(path, transform=transform)
+            found = ImageFolder(path, transform=transform, loader=read_image, is_valid_file=files)
         except (FileNotFoundError, RuntimeError) as exc:  # no class folders / no images
+            if not skip_unreadable:
+                files.refuse_empty()
             raise ConfigError(f"dataset.root={root}: {' '.join(str(exc).split())[:160]}; expected "
-                              f"{path}/<class>/<image files>")
+                              f"{path}/<class>/<image files>"
+                              + (f" ({len(files.empty)} empty files left out)" if files.empty else ""))
+        return found
+
+    def readable(*folders: ImageFolder) -> None:  # after the scan of every folder: all the empty files at once
+        if not skip_unreadable:
+            files.refuse_empty()
+        else:
+            _drop_unreadable(list(folders), files.empty)
+            for f in folders:
+                if not f.samples:
+                    raise ConfigError(f"dataset.skip_unreadable=true: no readable image left in {f.root}; "
+                                      "put readable images in it")
 
     if val_dir is not None:
         val_path = os.path.join(root, val_dir)
@@ -92,10 +248,12 @@ def imagefolder(
         if train.classes != val.classes:
             raise ConfigError(f"dataset.val_dir={val_dir}: its classes {val.classes[:5]} differ from "
                               f"{train_dir}/'s {train.classes[:5]}; use the same class folders")
+        readable(train, val)
     else:
         if val_frac is None or not 0 < val_frac < 1:
             raise ConfigError(f"dataset.val_frac={val_frac}: with dataset.val_dir=null it must be in (0, 1), e.g. 0.1")
         full_train, full_eval = folder(train_path, train_tf), folder(train_path, eval_tf)
+        readable(full_train, full_eval)
         order = torch.randperm(len(full_train), generator=torch.Generator().manual_seed(data_seed)).tolist()
         n_val = max(1, round(val_frac * len(order)))
         if n_val >= len(order):

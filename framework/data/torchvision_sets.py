@@ -8,17 +8,19 @@ from typing import Optional
 import torch
 
 from framework.config import ConfigError
-from framework.data.base import DataBundle, ImageTensorDataset, _subsample, channel_stats, check_img_size
+from framework.data.base import (DataBundle, ImageTensorDataset, _subsample, channel_stats, check_batch_memory,
+                                 check_img_size)
 
 log = logging.getLogger(__name__)
 
 
-#: torchvision dataset classes by config name, with their classes and where their files go.
+#: torchvision dataset classes by config name, with their classes, channels, native side (pixels)
+#: and where their files go.
 TORCHVISION = {
-    "mnist": ("MNIST", 10, "MNIST/raw/ (train-images-idx3-ubyte, ..., unzipped)"),
-    "fashion_mnist": ("FashionMNIST", 10, "FashionMNIST/raw/ (train-images-idx3-ubyte, ..., unzipped)"),
-    "cifar10": ("CIFAR10", 10, "cifar-10-batches-py/ (the extracted cifar-10-python.tar.gz)"),
-    "cifar100": ("CIFAR100", 100, "cifar-100-python/ (the extracted cifar-100-python.tar.gz)"),
+    "mnist": ("MNIST", 10, 1, 28, "MNIST/raw/ (train-images-idx3-ubyte, ..., unzipped)"),
+    "fashion_mnist": ("FashionMNIST", 10, 1, 28, "FashionMNIST/raw/ (train-images-idx3-ubyte, ..., unzipped)"),
+    "cifar10": ("CIFAR10", 10, 3, 32, "cifar-10-batches-py/ (the extracted cifar-10-python.tar.gz)"),
+    "cifar100": ("CIFAR100", 100, 3, 32, "cifar-100-python/ (the extracted cifar-100-python.tar.gz)"),
 }
 
 
@@ -50,7 +52,9 @@ def torchvision_dataset(
 
     Raises:
         ConfigError: unknown ``name``; ``root`` missing or without the files (with the folder
-            the files belong in); a failed download; ``img_size`` or ``train_size`` out of range.
+            the files belong in); a failed download; ``img_size`` or ``train_size`` out of range;
+            a batch of 64 images at ``img_size`` (``64 x C x img_size² x 4`` bytes, made on
+            access) over the memory available (checked before any download).
     """
     import os
 
@@ -58,8 +62,9 @@ def torchvision_dataset(
 
     if name not in TORCHVISION:
         raise ConfigError(f"dataset.name={name}: unknown; use one of {', '.join(TORCHVISION)}")
-    cls_name, num_classes, layout = TORCHVISION[name]
+    cls_name, num_classes, chans, native, layout = TORCHVISION[name]
     check_img_size(img_size, "the native size")
+    check_batch_memory(img_size, chans, img_size or native)
     where = os.path.abspath(os.path.expanduser(root))
     if not download and not os.path.isdir(where):
         raise ConfigError(f"dataset.root={root}: no such folder ({where}); put the {cls_name} files in "

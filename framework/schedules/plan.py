@@ -28,6 +28,8 @@ class LRPlan:
         interval: ``step`` or ``epoch``.
         warmup_key: the config key that set ``W``, for the error message.
         warmup_momentum: momentum (beta1) of warmup step 0; None = no momentum warmup.
+        counts_warmup: the schedule counts ``t`` from step 0, warmup included (its class's
+            ``counts_warmup``); None = find out by building it once over the main phase.
 
     Raises:
         ConfigError: warmup covers the whole run, or the schedule rejects its arguments.
@@ -43,6 +45,7 @@ class LRPlan:
         interval: str = "step",
         warmup_key: str = "warmup_steps",
         warmup_momentum: Optional[float] = None,
+        counts_warmup: Optional[bool] = None,
     ):
         T, W, spe = int(total_steps), int(warmup_steps), int(steps_per_epoch)
         if W >= T:
@@ -57,12 +60,12 @@ class LRPlan:
             units, warmup_units = T - W, W
         else:
             units, warmup_units = (T - 1) // spe - W // spe + 1, round(W / spe)
-        self.schedule = make_schedule(units, warmup_units)
-        if getattr(self.schedule, "counts_warmup", False):  # t from step 0: rebuild over the whole run
-            self.offset = 0
-            self.schedule = make_schedule(T if interval == "step" else (T - 1) // spe + 1, warmup_units)
-        else:
-            self.offset = W if interval == "step" else W // spe
+        whole_run = T if interval == "step" else (T - 1) // spe + 1
+        # only the schedule that runs is built (its warnings are about this run's plan)
+        self.schedule = make_schedule(whole_run if counts_warmup else units, warmup_units)
+        if counts_warmup is None and getattr(self.schedule, "counts_warmup", False):  # t from step 0
+            self.schedule = make_schedule(whole_run, warmup_units)
+        self.offset = 0 if self.schedule.counts_warmup else W if interval == "step" else W // spe
         #: True when the plan prescribes the momentum (momentum warmup or a cycling schedule).
         self.sets_momentum = warmup_momentum is not None or self.schedule.momentum(0) is not None
 

@@ -39,17 +39,19 @@ class StateMixin:
         self.load_state_dict(state)
         self.lr_backoff, self._earlier_time_s = backoff, earlier
         self._apply_backoff()
-        if self.is_global_zero:  # only rank 0 writes files
-            truncate_csv(self.run_dir / "steps.csv", "step", self.step)
-            truncate_csv(self.run_dir / "epochs.csv", "epoch", self.epoch)
         keep = sum(1 for k in self.history["step"] if k < self.step)
         for key in self.history:
             del self.history[key][keep:]
         self.guard.rollbacks.append({"diverged_step": exc.step, "reason": exc.reason, "lr": exc.lr,
                                      "restored_step": self.step, "lr_factor": backoff})
         self._bar.n = self.step
-        if self.save_checkpoints:  # last.pt must match the CSVs cut back to this step
+        # last.pt first, then the CSVs: killed in between, a resume cuts the CSVs to last.pt itself;
+        # killed before, the old last.pt replays the divergence and this rollback exactly
+        if self.save_checkpoints:
             self._save(False)
+        if self.is_global_zero:  # only rank 0 writes files
+            truncate_csv(self.run_dir / "steps.csv", "step", self.step)
+            truncate_csv(self.run_dir / "epochs.csv", "epoch", self.epoch)
         log.warning("rollback %d/%d: %s at step %d; back to step %d with the LR x%g",
                     len(self.guard.rollbacks), self.guard.max_rollbacks, exc.reason, exc.step, self.step, backoff)
 
@@ -75,6 +77,11 @@ class StateMixin:
 
         signals = [signal.SIGTERM, signal.SIGINT] + ([signal.SIGUSR2] if hasattr(signal, "SIGUSR2") else [])
         previous = {sig: signal.signal(sig, request) for sig in signals}
+        from framework.interrupts import take_pending
+
+        early = take_pending()  # a signal held while fit() was starting: stop at the first step
+        if early is not None and self._stop_request is None:
+            request(signal.Signals[early], None)
         self._previous_handlers = {signal.Signals(sig).name: h for sig, h in previous.items()}
         return lambda: [signal.signal(sig, handler) for sig, handler in previous.items()]
 
@@ -121,19 +128,23 @@ class StateMixin:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from :meth:`state_dict` (RNG streams last, so nothing after draws from them).
 
-        The base LR and momentum of each group stay those of the current config.
+        The base LR, momentum and every other hyperparameter the optimizer's config sets
+        (``weight_decay``, ``betas``, ``eps``, ...) stay those of the current config: a resume
+        with ``resume_allow_changes=true`` applies the changed values from its first step.
 
         Raises:
             ConfigError: the checkpoint holds another model or optimizer layout.
         """
         from framework.config import ConfigError, first_line
 
-        try:
-            self.model.load_state_dict(state["model"])
+        try:  # a schedule-free stop saved its averaged weights and, apart, the iterate it trains on
+            self.model.load_state_dict(state.get("train_model", state["model"]))
         except RuntimeError as exc:
             raise ConfigError(f"resume: the checkpoint holds a different model ({first_line(exc, 120)}); "
                               "resume with the run's own model config")
-        keep = [{k: g[k] for k in ("initial_lr", "initial_momentum") if k in g} for g in self.optimizer.param_groups]
+        # this config's hyperparameters win over the checkpoint's (a resume may change them)
+        hyper = {"initial_lr", "initial_momentum", *self._optimizer_keys()}
+        keep = [{k: g[k] for k in hyper if k in g} for g in self.optimizer.param_groups]
         try:
             self.optimizer.load_state_dict(state["optimizer"])
         except ValueError as exc:
@@ -161,13 +172,42 @@ class StateMixin:
         self.best, self.final, self.skipped_steps = state["best"], state["final"], state["skipped_steps"]
         set_rng_state(state["rng"])
 
+    def _averaged_weights(self) -> dict[str, Any]:
+        """A schedule-free optimizer's averaged weights ``x`` (what it evaluates), taken while it
+        trains on its iterate ``y``; the parameters are put back bit for bit afterwards (its
+        ``eval()``/``train()`` round trip is not exact in floating point)."""
+        import torch
+
+        params = list(self.model.parameters())
+        kept = [p.detach().clone() for p in params]
+        self.optimizer.eval()
+        averaged = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        with torch.no_grad():
+            for p, value in zip(params, kept):
+                p.copy_(value)
+        for group in self.optimizer.param_groups:
+            group["train_mode"] = True
+        return averaged
+
+    def _optimizer_keys(self) -> set[str]:
+        """The optimizer's hyperparameters as the config names them (``weight_decay``,
+        ``momentum``, ``betas``, ...; not ``lr``, which the plan sets every step)."""
+        from framework.config import RESERVED_KEYS
+
+        node = (self.config or {}).get("optimizer") or {}
+        return {k for k in node if not k.startswith("_") and k not in ("lr", *RESERVED_KEYS["optimizer"])}
+
     def _save(self, is_best: bool) -> None:
-        """Write ``last.pt`` (and ``best.pt``); with ``on_divergence=rollback`` the checkpoint also
+        """Write ``last.pt`` (and ``best.pt``); ``model`` holds the weights to use (a schedule-free
+        optimizer's averaged weights, also when a stop saves mid-epoch; the iterate it trains on is
+        then ``train_model``); with ``on_divergence=rollback`` the checkpoint also
         holds the guard's two restore points (up to 2 more copies of the weights and optimizer
         state), so a resumed run rolls back exactly as the run would have."""
         state = self.state_dict()  # every rank: it sums the epoch loss over the ranks
         if not self.is_global_zero:
             return
+        if any(g.get("train_mode") for g in self.optimizer.param_groups):  # schedule-free, stopped mid-epoch
+            state["train_model"], state["model"] = state["model"], self._averaged_weights()
         if self.guard.policy == "rollback":
             state["guard_points"] = [self.guard.snapshot, self.guard.candidate]
         folder = self.run_dir / "checkpoints"
