@@ -3,10 +3,15 @@
 Hydra composes ``conf/train.yaml``; ``framework.run.train`` does the rest and returns the
 objective (best validation accuracy) so Hydra sweepers can optimise it.
 """
-import hydra
-from omegaconf import DictConfig
+from framework import interrupts
 
-from framework.config import register_configs
+if __name__ == "__main__":  # first: SIGTERM / Ctrl-C during start-up end in one line, never a traceback
+    interrupts.install()
+
+import hydra  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+
+from framework.config import register_configs  # noqa: E402
 
 register_configs()
 

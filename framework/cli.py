@@ -107,6 +107,9 @@ def exit_on_user_error() -> Iterator[None]:
         sys.exit(2)
 
 
+_TASK_STARTED = False  # Hydra called the task: later errors are the run's, not the run folder's
+
+
 def run_task(cfg) -> float:
     """Body of the Hydra main: train, and turn the ways a run can end into exit statuses.
 
@@ -120,6 +123,8 @@ def run_task(cfg) -> float:
 
     from framework import distributed
 
+    global _TASK_STARTED
+    _TASK_STARTED = True
     hc = HydraConfig.get()
     multirun = hc.mode == RunMode.MULTIRUN
     if multirun:
@@ -167,12 +172,10 @@ def _run(cfg, hc, multirun: bool, own_group: bool = False) -> tuple[float, bool]
         from framework.interrupts import Interrupted
 
         if not isinstance(exc, Interrupted):
-            sys.exit(getattr(exc, "exit_code", 130))
-        if distributed.is_main():
+            sys.exit(130)
+        if distributed.is_main():  # before training: nothing to keep; run_cli says so
             _drop_unused_run_dir(hc.runtime.output_dir)
-            print(f"stopped: {exc.signal_name} before training started; nothing was trained or written",
-                  file=sys.stderr)
-        sys.exit(exc.exit_code)
+        raise
     except Exception as exc:
         if _storage_error(exc) is not None and not multirun:
             print(f"error: {_storage_error(exc)}", file=sys.stderr)
@@ -182,8 +185,8 @@ def _run(cfg, hc, multirun: bool, own_group: bool = False) -> tuple[float, bool]
         return _failed_job(exc, hc), False
 
 
-#: errno values of a storage problem the user fixes outside the program (space, quota, permissions).
-STORAGE_ERRNOS = ("ENOSPC", "EDQUOT", "EROFS", "EACCES", "EPERM", "EIO")
+#: errno values of a disk that cannot take the run's files (space, quota, read-only).
+STORAGE_ERRNOS = ("ENOSPC", "EDQUOT", "EROFS")
 
 
 def _storage_error(exc: BaseException) -> str | None:
@@ -192,8 +195,7 @@ def _storage_error(exc: BaseException) -> str | None:
 
     if not isinstance(exc, OSError) or errno.errorcode.get(exc.errno or -1) not in STORAGE_ERRNOS:
         return None
-    fix = ("free some space" if exc.errno in (errno.ENOSPC, errno.EDQUOT)
-           else "make the folder writable or choose another with hydra.run.dir=")
+    fix = "free some space" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else "make the folder writable"
     return (f"{exc.filename or 'a file of the run'}: {exc.strerror}; {fix}; temporary files were removed and the last "
             "good checkpoint, if any, is intact")
 
@@ -234,7 +236,10 @@ def _failed_job(exc: Exception, hc) -> float:
         logging.getLogger("framework.run").error("job %s failed", hc.job.num, exc_info=exc)
     run_dir = Path(hc.runtime.output_dir)
     if distributed.is_main() and not (run_dir / "summary.json").is_file():  # rank 0 writes files
-        write_untrained_summary(run_dir, "failed", objective=0.0, error=text, overrides=list(hc.overrides.task))
+        try:
+            write_untrained_summary(run_dir, "failed", objective=0.0, error=text, overrides=list(hc.overrides.task))
+        except OSError as write_error:  # a full disk: the sweep goes on, the line below says what failed
+            logging.getLogger("framework.run").error("job %s: summary.json not written: %s", hc.job.num, write_error)
     print(f"failed: job {hc.job.num}: {text}", file=sys.stderr)
     return 0.0
 
@@ -260,10 +265,12 @@ def _share_cores(hc) -> None:
 
 def _argv_value(argv: list[str], key: str) -> str | None:
     """The value of the last ``key=value`` override in ``argv`` (``+``/``++`` allowed), or None."""
+    from framework.config import split_override
+
     found = None
     for arg in argv:
-        name, sep, value = arg.lstrip("+").partition("=")
-        if sep and name == key:
+        name, value = split_override(arg)
+        if value is not None and name == key:
             found = value
     return found
 
@@ -293,41 +300,67 @@ def _check_argv(argv: list[str]) -> None:
         _, folder = resolve_resume(resume)
     except ConfigError:
         return  # said in one line once the config is composed
-    if not os.access(folder, os.W_OK) or not os.access(folder / "checkpoints", os.W_OK):
+    checkpoints = folder / "checkpoints"
+    if not os.access(folder, os.W_OK) or (checkpoints.is_dir() and not os.access(checkpoints, os.W_OK)):
         raise ConfigError(f"resume={resume}: the run folder {folder} cannot be written (read-only?); copy the "
                           "run folder somewhere writable and resume from the copy")
-    argv += [f"hydra.run.dir='{folder}'", "hydra.output_subdir=null"]  # its own .hydra/ stays as the run wrote it
+    if "'" not in str(folder) and "\\" not in str(folder):  # (else Hydra's own new folder, as for any run)
+        argv += [f"hydra.run.dir='{folder}'", "hydra.output_subdir=null"]  # its .hydra/ stays as the run wrote it
 
 
 def run_cli(main: Callable[[], object]) -> None:
     """Call a ``@hydra.main`` function; report composition mistakes on one line each, exit 2.
 
     After a multirun, exits with status 1 when some job did not complete (failed, diverged,
-    stopped), as the sweep report counted them.
+    stopped), as the sweep report counted them. A SIGTERM or Ctrl-C before training ends the
+    program with one line, no traceback and no run folder (exit 143 or 130).
     """
     from framework import interrupts
 
-    restore = interrupts.install()  # SIGTERM / Ctrl-C before training: one line, no traceback, no empty folder
+    interrupts.install()  # train.py did it already, before importing Hydra; setting it again changes nothing
     try:
+        interrupts.arm()
         _run_cli(main)
-    finally:
-        restore()
+        late = interrupts.take_pending()  # held while the run's last words were written
+        if late is not None:
+            print(f"{late} received as the program was ending: every file is written; nothing was stopped",
+                  file=sys.stderr)
+    except interrupts.Interrupted as exc:  # anywhere before training, in our code or Hydra's
+        interrupts.set_training(True)  # a second signal now is held: nothing interrupts this message
+        from framework.config import reserved_dirs
+
+        folders = reserved_dirs()
+        if "hydra" in sys.modules:
+            from hydra.core.hydra_config import HydraConfig
+            from omegaconf import OmegaConf
+
+            if HydraConfig.initialized():  # (composed only in part when the signal came during composition)
+                folders.append(OmegaConf.select(HydraConfig.get(), "runtime.output_dir", default=None,
+                                                throw_on_missing=False))
+        if os.environ.get("RANK", "0") == "0":  # torchrun: rank 0 owns the folder and says it once
+            for folder in filter(None, folders):
+                _drop_unused_run_dir(folder)
+            sweep = any(a in ("-m", "--multirun") for a in sys.argv[1:])
+            print(f"stopped: {exc.signal_name}; " + ("the sweep ends here: jobs that ran keep their folders and "
+                                                      "summary.json (no sweep report)" if sweep else
+                                                      "before training started; nothing was trained"), file=sys.stderr)
+        sys.exit(exc.exit_code)
+    finally:  # all is written and said: a late signal must not kill the exiting interpreter (it resets
+        interrupts.ignore()  # Python handlers to the default action while it shuts down, not SIG_IGN)
 
 
 def _run_cli(main: Callable[[], object]) -> None:
-    """:func:`run_cli` once the signal handlers are in place."""
-    from framework import distributed, interrupts
+    """:func:`run_cli` once the signal handling is armed."""
+    from framework import distributed
 
+    global _TASK_STARTED
+    _TASK_STARTED = False
     os.environ["HYDRA_FULL_ERROR"] = "1"  # let exceptions reach us, unformatted (whatever the user's shell set)
-    try:
-        with exit_on_user_error():
-            argv = sys.argv[1:]
-            _check_argv(argv)
-            sys.argv[1:] = argv
-        started = distributed.init()  # torchrun: join before Hydra picks the run folder
-    except interrupts.Interrupted as exc:
-        print(f"stopped: {exc.signal_name} before training started; nothing was trained or written", file=sys.stderr)
-        sys.exit(exc.exit_code)
+    with exit_on_user_error():
+        argv = sys.argv[1:]
+        _check_argv(argv)
+        sys.argv[1:] = argv
+    started = distributed.init()  # torchrun: join before Hydra picks the run folder
     if started and not distributed.is_main():
         sys.argv.append("hydra.output_subdir=null")  # rank 0 writes .hydra/ (config, overrides)
     ok = False
@@ -335,21 +368,15 @@ def _run_cli(main: Callable[[], object]) -> None:
         with exit_on_user_error():
             main()
         ok = True
-    except OSError as exc:  # Hydra could not create or write the run folder (the task's own are handled in _run)
+    except OSError as exc:  # Hydra could not create or write the run folder, before the task started
         import errno
 
-        if errno.errorcode.get(exc.errno or -1) not in (*STORAGE_ERRNOS, "EEXIST", "ENOTDIR", "EISDIR"):
+        if _TASK_STARTED or errno.errorcode.get(exc.errno or -1) not in (*STORAGE_ERRNOS, "EACCES", "EPERM",
+                                                                          "EEXIST", "ENOTDIR", "EISDIR"):
             raise
         print(f"error: hydra.run.dir: cannot create or write {exc.filename or 'the run folder'} ({exc.strerror}); "
               "choose a writable folder with hydra.run.dir=<folder>", file=sys.stderr)
         sys.exit(2)
-    except interrupts.Interrupted as exc:  # in Hydra's own code, before or after the task
-        from framework.config import reserved_dirs
-
-        for folder in reserved_dirs():
-            _drop_unused_run_dir(folder)
-        print(f"stopped: {exc.signal_name} before training started; nothing was trained or written", file=sys.stderr)
-        sys.exit(exc.exit_code)
     finally:
         if started:
             distributed.shutdown(barrier=ok)

@@ -264,14 +264,15 @@ def _group_errors(cfg: DictConfig) -> list[str]:
             errors += [f"{key}={OmegaConf.select(cfg, key)}: {cfg.optimizer._target_} needs the same lr in every param "
                        f"group (it estimates one step size for all); set {key}={'1.0' if 'head' in key else 'null'}"
                        for key, differs in ratios.items() if differs]
-        if not errors:  # a group the run may not use is checked all the same (its values, by its constructor)
-            try:
-                registry.instantiate(cfg.lr_finder, "lr_finder")
-            except ConfigError as exc:
-                errors += exc.messages
+
         clip = cfg.trainer.get("gradient_clip_val")
         if clip is not None and not clip > 0:
             errors.append(f"trainer.gradient_clip_val={clip}: must be > 0 or null (no clipping)")
+    if not any(e.startswith("lr_finder") for e in errors):  # a group the run may not use is checked all the same
+        try:
+            registry.instantiate(cfg.lr_finder, "lr_finder")
+        except ConfigError as exc:
+            errors += exc.messages
     return errors
 
 
@@ -288,6 +289,12 @@ def _non_finite(cfg: DictConfig) -> list[str]:
     return errors
 
 
+def split_override(override: str) -> tuple[str, Optional[str]]:
+    """``key`` and ``value`` of a Hydra override ``[+|++|~]key=value`` (value None without ``=``)."""
+    key, sep, value = override.lstrip("+~").partition("=")
+    return key, value if sep else None
+
+
 def check_overrides(cfg: DictConfig, overrides: list[str]) -> None:
     """Refuse command-line overrides that would make the run's records false: ``optimizer.lr``
     (a group's LR is ``${lr0}`` by contract; summary, plots and reports name ``lr0``).
@@ -300,8 +307,8 @@ def check_overrides(cfg: DictConfig, overrides: list[str]) -> None:
         ConfigError: an override of ``optimizer.lr`` for an optimizer whose LR is ``lr0``.
     """
     for override in overrides:
-        key, _, value = override.lstrip("+~").partition("=")
-        if key == "optimizer.lr" and cfg.optimizer.get("_target_") not in OWN_LR_TARGETS:
+        key, value = split_override(override)
+        if key == "optimizer.lr" and value is not None and cfg.optimizer.get("_target_") not in OWN_LR_TARGETS:
             try:
                 example = f"lr0={float(value):g}"
             except ValueError:

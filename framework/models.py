@@ -75,3 +75,44 @@ def create_model(
             f"model.pretrained=true: weights for {name} could not be loaded "
             f"({type(exc).__name__}); connect to the hub, fill its cache, or set model.pretrained=false"
         )
+
+
+def check_batch_norm_batches(model: torch.nn.Module, loader: Any) -> None:
+    """Batch norm cannot train on one value per channel (its variance is undefined): a training
+    batch of 1 sample through a batch-norm layer whose input is ``1 x 1`` pixels, e.g. after
+    global pooling or at the last stage of a CNN on small images.
+
+    Only when some batch of an epoch holds one sample (``batch_size=1`` or one sample per
+    epoch; the loaders drop a last batch of 1): one sample of the loader's dataset goes through
+    the model in eval mode (no statistics change) while hooks note each batch-norm input's shape.
+
+    Args:
+        model: the network, on the CPU, in train mode (left in train mode).
+        loader: the training loader (``batch_size``, ``drop_last``, ``dataset[0]`` = ``(x, y)``,
+            ``x`` of shape ``(C, H, W)``).
+
+    Raises:
+        ConfigError: such a batch would reach such a layer; use ``batch_size`` >= 2 (and a
+            ``dataset.train_size`` of at least 2 samples per process).
+    """
+    samples = getattr(loader.sampler, "epoch_length", len(loader.dataset))
+    smallest = loader.batch_size if samples % loader.batch_size == 0 or loader.drop_last else samples % loader.batch_size
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if min(smallest, samples) != 1 or not norms:
+        return
+    single: list[str] = []
+    hooks = [m.register_forward_pre_hook(lambda m, inputs: single.append(type(m).__name__)
+                                         if inputs[0][0].numel() == inputs[0].shape[1] else None) for m in norms]
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(loader.dataset[0][0][None])
+    finally:
+        model.train()
+        for hook in hooks:
+            hook.remove()
+    if single:
+        key = "dataset.train_size=1" if samples == 1 else f"batch_size={loader.batch_size}"
+        raise ConfigError(f"{key}: a training batch of 1 sample reaches a {single[0]} layer with one value per "
+                          "channel (1x1 pixels), which batch norm cannot train on; use batch_size >= 2 (and at least "
+                          "2 training samples)")

@@ -140,4 +140,6 @@ def instantiate(node: DictConfig, group: str, reserved: Iterable[str] = (), **ru
         raise
     except (TypeError, ValueError, IndexError) as exc:
         message = " ".join(str(exc).split())
+        if message.startswith(f"{group}."):  # the target named the key and the fix itself
+            raise ConfigError(message)
         raise ConfigError(f"{group}: {data.get('_target_')} rejected its arguments: {message}; fix the {group} keys")

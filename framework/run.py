@@ -11,7 +11,7 @@ from typing import Any, Optional
 
 from omegaconf import DictConfig
 
-from framework import distributed, registry
+from framework import distributed, interrupts, registry
 from framework.config import RESERVED_KEYS, ConfigError, check_overrides, validate, with_values
 from framework.resume import plain_config, prepare_resume, rerun_overrides, resume_requeued_job, resume_trainer
 
@@ -115,7 +115,7 @@ def build(cfg: DictConfig, run_dir: Path) -> Any:
     """
     validate(cfg)
     from framework.data import make_loaders
-    from framework.models import check_model_name
+    from framework.models import check_batch_norm_batches, check_model_name
     from framework.optim import lr_scale_factor, param_groups
     from framework.schedules import LRPlan
 
@@ -129,6 +129,7 @@ def build(cfg: DictConfig, run_dir: Path) -> Any:
     check_model_name(cfg.model.name)
     seed_everything(cfg.seed)
     data = registry.instantiate(cfg.dataset, "dataset", seed=cfg.seed)
+    interrupts.check()  # a signal that came during the imports above ends the program here
     loaders = make_loaders(data, cfg.batch_size, cfg.seed, device, cfg.loader, cfg.num_workers,
                            rank=distributed.rank(), world_size=world)
     T, spe = count_steps(len(loaders[0]), cfg.trainer.accumulate_grad_batches, cfg.epochs, cfg.max_steps)
@@ -146,12 +147,13 @@ def build(cfg: DictConfig, run_dir: Path) -> Any:
         interval=cfg.scheduler.get("interval", "step"),
         warmup_key=warmup_key,
         warmup_momentum=cfg.warmup_momentum,
-        counts_warmup=bool(getattr(registry.locate(cfg.scheduler._target_), "counts_warmup", False)),
+        counts_warmup=getattr(registry.locate(cfg.scheduler._target_), "counts_warmup", None),  # None: built to see
     )
     model = registry.instantiate(
         cfg.model, "model", num_classes=data.num_classes, in_chans=data.in_chans, img_size=data.img_size
     )
-    _check_batch_norm_batches(model, loaders[0], cfg)
+    interrupts.check()
+    check_batch_norm_batches(model, loaders[0])
     optimizer = registry.instantiate(
         cfg.optimizer, "optimizer", reserved=RESERVED_KEYS["optimizer"],
         params=param_groups(model, cfg.optimizer.get("weight_decay", 0.0) or 0.0,
@@ -170,25 +172,6 @@ def build(cfg: DictConfig, run_dir: Path) -> Any:
     return registry.instantiate(
         cfg.trainer, "trainer", config=plain_config(cfg), model=model, optimizer=optimizer, plan=plan, data=loaders, run_dir=run_dir, device=device
     )
-
-
-def _check_batch_norm_batches(model: Any, loader: Any, cfg: DictConfig) -> None:
-    """Batch norm cannot train on a batch of one sample (its variance is undefined).
-
-    Raises:
-        ConfigError: the model has batch-norm layers and some training batch of an epoch holds
-            one sample (``batch_size=1``, or a dataset length that leaves a last batch of 1).
-    """
-    import torch
-
-    samples = getattr(loader.sampler, "epoch_length", len(loader.dataset))
-    smallest = loader.batch_size if samples % loader.batch_size == 0 or loader.drop_last else samples % loader.batch_size
-    if smallest != 1 or not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()):
-        return
-    key = f"dataset.train_size={samples}" if samples == 1 else f"batch_size={loader.batch_size}"
-    raise ConfigError(f"{key}: {samples} training sample(s) per epoch leave a batch of 1 sample, which the model's "
-                      "batch-norm layers cannot train on; change batch_size or dataset.train_size so that every "
-                      "batch holds at least 2 samples")
 
 
 def _earlier_lr0_auto(run_dir: Path) -> dict[str, Any]:
@@ -443,10 +426,11 @@ def _train(cfg: DictConfig, run_dir: Path, resume_state: Optional[dict[str, Any]
         **({"lr0_auto": lr0_auto} if lr0_auto else _earlier_lr0_auto(run_dir) if resume_state is not None else {}),
         **git_state(registry.CONF_DIR.parent),
     }
-    from framework.interrupts import set_training, take_pending
+    from framework.interrupts import hold, set_training, take_pending
 
     set_training(True)  # a signal from here on: the trainer stops at a step boundary, or the files are finished
     ended: Optional[BaseException] = None  # how fit() failed, if it did (not a divergence)
+    unwritten: Optional[OSError] = None  # why summary.json could not be written, if it could not
     try:
         result = trainer.fit()
         stopped = result["stopped"]
@@ -463,15 +447,19 @@ def _train(cfg: DictConfig, run_dir: Path, resume_state: Optional[dict[str, Any]
         raise
     finally:
         if distributed.is_main():
-            written = _finish(trainer, summary, start, cfg)
+            unwritten = _finish(trainer, summary, start, cfg)
             if ended is not None:
-                _say_how_it_ended(ended, summary, written, trainer.step, continue_command(overrides, run_dir))
+                _say_how_it_ended(ended, summary, unwritten is None, trainer.step, continue_command(overrides, run_dir))
+    if unwritten is not None:  # trained, but its record is missing: not a success
+        raise unwritten
     if distributed.is_main():
         _print_table(summary)
         if summary["status"] == "stopped":
             print(f"stopped at step {summary['steps']} of {summary['planned_steps']}; continue with: "
                   f"{continue_command(overrides, run_dir)}")
-    late = take_pending()
+    late = take_pending() or trainer.late_signal
+    if summary.get("stop_reason") in ("SIGTERM", "SIGINT") and _in_sweep():
+        hold(summary["stop_reason"])  # the sweep's next job does not start
     if late is not None and distributed.is_main() and summary["status"] == "completed":
         print(f"{late} received after the last step: the run completed and its files are written", file=sys.stderr)
     trainer.forward_stop_signal()
@@ -495,9 +483,21 @@ def continue_command(overrides: list[str], run_dir: Path) -> str:
     return " ".join([start, *rerun_overrides(overrides), f"resume={run_dir}"])
 
 
+def _in_sweep() -> bool:
+    """True inside a Hydra multirun job."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
 def _say_how_it_ended(exc: BaseException, summary: dict[str, Any], written: bool, step: int, command: str) -> None:
     """One line on stderr for a run that failed or was interrupted: its status as
-    ``summary.json`` holds it (or that the file could not be written), and how to continue."""
+    ``summary.json`` holds it (or that the file could not be written), and how to continue.
+    Nothing for a user mistake found during training (an unreadable image): its own line says
+    what to fix."""
+    if isinstance(exc, ConfigError):
+        return
     last = Path(summary["run_dir"]) / "checkpoints" / "last.pt"
     what = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
     said = f"summary.json says status: {summary['status']}" if written else "summary.json could not be written"
@@ -508,12 +508,12 @@ def _say_how_it_ended(exc: BaseException, summary: dict[str, Any], written: bool
         print(f"{what} at step {step} before the first checkpoint; {said}; start the run again", file=sys.stderr)
 
 
-def _finish(trainer: Any, summary: dict[str, Any], start: float, cfg: DictConfig) -> bool:
+def _finish(trainer: Any, summary: dict[str, Any], start: float, cfg: DictConfig) -> Optional[OSError]:
     """Complete and write ``summary.json`` and ``lr.png``, however the run ended.
 
     Returns:
-        False when ``summary.json`` could not be written (disk full, folder gone): the run's
-        other files stay as they are; the caller says so.
+        None, or the error that kept ``summary.json`` from being written (disk full, folder
+        gone): the run's other files stay as they are; the caller says so.
     """
     from framework.loggers import plot_lr, write_json
 
@@ -532,8 +532,7 @@ def _finish(trainer: Any, summary: dict[str, Any], start: float, cfg: DictConfig
     try:
         write_json(summary, trainer.run_dir / "summary.json")
     except OSError as exc:
-        log.error("could not write summary.json: %s", exc)
-        return False
+        return exc
     if history["step"]:
         try:
             plot_lr(history["step"], {n: history[n] for n in trainer.group_names}, trainer.run_dir / "lr.png",
@@ -541,4 +540,4 @@ def _finish(trainer: Any, summary: dict[str, Any], start: float, cfg: DictConfig
                     title=f"{type(plan.schedule).__name__} (lr0={cfg.lr0:g}, lrf={cfg.lrf:g})")
         except OSError as exc:
             log.error("could not write lr.png: %s", exc)
-    return True
+    return None

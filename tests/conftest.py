@@ -58,20 +58,23 @@ def run_cli(args: list[str], run_dir: Path | None = None, timeout: float = HANG_
     )
 
 
-def run_cli_in_process(args: list[str], run_dir: Path | None) -> int:
+def run_cli_in_process(args: list[str], run_dir: Path | None, cwd: Path = ROOT) -> int:
     """``python train.py <args>`` in this process (as ``train.py``'s ``__main__`` does): the
     exit status; what it prints is left to pytest's ``capfd``. ``run_dir`` None: ``args`` say
-    where (or Hydra's default folder)."""
+    where (or Hydra's default folder, under ``cwd``, the folder it runs in)."""
     import os
     import runpy
 
     from hydra.core.global_hydra import GlobalHydra
 
+    import signal
+
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}  # train.py sets its own
     argv, cwd = sys.argv, os.getcwd()
     sys.argv = [str(ROOT / "train.py"), *args, *([f"hydra.run.dir={run_dir}"] if run_dir is not None else [])]
     GlobalHydra.instance().clear()
     try:
-        os.chdir(ROOT)
+        os.chdir(cwd)
         runpy.run_path(str(ROOT / "train.py"), run_name="__main__")
         return 0
     except SystemExit as exc:
@@ -80,6 +83,8 @@ def run_cli_in_process(args: list[str], run_dir: Path | None) -> int:
         sys.argv = argv
         os.chdir(cwd)
         GlobalHydra.instance().clear()
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
 
 
 @pytest.fixture

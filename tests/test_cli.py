@@ -49,7 +49,7 @@ def test_a_signal_before_training_ends_in_one_line_and_leaves_no_folder(tmp_path
     monkeypatch.setattr(framework.run, "build", signalled_build)
     assert run_cli_in_process(SHORT, tmp_path / "run") == code
     err = capfd.readouterr().err
-    assert _lines(err) == [f"stopped: {name} before training started; nothing was trained or written"], err
+    assert _lines(err) == [f"stopped: {name}; before training started; nothing was trained"], err
     assert not (tmp_path / "run").exists()
 
 

@@ -218,8 +218,10 @@ BAD_INPUTS = [
     (["dataset=synthetic", "lr_finder.suggestion=valey"], "lr_finder.suggestion=valey: use one of"),
     (["dataset=synthetic", "optimizer=prodigy", "optimizer.head_lr_mult=10"],
      "optimizer.head_lr_mult=10: prodigyopt.Prodigy needs the same lr in every param group"),
-    (["dataset=synthetic", "dataset.train_size=1"], "dataset.train_size=1: 1 training sample(s) per epoch leave a batch of 1"),
-    (["dataset=synthetic", "batch_size=1"], "batch_size=1: 512 training sample(s) per epoch leave a batch of 1"),
+    # test_resnet on 16 px: its last stage is 1x1 pixels, so a batch of 1 gives batch norm one value per channel
+    (["dataset=synthetic", "dataset.train_size=1"], "dataset.train_size=1: a training batch of 1 sample reaches a "
+                                                    "BatchNorm2d layer with one value per channel"),
+    (["dataset=synthetic", "batch_size=1"], "batch_size=1: a training batch of 1 sample reaches a BatchNorm2d"),
     (["dataset=synthetic", "scheduler=step", "scheduler.gamma=0"], "scheduler.gamma=0"),
     (["dataset=synthetic", "epochs=2", "warmup_epochs=10"], "warmup_epochs"),
     (["dataset=synthetic", "epochs=2", "scheduler=step", "scheduler.step_size=10"], "scheduler.step_size=10"),
@@ -294,14 +296,7 @@ def test_hydra_full_error_0_in_the_environment_still_gives_one_line(tmp_path):
 def test_an_unusable_run_folder_is_one_line_and_nothing_is_written(tmp_path, capfd, where, reason):
     (tmp_path / "file").write_text("keep me\n")
     target = {"file": tmp_path / "file", "under_file": tmp_path / "file" / "run", "empty": ""}[where]
-    import os
-
-    cwd = os.getcwd()
-    os.chdir(tmp_path)  # an empty hydra.run.dir would mean this folder
-    try:
-        code = run_cli_in_process([*TINY, "epochs=1", f"hydra.run.dir={target}"], None)
-    finally:
-        os.chdir(cwd)
+    code = run_cli_in_process([*TINY, "epochs=1", f"hydra.run.dir={target}"], None, cwd=tmp_path)  # "" = tmp_path
     err = capfd.readouterr().err
     lines = [x for x in err.splitlines() if x.strip()]
     assert code == 2 and len(lines) == 1 and reason in lines[0] and "hydra.run.dir" in lines[0], err

@@ -43,3 +43,27 @@ def test_pretrained_weights_load_and_adapt_to_the_dataset(tmp_path):
     assert torch.allclose(ref["conv1.0.weight"].sum(1, keepdim=True), got["conv1.0.weight"])
     assert torch.equal(ref["layer1.0.conv1.weight"], got["layer1.0.conv1.weight"])
     assert got["fc.weight"].shape == (10, ref["fc.weight"].shape[1])
+
+
+def test_a_batch_of_one_is_refused_only_where_batch_norm_sees_one_value_per_channel():
+    """BatchNorm2d on 4x4 maps trains on a batch of 1 (16 values per channel); BatchNorm1d
+    after global pooling gets 1 value per channel and cannot (PyTorch raises in train mode)."""
+    import pytest
+    import torch
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from framework.config import ConfigError
+    from framework.models import check_batch_norm_batches
+
+    data = TensorDataset(torch.randn(5, 3, 4, 4), torch.zeros(5, dtype=torch.int64))
+    conv = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.BatchNorm2d(4))
+    pooled = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+                                 torch.nn.BatchNorm1d(4))
+    with pytest.raises(ValueError, match="Expected more than 1 value per channel"):
+        pooled(torch.randn(1, 3, 4, 4))  # the failure the check foresees
+    conv(torch.randn(1, 3, 4, 4))  # and what works
+    check_batch_norm_batches(conv, DataLoader(data, batch_size=1))
+    check_batch_norm_batches(pooled, DataLoader(data, batch_size=2, drop_last=True))  # batches of 2 only
+    with pytest.raises(ConfigError, match="batch_size=1: a training batch of 1 sample reaches a BatchNorm1d"):
+        check_batch_norm_batches(pooled, DataLoader(data, batch_size=1))
+    assert pooled.training and all(m.training for m in pooled.modules())

@@ -300,20 +300,15 @@ def test_a_kill_during_a_rollback_resumes_exactly(tmp_path, monkeypatch, instant
 def test_a_plain_resume_leaves_no_new_folder(tmp_path):
     """resume=<run> from the command line logs into the run's own train.log; no folder holding
     only a log is left beside it."""
-    import os
-
     from tests.conftest import run_cli_in_process
 
     run = tmp_path / "outputs" / "run"
     assert run_cli_in_process([*SMALL, "trainer.stop_after_steps=2"], run) == 0
-    cwd = os.getcwd()
-    os.chdir(tmp_path)
-    try:
-        assert run_cli_in_process([*SMALL, f"resume={run}"], None) == 0
-    finally:
-        os.chdir(cwd)
+    hydra_files = {p: p.read_bytes() for p in (run / ".hydra").iterdir()}
+    assert run_cli_in_process([*SMALL, f"resume={run}"], None, cwd=tmp_path) == 0  # Hydra's default: ./outputs/runs
     assert sorted(p.name for p in tmp_path.iterdir()) == ["outputs"]
     assert sorted(p.name for p in (tmp_path / "outputs").iterdir()) == ["run"]
+    assert {p: p.read_bytes() for p in (run / ".hydra").iterdir()} == hydra_files  # the run's own config kept
     assert "resumed at step 2" in (run / "train.log").read_text()
     assert [int(r["step"]) for r in read_csv(run / "steps.csv")] == [0, 1, 2, 3]
 

@@ -327,6 +327,8 @@ class Trainer(StateMixin):
                 self._flush(reduce=together or self.world_size == 1)
             finally:
                 self._bar.close()
+        if self._stop_request is not None and not self.stopped:  # it came with the last step: nothing to stop
+            self.late_signal = self.late_signal or self._stop_request
         if self.skipped_steps:
             log.warning("%d optimizer steps skipped by the fp16 grad scaler: the LR plan stopped at step %d of %d",
                         self.skipped_steps, self.step, T)

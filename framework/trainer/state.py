@@ -17,6 +17,7 @@ class StateMixin:
     """What a trainer saves, restores and rolls back to (mixed into ``Trainer``)."""
 
     _earlier_time_s = 0.0  # training time of the segments before a resume (s)
+    late_signal = None  # a stop signal that arrived after the last step (the run completes)
     _fit_start = None
 
     @property
@@ -70,9 +71,13 @@ class StateMixin:
             return lambda: None
 
         def request(signum, frame):
+            name = signal.Signals(signum).name
+            if self.step >= self.plan.total_steps:  # nothing left to stop: the run finishes its files
+                self.late_signal = self.late_signal or name
+                return
             if self._stop_request is not None and signum == signal.SIGINT:
                 raise KeyboardInterrupt  # second Ctrl-C: stop now
-            self._stop_request = signal.Signals(signum).name
+            self._stop_request = name
             log.warning("%s received: stopping after this step with a resumable checkpoint", self._stop_request)
 
         signals = [signal.SIGTERM, signal.SIGINT] + ([signal.SIGUSR2] if hasattr(signal, "SIGUSR2") else [])
