@@ -2,7 +2,9 @@
 
 Hydra prints composition errors over several lines with a hint about ``HYDRA_FULL_ERROR`` and
 exits with 1. :func:`run_cli` lets those errors (and :class:`~framework.config.ConfigError`)
-reach it, prints one ``error: <key>=<value>: <fix>`` line each, and exits with status 2. Any
+reach it, prints one ``error: <key>=<value>: <fix>`` line each, and exits with status 2. A
+disk that cannot take the run's files (full, read-only) gives one line and exit status 1; a
+SIGTERM / Ctrl-C before training one line and 143 / 130 (:mod:`framework.interrupts`). Any
 other exception keeps its full traceback (exit status 1).
 """
 from __future__ import annotations
@@ -115,8 +117,10 @@ def run_task(cfg) -> float:
 
     A user mistake prints ``error: ...`` lines and exits with status 2 (before training). A
     diverged run prints one ``diverged: ...`` line; alone it exits with status 1, inside a
-    multirun it returns 0.0 (the worst accuracy) so the sweep goes on. Ctrl-C exits with 130
-    after the run folder is written (``status: stopped``).
+    multirun it returns 0.0 (the worst accuracy) so the sweep goes on. A first SIGTERM or
+    Ctrl-C during training stops the run at a step boundary (``status: stopped``, exit 0; in a
+    sweep, no later job starts); a second Ctrl-C exits with 130 once the run folder says
+    ``stopped``; a signal before training exits with 143 / 130 and leaves no folder.
     """
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode

@@ -158,7 +158,7 @@ def suggest_all(lrs: Sequence[float], smoothed: Sequence[float]) -> dict[str, Op
         return {name: None for name in SUGGESTIONS}
     out: dict[str, Optional[float]] = {}
     for name, (fn, _) in SUGGESTIONS.items():
-        lr = fn(lrs[lo : hi + 1], smoothed[lo : hi + 1]) if hi >= lo else None
+        lr = fn(lrs[lo : hi + 1], smoothed[lo : hi + 1])
         out[name] = None if lr is None or not lrs[0] < lr < lrs[-1] else lr
     return out
 

@@ -32,9 +32,10 @@ def prepare_resume(cfg: DictConfig) -> tuple[Path, dict[str, Any]]:
 
     Raises:
         ConfigError: missing or unreadable checkpoint, a config that differs from the run's
-            (unless ``resume_allow_changes=true``), naming the differing keys, another number
-            of data-parallel processes than the run had, or a ``steps.csv`` without the
-            checkpoint's steps.
+            (unless ``resume_allow_changes=true``), naming the differing keys, another kind of
+            optimizer (its state cannot be carried over, whatever ``resume_allow_changes``),
+            another number of data-parallel processes than the run had, or a ``steps.csv`` /
+            ``epochs.csv`` that is unreadable or lacks the checkpoint's steps / epochs.
     """
     from framework.checkpoint import config_differences, read_resume_checkpoint, resolve_resume
 
@@ -68,11 +69,11 @@ def prepare_resume(cfg: DictConfig) -> tuple[Path, dict[str, Any]]:
                           f"use the run's overrides{hint}, or resume_allow_changes=true to continue anyway")
     if diffs:
         log.warning("resuming with changed keys: %s", ", ".join(diffs))
-    _check_steps_csv(folder, state)
+    _check_csvs(folder, state)
     return folder, state
 
 
-def _check_steps_csv(folder: Path, state: dict[str, Any]) -> None:
+def _check_csvs(folder: Path, state: dict[str, Any]) -> None:
     """The run's LR history is rebuilt from ``steps.csv`` and its epochs continue ``epochs.csv``:
     ``steps.csv`` must hold the checkpoint's steps ``0 … k-1`` with the LR of every param group,
     ``epochs.csv`` its finished epochs ``0 … e-1``.

@@ -317,13 +317,15 @@ def train(cfg: DictConfig, run_dir: Optional[str | Path] = None) -> float:
         Best validation top-1 accuracy (fraction), for Hydra sweepers to maximise.
 
     Raises:
-        ConfigError: a user mistake, before any training and before any file is written.
+        ConfigError: a user mistake, before any training and before any file is written (an
+            unreadable image file of ``dataset=imagefolder`` is found when it is first read,
+            during training: the run's ``summary.json`` says ``failed``).
+        Interrupted: SIGTERM / Ctrl-C before training (nothing trained).
+        OSError: the disk could not take the run's files (the last good checkpoint is kept).
         Diverged: the loss became non-finite; ``summary.json`` says ``status: diverged`` with
             the step and LR (objective 0.0, the worst accuracy).
     """
-    from framework.interrupts import set_training
-
-    set_training(False)  # until fit() starts, a signal ends the program (nothing trained yet)
+    interrupts.set_training(False)  # until fit() starts, a signal ends the program (nothing trained yet)
     start = time.time()
     overrides: list[str] = []
     if run_dir is None:
@@ -426,9 +428,7 @@ def _train(cfg: DictConfig, run_dir: Path, resume_state: Optional[dict[str, Any]
         **({"lr0_auto": lr0_auto} if lr0_auto else _earlier_lr0_auto(run_dir) if resume_state is not None else {}),
         **git_state(registry.CONF_DIR.parent),
     }
-    from framework.interrupts import hold, set_training, take_pending
-
-    set_training(True)  # a signal from here on: the trainer stops at a step boundary, or the files are finished
+    interrupts.set_training(True)  # a signal from here on: the trainer stops at a step boundary, or the files are finished
     ended: Optional[BaseException] = None  # how fit() failed, if it did (not a divergence)
     unwritten: Optional[OSError] = None  # why summary.json could not be written, if it could not
     try:
@@ -457,9 +457,9 @@ def _train(cfg: DictConfig, run_dir: Path, resume_state: Optional[dict[str, Any]
         if summary["status"] == "stopped":
             print(f"stopped at step {summary['steps']} of {summary['planned_steps']}; continue with: "
                   f"{continue_command(overrides, run_dir)}")
-    late = take_pending() or trainer.late_signal
+    late = interrupts.take_pending() or trainer.late_signal
     if summary.get("stop_reason") in ("SIGTERM", "SIGINT") and _in_sweep():
-        hold(summary["stop_reason"])  # the sweep's next job does not start
+        interrupts.hold(summary["stop_reason"])  # the sweep's next job does not start
     if late is not None and distributed.is_main() and summary["status"] == "completed":
         print(f"{late} received after the last step: the run completed and its files are written", file=sys.stderr)
     trainer.forward_stop_signal()

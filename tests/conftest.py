@@ -39,6 +39,41 @@ def train_in_process(run_dir: Path, *overrides: str) -> float:
     return train(compose_cfg(*overrides), run_dir=run_dir)
 
 
+def lines(text: str) -> list[str]:
+    """The non-blank lines of what a program printed."""
+    return [line for line in text.splitlines() if line.strip()]
+
+
+def folder_bytes(folder: Path) -> dict[Path, bytes]:
+    """Every file under ``folder`` with its bytes: compare before and after to see nothing changed."""
+    return {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+class FullDisk:
+    """A binary or text file on a disk with ``room`` bytes left: writes past it fail with
+    ``ENOSPC``, as on a full disk (a write to an open file names no file)."""
+
+    def __init__(self, f, room: int):
+        self.f, self.room = f, room
+
+    def write(self, data):
+        import errno
+
+        if len(data) > self.room:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        self.room -= len(data)
+        return self.f.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self.f, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.f.close()
+
+
 def read_csv(path: Path) -> list[dict[str, str]]:
     with open(path, newline="") as f:
         return list(csv.DictReader(f))

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from framework.checkpoint import load_checkpoint, save_checkpoint
+from tests.conftest import FullDisk
 
 
 def test_round_trip(tmp_path):
@@ -94,30 +95,6 @@ def test_a_checkpoint_with_code_is_refused_without_advising_weights_only_false(t
     assert not marker.exists()
 
 
-class _FullDisk:
-    """A binary file on a disk with ``room`` bytes left: writes past it fail with ENOSPC."""
-
-    def __init__(self, f, room):
-        self.f, self.room = f, room
-
-    def write(self, data):
-        import errno
-
-        if len(data) > self.room:
-            raise OSError(errno.ENOSPC, "No space left on device")
-        self.room -= len(data)
-        return self.f.write(data)
-
-    def __getattr__(self, name):
-        return getattr(self.f, name)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.f.close()
-
-
 def full_disk(monkeypatch, room):
     """Files opened for writing by the framework's writers get ``room`` bytes."""
     import builtins
@@ -126,7 +103,7 @@ def full_disk(monkeypatch, room):
 
     def open_on_full_disk(path, mode="r", *args, **kwargs):
         f = builtins.open(path, mode, *args, **kwargs)
-        return _FullDisk(f, room) if "w" in mode or "a" in mode else f
+        return FullDisk(f, room) if "w" in mode or "a" in mode else f
 
     monkeypatch.setattr(framework.loggers, "open", open_on_full_disk, raising=False)
 

@@ -1,10 +1,16 @@
-"""User mistakes become one line each."""
+"""User mistakes, signals outside the training loop and a full disk: one line each, a truthful status."""
 from __future__ import annotations
 
+import json
+import os
+import signal
+
+import pytest
 from hydra.errors import MissingConfigException
 
 from framework.cli import describe
 from framework.config import ConfigError
+from tests.conftest import TINY, FullDisk, lines, run_cli_in_process
 
 
 def test_describe_config_error_and_missing_option():
@@ -21,19 +27,8 @@ def test_other_exceptions_are_not_user_mistakes():
 
 # --- signals outside the training loop, a full disk: one line, a truthful status, no traceback ---
 
-import json  # noqa: E402
-import os  # noqa: E402
-import signal  # noqa: E402
-
-import pytest  # noqa: E402
-
-from tests.conftest import TINY, run_cli_in_process  # noqa: E402
 
 SHORT = [*TINY, "dataset.train_size=64", "dataset.val_size=32", "batch_size=32", "epochs=2", "device=cpu"]  # T = 4
-
-
-def _lines(text):
-    return [line for line in text.splitlines() if line.strip()]
 
 
 @pytest.mark.parametrize("name,code", [("SIGTERM", 143), ("SIGINT", 130)])
@@ -49,7 +44,7 @@ def test_a_signal_before_training_ends_in_one_line_and_leaves_no_folder(tmp_path
     monkeypatch.setattr(framework.run, "build", signalled_build)
     assert run_cli_in_process(SHORT, tmp_path / "run") == code
     err = capfd.readouterr().err
-    assert _lines(err) == [f"stopped: {name}; before training started; nothing was trained"], err
+    assert lines(err) == [f"stopped: {name}; before training started; nothing was trained"], err
     assert not (tmp_path / "run").exists()
 
 
@@ -89,7 +84,7 @@ def test_a_signal_after_the_last_step_keeps_the_run_completed_with_its_files(tmp
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert (summary["status"], summary["steps"]) == ("completed", 4)
     assert (tmp_path / "run" / "lr.png").is_file() and "run completed" in out
-    assert _lines(err)[-1] == f"{name} received after the last step: the run completed and its files are written"
+    assert lines(err)[-1] == f"{name} received after the last step: the run completed and its files are written"
     assert "Traceback" not in err
 
 
@@ -100,7 +95,6 @@ def test_a_full_disk_during_training_is_one_line_and_the_last_checkpoint_resumes
 
     import framework.loggers
     from tests.conftest import read_csv
-    from tests.test_checkpoint import _FullDisk
 
     saves = []
 
@@ -109,14 +103,14 @@ def test_a_full_disk_during_training_is_one_line_and_the_last_checkpoint_resumes
         if str(path).endswith(".pt.tmp"):
             saves.append(path)
             if len(saves) > 2:  # epoch 1's last.pt and best.pt fit, nothing after
-                return _FullDisk(f, 0)
+                return FullDisk(f, 0)
         return f
 
     monkeypatch.setattr(framework.loggers, "open", open_filling_up, raising=False)
     run = tmp_path / "run"
     assert run_cli_in_process(SHORT, run) == 1
     err = capfd.readouterr().err
-    assert _lines(err)[-1].startswith(f"error: {run / 'checkpoints' / 'last.pt'}: No space left on device; free some "
+    assert lines(err)[-1].startswith(f"error: {run / 'checkpoints' / 'last.pt'}: No space left on device; free some "
                                       "space; temporary files were removed"), err
     assert "Traceback" not in err
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best.pt", "last.pt"]

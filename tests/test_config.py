@@ -10,7 +10,7 @@ from framework.config import RESERVED_KEYS
 from framework.config import GROUPS, ConfigError, TrainConfig, validate
 from framework.optim import param_groups
 from framework.schedules import LRPlan
-from tests.conftest import HANG_GUARD_S, TINY, compose_cfg, run_cli, run_cli_in_process, write_imagefolder, write_torchvision_files
+from tests.conftest import HANG_GUARD_S, TINY, compose_cfg, lines as stderr_lines, run_cli, run_cli_in_process, write_imagefolder, write_torchvision_files
 
 GROUP_FILES = sorted(p for g in GROUPS for p in (registry.CONF_DIR / g).rglob("*.yaml"))
 
@@ -239,7 +239,7 @@ def test_bad_input_is_one_line_exit_2_before_training(tmp_path, capfd, args, key
     code = run_cli_in_process(args, run_dir)
     out, err = capfd.readouterr()
     assert code == 2, err
-    lines = [line for line in err.splitlines() if line.strip()]
+    lines = stderr_lines(err)
     assert len(lines) == 1, err
     assert lines[0].startswith("error: ") and key in lines[0]
     assert "Traceback" not in out + err
@@ -249,7 +249,7 @@ def test_bad_input_is_one_line_exit_2_before_training(tmp_path, capfd, args, key
 @pytest.mark.parametrize("args,key", [BAD_INPUTS[0], BAD_INPUTS[3], BAD_INPUTS[-1]], ids=lambda v: " ".join(v) if isinstance(v, list) else None)
 def test_bad_input_from_a_real_command_line(tmp_path, args, key):
     proc = run_cli(args, tmp_path / "run")
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    lines = stderr_lines(proc.stderr)
     assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: ") and key in lines[0], proc.stderr
 
 
@@ -271,7 +271,7 @@ def test_a_yaml_syntax_error_names_the_file_and_line(tmp_path, capfd, text, line
     broken.write_text(text)
     code = run_cli_in_process(["--config-dir", str(tmp_path / "conf"), "model=broken"], tmp_path / "run")
     err = capfd.readouterr().err
-    lines = [x for x in err.splitlines() if x.strip()]
+    lines = stderr_lines(err)
     assert code == 2 and len(lines) == 1, err
     assert lines[0].startswith(f"error: {broken}, line {line}, column 1: YAML syntax error: ") and problem in lines[0]
     assert not (tmp_path / "run").exists()
@@ -287,7 +287,7 @@ def test_hydra_full_error_0_in_the_environment_still_gives_one_line(tmp_path):
     proc = subprocess.run([sys.executable, str(ROOT / "train.py"), "scheduler=cosin", f"hydra.run.dir={tmp_path / 'run'}"],
                           cwd=ROOT, capture_output=True, text=True, env={**os.environ, "HYDRA_FULL_ERROR": "0"},
                           timeout=HANG_GUARD_S)
-    lines = [x for x in proc.stderr.splitlines() if x.strip()]
+    lines = stderr_lines(proc.stderr)
     assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: scheduler=cosin: no such option")
 
 
@@ -298,7 +298,7 @@ def test_an_unusable_run_folder_is_one_line_and_nothing_is_written(tmp_path, cap
     target = {"file": tmp_path / "file", "under_file": tmp_path / "file" / "run", "empty": ""}[where]
     code = run_cli_in_process([*TINY, "epochs=1", f"hydra.run.dir={target}"], None, cwd=tmp_path)  # "" = tmp_path
     err = capfd.readouterr().err
-    lines = [x for x in err.splitlines() if x.strip()]
+    lines = stderr_lines(err)
     assert code == 2 and len(lines) == 1 and reason in lines[0] and "hydra.run.dir" in lines[0], err
     assert (tmp_path / "file").read_text() == "keep me\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]

@@ -207,12 +207,12 @@ def test_a_curve_without_a_usable_fall_gives_no_suggestion():
 def test_lr0_auto_without_a_usable_fall_stops_before_training(tmp_path, capfd):
     """LRs of 1e-7 .. 1e-6 barely move a fresh network: lr0=auto refuses in one line (exit 2)
     naming what to change, instead of training at a meaningless lr0."""
-    from tests.conftest import run_cli_in_process
+    from tests.conftest import lines as stderr_lines, run_cli_in_process
 
     args = [*TINY, "device=cpu", "epochs=2", "lr0=auto", "lr_finder.start_lr=1e-7", "lr_finder.end_lr=1e-6",
             "lr_finder.num_steps=20"]
     assert run_cli_in_process(args, tmp_path / "run") == 2
-    lines = [x for x in capfd.readouterr().err.splitlines() if x.strip()]
+    lines = stderr_lines(capfd.readouterr().err)
     assert len(lines) == 1 and lines[0].startswith("error: lr0=auto: no steepest suggestion (20 probes; no usable "
                                                    "fall of the loss); widen lr_finder.start_lr/end_lr"), lines
     assert "dataset.train_size" in lines[0] and not (tmp_path / "run" / "steps.csv").exists()

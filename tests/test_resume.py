@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from framework.config import ConfigError
-from tests.conftest import HANG_GUARD_S, ROOT, TINY, read_csv, run_cli, train_in_process
+from tests.conftest import HANG_GUARD_S, ROOT, TINY, folder_bytes, lines, read_csv, run_cli, train_in_process
 
 RUN = [*TINY, "epochs=3", "device=cpu"]  # 4 steps per epoch, T = 12
 
@@ -110,8 +110,8 @@ def test_bad_resume_paths_from_the_command_line(tmp_path):
     corrupt_variants(tmp_path)
     for target, text in [(tmp_path / "missing", "no checkpoint there"), (tmp_path / "trunc.pt", "not a readable")]:
         proc = run_cli([*RUN, f"resume={target}"], tmp_path / "run")
-        lines = [line for line in proc.stderr.splitlines() if line.strip()]
-        assert proc.returncode == 2 and len(lines) == 1 and text in lines[0], proc.stderr
+        said = lines(proc.stderr)
+        assert proc.returncode == 2 and len(said) == 1 and text in said[0], proc.stderr
     assert sorted(p.name for p in (tmp_path / "good").rglob("*")) == before  # nothing damaged
 
 
@@ -131,10 +131,10 @@ def test_resume_with_a_damaged_steps_csv_is_refused_before_anything_changes(tmp_
     else:
         steps.write_text("\n".join(",".join(c for i, c in enumerate(l.split(",")) if i != lines[0].split(",").index("lr"))
                                    for l in lines) + "\n")
-    before = {p: p.read_bytes() for p in (tmp_path / "run").rglob("*") if p.is_file()}
+    before = folder_bytes((tmp_path / "run"))
     with pytest.raises(ConfigError, match="steps.csv lacks rows or LR columns of the checkpoint's 5 steps"):
         train_in_process(tmp_path / "x", *RUN, f"resume={tmp_path / 'run'}")
-    assert {p: p.read_bytes() for p in (tmp_path / "run").rglob("*") if p.is_file()} == before
+    assert folder_bytes((tmp_path / "run")) == before
 
 
 @pytest.mark.parametrize("damage,message", [
@@ -154,10 +154,10 @@ def test_resume_with_unreadable_or_incomplete_csvs_is_refused(tmp_path, damage, 
     else:
         text = (run / "epochs.csv").read_text()
         (run / "epochs.csv").write_text(text[: len(text.splitlines()[0]) + 8])  # header + a cut row
-    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    before = folder_bytes(run)
     with pytest.raises(ConfigError, match=re.escape(message)):
         train_in_process(tmp_path / "x", *RUN, f"resume={run}")
-    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+    assert folder_bytes(run) == before
 
 
 OPTIMIZERS = sorted(p.stem for p in (ROOT / "conf" / "optimizer").rglob("*.yaml"))
@@ -230,11 +230,11 @@ def test_changed_optimizer_values_apply_from_the_resumed_step(tmp_path):
 
 def test_resume_with_another_optimizer_is_refused_in_one_line(tmp_path):
     train_in_process(tmp_path, *SMALL, "trainer.stop_after_steps=2")
-    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    before = folder_bytes(tmp_path)
     with pytest.raises(ConfigError, match="trained with optimizer torch.optim.SGD and this config builds "
                                           "torch.optim.Adam; an optimizer's state cannot be carried"):
         train_in_process(tmp_path / "x", *SMALL, "optimizer=adam", f"resume={tmp_path}", "resume_allow_changes=true")
-    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+    assert folder_bytes(tmp_path) == before
 
 
 class Killed(BaseException):
