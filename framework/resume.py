@@ -13,6 +13,10 @@ from framework.config import ConfigError
 log = logging.getLogger(__name__)
 
 
+#: Optimizer keys that decide which state a torch optimizer keeps per parameter (Adam's
+#: ``max_exp_avg_sq``, RMSprop's ``grad_avg``): a resume cannot change them.
+STATE_SHAPING_KEYS = ("amsgrad", "centered")
+
 #: Keys that may change between a run and its resume without being reported.
 RESUME_FREE_KEYS = ("resume", "resume_allow_changes", "device", "mode", "trainer.stop_after_steps",
                     "trainer.progress_bar", "trainer.log_every_n_steps", "loader", "num_workers", "lr_finder")
@@ -56,6 +60,12 @@ def prepare_resume(cfg: DictConfig) -> tuple[Path, dict[str, Any]]:
         raise ConfigError(f"resume={cfg.resume}: the run was trained with optimizer {kind(saved_opt)} and this config "
                           f"builds {kind(cfg.optimizer)}; an optimizer's state cannot be carried to another kind: "
                           "resume with the run's optimizer, or start a new run")
+    changed = [k for k in STATE_SHAPING_KEYS if saved_opt and saved_opt.get(k) != cfg.optimizer.get(k)]
+    if changed:
+        raise ConfigError(f"resume={cfg.resume}: optimizer.{changed[0]}={cfg.optimizer.get(changed[0])} changes what the "
+                          f"optimizer keeps per parameter (the run had "
+                          f"{saved_opt[changed[0]] if changed[0] in saved_opt else 'its default'}); resume with the "
+                          "run's value, or start a new run")
     saved_lr0 = (state.get("config") or {}).get("lr0")
     if cfg.lr0 == "auto" and saved_lr0 is not None:  # the run chose it already: keep its value
         cfg.lr0 = saved_lr0

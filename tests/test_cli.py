@@ -84,6 +84,7 @@ def test_a_signal_after_the_last_step_keeps_the_run_completed_with_its_files(tmp
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert (summary["status"], summary["steps"]) == ("completed", 4)
     assert (tmp_path / "run" / "lr.png").is_file() and "run completed" in out
+    assert f"run folder: {tmp_path / 'run'}\n" in out  # the whole path once, not cut to the table's width
     assert lines(err)[-1] == f"{name} received after the last step: the run completed and its files are written"
     assert "Traceback" not in err
 
@@ -119,3 +120,22 @@ def test_a_full_disk_during_training_is_one_line_and_the_last_checkpoint_resumes
     assert run_cli_in_process([*SHORT, f"resume={run}"], None) == 0
     assert json.loads((run / "summary.json").read_text())["status"] == "completed"
     assert [int(r["step"]) for r in read_csv(run / "steps.csv")] == [0, 1, 2, 3]
+
+
+def test_resume_of_a_run_that_cannot_be_written_is_one_line(tmp_path, capfd, monkeypatch):
+    """A run folder on a read-only mount (here: os.access says so, as it does there, even for
+    root): refused before anything is built, the folder untouched."""
+    from tests.conftest import folder_bytes
+
+    run = tmp_path / "run"
+    assert run_cli_in_process([*SHORT, "trainer.stop_after_steps=2"], run) == 0
+    before = folder_bytes(run)
+    capfd.readouterr()
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode, **kw: False if str(path).startswith(str(run)) and
+                        mode == os.W_OK else real_access(path, mode, **kw))
+    assert run_cli_in_process([*SHORT, f"resume={run}"], None, cwd=tmp_path) == 2
+    assert lines(capfd.readouterr().err) == [f"error: resume={run}: the run folder {run} cannot be written "
+                                             "(read-only?); copy the run folder somewhere writable and resume from "
+                                             "the copy"]
+    assert folder_bytes(run) == before and sorted(p.name for p in tmp_path.iterdir()) == ["run"]
