@@ -112,7 +112,7 @@ def check_batch_norm_batches(model: torch.nn.Module, loader: Any) -> None:
         for hook in hooks:
             hook.remove()
     if single:
-        key = "dataset.train_size=1" if samples == 1 else f"batch_size={loader.batch_size}"
-        raise ConfigError(f"{key}: a training batch of 1 sample reaches a {single[0]} layer with one value per "
-                          "channel (1x1 pixels), which batch norm cannot train on; use batch_size >= 2 (and at least "
-                          "2 training samples)")
+        key, fix = (("dataset.train_size=1", "use at least 2 training samples") if samples == 1 else
+                    (f"batch_size={loader.batch_size}", "use batch_size >= 2"))
+        raise ConfigError(f"{key}: a training batch of 1 sample reaches a {single[0]} layer as one value per channel "
+                          f"(its input there is 1x1 pixels), which batch norm cannot train on; {fix}")

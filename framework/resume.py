@@ -79,6 +79,13 @@ def prepare_resume(cfg: DictConfig) -> tuple[Path, dict[str, Any]]:
                           f"use the run's overrides{hint}, or resume_allow_changes=true to continue anyway")
     if diffs:
         log.warning("resuming with changed keys: %s", ", ".join(diffs))
+    else:
+        from framework.loggers import read_summary
+
+        earlier = read_summary(folder)
+        if earlier.get("status") == "completed" and state["step"] >= earlier.get("steps", float("inf")):
+            raise ConfigError(f"resume={cfg.resume}: the run completed (summary.json), nothing is left to continue; "
+                              "start a new run, or give it more epochs with resume_allow_changes=true")
     _check_csvs(folder, state)
     return folder, state
 
@@ -110,7 +117,8 @@ def _check_csvs(folder: Path, state: dict[str, Any]) -> None:
         raise ConfigError(f"resume={folder}: steps.csv lacks rows or LR columns of the checkpoint's "
                           f"{state['step']} steps; " + fix.format("steps.csv"))
     if sorted(int(r["epoch"]) for r in epochs) != list(range(state["epoch"])):
-        raise ConfigError(f"resume={folder}: epochs.csv lacks rows of the checkpoint's {state['epoch']} finished "
+        what = "is missing" if not (folder / "epochs.csv").is_file() else "lacks rows of"
+        raise ConfigError(f"resume={folder}: epochs.csv {what} the checkpoint's {state['epoch']} finished "
                           "epochs; " + fix.format("epochs.csv"))
 
 

@@ -442,14 +442,16 @@ def _train(cfg: DictConfig, run_dir: Path, resume_state: Optional[dict[str, Any]
     except BaseException as exc:
         interrupted = isinstance(exc, KeyboardInterrupt)
         summary.update(status="stopped" if interrupted else "failed", objective=trainer.best.get(OBJECTIVE),
-                       error=f"{type(exc).__name__}: {exc}")
+                       error=f"{type(exc).__name__}: {exc}",
+                       **({"stop_reason": "SIGINT (second, mid-step)", "resume_with": f"resume={run_dir}"}
+                          if interrupted else {}))
         ended = exc
         raise
     finally:
         if distributed.is_main():
             unwritten = _finish(trainer, summary, start, cfg)
             if ended is not None:
-                _say_how_it_ended(ended, summary, unwritten is None, trainer.step, continue_command(overrides, run_dir))
+                _say_how_it_ended(ended, summary, unwritten is None, trainer, continue_command(overrides, run_dir))
     if unwritten is not None:  # trained, but its record is missing: not a success
         raise unwritten
     if distributed.is_main():
@@ -467,19 +469,23 @@ def _train(cfg: DictConfig, run_dir: Path, resume_state: Optional[dict[str, Any]
 
 
 def continue_command(overrides: list[str], run_dir: Path) -> str:
-    """The command that continues this run: ``python train.py``, or torchrun with the same
+    """The command that continues this run: ``python <this script>`` (as run, relative to the
+    current folder when it lies below it), or torchrun with the same
     processes (``--standalone`` on one machine; several machines: the same ``--nnodes`` plus the
     user's own rendezvous arguments), the run's overrides and ``resume=<run_dir>``."""
     import os
 
+    script = Path(sys.argv[0]) if sys.argv and sys.argv[0].endswith(".py") else Path("train.py")
+    if script.is_absolute() and script.resolve().is_relative_to(Path.cwd().resolve()):
+        script = script.resolve().relative_to(Path.cwd().resolve())  # as typed from here: train.py
     world = distributed.world_size()
     per_node = int(os.environ.get("LOCAL_WORLD_SIZE", world))
     if world == 1:
-        start = "python train.py"
+        start = f"python {script}"
     elif per_node == world:
-        start = f"torchrun --standalone --nproc_per_node={world} train.py"
+        start = f"torchrun --standalone --nproc_per_node={world} {script}"
     else:
-        start = f"torchrun --nnodes={world // per_node} --nproc_per_node={per_node} <rendezvous arguments> train.py"
+        start = f"torchrun --nnodes={world // per_node} --nproc_per_node={per_node} <rendezvous arguments> {script}"
     return " ".join([start, *rerun_overrides(overrides), f"resume={run_dir}"])
 
 
@@ -491,7 +497,7 @@ def _in_sweep() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
-def _say_how_it_ended(exc: BaseException, summary: dict[str, Any], written: bool, step: int, command: str) -> None:
+def _say_how_it_ended(exc: BaseException, summary: dict[str, Any], written: bool, trainer: Any, command: str) -> None:
     """One line on stderr for a run that failed or was interrupted: its status as
     ``summary.json`` holds it (or that the file could not be written), and how to continue.
     Nothing for a user mistake found during training (an unreadable image): its own line says
@@ -501,8 +507,11 @@ def _say_how_it_ended(exc: BaseException, summary: dict[str, Any], written: bool
     last = Path(summary["run_dir"]) / "checkpoints" / "last.pt"
     what = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
     said = f"summary.json says status: {summary['status']}" if written else "summary.json could not be written"
+    step = trainer.step
     if last.is_file():
-        print(f"{what} at step {step}; {said}; the last checkpoint is {last}; continue with: {command}",
+        saved = f" (step {trainer.saved_step}: the resume redoes the steps after it)" if trainer.saved_step not in (
+            None, step) else ""
+        print(f"{what} at step {step}; {said}; the last checkpoint is {last}{saved}; continue with: {command}",
               file=sys.stderr)
     else:
         print(f"{what} at step {step} before the first checkpoint; {said}; start the run again", file=sys.stderr)

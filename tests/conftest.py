@@ -100,12 +100,12 @@ def run_cli_in_process(args: list[str], run_dir: Path | None, cwd: Path = ROOT) 
     import os
     import runpy
 
-    from hydra.core.global_hydra import GlobalHydra
-
     import signal
 
+    from hydra.core.global_hydra import GlobalHydra
+
     handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}  # train.py sets its own
-    argv, cwd = sys.argv, os.getcwd()
+    argv, old_cwd = sys.argv, os.getcwd()
     sys.argv = [str(ROOT / "train.py"), *args, *([f"hydra.run.dir={run_dir}"] if run_dir is not None else [])]
     GlobalHydra.instance().clear()
     try:
@@ -116,7 +116,7 @@ def run_cli_in_process(args: list[str], run_dir: Path | None, cwd: Path = ROOT) 
         return exc.code if isinstance(exc.code, int) else 1
     finally:
         sys.argv = argv
-        os.chdir(cwd)
+        os.chdir(old_cwd)
         GlobalHydra.instance().clear()
         for sig, handler in handlers.items():
             signal.signal(sig, handler)

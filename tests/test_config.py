@@ -220,7 +220,7 @@ BAD_INPUTS = [
      "optimizer.head_lr_mult=10: prodigyopt.Prodigy needs the same lr in every param group"),
     # test_resnet on 16 px: its last stage is 1x1 pixels, so a batch of 1 gives batch norm one value per channel
     (["dataset=synthetic", "dataset.train_size=1"], "dataset.train_size=1: a training batch of 1 sample reaches a "
-                                                    "BatchNorm2d layer with one value per channel"),
+                                                    "BatchNorm2d layer as one value per channel"),
     (["dataset=synthetic", "batch_size=1"], "batch_size=1: a training batch of 1 sample reaches a BatchNorm2d"),
     (["dataset=synthetic", "scheduler=step", "scheduler.gamma=0"], "scheduler.gamma=0"),
     (["dataset=synthetic", "epochs=2", "warmup_epochs=10"], "warmup_epochs"),

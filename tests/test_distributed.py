@@ -147,8 +147,9 @@ def test_an_error_on_one_rank_ends_the_run_without_hanging(tmp_path):
     assert result.returncode != 0
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "failed"
-    assert f"the last checkpoint is {run_dir / 'checkpoints' / 'last.pt'}; continue with: torchrun --standalone " \
-           "--nproc_per_node=2 train.py" in result.stderr
+    assert f"the last checkpoint is {run_dir / 'checkpoints' / 'last.pt'} (step 8: the resume redoes the steps after " \
+           "it); continue with: torchrun --standalone " \
+           f"--nproc_per_node=2 {ROOT / 'train.py'} " in result.stderr  # the script as started, from outside ROOT
     assert torch.load(run_dir / "checkpoints" / "last.pt", weights_only=False)["step"] == 8  # the epoch end
 
 

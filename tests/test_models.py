@@ -64,6 +64,7 @@ def test_a_batch_of_one_is_refused_only_where_batch_norm_sees_one_value_per_chan
     conv(torch.randn(1, 3, 4, 4))  # and what works
     check_batch_norm_batches(conv, DataLoader(data, batch_size=1))
     check_batch_norm_batches(pooled, DataLoader(data, batch_size=2, drop_last=True))  # batches of 2 only
-    with pytest.raises(ConfigError, match="batch_size=1: a training batch of 1 sample reaches a BatchNorm1d"):
+    with pytest.raises(ConfigError, match="batch_size=1: a training batch of 1 sample reaches a BatchNorm1d layer as one value per "
+                                               "channel .*; use batch_size >= 2"):
         check_batch_norm_batches(pooled, DataLoader(data, batch_size=1))
     assert pooled.training and all(m.training for m in pooled.modules())

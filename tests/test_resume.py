@@ -139,7 +139,7 @@ def test_resume_with_a_damaged_steps_csv_is_refused_before_anything_changes(tmp_
 
 @pytest.mark.parametrize("damage,message", [
     ("random bytes", "a CSV of the run cannot be read (UnicodeDecodeError)"),
-    ("epochs.csv deleted", "epochs.csv lacks rows of the checkpoint's 1 finished epochs"),
+    ("epochs.csv deleted", "epochs.csv is missing the checkpoint's 1 finished epochs"),
     ("epochs.csv cut", "epochs.csv lacks rows of the checkpoint's 1 finished epochs"),
 ])
 def test_resume_with_unreadable_or_incomplete_csvs_is_refused(tmp_path, damage, message):

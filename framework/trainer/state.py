@@ -18,6 +18,7 @@ class StateMixin:
 
     _earlier_time_s = 0.0  # training time of the segments before a resume (s)
     late_signal = None  # a stop signal that arrived after the last step (the run completes)
+    saved_step = None  # step k of the last.pt this process wrote last
     _fit_start = None
 
     @property
@@ -217,5 +218,6 @@ class StateMixin:
             state["guard_points"] = [self.guard.snapshot, self.guard.candidate]
         folder = self.run_dir / "checkpoints"
         save_checkpoint(state, folder / "last.pt")
+        self.saved_step = self.step
         if is_best:  # the best weights, without the rollback restore points (1/3 of the size)
             save_checkpoint({k: v for k, v in state.items() if k != "guard_points"}, folder / "best.pt")
