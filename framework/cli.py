@@ -327,7 +327,7 @@ def run_cli(main: Callable[[], object]) -> None:
         _run_cli(main)
         late = interrupts.take_pending()  # held while the run's last words were written
         if late is not None:
-            print(f"{late} received as the program was ending: every file is written; nothing was stopped",
+            print(f"{late} received as the program was ending: every file is written and the run's status stands",
                   file=sys.stderr)
     except interrupts.Interrupted as exc:  # anywhere before training, in our code or Hydra's
         interrupts.set_training(True)  # a second signal now is held: nothing interrupts this message

@@ -6,10 +6,11 @@ thing in ``train.py``, before Hydra is imported) decides:
 
 - before training, once the command line is ready for it (:func:`arm`), a signal raises
   :class:`Interrupted` (nothing was trained; the caller removes the empty run folder and exits
-  with ``128 + signal``). It is never raised inside an import (a library half imported, or an
-  exception thrown through C++ code that imports, can crash the process or leave it unusable)
-  nor before :func:`arm`: then it is raised at the next safe point (:func:`check`, called
-  between the stages of building a run) or sent again a moment later;
+  with ``128 + signal``): at the next safe point (:func:`check`, between the stages of building
+  a run), or at once inside a long step that may be cut anywhere (:func:`interruptible`:
+  reading or downloading a dataset, creating a model), though never inside an import (a
+  library half imported, or an exception thrown through C++ code that imports, can crash the
+  process or leave it unusable);
 - once training starts (:func:`set_training`) it is held: a signal that arrives while ``fit()``
   starts stops the run at its first step, and one that arrives while the run's final files are
   written waits until they are complete, so a finished run keeps status ``completed`` with its
@@ -17,10 +18,11 @@ thing in ``train.py``, before Hydra is imported) decides:
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
-from typing import Optional
+from typing import Iterator, Optional
 
 #: The signals handled: SIGTERM (schedulers, ``kill``) and SIGINT (Ctrl-C).
 SIGNALS = ("SIGTERM", "SIGINT")
@@ -29,6 +31,7 @@ SIGNALS = ("SIGTERM", "SIGINT")
 REDELIVER_S = 0.05
 
 _armed = False  # the command line catches Interrupted from here on
+_interruptible = 0  # inside interruptible(): a signal is raised where it arrives
 _training = False  # from the start of fit() on (or once Interrupted was raised): signals are held
 _pending: Optional[str] = None  # a held signal
 _deferred: Optional[str] = None  # a signal that could not be raised yet (see check())
@@ -63,10 +66,10 @@ def _handler(signum: int, frame: object) -> None:
     if _training:
         _pending = _pending or name
         return
-    if not _armed or _importing(frame):  # not safe to raise here: at the next check(), or sent again
+    if not (_armed and _interruptible) or _importing(frame):  # not safe to raise here: at the next check()
         first = _deferred is None
         _deferred = _deferred or name
-        if first:
+        if first and _interruptible:  # (inside a long step, e.g. a download: as soon as its import is done)
             timer = threading.Timer(REDELIVER_S, _redeliver, (signum,))
             timer.daemon = True
             timer.start()
@@ -84,7 +87,7 @@ def _redeliver(signum: int) -> None:
 
 
 def check() -> None:
-    """A safe point before training: raise a signal that arrived inside an import.
+    """A safe point before training: raise a signal that arrived where raising was not safe.
 
     Raises:
         Interrupted: such a signal is waiting.
@@ -93,6 +96,22 @@ def check() -> None:
     if _deferred is not None and _armed and not _training:
         name, _deferred, _training = _deferred, None, True
         raise Interrupted(name)
+
+
+@contextlib.contextmanager
+def interruptible() -> Iterator[None]:
+    """A long step before training whose code may be stopped anywhere (reading or downloading
+    a dataset, creating a model): a signal raises :class:`Interrupted` at once (outside
+    imports). Everywhere else before training it waits for the next :func:`check`, so no
+    library (Hydra, OmegaConf, torch) is cut off in the middle of changing its own state."""
+    global _interruptible
+    check()
+    _interruptible += 1
+    try:
+        yield
+    finally:
+        _interruptible -= 1
+    check()
 
 
 def install() -> None:

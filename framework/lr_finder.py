@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
+from framework import interrupts
+
 log = logging.getLogger(__name__)
 
 #: Smallest relative fall of the smoothed loss over the search window that counts as learning:
@@ -299,6 +301,7 @@ class LRFinder:
             sizes = loader_group_sizes(loader, accumulate)
             step_loss, g = 0.0, 0
             for i, (x, y) in enumerate(loader):
+                interrupts.check()  # Ctrl-C during the range test: the program ends before training
                 lr = planned[len(lrs)]
                 for group, ratio in zip(trainer.optimizer.param_groups, ratios):
                     group["lr"] = lr * ratio

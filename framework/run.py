@@ -128,8 +128,9 @@ def build(cfg: DictConfig, run_dir: Path) -> Any:
                           "use trainer.sync_batchnorm=false")
     check_model_name(cfg.model.name)
     seed_everything(cfg.seed)
-    data = registry.instantiate(cfg.dataset, "dataset", seed=cfg.seed)
-    interrupts.check()  # a signal that came during the imports above ends the program here
+    interrupts.check()  # a signal that came while Hydra composed or the imports above ran ends the program here
+    with interrupts.interruptible():  # reading or downloading the data: Ctrl-C acts at once
+        data = registry.instantiate(cfg.dataset, "dataset", seed=cfg.seed)
     loaders = make_loaders(data, cfg.batch_size, cfg.seed, device, cfg.loader, cfg.num_workers,
                            rank=distributed.rank(), world_size=world)
     T, spe = count_steps(len(loaders[0]), cfg.trainer.accumulate_grad_batches, cfg.epochs, cfg.max_steps)
@@ -149,10 +150,10 @@ def build(cfg: DictConfig, run_dir: Path) -> Any:
         warmup_momentum=cfg.warmup_momentum,
         counts_warmup=getattr(registry.locate(cfg.scheduler._target_), "counts_warmup", None),  # None: built to see
     )
-    model = registry.instantiate(
-        cfg.model, "model", num_classes=data.num_classes, in_chans=data.in_chans, img_size=data.img_size
-    )
-    interrupts.check()
+    with interrupts.interruptible():  # (pretrained weights may be downloaded)
+        model = registry.instantiate(
+            cfg.model, "model", num_classes=data.num_classes, in_chans=data.in_chans, img_size=data.img_size
+        )
     check_batch_norm_batches(model, loaders[0])
     optimizer = registry.instantiate(
         cfg.optimizer, "optimizer", reserved=RESERVED_KEYS["optimizer"],
@@ -326,6 +327,7 @@ def train(cfg: DictConfig, run_dir: Optional[str | Path] = None) -> float:
             the step and LR (objective 0.0, the worst accuracy).
     """
     interrupts.set_training(False)  # until fit() starts, a signal ends the program (nothing trained yet)
+    interrupts.check()
     start = time.time()
     overrides: list[str] = []
     if run_dir is None:
