@@ -22,6 +22,21 @@ RESUME_FREE_KEYS = ("resume", "resume_allow_changes", "device", "mode", "trainer
                     "trainer.progress_bar", "trainer.log_every_n_steps", "loader", "num_workers", "lr_finder")
 
 
+class NothingToResume(Exception):
+    """``resume=`` names a run that completed, from its last checkpoint and with its own config:
+    there is nothing to continue (a requeued or repeated resume command is a no-op, exit 0).
+
+    Attributes:
+        folder: the run folder.
+        summary: its ``summary.json``.
+    """
+
+    def __init__(self, folder: Path, summary: dict[str, Any]):
+        self.folder, self.summary = folder, summary
+        super().__init__(f"resume={folder}: the run completed all its {summary.get('steps')} steps (summary.json); "
+                         "nothing to continue (to train it further, give it more epochs with resume_allow_changes=true)")
+
+
 def plain_config(cfg: DictConfig) -> dict[str, Any]:
     """The config as plain resolved containers, without Hydra's own node."""
     from omegaconf import OmegaConf
@@ -37,9 +52,11 @@ def prepare_resume(cfg: DictConfig) -> tuple[Path, dict[str, Any]]:
     Raises:
         ConfigError: missing or unreadable checkpoint, a config that differs from the run's
             (unless ``resume_allow_changes=true``), naming the differing keys, another kind of
-            optimizer (its state cannot be carried over, whatever ``resume_allow_changes``),
+            optimizer (its state cannot be carried over, whatever ``resume_allow_changes``) or
+            another ``amsgrad`` / ``centered``,
             another number of data-parallel processes than the run had, or a ``steps.csv`` /
             ``epochs.csv`` that is unreadable or lacks the checkpoint's steps / epochs.
+        NothingToResume: the run completed, and this is its last checkpoint and its config.
     """
     from framework.checkpoint import config_differences, read_resume_checkpoint, resolve_resume
 
@@ -84,8 +101,7 @@ def prepare_resume(cfg: DictConfig) -> tuple[Path, dict[str, Any]]:
 
         earlier = read_summary(folder)
         if earlier.get("status") == "completed" and state["step"] >= earlier.get("steps", float("inf")):
-            raise ConfigError(f"resume={cfg.resume}: the run completed (summary.json), nothing is left to continue; "
-                              "start a new run, or give it more epochs with resume_allow_changes=true")
+            raise NothingToResume(folder, earlier)
     _check_csvs(folder, state)
     return folder, state
 
@@ -123,8 +139,9 @@ def _check_csvs(folder: Path, state: dict[str, Any]) -> None:
 
 
 def resume_trainer(trainer: Any, state: dict[str, Any]) -> None:
-    """Load ``state`` into a built trainer and cut its run folder's CSVs back to the checkpoint
-    (``steps.csv`` was checked by :func:`prepare_resume`)."""
+    """Load ``state`` into a built trainer, cut its run folder's CSVs back to the checkpoint
+    (``steps.csv`` was checked by :func:`prepare_resume`) and remove the temporary files a
+    killed process left half-written (``*.tmp``; the files they were for are intact)."""
     from framework.loggers import truncate_csv
 
     first, others = trainer.group_names[0], trainer.group_names[1:]
@@ -134,6 +151,8 @@ def resume_trainer(trainer: Any, state: dict[str, Any]) -> None:
     if trainer.is_global_zero:  # rank 0 writes
         truncate_csv(steps_csv, "step", state["step"])
         truncate_csv(trainer.run_dir / "epochs.csv", "epoch", state["epoch"])
+        for tmp in [*trainer.run_dir.glob("*.tmp"), *trainer.run_dir.glob("checkpoints/*.tmp")]:
+            tmp.unlink(missing_ok=True)  # half-written by a killed process (its target is intact)
     trainer.history["step"] = [int(r["step"]) for r in rows]
     trainer.history[first] = [float(r["lr"]) for r in rows]
     for name in others:

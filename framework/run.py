@@ -13,7 +13,8 @@ from omegaconf import DictConfig
 
 from framework import distributed, interrupts, registry
 from framework.config import RESERVED_KEYS, ConfigError, check_overrides, validate, with_values
-from framework.resume import plain_config, prepare_resume, rerun_overrides, resume_requeued_job, resume_trainer
+from framework.resume import (NothingToResume, plain_config, prepare_resume, rerun_overrides, resume_requeued_job,
+                              resume_trainer)
 
 log = logging.getLogger(__name__)
 
@@ -346,7 +347,11 @@ def train(cfg: DictConfig, run_dir: Optional[str | Path] = None) -> float:
     resume_state = None
     if cfg.resume is not None and cfg.mode == "train":
         validate(cfg)
-        run_dir, resume_state = prepare_resume(cfg)
+        try:
+            run_dir, resume_state = prepare_resume(cfg)
+        except NothingToResume as done:  # the same command again (a requeue, a second paste): a no-op
+            print(str(done), file=sys.stderr)
+            return float(done.summary.get("objective") or 0.0)
     run_dir.mkdir(parents=True, exist_ok=True)
     handler = _also_log_to(run_dir) if resume_state is not None and distributed.is_main() else None
     try:
