@@ -236,7 +236,7 @@ def test_bad_input_is_one_line_exit_2_before_training(tmp_path, capfd, args, key
     """Run in this process (a subprocess per case costs ~4 s of imports); the subprocess path
     is covered by test_bad_input_from_a_real_command_line."""
     run_dir = tmp_path / "run"
-    code = run_cli_in_process(args, run_dir)
+    code = run_cli_in_process(["model.name=test_resnet", *args], run_dir)  # the smallest model unless a row names one
     out, err = capfd.readouterr()
     assert code == 2, err
     lines = stderr_lines(err)

@@ -138,19 +138,20 @@ def test_skip_unreadable_with_nothing_readable_left(tmp_path):
         imagefolder(seed=0, root=str(tmp_path), img_size=16, skip_unreadable=True)
 
 
-def test_cli_prints_the_one_line_and_exits_2(tmp_path):
-    from tests.conftest import run_cli
+def test_cli_prints_the_one_line_and_exits_2(tmp_path, capfd):
+    from tests.conftest import lines, run_cli_in_process
 
     write_folder(tmp_path / "images")
     bad = tmp_path / "images" / "train" / "dog" / "cut.jpg"
     truncated_jpeg(bad)
-    result = run_cli(["dataset=imagefolder", f"dataset.root={tmp_path / 'images'}", "model.name=test_resnet",
-                      "dataset.img_size=16", "epochs=1", "trainer.progress_bar=false", "device=cpu",
-                      "loader=standard", "num_workers=1"], run_dir=tmp_path / "run")
-    assert result.returncode == 2, result.stderr[-2000:]
+    code = run_cli_in_process(["dataset=imagefolder", f"dataset.root={tmp_path / 'images'}", "model.name=test_resnet",
+                               "dataset.img_size=16", "epochs=1", "trainer.progress_bar=false", "device=cpu",
+                               "loader=standard", "num_workers=1"], tmp_path / "run")
+    err = capfd.readouterr().err
+    assert code == 2, err[-2000:]
     assert re.fullmatch(re.escape(f"error: dataset: cannot read image {bad} (image file is truncated (")
-                        + r"\d+" + re.escape(f" bytes not processed)){FIX}"), result.stderr.strip().splitlines()[-1])
-    assert "Traceback" not in result.stderr
+                        + r"\d+" + re.escape(f" bytes not processed)){FIX}"), lines(err)[-1])
+    assert "Traceback" not in err
 
 
 # ---- memory -------------------------------------------------------------------------------
@@ -264,11 +265,12 @@ def test_lazy_boundary(tmp_path, monkeypatch):
         torchvision_dataset(seed=0, name="mnist", root=str(tmp_path))
 
 
-def test_cli_synthetic_too_big_is_one_line(tmp_path):
-    from tests.conftest import run_cli
+def test_cli_synthetic_too_big_is_one_line(tmp_path, capfd):
+    from tests.conftest import lines, run_cli_in_process
 
-    result = run_cli(["dataset=synthetic", "dataset.train_size=1000000000"], run_dir=tmp_path / "run")
-    assert result.returncode == 2, result.stderr[-2000:]
-    lines = result.stderr.strip().splitlines()
-    assert lines[-1].startswith("error: dataset.train_size=1000000000, dataset.img_size=32: the images and their "
-                                "labels would take 12,336.0 GB in memory") and "Traceback" not in result.stderr
+    code = run_cli_in_process(["dataset=synthetic", "dataset.train_size=1000000000"], tmp_path / "run")
+    err = capfd.readouterr().err
+    assert code == 2, err[-2000:]
+    assert lines(err) == [lines(err)[0]] and lines(err)[0].startswith(
+        "error: dataset.train_size=1000000000, dataset.img_size=32: the images and their labels would take "
+        "12,336.0 GB in memory") and not (tmp_path / "run").exists()
