@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from framework.lr_finder import LRFinder, probe_lrs, smooth, suggest_minimum, suggest_steepest, suggest_valley
-from tests.conftest import TINY, compose_cfg, read_csv, run_cli, train_in_process
+from tests.conftest import TINY, compose_cfg, read_csv, train_in_process
 
 DECADES = [10.0**e for e in range(-5, 3)]  # 1e-5 ... 1e2: log10 spacing 1
 
@@ -119,10 +119,13 @@ def test_accumulation_counts_one_probe_per_optimizer_step(tmp_path):
     assert calls == {"forward": 24, "step": 6}  # 6 probes x 4 batches of 16, one optimizer step each
 
 
-def test_lr_find_mode_writes_its_files_and_answer(tmp_path):
-    proc = run_cli([*TINY, "mode=lr_find", "lr_finder.num_steps=20"], tmp_path / "run")
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("lr_find: use lr0="))
+def test_lr_find_mode_writes_its_files_and_answer(tmp_path, capfd):
+    from tests.conftest import run_cli_in_process
+
+    code = run_cli_in_process([*TINY, "mode=lr_find", "lr_finder.num_steps=20"], tmp_path / "run")
+    out, err = capfd.readouterr()
+    assert code == 0, err[-2000:]
+    line = next(ln for ln in out.splitlines() if ln.startswith("lr_find: use lr0="))
     data = json.loads((tmp_path / "run" / "lr_find.json").read_text())
     assert line.startswith(f"lr_find: use lr0={data['lr0']!r} (steepest")
     assert set(data["suggestions"]) == {"valley", "steepest", "minimum"} and data["chosen"] == "steepest"
@@ -134,10 +137,12 @@ def test_lr_find_mode_writes_its_files_and_answer(tmp_path):
     assert not (tmp_path / "run" / "steps.csv").exists()  # nothing trained
 
 
-def test_lr0_auto_equals_a_run_with_the_suggestion(tmp_path):
+def test_lr0_auto_equals_a_run_with_the_suggestion(tmp_path, capfd):
+    from tests.conftest import run_cli_in_process
+
     args = [*TINY, "device=cpu", "epochs=2", "warmup_epochs=0", "lr_finder.num_steps=20", "lr_finder.suggestion=minimum"]
-    proc = run_cli([*args, "lr0=auto"], tmp_path / "auto")
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    code = run_cli_in_process([*args, "lr0=auto"], tmp_path / "auto")
+    assert code == 0, capfd.readouterr().err[-2000:]
     summary = json.loads((tmp_path / "auto" / "summary.json").read_text())
     chosen = summary["lr0_auto"]["lr0"]
     assert summary["lr0"] == chosen and summary["lr0_auto"]["chosen"] == "minimum"
