@@ -181,8 +181,9 @@ def _run(cfg, hc, multirun: bool, own_group: bool = False) -> tuple[float, bool]
             _drop_unused_run_dir(hc.runtime.output_dir)
         raise
     except Exception as exc:
-        if _storage_error(exc) is not None and not multirun:
-            print(f"error: {_storage_error(exc)}", file=sys.stderr)
+        storage = _storage_error(exc)
+        if storage is not None and not multirun:
+            print(f"error: {storage}", file=sys.stderr)
             sys.exit(1)
         if not multirun or (distributed.world_size() > 1 and not own_group):
             raise

@@ -95,10 +95,11 @@ def check_batch_norm_batches(model: torch.nn.Module, loader: Any) -> None:
         ConfigError: such a batch would reach such a layer; use ``batch_size`` >= 2 (and a
             ``dataset.train_size`` of at least 2 samples per process).
     """
-    samples = getattr(loader.sampler, "epoch_length", len(loader.dataset))
-    smallest = loader.batch_size if samples % loader.batch_size == 0 or loader.drop_last else samples % loader.batch_size
+    from framework.trainer.steps import loader_group_sizes
+
+    batches = loader_group_sizes(loader, 1)  # samples of each batch of an epoch (one batch per group)
     norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-    if min(smallest, samples) != 1 or not norms:
+    if not batches or min(batches) != 1 or not norms:
         return
     single: list[str] = []
     hooks = [m.register_forward_pre_hook(lambda m, inputs: single.append(type(m).__name__)
@@ -106,13 +107,14 @@ def check_batch_norm_batches(model: torch.nn.Module, loader: Any) -> None:
     model.eval()
     try:
         with torch.no_grad():
-            model(loader.dataset[0][0][None])
+            first = next(model.parameters())  # (a device-resident dataset may sit elsewhere)
+            model(loader.dataset[0][0][None].to(first.device, first.dtype))
     finally:
         model.train()
         for hook in hooks:
             hook.remove()
     if single:
-        key, fix = (("dataset.train_size=1", "use at least 2 training samples") if samples == 1 else
+        key, fix = (("dataset.train_size=1", "use at least 2 training samples") if sum(batches) == 1 else
                     (f"batch_size={loader.batch_size}", "use batch_size >= 2"))
         raise ConfigError(f"{key}: a training batch of 1 sample reaches a {single[0]} layer as one value per channel "
                           f"(its input there is 1x1 pixels), which batch norm cannot train on; {fix}")
