@@ -4,7 +4,7 @@
     python bench/loop_vs_plain.py --steps 100 --repeats 5 --rows resnet18
 
 For each row the same model (fresh, same seed), data, batch size and number of optimizer steps
-run through (a) ``framework.run.build(...).fit()`` (LR plan, logging, divergence guard, the
+run through (a) ``framework.build.build(...).trainer.fit()`` (LR plan, logging, divergence guard, the
 device-resident loader) and (b) a plain loop (``DataLoader``-free index batches, forward,
 cross-entropy, backward, ``SGD.step`` with the same Nesterov momentum and weight decay as
 ``conf/optimizer/sgd.yaml``). Samples per second exclude the framework's end-of-epoch evaluation
@@ -38,14 +38,13 @@ ROWS = {  # name: overrides (dataset and model)
 
 def framework_run(overrides: list[str], steps: int, batch: int, out: Path) -> tuple[float, object]:
     """Samples/s of the trainer over ``steps`` steps (evaluation time excluded) and the trainer."""
-    from framework.run import build
-    from tests.conftest import compose_cfg
+    from tests.helpers import build_run
 
-    cfg = compose_cfg(*overrides, f"batch_size={batch}", f"max_steps={steps}", "epochs=1000", "device=auto",
-                      "trainer.progress_bar=false", "trainer.save_checkpoints=false", "warmup_epochs=0",
-                      "trainer.log_every_n_steps=50")
+    args = (*overrides, f"batch_size={batch}", f"max_steps={steps}", "epochs=1000", "device=auto",
+            "trainer.progress_bar=false", "trainer.save_checkpoints=false", "warmup_epochs=0",
+            "trainer.log_every_n_steps=50")
     out.mkdir(parents=True, exist_ok=True)
-    trainer = build(cfg, out)
+    trainer = build_run(out, *args).trainer
     spent = {"eval": 0.0}
     evaluate = trainer.evaluate
 

@@ -160,7 +160,7 @@ def resolve_resume(path: str | Path) -> tuple[Path, Path]:
     Raises:
         ConfigError: the path or the checkpoint does not exist.
     """
-    from framework.config import ConfigError
+    from framework.errors import ConfigError
 
     p = Path(path).expanduser()
     file = p / "checkpoints" / "last.pt" if p.is_dir() else p
@@ -178,7 +178,7 @@ def read_resume_checkpoint(file: Path, key: str) -> dict[str, Any]:
         ConfigError: the file is truncated, corrupt, not a checkpoint, or holds pickled code
             (refused by ``weights_only=True``).
     """
-    from framework.config import ConfigError, first_line
+    from framework.errors import ConfigError, first_line
 
     import pickle
 

@@ -1,7 +1,7 @@
 """Command-line shell around the Hydra main: user mistakes become one line and exit status 2.
 
 Hydra prints composition errors over several lines with a hint about ``HYDRA_FULL_ERROR`` and
-exits with 1. :func:`run_cli` lets those errors (and :class:`~framework.config.ConfigError`)
+exits with 1. :func:`run_cli` lets those errors (and :class:`~framework.errors.ConfigError`)
 reach it, prints one ``error: <key>=<value>: <fix>`` line each, and exits with status 2. A
 disk that cannot take the run's files (full, read-only) gives one line and exit status 1; a
 SIGTERM / Ctrl-C before training one line and 143 / 130 (:mod:`framework.interrupts`). Any
@@ -9,105 +9,11 @@ other exception keeps its full traceback (exit status 1).
 """
 from __future__ import annotations
 
-import contextlib
 import os
-import re
 import sys
-from typing import Callable, Iterator
+from typing import Callable
 
-from framework.config import ConfigError, TrainConfig, first_line
-from framework.registry import available, suggest
-
-
-#: Names users bring from other tools, mapped to ours.
-ALIASES = {"lr": "lr0", "learning_rate": "lr0", "max_epochs": "epochs", "warmup": "warmup_epochs",
-           "min_lr": "lrf", "final_lr": "lrf", "bs": "batch_size", "batch": "batch_size"}
-
-
-#: Hydra plugins the sweep configs use, by the override that selects them.
-PLUGINS = {"hydra/launcher=joblib": "hydra-joblib-launcher", "hydra/launcher=submitit_local": "hydra-submitit-launcher",
-           "hydra/launcher=submitit_slurm": "hydra-submitit-launcher", "hydra/sweeper=optuna": "hydra-optuna-sweeper"}
-
-
-def describe(exc: BaseException) -> list[str] | None:
-    """One message per user mistake in ``exc``, or None when ``exc`` is not a user mistake."""
-    from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
-    from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
-
-    if isinstance(exc, ConfigError):
-        return exc.messages
-    yaml_error = _yaml_error(exc)
-    if yaml_error is not None:
-        return [yaml_error]
-    if isinstance(exc, MissingConfigException) and exc.missing_cfg_file and "/" in exc.missing_cfg_file:
-        group, name = exc.missing_cfg_file.rsplit("/", 1)
-        options = available(group) or list(exc.options or [])
-        plugin = PLUGINS.get(f"{group}={name}")
-        if plugin:
-            return [f"{group}={name}: the Hydra plugin is not installed; pip install {plugin} "
-                    "(or pip install -e '.[sweep]' for every sweep plugin)"]
-        return [f"{group}={name}: no such option{suggest(name, options)}; available: {', '.join(options)}"]
-    if isinstance(exc, ConfigCompositionException):
-        cause = exc.__cause__
-        append = re.search(r"use \+(\S+)", str(exc))
-        if isinstance(cause, (ConfigKeyError, ConfigAttributeError)) and append:
-            override = append.group(1)
-            key = override.split("=", 1)[0]
-            if "." in key:
-                parent = getattr(cause, "parent_node", None)
-                keys = [k for k in (parent.keys() if parent is not None else []) if not str(k).startswith("_")]
-                leaf = key.rsplit(".", 1)[1]
-                return [f"{override}: unknown key '{key}'{suggest(leaf, keys)}; "
-                        f"{key.rsplit('.', 1)[0]} has {', '.join(map(str, keys))}"]
-            top = list(TrainConfig.__dataclass_fields__)
-            hint = f" (did you mean {ALIASES[key]}?)" if key in ALIASES else suggest(key, top)
-            return [f"{override}: unknown key '{key}'{hint}; top-level keys are {', '.join(top)}"]
-        merging = re.search(r"Error merging override (\S+)", str(exc))
-        where = f"{merging.group(1)}: " if merging else ""
-        return [f"{where}{first_line(cause) or first_line(exc)}"]
-    if isinstance(exc, (OverrideParseException, OmegaConfBaseException)):
-        return [first_line(exc)]
-    return None
-
-
-def _yaml_error(exc: BaseException) -> str | None:
-    """A YAML syntax error anywhere in ``exc``'s chain as ``<file>, line N: <problem>; fix``."""
-    import yaml
-
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        if isinstance(exc, yaml.YAMLError):
-            mark = getattr(exc, "problem_mark", None)
-            problem = str(getattr(exc, "problem", None) or first_line(exc))
-            if "'\\t'" in problem or "\t" in problem:
-                problem = "a tab character (YAML indents with spaces only)"
-            where = f"{mark.name}, line {mark.line + 1}, column {mark.column + 1}" if mark is not None else "a config file"
-            return f"{where}: YAML syntax error: {problem}; fix that line"
-        exc = exc.__cause__ or exc.__context__
-    return None
-
-
-@contextlib.contextmanager
-def exit_on_user_error() -> Iterator[None]:
-    """Turn a user mistake raised inside the block into ``error: ...`` lines and exit status 2.
-
-    Used around the Hydra task body (so Hydra does not add its own "Error executing job" line)
-    and around the Hydra main itself (composition errors). Other exceptions pass unchanged.
-    """
-    try:
-        yield
-    except Exception as exc:
-        messages = describe(exc)
-        if messages is None:
-            raise
-        from framework import distributed
-
-        if distributed.is_main():  # torchrun: every rank finds the same mistake; one says it
-            for message in messages:
-                print(f"error: {message}", file=sys.stderr)
-        sys.exit(2)
-
+from framework.errors import ConfigError, exit_on_user_error, first_line, user_messages
 
 _TASK_STARTED = False  # Hydra called the task: later errors are the run's, not the run folder's
 
@@ -233,9 +139,9 @@ def _failed_job(exc: Exception, hc) -> float:
     from pathlib import Path
 
     from framework import distributed
-    from framework.run import write_untrained_summary
+    from framework.summary import write_untrained_summary
 
-    messages = describe(exc)
+    messages = user_messages(exc)
     text = "; ".join(messages) if messages else f"{type(exc).__name__}: {first_line(exc)}"
     if messages is None:
         logging.getLogger("framework.run").error("job %s failed", hc.job.num, exc_info=exc)

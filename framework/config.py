@@ -1,11 +1,12 @@
-"""Top-level config schema and validation.
+"""Config validation, and the Hydra registrations the entry points make.
 
 The user's knobs (``lr0``, ``lrf``, ``epochs`` ...) sit at the top level of the composed config
-and are typed by :class:`TrainConfig`, registered in Hydra's ConfigStore as ``train_schema`` so
-``epochs=abc`` or an unknown key fails while Hydra composes (``lr0`` also takes ``auto``, so
-``lr0=abc`` is caught by :func:`validate`). :func:`validate` then checks values
-and ranges and the group files' keys against the signatures of their ``_target_`` callables,
-reporting every problem at once, before anything is built.
+and are typed by :class:`~framework.schema.TrainConfig`, registered in Hydra's ConfigStore as
+``train_schema`` so ``epochs=abc`` or an unknown key fails while Hydra composes (``lr0`` also
+takes ``auto``, so ``lr0=abc`` is caught by :func:`validate`). :func:`validate` then checks
+values and ranges and the group files' keys against the signatures of their ``_target_``
+callables, reporting every problem at once, before anything is built; it returns the checked
+config and never changes the one it is given.
 
 This module imports neither torch nor timm, so ``python train.py --help`` stays fast.
 """
@@ -13,12 +14,13 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
 from typing import Any, Optional
 
-from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from framework import registry
+from framework.errors import ConfigError
+from framework.schema import TrainConfig, knobs_help
 
 #: Config groups every run composes, in build order.
 GROUPS = ("dataset", "model", "optimizer", "scheduler", "trainer", "lr_finder")
@@ -31,7 +33,7 @@ RUNTIME_ARGS = {
     "dataset": ("seed",),
     "model": ("num_classes", "in_chans", "img_size"),
     "optimizer": ("params",),
-    "scheduler": ("total", "warmup"),
+    "scheduler": ("total_units", "warmup_units"),
     "trainer": ("model", "optimizer", "plan", "data", "run_dir", "device", "config"),
     "lr_finder": (),
 }
@@ -59,6 +61,15 @@ def with_values(cfg: DictConfig, **values: Any) -> DictConfig:
     return out
 
 
+def plain_config(cfg: DictConfig) -> dict[str, Any]:
+    """The config as plain resolved containers, without Hydra's own node."""
+    from omegaconf import OmegaConf
+
+    data = OmegaConf.to_container(cfg, resolve=True)
+    data.pop("hydra", None)
+    return data
+
+
 def flatten(d: Any, prefix: str = "") -> dict[str, Any]:
     """A nested dict as ``{"dotted.key": leaf}`` (the top-level keys when ``prefix`` is "")."""
     if not isinstance(d, dict):
@@ -67,53 +78,6 @@ def flatten(d: Any, prefix: str = "") -> dict[str, Any]:
     for k, v in d.items():
         out.update(flatten(v, f"{prefix}{k}."))
     return out
-
-
-def first_line(exc: BaseException | None, limit: int = 160) -> str:
-    """The first non-empty line of an exception's message, cut to ``limit`` characters ("" if none)."""
-    lines = str(exc).strip().splitlines() if exc is not None else []
-    return lines[0][:limit] if lines else ""
-
-
-class ConfigError(ValueError):
-    """A user mistake in the config: one line that names the key and says how to fix it.
-
-    ``train.py`` prints each message on its own line and exits with status 2, before training.
-    """
-
-    def __init__(self, messages: list[str] | str):
-        self.messages = [messages] if isinstance(messages, str) else list(messages)
-        super().__init__("; ".join(self.messages))
-
-
-@dataclass
-class TrainConfig:
-    """Typed schema of the top level of ``conf/train.yaml`` (values there override these)."""
-
-    model: Any = MISSING
-    optimizer: Any = MISSING
-    scheduler: Any = MISSING
-    dataset: Any = MISSING
-    trainer: Any = MISSING
-    lr_finder: Any = MISSING
-    lr0: Any = 0.01  # (LR) initial learning rate, reached at the end of warmup; or "auto" (LR range test)
-    lrf: float = 0.01  # (fraction) final LR = lr0 * lrf for decaying schedules
-    epochs: int = 10  # (epochs) passes over the training set
-    max_steps: Optional[int] = None  # (steps) cap on optimizer steps; null = no cap
-    batch_size: int = 64  # (samples) per forward pass, before accumulation
-    warmup_epochs: float = 0.0  # (epochs) linear warmup length, fractions allowed
-    warmup_steps: Optional[int] = None  # (steps) warmup length; wins over warmup_epochs
-    warmup_start_factor: float = 0.1  # (fraction) LR of warmup step 0 = lr0 * this
-    warmup_momentum: Optional[float] = None  # momentum (beta1) of warmup step 0; null = no warmup
-    seed: int = 0  # RNG seed of everything (data order, init, augmentation)
-    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
-    resume: Optional[str] = None  # run folder or checkpoint to continue from
-    resume_allow_changes: bool = False  # resume even when the config differs from the run's
-    lr_scaling: str = "none"  # none | linear | sqrt: scale lr0 by the global batch size
-    lr_base_size: int = 256  # (samples) global batch size that lr0 was tuned for
-    mode: str = "train"  # train | plot_lr (draw the planned LR of every step, then exit) | lr_find
-    loader: str = "auto"  # auto | device (dataset held on the device, batches cut by index) | standard (DataLoader)
-    num_workers: int = 0  # DataLoader worker processes of the standard loader
 
 
 _RESERVED_DIRS: dict[str, str] = {}
@@ -174,14 +138,16 @@ def _reserve(path: str) -> str:
 
 
 def register_configs() -> None:
-    """Register :class:`TrainConfig` as ``train_schema`` in Hydra's ConfigStore and the
-    ``unique_dir`` resolver."""
+    """Register :class:`~framework.schema.TrainConfig` as ``train_schema`` in Hydra's
+    ConfigStore, and the resolvers ``unique_dir`` and ``knobs_help`` (``--help``)."""
     from hydra.core.config_store import ConfigStore
     from omegaconf import OmegaConf
 
     ConfigStore.instance().store(name="train_schema", node=TrainConfig)
     if not OmegaConf.has_resolver("unique_dir"):
         OmegaConf.register_new_resolver("unique_dir", unique_dir, use_cache=True)
+    if not OmegaConf.has_resolver("knobs_help"):
+        OmegaConf.register_new_resolver("knobs_help", knobs_help)
 
 
 def _number_errors(cfg: DictConfig) -> list[str]:
@@ -208,6 +174,8 @@ def _number_errors(cfg: DictConfig) -> list[str]:
         0 < cfg.warmup_start_factor <= 1,
         "must be in (0, 1] so warmup step 0 never has LR 0, e.g. warmup_start_factor=0.1",
     )
+    check("warmup_bias_lr", cfg.warmup_bias_lr is None or 0 <= cfg.warmup_bias_lr < math.inf,
+          "must be a finite LR >= 0 or null (off), e.g. warmup_bias_lr=0.1")
     check(
         "warmup_momentum",
         cfg.warmup_momentum is None or 0 <= cfg.warmup_momentum < 1,
@@ -260,7 +228,7 @@ def _group_errors(cfg: DictConfig) -> list[str]:
         if cfg.optimizer.get("_target_") in OWN_LR_TARGETS:  # one step-size estimate shared by every group
             ratios = {"optimizer.head_lr_mult": cfg.optimizer.get("head_lr_mult", 1.0) not in (None, 1, 1.0),
                       "optimizer.layer_decay": cfg.optimizer.get("layer_decay") is not None,
-                      "scheduler.warmup_bias_lr": cfg.scheduler.get("warmup_bias_lr") is not None}
+                      "warmup_bias_lr": cfg.warmup_bias_lr is not None}
             errors += [f"{key}={OmegaConf.select(cfg, key)}: {cfg.optimizer._target_} needs the same lr in every param "
                        f"group (it estimates one step size for all); set {key}={'1.0' if 'head' in key else 'null'}"
                        for key, differs in ratios.items() if differs]
@@ -322,22 +290,26 @@ def _unknown_top_level(cfg: DictConfig) -> list[str]:
     return [f"{key}: unknown top-level key (added with +{key}=...); remove it" for key in cfg if key not in known]
 
 
-def validate(cfg: DictConfig) -> None:
-    """Check the composed config before anything is built (a numeric string ``lr0``, as YAML 1.1
-    reads ``1e-3``, becomes a float; ``lr0`` is typed loosely to allow ``auto``).
+def validate(cfg: DictConfig) -> DictConfig:
+    """Check the composed config before anything is built; ``cfg`` itself is left unchanged.
 
     Args:
         cfg: the config composed by Hydra from ``conf/train.yaml``.
+
+    Returns:
+        The checked config: ``cfg``, or a copy with a numeric string ``lr0`` as a float (YAML
+        1.1 reads ``lr0: 1e-3`` as a string; ``lr0`` is typed loosely to allow ``auto``).
 
     Raises:
         ConfigError: with one line per problem (all of them, not just the first), each naming
             the key and the fix.
     """
-    if isinstance(cfg.get("lr0"), str) and cfg.lr0 != "auto":  # YAML 1.1 reads `lr0: 1e-3` as a string
+    if isinstance(cfg.get("lr0"), str) and cfg.lr0 != "auto":
         try:
-            cfg.lr0 = float(cfg.lr0)
+            cfg = with_values(cfg, lr0=float(cfg.lr0))
         except ValueError:
             pass  # reported below
     errors = _unknown_top_level(cfg) + _number_errors(cfg) + _group_errors(cfg)
     if errors:
         raise ConfigError(errors)
+    return cfg

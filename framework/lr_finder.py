@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 from framework import interrupts
+from framework.schedules.base import Schedule
 
 log = logging.getLogger(__name__)
 
@@ -283,36 +284,33 @@ class LRFinder:
         return result
 
     def _probe(self, trainer: Any, lr0: float) -> tuple[list[float], list[float], Optional[str]]:
-        from framework.trainer.steps import loader_group_sizes
+        """The probes, through the trainer's step API (``micro_batches``, ``micro_step``,
+        ``optimizer_step``), LRs set by an :class:`LRPlan` of :class:`ProbeSchedule`; epochs repeat
+        until every probe ran or the loss diverged. Returns LRs (lr0 units), losses, stop reason."""
+        from framework.schedules import LRPlan
 
-        loader, accumulate = trainer.train_loader, trainer.accumulate
-        ratios = [g["initial_lr"] / lr0 for g in trainer.optimizer.param_groups]
         planned = probe_lrs(self.start_lr, self.end_lr, self.num_steps)
+        plan = LRPlan(ProbeSchedule(planned, lr0), total_steps=len(planned),
+                      steps_per_epoch=trainer.plan.steps_per_epoch)
         lrs: list[float] = []
         losses: list[float] = []
         avg, best = 0.0, math.inf
-        trainer._optimizer_mode("train")
-        trainer.model.train()
+        trainer.train_mode()
         trainer.optimizer.zero_grad(set_to_none=True)
         epoch = 0
         while len(lrs) < len(planned):
-            if hasattr(loader.sampler, "set_epoch"):
-                loader.sampler.set_epoch(epoch)
-            sizes = loader_group_sizes(loader, accumulate)
-            step_loss, g = 0.0, 0
-            for i, (x, y) in enumerate(loader):
+            step_loss = 0.0
+            for _, x, y, samples, closes in trainer.micro_batches(epoch):
                 interrupts.check()  # Ctrl-C during the range test: the program ends before training
-                lr = planned[len(lrs)]
-                for group, ratio in zip(trainer.optimizer.param_groups, ratios):
-                    group["lr"] = lr * ratio
-                step_loss = step_loss + trainer._forward_backward(x, y, len(y) / sizes[g])  # read once per probe
-                if (i + 1) % accumulate and i + 1 < len(loader):
+                plan.apply(trainer.optimizer, len(lrs))  # probe len(lrs): group LR = initial_lr * lr / lr0
+                step_loss = step_loss + trainer.micro_step(x, y, len(y) / samples, closes)  # read once per probe
+                if not closes:
                     continue
-                applied, _ = trainer._apply_step()
-                g += 1
+                applied, _ = trainer.optimizer_step()
                 if not applied:  # fp16 overflow: the probe is repeated at the same LR
                     step_loss = 0.0
                     continue
+                lr = planned[len(lrs)]
                 lrs.append(lr)
                 losses.append(float(step_loss))  # one read per probe: it decides whether to stop
                 step_loss = 0.0
@@ -328,6 +326,24 @@ class LRFinder:
                     break
             epoch += 1
         return lrs, losses, None
+
+
+class ProbeSchedule(Schedule):
+    """The range test's probe LRs as a schedule (a unit is a probe): every group gets probe ``t``'s
+    LR times its ratio to lr0 (head, layer decay, ``lr_scaling``) from :meth:`LRPlan.apply`.
+
+    Formula: m(t) = lr_t / lr0
+
+    Args:
+        lrs: the probes' LRs in lr0 units (:func:`probe_lrs`); lr0: the trainer's lr0 (> 0).
+    """
+
+    def __init__(self, lrs: Sequence[float], lr0: float):
+        super().__init__(len(lrs))
+        self.multipliers = [lr / lr0 for lr in lrs]
+
+    def __call__(self, t: int) -> float:
+        return self.multipliers[t]
 
 
 def write_outputs(result: RangeTestResult, run_dir: Path) -> None:

@@ -5,8 +5,8 @@ from typing import Any
 
 import torch
 
-from framework.config import ConfigError
-from framework.registry import suggest
+from framework.errors import ConfigError
+from framework.errors import suggest
 
 
 def check_model_name(name: str) -> None:

@@ -1,4 +1,5 @@
-"""Parameter groups (weight decay, head LR, layer-wise LR decay), batch-size LR scaling, timm optimizers."""
+"""The optimizer with its final base LRs: parameter groups (weight decay, head LR, layer-wise LR
+decay, Ultralytics' bias group), batch-size LR scaling, timm optimizers."""
 from __future__ import annotations
 
 import math
@@ -6,7 +7,7 @@ from typing import Any, Optional
 
 import torch
 
-from framework.config import ConfigError
+from framework.errors import ConfigError
 
 SCALING_RULES = ("none", "linear", "sqrt")
 
@@ -31,7 +32,7 @@ def param_groups(
       ``param_groups_layer_decay``: layer ``i`` of ``L`` gets ``lr_scale = layer_decay^(L-1-i)``;
       groups ``layer_<i>_decay`` / ``layer_<i>_no_decay``.
     - ``split_bias``: biases in their own ``bias`` group (no decay), apart from the norm weights
-      (Ultralytics' three groups; its warmup treats biases apart).
+      (Ultralytics' three groups; its warmup treats biases apart, ``warmup_bias_lr``).
     - ``head_lr_mult``: the classifier (``model.get_classifier()``) in its own groups ``head`` /
       ``head_no_decay`` with its ``lr_scale`` multiplied by ``head_lr_mult`` (fine-tuning).
     Every group's base LR is ``lr0 * lr_scale``; all follow the same schedule shape.
@@ -128,6 +129,55 @@ def lr_scale_factor(rule: str, global_batch_size: int, lr_base_size: int) -> flo
     return {"none": 1.0, "linear": ratio, "sqrt": math.sqrt(ratio)}[rule]
 
 
+def global_batch(cfg: Any) -> int:
+    """Samples per optimizer step over all processes: ``batch_size x accumulate_grad_batches x
+    world size`` (what ``lr_scaling`` scales by, Goyal et al. 2017)."""
+    from framework import distributed
+
+    return cfg.batch_size * cfg.trainer.get("accumulate_grad_batches", 1) * distributed.world_size()
+
+
+def build_optimizer(cfg: Any, model: torch.nn.Module) -> tuple[torch.optim.Optimizer, float]:
+    """The optimizer of ``conf/optimizer/<name>.yaml`` over the model's parameter groups, each
+    built with its final base LR.
+
+    Group ``g`` gets ``lr = initial_lr = optimizer.lr x lr_scale_g x scaling`` (``optimizer.lr``
+    is ``${lr0}``, or the optimizer's own multiplier for Prodigy; ``lr_scale_g`` its head /
+    layer-decay ratio; ``scaling`` the batch-size rule :func:`lr_scale_factor`), and the bias
+    group ``warmup_start_lr = warmup_bias_lr`` when that is set. The LR plan multiplies
+    ``initial_lr`` at every step; nothing corrects these values afterwards.
+
+    Args:
+        cfg: a validated config (reads ``optimizer``, ``lr_scaling``, ``lr_base_size``,
+            ``warmup_bias_lr``, ``batch_size``, ``trainer.accumulate_grad_batches``).
+        model: the network whose trainable parameters are grouped (:func:`param_groups`).
+
+    Returns:
+        ``(optimizer, scaling)``.
+
+    Raises:
+        ConfigError: no ``optimizer.lr``, a ratio out of range, or the optimizer rejected its
+            arguments.
+    """
+    from framework import registry
+    from framework.config import RESERVED_KEYS
+
+    node = cfg.optimizer
+    base = node.get("lr")
+    if not isinstance(base, (int, float)) or isinstance(base, bool):
+        raise ConfigError(f"optimizer.lr={base}: the base LR must be a number; set lr: ${{lr0}} in the optimizer file")
+    scaling = lr_scale_factor(cfg.lr_scaling, global_batch(cfg), cfg.lr_base_size)
+    bias_lr = cfg.get("warmup_bias_lr")
+    groups = param_groups(model, node.get("weight_decay", 0.0) or 0.0, head_lr_mult=node.get("head_lr_mult", 1.0),
+                          layer_decay=node.get("layer_decay"), split_bias=bias_lr is not None)
+    for group in groups:
+        group["lr"] = group["initial_lr"] = base * group["lr_scale"] * scaling
+        if group["name"] == "bias" and bias_lr is not None:
+            group["warmup_start_lr"] = float(bias_lr)
+    optimizer = registry.instantiate(node, "optimizer", reserved=RESERVED_KEYS["optimizer"], params=groups)
+    return optimizer, scaling
+
+
 def timm_optimizer(params: list[dict[str, Any]], opt: str, lr: float, weight_decay: float = 0.0,
                    momentum: float = 0.9, **kwargs: Any) -> torch.optim.Optimizer:
     """Any optimizer of timm's family (``lamb``, ``lars``, ``lion``, ``adabelief``, ``nadamw``,
@@ -147,7 +197,7 @@ def timm_optimizer(params: list[dict[str, Any]], opt: str, lr: float, weight_dec
     from timm.optim import create_optimizer_v2, list_optimizers
 
     if opt.lower() not in list_optimizers():
-        from framework.registry import suggest
+        from framework.errors import suggest
 
         raise ConfigError(f"optimizer.opt={opt}: not a timm optimizer{suggest(opt, list_optimizers())}")
     return create_optimizer_v2(params, opt=opt, lr=lr, weight_decay=weight_decay, momentum=momentum, **kwargs)

@@ -34,15 +34,16 @@ class PlannedRun:
     steps_per_epoch: int
 
 
-def plan_of(trainer: Any, label: str = "") -> PlannedRun:
-    """Evaluate a built trainer's plan at every step (a metric-driven plan as it stands: flat)."""
-    plan, groups = trainer.plan, trainer.optimizer.param_groups
-    lrs = {name: [plan.group_lr(k, g["initial_lr"], name) for k in range(plan.total_steps)]
-           for name, g in zip(trainer.group_names, groups)}
-    momentum = None
-    if "initial_momentum" in groups[0]:
-        base = groups[0]["initial_momentum"]
-        momentum = [plan.momentum(k, base) if plan.sets_momentum else base for k in range(plan.total_steps)]
+def plan_of(plan: Any, optimizer: Any, label: str = "") -> PlannedRun:
+    """Evaluate an LR plan at every step over an optimizer's param groups, as training applies it
+    (a metric-driven plan as it stands: flat); the optimizer is not changed."""
+    from framework.schedules.plan import group_momentum
+
+    groups = optimizer.param_groups
+    lrs = {g.get("name", str(i)): [plan.group_lr(k, g) for k in range(plan.total_steps)] for i, g in enumerate(groups)}
+    base = groups[0].get("initial_momentum", group_momentum(groups[0]))
+    momentum = None if base is None else [plan.momentum(k, base) if plan.sets_momentum else base
+                                          for k in range(plan.total_steps)]
     return PlannedRun(label, lrs, momentum, plan.warmup_steps, plan.steps_per_epoch)
 
 
@@ -63,7 +64,7 @@ def key_points(run: PlannedRun) -> dict[str, Any]:
     }
 
 
-def describe(run: PlannedRun) -> str:
+def describe_plan(run: PlannedRun) -> str:
     """One line of key points, e.g. ``cosine: T=230, peak 0.01 at step 0, final 0.0001``."""
     p = key_points(run)
     warm = f", warmup to step {p['warmup_end_step']}" if p["warmup_end_step"] else ""
@@ -131,6 +132,29 @@ def plot(runs: Sequence[PlannedRun], path: str | Path, grid: bool = False, title
     plt.close(fig)
 
 
+def write_plan(built: Any, run_dir: Path, label: str) -> float:
+    """``mode=plot_lr``: write ``lr_plan.png`` and ``lr_plan.json`` (key points, each group's
+    first LR) and ``summary.json``, print the key points, train nothing.
+
+    Args:
+        built: the built run (:class:`~framework.build.Built`); run_dir: its folder;
+        label: the overrides that made it (the plot's title).
+
+    Returns:
+        0.0 (no objective: nothing was trained).
+    """
+    from framework.loggers import write_json
+    from framework.summary import write_untrained_summary
+
+    run = plan_of(built.plan, built.trainer.optimizer, label or type(built.plan.schedule).__name__)
+    plot([run], run_dir / "lr_plan.png", grid=True)
+    write_json({**key_points(run), "groups": {n: v[0] for n, v in run.lrs.items()}}, run_dir / "lr_plan.json")
+    print(describe_plan(run))
+    print(f"wrote {run_dir / 'lr_plan.png'}")
+    write_untrained_summary(run_dir, "completed", mode="plot_lr", planned_steps=built.plan.total_steps)
+    return 0.0
+
+
 def expand(overrides: Sequence[str]) -> list[list[str]]:
     """Every combination of Hydra sweep overrides (``a=1,2``, ``range``, ``glob`` of a group)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -155,8 +179,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     """``python -m framework.preview [--out PNG] [--grid] OVERRIDES...``"""
     from hydra import compose, initialize_config_dir
 
-    from framework.cli import exit_on_user_error
-    from framework.config import register_configs
+    from framework.build import build
+    from framework.config import register_configs, validate
+    from framework.errors import exit_on_user_error
     from framework.registry import CONF_DIR
 
     parser = argparse.ArgumentParser(prog="python -m framework.preview", description=__doc__.splitlines()[0])
@@ -165,8 +190,6 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument("--grid", action="store_true", help="one panel per plan instead of one overlay")
     args = parser.parse_args(argv)
     register_configs()
-    from framework.run import build
-
     runs = []
     with exit_on_user_error():
         combos = expand(args.overrides)
@@ -175,12 +198,13 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
             with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
                 cfg = compose(config_name="train", overrides=combo)
             label = " ".join(combo[i] for i in varying) or " ".join(combo)
-            runs.append(plan_of(build(cfg, Path.cwd()), label))
+            built = build(validate(cfg), Path.cwd())
+            runs.append(plan_of(built.plan, built.trainer.optimizer, label))
     fixed = " ".join(o for i, o in enumerate(combos[0]) if i not in varying)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     plot(runs, args.out, grid=args.grid, title=fixed)
     for run in runs:
-        print(describe(run))
+        print(describe_plan(run))
     print(f"wrote {args.out}")
 
 

@@ -7,12 +7,13 @@ anything is built (pattern of torchtune's ``config._validate``).
 """
 from __future__ import annotations
 
-import difflib
 import inspect
 from pathlib import Path
 from typing import Any, Iterable
 
 from omegaconf import DictConfig, OmegaConf
+
+from framework.errors import ConfigError, suggest
 
 #: The project's config tree (``conf/`` beside ``framework/``).
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
@@ -26,12 +27,6 @@ _META_KEYS = ("_target_", "_partial_", "_recursive_", "_convert_", "_args_")
 def available(group: str) -> list[str]:
     """Names of the options of a config group, from ``conf/<group>/*.yaml`` (sorted)."""
     return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
-
-
-def suggest(name: str, choices: Iterable[str]) -> str:
-    """`` (did you mean X?)`` for the closest of ``choices`` to ``name``, else an empty string."""
-    close = difflib.get_close_matches(str(name), list(choices), n=1, cutoff=0.6)
-    return f" (did you mean {close[0]}?)" if close else ""
 
 
 def _signature(target: Any) -> inspect.Signature:
@@ -126,8 +121,6 @@ def instantiate(node: DictConfig, group: str, reserved: Iterable[str] = (), **ru
             ``optimizer.momentum=0`` with ``nesterov: true``), with the target's own message.
     """
     from hydra.utils import instantiate as hydra_instantiate
-
-    from framework.config import ConfigError
 
     data = OmegaConf.to_container(node, resolve=True)
     for key in reserved:

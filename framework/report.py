@@ -20,7 +20,8 @@ import sys
 from pathlib import Path
 from typing import Any, Optional
 
-from framework.config import first_line, flatten
+from framework.config import flatten
+from framework.errors import first_line
 
 try:  # Hydra's callback base class; the report also works without Hydra's experimental API
     from hydra.experimental.callback import Callback

@@ -1,14 +1,18 @@
 """Resuming runs: check ``resume=...`` against the run's config, load the checkpoint into a
-built trainer, and resume a requeued sweep job's unfinished run."""
+built trainer, resume a requeued sweep job's unfinished run, and say how to continue a run."""
 from __future__ import annotations
 
 import logging
+import os
+import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from omegaconf import DictConfig
 
-from framework.config import ConfigError
+from framework import distributed
+from framework.config import plain_config, with_values
+from framework.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -37,17 +41,12 @@ class NothingToResume(Exception):
                          "nothing to continue (to train it further, give it more epochs with resume_allow_changes=true)")
 
 
-def plain_config(cfg: DictConfig) -> dict[str, Any]:
-    """The config as plain resolved containers, without Hydra's own node."""
-    from omegaconf import OmegaConf
+def prepare_resume(cfg: DictConfig) -> tuple[Path, dict[str, Any], DictConfig]:
+    """Check ``resume=...`` before building anything.
 
-    data = OmegaConf.to_container(cfg, resolve=True)
-    data.pop("hydra", None)
-    return data
-
-
-def prepare_resume(cfg: DictConfig) -> tuple[Path, dict[str, Any]]:
-    """Check ``resume=...`` before building anything: the run folder and its checkpoint state.
+    Returns:
+        ``(run folder, checkpoint state, config)``: the config to build, ``cfg`` itself or, when
+        it says ``lr0=auto``, a copy with the ``lr0`` the run chose (``cfg`` is not changed).
 
     Raises:
         ConfigError: missing or unreadable checkpoint, a config that differs from the run's
@@ -59,8 +58,6 @@ def prepare_resume(cfg: DictConfig) -> tuple[Path, dict[str, Any]]:
         NothingToResume: the run completed, and this is its last checkpoint and its config.
     """
     from framework.checkpoint import config_differences, read_resume_checkpoint, resolve_resume
-
-    from framework import distributed
 
     file, folder = resolve_resume(cfg.resume)
     state = read_resume_checkpoint(file, "resume")
@@ -85,7 +82,7 @@ def prepare_resume(cfg: DictConfig) -> tuple[Path, dict[str, Any]]:
                           "run's value, or start a new run")
     saved_lr0 = (state.get("config") or {}).get("lr0")
     if cfg.lr0 == "auto" and saved_lr0 is not None:  # the run chose it already: keep its value
-        cfg.lr0 = saved_lr0
+        cfg = with_values(cfg, lr0=saved_lr0)
     diffs = config_differences(state.get("config") or {}, plain_config(cfg), RESUME_FREE_KEYS)
     if diffs and not cfg.resume_allow_changes:
         from framework.loggers import read_summary
@@ -103,7 +100,7 @@ def prepare_resume(cfg: DictConfig) -> tuple[Path, dict[str, Any]]:
         if earlier.get("status") == "completed" and state["step"] >= earlier.get("steps", float("inf")):
             raise NothingToResume(folder, earlier)
     _check_csvs(folder, state)
-    return folder, state
+    return folder, state, cfg
 
 
 def _check_csvs(folder: Path, state: dict[str, Any]) -> None:
@@ -148,7 +145,7 @@ def resume_trainer(trainer: Any, state: dict[str, Any]) -> None:
     steps_csv = trainer.run_dir / "steps.csv"
     rows = truncate_csv(steps_csv, "step", state["step"], write=False)
     trainer.load_state_dict(state)
-    if trainer.is_global_zero:  # rank 0 writes
+    if trainer.is_main:  # rank 0 writes
         truncate_csv(steps_csv, "step", state["step"])
         truncate_csv(trainer.run_dir / "epochs.csv", "epoch", state["epoch"])
         for tmp in [*trainer.run_dir.glob("*.tmp"), *trainer.run_dir.glob("checkpoints/*.tmp")]:
@@ -157,7 +154,7 @@ def resume_trainer(trainer: Any, state: dict[str, Any]) -> None:
     trainer.history[first] = [float(r["lr"]) for r in rows]
     for name in others:
         trainer.history[name] = [float(r[f"lr/{name}"]) for r in rows]
-    log.info("resumed at step %d (epoch %d, batch %d) in %s", trainer.step, trainer.epoch, trainer.batch,
+    log.info("resumed at step %d (epoch %d, batch %d) in %s", trainer.global_step, trainer.epoch, trainer.batch,
              trainer.run_dir)
 
 
@@ -167,7 +164,6 @@ def resume_requeued_job(cfg: DictConfig, run_dir: Path, hc: Any) -> DictConfig:
     same folder) resumes it instead of starting over. Completed and diverged runs are left alone."""
     from hydra.types import RunMode
 
-    from framework.config import with_values
     from framework.loggers import read_summary
 
     if hc.mode != RunMode.MULTIRUN or cfg.resume is not None or not (run_dir / "checkpoints" / "last.pt").is_file():
@@ -184,3 +180,37 @@ def rerun_overrides(overrides: list[str]) -> list[str]:
     folder (a resume writes into the run's own folder): what continues it."""
     return [o for o in overrides if not o.startswith(("resume=", "trainer.stop_after_steps=", "hydra.run.dir=",
                                                       "hydra.output_subdir="))]
+
+
+def continue_command(overrides: list[str], run_dir: Path) -> str:
+    """The command that continues this run: ``python <this script>`` (as run, relative to the
+    current folder when it lies below it), or torchrun with the same
+    processes (``--standalone`` on one machine; several machines: the same ``--nnodes`` plus the
+    user's own rendezvous arguments), the run's overrides and ``resume=<run_dir>``."""
+    script = Path(sys.argv[0]) if sys.argv and sys.argv[0].endswith(".py") else Path("train.py")
+    if script.is_absolute() and script.resolve().is_relative_to(Path.cwd().resolve()):
+        script = script.resolve().relative_to(Path.cwd().resolve())  # as typed from here: train.py
+    world = distributed.world_size()
+    per_node = int(os.environ.get("LOCAL_WORLD_SIZE", world))
+    if world == 1:
+        start = f"python {script}"
+    elif per_node == world:
+        start = f"torchrun --standalone --nproc_per_node={world} {script}"
+    else:
+        start = f"torchrun --nnodes={world // per_node} --nproc_per_node={per_node} <rendezvous arguments> {script}"
+    return " ".join([start, *rerun_overrides(overrides), f"resume={run_dir}"])
+
+
+def also_log_to(run_dir: Path) -> Optional[logging.Handler]:
+    """A resumed run's log lines also go to its own ``train.log`` (Hydra's file handler writes
+    into this invocation's folder); None when that is the same file."""
+    root = logging.getLogger()
+    target = (run_dir / "train.log").resolve()
+    files = [h for h in root.handlers if isinstance(h, logging.FileHandler)]
+    if any(Path(h.baseFilename).resolve() == target for h in files):
+        return None
+    handler = logging.FileHandler(target, mode="a", delay=True)  # opened at its first line
+    if files:
+        handler.setFormatter(files[0].formatter)
+    root.addHandler(handler)
+    return handler

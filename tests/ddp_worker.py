@@ -37,18 +37,18 @@ record, fit, to_device = Trainer._record, Trainer.fit, Trainer._to_device
 
 
 def probed_record(self, epoch, lrs, loss, norm):
-    applied.append([self.step, [g["lr"] for g in self.optimizer.param_groups]])
+    applied.append([self.global_step, [g["lr"] for g in self.optimizer.param_groups]])
     record(self, epoch, lrs, loss, norm)
-    if RANK == FAULT_RANK and self.step - 1 == SIGTERM_AT:
+    if RANK == FAULT_RANK and self.global_step - 1 == SIGTERM_AT:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
 def probed_to_device(self, x):
     x = to_device(self, x)
-    if RANK == FAULT_RANK and self.model.training and self.step == RAISE_AT:
+    if RANK == FAULT_RANK and self.model.training and self.global_step == RAISE_AT:
         raise RuntimeError(f"out of memory (simulated on rank {RANK})")
-    if RANK == FAULT_RANK and self.model.training and self.step == NAN_AT and not injected:
-        injected.append(self.step)
+    if RANK == FAULT_RANK and self.model.training and self.global_step == NAN_AT and not injected:
+        injected.append(self.global_step)
         x = x * float("nan")
     return x
 

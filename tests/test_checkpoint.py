@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from framework.checkpoint import load_checkpoint, save_checkpoint
-from tests.conftest import FullDisk
+from tests.helpers import FullDisk
 
 
 def test_round_trip(tmp_path):
@@ -84,7 +84,7 @@ def test_checkpoints_carry_crcs_even_when_pytorch_is_told_not_to(tmp_path):
 def test_a_checkpoint_with_code_is_refused_without_advising_weights_only_false(tmp_path):
     """PyTorch's own message says to re-run with weights_only=False; ours must not."""
     from framework.checkpoint import read_resume_checkpoint
-    from framework.config import ConfigError
+    from framework.errors import ConfigError
 
     marker = tmp_path / "pwned"
     torch.save({"step": 0, "model": {}, "x": _Evil(marker)}, tmp_path / "evil.pt")

@@ -8,21 +8,22 @@ import signal
 import pytest
 from hydra.errors import MissingConfigException
 
-from framework.cli import describe
-from framework.config import ConfigError
-from tests.conftest import TINY, FullDisk, lines, run_cli_in_process
+from framework.errors import user_messages
+from framework.errors import ConfigError
+from tests.helpers import TINY, compose_cfg, FullDisk, lines, run_cli_in_process
 
 
 def test_describe_config_error_and_missing_option():
-    assert describe(ConfigError(["a=1: bad", "b=2: worse"])) == ["a=1: bad", "b=2: worse"]
-    exc = MissingConfigException("Could not find 'optimizer/adamm'", "optimizer/adamm", ["adam"])
-    [line] = describe(exc)
-    assert line.startswith("optimizer=adamm: no such option (did you mean adam")
-    assert "adamw" in line and "sgd" in line
+    assert user_messages(ConfigError(["a=1: bad", "b=2: worse"])) == ["a=1: bad", "b=2: worse"]
+    with pytest.raises(MissingConfigException) as info:  # as Hydra raises it, with the options it found
+        compose_cfg("optimizer=adamm")
+    [line] = user_messages(info.value)
+    assert line.startswith("optimizer=adamm: no such option (did you mean adam?); available: adabelief, adam, adamw, ")
+    assert line.endswith(", sgd, sgd_schedulefree, sgdp")
 
 
 def test_other_exceptions_are_not_user_mistakes():
-    assert describe(RuntimeError("boom")) is None
+    assert user_messages(RuntimeError("boom")) is None
 
 
 # --- signals outside the training loop, a full disk: one line, a truthful status, no traceback ---
@@ -33,15 +34,15 @@ SHORT = [*TINY, "dataset.train_size=64", "dataset.val_size=32", "batch_size=32",
 
 @pytest.mark.parametrize("name,code", [("SIGTERM", 143), ("SIGINT", 130)])
 def test_a_signal_before_training_ends_in_one_line_and_leaves_no_folder(tmp_path, capfd, monkeypatch, name, code):
-    import framework.run
+    import framework.build
 
-    build = framework.run.build
+    build = framework.build.build
 
     def signalled_build(cfg, run_dir):
         os.kill(os.getpid(), getattr(signal, name))  # arrives while the run is being built
         return build(cfg, run_dir)
 
-    monkeypatch.setattr(framework.run, "build", signalled_build)
+    monkeypatch.setattr(framework.build, "build", signalled_build)
     assert run_cli_in_process(SHORT, tmp_path / "run") == code
     err = capfd.readouterr().err
     assert lines(err) == [f"stopped: {name}; before training started; nothing was trained"], err
@@ -72,13 +73,13 @@ def test_a_signal_while_training_starts_stops_at_the_first_step(tmp_path, capfd,
 def test_a_signal_after_the_last_step_keeps_the_run_completed_with_its_files(tmp_path, capfd, monkeypatch, name):
     import framework.run
 
-    finish = framework.run._finish
+    finish = framework.run.finish
 
     def signalled_finish(*args, **kwargs):
         os.kill(os.getpid(), getattr(signal, name))  # arrives while summary.json and lr.png are written
         return finish(*args, **kwargs)
 
-    monkeypatch.setattr(framework.run, "_finish", signalled_finish)
+    monkeypatch.setattr(framework.run, "finish", signalled_finish)
     assert run_cli_in_process(SHORT, tmp_path / "run") == 0
     out, err = capfd.readouterr()
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
@@ -95,7 +96,7 @@ def test_a_full_disk_during_training_is_one_line_and_the_last_checkpoint_resumes
     import builtins
 
     import framework.loggers
-    from tests.conftest import read_csv
+    from tests.helpers import read_csv
 
     saves = []
 
@@ -125,7 +126,7 @@ def test_a_full_disk_during_training_is_one_line_and_the_last_checkpoint_resumes
 def test_resume_of_a_run_that_cannot_be_written_is_one_line(tmp_path, capfd, monkeypatch):
     """A run folder on a read-only mount (here: os.access says so, as it does there, even for
     root): refused before anything is built, the folder untouched."""
-    from tests.conftest import folder_bytes
+    from tests.helpers import folder_bytes
 
     run = tmp_path / "run"
     assert run_cli_in_process([*SHORT, "trainer.stop_after_steps=2"], run) == 0
@@ -144,7 +145,7 @@ def test_resume_of_a_run_that_cannot_be_written_is_one_line(tmp_path, capfd, mon
 def test_the_continue_command_runs_from_where_the_user_is_and_a_finished_run_is_not_resumed(tmp_path, capfd):
     """Started from another folder as python <checkout>/train.py: the printed command names that
     script; once the run completed, the same command again changes nothing and says so."""
-    from tests.conftest import ROOT, folder_bytes
+    from tests.helpers import ROOT, folder_bytes
 
     run = tmp_path / "run"
     assert run_cli_in_process([*SHORT, "trainer.stop_after_steps=2"], run, cwd=tmp_path) == 0

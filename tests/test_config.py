@@ -6,11 +6,12 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from framework import registry
-from framework.config import RESERVED_KEYS
-from framework.config import GROUPS, ConfigError, TrainConfig, validate
-from framework.optim import param_groups
-from framework.schedules import LRPlan
-from tests.conftest import HANG_GUARD_S, TINY, compose_cfg, lines as stderr_lines, run_cli, run_cli_in_process, write_imagefolder, write_torchvision_files
+from framework.config import GROUPS, RESERVED_KEYS, validate
+from framework.errors import ConfigError
+from framework.optim import build_optimizer
+from framework.schedules.plan import build_plan
+from framework.schema import TrainConfig
+from tests.helpers import HANG_GUARD_S, TINY, compose_cfg, lines as stderr_lines, run_cli, run_cli_in_process, write_imagefolder, write_torchvision_files
 
 GROUP_FILES = sorted(p for g in GROUPS for p in (registry.CONF_DIR / g).rglob("*.yaml"))
 
@@ -101,16 +102,15 @@ def test_every_group_file_composes_validates_and_instantiates(path, tmp_path, mo
     elif group == "model":
         model = registry.instantiate(node, group, num_classes=10, in_chans=1, img_size=32)
         assert model(torch.randn(2, 1, 32, 32)).shape == (2, 10)
-    elif group == "optimizer":
+    elif group == "optimizer":  # through the production path: groups with their final base LRs
         net = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3))
-        opt = registry.instantiate(node, group, reserved=RESERVED_KEYS["optimizer"], params=param_groups(net, node.get("weight_decay", 0.0)))
-        expected = 1.0 if path.stem == "prodigy" else cfg.lr0  # Prodigy's LR is a multiplier of its own d
-        assert all(g["lr"] == expected for g in opt.param_groups)
-    elif group == "scheduler":
-        plan = LRPlan(lambda total, warmup: registry.instantiate(
-            node, group, reserved=("interval",), total=total,
-            **({"warmup": 10} if registry.accepts(node, "warmup") else {})), 200, 20)
-        assert all(0 < m <= 1 for m in plan.multipliers())
+        opt, scaling = build_optimizer(validate(cfg), net)
+        expected = 1.0 if path.stem == "prodigy" else 0.01  # lr0 = 0.01; Prodigy's LR multiplies its own d
+        assert scaling == 1.0 and [g["name"] for g in opt.param_groups] == ["decay", "no_decay"]
+        assert all(g["lr"] == g["initial_lr"] == expected for g in opt.param_groups)
+    elif group == "scheduler":  # 10 epochs of 20 steps, 10 warmup steps
+        plan = build_plan(compose_cfg(f"scheduler={path.stem}", "warmup_steps=10"), num_batches=20)
+        assert plan.total_steps == 200 and all(0 < m <= 1 for m in plan.multipliers())
     elif group == "lr_finder":
         finder = registry.instantiate(node, group)
         assert finder.num_steps == node.num_steps and finder.suggestion == node.suggestion
@@ -147,17 +147,27 @@ def test_yaml_exponent_without_dot_reaches_the_optimizer_as_a_float(tmp_path):
     conf = tmp_path / "conf"
     shutil.copytree(registry.CONF_DIR, conf)
     text = (conf / "train.yaml").read_text()
-    assert "\nlr0: 0.01 " in text
-    (conf / "train.yaml").write_text(text.replace("\nlr0: 0.01 ", "\nlr0: 1e-3 "))
+    assert "\nlr0:" not in text  # the default comes from the schema
+    (conf / "train.yaml").write_text(text.replace("\nhydra:\n", "\nlr0: 1e-3  # (LR) written as YAML 1.1 reads a string\nhydra:\n"))
     assert "\nweight_decay: 5e-4 " in (conf / "optimizer" / "sgd.yaml").read_text()
     with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=["optimizer=sgd"])
-    validate(cfg)  # as every run does: lr0 (typed loosely, to allow auto) becomes the float
-    net = torch.nn.Linear(2, 2)
-    opt = registry.instantiate(cfg.optimizer, "optimizer", reserved=RESERVED_KEYS["optimizer"], params=param_groups(net, cfg.optimizer.weight_decay))
+        composed = compose(config_name="train", overrides=["optimizer=sgd"])
+    cfg = validate(composed)
+    opt, _ = build_optimizer(cfg, torch.nn.Linear(2, 2))
     decay = opt.param_groups[0]
     assert type(decay["lr"]) is float and decay["lr"] == 0.001
     assert type(decay["weight_decay"]) is float and decay["weight_decay"] == 0.0005
+
+
+def test_validate_turns_a_numeric_string_lr0_into_a_float_in_a_new_config():
+    """lr0 is typed loosely (it also takes auto): a quoted '1e-3' is checked as the number 0.001,
+    and the config given to validate is left as it was."""
+    from framework.config import with_values
+
+    composed = with_values(compose_cfg(), lr0="1e-3")
+    checked = validate(composed)
+    assert composed.lr0 == "1e-3" and checked.lr0 == 0.001 and type(checked.lr0) is float
+    assert checked.optimizer.lr == 0.001  # ${lr0} follows
 
 
 def test_validate_reports_all_errors_at_once():
@@ -282,7 +292,7 @@ def test_hydra_full_error_0_in_the_environment_still_gives_one_line(tmp_path):
     import subprocess
     import sys
 
-    from tests.conftest import ROOT
+    from tests.helpers import ROOT
 
     proc = subprocess.run([sys.executable, str(ROOT / "train.py"), "scheduler=cosin", f"hydra.run.dir={tmp_path / 'run'}"],
                           cwd=ROOT, capture_output=True, text=True, env={**os.environ, "HYDRA_FULL_ERROR": "0"},

@@ -6,9 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from framework.config import ConfigError
+from framework.errors import ConfigError
 from framework.data import digits, make_loaders, mnist5k, synthetic
-from tests.conftest import write_cifar10, write_mnist, write_torchvision_files
+from tests.helpers import write_cifar10, write_mnist, write_torchvision_files
 
 
 def test_digits_split_is_stratified_normalised_and_fixed():
@@ -96,10 +96,10 @@ def test_missing_root_and_missing_files_are_config_errors(tmp_path):
 
 @pytest.mark.parametrize("name", ["mnist", "fashion_mnist"])
 def test_mnist_configs_train_one_epoch_on_generated_files(tmp_path, name):
-    from tests.conftest import TINY, read_csv, train_in_process
+    from tests.helpers import TINY, read_csv, train_in_process
 
     write_torchvision_files(name, tmp_path / "data")
-    args = [a for a in TINY if not a.startswith("dataset")]
+    args = [*TINY, "~dataset.train_size", "~dataset.val_size"]  # the tiny model on this dataset
     train_in_process(tmp_path / "run", *args, f"dataset={name}", f"dataset.root={tmp_path / 'data'}",
                      "dataset.download=false", "epochs=1", "batch_size=16")
     assert len(read_csv(tmp_path / "run" / "steps.csv")) == 4
@@ -109,11 +109,11 @@ def test_mnist_configs_train_one_epoch_on_generated_files(tmp_path, name):
 def test_cifar_configs_train_one_epoch_on_generated_files(tmp_path, monkeypatch, name):
     import torchvision.datasets.cifar
 
-    from tests.conftest import TINY, read_csv, train_in_process
+    from tests.helpers import TINY, read_csv, train_in_process
 
     write_torchvision_files(name, tmp_path / "data")
     monkeypatch.setattr(torchvision.datasets.cifar, "check_integrity", lambda *a, **k: True)
-    args = [a for a in TINY if not a.startswith("dataset")]
+    args = [*TINY, "~dataset.train_size", "~dataset.val_size"]  # the tiny model on this dataset
     train_in_process(tmp_path / "run", *args, f"dataset={name}", f"dataset.root={tmp_path / 'data'}",
                      "dataset.download=false", "epochs=1", "batch_size=16")
     assert len(read_csv(tmp_path / "run" / "steps.csv")) == {"cifar10": 3, "cifar100": 2}[name]  # 40 or 32 samples
@@ -151,7 +151,7 @@ def test_device_loader_gives_the_standard_batches(name):
 def test_loader_choice_and_same_training(tmp_path):
     from framework.data import DeviceLoader
     from framework.data.loaders import make_loaders
-    from tests.conftest import TINY, read_csv, train_in_process
+    from tests.helpers import TINY, read_csv, train_in_process
 
     cpu = torch.device("cpu")
     assert isinstance(make_loaders(synthetic(seed=0), 32, 0, cpu)[0], DeviceLoader)  # auto: it fits
@@ -186,7 +186,7 @@ def test_mnist5k_is_the_bundled_real_mnist_with_a_stratified_split():
 
 def test_imagefolder_with_val_folder_and_with_a_held_out_fraction(tmp_path):
     from framework.data import imagefolder
-    from tests.conftest import write_imagefolder
+    from tests.helpers import write_imagefolder
 
     write_imagefolder(tmp_path)
     data = imagefolder(seed=0, root=str(tmp_path), img_size=32)
@@ -209,7 +209,7 @@ def test_imagefolder_with_val_folder_and_with_a_held_out_fraction(tmp_path):
 
 def test_imagefolder_pretrained_takes_the_model_data_config(tmp_path):
     from framework.data import imagefolder
-    from tests.conftest import write_imagefolder
+    from tests.helpers import write_imagefolder
 
     write_imagefolder(tmp_path)
     data = imagefolder(seed=0, root=str(tmp_path), model_name="vit_tiny_patch16_224", pretrained=True, augment=False)
@@ -219,10 +219,10 @@ def test_imagefolder_pretrained_takes_the_model_data_config(tmp_path):
 
 
 def test_imagefolder_config_trains_one_epoch(tmp_path):
-    from tests.conftest import TINY, read_csv, train_in_process, write_imagefolder
+    from tests.helpers import TINY, read_csv, train_in_process, write_imagefolder
 
     write_imagefolder(tmp_path / "images")
-    args = [a for a in TINY if not a.startswith("dataset")]
+    args = [*TINY, "~dataset.train_size", "~dataset.val_size"]  # the tiny model on this dataset
     train_in_process(tmp_path / "run", *args, "dataset=imagefolder", f"dataset.root={tmp_path / 'images'}",
                      "dataset.img_size=32", "epochs=1", "batch_size=4")
     assert len(read_csv(tmp_path / "run" / "steps.csv")) == 3  # 12 images / 4
@@ -230,9 +230,9 @@ def test_imagefolder_config_trains_one_epoch(tmp_path):
 
 
 def test_mnist5k_config_trains_one_epoch(tmp_path):
-    from tests.conftest import TINY, read_csv, train_in_process
+    from tests.helpers import TINY, read_csv, train_in_process
 
-    args = [a for a in TINY if not a.startswith("dataset")]
+    args = [*TINY, "~dataset.val_size"]  # the tiny model on this dataset
     train_in_process(tmp_path, *args, "dataset=mnist5k", "dataset.train_size=256", "epochs=1", "batch_size=64")
     assert len(read_csv(tmp_path / "steps.csv")) == 4
 

@@ -8,7 +8,7 @@ import re
 import pytest
 import torch
 
-from framework.config import ConfigError
+from framework.errors import ConfigError
 from framework.data import base, digits, imagefolder, mnist5k, synthetic, torchvision_dataset
 
 FIX = "; fix or remove the file, or set dataset.skip_unreadable=true"
@@ -139,7 +139,7 @@ def test_skip_unreadable_with_nothing_readable_left(tmp_path):
 
 
 def test_cli_prints_the_one_line_and_exits_2(tmp_path, capfd):
-    from tests.conftest import lines, run_cli_in_process
+    from tests.helpers import lines, run_cli_in_process
 
     write_folder(tmp_path / "images")
     bad = tmp_path / "images" / "train" / "dog" / "cut.jpg"
@@ -247,7 +247,7 @@ def test_an_image_side_no_batch_can_hold_is_refused_first(make, chans):
 
 
 def test_lazy_boundary(tmp_path, monkeypatch):
-    from tests.conftest import write_mnist
+    from tests.helpers import write_mnist
 
     # imagefolder at 16 px: 64 * 3 * 16 * 16 * 4 = 196,608 bytes; MNIST at its native 28 px: 64 * 28 * 28 * 4 = 200,704
     write_folder(tmp_path / "images")
@@ -266,7 +266,7 @@ def test_lazy_boundary(tmp_path, monkeypatch):
 
 
 def test_cli_synthetic_too_big_is_one_line(tmp_path, capfd):
-    from tests.conftest import lines, run_cli_in_process
+    from tests.helpers import lines, run_cli_in_process
 
     code = run_cli_in_process(["dataset=synthetic", "dataset.train_size=1000000000"], tmp_path / "run")
     err = capfd.readouterr().err

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import HANG_GUARD_S, ROOT, TINY, read_csv, run_cli_in_process, train_in_process
+from tests.helpers import HANG_GUARD_S, ROOT, TINY, read_csv, run_cli_in_process, train_in_process
 
 pytestmark = pytest.mark.slow  # end-to-end: train.py in subprocesses (deselect with -m "not slow")
 
@@ -74,10 +74,9 @@ def test_two_ranks_one_folder_same_lrs_as_one_process(ddp_run, tmp_path):
     # the logged validation metrics are those of the whole validation set: one process evaluating the
     # saved weights (the last epoch's) on all 63 samples gets the same
     from framework.checkpoint import load_checkpoint
-    from framework.run import build
-    from tests.conftest import compose_cfg
+    from tests.helpers import build_run
 
-    trainer = build(compose_cfg(*RUN), tmp_path / "eval")
+    trainer = build_run(tmp_path / "eval", *RUN).trainer
     trainer.model.load_state_dict(load_checkpoint(run_dir / "checkpoints" / "last.pt")["model"])
     last = read_csv(run_dir / "epochs.csv")[-1]
     metrics = trainer.evaluate()
@@ -130,7 +129,7 @@ def test_nan_on_one_rank_rolls_back_every_rank(tmp_path):
     assert summary["status"] == "completed"
     # restore points are offered at steps 2, 4, ... (log_every_n_steps=2), each trusted once the next is
     # offered: at step 5 the last trusted one is step 2's
-    assert [(r["diverged_step"], r["restored_step"], r["lr_factor"]) for r in summary["rollbacks"]] == [(5, 2, 0.5)]
+    assert [(r["diverged_step"], r["restored_step"], r["lr_backoff"]) for r in summary["rollbacks"]] == [(5, 2, 0.5)]
     lrs, weights = per_rank(tmp_path / "probe")
     # steps 0-5 ran, 5 diverged (rank 1's NaN batch, seen by both through the averaged gradient), 2-7 ran again
     assert [k for k, _ in lrs[0]] == [0, 1, 2, 3, 4, 5, 2, 3, 4, 5, 6, 7] and lrs[0] == lrs[1]
@@ -167,13 +166,13 @@ def test_resume_with_another_world_size_is_refused(ddp_run, tmp_path, capfd):
 def test_sync_batchnorm_and_range_test_refused_where_they_cannot_work(tmp_path, monkeypatch):
     """Checked before anything is built: SyncBatchNorm on the CPU, the range test in a world of 2."""
     from framework import distributed
-    from framework.config import ConfigError
-    from framework.run import build, train
-    from tests.conftest import compose_cfg
+    from framework.errors import ConfigError
+    from framework.run import train
+    from tests.helpers import build_run, compose_cfg
 
     monkeypatch.setattr(distributed, "world_size", lambda: 2)
     with pytest.raises(ConfigError, match="trainer.sync_batchnorm=true: torch.nn.SyncBatchNorm needs CUDA"):
-        build(compose_cfg(*RUN, "trainer.sync_batchnorm=true"), tmp_path / "a")
+        build_run(tmp_path / "a", *RUN, "trainer.sync_batchnorm=true")
     for override in ("lr0=auto", "mode=lr_find"):
         with pytest.raises(ConfigError, match=f"{override}: the LR range test runs in one process"):
             train(compose_cfg(*RUN, override), tmp_path / "b")
@@ -187,20 +186,20 @@ def test_a_signal_during_the_stop_vote_waits_for_the_next_step(monkeypatch):
     from types import SimpleNamespace
 
     from framework import distributed
-    from framework.trainer import Trainer
+    from framework.trainer import StopSignals
 
     votes = []
 
     def vote(value):  # what the other rank sends: nothing, nothing, SIGUSR2 (code 3)
         votes.append(value)
         if len(votes) == 1:
-            me._stop_request = "SIGTERM"  # arrives while the first vote is in flight
+            me.request = "SIGTERM"  # arrives while the first vote is in flight
         return max(value, [0, 0, 3][len(votes) - 1])
 
     monkeypatch.setattr(distributed, "max_over_ranks", vote)
-    me = SimpleNamespace(world_size=2, _stop_request=None, stop_after_steps=None, step=3)
-    assert Trainer._should_stop(me) is False and me._stop_request == "SIGTERM"  # pending, not acted on
-    assert Trainer._should_stop(me) is True and votes == [0, 2] and me._stop_request == "SIGTERM"
-    me._stop_request = None
-    assert Trainer._should_stop(me) is True and votes[-1] == 0 and me._stop_request == "SIGUSR2"
+    me = SimpleNamespace(world_size=2, request=None, stop_after_steps=None, global_step=3)
+    assert StopSignals.should_stop(me) is False and me.request == "SIGTERM"  # pending, not acted on
+    assert StopSignals.should_stop(me) is True and votes == [0, 2] and me.request == "SIGTERM"
+    me.request = None
+    assert StopSignals.should_stop(me) is True and votes[-1] == 0 and me.request == "SIGUSR2"
 

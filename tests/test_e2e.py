@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from tests.conftest import HANG_GUARD_S, ROOT, TINY, read_csv, run_cli
+from tests.helpers import HANG_GUARD_S, ROOT, TINY, read_csv, run_cli
 
 pytestmark = pytest.mark.slow  # end-to-end: train.py in subprocesses (deselect with -m "not slow")
 

@@ -10,7 +10,7 @@ from torch.optim import lr_scheduler as tls
 
 from framework.checkpoint import load_checkpoint
 from framework.trainer import Diverged, DivergenceGuard
-from tests.conftest import TINY, read_csv, train_in_process
+from tests.helpers import TINY, build_run, read_csv, train_in_process
 from tests.test_schedules import torch_lrs
 
 RUN = [*TINY, "epochs=3", "device=cpu"]  # 4 steps per epoch, T = 12
@@ -45,16 +45,19 @@ def test_rollback_recovers_and_finishes_with_a_lower_lr(tmp_path):
     assert all(math.isfinite(float(r["loss"])) for r in rows)
     cosine = torch_lrs(lambda o: tls.CosineAnnealingLR(o, T_max=11, eta_min=1e6 * 0.01), 12, lr0=1e6)
     factor = [1.0] * 12
-    factors = [rb["lr_factor"] for rb in summary["rollbacks"]]
+    factors = [rb["lr_backoff"] for rb in summary["rollbacks"]]
     assert factors == pytest.approx([0.01 ** (i + 1) for i in range(len(factors))], rel=1e-12)  # 0.01, 1e-4, ...
     assert all(rb["restored_step"] <= rb["diverged_step"] for rb in summary["rollbacks"])
     for rb in summary["rollbacks"]:  # each rollback lowers the LR from the step it restored on
         for k in range(rb["restored_step"], 12):
-            factor[k] = rb["lr_factor"]
+            factor[k] = rb["lr_backoff"]
     for k, row in enumerate(rows):
         assert float(row["lr"]) == pytest.approx(cosine[k] * factor[k], rel=1e-12)
     assert float(rows[-1]["lr"]) < 1e6 * 0.01  # finished below the planned final LR
-    assert load_checkpoint(tmp_path / "checkpoints" / "last.pt")["lr_backoff"] == summary["rollbacks"][-1]["lr_factor"]
+    last = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
+    assert last["lr_backoff"] == summary["rollbacks"][-1]["lr_backoff"]
+    # the back-off multiplies the plan's LR; the groups' base LR stays lr0 (1e6) through every rollback
+    assert [g["initial_lr"] for g in last["optimizer"]["param_groups"]] == [1e6, 1e6]
 
 
 def test_exploding_loss_counts_as_divergence(tmp_path):
@@ -74,10 +77,7 @@ def test_guard_check_hand_worked():
 
 def test_stop_policy_takes_no_snapshots(tmp_path):
     """Snapshots copy the weights; with on_divergence=stop (default) none is ever taken."""
-    from framework.run import build
-    from tests.conftest import compose_cfg
-
-    trainer = build(compose_cfg(*RUN, "trainer.save_checkpoints=false"), tmp_path)
+    trainer = build_run(tmp_path, *RUN, "trainer.save_checkpoints=false").trainer
     calls = []
     trainer.state_dict = lambda: calls.append(1) or {}
     trainer.fit()
@@ -86,16 +86,16 @@ def test_stop_policy_takes_no_snapshots(tmp_path):
 
 def _train_with(monkeypatch, tmp_path, hook, *overrides):
     """Train through ``framework.run.train`` with ``hook(trainer)`` applied to the built trainer."""
-    import framework.run
+    import framework.build
 
-    build = framework.run.build
+    build = framework.build.build
 
     def build_and_hook(cfg, run_dir):
-        trainer = build(cfg, run_dir)
-        hook(trainer)
-        return trainer
+        built = build(cfg, run_dir)
+        hook(built.trainer)
+        return built
 
-    monkeypatch.setattr(framework.run, "build", build_and_hook)
+    monkeypatch.setattr(framework.build, "build", build_and_hook)
     return train_in_process(tmp_path, *RUN, *overrides)
 
 

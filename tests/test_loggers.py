@@ -4,7 +4,7 @@ from __future__ import annotations
 import subprocess
 
 from framework.loggers import CSVLog, git_state, plot_lr
-from tests.conftest import read_csv
+from tests.helpers import read_csv
 
 
 def test_csv_keeps_floats_bit_for_bit(tmp_path):

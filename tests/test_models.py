@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from framework.config import ConfigError
+from framework.errors import ConfigError
 from framework.models import create_model
 
 
@@ -52,7 +52,7 @@ def test_a_batch_of_one_is_refused_only_where_batch_norm_sees_one_value_per_chan
     import torch
     from torch.utils.data import DataLoader, TensorDataset
 
-    from framework.config import ConfigError
+    from framework.errors import ConfigError
     from framework.models import check_batch_norm_batches
 
     data = TensorDataset(torch.randn(5, 3, 4, 4), torch.zeros(5, dtype=torch.int64))

@@ -7,7 +7,7 @@ import torch
 from framework import registry
 from framework.config import RESERVED_KEYS
 from framework.optim import param_groups
-from tests.conftest import compose_cfg
+from tests.helpers import compose_cfg
 
 
 def test_no_weight_decay_on_biases_and_norm_weights():
@@ -85,7 +85,7 @@ def test_lr_scale_factor_hand_worked():
 
 
 def test_timm_optimizer_names_are_checked():
-    from framework.config import ConfigError
+    from framework.errors import ConfigError
     from framework.optim import timm_optimizer
 
     with pytest.raises(ConfigError, match="optimizer.opt=lamn: not a timm optimizer.*did you mean lamb"):

@@ -7,7 +7,7 @@ import pytest
 
 from framework.preview import expand, main
 from framework.registry import available
-from tests.conftest import TINY, train_in_process
+from tests.helpers import TINY, train_in_process
 
 
 def test_mode_plot_lr_draws_the_plan_and_trains_nothing(tmp_path):

@@ -9,7 +9,7 @@ import pytest
 
 from framework.report import main as report_main
 from framework.report import write_report
-from tests.conftest import HANG_GUARD_S, ROOT, TINY, read_csv, train_in_process
+from tests.helpers import HANG_GUARD_S, ROOT, TINY, read_csv, train_in_process
 
 pytestmark = pytest.mark.slow  # end-to-end: train.py in subprocesses (deselect with -m "not slow")
 
@@ -175,10 +175,10 @@ def test_optuna_search_maximises_the_returned_accuracy(tmp_path):
 def test_a_missing_plugin_names_the_package_to_install():
     from hydra.errors import MissingConfigException
 
-    from framework.cli import describe
+    from framework.errors import user_messages
 
     exc = MissingConfigException("Could not find 'hydra/launcher/joblib'", missing_cfg_file="hydra/launcher/joblib")
-    assert describe(exc) == ["hydra/launcher=joblib: the Hydra plugin is not installed; pip install "
+    assert user_messages(exc) == ["hydra/launcher=joblib: the Hydra plugin is not installed; pip install "
                              "hydra-joblib-launcher (or pip install -e '.[sweep]' for every sweep plugin)"]
 
 

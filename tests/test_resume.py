@@ -13,8 +13,8 @@ import time
 import pytest
 import torch
 
-from framework.config import ConfigError
-from tests.conftest import HANG_GUARD_S, ROOT, TINY, folder_bytes, lines, read_csv, run_cli, train_in_process
+from framework.errors import ConfigError
+from tests.helpers import HANG_GUARD_S, ROOT, TINY, folder_bytes, lines, read_csv, run_cli, train_in_process
 
 RUN = [*TINY, "epochs=3", "device=cpu"]  # 4 steps per epoch, T = 12
 
@@ -119,7 +119,7 @@ def test_bad_resume_paths_from_the_command_line(tmp_path):
 def test_resume_with_a_damaged_steps_csv_is_refused_before_anything_changes(tmp_path, damage):
     """The LR history is rebuilt from steps.csv: without the checkpoint's 5 rows and their LRs the
     resume is refused in one line, and the folder is left as it was."""
-    from framework.config import ConfigError
+    from framework.errors import ConfigError
 
     train_in_process(tmp_path / "run", *RUN, "trainer.stop_after_steps=5")
     steps = tmp_path / "run" / "steps.csv"
@@ -192,7 +192,7 @@ def test_a_schedule_free_stop_saves_the_averaged_weights(tmp_path):
     from framework import registry
     from framework.checkpoint import load_checkpoint
     from framework.optim import param_groups
-    from tests.conftest import compose_cfg
+    from tests.helpers import compose_cfg
 
     args = [*SMALL, "optimizer=adamw_schedulefree", "lr0=0.01"]
     train_in_process(tmp_path, *args, "trainer.stop_after_steps=3")
@@ -258,19 +258,21 @@ def test_a_kill_during_a_rollback_resumes_exactly(tmp_path, monkeypatch, instant
     and rollbacks as the run that was never killed."""
     import math
 
+    import framework.build
     import framework.loggers
-    import framework.run
-    import framework.trainer.state as state_module
+    import framework.trainer.checkpointing as checkpointing_module
+    import framework.trainer.loop as loop_module
 
-    build = framework.run.build
+    build = framework.build.build
 
     def build_with_nan_at_step_5(cfg, run_dir):
-        trainer = build(cfg, run_dir)
+        built = build(cfg, run_dir)
+        trainer = built.trainer
         weight = next(trainer.model.parameters())
-        weight.register_hook(lambda g: g * math.nan if trainer.step == 5 and not trainer.guard.rollbacks else g)
-        return trainer
+        weight.register_hook(lambda g: g * math.nan if trainer.global_step == 5 and not trainer.guard.rollbacks else g)
+        return built
 
-    monkeypatch.setattr(framework.run, "build", build_with_nan_at_step_5)
+    monkeypatch.setattr(framework.build, "build", build_with_nan_at_step_5)
     args = [*RUN, "trainer.on_divergence=rollback", "trainer.log_every_n_steps=3"]
     train_in_process(tmp_path / "full", *args)
     full = json.loads((tmp_path / "full" / "summary.json").read_text())
@@ -278,7 +280,7 @@ def test_a_kill_during_a_rollback_resumes_exactly(tmp_path, monkeypatch, instant
     assert [(r["diverged_step"], r["restored_step"]) for r in full["rollbacks"]] == [(5, 3)]
 
     rolling = {"on": False}
-    roll_back = state_module.StateMixin._roll_back
+    roll_back = loop_module.Trainer._roll_back
 
     def killed_roll_back(self, exc):
         rolling["on"] = True
@@ -292,9 +294,9 @@ def test_a_kill_during_a_rollback_resumes_exactly(tmp_path, monkeypatch, instant
         return wrapper
 
     with monkeypatch.context() as m:
-        m.setattr(state_module.StateMixin, "_roll_back", killed_roll_back)
+        m.setattr(loop_module.Trainer, "_roll_back", killed_roll_back)
         if instant.startswith("before"):
-            m.setattr(state_module, "save_checkpoint", kill_if_rolling(state_module.save_checkpoint))
+            m.setattr(checkpointing_module, "save_checkpoint", kill_if_rolling(checkpointing_module.save_checkpoint))
         else:
             m.setattr(framework.loggers, "truncate_csv", kill_if_rolling(framework.loggers.truncate_csv))
         with pytest.raises(Killed):
@@ -312,7 +314,7 @@ def test_a_kill_during_a_rollback_resumes_exactly(tmp_path, monkeypatch, instant
 def test_a_plain_resume_leaves_no_new_folder(tmp_path):
     """resume=<run> from the command line logs into the run's own train.log; no folder holding
     only a log is left beside it."""
-    from tests.conftest import run_cli_in_process
+    from tests.helpers import run_cli_in_process
 
     run = tmp_path / "outputs" / "run"
     assert run_cli_in_process([*SMALL, "trainer.stop_after_steps=2"], run) == 0

@@ -9,9 +9,10 @@ import torch
 from torch.optim import lr_scheduler as tls
 
 from framework import registry, schedules
-from framework.config import ConfigError
+from framework.errors import ConfigError
 from framework.schedules import LRPlan
-from tests.conftest import compose_cfg
+from framework.schedules.plan import build_plan, schedule_units
+from tests.helpers import compose_cfg
 
 LR0, LRF = 0.1, 0.01
 
@@ -29,12 +30,19 @@ def torch_lrs(make, T: int, lr0: float = LR0, steps_per_epoch: int = 1) -> list[
     return out
 
 
+def make_plan(schedule_cls, T: int, spe: int = 1, W: int = 0, s: float = 0.1, interval: str = "step",
+              warmup_momentum=None, **kwargs) -> LRPlan:
+    """The plan of ``schedule_cls(**kwargs)`` over a run of ``T`` steps, its units worked out as
+    :func:`~framework.schedules.plan.build_plan` does for a config."""
+    units, warmup_units = schedule_units(T, W, spe, interval, schedule_cls.counts_warmup)
+    takes_warmup = "warmup_units" in inspect.signature(schedule_cls).parameters
+    schedule = schedule_cls(total_units=units, **({"warmup_units": warmup_units} if takes_warmup else {}), **kwargs)
+    return LRPlan(schedule, T, spe, W, s, interval, warmup_momentum=warmup_momentum)
+
+
 def plan_lrs(schedule_cls, T: int, lr0: float = LR0, W: int = 0, s: float = 0.1, spe: int = 1,
              interval: str = "step", **kwargs) -> list[float]:
-    takes_warmup = "warmup" in inspect.signature(schedule_cls).parameters
-    plan = LRPlan(lambda total, warmup: schedule_cls(total=total, **({"warmup": warmup} if takes_warmup else {}),
-                                                     **kwargs), T, spe, W, s, interval)
-    return [lr0 * m for m in plan.multipliers()]
+    return [lr0 * m for m in make_plan(schedule_cls, T, spe, W, s, interval, **kwargs).multipliers()]
 
 
 def assert_close(ours, ref, tol=1e-12):
@@ -175,13 +183,14 @@ def test_onecycle_peaks_exactly_at_lr0_when_rise_ends_on_a_step():
 )
 def test_bad_schedule_arguments_raise(cls, kwargs, key):
     with pytest.raises(ConfigError, match=f"scheduler.{key}="):
-        cls(total=20, **kwargs)
+        cls(total_units=20, **kwargs)
 
 
 @pytest.mark.parametrize("W,T", [(10, 10), (11, 10)])
 def test_warmup_covering_the_run_is_refused(W, T):
-    with pytest.raises(ConfigError, match="warmup"):
-        LRPlan(lambda total, warmup: schedules.Constant(total), T, 5, W)
+    cfg = compose_cfg("scheduler=constant", f"warmup_steps={W}", f"max_steps={T}", "epochs=10")
+    with pytest.raises(ConfigError, match=f"warmup_steps={W}: gives {W} warmup steps but the run has only {T}"):
+        build_plan(cfg, num_batches=5)
 
 
 SCHEDULER_FILES = sorted((registry.CONF_DIR / "scheduler").rglob("*.yaml"))
@@ -196,32 +205,18 @@ def test_scheduler_files_found():
 def test_every_schedule_invariants(path, interval):
     """Finite, positive, never above lr0, warmup rising, step W = the schedule's first value,
     last step = lr0*lrf where lrf applies."""
-    cfg = compose_cfg(f"scheduler={path.stem}", f"scheduler.interval={interval}", "lr0=0.1", "lrf=0.01")
     spe, epochs, W = 10, 12, 10
-    plan = LRPlan(
-        lambda total, warmup: registry.instantiate(cfg.scheduler, "scheduler", reserved=("interval",), total=total,
-                                                   **({"warmup": warmup} if registry.accepts(cfg.scheduler, "warmup") else {})),
-        spe * epochs, spe, W, 0.1, interval,
-    )
+    cfg = compose_cfg(f"scheduler={path.stem}", f"scheduler.interval={interval}", "lr0=0.1", "lrf=0.01",
+                      f"epochs={epochs}", f"warmup_steps={W}")
+    plan = build_plan(cfg, num_batches=spe)
+    assert (plan.total_steps, plan.warmup_steps, plan.steps_per_epoch) == (120, 10, 10)
     lrs = [cfg.lr0 * m for m in plan.multipliers()]
     assert all(math.isfinite(v) and 0 < v <= cfg.lr0 * (1 + 1e-12) for v in lrs)
     assert all(a < b for a, b in zip(lrs[: W - 1], lrs[1:W]))
     if plan.schedule.ends_at_lrf:
         assert lrs[-1] == pytest.approx(cfg.lr0 * cfg.lrf, rel=1e-12)
     with pytest.raises(ConfigError):  # a horizon of zero units is refused by every schedule
-        registry.instantiate(cfg.scheduler, "scheduler", reserved=("interval",), total=0)
-
-
-def test_schedules_that_end_at_lrf():
-    ending = {name for name in registry.available("scheduler")
-              if getattr(registry_target(name), "ends_at_lrf", False)}
-    assert ending == {"cosine", "linear", "onecycle", "poly", "ultralytics", "wsd"}
-
-
-def registry_target(name):
-    from hydra.utils import get_object
-
-    return get_object(compose_cfg(f"scheduler={name}").scheduler._target_)
+        registry.instantiate(cfg.scheduler, "scheduler", reserved=("interval",), total_units=0)
 
 
 def test_every_schedule_documents_its_formula():
@@ -291,7 +286,7 @@ def torch_momenta(make, T, optimizer="sgd"):
 
 
 def plan_momenta(schedule_cls, T, **kwargs):
-    plan = LRPlan(lambda total, warmup: schedule_cls(total=total, **kwargs), T, 1)
+    plan = make_plan(schedule_cls, T, **kwargs)
     return [LR0 * plan(k) for k in range(T)], [plan.momentum(k, 0.9) for k in range(T)]
 
 
@@ -309,8 +304,7 @@ def test_cyclic_equals_cyclic_lr_with_momentum(mode, gamma, optimizer):
 
 def test_cyclic_triangular_hand_worked_table():
     """Bounds 0.001 ... 0.01 (lr0 0.01, lrf 0.1), half-cycle 4 steps, T = 9."""
-    lrs = [0.01 * m for m in LRPlan(lambda total, warmup: schedules.Cyclic(total, lrf=0.1, step_size_up=4), 9, 1)
-           .multipliers()]
+    lrs = [0.01 * m for m in LRPlan(schedules.Cyclic(9, lrf=0.1, step_size_up=4), 9, 1).multipliers()]
     assert_close(lrs, [0.001, 0.00325, 0.0055, 0.00775, 0.01, 0.00775, 0.0055, 0.00325, 0.001], tol=1e-15)
 
 
@@ -358,16 +352,15 @@ def test_inverse_sqrt_after_warmup_is_fairseq_rule():
     """W = 4 warmup steps: step k >= 4 has lr0*sqrt(4/k)."""
     lrs = plan_lrs(schedules.InverseSqrt, 20, W=4, s=0.25)
     assert_close(lrs[4:], [LR0 * math.sqrt(4 / k) for k in range(4, 20)], tol=1e-15)
-    assert schedules.InverseSqrt(50, warmup=0).timescale == 5  # no warmup: a tenth of the phase
+    assert schedules.InverseSqrt(50, warmup_units=0).timescale == 5  # no warmup: a tenth of the phase
     with pytest.raises(ConfigError, match="scheduler.timescale"):
-        schedules.InverseSqrt(10, warmup=0, timescale=0)
+        schedules.InverseSqrt(10, warmup_units=0, timescale=0)
 
 
 def plateau_epoch_lrs(metrics, warmup_epochs=0, spe=3, **kwargs):
     """LR of each epoch's last step under a plan fed ``metrics[e]`` after each epoch."""
     epochs = len(metrics)
-    plan = LRPlan(lambda total, warmup: schedules.Plateau(total, **kwargs), epochs * spe, spe,
-                  warmup_epochs * spe, 0.1, "epoch")
+    plan = make_plan(schedules.Plateau, epochs * spe, spe, warmup_epochs * spe, 0.1, "epoch", **kwargs)
     out = []
     for e, value in enumerate(metrics):
         out.append(LR0 * plan(e * spe + spe - 1))
@@ -408,8 +401,7 @@ def test_plateau_state_round_trip():
 
 
 def test_momentum_warmup_rises_to_the_optimizer_momentum():
-    plan = LRPlan(lambda total, warmup: schedules.Cosine(total, lrf=0.01), 20, 5, 4, 0.1, "step",
-                  warmup_momentum=0.8)
+    plan = make_plan(schedules.Cosine, 20, 5, 4, 0.1, "step", warmup_momentum=0.8, lrf=0.01)
     assert [plan.momentum(k, 0.9) for k in range(6)] == pytest.approx([0.8, 0.825, 0.85, 0.875, 0.9, 0.9])
 
 
@@ -417,10 +409,9 @@ def test_ultralytics_recipe_hand_worked():
     """4 epochs of 5 steps, warmup 1 epoch (W = 5), lr0 0.01, lrf 0.01, warmup_bias_lr 0.1, linear.
     Epochs count from 0, warmup included: lf(t) = 0.01 + 0.99 * (1 - t/3) for t = 0..3; warmup
     rises from 0.1*lr0 (bias: falls from 0.1) toward lr0 * lf(epoch)."""
-    plan = LRPlan(lambda total, warmup: schedules.Ultralytics(total, lrf=0.01, warmup_bias_lr=0.1), 20, 5, 5, 0.1,
-                  "epoch")
-    weights = [plan.group_lr(k, 0.01, "decay") for k in range(20)]
-    bias = [plan.group_lr(k, 0.01, "bias") for k in range(20)]
+    plan = make_plan(schedules.Ultralytics, 20, 5, 5, 0.1, "epoch", lrf=0.01)
+    weights = [plan.group_lr(k, {"initial_lr": 0.01}) for k in range(20)]
+    bias = [plan.group_lr(k, {"initial_lr": 0.01, "warmup_start_lr": 0.1}) for k in range(20)]
     assert_close(weights[:5], [0.01 * (0.1 + 0.9 * k / 5) for k in range(5)], tol=1e-15)
     assert_close(bias[:5], [0.1 + (0.01 - 0.1) * k / 5 for k in range(5)], tol=1e-15)  # falls 0.1 -> lr0
     expected = [0.01 * (0.01 + 0.99 * 2 / 3), 0.01 * (0.01 + 0.99 / 3), 0.01 * 0.01]
@@ -430,7 +421,7 @@ def test_ultralytics_recipe_hand_worked():
 
 def test_ultralytics_warmup_rises_toward_the_current_epoch_value():
     """W = 10 steps over 2 epochs of 5: in epoch 1 the target is lf(1) = 0.01 + 0.99 * (1 - 1/3)."""
-    plan = LRPlan(lambda total, warmup: schedules.Ultralytics(total, lrf=0.01), 20, 5, 10, 0.1, "epoch")
+    plan = make_plan(schedules.Ultralytics, 20, 5, 10, 0.1, "epoch", lrf=0.01)
     lf1 = 0.01 + 0.99 * (2 / 3)
     assert_close([plan(k) for k in range(5, 10)], [0.1 + (lf1 - 0.1) * k / 10 for k in range(5, 10)], tol=1e-15)
 
@@ -444,7 +435,7 @@ def test_ultralytics_cos_lr():
 def test_decay_over_a_single_unit_holds_lr0_and_warns(cls, caplog):
     """One epoch with interval=epoch (or warmup T-1 steps): nothing to decay over, LR stays lr0."""
     with caplog.at_level("WARNING"):
-        sched = cls(total=1, lrf=0.01)
+        sched = cls(total_units=1, lrf=0.01)
     assert sched(0) == 1.0 and "single unit" in caplog.text
     lrs = plan_lrs(cls, 8, spe=8, interval="epoch", lrf=0.01)
     assert lrs == [LR0] * 8
@@ -487,13 +478,11 @@ def test_only_the_plan_that_runs_warns_of_a_single_unit(tmp_path, caplog, schedu
     it holds lr0 there and says so."""
     import logging
 
-    from framework.run import build
-    from tests.conftest import TINY, compose_cfg
+    from tests.helpers import TINY, build_run
 
-    cfg = compose_cfg(*TINY, f"scheduler={scheduler}", "scheduler.interval=epoch", "dataset.train_size=40",
-                      "batch_size=8", "epochs=2", "warmup_epochs=1", "lr0=0.01", "lrf=0.01", "device=cpu")
     caplog.set_level(logging.WARNING, logger="framework")
-    plan = build(cfg, tmp_path).plan
+    plan = build_run(tmp_path, *TINY, f"scheduler={scheduler}", "scheduler.interval=epoch", "dataset.train_size=40",
+                     "batch_size=8", "epochs=2", "warmup_epochs=1", "lr0=0.01", "lrf=0.01", "device=cpu").plan
     assert (plan.total_steps, plan.warmup_steps) == (10, 5)
     after_warmup = [0.01 * plan(k) for k in range(5, 10)]
     assert after_warmup == pytest.approx([1e-4] * 5 if scheduler == "ultralytics" else [0.01] * 5)

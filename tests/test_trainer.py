@@ -10,7 +10,7 @@ from torch.optim import lr_scheduler as tls
 
 from framework.checkpoint import load_checkpoint
 from framework.trainer import group_sizes
-from tests.conftest import TINY, read_csv, train_in_process
+from tests.helpers import TINY, build_run, read_csv, train_in_process
 from tests.test_schedules import assert_close, torch_lrs
 
 LR0, LRF = 0.1, 0.01
@@ -237,11 +237,7 @@ def test_group_lrs_and_batch_scaling_in_steps_csv(tmp_path):
 
 def test_schedule_free_optimizer_is_switched_to_its_averaged_weights_for_eval(tmp_path):
     """A run with sgd_schedulefree trains in train mode and evaluates and saves in eval mode."""
-    from framework.run import build
-    from tests.conftest import compose_cfg
-
-    trainer = build(compose_cfg(*TINY, "optimizer=sgd_schedulefree", "epochs=2", "trainer.save_checkpoints=true"),
-                    tmp_path)
+    trainer = build_run(tmp_path, *TINY, "optimizer=sgd_schedulefree", "epochs=2", "trainer.save_checkpoints=true").trainer
     modes = []  # (model.training, optimizer train_mode) at every forward pass
     trainer.model.register_forward_hook(
         lambda m, i, o: modes.append((m.training, trainer.optimizer.param_groups[0]["train_mode"])))
@@ -300,7 +296,7 @@ def test_fp16_overflow_skipped_step_does_not_advance_the_schedule(tmp_path):
     calls = []
     model[1].weight.register_hook(lambda g: g * float("inf") if len(calls.append(1) or calls) in (3, 4) else g)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    plan = LRPlan(lambda total, warmup: Step(total, step_size=1, gamma=0.5), 8, 8)
+    plan = LRPlan(Step(8, step_size=1, gamma=0.5), 8, 8)  # T = 8 steps of 8 per epoch, one unit per step
     trainer = Trainer(model, opt, plan, loaders, tmp_path, torch.device("cpu"), precision="fp16",
                       progress_bar=False, save_checkpoints=False)
     result = trainer.fit()
@@ -308,6 +304,26 @@ def test_fp16_overflow_skipped_step_does_not_advance_the_schedule(tmp_path):
     assert result["skipped_steps"] == 2 and result["steps"] == 6
     assert [int(r["step"]) for r in rows] == list(range(6))
     assert [float(r["lr"]) for r in rows] == [0.1 * 0.5**k for k in range(6)]  # no LR was skipped
+
+
+def test_micro_batches_close_each_accumulation_group(tmp_path):
+    """76 samples in batches of 8 = 10 batches (the last of 4), accumulation 4: the groups hold
+    32, 32 and 12 samples and close at batches 3, 7 and 9 (the partial last group steps too);
+    from batch 4 (a resumed epoch) the same groups follow."""
+    from framework.data import make_loaders, synthetic
+    from framework.schedules import Constant, LRPlan
+    from framework.trainer import Trainer
+
+    data = synthetic(seed=0, train_size=76, val_size=8, img_size=4, in_chans=1)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 10))
+    trainer = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), LRPlan(Constant(3), 3, 3),
+                      make_loaders(data, 8, 0, torch.device("cpu")), tmp_path, torch.device("cpu"),
+                      accumulate_grad_batches=4, progress_bar=False, save_checkpoints=False)
+    batches = [(i, len(y), samples, closes) for i, _, y, samples, closes in trainer.micro_batches(0)]
+    assert [b[0] for b in batches] == list(range(10)) and [b[1] for b in batches] == [8] * 9 + [4]
+    assert [b[2] for b in batches] == [32] * 8 + [12] * 2
+    assert [i for i, _, _, closes in batches if closes] == [3, 7, 9]
+    assert [(i, s, c) for i, _, _, s, c in trainer.micro_batches(0, start=4)] == [(i, s, c) for i, _, s, c in batches[4:]]
 
 
 def test_channels_last_trains_the_same_run(tmp_path):
@@ -319,10 +335,7 @@ def test_channels_last_trains_the_same_run(tmp_path):
     a, b = (read_csv(tmp_path / r / "steps.csv") for r in "ab")
     assert [r["lr"] for r in a] == [r["lr"] for r in b]
     assert [float(r["loss"]) for r in a] == pytest.approx([float(r["loss"]) for r in b], rel=1e-4)
-    from framework.run import build
-    from tests.conftest import compose_cfg
-
-    trainer = build(compose_cfg(*TINY, "device=cpu", "trainer.channels_last=true"), tmp_path / "c")
+    trainer = build_run(tmp_path / "c", *TINY, "device=cpu", "trainer.channels_last=true").trainer
     weight = next(p for p in trainer.model.parameters() if p.ndim == 4)  # the layout the flag asks for
     assert weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous()
     x, _ = next(iter(trainer.train_loader))
@@ -330,9 +343,6 @@ def test_channels_last_trains_the_same_run(tmp_path):
 
 
 def test_compile_wraps_the_forward_and_keeps_plain_checkpoint_keys(tmp_path):
-    from framework.run import build
-    from tests.conftest import compose_cfg
-
-    trainer = build(compose_cfg(*TINY, "device=cpu", "trainer.compile=true"), tmp_path)
+    trainer = build_run(tmp_path, *TINY, "device=cpu", "trainer.compile=true").trainer
     assert trainer.forward is not trainer.model and hasattr(trainer.forward, "_orig_mod")
     assert not any(k.startswith("_orig_mod") for k in trainer.state_dict()["model"])

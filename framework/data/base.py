@@ -9,7 +9,7 @@ from typing import Optional
 import torch
 from torch.utils.data import Dataset
 
-from framework.config import ConfigError
+from framework.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

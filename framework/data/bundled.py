@@ -7,7 +7,7 @@ from typing import Optional
 import torch
 from torch.utils.data import TensorDataset
 
-from framework.config import ConfigError
+from framework.errors import ConfigError
 from framework.data.base import (DataBundle, ImageTensorDataset, _check_count, _subsample, channel_stats,
                                  check_batch_memory, check_img_size, check_memory)
 

@@ -148,7 +148,7 @@ def make_loaders(data: DataBundle, batch_size: int, seed: int, device: torch.dev
     Raises:
         ConfigError: ``loader=device`` for data that cannot be held on the device.
     """
-    from framework.config import ConfigError
+    from framework.errors import ConfigError
 
     # A last batch of one sample breaks BatchNorm in training mode; drop it (one sample per epoch).
     sampler = EpochSampler(len(data.train), seed, rank, world_size)

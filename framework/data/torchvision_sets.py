@@ -7,7 +7,7 @@ from typing import Optional
 
 import torch
 
-from framework.config import ConfigError
+from framework.errors import ConfigError
 from framework.data.base import (DataBundle, ImageTensorDataset, _subsample, channel_stats, check_batch_memory,
                                  check_img_size)
 

@@ -4,14 +4,14 @@ from __future__ import annotations
 import logging
 from typing import Optional
 
-from framework.config import ConfigError
+from framework.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 
-def progress(t: int, total: int) -> float:
-    """Fraction ``p = t/(total-1)`` of a decay of ``total >= 2`` units done at unit ``t``."""
-    return t / (total - 1)
+def progress(t: int, total_units: int) -> float:
+    """Fraction ``p = t/(total_units-1)`` of a decay of ``total_units >= 2`` units done at unit ``t``."""
+    return t / (total_units - 1)
 
 
 def check_lrf(lrf: float) -> None:
@@ -20,22 +20,22 @@ def check_lrf(lrf: float) -> None:
         raise ConfigError(f"scheduler.lrf={lrf}: must be in [0, 1] (set the top-level lrf)")
 
 
-def to_units(value: float, total: int, key: str) -> tuple[int, bool]:
-    """A duration in schedule units: an integer >= 1 as given, or a fraction in (0, 1) of ``total``.
+def to_units(value: float, total_units: int, key: str) -> tuple[int, bool]:
+    """A duration in schedule units: an integer >= 1 as given, or a fraction in (0, 1) of ``total_units``.
 
     Args:
         value: the configured duration (``3`` epochs, or ``0.3`` of the run).
-        total: units of the main phase.
+        total_units: units of the main phase.
         key: config key for messages (``scheduler.step_size``).
 
     Returns:
-        ``(units, was_fraction)``; a fraction becomes ``max(1, round(value * total))``.
+        ``(units, was_fraction)``; a fraction becomes ``max(1, round(value * total_units))``.
 
     Raises:
         ConfigError: neither a whole number >= 1 nor a fraction in (0, 1).
     """
     if 0 < value < 1:
-        return max(1, round(value * total)), True
+        return max(1, round(value * total_units)), True
     if value >= 1 and int(value) == value:
         return int(value), False
     raise ConfigError(f"{key}={value}: use a whole number of units (>= 1) or a fraction of the run in (0, 1)")
@@ -63,10 +63,10 @@ class Schedule:
     prescribe the momentum (SGD ``momentum`` or Adam ``beta1``) through :meth:`momentum`.
 
     Args:
-        total: number of units of the main phase, after warmup; >= 1.
+        total_units: number of units of the main phase, after warmup; >= 1.
 
     Raises:
-        ConfigError: ``total < 1``.
+        ConfigError: ``total_units < 1``.
     """
 
     #: True for metric-driven policies (plateau): they carry state and need :meth:`observe`.
@@ -77,10 +77,10 @@ class Schedule:
     #: instead of 1 (Ultralytics); False: ``t`` starts after warmup, which rises to 1.
     counts_warmup = False
 
-    def __init__(self, total: int):
-        if total < 1:
-            raise ConfigError(f"scheduler: the run leaves {total} units after warmup; shorten warmup")
-        self.total = int(total)
+    def __init__(self, total_units: int):
+        if total_units < 1:
+            raise ConfigError(f"scheduler: the run leaves {total_units} units after warmup; shorten warmup")
+        self.total_units = int(total_units)
 
     def __call__(self, t: int) -> float:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -94,8 +94,8 @@ class Decay(Schedule):
     """Base of schedules that run once over the main phase and end at ``lrf`` exactly.
 
     Args:
-        total: units in the main phase (runtime).
-        lrf: final multiplier, reached exactly at ``t = total-1``; in [0, 1].
+        total_units: units in the main phase (runtime).
+        lrf: final multiplier, reached exactly at ``t = total_units-1``; in [0, 1].
 
     A main phase of a single unit (one epoch with ``interval=epoch``, or a warmup of ``T-1``
     steps) holds the multiplier at 1, as Ultralytics' one-epoch runs do: there is nothing to
@@ -107,10 +107,10 @@ class Decay(Schedule):
 
     ends_at_lrf = True
 
-    def __init__(self, total: int, lrf: float):
-        super().__init__(total)
+    def __init__(self, total_units: int, lrf: float):
+        super().__init__(total_units)
         check_lrf(lrf)
-        if total == 1:
+        if total_units == 1:
             log.warning(
                 "scheduler: %s has a single unit (step, or epoch with scheduler.interval=epoch) after "
                 "warmup: the LR stays at lr0 (raise epochs or use scheduler.interval=step to decay)",
@@ -119,7 +119,7 @@ class Decay(Schedule):
         self.lrf = float(lrf)
 
     def __call__(self, t: int) -> float:
-        return 1.0 if self.total == 1 else self.decay(progress(t, self.total))
+        return 1.0 if self.total_units == 1 else self.decay(progress(t, self.total_units))
 
     def decay(self, p: float) -> float:  # pragma: no cover - abstract
         """Multiplier at decay progress ``p`` in [0, 1]."""

@@ -5,7 +5,7 @@ import logging
 import math
 from typing import Optional
 
-from framework.config import ConfigError
+from framework.errors import ConfigError
 from framework.schedules.base import Schedule, check_lrf, check_momentum_bounds, to_units
 
 log = logging.getLogger(__name__)
@@ -25,20 +25,20 @@ class OneCycle(Schedule):
     """One-cycle policy (Smith & Topin, 2018), phases as ``torch.optim.lr_scheduler.OneCycleLR``.
 
     Rises from ``1/div_factor`` to 1 over the first ``pct_start`` of the phase, then anneals to
-    ``lrf``. Equals ``OneCycleLR(max_lr=lr0, total_steps=total, div_factor=div_factor,
+    ``lrf``. Equals ``OneCycleLR(max_lr=lr0, total_steps=total_units, div_factor=div_factor,
     final_div_factor=1/(div_factor*lrf))`` step for step (its floor moved to ``lr0*lrf``),
     momentum included: it cycles inversely, ``max_momentum`` → ``base_momentum`` → ``max_momentum``
     (SGD ``momentum`` or Adam ``beta1``).
 
-    Formula: m(t) = cos_anneal(1/div_factor, 1, t/(r-1)) for t <= r-1, else cos_anneal(1, lrf, (t-r+1)/(total-r)), with r = pct_start*total and cos_anneal(a, b, x) = b + (a-b)*(1+cos(pi*x))/2
+    Formula: m(t) = cos_anneal(1/div_factor, 1, t/(r-1)) for t <= r-1, else cos_anneal(1, lrf, (t-r+1)/(total_units-r)), with r = pct_start*total_units and cos_anneal(a, b, x) = b + (a-b)*(1+cos(pi*x))/2
 
     ``cos_anneal`` becomes ``b + (a - b) * (1 - x)`` with ``anneal_strategy=linear``.
     With ``three_phase`` the phases are 1/div_factor → 1 → 1/div_factor → lrf, ends
-    ``[pct_start*total - 1, 2*pct_start*total - 2, total - 1]`` (fast.ai's variant).
+    ``[pct_start*total_units - 1, 2*pct_start*total_units - 2, total_units - 1]`` (fast.ai's variant).
 
     Args:
-        total: units in the main phase (runtime).
-        lrf: final multiplier, reached exactly at ``t = total-1``; in [0, 1].
+        total_units: units in the main phase (runtime).
+        lrf: final multiplier, reached exactly at ``t = total_units-1``; in [0, 1].
         pct_start: fraction of the phase spent rising; the rise must span more than one unit.
         div_factor: start multiplier is ``1/div_factor``; > 0.
         anneal_strategy: ``cos`` or ``linear``.
@@ -55,7 +55,7 @@ class OneCycle(Schedule):
 
     def __init__(
         self,
-        total: int,
+        total_units: int,
         lrf: float,
         pct_start: float = 0.3,
         div_factor: float = 25.0,
@@ -65,13 +65,13 @@ class OneCycle(Schedule):
         base_momentum: float = 0.85,
         max_momentum: float = 0.95,
     ):
-        super().__init__(total)
+        super().__init__(total_units)
         check_lrf(lrf)
-        rise = pct_start * total
+        rise = pct_start * total_units
         last_rise_end = 2 * rise - 2 if three_phase else rise - 1
-        if not (0 < pct_start < 1 and rise > 1 and last_rise_end < total - 1):
+        if not (0 < pct_start < 1 and rise > 1 and last_rise_end < total_units - 1):
             raise ConfigError(
-                f"scheduler.pct_start={pct_start}: gives a {rise:g}-unit rise in a {total}-unit "
+                f"scheduler.pct_start={pct_start}: gives a {rise:g}-unit rise in a {total_units}-unit "
                 "cycle; it must span more than 1 unit and end before the last (raise epochs or "
                 "change pct_start)"
             )
@@ -83,9 +83,9 @@ class OneCycle(Schedule):
         low, lo_m, hi_m = 1.0 / div_factor, base_momentum, max_momentum
         if three_phase:
             self.phases = [(rise - 1, low, 1.0, hi_m, lo_m), (2 * rise - 2, 1.0, low, lo_m, hi_m),
-                           (total - 1, low, lrf, hi_m, hi_m)]
+                           (total_units - 1, low, lrf, hi_m, hi_m)]
         else:
-            self.phases = [(rise - 1, low, 1.0, hi_m, lo_m), (total - 1, 1.0, lrf, lo_m, hi_m)]
+            self.phases = [(rise - 1, low, 1.0, hi_m, lo_m), (total_units - 1, 1.0, lrf, lo_m, hi_m)]
         self.anneal = cos_anneal if anneal_strategy == "cos" else linear_anneal
         self.cycle_momentum = cycle_momentum
 
@@ -118,7 +118,7 @@ class Cyclic(Schedule):
     Formula: m(t) = lrf + (1 - lrf) * s(x) * scale, with c = floor(1 + t/L), x = 1 + t/L - c, L = step_size_up + step_size_down, s(x) = x/r for x <= r else (x-1)/(r-1), r = step_size_up/L, scale = 1 (triangular), 1/2^(c-1) (triangular2), gamma^t (exp_range)
 
     Args:
-        total: units in the main phase (runtime).
+        total_units: units in the main phase (runtime).
         lrf: lower bound as a fraction of lr0, in [0, 1].
         step_size_up: units (steps, or epochs with ``interval=epoch``) of the rising half, >= 1.
         step_size_down: units of the falling half; null = ``step_size_up``.
@@ -136,7 +136,7 @@ class Cyclic(Schedule):
 
     def __init__(
         self,
-        total: int,
+        total_units: int,
         lrf: float,
         step_size_up: int = 2000,
         step_size_down: Optional[int] = None,
@@ -146,7 +146,7 @@ class Cyclic(Schedule):
         base_momentum: float = 0.8,
         max_momentum: float = 0.9,
     ):
-        super().__init__(total)
+        super().__init__(total_units)
         check_lrf(lrf)
         down = step_size_up if step_size_down is None else step_size_down
         for key, value in (("step_size_up", step_size_up), ("step_size_down", down)):
@@ -160,9 +160,9 @@ class Cyclic(Schedule):
         self.lrf, self.mode, self.gamma = float(lrf), mode, float(gamma)
         self.size = float(step_size_up + down)
         self.ratio = step_size_up / self.size
-        if step_size_up >= total:
+        if step_size_up >= total_units:
             log.warning("scheduler.step_size_up=%d: not shorter than the run's %d units, the LR only "
-                        "rises; lower it to see a cycle", step_size_up, total)
+                        "rises; lower it to see a cycle", step_size_up, total_units)
         self.cycle_momentum, self.base_m, self.max_m = cycle_momentum, base_momentum, max_momentum
 
     def _shape(self, t: int) -> float:
@@ -192,7 +192,7 @@ class CosineRestarts(Schedule):
     Formula: m(t) = lrf + (max(decay^i, lrf) - lrf) * (1 + cos(pi * t_i / T_i)) / 2, with cycle i holding t, T_i = T_0 * T_mult^i and t_i = t - (T_0 + ... + T_{i-1})
 
     Args:
-        total: units in the main phase (runtime).
+        total_units: units in the main phase (runtime).
         lrf: floor multiplier, in [0, 1].
         T_0: units of the first cycle, an integer >= 1 (not longer than the run) or a fraction in
             (0, 1) of the main phase.
@@ -203,12 +203,12 @@ class CosineRestarts(Schedule):
         ConfigError: bad ``T_0``, ``T_mult``, ``decay`` or ``lrf``.
     """
 
-    def __init__(self, total: int, lrf: float, T_0: int = 10, T_mult: int = 1, decay: float = 1.0):
-        super().__init__(total)
+    def __init__(self, total_units: int, lrf: float, T_0: int = 10, T_mult: int = 1, decay: float = 1.0):
+        super().__init__(total_units)
         check_lrf(lrf)
-        units, fraction = to_units(T_0, total, "scheduler.T_0")
-        if units > total and not fraction:
-            raise ConfigError(f"scheduler.T_0={T_0}: the first cycle is longer than the run ({total} units after "
+        units, fraction = to_units(T_0, total_units, "scheduler.T_0")
+        if units > total_units and not fraction:
+            raise ConfigError(f"scheduler.T_0={T_0}: the first cycle is longer than the run ({total_units} units after "
                               "warmup); lower it or give a fraction of the run, e.g. 0.25")
         if int(T_mult) != T_mult or T_mult < 1:
             raise ConfigError(f"scheduler.T_mult={T_mult}: must be an integer >= 1")

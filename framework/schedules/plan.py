@@ -1,10 +1,131 @@
-"""The LR plan of a run: warmup, then the main schedule, evaluated at every optimizer step."""
+"""The LR contract of a run, in one place: ``T`` from the loader, the warmup length, the plan of
+every optimizer step, and applying it to an optimizer.
+
+Notation (README, "The LR contract"): ``T`` optimizer steps ``k = 0 … T-1``; ``W`` warmup
+steps; the main schedule sees ``t`` units (steps, or epochs with ``scheduler.interval=epoch``)
+out of ``total_units``. Every param group's LR at step ``k`` is ``initial_lr * plan(k)``, where
+``initial_lr`` is the group's final base LR (``lr0`` x its ratio x the batch-size scaling,
+:func:`framework.optim.build_optimizer`).
+"""
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+import math
+from typing import Any, Optional
 
-from framework.config import ConfigError
+from framework import registry
+from framework.errors import ConfigError
 from framework.schedules.base import Schedule
+
+#: Keys of ``conf/scheduler/*.yaml`` read by the plan, not passed to the schedule.
+PLAN_KEYS = ("interval",)
+
+
+def count_steps(num_batches: int, accumulate: int, epochs: int, max_steps: Optional[int]) -> tuple[int, int]:
+    """The run's optimizer steps ``T`` and steps per epoch.
+
+    Args:
+        num_batches: ``len(train_loader)``, batches per epoch (the last may be partial).
+        accumulate: ``trainer.accumulate_grad_batches``, batches per optimizer step.
+        epochs: passes over the data.
+        max_steps: cap on ``T``; None = no cap.
+
+    Returns:
+        ``(T, steps_per_epoch)`` with ``steps_per_epoch = ceil(num_batches / accumulate)`` (a
+        last partial accumulation group still steps) and ``T = epochs * steps_per_epoch``,
+        capped at ``max_steps``.
+    """
+    spe = math.ceil(num_batches / accumulate)
+    total = epochs * spe
+    return (min(total, max_steps) if max_steps else total), spe
+
+
+def warmup_length(cfg: Any, steps_per_epoch: int) -> tuple[int, str]:
+    """Warmup length ``W`` in optimizer steps, and the ``key=value`` that set it.
+
+    Args:
+        cfg: composed config (reads ``warmup_steps``, ``warmup_epochs``).
+        steps_per_epoch: optimizer steps per epoch.
+
+    Returns:
+        ``(W, "warmup_steps=N")`` when ``warmup_steps`` is set, else
+        ``(round(warmup_epochs * steps_per_epoch), "warmup_epochs=X")``, at least 1 step when
+        ``warmup_epochs > 0``.
+    """
+    if cfg.warmup_steps is not None:
+        return int(cfg.warmup_steps), f"warmup_steps={cfg.warmup_steps}"
+    steps = int(round(cfg.warmup_epochs * steps_per_epoch))
+    if cfg.warmup_epochs > 0 and steps == 0:
+        steps = 1  # a requested warmup is never dropped silently
+    return steps, f"warmup_epochs={cfg.warmup_epochs}"
+
+
+def schedule_units(total_steps: int, warmup_steps: int, steps_per_epoch: int, interval: str,
+                   counts_warmup: bool) -> tuple[int, int]:
+    """What the main schedule is built over: ``(total_units, warmup_units)``.
+
+    Args:
+        total_steps: ``T``; warmup_steps: ``W`` (< ``T``); steps_per_epoch: optimizer steps per epoch.
+        interval: ``step`` (a unit is a step) or ``epoch`` (a unit is an epoch; the LR changes
+            at epoch starts).
+        counts_warmup: the schedule counts ``t`` from step 0, warmup included (Ultralytics).
+
+    Returns:
+        ``total_units``: ``T - W`` steps, or the epochs from the one warmup ends in to the last
+        (``(T-1)//spe - W//spe + 1``); the whole run's units when ``counts_warmup``.
+        ``warmup_units``: ``W`` steps, or ``round(W / spe)`` epochs.
+    """
+    T, W, spe = total_steps, warmup_steps, steps_per_epoch
+    if interval == "step":
+        return (T if counts_warmup else T - W), W
+    whole = (T - 1) // spe + 1
+    return (whole if counts_warmup else (T - 1) // spe - W // spe + 1), round(W / spe)
+
+
+def build_plan(cfg: Any, num_batches: int) -> "LRPlan":
+    """The LR plan of the run ``cfg`` describes, over a train loader of ``num_batches`` batches.
+
+    The one place where ``T``, ``W`` and the schedule's units are worked out: training, the
+    range test's config, ``mode=plot_lr``, ``python -m framework.preview`` and the tests all
+    call it. The schedule (``conf/scheduler/<name>.yaml``) receives ``total_units`` and, when its
+    signature takes it, ``warmup_units``; whether it counts warmup is its class attribute
+    ``counts_warmup``.
+
+    Args:
+        cfg: a validated config (reads ``epochs``, ``max_steps``, the warmup keys,
+            ``trainer.accumulate_grad_batches`` and the ``scheduler`` group).
+        num_batches: ``len(train_loader)`` of this process.
+
+    Returns:
+        The :class:`LRPlan`.
+
+    Raises:
+        ConfigError: warmup covers the whole run, or the schedule rejects its arguments.
+    """
+    T, spe = count_steps(num_batches, cfg.trainer.get("accumulate_grad_batches", 1), cfg.epochs, cfg.max_steps)
+    W, warmup_key = warmup_length(cfg, spe)
+    if W >= T:
+        raise ConfigError(f"{warmup_key}: gives {W} warmup steps but the run has only {T} optimizer steps; "
+                          "lower the warmup or raise epochs")
+    interval = cfg.scheduler.get("interval", "step")
+    counts_warmup = bool(getattr(registry.locate(cfg.scheduler._target_), "counts_warmup", False))
+    total_units, warmup_units = schedule_units(T, W, spe, interval, counts_warmup)
+    runtime = {"total_units": total_units}
+    if registry.accepts(cfg.scheduler, "warmup_units"):
+        runtime["warmup_units"] = warmup_units
+    schedule = registry.instantiate(cfg.scheduler, "scheduler", reserved=PLAN_KEYS, **runtime)
+    return LRPlan(schedule, T, spe, warmup_steps=W, warmup_start_factor=cfg.warmup_start_factor, interval=interval,
+                  warmup_momentum=cfg.warmup_momentum)
+
+
+def momentum_key(group: dict[str, Any]) -> Optional[str]:
+    """``momentum`` (SGD, RMSprop), ``betas`` (Adam family: beta1) or None for a param group."""
+    return "momentum" if "momentum" in group else "betas" if "betas" in group else None
+
+
+def group_momentum(group: dict[str, Any]) -> Optional[float]:
+    """A param group's momentum (or Adam beta1) now; None for optimizers without one."""
+    key = momentum_key(group)
+    return None if key is None else group["momentum"] if key == "momentum" else group["betas"][0]
 
 
 class LRPlan:
@@ -13,78 +134,38 @@ class LRPlan:
     Warmup (``k < W``): ``m = s + (1 - s) * k / W``, as ``LinearLR(start_factor=s,
     total_iters=W)``; step ``W`` is the main schedule's first unit. After warmup the main
     schedule is evaluated at ``t = k - W`` (interval ``step``) or at ``t = epoch(k) - epoch(W)``
-    with ``epoch(k) = k // steps_per_epoch`` (interval ``epoch``, LR changes at epoch starts).
+    with ``epoch(k) = k // steps_per_epoch`` (interval ``epoch``, LR changes at epoch starts); a
+    schedule with ``counts_warmup`` sees ``t`` from step 0 and warmup rises toward its value.
+    A param group with ``warmup_start_lr`` (the biases under ``warmup_bias_lr``, Ultralytics)
+    warms up on a line from that absolute LR to its first main-schedule LR instead.
     Momentum: during warmup, with ``warmup_momentum`` set, it rises linearly from it to the
     schedule's first momentum (or the optimizer's own), as Ultralytics does; afterwards it is the
     schedule's (one-cycle, cyclic) or the optimizer's own.
 
     Args:
-        make_schedule: builds the main schedule from its length and the warmup length, both in
-            units (``make_schedule(total, warmup)``).
+        schedule: the main schedule, built over this run's units (:func:`build_plan`).
         total_steps: ``T``, optimizer steps of the whole run (after accumulation and caps).
         steps_per_epoch: optimizer steps per epoch (``ceil(batches / accumulate_grad_batches)``).
-        warmup_steps: ``W``, optimizer steps of warmup; must be < ``T``.
+        warmup_steps: ``W``, optimizer steps of warmup, ``0 <= W < T``.
         warmup_start_factor: ``s`` in (0, 1], multiplier of warmup step 0.
         interval: ``step`` or ``epoch``.
-        warmup_key: the config key that set ``W``, for the error message.
         warmup_momentum: momentum (beta1) of warmup step 0; None = no momentum warmup.
-        counts_warmup: the schedule counts ``t`` from step 0, warmup included (its class's
-            ``counts_warmup``); None = find out by building it once over the main phase.
 
     Raises:
-        ConfigError: warmup covers the whole run, or the schedule rejects its arguments.
+        ValueError: ``W`` not in ``[0, T)``.
     """
 
-    def __init__(
-        self,
-        make_schedule: Callable[[int, int], Schedule],
-        total_steps: int,
-        steps_per_epoch: int,
-        warmup_steps: int = 0,
-        warmup_start_factor: float = 0.1,
-        interval: str = "step",
-        warmup_key: str = "warmup_steps",
-        warmup_momentum: Optional[float] = None,
-        counts_warmup: Optional[bool] = None,
-    ):
+    def __init__(self, schedule: Schedule, total_steps: int, steps_per_epoch: int, warmup_steps: int = 0,
+                 warmup_start_factor: float = 0.1, interval: str = "step", warmup_momentum: Optional[float] = None):
         T, W, spe = int(total_steps), int(warmup_steps), int(steps_per_epoch)
-        if W >= T:
-            raise ConfigError(
-                f"{warmup_key}: gives {W} warmup steps but the run has only {T} optimizer steps; "
-                "lower the warmup or raise epochs"
-            )
-        self.total_steps, self.warmup_steps, self.steps_per_epoch = T, W, spe
+        if not 0 <= W < T:
+            raise ValueError(f"warmup_steps={W}: must be in [0, total_steps={T})")
+        self.schedule, self.total_steps, self.warmup_steps, self.steps_per_epoch = schedule, T, W, spe
         self.start_factor, self.interval = float(warmup_start_factor), interval
         self.warmup_momentum = warmup_momentum
-        if interval == "step":
-            units, warmup_units = T - W, W
-        else:
-            units, warmup_units = (T - 1) // spe - W // spe + 1, round(W / spe)
-        whole_run = T if interval == "step" else (T - 1) // spe + 1
-        # only the schedule that runs is built (its warnings are about this run's plan)
-        self.schedule = make_schedule(whole_run if counts_warmup else units, warmup_units)
-        if counts_warmup is None and getattr(self.schedule, "counts_warmup", False):  # t from step 0
-            self.schedule = make_schedule(whole_run, warmup_units)
-        self.offset = 0 if self.schedule.counts_warmup else W if interval == "step" else W // spe
+        self.offset = 0 if schedule.counts_warmup else W if interval == "step" else W // spe
         #: True when the plan prescribes the momentum (momentum warmup or a cycling schedule).
-        self.sets_momentum = warmup_momentum is not None or self.schedule.momentum(0) is not None
-
-    def group_lr(self, k: int, base_lr: float, group: str) -> float:
-        """LR of param group ``group`` (base LR ``base_lr``) at step ``k``.
-
-        ``base_lr * self(k)``, except during warmup for the ``bias`` group of a schedule with a
-        ``warmup_bias_lr`` (Ultralytics): a line from ``warmup_bias_lr`` at step 0 to the
-        group's first main-schedule LR at step ``W``.
-        """
-        bias_lr = getattr(self.schedule, "warmup_bias_lr", None)
-        if k < self.warmup_steps and bias_lr is not None and group == "bias":
-            target = base_lr * self._warmup_target(k)
-            return bias_lr + (target - bias_lr) * k / self.warmup_steps
-        return base_lr * self(k)
-
-    def _warmup_target(self, k: int) -> float:
-        """What warmup rises to: 1, or the schedule's value now when it counts warmup (Ultralytics)."""
-        return self.schedule(self.unit(k)) if self.schedule.counts_warmup else 1.0
+        self.sets_momentum = warmup_momentum is not None or schedule.momentum(0) is not None
 
     def unit(self, k: int) -> int:
         """Index ``t`` of step ``k`` in the main schedule (steps or epochs since warmup ended, or
@@ -93,6 +174,10 @@ class LRPlan:
             return k - self.offset
         return k // self.steps_per_epoch - self.offset
 
+    def _warmup_target(self, k: int) -> float:
+        """What warmup rises to: 1, or the schedule's value now when it counts warmup (Ultralytics)."""
+        return self.schedule(self.unit(k)) if self.schedule.counts_warmup else 1.0
+
     def __call__(self, k: int) -> float:
         """Multiplier on the base LR applied at optimizer step ``k`` (``0 <= k < T``)."""
         if k < self.warmup_steps:
@@ -100,6 +185,25 @@ class LRPlan:
             return s + (self._warmup_target(k) - s) * k / self.warmup_steps
         return self.schedule(self.unit(k))
 
+    def group_lr(self, k: int, group: dict[str, Any], lr_factor: float = 1.0) -> float:
+        """LR (absolute) of param group ``group`` at step ``k``.
+
+        Args:
+            k: optimizer step.
+            group: the optimizer's param group (reads ``initial_lr``, its base LR, and
+                ``warmup_start_lr`` when set).
+            lr_factor: multiplier on the base LR (the rollbacks' ``lr_backoff``).
+
+        Returns:
+            ``initial_lr * lr_factor * plan(k)``; during warmup, for a group with
+            ``warmup_start_lr``: ``w + (target - w) * k / W`` with ``target`` its LR at the end of
+            warmup (Ultralytics' ``warmup_bias_lr``).
+        """
+        base = group["initial_lr"] * lr_factor
+        start = group.get("warmup_start_lr")
+        if k < self.warmup_steps and start is not None:
+            return start + (base * self._warmup_target(k) - start) * k / self.warmup_steps
+        return base * self(k)
 
     def momentum(self, k: int, base: float) -> float:
         """Momentum (or beta1) for step ``k``, given the optimizer's configured value ``base``."""
@@ -109,6 +213,45 @@ class LRPlan:
         if k < self.warmup_steps and self.warmup_momentum is not None:
             return self.warmup_momentum + (target - self.warmup_momentum) * k / self.warmup_steps
         return target
+
+    def apply(self, optimizer: Any, k: int, lr_factor: float = 1.0) -> list[float]:
+        """Set every param group's LR (and momentum, when the plan prescribes it) for step ``k``.
+
+        A group's base LR is its ``initial_lr`` (set from its ``lr`` the first time, as
+        PyTorch's ``LRScheduler`` does), its base momentum ``initial_momentum`` likewise.
+
+        Args:
+            optimizer: a ``torch.optim.Optimizer``.
+            k: the optimizer step about to be taken.
+            lr_factor: multiplier on every base LR (the rollbacks' ``lr_backoff``).
+
+        Returns:
+            The LR set in each group, in ``optimizer.param_groups`` order.
+        """
+        lrs = []
+        for group in optimizer.param_groups:
+            group.setdefault("initial_lr", group["lr"])
+            group["lr"] = self.group_lr(k, group, lr_factor)
+            lrs.append(group["lr"])
+            key = momentum_key(group)
+            if key is not None and self.sets_momentum:
+                value = self.momentum(k, group.setdefault("initial_momentum", group_momentum(group)))
+                if key == "momentum":
+                    group["momentum"] = value
+                else:
+                    group["betas"] = (value, *tuple(group["betas"])[1:])
+        return lrs
+
+    def check_optimizer(self, optimizer: Any) -> None:
+        """Refuse a plan that sets the momentum for an optimizer without one.
+
+        Raises:
+            ConfigError: naming ``warmup_momentum`` (when set) or ``scheduler.cycle_momentum``.
+        """
+        if self.sets_momentum and momentum_key(optimizer.param_groups[0]) is None:
+            key = "warmup_momentum" if self.warmup_momentum is not None else "scheduler.cycle_momentum"
+            raise ConfigError(f"{key}: {type(optimizer).__name__} has no momentum or beta1 to set; use "
+                              "scheduler.cycle_momentum=false and warmup_momentum=null, or an optimizer with momentum")
 
     def multipliers(self) -> list[float]:
         """The multiplier of every step ``k = 0 … T-1`` (for a stateful schedule: as it stands)."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from framework.config import ConfigError
+from framework.errors import ConfigError
 from framework.schedules.base import Schedule, check_lrf
 
 #: Epoch metrics the trainer reports to :meth:`Plateau.observe`.
@@ -23,7 +23,7 @@ class Plateau(Schedule):
     Formula: m(t) = max(lrf, factor^n), n = reductions so far (one each time the metric has not improved for more than patience judged epochs, outside cooldown)
 
     Args:
-        total: units in the main phase (runtime; unused, the metric drives it).
+        total_units: units in the main phase (runtime; unused, the metric drives it).
         lrf: floor multiplier, in [0, 1].
         monitor: ``val/loss``, ``val/acc`` or ``train/loss``.
         mode: ``min`` (loss) or ``max`` (accuracy).
@@ -39,10 +39,10 @@ class Plateau(Schedule):
 
     stateful = True
 
-    def __init__(self, total: int, lrf: float, monitor: str = "val/loss", mode: str = "min",
+    def __init__(self, total_units: int, lrf: float, monitor: str = "val/loss", mode: str = "min",
                  factor: float = 0.1, patience: int = 10, threshold: float = 1e-4,
                  threshold_mode: str = "rel", cooldown: int = 0):
-        super().__init__(total)
+        super().__init__(total_units)
         check_lrf(lrf)
         checks = [
             ("monitor", monitor, monitor in MONITORS, f"use one of {', '.join(MONITORS)}"),

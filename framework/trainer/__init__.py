@@ -1,9 +1,12 @@
-"""The training loop (``loop``) and its divergence guard (``guard``).
+"""The training loop (``loop``) and its parts: the divergence guard (``guard``), the buffered
+step log (``steplog``), stop signals (``signals``), the run's position (``state``) and its
+checkpoint dict (``checkpointing``).
 
 Config files name the loop as ``framework.trainer.Trainer``.
 """
 from framework.trainer.guard import Diverged, DivergenceGuard
 from framework.trainer.loop import Trainer
+from framework.trainer.signals import StopSignals
 from framework.trainer.steps import group_sizes
 
-__all__ = ["Trainer", "Diverged", "DivergenceGuard", "group_sizes"]
+__all__ = ["Trainer", "Diverged", "DivergenceGuard", "StopSignals", "group_sizes"]

@@ -27,13 +27,13 @@ class DivergenceGuard:
     ``loss_mult`` times the lowest smoothed loss seen so far (smoothing: bias-corrected EMA with
     ``beta``, as fastai's LR finder; judged after ``min_steps`` steps).
     With ``policy="rollback"`` the trainer restores the last good state (weights, optimizer,
-    schedule position, RNG streams), multiplies every group's LR by ``backoff`` for the rest of
-    the run and retries, at most ``max_rollbacks`` times.
+    schedule position, RNG streams), multiplies every group's LR by ``rollback_lr_factor`` for the
+    rest of the run and retries, at most ``max_rollbacks`` times.
 
     Args:
         policy: ``stop`` or ``rollback``.
         loss_mult: explosion threshold (ratio to the best smoothed loss); None = non-finite only.
-        backoff: LR multiplier after each rollback, in (0, 1).
+        rollback_lr_factor: LR multiplier after each rollback, in (0, 1).
         max_rollbacks: retries before giving up (then as ``stop``).
         beta: EMA coefficient of the smoothed loss.
         min_steps: steps before the explosion test applies.
@@ -42,17 +42,18 @@ class DivergenceGuard:
         ValueError: an argument out of range (reported as a config error by the caller).
     """
 
-    def __init__(self, policy: str = "stop", loss_mult: Optional[float] = None, backoff: float = 0.5,
+    def __init__(self, policy: str = "stop", loss_mult: Optional[float] = None, rollback_lr_factor: float = 0.5,
                  max_rollbacks: int = 3, beta: float = 0.9, min_steps: int = 5):
         if policy not in ("stop", "rollback"):
             raise ValueError(f"trainer.on_divergence={policy}: use stop or rollback")
         if loss_mult is not None and not loss_mult > 1:
             raise ValueError(f"trainer.divergence_loss_mult={loss_mult}: must be > 1 or null")
-        if not 0 < backoff < 1:
-            raise ValueError(f"trainer.rollback_lr_factor={backoff}: must be in (0, 1), e.g. 0.5")
+        if not 0 < rollback_lr_factor < 1:
+            raise ValueError(f"trainer.rollback_lr_factor={rollback_lr_factor}: must be in (0, 1), e.g. 0.5")
         if max_rollbacks < 0:
             raise ValueError(f"trainer.max_rollbacks={max_rollbacks}: must be >= 0")
-        self.policy, self.loss_mult, self.backoff, self.max_rollbacks = policy, loss_mult, backoff, max_rollbacks
+        self.policy, self.loss_mult, self.max_rollbacks = policy, loss_mult, max_rollbacks
+        self.rollback_lr_factor = rollback_lr_factor
         self.beta, self.min_steps = beta, min_steps
         self.avg, self.seen, self.best = 0.0, 0, math.inf
         self.rollbacks: list[dict[str, Any]] = []

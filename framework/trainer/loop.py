@@ -1,7 +1,6 @@
 """The training loop: owns the step index ``k`` and applies the LR plan before every step."""
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import sys
@@ -10,30 +9,35 @@ from pathlib import Path
 from typing import Any, Optional
 
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from framework import distributed
-from framework.loggers import CSVLog
 from framework.schedules import LRPlan
+from framework.schedules.plan import group_momentum, momentum_key
+from framework.trainer.checkpointing import TrainerCheckpoint
+from framework.trainer.engine import StepEngine
 from framework.trainer.guard import Diverged, DivergenceGuard
-from framework.trainer.state import StateMixin
-from framework.trainer.steps import loader_group_sizes, momentum_key, total_norm
+from framework.trainer.signals import StopSignals
+from framework.trainer.state import RunState
+from framework.trainer.steplog import StepLog, csv_log
 
 log = logging.getLogger(__name__)
 
-#: Stop requests ranked for the data-parallel agreement (the strongest wins on every rank).
-STOP_SIGNALS = {1: "SIGINT", 2: "SIGTERM", 3: "SIGUSR2"}
-STOP_CODES = {name: code for code, name in STOP_SIGNALS.items()}
+
+def _run_state_view(name: str, doc: str) -> property:
+    """A read-only view of ``trainer.run_state.<name>`` (the run's position and totals)."""
+    return property(lambda self: getattr(self.run_state, name), doc=doc)
 
 
-class Trainer(StateMixin):
+class Trainer(StepEngine):
     """Trains a classifier with an exact, step-indexed LR plan.
 
-    Each micro-batch loss (mean cross-entropy) is weighted by its share of the accumulation
-    group's samples, so ``batch_size=8, accumulate_grad_batches=4`` gives the same gradient as
-    ``batch_size=32`` (up to batch-norm statistics). Before optimizer step ``k`` every param group
-    gets ``lr = initial_lr * plan(k)``; that value is logged as the step's LR.
+    The steps themselves (accumulation, precision, clipping, data parallelism) are those of its
+    base, :class:`~framework.trainer.engine.StepEngine`. Before optimizer step ``k`` every param
+    group gets ``lr = initial_lr * lr_backoff * plan(k)`` (:meth:`LRPlan.apply`); that value is
+    logged as the step's LR. The trainer owns ``k`` (:attr:`global_step`, in its
+    :class:`~framework.trainer.state.RunState`), the step log, the divergence guard, the stop
+    signals and the checkpoints.
 
     Args:
         model: network mapping ``(B, C, H, W)`` to logits ``(B, num_classes)`` (runtime).
@@ -45,8 +49,9 @@ class Trainer(StateMixin):
         accumulate_grad_batches: batches per optimizer step, >= 1.
         gradient_clip_val: max total gradient L2 norm; None = no clipping.
         precision: ``32``, ``bf16`` (autocast) or ``fp16`` (autocast + grad scaler, CUDA only).
-        log_every_n_steps: steps between reads of the on-device loss buffer (CSV flush and
-            the divergence check); on the CPU, where a read costs nothing, every step is read.
+        log_every_n_steps: steps between reads of the on-device loss buffer (CSV flush, the
+            divergence check and, with ``on_divergence=rollback``, a restore point); on the
+            CPU, where a read costs nothing, every step is checked.
         progress_bar: show a tqdm bar with epoch, step, loss and LR.
         save_checkpoints: write ``checkpoints/last.pt`` and ``best.pt`` after every epoch.
         stop_after_steps: stop after this many optimizer steps with a resumable checkpoint, as
@@ -75,6 +80,15 @@ class Trainer(StateMixin):
     files.
     """
 
+    global_step = _run_state_view("global_step", "``k``: optimizer steps applied so far (the LR plan's index).")
+    epoch = _run_state_view("epoch", "Current epoch (from 0).")
+    batch = _run_state_view("batch", "Batches of the current epoch already trained.")
+    best = _run_state_view("best", "Metrics of the best epoch so far (by ``val/acc``).")
+    final = _run_state_view("final", "Metrics of the last finished epoch.")
+    skipped_steps = _run_state_view("skipped_steps", "Optimizer steps the fp16 grad scaler skipped.")
+    lr_backoff = _run_state_view("lr_backoff", "Product of the rollbacks' LR factors so far (1 = none).")
+    train_time_s = _run_state_view("train_time_s", "Seconds spent in ``fit`` over every segment of the run.")
+
     def __init__(
         self,
         model: torch.nn.Module,
@@ -86,7 +100,7 @@ class Trainer(StateMixin):
         accumulate_grad_batches: int = 1,
         gradient_clip_val: Optional[float] = None,
         precision: str | int = "32",
-        log_every_n_steps: int = 10,
+        log_every_n_steps: int = 50,
         progress_bar: bool = True,
         save_checkpoints: bool = True,
         stop_after_steps: Optional[int] = None,
@@ -100,165 +114,69 @@ class Trainer(StateMixin):
         cudnn_benchmark: bool = True,
         sync_batchnorm: bool = False,
     ):
-        self.channels_last = channels_last
-        self.world_size, self.is_global_zero = distributed.world_size(), distributed.is_main()
-        if sync_batchnorm and self.world_size > 1:  # same Parameter objects: the optimizer keeps them
-            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        model = model.to(device, memory_format=torch.channels_last) if channels_last else model.to(device)
-        self.model, self.optimizer, self.plan = model, optimizer, plan
-        self._params = list(model.parameters())  # walked once: model.parameters() recurses every module
-        self.ddp = None
-        if self.world_size > 1:
-            from torch.nn.parallel import DistributedDataParallel
-
-            self.ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-        # torch.compile wraps the forward; the plain module keeps the weights, so checkpoints stay the same
-        train_module = self.ddp or model
-        self.forward = torch.compile(train_module) if compile else train_module
-        self.eval_forward = (torch.compile(model) if self.ddp else self.forward) if compile else model
-        if cudnn_benchmark and device.type == "cuda":
-            torch.backends.cudnn.benchmark = True
-        self.train_loader, self.val_loader = data
-        self.run_dir, self.device = Path(run_dir), device
-        self.accumulate = int(accumulate_grad_batches)
-        self.clip = gradient_clip_val
-        self.precision = str(precision)
+        super().__init__(model, optimizer, data, device, accumulate_grad_batches, gradient_clip_val, precision,
+                         channels_last, compile, cudnn_benchmark, sync_batchnorm)
+        self.plan, self.run_dir = plan, Path(run_dir)
         self.log_every = max(1, int(log_every_n_steps))
         self.progress_bar, self.save_checkpoints = progress_bar, save_checkpoints
-        self.scaler = torch.amp.GradScaler(device.type) if self.precision == "fp16" else None
-        self.group_names = [g.get("name", str(i)) for i, g in enumerate(optimizer.param_groups)]
-        for group in optimizer.param_groups:
-            group.setdefault("initial_lr", group["lr"])
-            key = momentum_key(group)
-            if key is not None:
-                group.setdefault("initial_momentum", group["momentum"] if key == "momentum" else group["betas"][0])
-        self.momentum_key = momentum_key(optimizer.param_groups[0])
-        self.step = 0  # k: optimizer steps applied so far
-        self._postfix: dict[str, str] = {}  # progress-bar fields (loss once it has been read)
-        self.best: dict[str, Any] = {}  # metrics of the best epoch so far (by val/acc)
-        self.final: dict[str, Any] = {}  # metrics of the last finished epoch
-        self.skipped_steps = 0
-        self.history: dict[str, list] = {"step": [], **{n: [] for n in self.group_names}}
         self.stop_after_steps, self.config = stop_after_steps, config
-        self.epoch, self.batch = 0, 0  # position: current epoch, batches of it already trained
-        self._epoch_loss, self._epoch_samples = 0.0, 0  # the epoch's loss sum (loss x samples), samples
-        self.batches_per_epoch = len(self.train_loader) if self.train_loader is not None else 0
+        self.group_names = [g.get("name", str(i)) for i, g in enumerate(optimizer.param_groups)]
+        for group in optimizer.param_groups:  # the base values the plan scales (as PyTorch's LRScheduler)
+            group.setdefault("initial_lr", group["lr"])
+            if momentum_key(group) is not None:
+                group.setdefault("initial_momentum", group_momentum(group))
+        self.history: dict[str, list] = {"step": [], **{n: [] for n in self.group_names}}  # applied LR by step
         self.stopped: Optional[str] = None  # why fit() stopped early, if it did
-        self._stop_request: Optional[str] = None
+        self.saved_step: Optional[int] = None  # step k of the last.pt this process wrote last
+        self.run_state = RunState()
         self.guard = DivergenceGuard(on_divergence, divergence_loss_mult, rollback_lr_factor, max_rollbacks)
-        self.lr_backoff = 1.0  # product of the rollback LR factors applied so far
-        self._base_lrs = [g["initial_lr"] for g in optimizer.param_groups]
-        self._epoch_loss_t: Optional[torch.Tensor] = None  # the epoch's loss sum, on the device
+        self.signals = StopSignals(self.world_size)
+        self.checkpoint = TrainerCheckpoint(self.model, optimizer, plan, self.guard, self.run_state, self.scaler, config,
+                                            self.run_dir / "checkpoints", self.is_main)
+        group0 = optimizer.param_groups[0]
+        columns = ["step", "epoch", "lr", *[f"lr/{n}" for n in self.group_names[1:]],
+                   *(["momentum"] if momentum_key(group0) else []), *(["d"] if "d" in group0 else []), "loss", "grad_norm"]
+        self.steplog = StepLog(self.run_dir / "steps.csv", columns, self.guard, self.world_size, self.is_main)
+        self._d: Optional[float] = None  # Prodigy's d of group 0 for the step being taken (applied LR = d*lr)
+        self._bar: Any = None  # the tqdm progress bar while fit() runs
 
-    def _to_device(self, x: torch.Tensor) -> torch.Tensor:
-        """A batch ``(B, C, H, W)`` on the device (non-blocking from pinned memory), channels-last
-        when asked."""
-        x = x.to(self.device, non_blocking=True)
-        return x.contiguous(memory_format=torch.channels_last) if self.channels_last and x.ndim == 4 else x
+    def _apply_lr(self) -> list[float]:
+        """Set every group's LR (and momentum) for step ``k`` through the plan, with the rollbacks'
+        back-off; returns the LRs. Prodigy's ``d`` of group 0 is read first: this step uses it."""
+        self._d = self.optimizer.param_groups[0].get("d")
+        return self.plan.apply(self.optimizer, self.run_state.global_step, self.run_state.lr_backoff)
 
-    def _autocast(self):
-        if self.precision == "32":
-            return contextlib.nullcontext()
-        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
-        return torch.autocast(self.device.type, dtype=dtype)
+    # -- checkpoints, stop signals ---------------------------------------------------------------
 
-    def _set_lr(self, k: int) -> list[float]:
-        """Set every group's LR (and momentum, when the plan prescribes it) for step ``k``."""
-        lrs = []
-        self._d = self.optimizer.param_groups[0].get("d")  # Prodigy's d used by this step: applied LR = d*lr
-        for name, group in zip(self.group_names, self.optimizer.param_groups):
-            group["lr"] = self.plan.group_lr(k, group["initial_lr"], name)
-            lrs.append(group["lr"])
-            key = momentum_key(group)
-            if key is not None and self.plan.sets_momentum:
-                value = self.plan.momentum(k, group["initial_momentum"])
-                if key == "momentum":
-                    group["momentum"] = value
-                else:
-                    group["betas"] = (value, *tuple(group["betas"])[1:])
-        return lrs
+    def state_dict(self) -> dict[str, Any]:
+        """The checkpoint dict (:meth:`TrainerCheckpoint.state_dict`); a collective in a
+        data-parallel run."""
+        return self.checkpoint.state_dict()
 
-    def _momentum(self) -> Optional[float]:
-        """Momentum (or Adam beta1) of group 0 now; None for optimizers without one."""
-        group = self.optimizer.param_groups[0]
-        if self.momentum_key is None:
-            return None
-        return group["momentum"] if self.momentum_key == "momentum" else group["betas"][0]
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from :meth:`state_dict` (:meth:`TrainerCheckpoint.load_state_dict`).
 
-    def _forward_backward(self, x: torch.Tensor, y: torch.Tensor, share: float) -> torch.Tensor:
-        """One micro-batch: forward (autocast), mean cross-entropy times ``share`` (its part of
-        the accumulation group's samples), backward (through the grad scaler under fp16).
-
-        Args:
-            x: images ``(B, C, H, W)`` from the loader; y: labels ``(B,)``.
-            share: ``B / samples of the accumulation group``.
-
-        Returns:
-            The weighted loss, a detached 0-dim tensor on the device (no sync).
+        Raises:
+            ConfigError: the checkpoint holds another model or optimizer layout.
         """
-        x, y = self._to_device(x), y.to(self.device, non_blocking=True)
-        with self._autocast():
-            loss = F.cross_entropy(self.forward(x).float(), y)
-        loss = loss * share
-        (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
-        return loss.detach()
+        self.checkpoint.load_state_dict(state)
 
-    def _apply_step(self) -> tuple[bool, torch.Tensor]:
-        """Clip, step, zero grads. Returns (applied, total gradient L2 norm before clipping, a
-        0-dim tensor on the device); fp16 overflow = not applied."""
-        if self.scaler is not None:
-            self.scaler.unscale_(self.optimizer)
-        # the total norm is read by the divergence guard at the next flush (no sync here)
-        if self.clip is not None:
-            norm = torch.nn.utils.clip_grad_norm_(self._params, self.clip)
-        else:
-            norm = total_norm([p.grad for p in self._params if p.grad is not None])
-        applied = True
-        if self.scaler is not None:
-            scale = self.scaler.get_scale()
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            applied = self.scaler.get_scale() >= scale
-        else:
-            self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        return applied, norm
+    def _save(self, is_best: bool) -> None:
+        """Write ``last.pt`` (and ``best.pt``) on rank 0; every rank takes the state."""
+        if self.checkpoint.save(self.state_dict(), is_best):
+            self.saved_step = self.run_state.global_step
 
-    def _optimizer_mode(self, mode: str) -> None:
-        """Schedule-free optimizers keep two points: ``train()`` before steps, ``eval()`` before
-        evaluating or saving (the averaged weights). Other optimizers have no such methods."""
-        switch = getattr(self.optimizer, mode, None)
-        if callable(switch):
-            switch()
+    @property
+    def late_signal(self) -> Optional[str]:
+        """A stop signal that arrived after the last step (the run completed), or None."""
+        return self.signals.late
 
-    @torch.no_grad()
-    def evaluate(self) -> dict[str, float]:
-        """Validation loss (mean cross-entropy, nats) and top-1 accuracy (fraction).
+    def forward_stop_signal(self) -> None:
+        """After a run stopped on SIGUSR2 has written its checkpoint and summary, hand the signal
+        to the handler that was there before (submitit's, which requeues the SLURM job)."""
+        self.signals.forward(self.stopped)
 
-        Runs the model in eval mode on the validation loader; batches ``(B, C, H, W)``, labels
-        ``(B,)``; schedule-free optimizers are switched to their averaged weights first. In a
-        data-parallel run each rank evaluates its shard and the sums are added over the ranks.
-        """
-        self._optimizer_mode("eval")
-        distributed.broadcast_buffers(self.model)  # rank 0's batch-norm statistics, as DDP's next forward would
-        self.model.eval()
-        loss_sum = torch.zeros((), device=self.device)
-        correct = torch.zeros((), device=self.device, dtype=torch.int64)
-        n = 0
-        for x, y in self.val_loader:
-            x, y = self._to_device(x), y.to(self.device, non_blocking=True)
-            with self._autocast():
-                logits = self.eval_forward(x)
-            loss_sum += F.cross_entropy(logits.float(), y, reduction="sum")
-            correct += (logits.argmax(1) == y).sum()
-            n += len(y)
-        self.model.train()
-        if self.world_size > 1:  # each rank saw its shard: sum the sums
-            totals = torch.stack((loss_sum.double(), correct.double(), torch.tensor(n, dtype=torch.float64,
-                                                                                    device=self.device)))
-            loss, right, n = distributed.all_reduce_sum(totals).tolist()
-            return {"val/loss": loss / n, "val/acc": right / n}
-        return {"val/loss": loss_sum.item() / n, "val/acc": correct.item() / n}
+    # -- the loop ------------------------------------------------------------------------------
 
     def fit(self) -> dict[str, Any]:
         """Train until step ``T`` (from where :meth:`load_state_dict` left it), evaluating after
@@ -274,35 +192,31 @@ class Trainer(StateMixin):
             ``{"steps", "epochs", "skipped_steps", "best": {...}, "final": {...}, "stopped"}``;
             the metric dicts hold ``epoch`` (from 0), ``train/loss`` and ``val/loss`` (mean
             cross-entropy, nats), ``val/acc`` (fraction), ``lr`` (of the epoch's last step),
-            ``time_s``; ``stopped`` is None, ``stop_after_steps``, ``SIGTERM`` or ``SIGINT``.
+            ``time_s``; ``stopped`` is None, ``stop_after_steps``, ``SIGTERM``, ``SIGINT`` or
+            ``SIGUSR2``.
 
         Raises:
-            Diverged: the loss of some step was NaN or inf; rows up to it are written and no
-                checkpoint is saved after it.
+            Diverged: the loss of some step was NaN or inf (and no rollback was left); rows up to
+                it are written and no checkpoint is saved after it.
         """
         from tqdm.auto import tqdm
 
+        rs = self.run_state
         T, spe = self.plan.total_steps, self.plan.steps_per_epoch
         epochs = math.ceil(T / spe)
-        lr_cols = ["lr"] + [f"lr/{n}" for n in self.group_names[1:]]
-        resuming = self.step > 0
-        log_file = CSVLog if self.is_global_zero else _Discard  # only rank 0 writes files
-        self._steps_csv = log_file(self.run_dir / "steps.csv",
-                                 ["step", "epoch", *lr_cols, *(["momentum"] if self.momentum_key else []),
-                                  *(["d"] if "d" in self.optimizer.param_groups[0] else []), "loss", "grad_norm"],
-                                 append=resuming)
-        epochs_csv = log_file(self.run_dir / "epochs.csv", ["epoch", "train/loss", "val/loss", "val/acc", "lr", "time_s"],
-                            append=resuming)
-        self._pending: list[tuple[dict[str, Any], torch.Tensor, torch.Tensor]] = []  # rows not read yet
-        self._checked: list[dict[str, Any]] = []  # rows read and checked, not written yet
-        self._bar = tqdm(total=T, initial=self.step, disable=not (self.progress_bar and self.is_global_zero), unit="step",
-                         dynamic_ncols=True, mininterval=0.1 if sys.stderr.isatty() else 10.0)  # log files: every 10 s
+        resuming = rs.global_step > 0
+        self.steplog.open(append=resuming)
+        epochs_csv = csv_log(self.run_dir / "epochs.csv", ["epoch", "train/loss", "val/loss", "val/acc", "lr", "time_s"],
+                             resuming, self.is_main)
+        self._bar = tqdm(total=T, initial=rs.global_step, disable=not (self.progress_bar and self.is_main),
+                         unit="step", dynamic_ncols=True,
+                         mininterval=0.1 if sys.stderr.isatty() else 10.0)  # log files: every 10 s
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
-        restore_signals = self._catch_stop_signals()
-        self._fit_start = time.perf_counter()
+        restore_signals = self.signals.catch(lambda: rs.global_step >= T)
+        rs.start_clock()
         # a fresh start is a good state to roll back to; a resumed run brought its restore points
-        if self.guard.policy == "rollback" and self.step == 0:  # snapshots copy the weights: only when used
+        if self.guard.policy == "rollback" and rs.global_step == 0:  # snapshots copy the weights: only when used
             self.guard.keep(self.state_dict(), trusted=True)
         together = True  # every rank reaches the final flush at the same step (no error on one rank)
         try:
@@ -324,20 +238,20 @@ class Trainer(StateMixin):
             restore_signals()
             try:
                 # after an error on this rank alone, no collective: the others may never come
-                self._flush(reduce=together or self.world_size == 1)
+                self.steplog.flush(reduce=together or self.world_size == 1)
             finally:
                 self._bar.close()
-        if self._stop_request is not None and not self.stopped:  # it came with the last step: nothing to stop
-            self.late_signal = self.late_signal or self._stop_request
-        if self.skipped_steps:
+        self.signals.settle(self.stopped)
+        if rs.skipped_steps:
             log.warning("%d optimizer steps skipped by the fp16 grad scaler: the LR plan stopped at step %d of %d",
-                        self.skipped_steps, self.step, T)
-        return {"steps": self.step, "epochs": self.final.get("epoch", -1) + 1, "skipped_steps": self.skipped_steps,
-                "best": self.best, "final": self.final, "stopped": self.stopped}
+                        rs.skipped_steps, rs.global_step, T)
+        return {"steps": rs.global_step, "epochs": rs.final.get("epoch", -1) + 1, "skipped_steps": rs.skipped_steps,
+                "best": rs.best, "final": rs.final, "stopped": self.stopped}
 
-    def _run_epochs(self, T: int, epochs: int, epochs_csv: CSVLog) -> None:
+    def _run_epochs(self, T: int, epochs: int, epochs_csv: Any) -> None:
         """Epochs from the current position to step ``T`` (or a stop request)."""
-        for epoch in range(self.epoch, epochs):
+        rs = self.run_state
+        for epoch in range(rs.epoch, epochs):
             t0 = time.perf_counter()
             self._bar.set_description(f"epoch {epoch + 1}/{epochs}")
             train_loss = self._train_epoch(epoch, T)
@@ -346,171 +260,126 @@ class Trainer(StateMixin):
             metrics = {"epoch": epoch, "train/loss": train_loss, **self.evaluate(),
                        "lr": self.history[self.group_names[0]][-1], "time_s": time.perf_counter() - t0}
             if not math.isfinite(metrics["val/loss"]):  # finite train losses, yet the model now overflows
-                raise Diverged(self.step - 1, metrics["lr"], "validation loss is not finite")
+                raise Diverged(rs.global_step - 1, metrics["lr"], "validation loss is not finite")
             epochs_csv.write([metrics])
             self.plan.observe(epoch, metrics)
-            self.final = metrics
-            is_best = not self.best or metrics["val/acc"] > self.best["val/acc"]
+            rs.final = metrics
+            is_best = not rs.best or metrics["val/acc"] > rs.best["val/acc"]
             if is_best:
-                self.best = dict(metrics)
-            self.epoch, self.batch = epoch + 1, 0
+                rs.best = dict(metrics)
+            rs.epoch, rs.batch = epoch + 1, 0
             self._keep()
             if self.save_checkpoints:
                 self._save(is_best)
             log.info("epoch %d/%d  train/loss %.4f  val/loss %.4f  val/acc %.4f  lr %.4g", epoch + 1, epochs,
                      metrics["train/loss"], metrics["val/loss"], metrics["val/acc"], metrics["lr"])
-            if self.step >= T:
+            if rs.global_step >= T:
                 break
 
     def _train_epoch(self, epoch: int, T: int) -> float:
-        """One pass over the train loader from batch ``self.batch`` (or until step ``T``, or a
+        """One pass over the train loader from batch ``run_state.batch`` (or until step ``T``, or a
         stop request); returns the mean train loss of the epoch."""
-        loader = self.train_loader
-        sizes = loader_group_sizes(loader, self.accumulate)
-        if hasattr(loader.sampler, "set_epoch"):
-            loader.sampler.set_epoch(epoch, start=self.batch * loader.batch_size)
-        self._epoch_loss_t = epoch_loss = torch.full((), self._epoch_loss, device=self.device)
+        rs = self.run_state
+        epoch_loss = rs.begin_epoch(self.device)
         group_loss = torch.zeros((), device=self.device)
-        g = self.batch // self.accumulate
-        self._optimizer_mode("train")
-        lrs = self._set_lr(self.step)
-        for i, (x, y) in enumerate(loader, start=self.batch):
-            steps_now = not (i + 1) % self.accumulate or i + 1 == self.batches_per_epoch
-            # DDP averages the gradients once per optimizer step, after its last micro-batch
-            with self.ddp.no_sync() if self.ddp is not None and not steps_now else contextlib.nullcontext():
-                group_loss += self._forward_backward(x, y, len(y) / sizes[g])
-            if not steps_now:
+        self.train_mode()
+        lrs = self._apply_lr()
+        for i, x, y, samples, closes in self.micro_batches(epoch, start=rs.batch):
+            group_loss += self.micro_step(x, y, len(y) / samples, closes)
+            if not closes:
                 continue
-            applied, norm = self._apply_step()
-            epoch_loss += group_loss * sizes[g]
-            self._epoch_samples += sizes[g]
-            self.batch = i + 1
+            applied, norm = self.optimizer_step()
+            epoch_loss += group_loss * samples
+            rs.epoch_samples += samples
+            rs.batch = i + 1
             if applied:
                 self._record(epoch, lrs, group_loss, norm)
             else:
-                self.skipped_steps += 1
+                rs.skipped_steps += 1
             group_loss = torch.zeros((), device=self.device)
-            g += 1
-            if self.step >= T:
+            if rs.global_step >= T:
                 break
             if self._should_stop():
-                self._flush()
-                self.stopped = self._stop_request or "stop_after_steps"
+                self.steplog.flush()
+                self.stopped = self.signals.request or "stop_after_steps"
                 self._save(False)
-                log.warning("stopped at step %d (%s); continue with resume=%s", self.step, self.stopped, self.run_dir)
+                log.warning("stopped at step %d (%s); continue with resume=%s", rs.global_step, self.stopped,
+                            self.run_dir)
                 return float("nan")
-            lrs = self._set_lr(self.step)
-        self._flush()  # the epoch's restore point is taken once its validation passed (_run_epochs)
-        mean = (distributed.all_reduce_sum(epoch_loss) / max(self._epoch_samples * self.world_size, 1)).item()
-        self._epoch_loss, self._epoch_samples, self._epoch_loss_t = 0.0, 0, None
+            lrs = self._apply_lr()
+        self.steplog.flush()  # the epoch's restore point is taken once its validation passed (_run_epochs)
+        mean = (distributed.all_reduce_sum(epoch_loss) / max(rs.epoch_samples * self.world_size, 1)).item()
+        rs.end_epoch()
         return mean
 
-    def _forget_after(self, step: int) -> None:
-        """The run ends diverged at ``step``: the steps run after it (before the check read them)
-        are not counted in ``steps`` nor in the LR history."""
-        keep = sum(1 for k in self.history["step"] if k <= step)
-        for key in self.history:
-            del self.history[key][keep:]
-        self.step = min(self.step, step + 1)
-
     def _should_stop(self) -> bool:
-        """A stop request (signal) or ``stop_after_steps`` reached.
-
-        In a data-parallel run the ranks decide together from one host-side all-reduce per
-        step: the strongest request on any rank (SIGUSR2 > SIGTERM > SIGINT) stops every rank at
-        this step with that reason (a rank keeps a stronger one of its own that arrived after
-        its vote), so rank 0 hands SIGUSR2 on to submitit. A signal that arrives on some rank
-        after the all-reduce stays pending there until the next step.
-        """
-        if self.world_size > 1:
-            own = STOP_CODES.get(self._stop_request, 0)
-            code = distributed.max_over_ranks(own)
-            if code:  # a stronger signal of this rank's own (it came after its vote) is kept
-                self._stop_request = STOP_SIGNALS[max(code, own)]
-            stop = bool(code)
-        else:
-            stop = self._stop_request is not None
-        return stop or (self.stop_after_steps is not None and self.step >= self.stop_after_steps)
+        """A stop signal (voted on by every rank: :meth:`StopSignals.should_stop`) or
+        ``stop_after_steps`` reached."""
+        stop = self.signals.should_stop()  # first: every rank takes part in the vote at every step
+        return stop or (self.stop_after_steps is not None and self.run_state.global_step >= self.stop_after_steps)
 
     def _record(self, epoch: int, lrs: list[float], loss: torch.Tensor, norm: torch.Tensor) -> None:
-        """Log applied step ``k`` (its LRs now, its loss at the next flush) and advance ``k``."""
-        row = {"step": self.step, "epoch": epoch, "lr": lrs[0], "momentum": self._momentum(), "d": self._d}
-        row.update({f"lr/{n}": v for n, v in zip(self.group_names[1:], lrs[1:])})
-        self._pending.append((row, loss, norm))
-        self.history["step"].append(self.step)
+        """Log applied step ``k`` (its LRs now, its loss at the next check) and advance ``k``."""
+        k = self.run_state.global_step
+        row = {"step": k, "epoch": epoch, "lr": lrs[0], "momentum": group_momentum(self.optimizer.param_groups[0]),
+               "d": self._d, **{f"lr/{n}": v for n, v in zip(self.group_names[1:], lrs[1:])}}
+        self.steplog.add(row, loss, norm)
+        self.history["step"].append(k)
         for name, value in zip(self.group_names, lrs):
             self.history[name].append(value)
-        self.step += 1
-        self._bar.set_postfix(self._postfix | {"lr": f"{lrs[0]:.3g}"}, refresh=False)
+        self.run_state.global_step = k = k + 1
+        last = self.steplog.last_loss
+        self._bar.set_postfix(({} if last is None else {"loss": f"{last:.4f}"}) | {"lr": f"{lrs[0]:.3g}"}, refresh=False)
         self._bar.update(1)
-        if self.step % self.log_every == 0:
-            self._flush(keep=True)
-        elif self.device.type == "cpu":  # no device to wait for: check every step (no file I/O), stop at once
-            self._check(self._pending)
-
-    def _flush(self, keep: bool = False, reduce: bool = True) -> None:
-        """Read the buffered losses and gradient norms from the device (one sync), check them, and
-        append every checked row to ``steps.csv`` (one file write).
-
-        Args:
-            keep: a regular point (every ``log_every_n_steps``-th step, never a stop): see
-                :meth:`_keep`.
-            reduce: average the losses over the ranks (a collective); False (an error is
-                unwinding on this rank alone) writes the rows unchecked with the loss left blank.
-
-        Raises:
-            Diverged: a row failed the guard's check.
-        """
-        try:
-            if getattr(self, "_pending", None):
-                if reduce:
-                    self._check(self._pending)
-                else:  # this rank's loss is not the step's (the mean over the ranks): left blank
-                    self._checked.extend({**row, "grad_norm": norm.item()} for row, _, norm in self._pending)
-                    self._pending.clear()
-        finally:
-            if getattr(self, "_checked", None):
-                self._steps_csv.write(self._checked)
-                self._checked.clear()
-        if keep:
+        if k % self.log_every == 0:
+            self.steplog.flush()
             self._keep()
+        elif self.device.type == "cpu":  # no device to wait for: check every step (no file I/O), stop at once
+            self.steplog.check()
 
     def _keep(self) -> None:
         """Offer the state to the rollback guard at a regular point: every
         ``log_every_n_steps``-th step, and each epoch's end once its validation loss is finite.
         Stops never take one, so a resumed run takes the same restore points as the run that
         went on (a point already offered at this step is not offered again)."""
-        if self.guard.policy == "rollback" and self.guard.kept_step != self.step:
+        if self.guard.policy == "rollback" and self.guard.kept_step != self.run_state.global_step:
             self.guard.keep(self.state_dict())
 
-    def _check(self, pending: list) -> None:
-        """Read ``pending`` rows' loss and gradient norm (one transfer), run the divergence guard
-        on them and move them to the rows to write, up to and including a diverging one.
+    def _forget_after(self, step: int) -> None:
+        """The run ends diverged at ``step``: the steps run after it (before the check read them)
+        are not counted in ``steps`` nor in the LR history."""
+        self._drop_history(step + 1)
+        self.run_state.global_step = min(self.run_state.global_step, step + 1)
 
-        Raises:
-            Diverged: a row failed the check (the rows after it are dropped).
-        """
-        losses_t = torch.stack([p[1].float() for p in pending])  # (n,)
-        if self.world_size > 1:  # the step loss of the global batch: mean over the ranks (norms agree already)
-            losses_t = distributed.all_reduce_sum(losses_t) / self.world_size
-        values = torch.stack((losses_t, torch.stack([p[2].float() for p in pending])), 1).tolist()  # (n, 2)
-        losses, norms = [v[0] for v in values], [v[1] for v in values]
-        rows = [p[0] for p in pending]
-        pending.clear()
-        bad = self.guard.check([r["step"] for r in rows], losses, norms)
-        end = len(rows) if bad is None else bad[0] + 1  # rows after a diverging step are dropped
-        self._checked.extend({**row, "loss": v, "grad_norm": n} for row, v, n in zip(rows[:end], losses, norms))
-        self._postfix = {"loss": f"{losses[end - 1]:.4f}"}
-        if bad is not None:
-            raise Diverged(rows[bad[0]]["step"], rows[bad[0]]["lr"], bad[1])
+    def _drop_history(self, first: int) -> None:
+        """Forget the LR history of steps ``k >= first``."""
+        keep = sum(1 for k in self.history["step"] if k < first)
+        for key in self.history:
+            del self.history[key][keep:]
 
+    def _roll_back(self, exc: Diverged) -> None:
+        """Restore the last good state and lower the LR for the rest of the run: ``lr_backoff``
+        times ``rollback_lr_factor`` (the groups' ``initial_lr`` stay as built); forget the rows
+        after the restored step, in memory and in the CSVs."""
+        from framework.loggers import truncate_csv
 
-
-class _Discard:
-    """Stands in for :class:`CSVLog` on ranks other than 0 (they write no files)."""
-
-    def __init__(self, *args: Any, **kwargs: Any):
-        pass
-
-    def write(self, rows: Any) -> None:
-        pass
+        rs = self.run_state
+        state = self.guard.restore_point()
+        backoff = rs.lr_backoff * self.guard.rollback_lr_factor
+        self.steplog.clear()
+        earlier = rs.earlier_time_s  # time spent is not rolled back
+        self.load_state_dict(state)
+        rs.lr_backoff, rs.earlier_time_s = backoff, earlier
+        self._drop_history(rs.global_step)
+        self.guard.rollbacks.append({"diverged_step": exc.step, "reason": exc.reason, "lr": exc.lr,
+                                     "restored_step": rs.global_step, "lr_backoff": backoff})
+        self._bar.n = rs.global_step
+        # last.pt first, then the CSVs: killed in between, a resume cuts the CSVs to last.pt itself;
+        # killed before, the old last.pt replays the divergence and this rollback exactly
+        if self.save_checkpoints:
+            self._save(False)
+        if self.is_main:  # only rank 0 writes files
+            truncate_csv(self.run_dir / "steps.csv", "step", rs.global_step)
+            truncate_csv(self.run_dir / "epochs.csv", "epoch", rs.epoch)
+        log.warning("rollback %d/%d: %s at step %d; back to step %d with the LR x%g",
+                    len(self.guard.rollbacks), self.guard.max_rollbacks, exc.reason, exc.step, rs.global_step, backoff)

@@ -1,14 +1,9 @@
-"""Step arithmetic of the loop: accumulation group sizes, the total gradient norm, momentum keys."""
+"""Step arithmetic of the loop: accumulation group sizes and the total gradient norm."""
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import torch
-
-
-def momentum_key(group: dict[str, Any]) -> Optional[str]:
-    """``momentum`` (SGD, RMSprop), ``betas`` (Adam family: beta1) or None for a param group."""
-    return "momentum" if "momentum" in group else "betas" if "betas" in group else None
 
 
 def total_norm(grads: list[torch.Tensor]) -> torch.Tensor:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from omegaconf import OmegaConf
 
-from framework.run import count_steps, warmup_length
+from framework.schedules.plan import count_steps, warmup_length
 
 
 def test_count_steps():

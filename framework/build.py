@@ -1,0 +1,138 @@
+"""Building a run from a validated config, in one direction: device (:func:`resolve_device`) and
+seeds -> data -> model -> optimizer with its final base LRs -> LR plan -> trainer. Nothing built later is read back to
+correct something built earlier.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+from framework import distributed, interrupts, registry
+from framework.config import plain_config
+from framework.errors import ConfigError
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's ``random``, NumPy and torch (CPU and every CUDA device).
+
+    Args:
+        seed: any integer; NumPy gets ``seed % 2**32``.
+    """
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def resolve_device(name: str):
+    """``auto`` -> CUDA if available, else Apple MPS, else CPU; other names as given. In a
+    data-parallel run ``auto`` and ``cuda`` mean this process's GPU, ``cuda:LOCAL_RANK``.
+
+    Raises:
+        ConfigError: the named device is not available here, or ``cuda:N`` in a data-parallel
+            run (every process would take GPU N).
+    """
+    import torch
+
+    if distributed.world_size() > 1 and torch.cuda.is_available() and name in ("auto", "cuda"):
+        return torch.device("cuda", distributed.cuda_device_index())
+    if distributed.world_size() > 1 and name.startswith("cuda:"):
+        raise ConfigError(f"device={name}: under torchrun each process takes its own GPU (LOCAL_RANK); use "
+                          "device=auto or device=cuda (pick GPUs with CUDA_VISIBLE_DEVICES)")
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device={name}: CUDA is not available here; use device=auto or device=cpu")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("device=mps: Apple MPS is not available here; use device=auto or device=cpu")
+    return torch.device(name)
+
+
+@dataclass
+class Built:
+    """What :func:`build` made, with the LR facts worked out on the way.
+
+    Attributes:
+        trainer: the :class:`~framework.trainer.Trainer` (model, optimizer, plan, loaders).
+        lr_scaling_factor: the batch-size rule's factor on ``optimizer.lr`` (1 for ``none``).
+        base_lr: ``optimizer.lr`` as configured (``lr0``, or Prodigy's own multiplier).
+        global_batch: samples per optimizer step over all processes.
+    """
+
+    trainer: Any
+    lr_scaling_factor: float
+    base_lr: float
+    global_batch: int
+
+    @property
+    def plan(self) -> Any:
+        """The run's :class:`~framework.schedules.LRPlan`."""
+        return self.trainer.plan
+
+    @property
+    def lr0_effective(self) -> float:
+        """The LR group 0 would have at ratio 1 after warmup: ``optimizer.lr x lr_scaling_factor``."""
+        return self.base_lr * self.lr_scaling_factor
+
+    @property
+    def base_lrs(self) -> dict[str, float]:
+        """Each param group's base LR (``initial_lr``), by group name."""
+        return {g["name"]: g["initial_lr"] for g in self.trainer.optimizer.param_groups}
+
+
+def build(cfg: DictConfig, run_dir: Path) -> Built:
+    """Build dataset, loaders, model, optimizer, LR plan and trainer from a validated config.
+
+    Args:
+        cfg: the output of :func:`framework.config.validate` (with a numeric ``lr0``).
+        run_dir: the run folder the trainer will write into (nothing is written here).
+
+    Returns:
+        The :class:`Built` run.
+
+    Raises:
+        ConfigError: a mistake only the built parts reveal (a device that is not here, a model
+            name timm does not know, a warmup longer than the run, ...), before any training
+            and before anything is written.
+        Interrupted: SIGTERM / Ctrl-C while the data or the model was being made.
+    """
+    from framework.data import make_loaders
+    from framework.models import check_batch_norm_batches, check_model_name
+    from framework.optim import build_optimizer, global_batch
+    from framework.schedules.plan import build_plan
+
+    device = resolve_device(cfg.device)
+    if str(cfg.trainer.precision) == "fp16" and device.type != "cuda":
+        raise ConfigError(f"trainer.precision=fp16: needs CUDA (device is {device.type}); use bf16 or 32")
+    world = distributed.world_size()
+    if cfg.trainer.get("sync_batchnorm") and world > 1 and device.type != "cuda":
+        raise ConfigError(f"trainer.sync_batchnorm=true: torch.nn.SyncBatchNorm needs CUDA (device is {device.type}); "
+                          "use trainer.sync_batchnorm=false")
+    check_model_name(cfg.model.name)
+    seed_everything(cfg.seed)
+    interrupts.check()  # a signal that came while Hydra composed or the imports above ran ends the program here
+    with interrupts.interruptible():  # reading or downloading the data: Ctrl-C acts at once
+        data = registry.instantiate(cfg.dataset, "dataset", seed=cfg.seed)
+    loaders = make_loaders(data, cfg.batch_size, cfg.seed, device, cfg.loader, cfg.num_workers,
+                           rank=distributed.rank(), world_size=world)
+    with interrupts.interruptible():  # (pretrained weights may be downloaded)
+        model = registry.instantiate(
+            cfg.model, "model", num_classes=data.num_classes, in_chans=data.in_chans, img_size=data.img_size
+        )
+    check_batch_norm_batches(model, loaders[0])
+    optimizer, scaling = build_optimizer(cfg, model)
+    plan = build_plan(cfg, len(loaders[0]))
+    plan.check_optimizer(optimizer)
+    trainer = registry.instantiate(cfg.trainer, "trainer", config=plain_config(cfg), model=model, optimizer=optimizer,
+                                   plan=plan, data=loaders, run_dir=run_dir, device=device)
+    return Built(trainer, scaling, float(cfg.optimizer.lr), global_batch(cfg))

@@ -1,0 +1,149 @@
+"""What a run says about itself when it ends: ``summary.json``, ``lr.png``, the results table and
+the one line on how a failed or interrupted run ended."""
+from __future__ import annotations
+
+import logging
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+from framework import distributed, registry
+from framework.errors import ConfigError
+
+log = logging.getLogger("framework.run")
+
+OBJECTIVE = "val/acc"  # returned to Hydra sweepers (maximise)
+
+
+def start_summary(cfg: Any, built: Any, run_dir: Path, overrides: list[str], lr0_auto: Optional[dict[str, Any]],
+                  resumed: bool) -> dict[str, Any]:
+    """The summary of a run about to train (status ``failed`` until it ends otherwise): its LR
+    facts as built (:class:`~framework.build.Built`), its plan's length, where and how it runs.
+
+    Args:
+        cfg: the config the run was built from; built: the built run; run_dir: its folder;
+        overrides: the command line's overrides; lr0_auto: how ``lr0=auto`` chose lr0, if it did;
+        resumed: the run continues from a checkpoint (an earlier ``lr0_auto`` record is kept).
+    """
+    from framework.loggers import git_state
+
+    plan = built.plan
+    return {
+        "status": "failed",
+        "objective_name": OBJECTIVE,
+        "objective": None,
+        "lr0": cfg.lr0,
+        "lrf": cfg.lrf,
+        "lr0_effective": built.lr0_effective,
+        "lr_scaling": cfg.lr_scaling,
+        "base_lrs": built.base_lrs,
+        "planned_steps": plan.total_steps,
+        "planned_epochs": math.ceil(plan.total_steps / plan.steps_per_epoch),
+        "global_batch": built.global_batch,
+        "device": str(built.trainer.device),
+        "world_size": distributed.world_size(),
+        "run_dir": str(run_dir),
+        "overrides": overrides,
+        **({"lr0_auto": lr0_auto} if lr0_auto else _earlier_lr0_auto(run_dir) if resumed else {}),
+        **git_state(registry.CONF_DIR.parent),
+    }
+
+
+def _earlier_lr0_auto(run_dir: Path) -> dict[str, Any]:
+    """A resumed ``lr0=auto`` run keeps the record of how its lr0 was chosen."""
+    from framework.loggers import read_summary
+
+    earlier = read_summary(run_dir).get("lr0_auto")
+    return {"lr0_auto": earlier} if earlier else {}
+
+
+def write_untrained_summary(run_dir: Path, status: str, **fields: Any) -> None:
+    """``summary.json`` of a job that trained nothing (``mode=lr_find``, ``mode=plot_lr``, a
+    sweep job that failed before training): no steps, no metrics, the git state, ``fields``."""
+    from framework.loggers import git_state, write_json
+
+    write_json({"status": status, "objective": None, "steps": 0, "best": {}, "final": {}, "run_dir": str(run_dir),
+                **git_state(registry.CONF_DIR.parent), **fields}, run_dir / "summary.json")
+
+
+def print_table(summary: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    best, final = summary["best"], summary["final"]
+    table = Table(title=f"run {summary['status']}", show_header=True, header_style="bold")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    best_acc = (f"{best['val/acc']:.4f} (epoch {best['epoch'] + 1} of {summary['planned_epochs']})" if best
+                else "- (no epoch finished)")
+    rows = [
+        ("best val/acc", best_acc),
+        *((f"final {k}", f"{final[k]:.4f}" if final else "-") for k in ("val/acc", "val/loss", "train/loss")),
+        ("base lr -> last lr", f"{next(iter(summary['base_lrs'].values())):.4g} -> {summary['last_lr']:.4g}"),
+        ("epochs / steps", f"{summary['epochs']} / {summary['steps']} of {summary['planned_epochs']} / "
+                           f"{summary['planned_steps']}"),
+        ("batch", f"{summary['global_batch']} global ({summary['world_size']} process(es))"),
+        ("device", summary["device"]),
+        ("wall time", f"{summary['wall_time_s']:.1f} s"),
+    ]
+    for name, value in rows:
+        table.add_row(name, str(value))
+    Console().print(table)
+    print(f"run folder: {summary['run_dir']}")  # whole, never cut to the table's width
+
+
+def say_how_it_ended(exc: BaseException, summary: dict[str, Any], written: bool, trainer: Any, command: str) -> None:
+    """One line on stderr for a run that failed or was interrupted: its status as
+    ``summary.json`` holds it (or that the file could not be written), and how to continue.
+    Nothing for a user mistake found during training (an unreadable image): its own line says
+    what to fix."""
+    if isinstance(exc, ConfigError):
+        return
+    last = Path(summary["run_dir"]) / "checkpoints" / "last.pt"
+    what = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+    said = f"summary.json says status: {summary['status']}" if written else "summary.json could not be written"
+    step = trainer.global_step
+    if last.is_file():
+        saved = f" (step {trainer.saved_step}: the resume redoes the steps after it)" if trainer.saved_step not in (
+            None, step) else ""
+        print(f"{what} at step {step}; {said}; the last checkpoint is {last}{saved}; continue with: {command}",
+              file=sys.stderr)
+    else:
+        print(f"{what} at step {step} before the first checkpoint; {said}; start the run again", file=sys.stderr)
+
+
+def finish(trainer: Any, summary: dict[str, Any], start: float, cfg: Any) -> Optional[OSError]:
+    """Complete and write ``summary.json`` and ``lr.png``, however the run ended.
+
+    Returns:
+        None, or the error that kept ``summary.json`` from being written (disk full, folder
+        gone): the run's other files stay as they are; the caller says so.
+    """
+    from framework.loggers import plot_lr, write_json
+
+    history, plan, first = trainer.history, trainer.plan, trainer.group_names[0]
+    summary.update(
+        best=trainer.best,
+        final=trainer.final,
+        steps=trainer.global_step,
+        epochs=trainer.final.get("epoch", -1) + 1,
+        skipped_steps=trainer.skipped_steps,
+        rollbacks=trainer.guard.rollbacks,
+        last_lr=history[first][-1] if history["step"] else None,
+        wall_time_s=time.time() - start,
+        train_time_s=trainer.train_time_s,
+    )
+    try:
+        write_json(summary, trainer.run_dir / "summary.json")
+    except OSError as exc:
+        return exc
+    if history["step"]:
+        try:
+            plot_lr(history["step"], {n: history[n] for n in trainer.group_names}, trainer.run_dir / "lr.png",
+                    warmup_steps=plan.warmup_steps,
+                    title=f"{type(plan.schedule).__name__} (lr0={cfg.lr0:g}, lrf={cfg.lrf:g})")
+        except OSError as exc:
+            log.error("could not write lr.png: %s", exc)
+    return None

@@ -1,0 +1,202 @@
+"""One optimizer step of a classifier, and one pass over the validation set: the part of the
+training loop that the loop (:class:`~framework.trainer.Trainer`) and the LR range test
+(:class:`~framework.lr_finder.LRFinder`) share."""
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator, Optional
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from framework import distributed
+from framework.trainer.steps import loader_group_sizes, total_norm
+
+
+class StepEngine:
+    """Forward, backward and optimizer step with gradient accumulation, mixed precision,
+    clipping and data parallelism; the base of :class:`~framework.trainer.Trainer`, which adds
+    the LR plan, the step index ``k`` and everything a run records.
+
+    A step's gradient is that of the mean cross-entropy over its accumulation group's samples:
+    each micro-batch's loss is weighted by its share of them, so ``batch_size=8,
+    accumulate_grad_batches=4`` gives the gradient of ``batch_size=32`` (up to batch-norm
+    statistics). Drive it with :meth:`micro_batches`, :meth:`micro_step` and
+    :meth:`optimizer_step`; set the LRs before a group's first micro-step.
+
+    Args:
+        model: network mapping ``(B, C, H, W)`` to logits ``(B, num_classes)``.
+        optimizer: optimizer over the model's parameter groups.
+        data: ``(train_loader, val_loader)``.
+        device: where to train.
+        accumulate_grad_batches: batches per optimizer step, >= 1.
+        gradient_clip_val: max total gradient L2 norm; None = no clipping.
+        precision: ``32``, ``bf16`` (autocast) or ``fp16`` (autocast + grad scaler, CUDA only).
+        channels_last: model and input batches in ``torch.channels_last`` memory format.
+        compile: run the forward passes through ``torch.compile``.
+        cudnn_benchmark: ``torch.backends.cudnn.benchmark = True`` on CUDA.
+        sync_batchnorm: in a data-parallel run, ``torch.nn.SyncBatchNorm`` (CUDA only).
+
+    In a data-parallel run (:mod:`framework.distributed`) the model is wrapped in
+    ``DistributedDataParallel``: gradients are averaged over the ranks after each optimizer
+    step's last micro-batch (``no_sync`` before).
+    """
+
+    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, data: tuple[DataLoader, DataLoader],
+                 device: torch.device, accumulate_grad_batches: int = 1, gradient_clip_val: Optional[float] = None,
+                 precision: str | int = "32", channels_last: bool = False, compile: bool = False,
+                 cudnn_benchmark: bool = True, sync_batchnorm: bool = False):
+        self.channels_last = channels_last
+        self.world_size, self.is_main = distributed.world_size(), distributed.is_main()
+        if sync_batchnorm and self.world_size > 1:  # same Parameter objects: the optimizer keeps them
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        model = model.to(device, memory_format=torch.channels_last) if channels_last else model.to(device)
+        self.model, self.optimizer = model, optimizer
+        self._params = list(model.parameters())  # walked once: model.parameters() recurses every module
+        self.ddp = None
+        if self.world_size > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        # torch.compile wraps the forward; the plain module keeps the weights, so checkpoints stay the same
+        train_module = self.ddp or model
+        self.forward = torch.compile(train_module) if compile else train_module
+        self.eval_forward = (torch.compile(model) if self.ddp else self.forward) if compile else model
+        if cudnn_benchmark and device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+        self.train_loader, self.val_loader = data
+        self.device = device
+        self.accumulate = int(accumulate_grad_batches)
+        self.clip = gradient_clip_val
+        self.precision = str(precision)
+        self.scaler = torch.amp.GradScaler(device.type) if self.precision == "fp16" else None
+        self.batches_per_epoch = len(self.train_loader) if self.train_loader is not None else 0
+
+    def closes_group(self, i: int) -> bool:
+        """Whether batch ``i`` (from 0) of an epoch is the last micro-batch of its optimizer step:
+        every ``accumulate_grad_batches``-th batch, and the epoch's last (a partial group)."""
+        return not (i + 1) % self.accumulate or i + 1 == self.batches_per_epoch
+
+    def micro_batches(self, epoch: int, start: int = 0) -> Iterator[tuple[int, torch.Tensor, torch.Tensor, int, bool]]:
+        """One pass over the train loader in epoch ``epoch``'s order, from batch ``start``.
+
+        Yields:
+            ``(i, x, y, group_samples, closes_group)``: batch index ``i`` in the epoch, images
+            ``(B, C, H, W)`` and labels ``(B,)`` as the loader gives them, the samples of its
+            accumulation group (the batch's share is ``B / group_samples``) and
+            :meth:`closes_group` of ``i``.
+        """
+        loader = self.train_loader
+        sizes = loader_group_sizes(loader, self.accumulate)
+        if hasattr(loader.sampler, "set_epoch"):
+            loader.sampler.set_epoch(epoch, start=start * loader.batch_size)
+        g = start // self.accumulate
+        for i, (x, y) in enumerate(loader, start=start):
+            closes = self.closes_group(i)
+            yield i, x, y, sizes[g], closes
+            g += closes
+
+    def micro_step(self, x: torch.Tensor, y: torch.Tensor, share: float, closes_group: bool) -> torch.Tensor:
+        """One micro-batch: forward (autocast), mean cross-entropy times ``share``, backward
+        (through the grad scaler under fp16). In a data-parallel run the gradients are averaged
+        over the ranks only when it ``closes_group`` (DDP's ``no_sync`` before).
+
+        Args:
+            x: images ``(B, C, H, W)``; y: labels ``(B,)`` (moved to the device here).
+            share: ``B / samples of the accumulation group``.
+            closes_group: the last micro-batch of its optimizer step (:meth:`closes_group`).
+
+        Returns:
+            The weighted loss (nats), a detached 0-dim tensor on the device (no sync).
+        """
+        sync = self.ddp.no_sync() if self.ddp is not None and not closes_group else contextlib.nullcontext()
+        with sync:
+            x, y = self._to_device(x), y.to(self.device, non_blocking=True)
+            with self._autocast():
+                loss = F.cross_entropy(self.forward(x).float(), y)
+            loss = loss * share
+            (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+        return loss.detach()
+
+    def optimizer_step(self) -> tuple[bool, torch.Tensor]:
+        """Clip, step, zero the gradients (the LRs are those set before the group's micro-steps).
+
+        Returns:
+            ``(applied, grad_norm)``: False when the fp16 grad scaler skipped the step (overflow;
+            ``k`` must not advance); the total gradient L2 norm before clipping, a 0-dim tensor
+            on the device (read later, no sync here).
+        """
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
+        if self.clip is not None:
+            norm = torch.nn.utils.clip_grad_norm_(self._params, self.clip)
+        else:
+            norm = total_norm([p.grad for p in self._params if p.grad is not None])
+        applied = True
+        if self.scaler is not None:
+            scale = self.scaler.get_scale()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            applied = self.scaler.get_scale() >= scale
+        else:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return applied, norm
+
+    def train_mode(self) -> None:
+        """Model in training mode; a schedule-free optimizer at the point it trains on (its
+        ``train()``; other optimizers have no such method)."""
+        self._optimizer_mode("train")
+        self.model.train()
+
+    def eval_mode(self) -> None:
+        """Model in eval mode; a schedule-free optimizer at its averaged weights (its ``eval()``)."""
+        self._optimizer_mode("eval")
+        self.model.eval()
+
+    def _optimizer_mode(self, mode: str) -> None:
+        switch = getattr(self.optimizer, mode, None)
+        if callable(switch):
+            switch()
+
+    def _to_device(self, x: torch.Tensor) -> torch.Tensor:
+        """A batch ``(B, C, H, W)`` on the device (non-blocking from pinned memory), channels-last
+        when asked."""
+        x = x.to(self.device, non_blocking=True)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last and x.ndim == 4 else x
+
+    def _autocast(self):
+        if self.precision == "32":
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
+        return torch.autocast(self.device.type, dtype=dtype)
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Validation loss (mean cross-entropy, nats) and top-1 accuracy (fraction).
+
+        Runs the model in eval mode on the validation loader; batches ``(B, C, H, W)``, labels
+        ``(B,)``; a schedule-free optimizer is switched to its averaged weights first (and stays
+        there until the next epoch's :meth:`train_mode`, so the epoch's checkpoint holds them).
+        In a data-parallel run each rank evaluates its shard and the sums are added over the ranks.
+        """
+        self.eval_mode()
+        distributed.broadcast_buffers(self.model)  # rank 0's batch-norm statistics, as DDP's next forward would
+        loss_sum = torch.zeros((), device=self.device)
+        correct = torch.zeros((), device=self.device, dtype=torch.int64)
+        n = 0
+        for x, y in self.val_loader:
+            x, y = self._to_device(x), y.to(self.device, non_blocking=True)
+            with self._autocast():
+                logits = self.eval_forward(x)
+            loss_sum += F.cross_entropy(logits.float(), y, reduction="sum")
+            correct += (logits.argmax(1) == y).sum()
+            n += len(y)
+        self.model.train()
+        if self.world_size > 1:  # each rank saw its shard: sum the sums
+            totals = torch.stack((loss_sum.double(), correct.double(), torch.tensor(n, dtype=torch.float64,
+                                                                                    device=self.device)))
+            loss, right, n = distributed.all_reduce_sum(totals).tolist()
+            return {"val/loss": loss / n, "val/acc": right / n}
+        return {"val/loss": loss_sum.item() / n, "val/acc": correct.item() / n}
