@@ -88,7 +88,7 @@ def _train(cfg: DictConfig, run_dir: Path, resume_state: Optional[dict[str, Any]
            start: float) -> float:
     """:func:`train` once the run folder is known (and a resume's checkpoint read)."""
     from framework.build import build
-    from framework.lr_finder_auto import choose_lr0, lr_find
+    from framework.lr_finder.auto import choose_lr0, lr_find
 
     if cfg.mode == "lr_find":
         return lr_find(cfg, run_dir)

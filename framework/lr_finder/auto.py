@@ -30,7 +30,7 @@ def range_test(cfg: DictConfig, run_dir: Path) -> Any:
             optimizer does not use), or the run cannot be built.
     """
     from framework.build import build
-    from framework.lr_finder import write_outputs
+    from framework.lr_finder.finder import write_outputs
 
     key = "lr0=auto" if cfg.lr0 == "auto" else "mode=lr_find"
     if OmegaConf.to_container(cfg.optimizer, resolve=False).get("lr") != "${lr0}":
@@ -53,7 +53,7 @@ def lr_find(cfg: DictConfig, run_dir: Path) -> float:
     Returns:
         0.0 (no objective: nothing was trained).
     """
-    from framework.lr_finder import answer
+    from framework.lr_finder.finder import answer
     from framework.summary import write_untrained_summary
 
     result = range_test(cfg, run_dir)
@@ -74,7 +74,7 @@ def choose_lr0(cfg: DictConfig, run_dir: Path) -> tuple[DictConfig, dict[str, An
     Raises:
         ConfigError: the range test found no suggestion (flat or too short a loss curve).
     """
-    from framework.lr_finder import answer
+    from framework.lr_finder.finder import answer
 
     result = range_test(cfg, run_dir)
     if result.lr is None:
