@@ -2,12 +2,12 @@
 
 Notation (the LR contract, README): ``T`` optimizer steps ``k = 0 … T-1``; warmup of ``W`` steps; after
 warmup the main schedule sees ``t`` = interval units (steps, or epochs with
-``scheduler.interval=epoch``) since warmup ended, out of ``total`` units. Decaying schedules
-reach exactly ``lrf`` at ``t = total-1``, so the last step of the run uses ``lr0·lrf``.
+``scheduler.interval=epoch``) since warmup ended, out of ``total_units``. Decaying schedules
+reach exactly ``lrf`` at ``t = total_units-1``, so the last step of the run uses ``lr0·lrf``.
 
 A schedule holds no state (plateau, driven by a metric, is the one exception): the trainer owns
-``k`` and asks :class:`LRPlan` for the multiplier of step ``k`` before applying it. Config files
-name the classes as ``framework.schedules.<Class>``.
+``k`` and has :class:`LRPlan` apply the LR of step ``k`` before the step (``plan.py``: the LR
+contract). Config files name the classes as ``framework.schedules.<Class>``.
 """
 from framework.schedules.base import Decay, Schedule
 from framework.schedules.cycles import CosineRestarts, Cyclic, OneCycle

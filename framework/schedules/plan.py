@@ -13,11 +13,9 @@ import math
 from typing import Any, Optional
 
 from framework import registry
+from framework.config import RESERVED_KEYS
 from framework.errors import ConfigError
 from framework.schedules.base import Schedule
-
-#: Keys of ``conf/scheduler/*.yaml`` read by the plan, not passed to the schedule.
-PLAN_KEYS = ("interval",)
 
 
 def count_steps(num_batches: int, accumulate: int, epochs: int, max_steps: Optional[int]) -> tuple[int, int]:
@@ -112,7 +110,7 @@ def build_plan(cfg: Any, num_batches: int) -> "LRPlan":
     runtime = {"total_units": total_units}
     if registry.accepts(cfg.scheduler, "warmup_units"):
         runtime["warmup_units"] = warmup_units
-    schedule = registry.instantiate(cfg.scheduler, "scheduler", reserved=PLAN_KEYS, **runtime)
+    schedule = registry.instantiate(cfg.scheduler, "scheduler", reserved=RESERVED_KEYS["scheduler"], **runtime)
     return LRPlan(schedule, T, spe, warmup_steps=W, warmup_start_factor=cfg.warmup_start_factor, interval=interval,
                   warmup_momentum=cfg.warmup_momentum)
 
