@@ -58,36 +58,32 @@ def resolve_device(name: str):
     return torch.device(name)
 
 
-@dataclass
+@dataclass(frozen=True)
 class Built:
-    """What :func:`build` made, with the LR facts worked out on the way.
+    """What :func:`build` made, with the LR facts as they were worked out on the way.
 
     Attributes:
         trainer: the :class:`~framework.trainer.Trainer` (model, optimizer, plan, loaders).
+        plan: the run's :class:`~framework.schedules.LRPlan`.
+        device: where the run trains.
         lr_scaling_factor: the batch-size rule's factor on ``optimizer.lr`` (1 for ``none``).
         base_lr: ``optimizer.lr`` as configured (``lr0``, or Prodigy's own multiplier).
+        base_lrs: each param group's final base LR (``initial_lr``) by group name, as built.
         global_batch: samples per optimizer step over all processes.
     """
 
     trainer: Any
+    plan: Any
+    device: Any
     lr_scaling_factor: float
     base_lr: float
+    base_lrs: dict[str, float]
     global_batch: int
 
     @property
-    def plan(self) -> Any:
-        """The run's :class:`~framework.schedules.LRPlan`."""
-        return self.trainer.plan
-
-    @property
     def lr0_effective(self) -> float:
-        """The LR group 0 would have at ratio 1 after warmup: ``optimizer.lr x lr_scaling_factor``."""
+        """The LR a group of ratio 1 has after warmup: ``optimizer.lr x lr_scaling_factor``."""
         return self.base_lr * self.lr_scaling_factor
-
-    @property
-    def base_lrs(self) -> dict[str, float]:
-        """Each param group's base LR (``initial_lr``), by group name."""
-        return {g["name"]: g["initial_lr"] for g in self.trainer.optimizer.param_groups}
 
 
 def build(cfg: DictConfig, run_dir: Path) -> Built:
@@ -131,8 +127,9 @@ def build(cfg: DictConfig, run_dir: Path) -> Built:
         )
     check_batch_norm_batches(model, loaders[0])
     optimizer, scaling = build_optimizer(cfg, model)
+    base_lrs = {g["name"]: g["initial_lr"] for g in optimizer.param_groups}
     plan = build_plan(cfg, len(loaders[0]))
     plan.check_optimizer(optimizer)
     trainer = registry.instantiate(cfg.trainer, "trainer", config=plain_config(cfg), model=model, optimizer=optimizer,
                                    plan=plan, data=loaders, run_dir=run_dir, device=device)
-    return Built(trainer, scaling, float(cfg.optimizer.lr), global_batch(cfg))
+    return Built(trainer, plan, device, scaling, float(cfg.optimizer.lr), base_lrs, global_batch(cfg))

@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from framework import registry
 from framework.errors import ConfigError
-from framework.schema import TrainConfig, knobs_help
+from framework.schema import MOVED_KEYS, TrainConfig, knobs_help, moved_key_message
 
 #: Config groups every run composes, in build order.
 GROUPS = ("dataset", "model", "optimizer", "scheduler", "trainer", "lr_finder")
@@ -191,7 +191,10 @@ def _number_errors(cfg: DictConfig) -> list[str]:
 
 
 def _group_errors(cfg: DictConfig) -> list[str]:
-    errors = []
+    errors = [moved_key_message(key, OmegaConf.select(cfg, key)) for key in MOVED_KEYS
+              if OmegaConf.select(cfg, key, default=None) is not None]
+    if errors:  # (the signature check would call it an unknown argument)
+        return errors
     for group in GROUPS:
         node = cfg.get(group)
         if not isinstance(node, DictConfig) or "_target_" not in node:
@@ -233,6 +236,9 @@ def _group_errors(cfg: DictConfig) -> list[str]:
                        f"group (it estimates one step size for all); set {key}={'1.0' if 'head' in key else 'null'}"
                        for key, differs in ratios.items() if differs]
 
+        if cfg.warmup_bias_lr is not None and cfg.optimizer.get("layer_decay") is not None:
+            errors.append(f"warmup_bias_lr={cfg.warmup_bias_lr}: optimizer.layer_decay groups parameters by layer, so "
+                          "the biases have no group of their own; set warmup_bias_lr=null or optimizer.layer_decay=null")
         clip = cfg.trainer.get("gradient_clip_val")
         if clip is not None and not clip > 0:
             errors.append(f"trainer.gradient_clip_val={clip}: must be > 0 or null (no clipping)")
@@ -290,11 +296,12 @@ def _unknown_top_level(cfg: DictConfig) -> list[str]:
     return [f"{key}: unknown top-level key (added with +{key}=...); remove it" for key in cfg if key not in known]
 
 
-def validate(cfg: DictConfig) -> DictConfig:
+def validate(cfg: DictConfig, overrides: Sequence[str] = ()) -> DictConfig:
     """Check the composed config before anything is built; ``cfg`` itself is left unchanged.
 
     Args:
         cfg: the config composed by Hydra from ``conf/train.yaml``.
+        overrides: the command line's overrides (:func:`check_overrides`).
 
     Returns:
         The checked config: ``cfg``, or a copy with a numeric string ``lr0`` as a float (YAML
@@ -304,6 +311,7 @@ def validate(cfg: DictConfig) -> DictConfig:
         ConfigError: with one line per problem (all of them, not just the first), each naming
             the key and the fix.
     """
+    check_overrides(cfg, list(overrides))
     if isinstance(cfg.get("lr0"), str) and cfg.lr0 != "auto":
         try:
             cfg = with_values(cfg, lr0=float(cfg.lr0))

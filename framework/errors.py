@@ -72,14 +72,17 @@ def user_messages(exc: BaseException) -> list[str] | None:
         if isinstance(cause, (ConfigKeyError, ConfigAttributeError)) and append:
             override = append.group(1)
             key = override.split("=", 1)[0]
+            from framework.schema import TrainConfig, moved_key_message
+
+            moved = moved_key_message(key, override.partition("=")[2])
+            if moved is not None:
+                return [moved]
             if "." in key:
                 parent = getattr(cause, "parent_node", None)
                 keys = [k for k in (parent.keys() if parent is not None else []) if not str(k).startswith("_")]
                 leaf = key.rsplit(".", 1)[1]
                 return [f"{override}: unknown key '{key}'{suggest(leaf, keys)}; "
                         f"{key.rsplit('.', 1)[0]} has {', '.join(map(str, keys))}"]
-            from framework.schema import TrainConfig
-
             top = list(TrainConfig.__dataclass_fields__)
             hint = f" (did you mean {ALIASES[key]}?)" if key in ALIASES else suggest(key, top)
             return [f"{override}: unknown key '{key}'{hint}; top-level keys are {', '.join(top)}"]

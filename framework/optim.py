@@ -144,8 +144,9 @@ def build_optimizer(cfg: Any, model: torch.nn.Module) -> tuple[torch.optim.Optim
     Group ``g`` gets ``lr = initial_lr = optimizer.lr x lr_scale_g x scaling`` (``optimizer.lr``
     is ``${lr0}``, or the optimizer's own multiplier for Prodigy; ``lr_scale_g`` its head /
     layer-decay ratio; ``scaling`` the batch-size rule :func:`lr_scale_factor`), and the bias
-    group ``warmup_start_lr = warmup_bias_lr`` when that is set. The LR plan multiplies
-    ``initial_lr`` at every step; nothing corrects these values afterwards.
+    group ``warmup_start_lr = warmup_bias_lr`` when that is set; ``initial_momentum`` is each
+    group's momentum (or Adam beta1) as configured. The LR plan multiplies ``initial_lr`` at
+    every step; nothing corrects these values afterwards.
 
     Args:
         cfg: a validated config (reads ``optimizer``, ``lr_scaling``, ``lr_base_size``,
@@ -161,6 +162,7 @@ def build_optimizer(cfg: Any, model: torch.nn.Module) -> tuple[torch.optim.Optim
     """
     from framework import registry
     from framework.config import RESERVED_KEYS
+    from framework.schedules.plan import group_momentum
 
     node = cfg.optimizer
     base = node.get("lr")
@@ -175,6 +177,9 @@ def build_optimizer(cfg: Any, model: torch.nn.Module) -> tuple[torch.optim.Optim
         if group["name"] == "bias" and bias_lr is not None:
             group["warmup_start_lr"] = float(bias_lr)
     optimizer = registry.instantiate(node, "optimizer", reserved=RESERVED_KEYS["optimizer"], params=groups)
+    for group in optimizer.param_groups:  # the base the plan's momentum schedules start from (the optimizer's default)
+        if group_momentum(group) is not None:
+            group["initial_momentum"] = group_momentum(group)
     return optimizer, scaling
 
 

@@ -37,13 +37,10 @@ class PlannedRun:
 def plan_of(plan: Any, optimizer: Any, label: str = "") -> PlannedRun:
     """Evaluate an LR plan at every step over an optimizer's param groups, as training applies it
     (a metric-driven plan as it stands: flat); the optimizer is not changed."""
-    from framework.schedules.plan import group_momentum
-
-    groups = optimizer.param_groups
+    groups = [dict(g) for g in optimizer.param_groups]  # copies: the plan may note a group's base momentum
     lrs = {g.get("name", str(i)): [plan.group_lr(k, g) for k in range(plan.total_steps)] for i, g in enumerate(groups)}
-    base = groups[0].get("initial_momentum", group_momentum(groups[0]))
-    momentum = None if base is None else [plan.momentum(k, base) if plan.sets_momentum else base
-                                          for k in range(plan.total_steps)]
+    first = [plan.momentum_at(k, groups[0]) for k in range(plan.total_steps)]
+    momentum = None if first and first[0] is None else first
     return PlannedRun(label, lrs, momentum, plan.warmup_steps, plan.steps_per_epoch)
 
 
@@ -181,7 +178,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
 
     from framework.build import build
     from framework.config import register_configs, validate
-    from framework.errors import exit_on_user_error
+    from framework.errors import ConfigError, exit_on_user_error
     from framework.registry import CONF_DIR
 
     parser = argparse.ArgumentParser(prog="python -m framework.preview", description=__doc__.splitlines()[0])
@@ -198,7 +195,10 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
             with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
                 cfg = compose(config_name="train", overrides=combo)
             label = " ".join(combo[i] for i in varying) or " ".join(combo)
-            built = build(validate(cfg), Path.cwd())
+            if cfg.lr0 == "auto":
+                raise ConfigError("lr0=auto: a preview draws the plan of a number; give lr0=<value> (python train.py "
+                                  "mode=lr_find suggests one)")
+            built = build(validate(cfg, combo), Path.cwd())
             runs.append(plan_of(built.plan, built.trainer.optimizer, label))
     fixed = " ".join(o for i, o in enumerate(combos[0]) if i not in varying)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

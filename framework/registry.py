@@ -110,7 +110,7 @@ def instantiate(node: DictConfig, group: str, reserved: Iterable[str] = (), **ru
         node: group config with ``_target_`` and ``_partial_: true``.
         group: the group's name (``optimizer``), for error messages.
         reserved: framework keys to drop before the call (``interval``).
-        **runtime: call-site arguments (``params=...``, ``total=...``).
+        **runtime: call-site arguments (``params=...``, ``total_units=...``).
 
     Returns:
         What the target returns.

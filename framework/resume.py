@@ -138,7 +138,11 @@ def _check_csvs(folder: Path, state: dict[str, Any]) -> None:
 def resume_trainer(trainer: Any, state: dict[str, Any]) -> None:
     """Load ``state`` into a built trainer, cut its run folder's CSVs back to the checkpoint
     (``steps.csv`` was checked by :func:`prepare_resume`) and remove the temporary files a
-    killed process left half-written (``*.tmp``; the files they were for are intact)."""
+    killed process left half-written (``*.tmp``; the files they were for are intact).
+
+    Raises:
+        ConfigError: the checkpoint holds another model or optimizer layout than the built one.
+    """
     from framework.loggers import truncate_csv
 
     first, others = trainer.group_names[0], trainer.group_names[1:]

@@ -16,7 +16,7 @@ from typing import Any, Optional
 from omegaconf import DictConfig
 
 from framework import distributed, interrupts
-from framework.config import check_overrides, validate
+from framework.config import validate
 from framework.errors import ConfigError
 from framework.resume import (NothingToResume, also_log_to, continue_command, prepare_resume, resume_requeued_job,
                               resume_trainer)
@@ -59,8 +59,7 @@ def train(cfg: DictConfig, run_dir: Optional[str | Path] = None) -> float:
         hc = HydraConfig.get()
         run_dir, overrides = hc.runtime.output_dir, list(hc.overrides.task)
         cfg = resume_requeued_job(cfg, Path(run_dir), hc)
-    check_overrides(cfg, overrides)
-    cfg = validate(cfg)  # once; later stages get new config values, never an edited one
+    cfg = validate(cfg, overrides)  # once; later stages get new config values, never an edited one
     run_dir = Path(run_dir)
     distributed.quiet_other_ranks()
     if distributed.world_size() > 1 and (cfg.mode == "lr_find" or cfg.lr0 == "auto"):
@@ -114,7 +113,7 @@ def _log_lr_facts(cfg: DictConfig, built: Any) -> None:
     log.info(
         "T=%d optimizer steps (%d per epoch), warmup %d steps, scheduler %s, device %s, global batch %d (%d "
         "process(es))", plan.total_steps, plan.steps_per_epoch, plan.warmup_steps,
-        type(plan.schedule).__name__, built.trainer.device, built.global_batch, distributed.world_size(),
+        type(plan.schedule).__name__, built.device, built.global_batch, distributed.world_size(),
     )
     if plan.warmup_steps and plan.schedule(0) < 1:
         log.warning(

@@ -58,6 +58,17 @@ class TrainConfig:
     num_workers: int = knob(0, "(processes) DataLoader workers of the standard loader; 0 = main process")
 
 
+#: Keys that moved to the top level: old dotted key -> knob (a config or command line that still
+#: uses the old key is told where it went).
+MOVED_KEYS = {"scheduler.warmup_bias_lr": "warmup_bias_lr"}
+
+
+def moved_key_message(key: str, value: Any) -> Optional[str]:
+    """``<key>=<value>: moved to the top level; use <knob>=<value>`` for a moved key, else None."""
+    knob_name = MOVED_KEYS.get(key.lstrip("+~"))
+    return None if knob_name is None else f"{key}={value}: moved to the top level; use {knob_name}={value}"
+
+
 #: The top-level knobs (every field but the config groups).
 KNOBS = tuple(f.name for f in fields(TrainConfig) if "help" in f.metadata)
 

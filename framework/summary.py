@@ -3,7 +3,6 @@ the one line on how a failed or interrupted run ended."""
 from __future__ import annotations
 
 import logging
-import math
 import sys
 import time
 from pathlib import Path
@@ -40,9 +39,9 @@ def start_summary(cfg: Any, built: Any, run_dir: Path, overrides: list[str], lr0
         "lr_scaling": cfg.lr_scaling,
         "base_lrs": built.base_lrs,
         "planned_steps": plan.total_steps,
-        "planned_epochs": math.ceil(plan.total_steps / plan.steps_per_epoch),
+        "planned_epochs": plan.total_epochs,
         "global_batch": built.global_batch,
-        "device": str(built.trainer.device),
+        "device": str(built.device),
         "world_size": distributed.world_size(),
         "run_dir": str(run_dir),
         "overrides": overrides,
@@ -69,6 +68,8 @@ def write_untrained_summary(run_dir: Path, status: str, **fields: Any) -> None:
 
 
 def print_table(summary: dict[str, Any]) -> None:
+    """Print a finished run's results as a rich table (best and final metrics, base -> last LR,
+    epochs and steps against the plan, batch, device, wall time), then the whole run folder."""
     from rich.console import Console
     from rich.table import Table
 

@@ -14,6 +14,7 @@ from framework.schema import TrainConfig
 from tests.helpers import HANG_GUARD_S, TINY, compose_cfg, lines as stderr_lines, run_cli, run_cli_in_process, write_imagefolder, write_torchvision_files
 
 GROUP_FILES = sorted(p for g in GROUPS for p in (registry.CONF_DIR / g).rglob("*.yaml"))
+DEBUG_FILES = sorted((registry.CONF_DIR / "debug").rglob("*.yaml"))
 
 
 EXPERIMENT_FILES = sorted((registry.CONF_DIR / "experiment").rglob("*.yaml"))
@@ -60,7 +61,7 @@ def test_config_tree_found():
 
 
 def test_every_yaml_starts_with_a_purpose_comment():
-    for path in [registry.CONF_DIR / "train.yaml", *GROUP_FILES]:
+    for path in [registry.CONF_DIR / "train.yaml", *GROUP_FILES, *DEBUG_FILES]:
         assert path.read_text().startswith("# "), path
 
 
@@ -69,7 +70,7 @@ def test_every_key_has_a_comment():
     import re
 
     key_line = re.compile(r"^\s*[A-Za-z_][\w.]*:\s*\S")
-    for path in [registry.CONF_DIR / "train.yaml", *GROUP_FILES, *EXPERIMENT_FILES, *SEARCH_FILES]:
+    for path in [registry.CONF_DIR / "train.yaml", *GROUP_FILES, *EXPERIMENT_FILES, *SEARCH_FILES, *DEBUG_FILES]:
         block_indent = None
         for line in path.read_text().splitlines():
             indent = len(line) - len(line.lstrip())
@@ -109,7 +110,7 @@ def test_every_group_file_composes_validates_and_instantiates(path, tmp_path, mo
         assert scaling == 1.0 and [g["name"] for g in opt.param_groups] == ["decay", "no_decay"]
         assert all(g["lr"] == g["initial_lr"] == expected for g in opt.param_groups)
     elif group == "scheduler":  # 10 epochs of 20 steps, 10 warmup steps
-        plan = build_plan(compose_cfg(f"scheduler={path.stem}", "warmup_steps=10"), num_batches=20)
+        plan = build_plan(validate(compose_cfg(f"scheduler={path.stem}", "warmup_steps=10")), num_batches=20)
         assert plan.total_steps == 200 and all(0 < m <= 1 for m in plan.multipliers())
     elif group == "lr_finder":
         finder = registry.instantiate(node, group)
@@ -233,6 +234,13 @@ BAD_INPUTS = [
                                                     "BatchNorm2d layer as one value per channel"),
     (["dataset=synthetic", "batch_size=1"], "batch_size=1: a training batch of 1 sample reaches a BatchNorm2d"),
     (["dataset=synthetic", "scheduler=step", "scheduler.gamma=0"], "scheduler.gamma=0"),
+    (["dataset=synthetic", "scheduler=ultralytics", "scheduler.warmup_bias_lr=0.1"],
+     "scheduler.warmup_bias_lr=0.1: moved to the top level; use warmup_bias_lr=0.1"),
+    (["dataset=synthetic", "scheduler=ultralytics", "+scheduler.warmup_bias_lr=0.2"],
+     "scheduler.warmup_bias_lr=0.2: moved to the top level; use warmup_bias_lr=0.2"),
+    (["dataset=synthetic", "warmup_bias_lr=0.1", "optimizer.layer_decay=0.7"],
+     "warmup_bias_lr=0.1: optimizer.layer_decay groups parameters by layer"),
+    (["dataset=synthetic", "warmup_bias_lr=-1"], "warmup_bias_lr=-1.0: must be a finite LR >= 0 or null"),
     (["dataset=synthetic", "epochs=2", "warmup_epochs=10"], "warmup_epochs"),
     (["dataset=synthetic", "epochs=2", "scheduler=step", "scheduler.step_size=10"], "scheduler.step_size=10"),
     (["dataset=synthetic", "resume=/nonexistent/run"], "resume=/nonexistent/run: no checkpoint there"),

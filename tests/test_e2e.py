@@ -45,13 +45,18 @@ def test_multirun_grid_one_folder_per_job_with_literal_lrs(tmp_path):
 
 
 def test_help_and_cfg_do_not_import_torch(tmp_path):
+    out = {}
     for args in (["--help"], ["--cfg", "job"]):
         proc = subprocess.run([sys.executable, "-X", "importtime", str(ROOT / "train.py"), *args],
                               cwd=ROOT, capture_output=True, text=True, timeout=HANG_GUARD_S)
         assert proc.returncode == 0, proc.stderr[-2000:]
         imported = {line.split("|")[-1].strip() for line in proc.stderr.splitlines() if "|" in line}
         assert "hydra" in imported and "torch" not in imported and "timm" not in imported
-        assert "lr0" in proc.stdout
+        out[args[0]] = proc.stdout
+    help_text = out["--help"]
+    # every top-level knob with its default and its help, from the schema (framework/schema.py)
+    assert "  lr0                   0.01    (LR) initial learning rate, reached at the end of warmup" in help_text
+    assert "  warmup_bias_lr        null    (LR) the biases' LR at warmup step 0" in help_text
 
 
 def test_default_run_reaches_97_percent_on_digits(tmp_path):

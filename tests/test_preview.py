@@ -44,3 +44,14 @@ def test_preview_shows_the_bias_group_warmup(tmp_path):
     train_in_process(tmp_path, *TINY, "+experiment=ultralytics", "mode=plot_lr", "epochs=5")
     points = json.loads((tmp_path / "lr_plan.json").read_text())
     assert points["groups"]["bias"] == 0.1 and points["groups"]["decay"] == pytest.approx(0.001, abs=1e-15)
+
+
+@pytest.mark.parametrize("override,text", [
+    ("lr0=auto", "error: lr0=auto: a preview draws the plan of a number; give lr0=<value>"),
+    ("optimizer.lr=0.5", "error: optimizer.lr=0.5: the optimizer's LR is lr0"),
+])
+def test_preview_refuses_what_training_refuses(tmp_path, capsys, override, text):
+    out = tmp_path / "p.png"
+    with pytest.raises(SystemExit) as info:
+        main([*TINY, override, "--out", str(out)])
+    assert info.value.code == 2 and capsys.readouterr().err.startswith(text) and not out.exists()

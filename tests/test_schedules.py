@@ -1,6 +1,7 @@
 """LR policies against PyTorch's own schedulers (1e-12) and hand-worked tables."""
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 
@@ -11,7 +12,7 @@ from torch.optim import lr_scheduler as tls
 from framework import registry, schedules
 from framework.errors import ConfigError
 from framework.schedules import LRPlan
-from framework.schedules.plan import build_plan, schedule_units
+from framework.schedules.plan import build_plan, plan_from
 from tests.helpers import compose_cfg
 
 LR0, LRF = 0.1, 0.01
@@ -32,12 +33,8 @@ def torch_lrs(make, T: int, lr0: float = LR0, steps_per_epoch: int = 1) -> list[
 
 def make_plan(schedule_cls, T: int, spe: int = 1, W: int = 0, s: float = 0.1, interval: str = "step",
               warmup_momentum=None, **kwargs) -> LRPlan:
-    """The plan of ``schedule_cls(**kwargs)`` over a run of ``T`` steps, its units worked out as
-    :func:`~framework.schedules.plan.build_plan` does for a config."""
-    units, warmup_units = schedule_units(T, W, spe, interval, schedule_cls.counts_warmup)
-    takes_warmup = "warmup_units" in inspect.signature(schedule_cls).parameters
-    schedule = schedule_cls(total_units=units, **({"warmup_units": warmup_units} if takes_warmup else {}), **kwargs)
-    return LRPlan(schedule, T, spe, W, s, interval, warmup_momentum=warmup_momentum)
+    """The plan of ``schedule_cls(**kwargs)`` over a run of ``T`` steps (units as for a config)."""
+    return plan_from(schedule_cls, functools.partial(schedule_cls, **kwargs), T, spe, W, s, interval, warmup_momentum)
 
 
 def plan_lrs(schedule_cls, T: int, lr0: float = LR0, W: int = 0, s: float = 0.1, spe: int = 1,
@@ -206,15 +203,20 @@ def test_every_schedule_invariants(path, interval):
     """Finite, positive, never above lr0, warmup rising, step W = the schedule's first value,
     last step = lr0*lrf where lrf applies."""
     spe, epochs, W = 10, 12, 10
-    cfg = compose_cfg(f"scheduler={path.stem}", f"scheduler.interval={interval}", "lr0=0.1", "lrf=0.01",
-                      f"epochs={epochs}", f"warmup_steps={W}")
-    plan = build_plan(cfg, num_batches=spe)
-    assert (plan.total_steps, plan.warmup_steps, plan.steps_per_epoch) == (120, 10, 10)
-    lrs = [cfg.lr0 * m for m in plan.multipliers()]
-    assert all(math.isfinite(v) and 0 < v <= cfg.lr0 * (1 + 1e-12) for v in lrs)
-    assert all(a < b for a, b in zip(lrs[: W - 1], lrs[1:W]))
-    if plan.schedule.ends_at_lrf:
-        assert lrs[-1] == pytest.approx(cfg.lr0 * cfg.lrf, rel=1e-12)
+    last = {}
+    for lrf in (0.01, 0.05):
+        cfg = compose_cfg(f"scheduler={path.stem}", f"scheduler.interval={interval}", "lr0=0.1", f"lrf={lrf}",
+                          f"epochs={epochs}", f"warmup_steps={W}")
+        plan = build_plan(cfg, num_batches=spe)
+        assert (plan.total_steps, plan.warmup_steps, plan.steps_per_epoch) == (120, 10, 10)
+        lrs = [cfg.lr0 * m for m in plan.multipliers()]
+        assert all(math.isfinite(v) and 0 < v <= cfg.lr0 * (1 + 1e-12) for v in lrs)
+        assert all(a < b for a, b in zip(lrs[: W - 1], lrs[1:W]))
+        last[lrf] = lrs[-1]
+    # a schedule claims to end at lr0*lrf exactly when its last step follows lrf there (two values
+    # of lrf tell it from one that lands on 0.1*0.01 by chance); no list of names to keep
+    ends = all(last[lrf] == pytest.approx(0.1 * lrf, rel=1e-12) for lrf in last)
+    assert ends == plan.schedule.ends_at_lrf, (path.stem, last)
     with pytest.raises(ConfigError):  # a horizon of zero units is refused by every schedule
         registry.instantiate(cfg.scheduler, "scheduler", reserved=("interval",), total_units=0)
 

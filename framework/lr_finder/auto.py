@@ -52,6 +52,9 @@ def lr_find(cfg: DictConfig, run_dir: Path) -> float:
 
     Returns:
         0.0 (no objective: nothing was trained).
+
+    Raises:
+        ConfigError: as :func:`range_test`.
     """
     from framework.lr_finder.finder import answer
     from framework.summary import write_untrained_summary

@@ -51,6 +51,9 @@ class RangeTestResult:
         return self.suggestions.get(self.chosen)
 
     def to_json(self) -> dict[str, Any]:
+        """The record of ``lr_find.json`` and of ``summary.json``'s ``lr0_auto``: the chosen
+        suggestion and its LR (lr0 units), why, every suggestion with its source, probes run
+        and planned, why it stopped and the LR range probed."""
         return {"chosen": self.chosen, "lr0": self.lr, "why": SOURCES[self.chosen],
                 "suggestions": self.suggestions, "sources": SOURCES, "probes": len(self.lrs),
                 "planned_probes": self.planned, "stop_reason": self.stop_reason,

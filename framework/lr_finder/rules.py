@@ -45,6 +45,7 @@ def smooth(losses: Sequence[float], beta: float = 0.98) -> list[float]:
 
 
 def finite_points(lrs: Sequence[float], losses: Sequence[float]) -> tuple[list[float], list[float]]:
+    """The ``(lr, loss)`` points with a finite loss and a finite LR > 0, as two lists in order."""
     pts = [(lr, v) for lr, v in zip(lrs, losses) if math.isfinite(v) and math.isfinite(lr) and lr > 0]
     return [p[0] for p in pts], [p[1] for p in pts]
 

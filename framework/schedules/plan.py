@@ -9,8 +9,10 @@ out of ``total_units``. Every param group's LR at step ``k`` is ``initial_lr * p
 """
 from __future__ import annotations
 
+import functools
+import inspect
 import math
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from framework import registry
 from framework.config import RESERVED_KEYS
@@ -104,15 +106,35 @@ def build_plan(cfg: Any, num_batches: int) -> "LRPlan":
     if W >= T:
         raise ConfigError(f"{warmup_key}: gives {W} warmup steps but the run has only {T} optimizer steps; "
                           "lower the warmup or raise epochs")
-    interval = cfg.scheduler.get("interval", "step")
-    counts_warmup = bool(getattr(registry.locate(cfg.scheduler._target_), "counts_warmup", False))
-    total_units, warmup_units = schedule_units(T, W, spe, interval, counts_warmup)
+    make = functools.partial(registry.instantiate, cfg.scheduler, "scheduler", reserved=RESERVED_KEYS["scheduler"])
+    return plan_from(registry.locate(cfg.scheduler._target_), make, T, spe, warmup_steps=W,
+                     warmup_start_factor=cfg.warmup_start_factor, interval=cfg.scheduler.get("interval", "step"),
+                     warmup_momentum=cfg.warmup_momentum)
+
+
+def plan_from(schedule_class: Any, make_schedule: Callable[..., Schedule], total_steps: int, steps_per_epoch: int,
+              warmup_steps: int = 0, warmup_start_factor: float = 0.1, interval: str = "step",
+              warmup_momentum: Optional[float] = None) -> "LRPlan":
+    """The plan of a run of ``total_steps``: its schedule built over the units it runs on.
+
+    Args:
+        schedule_class: the schedule's class (or factory): its ``counts_warmup`` attribute and
+            whether its signature takes ``warmup_units`` decide the runtime inputs.
+        make_schedule: builds the schedule from those inputs (``total_units=``, and
+            ``warmup_units=`` when taken), e.g. the class with its configured keys bound.
+        total_steps, steps_per_epoch, warmup_steps, warmup_start_factor, interval,
+            warmup_momentum: as :class:`LRPlan`.
+
+    Returns:
+        The :class:`LRPlan`.
+    """
+    counts_warmup = bool(getattr(schedule_class, "counts_warmup", False))
+    total_units, warmup_units = schedule_units(total_steps, warmup_steps, steps_per_epoch, interval, counts_warmup)
     runtime = {"total_units": total_units}
-    if registry.accepts(cfg.scheduler, "warmup_units"):
+    if "warmup_units" in inspect.signature(schedule_class).parameters:
         runtime["warmup_units"] = warmup_units
-    schedule = registry.instantiate(cfg.scheduler, "scheduler", reserved=RESERVED_KEYS["scheduler"], **runtime)
-    return LRPlan(schedule, T, spe, warmup_steps=W, warmup_start_factor=cfg.warmup_start_factor, interval=interval,
-                  warmup_momentum=cfg.warmup_momentum)
+    return LRPlan(make_schedule(**runtime), total_steps, steps_per_epoch, warmup_steps=warmup_steps,
+                  warmup_start_factor=warmup_start_factor, interval=interval, warmup_momentum=warmup_momentum)
 
 
 def momentum_key(group: dict[str, Any]) -> Optional[str]:
@@ -183,21 +205,21 @@ class LRPlan:
             return s + (self._warmup_target(k) - s) * k / self.warmup_steps
         return self.schedule(self.unit(k))
 
-    def group_lr(self, k: int, group: dict[str, Any], lr_factor: float = 1.0) -> float:
+    def group_lr(self, k: int, group: dict[str, Any], lr_backoff: float = 1.0) -> float:
         """LR (absolute) of param group ``group`` at step ``k``.
 
         Args:
             k: optimizer step.
             group: the optimizer's param group (reads ``initial_lr``, its base LR, and
                 ``warmup_start_lr`` when set).
-            lr_factor: multiplier on the base LR (the rollbacks' ``lr_backoff``).
+            lr_backoff: multiplier on the base LR (the product of the rollbacks' ``rollback_lr_factor``).
 
         Returns:
-            ``initial_lr * lr_factor * plan(k)``; during warmup, for a group with
+            ``initial_lr * lr_backoff * plan(k)``; during warmup, for a group with
             ``warmup_start_lr``: ``w + (target - w) * k / W`` with ``target`` its LR at the end of
             warmup (Ultralytics' ``warmup_bias_lr``).
         """
-        base = group["initial_lr"] * lr_factor
+        base = group["initial_lr"] * lr_backoff
         start = group.get("warmup_start_lr")
         if k < self.warmup_steps and start is not None:
             return start + (base * self._warmup_target(k) - start) * k / self.warmup_steps
@@ -212,7 +234,7 @@ class LRPlan:
             return self.warmup_momentum + (target - self.warmup_momentum) * k / self.warmup_steps
         return target
 
-    def apply(self, optimizer: Any, k: int, lr_factor: float = 1.0) -> list[float]:
+    def apply(self, optimizer: Any, k: int, lr_backoff: float = 1.0) -> list[float]:
         """Set every param group's LR (and momentum, when the plan prescribes it) for step ``k``.
 
         A group's base LR is its ``initial_lr`` (set from its ``lr`` the first time, as
@@ -221,7 +243,7 @@ class LRPlan:
         Args:
             optimizer: a ``torch.optim.Optimizer``.
             k: the optimizer step about to be taken.
-            lr_factor: multiplier on every base LR (the rollbacks' ``lr_backoff``).
+            lr_backoff: multiplier on every base LR (the product of the rollbacks' ``rollback_lr_factor``).
 
         Returns:
             The LR set in each group, in ``optimizer.param_groups`` order.
@@ -229,16 +251,25 @@ class LRPlan:
         lrs = []
         for group in optimizer.param_groups:
             group.setdefault("initial_lr", group["lr"])
-            group["lr"] = self.group_lr(k, group, lr_factor)
+            group["lr"] = self.group_lr(k, group, lr_backoff)
             lrs.append(group["lr"])
             key = momentum_key(group)
             if key is not None and self.sets_momentum:
-                value = self.momentum(k, group.setdefault("initial_momentum", group_momentum(group)))
+                value = self.momentum_at(k, group)
                 if key == "momentum":
                     group["momentum"] = value
                 else:
                     group["betas"] = (value, *tuple(group["betas"])[1:])
         return lrs
+
+    def momentum_at(self, k: int, group: dict[str, Any]) -> Optional[float]:
+        """Momentum (or beta1) of param group ``group`` at step ``k``: :meth:`momentum` of its
+        base ``initial_momentum`` when the plan sets it, else the base itself; None for an
+        optimizer without momentum."""
+        if momentum_key(group) is None:
+            return None
+        base = group.setdefault("initial_momentum", group_momentum(group))
+        return self.momentum(k, base) if self.sets_momentum else base
 
     def check_optimizer(self, optimizer: Any) -> None:
         """Refuse a plan that sets the momentum for an optimizer without one.
@@ -250,6 +281,11 @@ class LRPlan:
             key = "warmup_momentum" if self.warmup_momentum is not None else "scheduler.cycle_momentum"
             raise ConfigError(f"{key}: {type(optimizer).__name__} has no momentum or beta1 to set; use "
                               "scheduler.cycle_momentum=false and warmup_momentum=null, or an optimizer with momentum")
+
+    @property
+    def total_epochs(self) -> int:
+        """Epochs the run reaches: ``ceil(T / steps_per_epoch)`` (the last may be cut by ``max_steps``)."""
+        return math.ceil(self.total_steps / self.steps_per_epoch)
 
     def multipliers(self) -> list[float]:
         """The multiplier of every step ``k = 0 … T-1`` (for a stateful schedule: as it stands)."""

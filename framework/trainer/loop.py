@@ -121,10 +121,6 @@ class Trainer(StepEngine):
         self.progress_bar, self.save_checkpoints = progress_bar, save_checkpoints
         self.stop_after_steps, self.config = stop_after_steps, config
         self.group_names = [g.get("name", str(i)) for i, g in enumerate(optimizer.param_groups)]
-        for group in optimizer.param_groups:  # the base values the plan scales (as PyTorch's LRScheduler)
-            group.setdefault("initial_lr", group["lr"])
-            if momentum_key(group) is not None:
-                group.setdefault("initial_momentum", group_momentum(group))
         self.history: dict[str, list] = {"step": [], **{n: [] for n in self.group_names}}  # applied LR by step
         self.stopped: Optional[str] = None  # why fit() stopped early, if it did
         self.saved_step: Optional[int] = None  # step k of the last.pt this process wrote last
@@ -202,8 +198,8 @@ class Trainer(StepEngine):
         from tqdm.auto import tqdm
 
         rs = self.run_state
-        T, spe = self.plan.total_steps, self.plan.steps_per_epoch
-        epochs = math.ceil(T / spe)
+        T = self.plan.total_steps
+        epochs = self.plan.total_epochs
         resuming = rs.global_step > 0
         self.steplog.open(append=resuming)
         epochs_csv = csv_log(self.run_dir / "epochs.csv", ["epoch", "train/loss", "val/loss", "val/acc", "lr", "time_s"],
