@@ -49,6 +49,39 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
             config.save.compute_crc32 = False
 
 
+def copy_checkpoint(source: str | Path, path: str | Path) -> None:
+    """Give ``path`` the bytes of the checkpoint ``source`` (written by :func:`save_checkpoint`),
+    atomically: a hard link ``<path>.tmp`` to the same data (no copy, nothing rewritten; the data
+    were made durable when ``source`` was written) renamed over ``path``. Where the filesystem has
+    no hard links, the bytes are copied and flushed to disk. ``source`` is later replaced by a new
+    file, never changed in place, so ``path`` keeps these bytes.
+
+    Raises:
+        OSError: the link or the copy failed (disk full), with ``filename`` = ``path``; the
+            temporary file is removed and ``path`` keeps its previous content.
+    """
+    import shutil
+
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        tmp.unlink(missing_ok=True)
+        try:
+            os.link(source, tmp)
+        except OSError:  # no hard links here (some network or FUSE filesystems): a real copy
+            with open(source, "rb") as src, atomic_file(path, "wb") as f:
+                shutil.copyfileobj(src, f)
+                f.flush()
+                os.fsync(f.fileno())
+            return
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        if exc.filename is None:
+            exc.filename = str(path)
+        raise
+
+
 class _Sink:
     """A binary file as ``torch.save`` writes to it, keeping the first ``OSError`` of a write
     (disk full) that torch's zip writer would otherwise turn into a ``RuntimeError``."""

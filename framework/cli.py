@@ -226,8 +226,17 @@ def run_cli(main: Callable[[], object]) -> None:
     stopped), as the sweep report counted them. A SIGTERM or Ctrl-C before training ends the
     program with one line, no traceback and no run folder (exit 143 or 130).
     """
+    import atexit
+    import gc
+
     from framework import interrupts
 
+    # At exit the interpreter's collector would walk the whole heap (torch, timm, Hydra: ~0.9 s on
+    # 2 CPU cores) to free what the exiting process gives back anyway; frozen objects are skipped.
+    # Nothing else changes: every atexit handler still runs, logging's flush included
+    # (bench/train_vs_plain.py measures it).
+    atexit.unregister(gc.freeze)  # once per process, however many runs it starts
+    atexit.register(gc.freeze)
     interrupts.install()  # train.py did it already, before importing Hydra; setting it again changes nothing
     try:
         interrupts.arm()

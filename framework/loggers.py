@@ -124,6 +124,16 @@ def git_state(folder: str | Path) -> dict[str, Any]:
     return {"git_commit": commit, "git_dirty": dirty}
 
 
+def pyplot() -> Any:
+    """``matplotlib.pyplot`` on the Agg backend (files only, no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 def plot_lr(steps: Sequence[int], lrs: dict[str, Sequence[float]], path: str | Path,
             warmup_steps: int = 0, title: str = "") -> None:
     """Save the applied LR of every optimizer step (one line per param group) as a PNG.
@@ -135,11 +145,7 @@ def plot_lr(steps: Sequence[int], lrs: dict[str, Sequence[float]], path: str | P
         warmup_steps: shade steps ``k < warmup_steps``.
         title: figure title (e.g. the schedule name).
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 3.5), dpi=100)
     for name, values in lrs.items():
         ax.plot(steps, values, label=name, lw=1.5)

@@ -87,10 +87,9 @@ def plot(runs: Sequence[PlannedRun], path: str | Path, grid: bool = False, title
         grid: one panel per run.
         title: figure title.
     """
-    import matplotlib
+    from framework.loggers import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     n = len(runs) if grid else 1
     cols = min(n, 3)

@@ -156,10 +156,9 @@ def plot(rows: list[dict[str, Any]], out_dir: Path) -> list[Path]:
     axis, one line per combination of the other swept keys; diverged jobs are drawn as red
     crosses at 0.
     """
-    import matplotlib
+    from framework.loggers import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     swept = swept_keys(rows)
     others = [k for k in swept if k != "lr0"]

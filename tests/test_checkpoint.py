@@ -119,3 +119,40 @@ def test_a_full_disk_names_the_file_removes_the_temporary_one_and_keeps_the_old(
         save_checkpoint({"step": 2, "w": torch.zeros(100_000)}, path)  # 400 kB: does not fit
     assert (info.value.errno, info.value.filename) == (errno.ENOSPC, str(path))
     assert os.listdir(tmp_path) == ["last.pt"] and path.read_bytes() == before
+
+
+def test_best_is_the_same_bytes_as_last_and_keeps_them_when_last_moves_on(tmp_path):
+    from framework.checkpoint import copy_checkpoint
+
+    save_checkpoint({"step": 4}, tmp_path / "last.pt")
+    copy_checkpoint(tmp_path / "last.pt", tmp_path / "best.pt")
+    assert (tmp_path / "best.pt").read_bytes() == (tmp_path / "last.pt").read_bytes()
+    assert os.stat(tmp_path / "best.pt").st_ino == os.stat(tmp_path / "last.pt").st_ino  # linked, not rewritten
+    save_checkpoint({"step": 8}, tmp_path / "last.pt")  # the next epoch replaces last.pt
+    assert load_checkpoint(tmp_path / "best.pt")["step"] == 4 and load_checkpoint(tmp_path / "last.pt")["step"] == 8
+    assert sorted(os.listdir(tmp_path)) == ["best.pt", "last.pt"]
+
+
+def test_best_is_copied_where_there_are_no_hard_links_and_a_full_disk_keeps_the_old_one(tmp_path, monkeypatch):
+    import builtins
+    import errno
+
+    from framework.checkpoint import copy_checkpoint
+
+    def no_links(*args):
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_links)
+    save_checkpoint({"step": 4}, tmp_path / "last.pt")
+    copy_checkpoint(tmp_path / "last.pt", tmp_path / "best.pt")
+    assert load_checkpoint(tmp_path / "best.pt")["step"] == 4
+    assert os.stat(tmp_path / "best.pt").st_ino != os.stat(tmp_path / "last.pt").st_ino
+    save_checkpoint({"step": 8}, tmp_path / "last.pt")
+    real_open = builtins.open
+    monkeypatch.setattr(builtins, "open", lambda f, mode="r", *a, **k: FullDisk(real_open(f, mode, *a, **k), 100)
+                        if str(f).endswith("best.pt.tmp") else real_open(f, mode, *a, **k))
+    with pytest.raises(OSError) as info:
+        copy_checkpoint(tmp_path / "last.pt", tmp_path / "best.pt")
+    assert info.value.errno == errno.ENOSPC and info.value.filename == str(tmp_path / "best.pt")
+    assert load_checkpoint(tmp_path / "best.pt")["step"] == 4  # the previous best is intact
+    assert sorted(os.listdir(tmp_path)) == ["best.pt", "last.pt"]  # no temporary file left

@@ -104,7 +104,7 @@ def test_a_full_disk_during_training_is_one_line_and_the_last_checkpoint_resumes
         f = builtins.open(path, mode, *args, **kwargs)
         if str(path).endswith(".pt.tmp"):
             saves.append(path)
-            if len(saves) > 2:  # epoch 1's last.pt and best.pt fit, nothing after
+            if len(saves) > 1:  # epoch 1's last.pt fits (best.pt is a link to it), nothing after
                 return FullDisk(f, 0)
         return f
 

@@ -211,12 +211,9 @@ def write_outputs(result: RangeTestResult, run_dir: Path) -> None:
     chosen one and why) and ``lr_find.png`` (log-x curve with every suggestion marked)."""
     import csv
 
-    import matplotlib
+    from framework.loggers import pyplot, write_json
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from framework.loggers import write_json
+    plt = pyplot()
 
     with open(run_dir / "lr_find.csv", "w", newline="") as f:
         w = csv.writer(f)

@@ -8,7 +8,7 @@ from typing import Any, Optional
 import torch
 
 from framework import distributed
-from framework.checkpoint import rng_state, save_checkpoint, set_rng_state
+from framework.checkpoint import copy_checkpoint, rng_state, save_checkpoint, set_rng_state
 from framework.errors import ConfigError, first_line
 from framework.schedules import LRPlan
 from framework.trainer.guard import DivergenceGuard
@@ -124,8 +124,10 @@ class TrainerCheckpoint:
         if self.guard.policy == "rollback":
             state["guard_points"] = [self.guard.snapshot, self.guard.candidate]
         save_checkpoint(state, self.folder / "last.pt")
-        if is_best:  # the best weights, without the rollback restore points (1/3 of the size)
+        if is_best and "guard_points" in state:  # the best weights, without the restore points (1/3 of the size)
             save_checkpoint({k: v for k, v in state.items() if k != "guard_points"}, self.folder / "best.pt")
+        elif is_best:  # the same state: the same bytes, linked, not written again
+            copy_checkpoint(self.folder / "last.pt", self.folder / "best.pt")
         return True
 
     def _averaged_weights(self) -> dict[str, Any]:
