@@ -53,7 +53,8 @@ class Step(Schedule):
         check_gamma(gamma)
         self.step_size, self.gamma = units, float(gamma)
         if units >= total_units:
-            message = (f"scheduler.step_size={step_size}: not shorter than the run's {total_units} units after "
+            given = f"{step_size} ({units} of this run's units)" if fraction else f"{step_size}"
+            message = (f"scheduler.step_size={given}: not shorter than the run's {total_units} units after "
                        "warmup, the LR would never drop")
             if not fraction:
                 raise ConfigError(message + "; lower it or give a fraction of the run, e.g. 0.3")
