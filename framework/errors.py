@@ -88,15 +88,14 @@ def user_messages(exc: BaseException) -> list[str] | None:
             return [f"{override}: unknown key '{key}'{hint}; top-level keys are {', '.join(top)}"]
         merging = re.search(r"Error merging override (\S+)", str(exc))
         where = f"{merging.group(1)}: " if merging else ""
-        kind = re.search(r"could not be converted to (Integer|Float|Boolean)", str(cause))
+        kind = re.search(r"could not be converted to (Integer|Float)", str(cause))
         if merging and kind:  # a typed top-level knob: say what it takes, with its default as the example
-            key = merging.group(1).partition("=")[0].lstrip("+~")
             from framework.schema import TrainConfig
 
+            key = merging.group(1).partition("=")[0].lstrip("+~")
             field = TrainConfig.__dataclass_fields__.get(key)
-            example = f", e.g. {key}={str(field.default).lower() if isinstance(field.default, bool) else field.default}" \
-                if field is not None and field.default is not None else ""
-            wanted = {"Integer": "a whole number", "Float": "a number", "Boolean": "true or false"}[kind.group(1)]
+            example = f", e.g. {key}={field.default}" if field is not None and field.default is not None else ""
+            wanted = "a whole number" if kind.group(1) == "Integer" else "a number"
             return [f"{merging.group(1)}: must be {wanted}{example}"]
         return [f"{where}{first_line(cause) or first_line(exc)}"]
     if isinstance(exc, (OverrideParseException, OmegaConfBaseException)):
