@@ -48,9 +48,13 @@ def locate(path: str) -> Any:
         logger.setLevel(level)
 
 
-def accepts(node: DictConfig, name: str) -> bool:
-    """True when the ``_target_`` of ``node`` takes an argument called ``name``."""
-    return name in _signature(locate(node["_target_"])).parameters
+def takes(target: Any, name: str) -> bool:
+    """True when ``target`` (a class: its constructor; any other callable) takes an argument
+    called ``name``; False when it has no signature to read (some built-ins)."""
+    try:
+        return name in _signature(target).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 def check_signature(

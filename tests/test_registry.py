@@ -44,3 +44,12 @@ def test_instantiate_passes_runtime_arguments_and_wraps_rejections():
 
     with pytest.raises(ConfigError, match="optimizer: torch.optim.SGD rejected its arguments: Nesterov"):
         registry.instantiate(bad, "optimizer", params=[torch.nn.Parameter(torch.zeros(1))])
+
+
+def test_takes_reads_constructors_and_tolerates_callables_without_a_signature():
+    from framework import schedules
+
+    assert registry.takes(schedules.InverseSqrt, "warmup_units")  # its __init__ takes it
+    assert not registry.takes(schedules.Cosine, "warmup_units")
+    assert registry.takes(schedules.Cosine, "total_units")
+    assert not registry.takes(max, "total_units")  # a built-in with no readable signature: False, no error

@@ -159,11 +159,13 @@ class LRFinder:
         trainer.optimizer.zero_grad(set_to_none=True)
         epoch = 0
         while len(lrs) < len(planned):
-            step_loss = 0.0
+            step_loss, first = 0.0, True
             for _, x, y, samples, closes in trainer.micro_batches(epoch):
                 interrupts.check()  # Ctrl-C during the range test: the program ends before training
-                plan.apply(trainer.optimizer, len(lrs))  # probe len(lrs): group LR = initial_lr * lr / lr0
+                if first:  # probe len(lrs): group LR = initial_lr * lr / lr0, set once before its micro-steps
+                    plan.apply(trainer.optimizer, len(lrs))
                 step_loss = step_loss + trainer.micro_step(x, y, len(y) / samples, closes)  # read once per probe
+                first = closes
                 if not closes:
                     continue
                 applied, _ = trainer.optimizer_step()

@@ -10,7 +10,6 @@ out of ``total_units``. Every param group's LR at step ``k`` is ``initial_lr * p
 from __future__ import annotations
 
 import functools
-import inspect
 import math
 from typing import Any, Callable, Optional
 
@@ -131,7 +130,7 @@ def plan_from(schedule_class: Any, make_schedule: Callable[..., Schedule], total
     counts_warmup = bool(getattr(schedule_class, "counts_warmup", False))
     total_units, warmup_units = schedule_units(total_steps, warmup_steps, steps_per_epoch, interval, counts_warmup)
     runtime = {"total_units": total_units}
-    if "warmup_units" in inspect.signature(schedule_class).parameters:
+    if registry.takes(schedule_class, "warmup_units"):
         runtime["warmup_units"] = warmup_units
     return LRPlan(make_schedule(**runtime), total_steps, steps_per_epoch, warmup_steps=warmup_steps,
                   warmup_start_factor=warmup_start_factor, interval=interval, warmup_momentum=warmup_momentum)
