@@ -237,6 +237,8 @@ def run_cli(main: Callable[[], object]) -> None:
     # (bench/train_vs_plain.py measures it).
     atexit.unregister(gc.freeze)  # once per process, however many runs it starts
     atexit.register(gc.freeze)
+    if os.getcwd() not in sys.path:  # the user's own modules (model._target_=mynets.build), as python -m does
+        sys.path.insert(0, os.getcwd())
     interrupts.install()  # train.py did it already, before importing Hydra; setting it again changes nothing
     try:
         interrupts.arm()

@@ -184,7 +184,10 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument("overrides", nargs="*", help="Hydra overrides; comma lists / range / glob are expanded")
     parser.add_argument("--out", default="outputs/lr_preview.png", help="output PNG (default: %(default)s)")
     parser.add_argument("--grid", action="store_true", help="one panel per plan instead of one overlay")
+    parser.add_argument("--config-dir", "-cd", help="your own config folder, layered on the packaged one "
+                        "(as lrframe --config-dir)")
     args = parser.parse_args(argv)
+    searchpath = [f"hydra.searchpath=[file://{Path(args.config_dir).resolve()}]"] if args.config_dir else []
     register_configs()
     runs = []
     with exit_on_user_error():
@@ -192,7 +195,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         varying = [i for i in range(len(combos[0])) if len({c[i] for c in combos}) > 1]
         for combo in combos:
             with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-                cfg = compose(config_name="train", overrides=combo)
+                cfg = compose(config_name="train", overrides=[*searchpath, *combo])
             label = " ".join(combo[i] for i in varying) or " ".join(combo)
             if cfg.lr0 == "auto":
                 raise ConfigError("lr0=auto: a preview draws the plan of a number; give lr0=<value> (python train.py "

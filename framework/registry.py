@@ -15,8 +15,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from framework.errors import ConfigError, suggest
 
-#: The project's config tree (``conf/`` beside ``framework/``).
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+#: The packaged config tree (``framework/conf/``, installed with the package); a user's own
+#: config folder is layered on top by Hydra (``--config-dir`` or ``hydra.searchpath``).
+CONF_DIR = Path(__file__).resolve().parent / "conf"
 
 #: Packages behind optional config options -> the pyproject extra that installs them.
 OPTIONAL_EXTRAS = {"schedulefree": "schedulefree", "prodigyopt": "prodigy"}

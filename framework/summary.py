@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-from framework import distributed, registry
+from framework import distributed
 from framework.errors import ConfigError
 
 log = logging.getLogger("framework.run")
@@ -26,8 +26,6 @@ def start_summary(cfg: Any, built: Any, run_dir: Path, overrides: list[str], lr0
         overrides: the command line's overrides; lr0_auto: how ``lr0=auto`` chose lr0, if it did;
         resumed: the run continues from a checkpoint (an earlier ``lr0_auto`` record is kept).
     """
-    from framework.loggers import git_state
-
     plan = built.plan
     return {
         "status": "failed",
@@ -46,8 +44,23 @@ def start_summary(cfg: Any, built: Any, run_dir: Path, overrides: list[str], lr0
         "run_dir": str(run_dir),
         "overrides": overrides,
         **({"lr0_auto": lr0_auto} if lr0_auto else _earlier_lr0_auto(run_dir) if resumed else {}),
-        **git_state(registry.CONF_DIR.parent),
+        **project_state(),
     }
+
+
+def project_state() -> dict[str, Any]:
+    """What the run's code and configs were: the git commit and dirty flag of the project the
+    command ran from (the current folder's checkout: the user's project, or this framework's
+    checkout for ``python train.py``) and the installed ``lrframe`` version."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from framework.loggers import git_state
+
+    try:
+        installed = version("lrframe")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        installed = None
+    return {**git_state(Path.cwd()), "lrframe_version": installed}
 
 
 def _earlier_lr0_auto(run_dir: Path) -> dict[str, Any]:
@@ -61,10 +74,10 @@ def _earlier_lr0_auto(run_dir: Path) -> dict[str, Any]:
 def write_untrained_summary(run_dir: Path, status: str, **fields: Any) -> None:
     """``summary.json`` of a job that trained nothing (``mode=lr_find``, ``mode=plot_lr``, a
     sweep job that failed before training): no steps, no metrics, the git state, ``fields``."""
-    from framework.loggers import git_state, write_json
+    from framework.loggers import write_json
 
     write_json({"status": status, "objective": None, "steps": 0, "best": {}, "final": {}, "run_dir": str(run_dir),
-                **git_state(registry.CONF_DIR.parent), **fields}, run_dir / "summary.json")
+                **project_state(), **fields}, run_dir / "summary.json")
 
 
 def print_table(summary: dict[str, Any]) -> None:

@@ -15,6 +15,7 @@ import torch
 
 from framework.errors import ConfigError
 from tests.helpers import HANG_GUARD_S, ROOT, TINY, folder_bytes, lines, read_csv, run_cli, train_in_process
+from framework.registry import CONF_DIR
 
 RUN = [*TINY, "epochs=3", "device=cpu"]  # 4 steps per epoch, T = 12
 
@@ -160,7 +161,7 @@ def test_resume_with_unreadable_or_incomplete_csvs_is_refused(tmp_path, damage, 
     assert folder_bytes(run) == before
 
 
-OPTIMIZERS = sorted(p.stem for p in (ROOT / "conf" / "optimizer").rglob("*.yaml"))
+OPTIMIZERS = sorted(p.stem for p in (CONF_DIR / "optimizer").rglob("*.yaml"))
 SMALL = [*TINY, "dataset.train_size=64", "dataset.val_size=32", "batch_size=32", "epochs=2", "device=cpu",
          "trainer.log_every_n_steps=1"]  # 2 steps per epoch, T = 4
 

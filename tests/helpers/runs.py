@@ -12,7 +12,7 @@ from hydra import compose, initialize_config_dir
 from framework.config import register_configs
 from framework.registry import CONF_DIR
 
-ROOT = CONF_DIR.parent
+ROOT = CONF_DIR.parent.parent  # the checkout (train.py, framework/)
 #: The smallest run (``conf/debug/tiny.yaml``: a tiny timm ResNet on small synthetic images).
 TINY = ["+debug=tiny"]
 
