@@ -58,6 +58,16 @@ def takes(target: Any, name: str) -> bool:
         return False
 
 
+def accepts(target: Any, name: str) -> bool:
+    """True when ``target`` can be called with a keyword ``name``: it takes that argument or
+    ``**kwargs``, or it has no signature to read (then it is given everything)."""
+    try:
+        params = _signature(target).parameters
+    except (TypeError, ValueError):
+        return True
+    return name in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+
+
 def check_signature(
     node: DictConfig, group: str, runtime: Iterable[str] = (), reserved: Iterable[str] = ()
 ) -> list[str]:
@@ -109,13 +119,16 @@ def check_signature(
 
 
 def instantiate(node: DictConfig, group: str, reserved: Iterable[str] = (), **runtime: Any) -> Any:
-    """Build a group's component: Hydra's ``instantiate`` on the node, then call it with ``runtime``.
+    """Build a group's component: Hydra's ``instantiate`` on the node, then call it with the
+    runtime inputs its signature :func:`accepts` (a user's model that takes no ``img_size`` is
+    not given one).
 
     Args:
         node: group config with ``_target_`` and ``_partial_: true``.
         group: the group's name (``optimizer``), for error messages.
         reserved: framework keys to drop before the call (``interval``).
-        **runtime: call-site arguments (``params=...``, ``total_units=...``).
+        **runtime: call-site arguments (``params=...``, ``total_units=...``), each passed only
+            when the target accepts it.
 
     Returns:
         What the target returns.
@@ -133,6 +146,8 @@ def instantiate(node: DictConfig, group: str, reserved: Iterable[str] = (), **ru
     data["_partial_"] = True
     data["_convert_"] = "all"  # plain lists and dicts, never ListConfig/DictConfig (checkpoints hold them)
     try:
+        target = locate(data["_target_"])
+        runtime = {name: value for name, value in runtime.items() if accepts(target, name)}
         return hydra_instantiate(data)(**runtime)
     except ConfigError:
         raise
