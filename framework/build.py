@@ -1,6 +1,6 @@
 """Building a run from a validated config, in one direction: device (:func:`resolve_device`) and
-seeds -> data -> model -> optimizer with its final base LRs -> LR plan -> trainer. Nothing built later is read back to
-correct something built earlier.
+seeds -> data -> model -> task (loss, metrics) -> optimizer with its final base LRs -> LR plan ->
+trainer. Nothing built later is read back to correct something built earlier.
 """
 from __future__ import annotations
 
@@ -70,6 +70,7 @@ class Built:
         base_lr: ``optimizer.lr`` as configured (``lr0``, or Prodigy's own multiplier).
         base_lrs: each param group's final base LR (``initial_lr``) by group name, as built.
         global_batch: samples per optimizer step over all processes.
+        task: the run's task (:mod:`framework.tasks`: loss, metrics, monitored objective).
     """
 
     trainer: Any
@@ -79,6 +80,7 @@ class Built:
     base_lr: float
     base_lrs: dict[str, float]
     global_batch: int
+    task: Any = None
 
     @property
     def lr0_effective(self) -> float:
@@ -86,8 +88,26 @@ class Built:
         return self.base_lr * self.lr_scaling_factor
 
 
+def task_labels(cfg: DictConfig) -> str:
+    """The ``label_type`` of the config's task class (:func:`framework.tasks.label_type_of`),
+    checked against the dataset: a task that trains on ``multi_hot`` or ``value`` labels needs a
+    dataset callable that takes ``label_type``.
+
+    Raises:
+        ConfigError: the task's ``label_type`` is unknown, or the dataset gives class labels only.
+    """
+    from framework import tasks
+
+    label_type = tasks.label_type_of(registry.locate(cfg.task._target_, "task"))
+    if label_type != "class" and not registry.accepts(registry.locate(cfg.dataset._target_, "dataset"), "label_type"):
+        raise ConfigError(f"task._target_={cfg.task._target_}: trains on {label_type} labels, but "
+                          f"dataset._target_={cfg.dataset._target_} gives class labels only (it takes no label_type); "
+                          "use a dataset that takes label_type (dataset=synthetic, dataset=csv) or task=classification")
+    return label_type
+
+
 def build(cfg: DictConfig, run_dir: Path) -> Built:
-    """Build dataset, loaders, model, optimizer, LR plan and trainer from a validated config.
+    """Build dataset, loaders, model, task, optimizer, LR plan and trainer from a validated config.
 
     Args:
         cfg: the output of :func:`framework.config.validate` (with a numeric ``lr0``).
@@ -102,8 +122,9 @@ def build(cfg: DictConfig, run_dir: Path) -> Built:
             and before anything is written.
         Interrupted: SIGTERM / Ctrl-C while the data or the model was being made.
     """
+    from framework import tasks
     from framework.data import make_loaders
-    from framework.models import check_batch_norm_batches, check_model_name
+    from framework.models import check_batch_norm_batches, check_model_name, check_module
     from framework.optim import build_optimizer, global_batch
     from framework.schedules.plan import build_plan
 
@@ -114,22 +135,30 @@ def build(cfg: DictConfig, run_dir: Path) -> Built:
     if cfg.trainer.get("sync_batchnorm") and world > 1 and device.type != "cuda":
         raise ConfigError(f"trainer.sync_batchnorm=true: torch.nn.SyncBatchNorm needs CUDA (device is {device.type}); "
                           "use trainer.sync_batchnorm=false")
-    check_model_name(cfg.model.name)
+    if cfg.model._target_ == "framework.models.create_model":  # (a user's model takes no timm name)
+        check_model_name(cfg.model.name)  # before the data are read: a misspelt name fails at once
+    label_type = task_labels(cfg)  # the task's label format, asked of the dataset
     seed_everything(cfg.seed)
     interrupts.check()  # a signal that came while Hydra composed or the imports above ran ends the program here
     with interrupts.interruptible():  # reading or downloading the data: Ctrl-C acts at once
-        data = registry.instantiate(cfg.dataset, "dataset", seed=cfg.seed)
+        data = registry.instantiate(cfg.dataset, "dataset", seed=cfg.seed, label_type=label_type)
     loaders = make_loaders(data, cfg.batch_size, cfg.seed, device, cfg.loader, cfg.num_workers,
                            rank=distributed.rank(), world_size=world)
     with interrupts.interruptible():  # (pretrained weights may be downloaded)
         model = registry.instantiate(
             cfg.model, "model", num_classes=data.num_classes, in_chans=data.in_chans, img_size=data.img_size
         )
+    check_module(model, cfg.model._target_)
     check_batch_norm_batches(model, loaders[0])
+    task = registry.instantiate(cfg.task, "task", num_classes=data.num_classes, classes=getattr(data, "classes", None))
+    tasks.check_task(task)
     optimizer, scaling = build_optimizer(cfg, model)
     base_lrs = {g["name"]: g["initial_lr"] for g in optimizer.param_groups}
     plan = build_plan(cfg, len(loaders[0]))
     plan.check_optimizer(optimizer)
+    check_monitor = getattr(plan.schedule, "check_monitor", None)  # a metric-driven schedule (plateau)
+    if callable(check_monitor):
+        check_monitor(tasks.logged_metrics(task))
     trainer = registry.instantiate(cfg.trainer, "trainer", config=plain_config(cfg), model=model, optimizer=optimizer,
-                                   plan=plan, data=loaders, run_dir=run_dir, device=device)
-    return Built(trainer, plan, device, scaling, float(cfg.optimizer.lr), base_lrs, global_batch(cfg))
+                                   plan=plan, data=loaders, run_dir=run_dir, device=device, task=task)
+    return Built(trainer, plan, device, scaling, float(cfg.optimizer.lr), base_lrs, global_batch(cfg), task)

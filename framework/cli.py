@@ -9,6 +9,7 @@ other exception keeps its full traceback (exit status 1).
 """
 from __future__ import annotations
 
+import math
 import os
 import sys
 from typing import Callable
@@ -23,7 +24,7 @@ def run_task(cfg) -> float:
 
     A user mistake prints ``error: ...`` lines and exits with status 2 (before training). A
     diverged run prints one ``diverged: ...`` line; alone it exits with status 1, inside a
-    multirun it returns 0.0 (the worst accuracy) so the sweep goes on. A first SIGTERM or
+    multirun it returns the worst objective (:func:`worst_objective`) so the sweep goes on. A first SIGTERM or
     Ctrl-C during training stops the run at a step boundary (``status: stopped``, exit 0; in a
     sweep, no later job starts); a second Ctrl-C exits with 130 once the run folder says
     ``stopped``; a signal before training exits with 143 / 130 and leaves no folder.
@@ -75,7 +76,7 @@ def _run(cfg, hc, multirun: bool, own_group: bool = False) -> tuple[float, bool]
         if distributed.is_main():  # every rank diverged at the same step; one says it
             print(f"diverged: {exc}", file=sys.stderr)
         if multirun:
-            return 0.0, True
+            return worst_objective(cfg), True
         distributed.barrier()  # agreed on every rank: wait while rank 0 writes summary.json and lr.png
         sys.exit(1)
     except KeyboardInterrupt as exc:  # the run already said what is on disk if it was training
@@ -93,7 +94,7 @@ def _run(cfg, hc, multirun: bool, own_group: bool = False) -> tuple[float, bool]
             sys.exit(1)
         if not multirun or (distributed.world_size() > 1 and not own_group):
             raise
-        return _failed_job(exc, hc), False
+        return _failed_job(exc, hc, worst_objective(cfg)), False
 
 
 #: errno values of a disk that cannot take the run's files (space, quota, read-only).
@@ -128,12 +129,22 @@ def _drop_unused_run_dir(folder: str) -> None:
         pass  # unreadable: leave it
 
 
-def _failed_job(exc: Exception, hc) -> float:
+def worst_objective(cfg) -> float:
+    """The objective of a sweep job with no result (diverged, failed): the worst value for its
+    task's ``mode`` (:func:`framework.config.task_mode`): 0.0 for ``max`` (the worst accuracy),
+    ``+inf`` for ``min``."""
+    from framework.config import task_mode
+
+    return math.inf if task_mode(cfg.get("task") if cfg is not None else None) == "min" else 0.0
+
+
+def _failed_job(exc: Exception, hc, worst: float = 0.0) -> float:
     """Record a multirun job that failed (a config mistake or a crash) and let the sweep go on.
 
     Writes ``summary.json`` with ``status: failed`` and the one-line error (unless the run
     already wrote one), logs the traceback of an unexpected error to the job's log, prints one
-    ``failed:`` line and returns 0.0, the worst accuracy, for the sweeper.
+    ``failed:`` line and returns ``worst`` (:func:`worst_objective`) for the sweeper; the summary's
+    ``objective`` is ``worst``, or ``null`` when it is ``+inf`` (standard JSON).
     """
     import logging
     from pathlib import Path
@@ -148,11 +159,13 @@ def _failed_job(exc: Exception, hc) -> float:
     run_dir = Path(hc.runtime.output_dir)
     if distributed.is_main() and not (run_dir / "summary.json").is_file():  # rank 0 writes files
         try:
-            write_untrained_summary(run_dir, "failed", objective=0.0, error=text, overrides=list(hc.overrides.task))
+            write_untrained_summary(run_dir, "failed", objective=worst if math.isfinite(worst) else None,
+                                    objective_mode="min" if worst > 0 else "max", error=text,
+                                    overrides=list(hc.overrides.task))
         except OSError as write_error:  # a full disk: the sweep goes on, the line below says what failed
             logging.getLogger("framework.run").error("job %s: summary.json not written: %s", hc.job.num, write_error)
     print(f"failed: job {hc.job.num}: {text}", file=sys.stderr)
-    return 0.0
+    return worst
 
 
 def _share_cores(hc) -> None:

@@ -23,18 +23,19 @@ from framework.errors import ConfigError
 from framework.schema import MOVED_KEYS, TrainConfig, knobs_help, moved_key_message
 
 #: Config groups every run composes, in build order.
-GROUPS = ("dataset", "model", "optimizer", "scheduler", "trainer", "lr_finder")
+GROUPS = ("dataset", "model", "task", "optimizer", "scheduler", "trainer", "lr_finder")
 
 #: Keys of a group file that configure the framework rather than the ``_target_`` callable.
-RESERVED_KEYS = {"scheduler": ("interval",), "optimizer": ("head_lr_mult", "layer_decay")}
+RESERVED_KEYS = {"scheduler": ("interval",), "optimizer": ("head_lr_mult", "head_prefix", "layer_decay")}
 
 #: Runtime arguments each group's callable receives at the call site (never written in YAML).
 RUNTIME_ARGS = {
-    "dataset": ("seed",),
+    "dataset": ("seed", "label_type"),
     "model": ("num_classes", "in_chans", "img_size"),
+    "task": ("num_classes", "classes"),
     "optimizer": ("params",),
     "scheduler": ("total_units", "warmup_units"),
-    "trainer": ("model", "optimizer", "plan", "data", "run_dir", "device", "config"),
+    "trainer": ("model", "optimizer", "plan", "data", "run_dir", "device", "config", "task"),
     "lr_finder": (),
 }
 
@@ -137,9 +138,36 @@ def _reserve(path: str) -> str:
     raise RuntimeError(f"{path}: 10,000 folders of that name exist; set hydra.run.dir or hydra.sweep.dir elsewhere")
 
 
+def task_mode(node: Any) -> str:
+    """The direction of a task's monitored metric, ``max`` or ``min``, read from its config node:
+    its ``mode`` key, else the default of its ``_target_``'s ``mode`` argument (or class
+    attribute), else ``max``. Never raises: a node it cannot read counts as ``max`` (an error
+    elsewhere says why)."""
+    try:
+        mode = node.get("mode") if node is not None else None
+        if mode is None and node is not None and node.get("_target_"):
+            import inspect
+
+            target = registry.locate(node.get("_target_"), "task")
+            params = registry._signature(target).parameters
+            default = params["mode"].default if "mode" in params else inspect.Parameter.empty
+            mode = default if default is not inspect.Parameter.empty else getattr(target, "mode", None)
+    except Exception:  # an unreadable node: validate() reports it
+        mode = None
+    return mode if mode in ("max", "min") else "max"
+
+
+def objective_direction(node: Any) -> str:
+    """``maximize`` or ``minimize``: Optuna's direction for a task config node (:func:`task_mode`).
+    Registered as the resolver ``${objective_direction:${task}}`` used by
+    ``conf/hparams_search/lr_optuna.yaml``."""
+    return "minimize" if task_mode(node) == "min" else "maximize"
+
+
 def register_configs() -> None:
     """Register :class:`~framework.schema.TrainConfig` as ``train_schema`` in Hydra's
-    ConfigStore, and the resolvers ``unique_dir`` and ``knobs_help`` (``--help``)."""
+    ConfigStore, and the resolvers ``unique_dir``, ``knobs_help`` (``--help``) and
+    ``objective_direction`` (the Optuna preset's direction)."""
     from hydra.core.config_store import ConfigStore
     from omegaconf import OmegaConf
 
@@ -148,6 +176,8 @@ def register_configs() -> None:
         OmegaConf.register_new_resolver("unique_dir", unique_dir, use_cache=True)
     if not OmegaConf.has_resolver("knobs_help"):
         OmegaConf.register_new_resolver("knobs_help", knobs_help)
+    if not OmegaConf.has_resolver("objective_direction"):
+        OmegaConf.register_new_resolver("objective_direction", objective_direction)
 
 
 def _number_errors(cfg: DictConfig) -> list[str]:
@@ -197,8 +227,12 @@ def _group_errors(cfg: DictConfig) -> list[str]:
         return errors
     for group in GROUPS:
         node = cfg.get(group)
-        if not isinstance(node, DictConfig) or "_target_" not in node:
+        if not isinstance(node, DictConfig) or ("_target_" not in node and not OmegaConf.is_missing(node, "_target_")):
             errors.append(f"{group}: the group has no _target_; pick one of {registry.available(group)}")
+            continue
+        timm_keys = _timm_model_keys(node) if group == "model" else []
+        if timm_keys:
+            errors.append(timm_keys[0])
             continue
         errors += registry.check_signature(
             node, group, runtime=RUNTIME_ARGS[group], reserved=RESERVED_KEYS.get(group, ())
@@ -236,6 +270,11 @@ def _group_errors(cfg: DictConfig) -> list[str]:
                        f"group (it estimates one step size for all); set {key}={'1.0' if 'head' in key else 'null'}"
                        for key, differs in ratios.items() if differs]
 
+        head_prefix = cfg.optimizer.get("head_prefix")
+        if head_prefix is not None and (isinstance(head_prefix, bool) or not isinstance(head_prefix, (str, int))
+                                        or not str(head_prefix)):
+            errors.append(f"optimizer.head_prefix={head_prefix}: must be the name prefix of the head's parameters "
+                          "(e.g. fc, head, classifier.2) or null (timm's get_classifier())")
         if cfg.warmup_bias_lr is not None and cfg.optimizer.get("layer_decay") is not None:
             errors.append(f"warmup_bias_lr={cfg.warmup_bias_lr}: optimizer.layer_decay groups parameters by layer, so "
                           "the biases have no group of their own; set warmup_bias_lr=null or optimizer.layer_decay=null")
@@ -248,6 +287,30 @@ def _group_errors(cfg: DictConfig) -> list[str]:
         except ConfigError as exc:
             errors += exc.messages
     return errors
+
+
+#: The timm model factory of the packaged model files, and the keys only it takes.
+TIMM_FACTORY, TIMM_KEYS = "framework.models.create_model", ("name", "pretrained", "drop_rate")
+
+
+def _timm_model_keys(node: DictConfig) -> list[str]:
+    """A model file's timm keys (``name``, ``pretrained``, ``drop_rate``) left under another
+    ``_target_`` that does not take them (``model._target_=mypkg.nets.Net`` on ``model=resnet10t``):
+    one message pointing to ``model=custom``, or none."""
+    if OmegaConf.is_missing(node, "_target_") or node.get("_target_") == TIMM_FACTORY:
+        return []
+    left = [k for k in TIMM_KEYS if k in node]
+    if not left:
+        return []
+    try:
+        target = registry.locate(node._target_, "model")
+    except ConfigError:
+        return []  # check_signature says why
+    refused = [k for k in left if not registry.accepts(target, k)]
+    if "name" not in refused:  # (pretrained from an experiment on model=custom: check_signature names the key)
+        return []
+    return [f"model._target_={node._target_}: the timm keys {', '.join(f'model.{k}' for k in refused)} of the model "
+            f"file are not arguments of it; start from model=custom (model=custom model._target_={node._target_})"]
 
 
 def _non_finite(cfg: DictConfig) -> list[str]:

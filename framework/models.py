@@ -1,4 +1,6 @@
-"""Models: any timm architecture, adapted to the dataset (classes, channels, image size)."""
+"""Models: any timm architecture, adapted to the dataset (classes, channels, image size), or the
+user's own callable (``model=custom model._target_=mypkg.nets.build_net``), which receives the
+runtime inputs its signature takes (``num_classes``, ``in_chans``, ``img_size``)."""
 from __future__ import annotations
 
 from typing import Any
@@ -18,6 +20,25 @@ def check_model_name(name: str) -> None:
             f"model.name={name}: not a timm architecture{suggest(name, timm.list_models())}; "
             "list them with python -c \"import timm; print(timm.list_models('resnet*'))\""
         )
+
+
+def check_module(model: Any, target: str) -> None:
+    """What a model's ``_target_`` returned must be a ``torch.nn.Module`` with parameters to train.
+
+    Args:
+        model: the object the callable returned.
+        target: its ``_target_`` path, for the message.
+
+    Raises:
+        ConfigError: not an ``nn.Module`` (return the network itself), or one without trainable
+            parameters.
+    """
+    if not isinstance(model, torch.nn.Module):
+        raise ConfigError(f"model._target_={target}: returned a {type(model).__name__}, not a torch.nn.Module; "
+                          "make it return the network (a class deriving from nn.Module, or a function returning one)")
+    if not any(p.requires_grad for p in model.parameters()):
+        raise ConfigError(f"model._target_={target}: the {type(model).__name__} it returned has no trainable "
+                          "parameters; give it some (or unfreeze them)")
 
 
 def create_model(

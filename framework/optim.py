@@ -22,6 +22,7 @@ def param_groups(
     head_lr_mult: float = 1.0,
     layer_decay: Optional[float] = None,
     split_bias: bool = False,
+    head_prefix: Optional[str] = None,
 ) -> list[dict[str, Any]]:
     """Named parameter groups with weight decay and LR scales, following timm's conventions.
 
@@ -33,26 +34,36 @@ def param_groups(
       groups ``layer_<i>_decay`` / ``layer_<i>_no_decay``.
     - ``split_bias``: biases in their own ``bias`` group (no decay), apart from the norm weights
       (Ultralytics' three groups; its warmup treats biases apart, ``warmup_bias_lr``).
-    - ``head_lr_mult``: the classifier (``model.get_classifier()``) in its own groups ``head`` /
-      ``head_no_decay`` with its ``lr_scale`` multiplied by ``head_lr_mult`` (fine-tuning).
+    - ``head_lr_mult``: the head in its own groups ``head`` / ``head_no_decay`` with its
+      ``lr_scale`` multiplied by ``head_lr_mult`` (fine-tuning). The head is the parameters whose
+      names start with ``head_prefix`` (``fc`` takes ``fc.weight`` and ``fc.bias``, not
+      ``fc2.weight``), or, with ``head_prefix`` None, timm's ``model.get_classifier()``.
     Every group's base LR is ``lr0 * lr_scale``; all follow the same schedule shape.
 
     Args:
-        model: the network (a timm model for ``layer_decay`` and ``head_lr_mult``).
+        model: the network (a timm model for ``layer_decay``, and for ``head_lr_mult`` without
+            ``head_prefix``).
         weight_decay: decay of the decayed groups (L2 coefficient, or decoupled for AdamW).
-        head_lr_mult: LR multiplier of the classifier head, > 0.
+        head_lr_mult: LR multiplier of the head, > 0.
         layer_decay: per-layer LR decay in (0, 1]; None = off.
         split_bias: put biases in a ``bias`` group (ignored with ``layer_decay``).
+        head_prefix: parameter-name prefix of the head (``fc``, ``classifier.2``: a module's
+            name as in ``model.named_modules()``); None = ``model.get_classifier()``. Checked
+            whenever given.
 
     Returns:
         ``[{"name", "params", "weight_decay", "lr_scale"}, ...]``; frozen parameters and empty
         groups left out.
 
     Raises:
-        ConfigError: a multiplier out of range, or a model without the needed timm API.
+        ConfigError: a multiplier out of range; a ``head_prefix`` that names no parameter (the
+            model's top-level modules listed); ``head_lr_mult`` on a model without
+            ``get_classifier()`` and no ``head_prefix`` (set ``optimizer.head_prefix``);
+            ``layer_decay`` on a model without timm's layer grouping (set it to null).
     """
     if not head_lr_mult > 0:
         raise ConfigError(f"optimizer.head_lr_mult={head_lr_mult}: must be > 0 (1 = same LR as the body)")
+    head = head_parameters(model, head_prefix) if head_prefix is not None else None
     skip = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
     names = {id(p): n for n, p in model.named_parameters()}
     if layer_decay is None:
@@ -66,15 +77,56 @@ def param_groups(
     else:
         groups = _layer_decay_groups(model, weight_decay, layer_decay, skip, names)
     if head_lr_mult != 1.0:
-        groups = _split_head(model, groups, head_lr_mult, names, skip)
+        if head is None:
+            head = _classifier_parameters(model, head_lr_mult)
+        groups = _split_head(groups, head, head_lr_mult, names, skip)
     return [g for g in groups if g["params"]]
+
+
+def _top_level(model: torch.nn.Module) -> str:
+    return ", ".join(name for name, _ in model.named_children()) or "(none)"
+
+
+def head_parameters(model: torch.nn.Module, head_prefix: str) -> set[int]:
+    """The ``id`` of each parameter of the head named by ``head_prefix``: those whose name is
+    ``head_prefix`` or starts with ``head_prefix + "."``.
+
+    Raises:
+        ConfigError: no parameter has that prefix; the message lists the model's top-level
+            modules (``named_children``) to pick from.
+    """
+    prefix = str(head_prefix)
+    head = {id(p) for n, p in model.named_parameters() if n == prefix or n.startswith(prefix + ".")}
+    if not head:
+        from framework.errors import suggest
+
+        modules = [n for n, _ in model.named_modules() if n]
+        raise ConfigError(f"optimizer.head_prefix={prefix}: no parameter of {type(model).__name__} starts with "
+                          f"'{prefix}'{suggest(prefix, modules)}; its top-level modules are {_top_level(model)}")
+    return head
+
+
+def _classifier_parameters(model: torch.nn.Module, head_lr_mult: float) -> set[int]:
+    """The ``id`` of each parameter of timm's ``model.get_classifier()``.
+
+    Raises:
+        ConfigError: the model has no ``get_classifier()``; set ``optimizer.head_prefix``.
+    """
+    if not hasattr(model, "get_classifier"):
+        raise ConfigError(f"optimizer.head_lr_mult={head_lr_mult}: {type(model).__name__} has no get_classifier() "
+                          "(timm's), so the head is not known; set optimizer.head_prefix to the name of its head "
+                          f"module (its top-level modules are {_top_level(model)})")
+    return {id(p) for p in model.get_classifier().parameters()}
 
 
 def _layer_decay_groups(model, weight_decay, layer_decay, skip, names) -> list[dict[str, Any]]:
     if not 0 < layer_decay <= 1:
         raise ConfigError(f"optimizer.layer_decay={layer_decay}: must be in (0, 1], e.g. 0.75, or null")
     if not hasattr(model, "group_matcher"):
-        raise ConfigError(f"optimizer.layer_decay: {type(model).__name__} has no timm layer grouping; set it to null")
+        raise ConfigError(f"optimizer.layer_decay={layer_decay}: {type(model).__name__} has no layer grouping (timm "
+                          "models tell which layer each parameter is in with group_matcher(); yours does not); set "
+                          "optimizer.layer_decay=null (optimizer.head_lr_mult with optimizer.head_prefix still gives "
+                          "the head its own LR)")
     from timm.models import group_parameters
     from timm.optim import param_groups_layer_decay
 
@@ -89,10 +141,7 @@ def _layer_decay_groups(model, weight_decay, layer_decay, skip, names) -> list[d
     return groups
 
 
-def _split_head(model, groups, head_lr_mult, names, skip) -> list[dict[str, Any]]:
-    if not hasattr(model, "get_classifier"):
-        raise ConfigError(f"optimizer.head_lr_mult: {type(model).__name__} has no get_classifier(); set it to 1.0")
-    head = {id(p) for p in model.get_classifier().parameters()}
+def _split_head(groups, head, head_lr_mult, names, skip) -> list[dict[str, Any]]:
     out, heads = [], {}
     for g in groups:
         body = [p for p in g["params"] if id(p) not in head]
@@ -171,7 +220,8 @@ def build_optimizer(cfg: Any, model: torch.nn.Module) -> tuple[torch.optim.Optim
     scaling = lr_scale_factor(cfg.lr_scaling, global_batch(cfg), cfg.lr_base_size)
     bias_lr = cfg.get("warmup_bias_lr")
     groups = param_groups(model, node.get("weight_decay", 0.0) or 0.0, head_lr_mult=node.get("head_lr_mult", 1.0),
-                          layer_decay=node.get("layer_decay"), split_bias=bias_lr is not None)
+                          layer_decay=node.get("layer_decay"), split_bias=bias_lr is not None,
+                          head_prefix=node.get("head_prefix"))
     for group in groups:
         group["lr"] = group["initial_lr"] = base * group["lr_scale"] * scaling
         if group["name"] == "bias" and bias_lr is not None:

@@ -5,11 +5,14 @@ Written automatically when a multirun ends (:class:`SweepReport`, a Hydra callba
 
     python -m framework.report outputs/multirun/<date>/<time>
 
-Files written into the sweep folder: ``report.csv`` and ``report.md`` (one row per job: its
-overrides, status, best and final ``val/acc``, final ``train/loss``, wall time, steps),
-``sensitivity.png`` (best ``val/acc`` against ``lr0`` on a log axis, one line per combination
-of the other swept keys, e.g. one per scheduler), ``loss.png`` (training loss per step of
-every job) and ``lr.png`` (the applied LR per step of every job). Jobs still running or
+The objective is each job's monitored metric (``task.monitor``, ``objective_name`` in its
+``summary.json``: ``val/acc`` for classification, ``val/rmse`` for regression, ...), better when
+higher or lower as ``task.mode`` says (``objective_mode``; ``max`` for summaries older than
+tasks). Files written into the sweep folder: ``report.csv`` and ``report.md`` (one row per job:
+its overrides, status, best and final monitored metric, final ``train/loss``, wall time, steps),
+``sensitivity.png`` (the best monitored metric against ``lr0`` on a log axis, one line per
+combination of the other swept keys, e.g. one per scheduler), ``loss.png`` (training loss per
+step of every job) and ``lr.png`` (the applied LR per step of every job). Jobs still running or
 killed (no ``summary.json``) are reported as ``incomplete`` with what their CSVs hold.
 """
 from __future__ import annotations
@@ -28,8 +31,11 @@ try:  # Hydra's callback base class; the report also works without Hydra's exper
 except ImportError:  # pragma: no cover
     Callback = object
 
-COLUMNS = ["rank", "job", "overrides", "status", "best_val_acc", "final_val_acc", "final_train_loss", "lr0",
-           "wall_time_s", "steps", "planned_steps"]
+#: Columns of ``report.csv``; ``best`` and ``final`` (the monitored metric of the best and of the last
+#: epoch) are written as ``best_<metric>`` / ``final_<metric>`` (``best_val_acc``), or
+#: ``best_objective`` / ``final_objective`` when the jobs monitor different metrics (:func:`csv_header`).
+COLUMNS = ["rank", "job", "overrides", "status", "best", "final", "final_train_loss", "lr0",
+           "wall_time_s", "steps", "planned_steps", "objective_name", "objective_mode"]
 #: Statuses that count as a problem for the sweep's exit status.
 BAD_STATUSES = ("failed", "diverged", "stopped", "incomplete")
 
@@ -60,6 +66,10 @@ def job_folders(sweep_dir: str | Path) -> list[Path]:
 def read_job(folder: Path) -> dict[str, Any]:
     """One report row from a job folder (``summary.json``, ``.hydra/``, the CSVs).
 
+    The monitored metric and its mode come from ``summary.json`` (``objective_name``,
+    ``objective_mode``), else from the job's task config (``task.monitor``, ``task.mode``: a job
+    killed before it wrote its summary), else ``val/acc``, ``max`` (jobs older than tasks).
+
     Returns:
         The :data:`COLUMNS` values plus ``config`` (the flattened composed config),
         ``steps_rows`` (``steps.csv``) and ``error``.
@@ -79,14 +89,19 @@ def read_job(folder: Path) -> dict[str, Any]:
     steps = _read_csv(folder / "steps.csv")
     epochs = _read_csv(folder / "epochs.csv")
     best, final = summary.get("best") or {}, summary.get("final") or {}
-    accs = [_float(r.get("val/acc")) for r in epochs]
+    task = config.get("task") if isinstance(config.get("task"), dict) else {}
+    monitor = summary.get("objective_name") or task.get("monitor") or "val/acc"
+    mode = summary.get("objective_mode") or task.get("mode") or "max"
+    values = [v for v in (_float(r.get(monitor)) for r in epochs) if v is not None]
     return {
         "job": folder.name,
         "folder": folder,
         "overrides": " ".join(overrides),
         "status": summary.get("status", "incomplete"),
-        "best_val_acc": _float(best.get("val/acc")) if summary else max((a for a in accs if a is not None), default=None),
-        "final_val_acc": _float(final.get("val/acc")) if summary else (accs[-1] if accs else None),
+        "objective_name": monitor,
+        "objective_mode": mode,
+        "best": _float(best.get(monitor)) if summary else ((max if mode == "max" else min)(values) if values else None),
+        "final": _float(final.get(monitor)) if summary else (values[-1] if values else None),
         "final_train_loss": _float(final.get("train/loss")) if summary else (
             _float(epochs[-1].get("train/loss")) if epochs else None),
         "lr0": _float(summary.get("lr0", config.get("lr0"))),
@@ -100,8 +115,9 @@ def read_job(folder: Path) -> dict[str, Any]:
 
 
 def collect(sweep_dir: str | Path) -> list[dict[str, Any]]:
-    """Every job of the sweep, best first: completed and stopped jobs by best ``val/acc``
-    (descending), then incomplete, diverged and failed ones. Adds ``rank`` (1 = best)."""
+    """Every job of the sweep, best first: completed and stopped jobs by their best monitored
+    metric (descending for ``objective_mode`` ``max``, ascending for ``min``; a job without one
+    last), then incomplete, diverged and failed ones. Adds ``rank`` (1 = best)."""
     rows = []
     for folder in job_folders(sweep_dir):
         try:
@@ -111,11 +127,31 @@ def collect(sweep_dir: str | Path) -> list[dict[str, Any]]:
                          "status": "incomplete", "steps": 0, "config": {}, "steps_rows": [],
                          "error": f"unreadable job folder ({type(exc).__name__}: {first_line(exc, 120)})"})
     order = {"completed": 0, "stopped": 1, "incomplete": 2, "diverged": 3, "failed": 4}
-    rows.sort(key=lambda r: (order.get(r["status"], 5), -(r["best_val_acc"] if r["best_val_acc"] is not None else -1),
-                             int(r["job"]) if r["job"].isdigit() else 0))
+    rows.sort(key=lambda r: (order.get(r["status"], 5), _objective_key(r), int(r["job"]) if r["job"].isdigit() else 0))
     for i, row in enumerate(rows, 1):
         row["rank"] = i
     return rows
+
+
+def _objective_key(row: dict[str, Any]) -> tuple[int, float]:
+    """Sort key of a job's best monitored metric: better first under its mode, a missing one last."""
+    value = row.get("best")
+    if value is None:
+        return (1, 0.0)
+    return (0, -value if row.get("objective_mode", "max") == "max" else value)
+
+
+def objective_label(rows: list[dict[str, Any]]) -> str:
+    """The sweep's monitored metric (``val/acc``), or ``objective`` when its jobs monitor different ones."""
+    names = {r.get("objective_name") or "val/acc" for r in rows}
+    return names.pop() if len(names) == 1 else "objective"
+
+
+def csv_header(rows: list[dict[str, Any]]) -> dict[str, str]:
+    """``report.csv``'s header name of each of :data:`COLUMNS`: ``best`` -> ``best_val_acc`` (the
+    monitored metric with ``/`` as ``_``), or ``best_objective`` for jobs monitoring different ones."""
+    slug = objective_label(rows).replace("/", "_")
+    return {c: f"{c}_{slug}" if c in ("best", "final") else c for c in COLUMNS}
 
 
 def varying_keys(rows: list[dict[str, Any]]) -> list[str]:
@@ -152,9 +188,10 @@ def _series_label(row: dict[str, Any], swept: list[str]) -> str:
 def plot(rows: list[dict[str, Any]], out_dir: Path) -> list[Path]:
     """``sensitivity.png``, ``loss.png`` and ``lr.png`` for the jobs in ``rows``; returns the files.
 
-    The sensitivity curve: best ``val/acc`` (fraction) of each job against its ``lr0`` on a log
-    axis, one line per combination of the other swept keys; diverged jobs are drawn as red
-    crosses at 0.
+    The sensitivity curve: each job's best monitored metric (``val/acc``, ``val/rmse``, ...)
+    against its ``lr0`` on a log axis, one line per combination of the other swept keys; diverged
+    jobs are drawn as red crosses at the worst end (0 for ``max`` metrics, the top of the plotted
+    values for ``min`` ones).
     """
     from framework.loggers import pyplot
 
@@ -166,9 +203,12 @@ def plot(rows: list[dict[str, Any]], out_dir: Path) -> list[Path]:
     series: dict[str, list[tuple[float, Optional[float], str]]] = {}
     for r in rows:
         if r["lr0"] is not None:
-            series.setdefault(_series_label(r, others), []).append((r["lr0"], r["best_val_acc"], r["status"]))
+            series.setdefault(_series_label(r, others), []).append((r["lr0"], r["best"], r["status"]))
     if len(series) > 8:  # continuous keys (Optuna): one point per job, drawn as one scatter
         series = {"all jobs": [p for points in series.values() for p in points]}
+    minimise = bool(rows) and all(r.get("objective_mode") == "min" for r in rows)
+    plotted = [r["best"] for r in rows if r["best"] is not None and r["status"] not in ("diverged", "failed")]
+    worst_y = (max(plotted) if plotted else 1.0) if minimise else 0.0  # where a diverged job is drawn
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for label, points in sorted(series.items()):
         points.sort()
@@ -177,12 +217,12 @@ def plot(rows: list[dict[str, Any]], out_dir: Path) -> list[Path]:
             ax.plot(*zip(*good), marker="o", label=label, ls="-" if label != "all jobs" or len(series) == 1 else "")
         bad = [x for x, _, s in points if s == "diverged"]
         if bad:
-            ax.scatter(bad, [0.0] * len(bad), marker="x", color="red", zorder=3)
+            ax.scatter(bad, [worst_y] * len(bad), marker="x", color="red", zorder=3)
     if any(r["status"] == "diverged" for r in rows):
         ax.scatter([], [], marker="x", color="red", label="diverged")
     ax.set_xscale("log")
     ax.set_xlabel("lr0")
-    ax.set_ylabel("best val/acc")
+    ax.set_ylabel(f"best {objective_label(rows)}" + (" (lower is better)" if minimise else ""))
     ax.set_title("LR sensitivity")
     ax.grid(True, which="both", alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
@@ -228,24 +268,29 @@ def write_report(sweep_dir: str | Path) -> dict[str, Any]:
         raise FileNotFoundError(f"{sweep_dir}: no job folders (with .hydra/config.yaml) here; "
                                 "pass a multirun folder, e.g. outputs/multirun/<date>/<time>")
     with open(sweep_dir / "report.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS + ["error"], extrasaction="ignore")
+        header = csv_header(rows)
+        writer = csv.DictWriter(f, fieldnames=[header[c] for c in COLUMNS] + ["error"], extrasaction="ignore")
         writer.writeheader()
-        writer.writerows(rows)
+        writer.writerows({**{header[c]: r.get(c) for c in COLUMNS}, "error": r.get("error")} for r in rows)
     files = plot(rows, sweep_dir)
     bad = [r for r in rows if r["status"] in BAD_STATUSES]
     swept = swept_keys(rows)
     common = [o for o in rows[0]["overrides"].split() if _key(o) not in swept]
+    metric = objective_label(rows)
+    modes = {r.get("objective_mode", "max") for r in rows}
+    order = ("higher" if modes == {"max"} else "lower" if modes == {"min"} else "each job's task.mode") + " is better"
     lines = [f"# Sweep report: {sweep_dir}", "",
-             f"{len(rows)} jobs: " + ", ".join(f"{n} {s}" for s, n in _counts(rows)) + ". Best first; "
-             "**bold** status = not completed.", "",
+             f"{len(rows)} jobs: " + ", ".join(f"{n} {s}" for s, n in _counts(rows)) + f". Best first by {metric} "
+             f"({order}); **bold** status = not completed.", "",
              f"Overrides common to every job: `{' '.join(common) or '(none)'}`", "",
-             "| rank | job | swept overrides | status | best val/acc | final val/acc | final train/loss | wall time (s) | steps |",
+             f"| rank | job | swept overrides | status | best {metric} | final {metric} | final train/loss | "
+             "wall time (s) | steps |",
              "|---:|---:|---|---|---:|---:|---:|---:|---:|"]
     for r in rows:
         status = r["status"] if r["status"] == "completed" else f"**{r['status']}**"
         steps = f"{r['steps']}/{r['planned_steps']}" if r["planned_steps"] else str(r["steps"])
-        lines.append(f"| {r['rank']} | {r['job']} | `{_series_label(r, swept)}` | {status} | {_fmt(r['best_val_acc'])} | "
-                     f"{_fmt(r['final_val_acc'])} | {_fmt(r['final_train_loss'])} | {_fmt(r['wall_time_s'], 3)} | {steps} |")
+        lines.append(f"| {r['rank']} | {r['job']} | `{_series_label(r, swept)}` | {status} | {_fmt(r['best'])} | "
+                     f"{_fmt(r['final'])} | {_fmt(r['final_train_loss'])} | {_fmt(r['wall_time_s'], 3)} | {steps} |")
     errors = [r for r in rows if r["error"]]
     if errors:
         lines += ["", "## Errors", ""] + [f"- job {r['job']} ({r['status']}): {r['error']}" for r in errors]
@@ -298,7 +343,7 @@ class SweepReport(Callback):
         best = result["rows"][0]
         print(f"sweep report: {sweep_dir / 'report.md'} ({len(result['rows'])} jobs, {result['bad']} not completed; "
               f"best: job {best['job']} {_series_label(best, swept_keys(result['rows']))} "
-              f"val/acc {_fmt(best['best_val_acc'])})", file=sys.stderr)
+              f"{best.get('objective_name', 'val/acc')} {_fmt(best['best'])})", file=sys.stderr)
 
 
 def main(argv: Optional[list[str]] = None) -> int:

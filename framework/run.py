@@ -20,15 +20,17 @@ from framework.config import validate
 from framework.errors import ConfigError
 from framework.resume import (NothingToResume, also_log_to, continue_command, prepare_resume, resume_requeued_job,
                               resume_trainer)
-from framework.summary import OBJECTIVE, finish, print_table, say_how_it_ended, start_summary
+from framework.summary import (finish, json_number, objective_of, print_table, returned_objective, say_how_it_ended,
+                               start_summary)
 
 log = logging.getLogger(__name__)
 
-__all__ = ["train", "OBJECTIVE"]
+__all__ = ["train"]
 
 
 def train(cfg: DictConfig, run_dir: Optional[str | Path] = None) -> float:
-    """Run one training job described by ``cfg`` and return the objective (best ``val/acc``).
+    """Run one training job described by ``cfg`` and return the objective: the best epoch's value
+    of the task's ``monitor`` (``val/acc`` for classification).
 
     Writes into the run folder (Hydra's output dir unless ``run_dir`` is given): ``steps.csv``,
     ``epochs.csv``, ``summary.json``, ``lr.png`` and ``checkpoints/``.
@@ -38,7 +40,8 @@ def train(cfg: DictConfig, run_dir: Optional[str | Path] = None) -> float:
         run_dir: output folder; default Hydra's ``runtime.output_dir``.
 
     Returns:
-        Best validation top-1 accuracy (fraction), for Hydra sweepers to maximise.
+        The best epoch's ``task.monitor`` value, for Hydra sweepers to maximise or minimise as
+        ``task.mode`` says (``hydra.sweeper.direction``).
 
     Raises:
         ConfigError: a user mistake, before any training and before any file is written (an
@@ -47,7 +50,8 @@ def train(cfg: DictConfig, run_dir: Optional[str | Path] = None) -> float:
         Interrupted: SIGTERM / Ctrl-C before training (nothing trained).
         OSError: the disk could not take the run's files (the last good checkpoint is kept).
         Diverged: the loss became non-finite; ``summary.json`` says ``status: diverged`` with
-            the step and LR (objective 0.0, the worst accuracy).
+            the step and LR (objective the worst value: 0.0 for ``mode=max``, ``null`` for
+            ``min``, whose worst is ``+inf``).
     """
     interrupts.set_training(False)  # until fit() starts, a signal ends the program (nothing trained yet)
     interrupts.check()
@@ -72,7 +76,7 @@ def train(cfg: DictConfig, run_dir: Optional[str | Path] = None) -> float:
             run_dir, resume_state, cfg = prepare_resume(cfg)
         except NothingToResume as done:  # the same command again (a requeue, a second paste): a no-op
             print(str(done), file=sys.stderr)
-            return float(done.summary.get("objective") or 0.0)
+            return returned_objective(done.summary)
     run_dir.mkdir(parents=True, exist_ok=True)
     handler = also_log_to(run_dir) if resume_state is not None and distributed.is_main() else None
     try:
@@ -135,20 +139,25 @@ def _fit(trainer: Any, summary: dict[str, Any], cfg: DictConfig, overrides: list
     from framework.trainer import Diverged
 
     run_dir = Path(summary["run_dir"])
+    monitor, mode = summary["objective_name"], summary["objective_mode"]
+    objective = objective_of({}, monitor, mode)  # the worst, until an epoch is best
     interrupts.set_training(True)  # a signal from here on: the trainer stops at a step boundary, or the files are finished
     ended: Optional[BaseException] = None  # how fit() failed, if it did (not a divergence)
     unwritten: Optional[OSError] = None  # why summary.json could not be written, if it could not
     try:
         result = trainer.fit()
         stopped = result["stopped"]
-        summary.update(status="stopped" if stopped else "completed", objective=trainer.best.get(OBJECTIVE, 0.0),
+        objective = objective_of(trainer.best, monitor, mode)
+        summary.update(status="stopped" if stopped else "completed", objective=json_number(objective),
                        **({"stop_reason": stopped, "resume_with": f"resume={run_dir}"} if stopped else {}))
     except Diverged as exc:
-        summary.update(status="diverged", objective=0.0, diverged_step=exc.step, diverged_lr=exc.lr, error=str(exc))
+        summary.update(status="diverged", objective=json_number(objective), diverged_step=exc.step, diverged_lr=exc.lr,
+                       error=str(exc))
         raise
     except BaseException as exc:
         interrupted = isinstance(exc, KeyboardInterrupt)
-        summary.update(status="stopped" if interrupted else "failed", objective=trainer.best.get(OBJECTIVE),
+        summary.update(status="stopped" if interrupted else "failed",
+                       objective=json_number(trainer.best.get(monitor)) if trainer.best else None,
                        error=f"{type(exc).__name__}: {exc}",
                        **({"stop_reason": "SIGINT (second, mid-step)", "resume_with": f"resume={run_dir}"}
                           if interrupted else {}))
@@ -172,7 +181,7 @@ def _fit(trainer: Any, summary: dict[str, Any], cfg: DictConfig, overrides: list
     if late is not None and distributed.is_main() and summary["status"] == "completed":
         print(f"{late} received after the last step: the run completed and its files are written", file=sys.stderr)
     trainer.forward_stop_signal()
-    return float(summary["objective"])
+    return objective
 
 
 def _in_sweep() -> bool:

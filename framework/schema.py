@@ -25,6 +25,7 @@ class TrainConfig:
     """Typed schema of the top level of the composed config (``python train.py --cfg job``)."""
 
     model: Any = MISSING
+    task: Any = MISSING
     optimizer: Any = MISSING
     scheduler: Any = MISSING
     dataset: Any = MISSING

@@ -13,7 +13,33 @@ from framework.errors import ConfigError
 
 log = logging.getLogger("framework.run")
 
-OBJECTIVE = "val/acc"  # returned to Hydra sweepers (maximise)
+
+def objective_of(best: dict[str, Any], monitor: str, mode: str) -> float:
+    """The objective a run returns to Hydra sweepers: the best epoch's ``monitor`` value, or the
+    worst value for ``mode`` when there is none (0.0 for ``max``, ``+inf`` for ``min``: a
+    diverged or failed run, a run stopped before its first epoch ended)."""
+    from framework.tasks import worst
+
+    value = best.get(monitor) if best else None
+    return float(value) if value is not None else worst(mode)
+
+
+def json_number(value: Optional[float]) -> Optional[float]:
+    """``value`` as ``summary.json`` holds it: None (``null``) for a missing or non-finite value,
+    so the file stays standard JSON."""
+    import math
+
+    return float(value) if value is not None and math.isfinite(value) else None
+
+
+def returned_objective(summary: dict[str, Any]) -> float:
+    """The objective of a finished run from its ``summary.json``: ``objective``, or the worst
+    value for its ``objective_mode`` (``max`` when absent: summaries older than tasks) when it is
+    ``null``."""
+    from framework.tasks import worst
+
+    value = summary.get("objective")
+    return float(value) if value is not None else worst(summary.get("objective_mode") or "max")
 
 
 def start_summary(cfg: Any, built: Any, run_dir: Path, overrides: list[str], lr0_auto: Optional[dict[str, Any]],
@@ -26,11 +52,18 @@ def start_summary(cfg: Any, built: Any, run_dir: Path, overrides: list[str], lr0
         overrides: the command line's overrides; lr0_auto: how ``lr0=auto`` chose lr0, if it did;
         resumed: the run continues from a checkpoint (an earlier ``lr0_auto`` record is kept).
     """
+    from framework.tasks import describe, monitor_of
+
     plan = built.plan
+    task = built.trainer.task
+    monitor, mode = monitor_of(task)
     return {
         "status": "failed",
-        "objective_name": OBJECTIVE,
+        "objective_name": monitor,
+        "objective_mode": mode,
         "objective": None,
+        "task": describe(task),
+        "classes": getattr(task, "classes", None),
         "lr0": cfg.lr0,
         "lrf": cfg.lrf,
         "lr0_effective": built.lr0_effective,
@@ -81,20 +114,23 @@ def write_untrained_summary(run_dir: Path, status: str, **fields: Any) -> None:
 
 
 def print_table(summary: dict[str, Any]) -> None:
-    """Print a finished run's results as a rich table (best and final metrics, base -> last LR,
-    epochs and steps against the plan, batch, device, wall time), then the whole run folder."""
+    """Print a finished run's results as a rich table (the best epoch's monitored metric, the
+    final metrics, base -> last LR, epochs and steps against the plan, batch, device, wall time),
+    then the whole run folder."""
     from rich.console import Console
     from rich.table import Table
 
     best, final = summary["best"], summary["final"]
+    monitor = summary.get("objective_name", "val/acc")
     table = Table(title=f"run {summary['status']}", show_header=True, header_style="bold")
     table.add_column("metric")
     table.add_column("value", justify="right")
-    best_acc = (f"{best['val/acc']:.4f} (epoch {best['epoch'] + 1} of {summary['planned_epochs']})" if best
-                else "- (no epoch finished)")
+    best_value = (f"{best[monitor]:.4f} (epoch {best['epoch'] + 1} of {summary['planned_epochs']})"
+                  if best and monitor in best else "- (no epoch finished)")
+    shown = [k for k in final if k.startswith("val/") and k != "val/loss"] if final else []
     rows = [
-        ("best val/acc", best_acc),
-        *((f"final {k}", f"{final[k]:.4f}" if final else "-") for k in ("val/acc", "val/loss", "train/loss")),
+        (f"best {monitor} ({summary.get('objective_mode', 'max')})", best_value),
+        *((f"final {k}", f"{final[k]:.4f}" if final else "-") for k in (*shown, "val/loss", "train/loss")),
         ("base lr -> last lr", f"{next(iter(summary['base_lrs'].values())):.4g} -> {summary['last_lr']:.4g}"),
         ("epochs / steps", f"{summary['epochs']} / {summary['steps']} of {summary['planned_epochs']} / "
                            f"{summary['planned_steps']}"),

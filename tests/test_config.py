@@ -11,7 +11,8 @@ from framework.errors import ConfigError
 from framework.optim import build_optimizer
 from framework.schedules.plan import build_plan
 from framework.schema import TrainConfig
-from tests.helpers import HANG_GUARD_S, TINY, compose_cfg, lines as stderr_lines, run_cli, run_cli_in_process, write_imagefolder, write_torchvision_files
+from tests.helpers import (HANG_GUARD_S, TINY, compose_cfg, lines as stderr_lines, run_cli, run_cli_in_process,
+                           write_csv_images, write_imagefolder, write_torchvision_files)
 
 GROUP_FILES = sorted(p for g in GROUPS for p in (registry.CONF_DIR / g).rglob("*.yaml"))
 DEBUG_FILES = sorted((registry.CONF_DIR / "debug").rglob("*.yaml"))
@@ -81,10 +82,15 @@ def test_every_key_has_a_comment():
                 assert " # " in line, f"{path.name}: {line.strip()}"
 
 
+#: What a group file that names no callable of its own (``_target_: ???``) is tested with.
+OWN_TARGETS = {"model/custom": ["model._target_=tests.helpers.nets.StrictCNN"],
+               "dataset/custom": ["dataset._target_=framework.data.synthetic"]}
+
+
 @pytest.mark.parametrize("path", GROUP_FILES, ids=lambda p: f"{p.parent.name}/{p.stem}")
 def test_every_group_file_composes_validates_and_instantiates(path, tmp_path, monkeypatch):
     group = path.parent.name
-    cfg = compose_cfg(f"{group}={path.stem}")
+    cfg = compose_cfg(f"{group}={path.stem}", *OWN_TARGETS.get(f"{group}/{path.stem}", []))
     validate(cfg)
     node = cfg[group]
     if group == "dataset" and node._target_ == "framework.data.torchvision_dataset":  # offline: tiny real-format files
@@ -96,6 +102,9 @@ def test_every_group_file_composes_validates_and_instantiates(path, tmp_path, mo
     if group == "dataset" and node._target_ == "framework.data.imagefolder":  # a generated class-per-folder tree
         write_imagefolder(tmp_path)
         node.root, node.img_size = str(tmp_path), 32
+    if group == "dataset" and node._target_ == "framework.data.csv_dataset":  # the same images listed in CSV files
+        write_csv_images(tmp_path)
+        node.train, node.val, node.img_size = str(tmp_path / "train.csv"), str(tmp_path / "val.csv"), 32
     if group == "dataset":
         data = registry.instantiate(node, group, seed=0)
         x, y = data.train[0]
@@ -112,6 +121,16 @@ def test_every_group_file_composes_validates_and_instantiates(path, tmp_path, mo
     elif group == "scheduler":  # 10 epochs of 20 steps, 10 warmup steps
         plan = build_plan(validate(compose_cfg(f"scheduler={path.stem}", "warmup_steps=10")), num_batches=20)
         assert plan.total_steps == 200 and all(0 < m <= 1 for m in plan.multipliers())
+    elif group == "task":  # 10 outputs: a finite loss on labels of its label_type, its monitor among its metrics
+        from framework.tasks import check_task, label_type_of, metric_names
+
+        task = registry.instantiate(node, group, num_classes=10, classes=None)
+        check_task(task)
+        labels = {"class": torch.arange(4) % 10, "multi_hot": (torch.arange(40).view(4, 10) % 3 == 0).float(),
+                  "value": torch.randn(4, 10)}[label_type_of(task)]
+        assert torch.isfinite(task.loss(torch.randn(4, 10), labels)) and task.loss(torch.randn(4, 10), labels).ndim == 0
+        assert node.monitor in ("val/loss", "train/loss", *(f"val/{m}" for m in metric_names(task)))
+        assert list(task.metrics()) == metric_names(task)
     elif group == "lr_finder":
         finder = registry.instantiate(node, group)
         assert finder.num_steps == node.num_steps and finder.suggestion == node.suggestion
@@ -249,6 +268,11 @@ BAD_INPUTS = [
     (["dataset=synthetic", "resume=/nonexistent/run"], "resume=/nonexistent/run: no checkpoint there"),
     (["dataset=mnist", "dataset.root=/nonexistent/data", "dataset.download=false"],
      "dataset.root=/nonexistent/data: no such folder"),
+    # tasks: bad values, a monitor the run does not log, labels the dataset cannot give
+    (["dataset=synthetic", "task.label_smoothing=1.5"], "task.label_smoothing=1.5: must be in [0, 1)"),
+    (["dataset=synthetic", "task=regression", "task.monitor=val/acc"], "task.monitor=val/acc: not a metric"),
+    (["dataset=synthetic", "scheduler=plateau", "scheduler.monitor=val/map"], "scheduler.monitor=val/map: not a metric"),
+    (["task=multilabel"], "trains on multi_hot labels, but dataset._target_=framework.data.digits"),
 ]
 
 

@@ -99,7 +99,7 @@ def test_mnist_configs_train_one_epoch_on_generated_files(tmp_path, name):
     from tests.helpers import TINY, read_csv, train_in_process
 
     write_torchvision_files(name, tmp_path / "data")
-    args = [*TINY, "~dataset.train_size", "~dataset.val_size"]  # the tiny model on this dataset
+    args = [*TINY, "dataset.img_size=16"]  # the tiny model on this dataset
     train_in_process(tmp_path / "run", *args, f"dataset={name}", f"dataset.root={tmp_path / 'data'}",
                      "dataset.download=false", "epochs=1", "batch_size=16")
     assert len(read_csv(tmp_path / "run" / "steps.csv")) == 4
@@ -113,7 +113,7 @@ def test_cifar_configs_train_one_epoch_on_generated_files(tmp_path, monkeypatch,
 
     write_torchvision_files(name, tmp_path / "data")
     monkeypatch.setattr(torchvision.datasets.cifar, "check_integrity", lambda *a, **k: True)
-    args = [*TINY, "~dataset.train_size", "~dataset.val_size"]  # the tiny model on this dataset
+    args = [*TINY, "dataset.img_size=16"]  # the tiny model on this dataset
     train_in_process(tmp_path / "run", *args, f"dataset={name}", f"dataset.root={tmp_path / 'data'}",
                      "dataset.download=false", "epochs=1", "batch_size=16")
     assert len(read_csv(tmp_path / "run" / "steps.csv")) == {"cifar10": 3, "cifar100": 2}[name]  # 40 or 32 samples
@@ -222,7 +222,7 @@ def test_imagefolder_config_trains_one_epoch(tmp_path):
     from tests.helpers import TINY, read_csv, train_in_process, write_imagefolder
 
     write_imagefolder(tmp_path / "images")
-    args = [*TINY, "~dataset.train_size", "~dataset.val_size"]  # the tiny model on this dataset
+    args = [*TINY]  # the tiny model on this dataset
     train_in_process(tmp_path / "run", *args, "dataset=imagefolder", f"dataset.root={tmp_path / 'images'}",
                      "dataset.img_size=32", "epochs=1", "batch_size=4")
     assert len(read_csv(tmp_path / "run" / "steps.csv")) == 3  # 12 images / 4
@@ -232,7 +232,7 @@ def test_imagefolder_config_trains_one_epoch(tmp_path):
 def test_mnist5k_config_trains_one_epoch(tmp_path):
     from tests.helpers import TINY, read_csv, train_in_process
 
-    args = [*TINY, "~dataset.val_size"]  # the tiny model on this dataset
+    args = [*TINY, "dataset.img_size=16"]  # the tiny model on this dataset
     train_in_process(tmp_path, *args, "dataset=mnist5k", "dataset.train_size=256", "epochs=1", "batch_size=64")
     assert len(read_csv(tmp_path / "steps.csv")) == 4
 

@@ -94,7 +94,7 @@ def test_report_on_a_partial_sweep(lr_sweep, tmp_path):
     result = write_report(copy)
     row = next(r for r in result["rows"] if r["job"] == "0")
     assert row["status"] == "incomplete" and row["steps"] == 4 and result["bad"] == 2
-    assert row["best_val_acc"] == max(float(r["val/acc"]) for r in read_csv(copy / "0" / "epochs.csv"))
+    assert row["best"] == max(float(r["val/acc"]) for r in read_csv(copy / "0" / "epochs.csv"))  # task.monitor, max
 
 
 def test_report_command_line(lr_sweep, tmp_path, capsys):

@@ -101,9 +101,11 @@ def test_run_folder_contents(tmp_path):
     assert list(steps[0]) == ["step", "epoch", "lr", "lr/no_decay", "momentum", "loss", "grad_norm"]
     assert len(steps) == 8 and all(math.isfinite(float(r["loss"])) for r in steps)
     epochs = read_csv(tmp_path / "epochs.csv")
-    assert list(epochs[0]) == ["epoch", "train/loss", "val/loss", "val/acc", "lr", "time_s"] and len(epochs) == 2
+    assert list(epochs[0]) == ["epoch", "train/loss", "val/loss", "val/acc", "val/acc_top5", "lr", "time_s"]  # 10 classes
+    assert len(epochs) == 2
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["status"] == "completed"
+    assert (summary["objective_name"], summary["objective_mode"]) == ("val/acc", "max")  # the default task's
     assert summary["objective"] == objective == max(float(r["val/acc"]) for r in epochs)
     assert summary["best"]["val/acc"] == objective and summary["final"]["epoch"] == 1
     assert set(summary) >= {"git_commit", "git_dirty", "wall_time_s", "steps", "overrides"}

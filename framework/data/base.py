@@ -16,14 +16,34 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class DataBundle:
-    """Train/val datasets and their shape.
+    """What a dataset callable returns: the splits and what the model must adapt to.
+
+    The dataset contract. A dataset is any callable named by ``dataset._target_`` (a function or
+    a class; ``conf/dataset/<name>.yaml`` or your own config folder) that returns a
+    ``DataBundle``. Besides its YAML keys, it is given the runtime inputs its signature takes
+    (and no others):
+
+    - ``seed`` (int): the run's seed (for a seeded subsample; a fixed split should use a seed
+      of its own, e.g. ``data_seed``);
+    - ``label_type`` (str): what the task trains on, ``class``, ``multi_hot`` or ``value``.
+
+    A sample ``dataset[i]`` is ``(x, y)``:
+
+    - ``x``: the model's input, usually an image ``(C, H, W)`` float32 (any tensor your model
+      takes);
+    - ``y``: by the task's ``label_type``: ``class`` an int64 scalar in ``[0, num_classes)``;
+      ``multi_hot`` float32 ``(K,)`` of 0/1 (``K = num_classes``); ``value`` float32 ``(K,)``
+      (or a scalar when ``K = 1``).
 
     Attributes:
-        train: training samples, each ``(image (C, H, W) float32, label int64)``.
-        val: validation samples, same format.
-        num_classes: number of labels.
-        in_chans: ``C``.
-        img_size: ``H`` (= ``W``), pixels.
+        train: training samples (a ``torch.utils.data.Dataset``: ``len`` and ``[i]``).
+        val: validation samples, same format (evaluated after every epoch).
+        num_classes: the model's output size ``K``: classes, labels or regression targets.
+        in_chans: input channels ``C`` (given to models that take ``in_chans``).
+        img_size: input side ``H`` (= ``W``), pixels (given to models that take ``img_size``).
+        test: test samples, same format, or None (no test split).
+        classes: the names of the ``K`` outputs (class names, label or target column names),
+            or None; kept in checkpoints and ``summary.json``.
     """
 
     train: Dataset
@@ -31,6 +51,8 @@ class DataBundle:
     num_classes: int
     in_chans: int
     img_size: int
+    test: Optional[Dataset] = None
+    classes: Optional[list[str]] = None
 
 
 def check_img_size(img_size: Optional[int], default: str = "") -> None:

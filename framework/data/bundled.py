@@ -13,6 +13,9 @@ from framework.data.base import (DataBundle, ImageTensorDataset, _check_count, _
 
 log = logging.getLogger(__name__)
 
+#: The class names of the digit datasets (label ``i`` is the digit ``i``).
+DIGIT_CLASSES = [str(i) for i in range(10)]
+
 
 def digits(
     seed: int,
@@ -72,7 +75,7 @@ def digits(
     x_val.sub_(mean).div_(std)
     x_train, y_train = _subsample(x_train, y[idx_train], train_size, seed, "dataset.train_size")
     return DataBundle(
-        TensorDataset(x_train, y_train), TensorDataset(x_val, y[idx_val]), 10, 1, img_size
+        TensorDataset(x_train, y_train), TensorDataset(x_val, y[idx_val]), 10, 1, img_size, classes=list(DIGIT_CLASSES)
     )
 
 
@@ -84,41 +87,57 @@ def synthetic(
     in_chans: int = 3,
     img_size: int = 32,
     data_seed: int = 0,
+    label_type: str = "class",
 ) -> DataBundle:
     """Random images with learnable labels, for tests and benchmarks.
 
-    Images are standard normal; the label of an image is the argmax of a fixed random linear
-    map of it (seeded by ``data_seed``), so a model can fit the data.
+    Images ``x`` are standard normal; a fixed random linear map (seeded by ``data_seed``) gives
+    each image ``K = num_classes`` scores ``z = x·W / sqrt(C·S²)`` (each about standard normal),
+    and the labels follow from them, so a model can fit the data:
+
+    - ``class``: ``argmax_k z_k``, int64 ``(N,)``;
+    - ``multi_hot``: ``z_k > 0`` for each of the ``K`` labels, float32 ``(N, K)`` of 0/1 (each
+      label positive for about half the images);
+    - ``value``: ``z`` itself, float32 ``(N, K)``, or ``(N,)`` when ``K = 1``.
+
+    The images are the same for every ``label_type``.
 
     Args:
         seed: run seed (runtime; the data depend on ``data_seed`` only).
         train_size: number of training samples, >= 1.
         val_size: number of validation samples, >= 1.
-        num_classes: number of labels, >= 2.
+        num_classes: ``K``: classes (>= 2), labels or regression targets (>= 1).
         in_chans: channels ``C``.
         img_size: side ``H = W``, pixels.
         data_seed: seed of the images and the labelling map.
+        label_type: the labels the task trains on (runtime: the task's ``label_type``),
+            ``class``, ``multi_hot`` or ``value``.
 
     Returns:
-        A :class:`DataBundle` with tensors ``(N, in_chans, img_size, img_size)``.
+        A :class:`DataBundle` with tensors ``(N, in_chans, img_size, img_size)`` and the labels above.
 
     Raises:
-        ConfigError: a size or count out of range; the images, the labelling map and the labels
-            (``4·n·C·S² + 4·C·S²·K + 4·n·K + 8·n`` bytes, ``n = train_size + val_size``) over the
-            memory available.
+        ConfigError: a size or count out of range, an unknown ``label_type``; the images, the
+            labelling map and the labels (``4·n·C·S² + 4·C·S²·K + 4·n·K + 8·n`` bytes for class
+            labels, ``4·n·K`` instead of ``8·n`` for the others, ``n = train_size + val_size``)
+            over the memory available.
     """
+    if label_type not in ("class", "multi_hot", "value"):
+        raise ConfigError(f"dataset=synthetic: label_type={label_type!r} (the task's) is not class, multi_hot or "
+                          "value; fix the task's label_type")
     for key, value, low in (
         ("train_size", train_size, 1),
         ("val_size", val_size, 1),
-        ("num_classes", num_classes, 2),
+        ("num_classes", num_classes, 2 if label_type == "class" else 1),
         ("in_chans", in_chans, 1),
         ("img_size", img_size, 1),
     ):
         if value < low:
             raise ConfigError(f"dataset.{key}={value}: must be >= {low}")
     n, pixels = train_size + val_size, in_chans * img_size * img_size
-    # float32 images (n, C, S, S), float32 map (C·S·S, K), float32 logits (n, K), int64 labels (n,)
-    images, labelling = 4 * n * pixels, 4 * pixels * num_classes + 4 * n * num_classes + 8 * n
+    # float32 images (n, C, S, S), float32 map (C·S·S, K), float32 scores (n, K), labels: int64 (n,) or float32 (n, K)
+    label_bytes = 8 * n if label_type == "class" else 4 * n * num_classes
+    images, labelling = 4 * n * pixels, 4 * pixels * num_classes + 4 * n * num_classes + label_bytes
     count = ("train_size", train_size) if train_size >= val_size else ("val_size", val_size)
     keys = f"dataset.{count[0]}={count[1]}, dataset.img_size={img_size}"
     if labelling > images:
@@ -129,8 +148,15 @@ def synthetic(
                  f"use a smaller {', '.join(names[:-1])} or {names[-1]}", what="the images and their labels")
     g = torch.Generator().manual_seed(data_seed)
     x = torch.randn(n, in_chans, img_size, img_size, generator=g)
-    w = torch.randn(in_chans * img_size * img_size, num_classes, generator=g)
-    y = (x.flatten(1) @ w).argmax(1)
+    w = torch.randn(pixels, num_classes, generator=g)
+    z = x.flatten(1) @ w
+    if label_type == "class":
+        y = z.argmax(1)
+    elif label_type == "multi_hot":
+        y = (z > 0).float()
+    else:
+        y = z / pixels**0.5
+        y = y[:, 0] if num_classes == 1 else y
     return DataBundle(
         TensorDataset(x[:train_size], y[:train_size]),
         TensorDataset(x[train_size:], y[train_size:]),
@@ -186,4 +212,5 @@ def mnist5k(
     mean, std = channel_stats(x_train)
     size = img_size or 28
     return DataBundle(ImageTensorDataset(x_train, y_train, mean, std, size),
-                      ImageTensorDataset(x[idx_val], y[idx_val], mean, std, size), 10, 1, size)
+                      ImageTensorDataset(x[idx_val], y[idx_val], mean, std, size), 10, 1, size,
+                      classes=list(DIGIT_CLASSES))

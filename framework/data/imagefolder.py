@@ -140,11 +140,54 @@ def _drop_unreadable(folders: list, empty: list[str]) -> None:
                     + (", ..." if len(dropped) > 3 else ""))
 
 
+def image_transforms(img_size: Optional[int], augment: bool, model_name: Optional[str] = None,
+                     pretrained: bool = False):
+    """timm's transforms for image files, as :func:`imagefolder` and the ``csv`` dataset use them.
+
+    ``timm.data.create_transform(is_training=True)`` (random resized crop, flip, colour jitter)
+    for training when ``augment``, its evaluation transform (resize, centre crop at
+    ``crop_pct=1``) otherwise and for evaluation. With ``pretrained`` and a timm ``model_name``
+    the input size, mean and std are the model's pretrained config
+    (``timm.get_pretrained_cfg``); else ImageNet's mean and std and ``img_size`` (default 224).
+
+    Args:
+        img_size: side of the model's input, pixels; None = the pretrained config's or 224.
+        augment: training augmentation for the training transform.
+        model_name: a timm architecture (``${model.name}``; None for a model of your own).
+        pretrained: take size, mean and std from the model's pretrained config.
+
+    Returns:
+        ``(train_transform, eval_transform, size, mean)``: PIL RGB image -> float32
+        ``(3, size, size)``; ``mean`` the 3 channel means used.
+
+    Raises:
+        ConfigError: ``img_size`` under 8 pixels; a batch of 64 images at that size
+            (``64 x 3 x S² x 4`` bytes) over the memory available.
+    """
+    from timm.data import create_transform
+
+    check_img_size(img_size, "224 or the model's pretrained size")
+    mean, std, size = IMAGENET_MEAN, IMAGENET_STD, img_size or 224
+    if pretrained and model_name:
+        import timm
+
+        cfg = timm.get_pretrained_cfg(model_name)
+        if cfg is not None:
+            mean, std = tuple(cfg.mean), tuple(cfg.std)
+            size = img_size or cfg.input_size[-1]
+    check_batch_memory(img_size, 3, size)
+    train_tf = create_transform((3, size, size), is_training=augment, mean=mean, std=std,
+                                **({} if augment else {"crop_pct": 1.0}))
+    eval_tf = create_transform((3, size, size), is_training=False, mean=mean, std=std, crop_pct=1.0)
+    return train_tf, eval_tf, size, mean
+
+
 def imagefolder(
     seed: int,
     root: str,
     train_dir: str = "train",
     val_dir: Optional[str] = "val",
+    test_dir: Optional[str] = None,
     val_frac: Optional[float] = None,
     img_size: Optional[int] = None,
     augment: bool = True,
@@ -154,13 +197,16 @@ def imagefolder(
     skip_unreadable: bool = False,
 ) -> DataBundle:
     """Images in ``root/<train_dir>/<class>/*.jpg`` (and ``root/<val_dir>/<class>/...``, or a
-    held-out fraction of the training folder), read by ``torchvision.datasets.ImageFolder``.
+    held-out fraction of the training folder; optionally ``root/<test_dir>/<class>/...``), read
+    by ``torchvision.datasets.ImageFolder``; the class of an image is its folder's name (the
+    classes sorted by name, label ``i`` = the ``i``-th).
 
     Training images go through ``timm.data.create_transform(is_training=True)`` (random resized
-    crop, flip, colour jitter) when ``augment``, evaluation images through its evaluation
-    transform (resize, centre crop). With ``pretrained`` the input size, mean and std are the
-    model's pretrained config (``timm.get_pretrained_cfg(model_name)``); else ImageNet's mean
-    and std and ``img_size`` (default 224).
+    crop, flip, colour jitter) when ``augment``, validation and test images through its
+    evaluation transform (resize, centre crop): :func:`image_transforms`. With ``pretrained``
+    the input size, mean and std are the model's pretrained config
+    (``timm.get_pretrained_cfg(model_name)``); else ImageNet's mean and std and ``img_size``
+    (default 224). Every split has ``paths``: the image file of each sample, by index.
 
     Image files are read at first access (:func:`read_image`): a file PIL cannot open or decode
     (corrupt, truncated, not an image) ends the run with one line naming it. Empty (0-byte)
@@ -173,6 +219,8 @@ def imagefolder(
         root: the dataset folder.
         train_dir: its training subfolder (one subfolder per class).
         val_dir: its validation subfolder; null = hold out ``val_frac`` of the training images.
+        test_dir: its test subfolder (the same class folders as ``train_dir``); null = no test
+            split.
         val_frac: fraction held out when ``val_dir`` is null, in (0, 1).
         img_size: side of the model's input, pixels; null = the pretrained config's or 224.
         augment: timm's training augmentation (else the evaluation transform for training too).
@@ -183,10 +231,12 @@ def imagefolder(
             empty ones) instead of refusing them.
 
     Returns:
-        A :class:`DataBundle` with items ``(image (3, S, S) float32, label int64)``.
+        A :class:`DataBundle` with items ``(image (3, S, S) float32, label int64)``, ``classes``
+        the class folder names, ``test`` the test split or None.
 
     Raises:
-        ConfigError: a missing folder, a folder without class subfolders of images, or
+        ConfigError: a missing folder, a folder without class subfolders of images, a
+            ``val_dir`` or ``test_dir`` whose class folders differ from ``train_dir``'s, or
             ``val_frac`` missing or out of range when ``val_dir`` is null; an empty (0-byte)
             image file (remove it, or set ``skip_unreadable``); no readable image left after
             ``skip_unreadable``; a batch of 64 images at the input size (``64 x 3 x S² x 4``
@@ -194,27 +244,18 @@ def imagefolder(
         UnreadableImage: (a ConfigError, raised later, when the file is first read) an image
             file PIL cannot open or decode; fix or remove it, or set ``skip_unreadable``.
     """
-    from timm.data import create_transform
     from torch.utils.data import Subset
     from torchvision.datasets import ImageFolder
 
-    check_img_size(img_size, "224 or the model's pretrained size")
-    mean, std, size = IMAGENET_MEAN, IMAGENET_STD, img_size or 224
-    if pretrained and model_name:
-        import timm
-
-        cfg = timm.get_pretrained_cfg(model_name)
-        if cfg is not None:
-            mean, std = tuple(cfg.mean), tuple(cfg.std)
-            size = img_size or cfg.input_size[-1]
-    check_batch_memory(img_size, 3, size)
+    train_tf, eval_tf, size, mean = image_transforms(img_size, augment, model_name, pretrained)
     train_path = os.path.join(root, train_dir)
     if not os.path.isdir(train_path):
         raise ConfigError(f"dataset.root={root}: no {train_dir}/ folder there ({os.path.abspath(train_path)}); "
                           "put one subfolder of images per class in it, or set dataset.train_dir")
-    train_tf = create_transform((3, size, size), is_training=augment, mean=mean, std=std,
-                                **({} if augment else {"crop_pct": 1.0}))
-    eval_tf = create_transform((3, size, size), is_training=False, mean=mean, std=std, crop_pct=1.0)
+    test_path = os.path.join(root, test_dir) if test_dir is not None else None
+    if test_path is not None and not os.path.isdir(test_path):
+        raise ConfigError(f"dataset.test_dir={test_dir}: no such folder ({os.path.abspath(test_path)}); "
+                          "create it with the class folders of the training images, or set dataset.test_dir=null")
 
     files = _ImageFiles()
 
@@ -239,29 +280,49 @@ def imagefolder(
                     raise ConfigError(f"dataset.skip_unreadable=true: no readable image left in {f.root}; "
                                       "put readable images in it")
 
+    def same_classes(split: ImageFolder, key: str, value: str, reference: list[str]) -> None:
+        if split.classes != reference:
+            extra = sorted(set(split.classes) - set(reference))
+            missing = sorted(set(reference) - set(split.classes))
+            diff = "; ".join(part for part in (f"not in {train_dir}/: {', '.join(extra[:5])}" if extra else "",
+                                               f"missing: {', '.join(missing[:5])}" if missing else "") if part)
+            raise ConfigError(f"dataset.{key}={value}: its class folders differ from {train_dir}/'s ({diff}); "
+                              "use the same class folders")
+
     if val_dir is not None:
         val_path = os.path.join(root, val_dir)
         if not os.path.isdir(val_path):
             raise ConfigError(f"dataset.val_dir={val_dir}: no such folder ({os.path.abspath(val_path)}); "
                               "create it, or set dataset.val_dir=null dataset.val_frac=0.1 to hold out training images")
         train, val = folder(train_path, train_tf), folder(val_path, eval_tf)
-        if train.classes != val.classes:
-            raise ConfigError(f"dataset.val_dir={val_dir}: its classes {val.classes[:5]} differ from "
-                              f"{train_dir}/'s {train.classes[:5]}; use the same class folders")
-        readable(train, val)
+        same_classes(val, "val_dir", val_dir, train.classes)
+        test = folder(test_path, eval_tf) if test_path is not None else None
+        if test is not None:
+            same_classes(test, "test_dir", test_dir, train.classes)
+        readable(*(f for f in (train, val, test) if f is not None))
+        for split in (train, val, test):
+            if split is not None:
+                split.paths = [path for path, _ in split.samples]
     else:
         if val_frac is None or not 0 < val_frac < 1:
             raise ConfigError(f"dataset.val_frac={val_frac}: with dataset.val_dir=null it must be in (0, 1), e.g. 0.1")
         full_train, full_eval = folder(train_path, train_tf), folder(train_path, eval_tf)
-        readable(full_train, full_eval)
+        test = folder(test_path, eval_tf) if test_path is not None else None
+        if test is not None:
+            same_classes(test, "test_dir", test_dir, full_train.classes)
+        readable(*(f for f in (full_train, full_eval, test) if f is not None))
         order = torch.randperm(len(full_train), generator=torch.Generator().manual_seed(data_seed)).tolist()
         n_val = max(1, round(val_frac * len(order)))
         if n_val >= len(order):
             raise ConfigError(f"dataset.val_frac={val_frac}: leaves no training image of the {len(order)} in "
                               f"{train_path}; use a smaller fraction or a val_dir")
         train, val = Subset(full_train, order[n_val:]), Subset(full_eval, order[:n_val])
-        train.classes = full_train.classes
-    classes = train.classes
-    log.info("imagefolder %s: %d classes, %d train / %d val images, %d px, mean %s", root, len(classes),
-             len(train), len(val), size, mean)
-    return DataBundle(train, val, len(classes), 3, size)
+        for split in (train, val):
+            split.classes = full_train.classes
+            split.paths = [full_train.samples[i][0] for i in split.indices]
+        if test is not None:
+            test.paths = [path for path, _ in test.samples]
+    classes = list(train.classes)
+    log.info("imagefolder %s: %d classes, %d train / %d val%s images, %d px, mean %s", root, len(classes),
+             len(train), len(val), f" / {len(test)} test" if test is not None else "", size, mean)
+    return DataBundle(train, val, len(classes), 3, size, test=test, classes=classes)

@@ -48,7 +48,8 @@ def torchvision_dataset(
         train_size: keep this many training samples (seeded subsample); null = all.
 
     Returns:
-        A :class:`DataBundle` of :class:`ImageTensorDataset` ``(N, C, img_size, img_size)``.
+        A :class:`DataBundle` of :class:`ImageTensorDataset` ``(N, C, img_size, img_size)``, with
+        torchvision's class names (``classes``).
 
     Raises:
         ConfigError: unknown ``name``; ``root`` missing or without the files (with the folder
@@ -95,8 +96,10 @@ def torchvision_dataset(
     x_train, y_train = _subsample(x_train, y_train, train_size, seed, "dataset.train_size")
     mean, std = channel_stats(x_train)
     size = img_size or x_train.shape[-1]
+    classes = [str(c) for c in getattr(train, "classes", None) or []] or None  # torchvision's names
     return DataBundle(ImageTensorDataset(x_train, y_train, mean, std, size, augment),
-                      ImageTensorDataset(x_val, y_val, mean, std, size), num_classes, x_train.shape[1], size)
+                      ImageTensorDataset(x_val, y_val, mean, std, size), num_classes, x_train.shape[1], size,
+                      classes=classes)
 
 
 def _remove_empty_folders(root: str, keep_root: bool) -> None:

@@ -7,8 +7,11 @@ reach exactly ``lrf`` at ``t = total_units-1``, so the last step of the run uses
 
 A schedule holds no state (plateau, driven by a metric, is the one exception): the trainer owns
 ``k`` and has :class:`LRPlan` apply the LR of step ``k`` before the step (``plan.py``: the LR
-contract). Config files name the classes as ``framework.schedules.<Class>``.
+contract). Config files name the classes as ``framework.schedules.<Class>``; PyTorch's scheduler
+classes (and a user's own ``LRScheduler`` subclass) enter through :class:`TorchScheduler`
+(``adapter.py``), which computes their multiplier of every unit ahead.
 """
+from framework.schedules.adapter import TorchScheduler
 from framework.schedules.base import Decay, Schedule
 from framework.schedules.cycles import CosineRestarts, Cyclic, OneCycle
 from framework.schedules.decay import (
@@ -30,5 +33,5 @@ from framework.schedules.plateau import Plateau
 __all__ = [
     "Schedule", "Decay", "LRPlan", "Constant", "NoSchedule", "Step", "MultiStep", "Exponential",
     "Cosine", "Linear", "Poly", "InverseSqrt", "WSD", "OneCycle", "Cyclic", "CosineRestarts", "Plateau",
-    "Ultralytics",
+    "Ultralytics", "TorchScheduler",
 ]

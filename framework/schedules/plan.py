@@ -105,8 +105,9 @@ def build_plan(cfg: Any, num_batches: int) -> "LRPlan":
     if W >= T:
         raise ConfigError(f"{warmup_key}: gives {W} warmup steps but the run has only {T} optimizer steps; "
                           "lower the warmup or raise epochs")
-    make = functools.partial(registry.instantiate, cfg.scheduler, "scheduler", reserved=RESERVED_KEYS["scheduler"])
-    return plan_from(registry.locate(cfg.scheduler._target_), make, T, spe, warmup_steps=W,
+    node = registry.adapted(cfg.scheduler, "scheduler")  # a PyTorch scheduler class: framework.schedules.TorchScheduler
+    make = functools.partial(registry.instantiate, node, "scheduler", reserved=RESERVED_KEYS["scheduler"])
+    return plan_from(registry.locate(node._target_), make, T, spe, warmup_steps=W,
                      warmup_start_factor=cfg.warmup_start_factor, interval=cfg.scheduler.get("interval", "step"),
                      warmup_momentum=cfg.warmup_momentum)
 

@@ -7,8 +7,9 @@ from typing import Any
 from framework.errors import ConfigError
 from framework.schedules.base import Schedule, check_lrf
 
-#: Epoch metrics the trainer reports to :meth:`Plateau.observe`.
-MONITORS = ("val/loss", "val/acc", "train/loss")
+#: Epoch metrics every run reports to :meth:`Plateau.observe`, whatever its task; the task adds
+#: ``val/<metric>`` for each of its metrics (``val/acc``, ``val/map``, ``val/rmse``, ...).
+MONITORS = ("val/loss", "train/loss")
 
 
 class Plateau(Schedule):
@@ -25,8 +26,10 @@ class Plateau(Schedule):
     Args:
         total_units: units in the main phase (runtime; unused, the metric drives it).
         lrf: floor multiplier, in [0, 1].
-        monitor: ``val/loss``, ``val/acc`` or ``train/loss``.
-        mode: ``min`` (loss) or ``max`` (accuracy).
+        monitor: a metric the run logs each epoch: ``val/loss``, ``train/loss`` or
+            ``val/<one of the task's metrics>`` (``val/acc`` for classification); checked
+            against the run's task when the run is built (:meth:`check_monitor`).
+        mode: ``min`` (loss, error) or ``max`` (accuracy, mAP).
         factor: multiplier per reduction, in (0, 1).
         patience: judged epochs without improvement tolerated before a reduction, >= 0.
         threshold: minimum change that counts as an improvement, >= 0.
@@ -34,7 +37,8 @@ class Plateau(Schedule):
         cooldown: judged epochs to wait after a reduction before counting again, >= 0.
 
     Raises:
-        ConfigError: any argument out of range.
+        ConfigError: any argument out of range; a ``monitor`` that is not ``train/loss`` nor
+            ``val/<name>``.
     """
 
     stateful = True
@@ -45,7 +49,9 @@ class Plateau(Schedule):
         super().__init__(total_units)
         check_lrf(lrf)
         checks = [
-            ("monitor", monitor, monitor in MONITORS, f"use one of {', '.join(MONITORS)}"),
+            ("monitor", monitor, isinstance(monitor, str) and (monitor == "train/loss" or (
+                monitor.startswith("val/") and len(monitor) > 4)),
+             f"use {', '.join(MONITORS)} or val/<a metric of the task>, e.g. val/acc"),
             ("mode", mode, mode in ("min", "max"), "use min or max"),
             ("factor", factor, 0 < factor < 1, "must be in (0, 1), e.g. 0.1"),
             ("patience", patience, int(patience) == patience and patience >= 0, "must be an integer >= 0"),
@@ -74,8 +80,31 @@ class Plateau(Schedule):
         bound = self.best * (1 + self.threshold) if self.threshold_mode == "rel" else self.best + self.threshold
         return value > bound
 
+    def check_monitor(self, logged: list[str]) -> None:
+        """Check ``monitor`` against the metrics the run logs each epoch (the build calls it once
+        the task is known).
+
+        Args:
+            logged: the run's epoch metrics (``train/loss``, ``val/loss``, ``val/<task metric>``).
+
+        Raises:
+            ConfigError: ``monitor`` is not one of them; pick one.
+        """
+        if self.monitor not in logged:
+            raise ConfigError(f"scheduler.monitor={self.monitor}: not a metric this run logs; use one of "
+                              f"{', '.join(logged)}")
+
     def observe(self, metrics: dict[str, float]) -> None:
-        """Judge one epoch: ``metrics[monitor]`` is its value (a number)."""
+        """Judge one epoch: ``metrics[monitor]`` is its value (a number).
+
+        Raises:
+            ConfigError: the epoch's metrics have no ``monitor`` (a run built without
+                :meth:`check_monitor`); pick one of the keys they have.
+        """
+        if self.monitor not in metrics:
+            logged = [k for k in metrics if "/" in k]
+            raise ConfigError(f"scheduler.monitor={self.monitor}: not a metric this run logs; use one of "
+                              f"{', '.join(logged)}")
         value = float(metrics[self.monitor])
         if self._is_better(value):
             self.best, self.num_bad_epochs = value, 0

@@ -30,19 +30,23 @@ class TrainerCheckpoint:
             the hyperparameters a resume takes from the current config).
         folder: where ``last.pt`` and ``best.pt`` go.
         is_main: this process writes files (rank 0).
+        meta: plain values stored as they are in every checkpoint, e.g. ``task`` (the task's
+            name, ``label_type``, ``monitor``, ``mode``) and ``classes`` (the output names or None).
     """
 
     def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, plan: LRPlan,
                  guard: DivergenceGuard, run_state: RunState, scaler: Optional[Any], config: Optional[dict[str, Any]],
-                 folder: Path, is_main: bool = True):
+                 folder: Path, is_main: bool = True, meta: Optional[dict[str, Any]] = None):
         self.model, self.optimizer, self.plan, self.guard = model, optimizer, plan, guard
         self.run_state, self.scaler, self.config = run_state, scaler, config
         self.folder, self.is_main = Path(folder), is_main
+        self.meta = dict(meta or {})
 
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to continue exactly: weights, optimizer, scaler, LR-plan state,
         position (``step`` = ``k``, ``epoch``, ``batch`` within it), epoch accumulators, metrics,
-        rollback back-off and record, RNG streams, config.
+        rollback back-off and record, RNG streams, config, and the ``meta`` values (``task``,
+        ``classes``).
 
         In a data-parallel run every rank calls it at the same step: rank 0's batch-norm buffers
         are copied to all (as DDP's next forward would) and each rank's epoch loss sum gathered,
@@ -57,6 +61,7 @@ class TrainerCheckpoint:
             "world_size": distributed.world_size(),
             "rng": rng_state(),
             "config": self.config,
+            **self.meta,
         }
         if self.scaler is not None:
             state["scaler"] = self.scaler.state_dict()

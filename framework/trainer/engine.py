@@ -1,16 +1,15 @@
-"""One optimizer step of a classifier, and one pass over the validation set: the part of the
-training loop that the loop (:class:`~framework.trainer.Trainer`) and the LR range test
-(:class:`~framework.lr_finder.LRFinder`) share."""
+"""One optimizer step of a model on its task's loss, and one evaluation pass (loss and the task's
+metrics): the part of the training loop that the loop (:class:`~framework.trainer.Trainer`) and
+the LR range test (:class:`~framework.lr_finder.LRFinder`) share."""
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator, Optional
+from typing import Any, Iterator, Optional
 
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from framework import distributed
+from framework import distributed, tasks
 from framework.trainer.steps import loader_group_sizes, total_norm
 
 
@@ -19,14 +18,15 @@ class StepEngine:
     clipping and data parallelism; the base of :class:`~framework.trainer.Trainer`, which adds
     the LR plan, the step index ``k`` and everything a run records.
 
-    A step's gradient is that of the mean cross-entropy over its accumulation group's samples:
+    A step's gradient is that of the task's mean loss (:meth:`framework.tasks.Task.loss`; for
+    classification the cross-entropy) over its accumulation group's samples:
     each micro-batch's loss is weighted by its share of them, so ``batch_size=8,
     accumulate_grad_batches=4`` gives the gradient of ``batch_size=32`` (up to batch-norm
     statistics). Drive it with :meth:`micro_batches`, :meth:`micro_step` and
     :meth:`optimizer_step`; set the LRs before a group's first micro-step.
 
     Args:
-        model: network mapping ``(B, C, H, W)`` to logits ``(B, num_classes)``.
+        model: network mapping ``(B, C, H, W)`` to outputs ``(B, num_classes)``.
         optimizer: optimizer over the model's parameter groups.
         data: ``(train_loader, val_loader)``.
         device: where to train.
@@ -37,6 +37,8 @@ class StepEngine:
         compile: run the forward passes through ``torch.compile``.
         cudnn_benchmark: ``torch.backends.cudnn.benchmark = True`` on CUDA.
         sync_batchnorm: in a data-parallel run, ``torch.nn.SyncBatchNorm`` (CUDA only).
+        task: the loss and the metrics (:mod:`framework.tasks`); None =
+            :func:`~framework.tasks.default_task` (classification over the model's outputs).
 
     In a data-parallel run (:mod:`framework.distributed`) the model is wrapped in
     ``DistributedDataParallel``: gradients are averaged over the ranks after each optimizer
@@ -46,8 +48,11 @@ class StepEngine:
     def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, data: tuple[DataLoader, DataLoader],
                  device: torch.device, accumulate_grad_batches: int = 1, gradient_clip_val: Optional[float] = None,
                  precision: str | int = "32", channels_last: bool = False, compile: bool = False,
-                 cudnn_benchmark: bool = True, sync_batchnorm: bool = False):
+                 cudnn_benchmark: bool = True, sync_batchnorm: bool = False, task: Optional[Any] = None):
         self.channels_last = channels_last
+        self.task = task if task is not None else tasks.default_task(model)
+        self.metric_names = tasks.metric_names(self.task)  # the task's metrics, without prefix
+        self._metrics: Optional[dict[str, Any]] = None  # the torchmetrics objects, on the device, from the first evaluation
         self.world_size, self.is_main = distributed.world_size(), distributed.is_main()
         if sync_batchnorm and self.world_size > 1:  # same Parameter objects: the optimizer keeps them
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
@@ -98,23 +103,25 @@ class StepEngine:
             g += closes
 
     def micro_step(self, x: torch.Tensor, y: torch.Tensor, share: float, closes_group: bool) -> torch.Tensor:
-        """One micro-batch: forward (autocast), mean cross-entropy times ``share``, backward
-        (through the grad scaler under fp16). In a data-parallel run the gradients are averaged
-        over the ranks only when it ``closes_group`` (DDP's ``no_sync`` before).
+        """One micro-batch: forward (autocast), the task's mean loss (float32 outputs) times
+        ``share``, backward (through the grad scaler under fp16). In a data-parallel run the
+        gradients are averaged over the ranks only when it ``closes_group`` (DDP's ``no_sync`` before).
 
         Args:
-            x: images ``(B, C, H, W)``; y: labels ``(B,)`` (moved to the device here).
+            x: images ``(B, C, H, W)``; y: labels as the task's ``label_type`` says (``(B,)``
+                class indices, ``(B, K)`` multi-hot or values), moved to the device here.
             share: ``B / samples of the accumulation group``.
             closes_group: the last micro-batch of its optimizer step (:meth:`closes_group`).
 
         Returns:
-            The weighted loss (nats), a detached 0-dim tensor on the device (no sync).
+            The weighted loss (the task's units; nats for cross-entropy), a detached 0-dim tensor
+            on the device (no sync).
         """
         sync = self.ddp.no_sync() if self.ddp is not None and not closes_group else contextlib.nullcontext()
         with sync:
             x, y = self._to_device(x), y.to(self.device, non_blocking=True)
             with self._autocast():
-                loss = F.cross_entropy(self.forward(x).float(), y)
+                loss = self.task.loss(self.forward(x).float(), y)
             loss = loss * share
             (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
         return loss.detach()
@@ -172,31 +179,72 @@ class StepEngine:
         dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
         return torch.autocast(self.device.type, dtype=dtype)
 
-    @torch.no_grad()
-    def evaluate(self) -> dict[str, float]:
-        """Validation loss (mean cross-entropy, nats) and top-1 accuracy (fraction).
+    def _metric_objects(self) -> dict[str, Any]:
+        """The task's metrics (``torchmetrics.Metric`` by name) on the device, made once, reset."""
+        if self._metrics is None:
+            made = self.task.metrics()
+            if list(made) != self.metric_names:
+                raise ValueError(f"{type(self.task).__name__}.metrics() gives {list(made)}, metric_names() "
+                                 f"{self.metric_names}: make them agree")
+            self._metrics = {name: metric.to(self.device) for name, metric in made.items()}
+        for metric in self._metrics.values():
+            metric.reset()
+        return self._metrics
 
-        Runs the model in eval mode on the validation loader; batches ``(B, C, H, W)``, labels
-        ``(B,)``; a schedule-free optimizer is switched to its averaged weights first (and stays
-        there until the next epoch's :meth:`train_mode`, so the epoch's checkpoint holds them).
-        In a data-parallel run each rank evaluates its shard and the sums are added over the ranks.
+    @torch.no_grad()
+    def evaluate(self, loader: Optional[Any] = None, prefix: str = "val/") -> dict[str, float]:
+        """The task's loss and metrics over a loader (the validation set by default).
+
+        Runs the model in eval mode (autocast as in training; outputs ``(B, K)`` as float32);
+        a schedule-free optimizer is switched to its averaged weights first (and stays there until
+        the next epoch's :meth:`train_mode`, so the epoch's checkpoint holds them). The loss is
+        the mean over the samples, ``sum_b loss_b x B_b / N`` (each batch's mean times its size),
+        summed on the device; each metric is a ``torchmetrics.Metric`` of the task
+        (:meth:`~framework.tasks.Task.metrics`), updated on the device with
+        :meth:`~framework.tasks.Task.metric_inputs` of every batch. In a data-parallel run each rank
+        evaluates its shard of the loader: the loss sums are added over the ranks and torchmetrics
+        syncs the metrics' states over the ranks in ``compute()`` (a collective every rank makes).
+
+        Args:
+            loader: batches ``(x (B, C, H, W), labels)``; None = the validation loader.
+            prefix: the keys' prefix, ``val/`` or ``test/``.
+
+        Returns:
+            ``{prefix + "loss": mean loss, prefix + name: value}`` for each of the task's metrics
+            (e.g. ``val/loss`` in nats and ``val/acc``, ``val/acc_top5`` as fractions).
         """
+        loader = self.val_loader if loader is None else loader
         self.eval_mode()
         distributed.broadcast_buffers(self.model)  # rank 0's batch-norm statistics, as DDP's next forward would
+        metrics = self._metric_objects()
+        inputs = getattr(self.task, "metric_inputs", None)
         loss_sum = torch.zeros((), device=self.device)
-        correct = torch.zeros((), device=self.device, dtype=torch.int64)
         n = 0
-        for x, y in self.val_loader:
+        for x, y in loader:
             x, y = self._to_device(x), y.to(self.device, non_blocking=True)
             with self._autocast():
-                logits = self.eval_forward(x)
-            loss_sum += F.cross_entropy(logits.float(), y, reduction="sum")
-            correct += (logits.argmax(1) == y).sum()
+                outputs = self.eval_forward(x)
+            outputs = outputs.float()
+            loss_sum += self.task.loss(outputs, y) * len(y)
+            if metrics:
+                preds, target = inputs(outputs, y) if inputs is not None else (outputs, y)
+                for metric in metrics.values():
+                    metric.update(preds, target)
             n += len(y)
         self.model.train()
+        computed = [metric.compute().reshape(()) for metric in metrics.values()]  # synced over the ranks
+        values = [v.double() for v in computed]
+        totals = torch.stack((loss_sum.double(), torch.tensor(n, dtype=torch.float64, device=self.device)))
         if self.world_size > 1:  # each rank saw its shard: sum the sums
-            totals = torch.stack((loss_sum.double(), correct.double(), torch.tensor(n, dtype=torch.float64,
-                                                                                    device=self.device)))
-            loss, right, n = distributed.all_reduce_sum(totals).tolist()
-            return {"val/loss": loss / n, "val/acc": right / n}
-        return {"val/loss": loss_sum.item() / n, "val/acc": correct.item() / n}
+            distributed.all_reduce_sum(totals)
+        loss, n, *numbers = torch.cat((totals, torch.stack(values))).tolist() if values else totals.tolist()
+        numbers = [_shortest(v) if c.dtype == torch.float32 else v for v, c in zip(numbers, computed)]
+        return {f"{prefix}loss": loss / n, **{f"{prefix}{name}": v for name, v in zip(metrics, numbers)}}
+
+
+def _shortest(value: float) -> float:
+    """A float32 metric value as the shortest decimal that is the same float32 (``0.1``, not
+    ``0.10000000149011612``), so the CSVs and ``summary.json`` show what was computed."""
+    import numpy as np
+
+    return float(str(np.float32(value)))

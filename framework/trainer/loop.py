@@ -11,7 +11,7 @@ from typing import Any, Optional
 import torch
 from torch.utils.data import DataLoader
 
-from framework import distributed
+from framework import distributed, tasks
 from framework.schedules import LRPlan
 from framework.schedules.plan import group_momentum, momentum_key
 from framework.trainer.checkpointing import TrainerCheckpoint
@@ -30,17 +30,18 @@ def _run_state_view(name: str, doc: str) -> property:
 
 
 class Trainer(StepEngine):
-    """Trains a classifier with an exact, step-indexed LR plan.
+    """Trains a model on its task (:mod:`framework.tasks`) with an exact, step-indexed LR plan.
 
     The steps themselves (accumulation, precision, clipping, data parallelism) are those of its
     base, :class:`~framework.trainer.engine.StepEngine`. Before optimizer step ``k`` every param
     group gets ``lr = initial_lr * lr_backoff * plan(k)`` (:meth:`LRPlan.apply`); that value is
     logged as the step's LR. The trainer owns ``k`` (:attr:`global_step`, in its
     :class:`~framework.trainer.state.RunState`), the step log, the divergence guard, the stop
-    signals and the checkpoints.
+    signals and the checkpoints. The best epoch (``best.pt``, :attr:`best`) is the one with the
+    strictly best value of the task's ``monitor`` under its ``mode`` (``max`` or ``min``).
 
     Args:
-        model: network mapping ``(B, C, H, W)`` to logits ``(B, num_classes)`` (runtime).
+        model: network mapping ``(B, C, H, W)`` to outputs ``(B, num_classes)`` (runtime).
         optimizer: optimizer over the model's parameter groups (runtime).
         plan: the LR multiplier of every step (runtime).
         data: ``(train_loader, val_loader)`` (runtime).
@@ -70,12 +71,15 @@ class Trainer(StepEngine):
             convolution algorithms; runs are then not bitwise reproducible on the GPU).
         sync_batchnorm: in a data-parallel run, batch-norm statistics over the global batch
             (``torch.nn.SyncBatchNorm``, CUDA only) instead of each rank's own batch.
+        task: the loss, the metrics and the monitored objective (runtime; :mod:`framework.tasks`);
+            None = classification over the model's outputs (:func:`~framework.tasks.default_task`).
 
     Data-parallel runs (``torchrun``, see :mod:`framework.distributed`): the model is wrapped in
     ``DistributedDataParallel`` (gradients averaged over the ranks after each optimizer step's
     last micro-batch; ``no_sync`` before), so every rank holds the same weights and applies the
-    same LR at the same ``k``. Each logged step loss is the mean over the ranks; evaluation
-    metrics are summed over the ranks' shards of the validation set; a stop request or a
+    same LR at the same ``k``. Each logged step loss is the mean over the ranks; each rank
+    evaluates its shard of the validation set and the loss sums and the metrics' states are
+    combined over the ranks (the metrics by torchmetrics); a stop request or a
     divergence on one rank stops (or rolls back) every rank at the same step; only rank 0 writes
     files.
     """
@@ -83,7 +87,7 @@ class Trainer(StepEngine):
     global_step = _run_state_view("global_step", "``k``: optimizer steps applied so far (the LR plan's index).")
     epoch = _run_state_view("epoch", "Current epoch (from 0).")
     batch = _run_state_view("batch", "Batches of the current epoch already trained.")
-    best = _run_state_view("best", "Metrics of the best epoch so far (by ``val/acc``).")
+    best = _run_state_view("best", "Metrics of the best epoch so far (by the task's ``monitor`` and ``mode``).")
     final = _run_state_view("final", "Metrics of the last finished epoch.")
     skipped_steps = _run_state_view("skipped_steps", "Optimizer steps the fp16 grad scaler skipped.")
     lr_backoff = _run_state_view("lr_backoff", "Product of the rollbacks' LR factors so far (1 = none).")
@@ -113,9 +117,11 @@ class Trainer(StepEngine):
         compile: bool = False,
         cudnn_benchmark: bool = True,
         sync_batchnorm: bool = False,
+        task: Optional[Any] = None,
     ):
         super().__init__(model, optimizer, data, device, accumulate_grad_batches, gradient_clip_val, precision,
-                         channels_last, compile, cudnn_benchmark, sync_batchnorm)
+                         channels_last, compile, cudnn_benchmark, sync_batchnorm, task)
+        self.monitor, self.mode = tasks.monitor_of(self.task)
         self.plan, self.run_dir = plan, Path(run_dir)
         self.log_every = max(1, int(log_every_n_steps))
         self.progress_bar, self.save_checkpoints = progress_bar, save_checkpoints
@@ -128,7 +134,9 @@ class Trainer(StepEngine):
         self.guard = DivergenceGuard(on_divergence, divergence_loss_mult, rollback_lr_factor, max_rollbacks)
         self.signals = StopSignals(self.world_size)
         self.checkpoint = TrainerCheckpoint(self.model, optimizer, plan, self.guard, self.run_state, self.scaler, config,
-                                            self.run_dir / "checkpoints", self.is_main)
+                                            self.run_dir / "checkpoints", self.is_main,
+                                            meta={"task": tasks.describe(self.task),
+                                                  "classes": getattr(self.task, "classes", None)})
         group0 = optimizer.param_groups[0]
         columns = ["step", "epoch", "lr", *[f"lr/{n}" for n in self.group_names[1:]],
                    *(["momentum"] if momentum_key(group0) else []), *(["d"] if "d" in group0 else []), "loss", "grad_norm"]
@@ -186,10 +194,11 @@ class Trainer(StepEngine):
 
         Returns:
             ``{"steps", "epochs", "skipped_steps", "best": {...}, "final": {...}, "stopped"}``;
-            the metric dicts hold ``epoch`` (from 0), ``train/loss`` and ``val/loss`` (mean
-            cross-entropy, nats), ``val/acc`` (fraction), ``lr`` (of the epoch's last step),
-            ``time_s``; ``stopped`` is None, ``stop_after_steps``, ``SIGTERM``, ``SIGINT`` or
-            ``SIGUSR2``.
+            the metric dicts hold ``epoch`` (from 0), ``train/loss`` and ``val/loss`` (the
+            task's mean loss; nats for cross-entropy), ``val/<metric>`` for each of the task's
+            metrics (e.g. ``val/acc``, a fraction), ``lr`` (of the epoch's last step),
+            ``time_s``; ``best`` is the epoch with the best ``monitor`` under ``mode``;
+            ``stopped`` is None, ``stop_after_steps``, ``SIGTERM``, ``SIGINT`` or ``SIGUSR2``.
 
         Raises:
             Diverged: the loss of some step was NaN or inf (and no rollback was left); rows up to
@@ -202,7 +211,8 @@ class Trainer(StepEngine):
         epochs = self.plan.total_epochs
         resuming = rs.global_step > 0
         self.steplog.open(append=resuming)
-        epochs_csv = csv_log(self.run_dir / "epochs.csv", ["epoch", "train/loss", "val/loss", "val/acc", "lr", "time_s"],
+        epochs_csv = csv_log(self.run_dir / "epochs.csv",
+                             ["epoch", "train/loss", "val/loss", *(f"val/{m}" for m in self.metric_names), "lr", "time_s"],
                              resuming, self.is_main)
         self._bar = tqdm(total=T, initial=rs.global_step, disable=not (self.progress_bar and self.is_main),
                          unit="step", dynamic_ncols=True,
@@ -260,15 +270,15 @@ class Trainer(StepEngine):
             epochs_csv.write([metrics])
             self.plan.observe(epoch, metrics)
             rs.final = metrics
-            is_best = not rs.best or metrics["val/acc"] > rs.best["val/acc"]
+            is_best = not rs.best or tasks.is_better(metrics[self.monitor], rs.best.get(self.monitor), self.mode)
             if is_best:
                 rs.best = dict(metrics)
             rs.epoch, rs.batch = epoch + 1, 0
             self._keep()
             if self.save_checkpoints:
                 self._save(is_best)
-            log.info("epoch %d/%d  train/loss %.4f  val/loss %.4f  val/acc %.4f  lr %.4g", epoch + 1, epochs,
-                     metrics["train/loss"], metrics["val/loss"], metrics["val/acc"], metrics["lr"])
+            shown = "  ".join(f"{k} {v:.4f}" for k, v in metrics.items() if "/" in k)  # train/loss, val/...
+            log.info("epoch %d/%d  %s  lr %.4g", epoch + 1, epochs, shown, metrics["lr"])
             if rs.global_step >= T:
                 break
 

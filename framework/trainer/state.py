@@ -21,7 +21,8 @@ class RunState:
         epoch: current epoch (from 0); batch: batches of it already trained.
         epoch_loss: this rank's loss sum of the epoch before :meth:`begin_epoch` (loss x
             samples, nats; float32 as accumulated); epoch_samples: samples in it, per rank.
-        best: metrics of the best epoch so far (by ``val/acc``); final: of the last finished one.
+        best: metrics of the best epoch so far (by the task's ``monitor`` and ``mode``); final: of
+            the last finished one.
         skipped_steps: optimizer steps the fp16 grad scaler skipped.
         lr_backoff: product of the rollbacks' ``rollback_lr_factor`` so far (1 = none), a
             multiplier on every group's base LR.

@@ -79,3 +79,13 @@ def write_imagefolder(root, classes=("cat", "dog"), per_class=(6, 3), size=40, s
             for k in range(n):
                 pixels = rng.integers(0, 100, (size, size, 3)) + 100 * c
                 Image.fromarray(pixels.clip(0, 255).astype("uint8")).save(folder / f"{k}.png")
+
+
+def write_csv_images(root, classes=("cat", "dog"), per_class=(6, 3), size=40, seed=0):
+    """:func:`write_imagefolder`'s PNG files listed in ``root/train.csv`` and ``root/val.csv``:
+    a header ``path,label``, then one row per image (its path relative to ``root``, its class
+    name), in class order."""
+    write_imagefolder(root, classes, per_class, size, seed)
+    for split, n in zip(("train", "val"), per_class):
+        rows = [f"{split}/{name}/{k}.png,{name}" for name in classes for k in range(n)]
+        (root / f"{split}.csv").write_text("\n".join(["path,label", *rows]) + "\n")
