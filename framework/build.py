@@ -89,21 +89,86 @@ class Built:
 
 
 def task_labels(cfg: DictConfig) -> str:
-    """The ``label_type`` of the config's task class (:func:`framework.tasks.label_type_of`),
-    checked against the dataset: a task that trains on ``multi_hot`` or ``value`` labels needs a
-    dataset callable that takes ``label_type``.
+    """The ``label_type`` of the config's task class (:func:`framework.tasks.label_type_of`): what
+    the dataset is asked for (``class``, ``multi_hot`` or ``value``)."""
+    from framework import tasks
+
+    return tasks.label_type_of(registry.locate(cfg.task._target_, "task"))
+
+
+#: What a sample's label looks like for each label type (for the one-line refusal).
+LABEL_FORMS = {"class": "an integer class index", "multi_hot": "a float tensor (K,) of 0/1",
+               "value": "a float (or float tensor (K,))"}
+
+
+def check_labels(data: Any, label_type: str, cfg: DictConfig) -> None:
+    """The first training sample's label has the task's form: an integer for ``class``, a
+    floating-point tensor of ``num_classes`` values for ``multi_hot``, a float or ``num_classes``
+    floats for ``value`` (a dataset that ignores ``label_type`` is caught here, before training).
 
     Raises:
-        ConfigError: the task's ``label_type`` is unknown, or the dataset gives class labels only.
+        ConfigError: naming the dataset, the task and the label found.
+    """
+    import torch
+
+    y = torch.as_tensor(data.train[0][1])
+    if label_type == "class":
+        ok = not y.is_floating_point() and y.numel() == 1
+    else:
+        ok = y.is_floating_point() and y.numel() in ((data.num_classes,) if label_type == "multi_hot" else
+                                                      (1, data.num_classes))
+    if not ok:
+        raise ConfigError(f"task._target_={cfg.task._target_}: trains on {label_type} labels ({LABEL_FORMS[label_type]},"
+                          f" K = num_classes = {data.num_classes}), but dataset._target_={cfg.dataset._target_} gives "
+                          f"{y.dtype} labels of shape {tuple(y.shape)}; pick the task that fits the data, or make the "
+                          "dataset give that form (its callable can take label_type)")
+
+
+def build_data(cfg: DictConfig) -> Any:
+    """The config's dataset (a :class:`~framework.data.DataBundle`), given the run's ``seed`` and
+    the task's ``label_type`` (:func:`task_labels`) where its callable takes them.
+
+    Raises:
+        ConfigError: the dataset's own refusals (missing files, bad keys), or labels of another
+            form than the task's (:func:`check_labels`).
+        Interrupted: SIGTERM / Ctrl-C while the data were read or downloaded (acts at once).
+    """
+    label_type = task_labels(cfg)  # the task's label format, asked of the dataset
+    with interrupts.interruptible():  # reading or downloading the data: Ctrl-C acts at once
+        data = registry.instantiate(cfg.dataset, "dataset", seed=cfg.seed, label_type=label_type)
+    check_labels(data, label_type, cfg)
+    return data
+
+
+def build_model(cfg: DictConfig, data: Any) -> Any:
+    """The config's model for ``data``: ``num_classes``, ``in_chans`` and ``img_size`` are passed
+    where its callable takes them; on the CPU, as built.
+
+    Raises:
+        ConfigError: the callable rejects its arguments, or returns no trainable ``nn.Module``.
+        Interrupted: SIGTERM / Ctrl-C while it was made (pretrained weights may be downloaded).
+    """
+    from framework.models import check_module
+
+    with interrupts.interruptible():
+        model = registry.instantiate(
+            cfg.model, "model", num_classes=data.num_classes, in_chans=data.in_chans, img_size=data.img_size
+        )
+    check_module(model, cfg.model._target_)
+    return model
+
+
+def build_task(cfg: DictConfig, data: Any) -> Any:
+    """The config's task (:mod:`framework.tasks`) for ``data``'s outputs and class names, checked.
+
+    Raises:
+        ConfigError: a bad task key (``monitor``, ``mode``, ``loss``, ...).
     """
     from framework import tasks
 
-    label_type = tasks.label_type_of(registry.locate(cfg.task._target_, "task"))
-    if label_type != "class" and not registry.accepts(registry.locate(cfg.dataset._target_, "dataset"), "label_type"):
-        raise ConfigError(f"task._target_={cfg.task._target_}: trains on {label_type} labels, but "
-                          f"dataset._target_={cfg.dataset._target_} gives class labels only (it takes no label_type); "
-                          "use a dataset that takes label_type (dataset=synthetic, dataset=csv) or task=classification")
-    return label_type
+    task = registry.instantiate(cfg.task, "task", num_classes=data.num_classes, classes=getattr(data, "classes", None))
+    tasks.check_task(task)
+    return task
 
 
 def build(cfg: DictConfig, run_dir: Path) -> Built:
@@ -124,7 +189,7 @@ def build(cfg: DictConfig, run_dir: Path) -> Built:
     """
     from framework import tasks
     from framework.data import make_loaders
-    from framework.models import check_batch_norm_batches, check_model_name, check_module
+    from framework.models import check_batch_norm_batches, check_model_name
     from framework.optim import build_optimizer, global_batch
     from framework.schedules.plan import build_plan
 
@@ -137,21 +202,14 @@ def build(cfg: DictConfig, run_dir: Path) -> Built:
                           "use trainer.sync_batchnorm=false")
     if cfg.model._target_ == "framework.models.create_model":  # (a user's model takes no timm name)
         check_model_name(cfg.model.name)  # before the data are read: a misspelt name fails at once
-    label_type = task_labels(cfg)  # the task's label format, asked of the dataset
     seed_everything(cfg.seed)
     interrupts.check()  # a signal that came while Hydra composed or the imports above ran ends the program here
-    with interrupts.interruptible():  # reading or downloading the data: Ctrl-C acts at once
-        data = registry.instantiate(cfg.dataset, "dataset", seed=cfg.seed, label_type=label_type)
+    data = build_data(cfg)
     loaders = make_loaders(data, cfg.batch_size, cfg.seed, device, cfg.loader, cfg.num_workers,
                            rank=distributed.rank(), world_size=world)
-    with interrupts.interruptible():  # (pretrained weights may be downloaded)
-        model = registry.instantiate(
-            cfg.model, "model", num_classes=data.num_classes, in_chans=data.in_chans, img_size=data.img_size
-        )
-    check_module(model, cfg.model._target_)
+    model = build_model(cfg, data)
     check_batch_norm_batches(model, loaders[0])
-    task = registry.instantiate(cfg.task, "task", num_classes=data.num_classes, classes=getattr(data, "classes", None))
-    tasks.check_task(task)
+    task = build_task(cfg, data)
     optimizer, scaling = build_optimizer(cfg, model)
     base_lrs = {g["name"]: g["initial_lr"] for g in optimizer.param_groups}
     plan = build_plan(cfg, len(loaders[0]))

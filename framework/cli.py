@@ -199,9 +199,14 @@ def _argv_value(argv: list[str], key: str) -> str | None:
     return found
 
 
+#: Modes whose ``resume=<run>`` writes into that run's own folder (its log, test.json, predictions.csv).
+RUN_FOLDER_MODES = ("train", "test", "predict")
+
+
 def _check_argv(argv: list[str]) -> None:
     """Command-line checks Hydra cannot make, before it creates any folder; and a plain resume
-    (``resume=<run>``, one run, no ``hydra.run.dir``) logs into the resumed run's own folder
+    (``resume=<run>``, one run, no ``hydra.run.dir``; training, ``mode=test`` or ``mode=predict``)
+    logs into the resumed run's own folder
     instead of leaving a new folder that holds only a log (``argv`` is extended in place).
 
     Raises:
@@ -216,7 +221,7 @@ def _check_argv(argv: list[str]) -> None:
     resume = _argv_value(argv, "resume")
     if not resume or resume == "null" or _argv_value(argv, "hydra.run.dir") is not None:
         return
-    if any(a in ("-m", "--multirun") for a in argv) or (_argv_value(argv, "mode") or "train") != "train":
+    if any(a in ("-m", "--multirun") for a in argv) or (_argv_value(argv, "mode") or "train") not in RUN_FOLDER_MODES:
         return
     from framework.checkpoint import resolve_resume
 

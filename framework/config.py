@@ -44,7 +44,7 @@ RUNTIME_ARGS = {
 OWN_LR_TARGETS = ("prodigyopt.Prodigy",)
 
 PRECISIONS = ("32", "bf16", "fp16")
-MODES = ("train", "plot_lr", "lr_find")
+MODES = ("train", "plot_lr", "lr_find", "test", "predict")
 INTERVALS = ("step", "epoch")
 _DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
@@ -214,6 +214,7 @@ def _number_errors(cfg: DictConfig) -> list[str]:
     check("lr_scaling", cfg.lr_scaling in ("none", "linear", "sqrt"), "use none, linear or sqrt")
     check("lr_base_size", cfg.lr_base_size >= 1, "must be >= 1 (samples), e.g. 256")
     check("mode", cfg.mode in MODES, f"use one of {', '.join(MODES)}")
+    check("eval_split", cfg.eval_split in ("test", "val"), "use test or val")
     check("loader", cfg.loader in ("auto", "device", "standard"), "use auto, device or standard")
     check("num_workers", cfg.num_workers >= 0, "must be >= 0 (0 = load in the main process)")
     check("device", bool(_DEVICE_RE.match(str(cfg.device))), "use auto, cpu, cuda, cuda:N or mps")

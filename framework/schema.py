@@ -54,7 +54,9 @@ class TrainConfig:
                                    "or its sqrt")
     lr_base_size: int = knob(256, "(samples) global batch size (batch x accumulation x processes) lr0 was tuned for")
     mode: str = knob("train", "train | plot_lr (draw the planned LR of every step, train nothing) | lr_find "
-                              "(LR range test)")
+                              "(LR range test) | test (evaluate resume=<run>'s best checkpoint: test.json) | predict "
+                              "(its predictions: predictions.csv)")
+    eval_split: str = knob("test", "test | val: the split mode=test and mode=predict evaluate")
     loader: str = knob("auto", "auto (device-resident when the dataset fits) | device | standard (torch DataLoader)")
     num_workers: int = knob(0, "(processes) DataLoader workers of the standard loader; 0 = main process")
 

@@ -8,9 +8,9 @@ from framework.data.base import DataBundle, ImageTensorDataset
 from framework.data.bundled import digits, mnist5k, synthetic
 from framework.data.csv import CsvImages, csv_dataset
 from framework.data.imagefolder import imagefolder
-from framework.data.loaders import DeviceLoader, EpochSampler, fits_on_device, make_loaders
+from framework.data.loaders import DeviceLoader, EpochSampler, eval_loader, fits_on_device, make_loaders
 from framework.data.torchvision_sets import TORCHVISION, torchvision_dataset
 
 __all__ = ["imagefolder", "csv_dataset", "CsvImages", "DataBundle", "ImageTensorDataset", "digits", "mnist5k",
-           "synthetic", "DeviceLoader", "EpochSampler", "fits_on_device", "make_loaders",
+           "synthetic", "DeviceLoader", "EpochSampler", "eval_loader", "fits_on_device", "make_loaders",
            "TORCHVISION", "torchvision_dataset"]

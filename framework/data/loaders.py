@@ -169,8 +169,22 @@ def make_loaders(data: DataBundle, batch_size: int, seed: int, device: torch.dev
         return (DeviceLoader(data.train, batch_size, device, sampler, drop_last),
                 DeviceLoader(data.val, 2 * batch_size, device, val_shard))
     pin = device.type == "cuda"
-    workers = {"num_workers": num_workers, "persistent_workers": num_workers > 0}
     train = DataLoader(data.train, batch_size=batch_size, sampler=sampler, pin_memory=pin, drop_last=drop_last,
-                       **workers)
-    val = DataLoader(data.val, batch_size=2 * batch_size, sampler=val_shard, shuffle=False, pin_memory=pin, **workers)
-    return train, val
+                       num_workers=num_workers, persistent_workers=num_workers > 0)
+    return train, eval_loader(data.val, batch_size, device, num_workers, val_shard)
+
+
+def eval_loader(dataset: Any, batch_size: int, device: torch.device, num_workers: int = 0,
+                shard: Optional[range] = None) -> DataLoader:
+    """A loader that evaluates ``dataset`` in order, ``2 x batch_size`` samples per batch (no
+    gradients are kept), pinned for CUDA.
+
+    Args:
+        dataset: the validation or test split.
+        batch_size: the run's samples per training forward pass.
+        device: where the batches go.
+        num_workers: ``DataLoader`` worker processes (persistent when > 0).
+        shard: this rank's sample indices in a data-parallel run; None = every sample.
+    """
+    return DataLoader(dataset, batch_size=2 * batch_size, sampler=shard, shuffle=False, pin_memory=device.type == "cuda",
+                      num_workers=num_workers, persistent_workers=num_workers > 0)

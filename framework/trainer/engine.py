@@ -192,6 +192,24 @@ class StepEngine:
         return self._metrics
 
     @torch.no_grad()
+    def outputs(self, loader: Any) -> torch.Tensor:
+        """The model's outputs for every sample of ``loader``, in its order, in eval mode.
+
+        Args:
+            loader: batches ``(x (B, C, H, W), labels)`` (labels unused).
+
+        Returns:
+            ``(N, K)`` float32 on the CPU.
+        """
+        self.eval_mode()
+        chunks = []
+        for x, _ in loader:
+            with self._autocast():
+                chunks.append(self.eval_forward(self._to_device(x)).float())
+        self.model.train()
+        return torch.cat(chunks).cpu()
+
+    @torch.no_grad()
     def evaluate(self, loader: Optional[Any] = None, prefix: str = "val/") -> dict[str, float]:
         """The task's loss and metrics over a loader (the validation set by default).
 
