@@ -203,10 +203,24 @@ def _argv_value(argv: list[str], key: str) -> str | None:
 RUN_FOLDER_MODES = ("train", "test", "predict")
 
 
+def _forced(arg: str) -> str:
+    """``group.key=value`` as ``++group.key=value`` (set, or add when missing): ``mode=test`` and
+    ``mode=predict`` apply such keys to the evaluated run's own config
+    (:func:`framework.evaluate.evaluation_config`), whose groups the default config composed
+    on this command line may lack (``dataset.test=new.csv`` for a csv run)."""
+    from framework.config import split_override
+
+    name, value = split_override(arg)
+    if value is None or arg.startswith(("+", "~")) or "." not in name or name.startswith("hydra."):
+        return arg
+    return "++" + arg
+
+
 def _check_argv(argv: list[str]) -> None:
     """Command-line checks Hydra cannot make, before it creates any folder; and a plain resume
     (``resume=<run>``, one run, no ``hydra.run.dir``; training, ``mode=test`` or ``mode=predict``)
-    logs into the resumed run's own folder
+    logs into the resumed run's own folder (``mode=test`` / ``predict``: dotted keys become
+    :func:`_forced`)
     instead of leaving a new folder that holds only a log (``argv`` is extended in place).
 
     Raises:
@@ -218,6 +232,8 @@ def _check_argv(argv: list[str]) -> None:
         if value is not None and not value.strip().strip("'\"").strip():
             raise ConfigError(f"{key}= is empty: the run would write into the current folder; give a folder, "
                               f"e.g. {key}=outputs/my_run")
+    if (_argv_value(argv, "mode") or "train") in ("test", "predict"):
+        argv[:] = [_forced(arg) for arg in argv]
     resume = _argv_value(argv, "resume")
     if not resume or resume == "null" or _argv_value(argv, "hydra.run.dir") is not None:
         return

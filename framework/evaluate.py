@@ -79,7 +79,8 @@ def evaluate_checkpoint(cfg: DictConfig, overrides: list[str]) -> float:
     """Run ``mode=test`` or ``mode=predict`` (module docstring) and say where the result is.
 
     Args:
-        cfg: the composed, validated config (``mode``, ``resume``, ``eval_split``).
+        cfg: the composed config (``mode``, ``resume``, ``eval_split``); the run's config with
+            this command's keys on top is what gets validated and built.
         overrides: this command's overrides.
 
     Returns:
@@ -87,11 +88,13 @@ def evaluate_checkpoint(cfg: DictConfig, overrides: list[str]) -> float:
         Hydra; ``mode=predict``: 0.0.
 
     Raises:
-        ConfigError: no ``resume``, no checkpoint there, an unreadable checkpoint, or a dataset
-            without the split asked for (with what to set).
+        ConfigError: no ``resume``, no checkpoint there, an unreadable checkpoint, a key of this
+            command that the run's config refuses, or a dataset without the split asked for
+            (with what to set).
     """
     from framework.build import build_data, build_model, build_task, resolve_device
     from framework.checkpoint import read_resume_checkpoint
+    from framework.config import validate
     from framework.data import eval_loader
     from framework.loggers import write_json
     from framework.tasks import describe, monitor_of
@@ -102,7 +105,7 @@ def evaluate_checkpoint(cfg: DictConfig, overrides: list[str]) -> float:
         raise ConfigError(f"mode={mode}: give the trained run, resume=<run folder or checkpoint .pt>")
     file, folder = checkpoint_to_evaluate(cfg.resume)
     state = read_resume_checkpoint(file, "resume")
-    run_cfg = evaluation_config(cfg, state.get("config") or {}, overrides)
+    run_cfg = validate(evaluation_config(cfg, state.get("config") or {}, overrides))
     device = resolve_device(run_cfg.device)
     data = build_data(run_cfg)
     split = run_cfg.eval_split

@@ -63,6 +63,12 @@ def train(cfg: DictConfig, run_dir: Optional[str | Path] = None) -> float:
         hc = HydraConfig.get()
         run_dir, overrides = hc.runtime.output_dir, list(hc.overrides.task)
         cfg = resume_requeued_job(cfg, Path(run_dir), hc)
+    if cfg.mode in ("test", "predict"):  # the evaluated run's own config, validated there
+        from framework.evaluate import evaluate_checkpoint
+
+        if distributed.world_size() > 1:
+            raise ConfigError(f"mode={cfg.mode}: evaluates in one process; run it without torchrun")
+        return evaluate_checkpoint(cfg, overrides)
     cfg = validate(cfg, overrides)  # once; later stages get new config values, never an edited one
     run_dir = Path(run_dir)
     distributed.quiet_other_ranks()
@@ -70,12 +76,6 @@ def train(cfg: DictConfig, run_dir: Optional[str | Path] = None) -> float:
         key = "mode=lr_find" if cfg.mode == "lr_find" else "lr0=auto"
         raise ConfigError(f"{key}: the LR range test runs in one process; run python train.py mode=lr_find "
                           "(same config, batch_size = the global batch) and start torchrun with lr0=<its answer>")
-    if cfg.mode in ("test", "predict"):
-        from framework.evaluate import evaluate_checkpoint
-
-        if distributed.world_size() > 1:
-            raise ConfigError(f"mode={cfg.mode}: evaluates in one process; run it without torchrun")
-        return evaluate_checkpoint(cfg, overrides)
     resume_state = None
     if cfg.resume is not None and cfg.mode == "train":
         try:

@@ -1,0 +1,65 @@
+"""``mode=test`` and ``mode=predict`` on a trained run (README "Use it on your own project")."""
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+
+from tests.helpers import TINY, lines, run_cli_in_process
+
+TRAIN = [*TINY, "epochs=2", "dataset.train_size=64", "batch_size=32"]  # 4 steps; 64 validation images
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A finished tiny run (classification of the synthetic images; no test split)."""
+    run = tmp_path_factory.mktemp("eval") / "run"
+    assert run_cli_in_process(TRAIN, run) == 0
+    return run
+
+
+def test_mode_test_on_the_validation_split_repeats_the_best_epochs_metrics(trained, capfd):
+    capfd.readouterr()
+    assert run_cli_in_process(["mode=test", f"resume={trained}", "eval_split=val"], None) == 0
+    result = json.loads((trained / "test.json").read_text())
+    best = json.loads((trained / "summary.json").read_text())["best"]  # recorded while training
+    with open(trained / "epochs.csv") as f:
+        epochs = list(csv.DictReader(f))
+    assert result["checkpoint"] == str(trained / "checkpoints" / "best.pt") and result["split"] == "val"
+    assert result["samples"] == 64 and result["task"]["monitor"] == "val/acc"
+    assert result["step"] == 2 * (best["epoch"] + 1)  # 2 steps per epoch: saved at the end of the best epoch
+    # best.pt holds the weights of the best epoch: the same images give the same numbers
+    assert result["metrics"]["val/acc"] == best["val/acc"] == float(epochs[best["epoch"]]["val/acc"])
+    assert result["metrics"]["val/loss"] == pytest.approx(best["val/loss"], rel=1e-6)
+    assert "wrote " + str(trained / "test.json") in capfd.readouterr().out
+
+
+def test_mode_predict_writes_one_row_per_sample(trained):
+    assert run_cli_in_process(["mode=predict", f"resume={trained}", "eval_split=val",
+                               "dataset.val_size=20"], None) == 0  # a key given here replaces the run's
+    with open(trained / "predictions.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 20 and list(rows[0]) == ["index", "pred_class", "pred_index", "prob"]
+    assert [r["index"] for r in rows] == [str(i) for i in range(20)]
+    assert json.loads((trained / "summary.json").read_text())["classes"] is None  # synthetic images: no names
+    for row in rows:
+        assert 0 <= int(row["pred_index"]) < 10 and 0.1 <= float(row["prob"]) <= 1  # the top of 10 probabilities
+        assert row["pred_class"] == row["pred_index"]  # without names, the class is its index
+
+
+@pytest.mark.parametrize("args, message", [
+    (["mode=test"], "error: mode=test: give the trained run, resume=<run folder or checkpoint .pt>"),
+    (["mode=predict", "resume={run}"], "error: mode=predict: framework.data.synthetic gives no test split; set its "
+                                       "test data (dataset.test_dir=<folder> for imagefolder, dataset.test=<csv> for "
+                                       "csv), or evaluate the validation split with eval_split=val"),
+    (["mode=test", "resume={run}/nothing.pt"], "error: resume={run}/nothing.pt: no checkpoint there"),
+    (["mode=test", "resume={run}", "eval_split=train"], "error: eval_split=train: use test or val"),
+])
+def test_mode_test_mistakes_are_one_line(trained, capfd, args, message):
+    before = sorted(p.name for p in trained.iterdir())
+    capfd.readouterr()
+    assert run_cli_in_process([a.format(run=trained) for a in args], None) == 2
+    err = lines(capfd.readouterr().err)
+    assert len(err) == 1 and err[0].startswith(message.format(run=trained))
+    assert sorted(p.name for p in trained.iterdir()) == before  # nothing written into the run folder
