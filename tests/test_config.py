@@ -272,7 +272,8 @@ BAD_INPUTS = [
     (["dataset=synthetic", "task.label_smoothing=1.5"], "task.label_smoothing=1.5: must be in [0, 1)"),
     (["dataset=synthetic", "task=regression", "task.monitor=val/acc"], "task.monitor=val/acc: not a metric"),
     (["dataset=synthetic", "scheduler=plateau", "scheduler.monitor=val/map"], "scheduler.monitor=val/map: not a metric"),
-    (["task=multilabel"], "trains on multi_hot labels, but dataset._target_=framework.data.digits"),
+    (["task=multilabel"], "trains on multi_hot labels (a float tensor (K,) of 0/1, K = num_classes = 10), but "
+                          "dataset._target_=framework.data.digits gives torch.int64 labels of shape ()"),
 ]
 
 

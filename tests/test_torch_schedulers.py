@@ -267,3 +267,27 @@ def test_a_refusal_from_the_command_line_is_one_line_exit_2(tmp_path, capfd):
     assert code == 2 and lines(err) == ["error: scheduler.T_max: required by torch.optim.lr_scheduler.CosineAnnealingLR; "
                                         "set it, e.g. scheduler.T_max=100 (epochs, as scheduler.interval=epoch)"], err
     assert "Traceback" not in out + err and not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("overrides, line", [
+    # the command: a PyTorch class as the _target_ of the default scheduler file (cosine)
+    (["scheduler._target_=torch.optim.lr_scheduler.ExponentialLR", "+scheduler.gamma=0.9"],
+     "error: scheduler.lrf=0.01: not an argument of torch.optim.lr_scheduler.ExponentialLR; its keys: gamma (set the "
+     "others to null or remove them, or start from scheduler=torch scheduler.name=torch.optim.lr_scheduler."
+     "ExponentialLR, a file of PyTorch's arguments)"),
+    (["scheduler._target_=torch.optim.lr_scheduler.ExponentialLR", "scheduler.gamma=0.9"],
+     "error: scheduler.gamma=0.9: unknown key 'scheduler.gamma'; scheduler has interval, lrf (a new key is added with "
+     "+scheduler.gamma=0.9)"),
+])
+def test_a_torch_class_over_another_scheduler_file_says_how_to_start_from_scheduler_torch(overrides, line, tmp_path,
+                                                                                         capfd):
+    assert run_cli_in_process([*TINY, *overrides], tmp_path / "run") == 2
+    assert lines(capfd.readouterr().err) == [line]
+
+
+def test_the_fix_it_names_trains_with_exponential_lr(tmp_path):
+    train_in_process(tmp_path, *TINY, "scheduler=torch", "scheduler.name=torch.optim.lr_scheduler.ExponentialLR",
+                     "scheduler.gamma=0.9", "epochs=3", "dataset.train_size=64", "batch_size=32")
+    lrs = [float(row["lr"]) for row in read_csv(tmp_path / "steps.csv")]
+    # 2 steps per epoch, interval=epoch: lr0 = 0.01 times 0.9 per epoch (ExponentialLR)
+    assert lrs == pytest.approx([0.01, 0.01, 0.009, 0.009, 0.0081, 0.0081], rel=1e-12)

@@ -148,7 +148,8 @@ def key_errors(cls: type, path: str, given: dict[str, Any], runtime: Iterable[st
             errors.append(f"scheduler.{key}={value}: not a config key ({NEVER_KEYS[key]}); remove it")
         elif key not in named and not var_kw:
             errors.append(f"scheduler.{key}={value}: not an argument of {path}{suggest(key, valid)}; its keys: "
-                          f"{', '.join(valid) or 'none'} (set the others to null or remove them)")
+                          f"{', '.join(valid) or 'none'} (set the others to null or remove them, or start from "
+                          f"scheduler=torch scheduler.name={path}, a file of PyTorch's arguments)")
     for name, p in named.items():
         if p.default is p.empty and name not in given and name not in NEVER_KEYS and name not in FILLED:
             plus = "" if in_node is None or name in in_node else "+"
