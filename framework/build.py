@@ -90,7 +90,11 @@ class Built:
 
 def task_labels(cfg: DictConfig) -> str:
     """The ``label_type`` of the config's task class (:func:`framework.tasks.label_type_of`): what
-    the dataset is asked for (``class``, ``multi_hot`` or ``value``)."""
+    the dataset is asked for (``class``, ``multi_hot`` or ``value``).
+
+    Raises:
+        ConfigError: the task's ``_target_`` cannot be imported, or its ``label_type`` is unknown.
+    """
     from framework import tasks
 
     return tasks.label_type_of(registry.locate(cfg.task._target_, "task"))
@@ -98,13 +102,18 @@ def task_labels(cfg: DictConfig) -> str:
 
 #: What a sample's label looks like for each label type (for the one-line refusal).
 LABEL_FORMS = {"class": "an integer class index", "multi_hot": "a float tensor (K,) of 0/1",
-               "value": "a float (or float tensor (K,))"}
+               "value": "a float tensor (K,), a float when K = 1"}
 
 
 def check_labels(data: Any, label_type: str, cfg: DictConfig) -> None:
     """The first training sample's label has the task's form: an integer for ``class``, a
-    floating-point tensor of ``num_classes`` values for ``multi_hot``, a float or ``num_classes``
-    floats for ``value`` (a dataset that ignores ``label_type`` is caught here, before training).
+    floating-point tensor of ``num_classes`` values for ``multi_hot`` and ``value`` (a scalar when
+    ``num_classes`` is 1); a dataset that ignores ``label_type`` is caught here, before training.
+
+    Args:
+        data: the built :class:`~framework.data.DataBundle`.
+        label_type: the task's (:func:`task_labels`).
+        cfg: the config, for the message.
 
     Raises:
         ConfigError: naming the dataset, the task and the label found.
@@ -115,8 +124,7 @@ def check_labels(data: Any, label_type: str, cfg: DictConfig) -> None:
     if label_type == "class":
         ok = not y.is_floating_point() and y.numel() == 1
     else:
-        ok = y.is_floating_point() and y.numel() in ((data.num_classes,) if label_type == "multi_hot" else
-                                                      (1, data.num_classes))
+        ok = y.is_floating_point() and y.numel() == data.num_classes  # a scalar value when K = 1
     if not ok:
         raise ConfigError(f"task._target_={cfg.task._target_}: trains on {label_type} labels ({LABEL_FORMS[label_type]},"
                           f" K = num_classes = {data.num_classes}), but dataset._target_={cfg.dataset._target_} gives "

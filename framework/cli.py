@@ -130,12 +130,12 @@ def _drop_unused_run_dir(folder: str) -> None:
 
 
 def worst_objective(cfg) -> float:
-    """The objective of a sweep job with no result (diverged, failed): the worst value for its
-    task's ``mode`` (:func:`framework.config.task_mode`): 0.0 for ``max`` (the worst accuracy),
-    ``+inf`` for ``min``."""
+    """The objective of a sweep job with no result (diverged, failed): :func:`framework.tasks.worst`
+    of its task's ``mode`` (:func:`framework.config.task_mode`)."""
     from framework.config import task_mode
+    from framework.tasks import worst
 
-    return math.inf if task_mode(cfg.get("task") if cfg is not None else None) == "min" else 0.0
+    return worst(task_mode(cfg.get("task") if cfg is not None else None))
 
 
 def _failed_job(exc: Exception, hc, worst: float = 0.0) -> float:

@@ -141,19 +141,16 @@ def _reserve(path: str) -> str:
 def task_mode(node: Any) -> str:
     """The direction of a task's monitored metric, ``max`` or ``min``, read from its config node:
     its ``mode`` key, else the default of its ``_target_``'s ``mode`` argument (or class
-    attribute), else ``max``. Never raises: a node it cannot read counts as ``max`` (an error
-    elsewhere says why)."""
+    attribute), else ``min`` (a task that sets neither monitors ``val/loss``, as
+    :func:`framework.tasks.monitor_of` says). Never raises: a node it cannot read counts as
+    ``max`` (validation says why)."""
     try:
         mode = node.get("mode") if node is not None else None
         if mode is None and node is not None and node.get("_target_"):
-            import inspect
-
             target = registry.locate(node.get("_target_"), "task")
-            params = registry._signature(target).parameters
-            default = params["mode"].default if "mode" in params else inspect.Parameter.empty
-            mode = default if default is not inspect.Parameter.empty else getattr(target, "mode", None)
+            mode = registry.default_of(target, "mode", getattr(target, "mode", "min"))
     except Exception:  # an unreadable node: validate() reports it
-        mode = None
+        return "max"
     return mode if mode in ("max", "min") else "max"
 
 

@@ -82,7 +82,8 @@ def user_messages(exc: BaseException) -> list[str] | None:
                 keys = [k for k in (parent.keys() if parent is not None else []) if not str(k).startswith("_")]
                 leaf = key.rsplit(".", 1)[1]
                 return [f"{override}: unknown key '{key}'{suggest(leaf, keys)}; "
-                        f"{key.rsplit('.', 1)[0]} has {', '.join(map(str, keys))} (a new key is added with +{override})"]
+                        f"{key.rsplit('.', 1)[0]} has {', '.join(map(str, keys)) or 'no keys of its own'} (a new key is added "
+                        f"with +{override})"]
             top = list(TrainConfig.__dataclass_fields__)
             hint = f" (did you mean {ALIASES[key]}?)" if key in ALIASES else suggest(key, top)
             return [f"{override}: unknown key '{key}'{hint}; top-level keys are {', '.join(top)}"]

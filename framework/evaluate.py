@@ -51,7 +51,9 @@ def evaluation_config(cfg: DictConfig, saved: dict[str, Any], overrides: list[st
 
     Each key this command line sets (``dataset.test_dir=...``, ``+dataset.x=...``, a whole group
     ``dataset=csv``) takes its value from the composed ``cfg``; ``mode``, ``resume``,
-    ``eval_split``, ``device`` and the loader keys always do.
+    ``eval_split``, ``device`` and the loader keys always do, and so do top-level keys the run's
+    config lacks (a run older than the ``task`` group gets the default task). ``model.pretrained``
+    is off: the checkpoint's weights replace any pretrained ones.
 
     Args:
         cfg: the composed config of this command.
@@ -65,6 +67,7 @@ def evaluation_config(cfg: DictConfig, saved: dict[str, Any], overrides: list[st
 
     merged = OmegaConf.create(saved)
     keys = ["mode", "resume", "eval_split", "device", "loader", "num_workers"]
+    keys += [key for key in cfg if key not in merged]  # groups and knobs newer than the run (its task: the default)
     keys += [split_override(o)[0].lstrip("~+") for o in overrides]
     for key in dict.fromkeys(keys):  # (in order, once each)
         if key.startswith("hydra.") or OmegaConf.select(cfg, key, default="<absent>") == "<absent>":
@@ -72,6 +75,8 @@ def evaluation_config(cfg: DictConfig, saved: dict[str, Any], overrides: list[st
         value = OmegaConf.select(cfg, key)
         OmegaConf.update(merged, key, OmegaConf.to_container(value, resolve=True)
                          if OmegaConf.is_config(value) else value, force_add=True)
+    if "pretrained" in merged.get("model", {}):  # the checkpoint's weights replace them: no download
+        merged.model.pretrained = False
     return merged
 
 
@@ -95,6 +100,7 @@ def evaluate_checkpoint(cfg: DictConfig, overrides: list[str]) -> float:
     from framework.build import build_data, build_model, build_task, resolve_device
     from framework.checkpoint import read_resume_checkpoint
     from framework.config import validate
+    from framework.errors import first_line
     from framework.data import eval_loader
     from framework.loggers import write_json
     from framework.tasks import describe, monitor_of
@@ -114,9 +120,15 @@ def evaluate_checkpoint(cfg: DictConfig, overrides: list[str]) -> float:
         raise ConfigError(f"mode={mode}: {run_cfg.dataset._target_} gives no test split; set its test data "
                           "(dataset.test_dir=<folder> for imagefolder, dataset.test=<csv> for csv), or evaluate the "
                           "validation split with eval_split=val")
-    model = build_model(run_cfg, data)
-    model.load_state_dict(state["model"])
     task = build_task(run_cfg, data)
+    check_same_outputs(state, data, task, cfg.resume)
+    model = build_model(run_cfg, data)
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as exc:  # missing / unexpected keys, other shapes
+        raise ConfigError(f"resume={cfg.resume}: the checkpoint's weights do not fit model._target_="
+                          f"{run_cfg.model._target_} as configured now ({first_line(exc)[:160]}); evaluate with the "
+                          "run's own model keys")
     loader = eval_loader(dataset, run_cfg.batch_size, device, run_cfg.num_workers)
     trainer_cfg = run_cfg.trainer
     engine = StepEngine(model, None, (None, loader), device, task=task, precision=trainer_cfg.get("precision", "32"),
@@ -137,6 +149,29 @@ def evaluate_checkpoint(cfg: DictConfig, overrides: list[str]) -> float:
     print(f"wrote {out}")
     monitored = f"{split}/" + monitor_of(task)[0].split("/", 1)[1]
     return float(metrics.get(monitored, 0.0))
+
+
+def check_same_outputs(state: dict[str, Any], data: Any, task: Any, resume: str) -> None:
+    """The data evaluated now name the model's outputs as the run did: the same number of
+    outputs and, where both are known, the same class names in the same order and the same
+    label type (the checkpoint's ``classes`` and ``task``).
+
+    Raises:
+        ConfigError: they differ (predictions would carry other names), naming both.
+    """
+    saved_classes, saved_task = state.get("classes"), state.get("task") or {}
+    classes = getattr(data, "classes", None)
+    if saved_classes is not None and classes is not None and list(saved_classes) != list(classes):
+        raise ConfigError(f"resume={resume}: the run was trained on the classes {list(saved_classes)[:6]} and the "
+                          f"data evaluated now have {list(classes)[:6]}; evaluate data with the run's classes, in its "
+                          "order")
+    saved_type = saved_task.get("label_type")
+    if saved_type is not None and saved_type != getattr(task, "label_type", saved_type):
+        raise ConfigError(f"resume={resume}: the run was trained on {saved_type} labels and the task now has "
+                          f"{task.label_type}; evaluate with the run's task")
+    if saved_classes is not None and len(saved_classes) != data.num_classes:
+        raise ConfigError(f"resume={resume}: the run's model has {len(saved_classes)} outputs and the data evaluated "
+                          f"now have num_classes={data.num_classes}; evaluate data with the run's classes")
 
 
 def sample_paths(dataset: Any) -> Optional[list[str]]:

@@ -181,6 +181,16 @@ def accepts(target: Any, name: str) -> bool:
     return name in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
 
 
+def default_of(target: Any, name: str, fallback: Any = None) -> Any:
+    """The default value of ``target``'s argument ``name``; ``fallback`` when it has none (no
+    such argument, a required one, or no signature to read)."""
+    try:
+        param = _signature(target).parameters.get(name)
+    except (TypeError, ValueError):
+        return fallback
+    return fallback if param is None or param.default is param.empty else param.default
+
+
 def check_signature(
     node: DictConfig, group: str, runtime: Iterable[str] = (), reserved: Iterable[str] = ()
 ) -> list[str]:
@@ -287,4 +297,9 @@ def instantiate(node: DictConfig, group: str, reserved: Iterable[str] = (), **ru
         message = " ".join(str(exc).split())
         if message.startswith(f"{group}."):  # the target named the key and the fix itself
             raise ConfigError(message)
+        rejected = [name for name in runtime if f"'{name}'" in message]
+        if rejected and not takes(target, rejected[0]):  # handed on through **kwargs to something that refuses it
+            raise ConfigError(f"{group}._target_={data.get('_target_')}: takes **kwargs, so the framework gave it "
+                              f"{rejected[0]} (one of its runtime inputs), which it then refused ({message}); wrap it "
+                              f"in a function that takes the inputs it uses, e.g. def build(num_classes): ...")
         raise ConfigError(f"{group}: {data.get('_target_')} rejected its arguments: {message}; fix the {group} keys")

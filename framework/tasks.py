@@ -151,6 +151,7 @@ class Classification(Task):
         return F.cross_entropy(outputs, targets, label_smoothing=self.label_smoothing)
 
     def metric_names(self) -> list[str]:
+        """``acc`` and, with more than 5 classes, ``acc_top5``."""
         return ["acc", "acc_top5"] if self.num_classes > 5 else ["acc"]
 
     def metrics(self) -> dict[str, Any]:
@@ -354,7 +355,9 @@ def check_task(task: Any) -> None:
 
     Raises:
         ConfigError: ``mode`` not ``max``/``min``; ``monitor`` not ``val/loss``, ``train/loss``
-            or ``val/<one of the task's metrics>``; a loss monitored with ``mode=max``.
+            or ``val/<one of the task's metrics>``; a loss monitored with ``mode=max``; a user's
+            task whose ``metrics()`` are not ``torchmetrics.Metric`` objects named as
+            ``metric_names()`` says (built once here, so it fails before training).
     """
     monitor, mode = monitor_of(task)
     if mode not in MODES:
@@ -367,6 +370,16 @@ def check_task(task: Any) -> None:
                           f"{', '.join(logged)}")
     if monitor in RUN_METRICS and mode == "max":
         raise ConfigError(f"task.mode=max: task.monitor={monitor} is a loss (lower is better); use task.mode=min")
+    if type(task).__module__ != __name__:  # a user's own task: its metrics are built once here
+        import torchmetrics
+
+        made = task.metrics()
+        wrong = [name for name, metric in made.items() if not isinstance(metric, torchmetrics.Metric)]
+        if list(made) != metric_names(task) or wrong:
+            raise ConfigError(f"task._target_={type(task).__module__}.{type(task).__qualname__}: metrics() gives "
+                              f"{list(made)} and metric_names() {metric_names(task)}"
+                              + (f"; {wrong[0]} is not a torchmetrics.Metric" if wrong else "")
+                              + "; make metric_names() list metrics()'s keys, each a torchmetrics.Metric")
 
 
 def describe(task: Any) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import re
 import json
 
 import pytest
@@ -63,3 +64,23 @@ def test_mode_test_mistakes_are_one_line(trained, capfd, args, message):
     err = lines(capfd.readouterr().err)
     assert len(err) == 1 and err[0].startswith(message.format(run=trained))
     assert sorted(p.name for p in trained.iterdir()) == before  # nothing written into the run folder
+
+
+@pytest.mark.parametrize("classes, num_classes, label_type, message", [
+    (["cat", "zebra"], 2, "class", "resume=run: the run was trained on the classes ['cat', 'dog'] and the data "
+                                   "evaluated now have ['cat', 'zebra']"),
+    (None, 3, "class", "resume=run: the run's model has 2 outputs and the data evaluated now have num_classes=3"),
+    (["cat", "dog"], 2, "multi_hot", "resume=run: the run was trained on class labels and the task now has multi_hot"),
+])
+def test_data_that_name_the_outputs_otherwise_are_refused(classes, num_classes, label_type, message):
+    from types import SimpleNamespace
+
+    from framework.errors import ConfigError
+    from framework.evaluate import check_same_outputs
+
+    state = {"classes": ["cat", "dog"], "task": {"label_type": "class"}}
+    data, task = SimpleNamespace(classes=classes, num_classes=num_classes), SimpleNamespace(label_type=label_type)
+    with pytest.raises(ConfigError, match="^" + re.escape(message)):
+        check_same_outputs(state, data, task, "run")
+    check_same_outputs(state, SimpleNamespace(classes=["cat", "dog"], num_classes=2), SimpleNamespace(label_type="class"),
+                       "run")  # the run's own: fine
