@@ -197,7 +197,7 @@ def build(cfg: DictConfig, run_dir: Path) -> Built:
     """
     from framework import tasks
     from framework.data import make_loaders
-    from framework.models import check_batch_norm_batches, check_model_name
+    from framework.models import check_batch_norm_batches, check_model_name, check_outputs
     from framework.optim import build_optimizer, global_batch
     from framework.schedules.plan import build_plan
 
@@ -218,6 +218,7 @@ def build(cfg: DictConfig, run_dir: Path) -> Built:
     model = build_model(cfg, data)
     check_batch_norm_batches(model, loaders[0])
     task = build_task(cfg, data)
+    check_outputs(model, data, task, cfg.model._target_)
     optimizer, scaling = build_optimizer(cfg, model)
     base_lrs = {g["name"]: g["initial_lr"] for g in optimizer.param_groups}
     plan = build_plan(cfg, len(loaders[0]))

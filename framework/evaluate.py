@@ -4,7 +4,8 @@
 checkpoint's own config (so nothing else has to be repeated), loads the weights (a run folder's
 ``checkpoints/best.pt``, else its ``last.pt``; a file as given) and evaluates the task's loss and
 metrics on the dataset's test split (``eval_split=val``: the validation split) into ``test.json``
-in the run folder. ``mode=predict`` writes ``predictions.csv`` there instead: one row per sample
+in the run folder (``val.json`` for the validation split). ``mode=predict`` writes
+``predictions.csv`` there instead (``predictions_val.csv``): one row per sample
 of the split, with its index, its file path when the dataset knows it, and the task's prediction
 columns (:meth:`framework.tasks.Task.predict`: class names for classification). Overrides given
 on the command line replace the run's values (``dataset.test_dir=other/``, ``batch_size=256``,
@@ -22,8 +23,14 @@ from framework.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-#: What each mode writes into the run folder.
-OUTPUTS = {"test": "test.json", "predict": "predictions.csv"}
+
+
+def output_file(mode: str, split: str) -> str:
+    """What a mode writes into the run folder for a split: ``test.json`` / ``predictions.csv``
+    for the test split, ``val.json`` / ``predictions_val.csv`` for the validation split."""
+    if mode == "test":
+        return f"{split}.json"
+    return "predictions.csv" if split == "test" else f"predictions_{split}.csv"
 
 
 def checkpoint_to_evaluate(resume: str) -> tuple[Path, Path]:
@@ -74,7 +81,7 @@ def evaluation_config(cfg: DictConfig, saved: dict[str, Any], overrides: list[st
             continue
         value = OmegaConf.select(cfg, key)
         OmegaConf.update(merged, key, OmegaConf.to_container(value, resolve=True)
-                         if OmegaConf.is_config(value) else value, force_add=True)
+                         if OmegaConf.is_config(value) else value, merge=False, force_add=True)  # a group: replaced
     if "pretrained" in merged.get("model", {}):  # the checkpoint's weights replace them: no download
         merged.model.pretrained = False
     return merged
@@ -133,9 +140,11 @@ def evaluate_checkpoint(cfg: DictConfig, overrides: list[str]) -> float:
     trainer_cfg = run_cfg.trainer
     engine = StepEngine(model, None, (None, loader), device, task=task, precision=trainer_cfg.get("precision", "32"),
                         channels_last=trainer_cfg.get("channels_last", False))
-    source = {"checkpoint": str(file), "step": state.get("step"), "epoch": state.get("epoch"), "split": split,
-              "samples": len(dataset), "dataset": run_cfg.dataset._target_}
-    out = folder / OUTPUTS[mode]
+    finished = state.get("epoch")  # epochs finished when the checkpoint was written
+    source = {"checkpoint": str(file), "step": state.get("step"), "epoch": None if finished is None else finished - 1,
+              "split": split, "samples": len(dataset),
+              "dataset": OmegaConf.to_container(run_cfg.dataset, resolve=True)}  # which files were evaluated
+    out = folder / output_file(mode, split)
     if mode == "predict":
         outputs = engine.outputs(loader)
         write_predictions(out, task.predict(outputs), sample_paths(dataset))
@@ -143,7 +152,7 @@ def evaluate_checkpoint(cfg: DictConfig, overrides: list[str]) -> float:
         return 0.0
     metrics = engine.evaluate(loader, prefix=f"{split}/")
     write_json({**source, "task": describe(task), "metrics": metrics}, out)
-    print(f"{split} metrics of {file} (step {state.get('step')}, {len(dataset)} samples):")
+    print(f"{split} metrics of {file} (step {state.get('step')}, epoch {source['epoch']}, {len(dataset)} samples):")
     for name, value in metrics.items():
         print(f"  {name:<16} {value:.4f}")
     print(f"wrote {out}")

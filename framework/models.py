@@ -139,3 +139,48 @@ def check_batch_norm_batches(model: torch.nn.Module, loader: Any) -> None:
                     (f"batch_size={loader.batch_size}", "use batch_size >= 2"))
         raise ConfigError(f"{key}: a training batch of 1 sample reaches a {single[0]} layer as one value per channel "
                           f"(its input there is 1x1 pixels), which batch norm cannot train on; {fix}")
+
+
+def check_outputs(model: torch.nn.Module, data: Any, task: Any, target: str) -> None:
+    """One training sample through the model and the task's loss, before training: the model
+    takes the data's input, gives ``num_classes`` outputs, and the task's loss accepts them with
+    the sample's label (for class labels: an index in ``[0, num_classes)``).
+
+    The sample ``(x (C, H, W), y)`` goes through in eval mode, without gradients (no weight or
+    statistic changes); the model is left in train mode.
+
+    Args:
+        model: the network, on the CPU, as built; data: the :class:`~framework.data.DataBundle`;
+        task: the built task; target: ``model._target_``, for the messages.
+
+    Raises:
+        ConfigError: the forward fails (an input the model does not take), the outputs are not
+            ``(1, num_classes)``, or the loss fails (e.g. a class label out of range).
+    """
+    from framework.errors import first_line
+
+    x, y = data.train[0]
+    x, y = torch.as_tensor(x)[None], torch.as_tensor(y)[None]
+    model.eval()
+    try:
+        with torch.no_grad():
+            try:
+                first = next(model.parameters())
+                outputs = model(x.to(first.device, first.dtype))
+            except Exception as exc:
+                raise ConfigError(f"model._target_={target}: a training sample of shape {tuple(x.shape[1:])} does not "
+                                  f"go through it ({type(exc).__name__}: {first_line(exc)[:160]}); make the model take "
+                                  "the dataset's input (in_chans, img_size)")
+            K = data.num_classes
+            if tuple(outputs.shape) not in ((1, K),) + (((1,),) if K == 1 else ()):
+                raise ConfigError(f"model._target_={target}: gives outputs of shape {tuple(outputs.shape)} for one "
+                                  f"sample; the task needs (1, {K}) (num_classes = {K}, from the dataset); size its "
+                                  "last layer by num_classes")
+            try:
+                task.loss(outputs.float(), y.to(outputs.device))
+            except Exception as exc:
+                raise ConfigError(f"task._target_={type(task).__module__}.{type(task).__qualname__}: its loss fails on "
+                                  f"the first training sample (label {y[0].tolist()}; {type(exc).__name__}: "
+                                  f"{first_line(exc)[:160]}); check the dataset's labels (class indices in [0, {K}))")
+    finally:
+        model.train()

@@ -41,7 +41,7 @@ def _signature(target: Any) -> inspect.Signature:
 
 
 #: Example ``_target_`` of each group, for the message of a ``_target_`` left unset (``???``).
-TARGET_EXAMPLES = {"model": "mypkg.nets.build_net", "dataset": "mypkg.data.build_data"}
+TARGET_EXAMPLES = {"model": "mypkg.nets.build_net", "dataset": "mypkg.data.build_data", "task": "mypkg.tasks.MyTask"}
 
 
 def missing_target(group: str) -> str:
@@ -107,7 +107,7 @@ def _import(name: str, key: str, top: bool = False) -> Any:
         if extra:
             raise ConfigError(f"{key}: package '{name}' is not installed; pip install -e '.[{extra}]'") from None
         raise ConfigError(f"{key}: cannot import module '{name}' (No module named '{name}'); run from the folder "
-                          f"that holds {name}/ or add it to PYTHONPATH") from None
+                          f"that holds {name}/ (or {name}.py) or add that folder to PYTHONPATH") from None
     except Exception as exc:  # SyntaxError, NameError, ImportError, ... raised by the module's code
         raise ConfigError(f"{key}: importing it raised {_raised(exc)}; fix that file") from None
 

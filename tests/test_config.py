@@ -84,7 +84,8 @@ def test_every_key_has_a_comment():
 
 #: What a group file that names no callable of its own (``_target_: ???``) is tested with.
 OWN_TARGETS = {"model/custom": ["model._target_=tests.helpers.nets.StrictCNN"],
-               "dataset/custom": ["dataset._target_=framework.data.synthetic"]}
+               "dataset/custom": ["dataset._target_=framework.data.synthetic"],
+               "task/custom": ["task._target_=framework.tasks.Regression", "dataset=synthetic"]}
 
 
 @pytest.mark.parametrize("path", GROUP_FILES, ids=lambda p: f"{p.parent.name}/{p.stem}")
@@ -129,7 +130,7 @@ def test_every_group_file_composes_validates_and_instantiates(path, tmp_path, mo
         labels = {"class": torch.arange(4) % 10, "multi_hot": (torch.arange(40).view(4, 10) % 3 == 0).float(),
                   "value": torch.randn(4, 10)}[label_type_of(task)]
         assert torch.isfinite(task.loss(torch.randn(4, 10), labels)) and task.loss(torch.randn(4, 10), labels).ndim == 0
-        assert node.monitor in ("val/loss", "train/loss", *(f"val/{m}" for m in metric_names(task)))
+        assert task.monitor in ("val/loss", "train/loss", *(f"val/{m}" for m in metric_names(task)))
         assert list(task.metrics()) == metric_names(task)
     elif group == "lr_finder":
         finder = registry.instantiate(node, group)

@@ -23,23 +23,24 @@ def trained(tmp_path_factory):
 def test_mode_test_on_the_validation_split_repeats_the_best_epochs_metrics(trained, capfd):
     capfd.readouterr()
     assert run_cli_in_process(["mode=test", f"resume={trained}", "eval_split=val"], None) == 0
-    result = json.loads((trained / "test.json").read_text())
+    result = json.loads((trained / "val.json").read_text())  # the validation split's file
     best = json.loads((trained / "summary.json").read_text())["best"]  # recorded while training
     with open(trained / "epochs.csv") as f:
         epochs = list(csv.DictReader(f))
     assert result["checkpoint"] == str(trained / "checkpoints" / "best.pt") and result["split"] == "val"
     assert result["samples"] == 64 and result["task"]["monitor"] == "val/acc"
     assert result["step"] == 2 * (best["epoch"] + 1)  # 2 steps per epoch: saved at the end of the best epoch
+    assert result["epoch"] == best["epoch"] and result["dataset"]["_target_"] == "framework.data.synthetic"
     # best.pt holds the weights of the best epoch: the same images give the same numbers
     assert result["metrics"]["val/acc"] == best["val/acc"] == float(epochs[best["epoch"]]["val/acc"])
     assert result["metrics"]["val/loss"] == pytest.approx(best["val/loss"], rel=1e-6)
-    assert "wrote " + str(trained / "test.json") in capfd.readouterr().out
+    assert "wrote " + str(trained / "val.json") in capfd.readouterr().out
 
 
 def test_mode_predict_writes_one_row_per_sample(trained):
     assert run_cli_in_process(["mode=predict", f"resume={trained}", "eval_split=val",
                                "dataset.val_size=20"], None) == 0  # a key given here replaces the run's
-    with open(trained / "predictions.csv") as f:
+    with open(trained / "predictions_val.csv") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 20 and list(rows[0]) == ["index", "pred_class", "pred_index", "prob"]
     assert [r["index"] for r in rows] == [str(i) for i in range(20)]
@@ -84,3 +85,25 @@ def test_data_that_name_the_outputs_otherwise_are_refused(classes, num_classes, 
         check_same_outputs(state, data, task, "run")
     check_same_outputs(state, SimpleNamespace(classes=["cat", "dog"], num_classes=2), SimpleNamespace(label_type="class"),
                        "run")  # the run's own: fine
+
+
+def test_a_group_given_on_the_command_line_replaces_the_runs_group_and_a_key_changes_one_key():
+    from omegaconf import OmegaConf
+
+    from framework.evaluate import evaluation_config
+
+    saved = {"mode": "train", "resume": None, "batch_size": 64, "eval_split": "test", "device": "auto",
+             "loader": "auto", "num_workers": 0, "dataset": {"_target_": "mydata.build", "n_train": 5},
+             "model": {"_target_": "framework.models.create_model", "name": "resnet18", "pretrained": True}}
+    composed = OmegaConf.create({**saved, "mode": "test", "resume": "run", "batch_size": 8,
+                                 "dataset": {"_target_": "framework.data.csv_dataset", "test": "new.csv"},
+                                 "task": {"_target_": "framework.tasks.Classification"}})
+    merged = evaluation_config(composed, saved, ["mode=test", "resume=run", "dataset=csv", "++dataset.test=new.csv"])
+    assert OmegaConf.to_container(merged.dataset) == {"_target_": "framework.data.csv_dataset", "test": "new.csv"}
+    assert merged.batch_size == 64 and merged.mode == "test" and merged.resume == "run"  # batch_size not given here
+    assert merged.task._target_ == "framework.tasks.Classification"  # a run older than the task group: the default
+    assert merged.model.name == "resnet18" and merged.model.pretrained is False  # the checkpoint holds the weights
+    composed = OmegaConf.create({**saved, "batch_size": 8, "dataset": {"_target_": "framework.data.digits",
+                                                                       "img_size": 32, "n_train": 7}})  # the default + key
+    merged = evaluation_config(composed, saved, ["batch_size=8", "++dataset.n_train=7"])
+    assert merged.batch_size == 8 and OmegaConf.to_container(merged.dataset) == {"_target_": "mydata.build", "n_train": 7}

@@ -68,3 +68,40 @@ def test_a_batch_of_one_is_refused_only_where_batch_norm_sees_one_value_per_chan
                                                "channel .*; use batch_size >= 2"):
         check_batch_norm_batches(pooled, DataLoader(data, batch_size=1))
     assert pooled.training and all(m.training for m in pooled.modules())
+
+
+@pytest.mark.parametrize("outputs, label, message", [
+    (3, 1, None),  # (1, 3) outputs, label 1 of 3: fine
+    (4, 1, "model._target_=mine.Net: gives outputs of shape (1, 4) for one sample; the task needs (1, 3)"),
+    (3, 3, "task._target_=framework.tasks.Classification: its loss fails on the first training sample (label 3;"),
+])
+def test_one_training_sample_goes_through_model_and_loss_before_training(outputs, label, message):
+    from types import SimpleNamespace
+
+    from framework.errors import ConfigError
+    from framework.models import check_outputs
+    from framework.tasks import Classification
+
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(2 * 4 * 4, outputs))
+    data = SimpleNamespace(train=[(torch.zeros(2, 4, 4), torch.tensor(label))], num_classes=3)
+    if message is None:
+        check_outputs(model, data, Classification(3), "mine.Net")
+        assert model.training  # left in train mode
+        return
+    with pytest.raises(ConfigError) as raised:
+        check_outputs(model, data, Classification(3), "mine.Net")
+    assert str(raised.value).startswith(message)
+
+
+def test_an_input_the_model_does_not_take_is_one_line():
+    from types import SimpleNamespace
+
+    from framework.errors import ConfigError
+    from framework.models import check_outputs
+    from framework.tasks import Classification
+
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 3))  # made for 3x8x8 images
+    data = SimpleNamespace(train=[(torch.zeros(1, 8, 8), torch.tensor(0))], num_classes=3)
+    with pytest.raises(ConfigError, match=r"^model._target_=mine.Net: a training sample of shape \(1, 8, 8\) does not "
+                                          r"go through it \(RuntimeError: mat1 and mat2 shapes cannot be multiplied"):
+        check_outputs(model, data, Classification(3), "mine.Net")

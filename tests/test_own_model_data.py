@@ -159,7 +159,7 @@ def test_the_three_import_failures_are_told_apart(usernets, tmp_path):
     custom = [*TINY, "model=custom"]
     assert errors_of(*custom, "model._target_=mypkg.nets.build_net") == [
         "model._target_=mypkg.nets.build_net: cannot import module 'mypkg' (No module named 'mypkg'); run from the "
-        "folder that holds mypkg/ or add it to PYTHONPATH"]
+        "folder that holds mypkg/ (or mypkg.py) or add that folder to PYTHONPATH"]
     assert errors_of(*custom, "model._target_=usernets.build_nett") == [
         "model._target_=usernets.build_nett: module usernets has no build_nett (did you mean build_net?); fix the name"]
     assert errors_of(*custom, "model._target_=brokenpkg.nets.build_net") == [
