@@ -285,9 +285,11 @@ def test_a_torch_class_over_another_scheduler_file_says_how_to_start_from_schedu
     assert lines(capfd.readouterr().err) == [line]
 
 
-def test_the_fix_it_names_trains_with_exponential_lr(tmp_path):
-    train_in_process(tmp_path, *TINY, "scheduler=torch", "scheduler.name=torch.optim.lr_scheduler.ExponentialLR",
-                     "scheduler.gamma=0.9", "epochs=3", "dataset.train_size=64", "batch_size=32")
-    lrs = [float(row["lr"]) for row in read_csv(tmp_path / "steps.csv")]
-    # 2 steps per epoch, interval=epoch: lr0 = 0.01 times 0.9 per epoch (ExponentialLR)
-    assert lrs == pytest.approx([0.01, 0.01, 0.009, 0.009, 0.0081, 0.0081], rel=1e-12)
+def test_the_fix_it_names_plans_exponential_lr():
+    from framework.config import validate
+    from framework.schedules.plan import build_plan
+
+    cfg = validate(compose_cfg(*TINY, "scheduler=torch", "scheduler.name=torch.optim.lr_scheduler.ExponentialLR",
+                               "scheduler.gamma=0.9", "epochs=3"))
+    # 2 batches (one optimizer step each) per epoch, interval=epoch: ExponentialLR's 1, 0.9, 0.81 per epoch
+    assert build_plan(cfg, num_batches=2).multipliers() == pytest.approx([1, 1, 0.9, 0.9, 0.81, 0.81], rel=1e-12)
