@@ -127,6 +127,9 @@ def evaluate_checkpoint(cfg: DictConfig, overrides: list[str]) -> float:
         raise ConfigError(f"mode={mode}: {run_cfg.dataset._target_} gives no test split; set its test data "
                           "(dataset.test_dir=<folder> for imagefolder, dataset.test=<csv> for csv), or evaluate the "
                           "validation split with eval_split=val")
+    if mode == "test" and getattr(dataset, "labeled", True) is False:
+        raise ConfigError(f"mode=test: the {split} split has no labels (a CSV of image paths only); mode=predict "
+                          "predicts it, mode=test needs the label columns")
     task = build_task(run_cfg, data)
     check_same_outputs(state, data, task, cfg.resume)
     model = build_model(run_cfg, data)

@@ -340,6 +340,16 @@ def test_csv_config_trains_with_a_test_split(tmp_path):
                      f"dataset.train={data / 'train.csv'}", f"dataset.val={data / 'val.csv'}",
                      f"dataset.test={data / 'val.csv'}", "dataset.img_size=16", "epochs=1", "batch_size=4")
     assert len(read_csv(tmp_path / "run" / "steps.csv")) == 2
+    # new images to predict: a CSV of paths only (no label column)
+    (data / "new.csv").write_text("path\nval/dog/0.png\nval/cat/0.png\ntrain/cat/1.png\n")
+    assert run_cli_in_process(["mode=predict", f"resume={tmp_path / 'run'}", f"dataset.test={data / 'new.csv'}"],
+                              None) == 0
+    rows = read_csv(tmp_path / "run" / "predictions.csv")
+    assert [r["path"] for r in rows] == [str(data / "val" / "dog" / "0.png"), str(data / "val" / "cat" / "0.png"),
+                                         str(data / "train" / "cat" / "1.png")]
+    assert all(r["pred_class"] in ("cat", "dog") and 0.5 <= float(r["prob"]) <= 1 for r in rows)  # the top of 2
+    assert run_cli_in_process(["mode=test", f"resume={tmp_path / 'run'}", f"dataset.test={data / 'new.csv'}"],
+                              None) == 2  # no labels to test against
 
 
 def test_imagefolder_test_dir(tmp_path):

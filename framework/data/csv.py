@@ -29,14 +29,18 @@ class CsvImages(Dataset):
         labels: ``(R,)`` int64 class indices, or ``(R, K)`` float32 (0/1 labels or values).
         transform: PIL RGB image -> float32 ``(3, S, S)`` (timm's).
         classes: the names of the ``K`` outputs (classes, or the label columns).
+        labeled: False for a test CSV without label columns: ``labels`` hold -1 (class) or NaN,
+            placeholders that ``mode=predict`` never reads (``mode=test`` refuses such a split).
 
     Items are ``(image (3, S, S) float32, label)``, the label an int64 scalar or float32
     ``(K,)``. The image is read at first access (:func:`~framework.data.imagefolder.read_image`:
     a file PIL cannot read ends the run with one line naming it).
     """
 
-    def __init__(self, samples: list[tuple[str, int]], labels: torch.Tensor, transform, classes: list[str]):
+    def __init__(self, samples: list[tuple[str, int]], labels: torch.Tensor, transform, classes: list[str],
+                 labeled: bool = True):
         self.samples, self.labels, self.transform, self.classes = samples, labels, transform, classes
+        self.labeled = labeled  # False: a test CSV of paths only (mode=predict); its labels are placeholders
 
     @property
     def paths(self) -> list[str]:
@@ -144,15 +148,20 @@ def csv_dataset(
         classes = list(columns)
 
     files: dict[str, tuple[str, list[tuple[int, dict]]]] = {"train": (train, rows)}
+    unlabeled = set()  # a test CSV of image paths only: images to predict
     for key, file in (("val", val), ("test", test)):
         if file is not None:
             header, split_rows = _read(key, file)
-            _check_columns(key, file, header, path_column, columns)
+            if key == "test" and not any(c in header for c in columns):
+                unlabeled.add(key)
+            _check_columns(key, file, header, path_column, [] if key in unlabeled else columns)
             files[key] = (file, split_rows)
     splits, empty = {}, []
     for key, (file, split_rows) in files.items():
         base = root if root is not None else os.path.dirname(os.path.abspath(file))
-        labels = _labels(key, file, split_rows, columns, label_type, classes)
+        labels = (_labels(key, file, split_rows, columns, label_type, classes) if key not in unlabeled else
+                  torch.full((len(split_rows),), -1) if label_type == "class" else
+                  torch.full((len(split_rows), len(classes)), float("nan")))
         samples = [(os.path.join(base, _cell(key, file, line, r, path_column)), i)
                    for i, (line, r) in enumerate(split_rows)]
         missing = [(path, line) for (path, _), (line, _) in zip(samples, split_rows) if not os.path.isfile(path)]
@@ -162,7 +171,7 @@ def csv_dataset(
                               f"the first {missing[0][0]} (line {missing[0][1]}); fix the paths (relative to {where}), "
                               "or set dataset.skip_unreadable=true to leave them out")
         empty += [path for path, _ in samples if os.path.isfile(path) and os.path.getsize(path) == 0]
-        splits[key] = CsvImages(samples, labels, eval_tf, classes)
+        splits[key] = CsvImages(samples, labels, eval_tf, classes, labeled=key not in unlabeled)
     if empty and not skip_unreadable:
         more = f"; {len(empty)} empty files in all" if len(empty) > 1 else ""
         raise ConfigError(unreadable(empty[0], f"empty file, 0 bytes{more}"))
