@@ -18,11 +18,21 @@ from tests.helpers import HANG_GUARD_S, ROOT
 EXAMPLE = ROOT / "examples" / "digit_attributes"
 
 
+def lrframe_command() -> list[str]:
+    """The console script ``pip install`` made (beside this Python, in its scheme's or the user's
+    scripts folder, or on PATH), as a user runs it; else its entry point, ``python -m framework``."""
+    import os
+    import sysconfig
+
+    folders = [str(Path(sys.executable).parent), sysconfig.get_path("scripts"),
+               sysconfig.get_path("scripts", f"{os.name}_user"), os.environ.get("PATH", "")]
+    command = shutil.which("lrframe", path=os.pathsep.join(f for f in folders if f))
+    return [command] if command else [sys.executable, "-m", "framework"]
+
+
 def lrframe(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    """The console script ``pip install`` made, as a user runs it."""
-    command = shutil.which("lrframe", path=str(Path(sys.executable).parent)) or shutil.which("lrframe")
-    assert command, "the lrframe command is not installed (pip install -e .)"
-    proc = subprocess.run([command, *args], cwd=cwd, capture_output=True, text=True, timeout=HANG_GUARD_S)
+    """Run ``lrframe <args>`` in ``cwd``; it must succeed."""
+    proc = subprocess.run([*lrframe_command(), *args], cwd=cwd, capture_output=True, text=True, timeout=HANG_GUARD_S)
     assert proc.returncode == 0, proc.stderr
     return proc
 
