@@ -6,8 +6,9 @@ checkpoint's own config (so nothing else has to be repeated), loads the weights 
 metrics on the dataset's test split (``eval_split=val``: the validation split) into ``test.json``
 in the run folder (``val.json`` for the validation split). ``mode=predict`` writes
 ``predictions.csv`` there instead (``predictions_val.csv``): one row per sample
-of the split, with its index, its file path when the dataset knows it, and the task's prediction
-columns (:meth:`framework.tasks.Task.predict`: class names for classification). Overrides given
+of the split, with its index, its file path when the dataset knows it, the task's prediction
+columns (:meth:`framework.tasks.Task.predict`: class names for classification) and the known
+labels (:func:`label_columns`; none for a CSV of image paths only). Overrides given
 on the command line replace the run's values (``dataset.test_dir=other/``, ``batch_size=256``,
 ``device=cpu``, or a whole group: ``dataset=csv dataset.test=new.csv``).
 """
@@ -17,6 +18,7 @@ import logging
 from pathlib import Path
 from typing import Any, Optional
 
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 from framework.errors import ConfigError
@@ -149,8 +151,11 @@ def evaluate_checkpoint(cfg: DictConfig, overrides: list[str]) -> float:
               "dataset": OmegaConf.to_container(run_cfg.dataset, resolve=True)}  # which files were evaluated
     out = folder / output_file(mode, split)
     if mode == "predict":
-        outputs = engine.outputs(loader)
-        write_predictions(out, task.predict(outputs), sample_paths(dataset))
+        outputs, labels = engine.outputs(loader)
+        columns = task.predict(outputs)
+        if getattr(dataset, "labeled", True):
+            columns.update(label_columns(labels, getattr(task, "classes", None)))
+        write_predictions(out, columns, sample_paths(dataset))
         print(f"predictions of {len(dataset)} {split} samples ({file.name}, step {state.get('step')}): {out}")
         return 0.0
     metrics = engine.evaluate(loader, prefix=f"{split}/")
@@ -184,6 +189,19 @@ def check_same_outputs(state: dict[str, Any], data: Any, task: Any, resume: str)
     if saved_classes is not None and len(saved_classes) != data.num_classes:
         raise ConfigError(f"resume={resume}: the run's model has {len(saved_classes)} outputs and the data evaluated "
                           f"now have num_classes={data.num_classes}; evaluate data with the run's classes")
+
+
+def label_columns(labels: torch.Tensor, classes: Optional[list[str]]) -> dict[str, list]:
+    """The known labels as predictions.csv columns beside the predictions: ``label`` (the class
+    name, or the index without names, for int64 ``(N,)``; the value for float ``(N,)``) or
+    ``label/<name>`` per output for ``(N, K)`` (0/1 labels or values)."""
+    if labels.ndim == 1:
+        values = labels.tolist()
+        if not labels.is_floating_point() and classes:
+            values = [classes[i] for i in values]
+        return {"label": values}
+    names = list(classes) if classes else [str(i) for i in range(labels.shape[1])]
+    return {f"label/{name}": labels[:, i].tolist() for i, name in enumerate(names)}
 
 
 def sample_paths(dataset: Any) -> Optional[list[str]]:

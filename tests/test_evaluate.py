@@ -37,17 +37,22 @@ def test_mode_test_on_the_validation_split_repeats_the_best_epochs_metrics(train
     assert "wrote " + str(trained / "val.json") in capfd.readouterr().out
 
 
-def test_mode_predict_writes_one_row_per_sample(trained):
-    assert run_cli_in_process(["mode=predict", f"resume={trained}", "eval_split=val",
-                               "dataset.val_size=20"], None) == 0  # a key given here replaces the run's
+def test_mode_predict_writes_one_row_per_sample_with_its_label(trained):
+    assert run_cli_in_process(["mode=predict", f"resume={trained}", "eval_split=val"], None) == 0
     with open(trained / "predictions_val.csv") as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == 20 and list(rows[0]) == ["index", "pred_class", "pred_index", "prob"]
-    assert [r["index"] for r in rows] == [str(i) for i in range(20)]
+    assert len(rows) == 64 and list(rows[0]) == ["index", "pred_class", "pred_index", "prob", "label"]
     assert json.loads((trained / "summary.json").read_text())["classes"] is None  # synthetic images: no names
     for row in rows:
         assert 0 <= int(row["pred_index"]) < 10 and 0.1 <= float(row["prob"]) <= 1  # the top of 10 probabilities
         assert row["pred_class"] == row["pred_index"]  # without names, the class is its index
+    # the argmax rows against their labels give the accuracy torchmetrics logged for the best epoch
+    best = json.loads((trained / "summary.json").read_text())["best"]
+    assert sum(r["pred_index"] == r["label"] for r in rows) / 64 == best["val/acc"]
+    assert run_cli_in_process(["mode=predict", f"resume={trained}", "eval_split=val",
+                               "dataset.val_size=20"], None) == 0  # a key given here replaces the run's
+    with open(trained / "predictions_val.csv") as f:
+        assert [r["index"] for r in csv.DictReader(f)] == [str(i) for i in range(20)]
 
 
 @pytest.mark.parametrize("args, message", [

@@ -81,5 +81,7 @@ def test_the_worked_example_trains_tests_and_predicts_outside_the_checkout(tmp_p
     lrframe("mode=predict", f"resume={run}", cwd=project)
     with open(run / "predictions.csv") as f:
         predictions = list(csv.DictReader(f))
-    assert len(predictions) == 359 and list(predictions[0]) == ["index", "prob/even", "prob/large", "prob/prime"]
+    assert len(predictions) == 359 and list(predictions[0]) == ["index", "prob/even", "prob/large", "prob/prime",
+                                                                "label/even", "label/large", "label/prime"]
+    assert all(p["label/even"] in ("0.0", "1.0") for p in predictions)
     assert all(0 <= float(p["prob/prime"]) <= 1 for p in predictions)

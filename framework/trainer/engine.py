@@ -192,22 +192,24 @@ class StepEngine:
         return self._metrics
 
     @torch.no_grad()
-    def outputs(self, loader: Any) -> torch.Tensor:
-        """The model's outputs for every sample of ``loader``, in its order, in eval mode.
+    def outputs(self, loader: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """The model's outputs for every sample of ``loader``, in its order, in eval mode, with
+        the loader's labels.
 
         Args:
-            loader: batches ``(x (B, C, H, W), labels)`` (labels unused).
+            loader: batches ``(x (B, C, H, W), labels)``.
 
         Returns:
-            ``(N, K)`` float32 on the CPU.
+            ``(outputs (N, K) float32, labels (N,) or (N, K))``, both on the CPU.
         """
         self.eval_mode()
-        chunks = []
-        for x, _ in loader:
+        chunks, labels = [], []
+        for x, y in loader:
             with self._autocast():
                 chunks.append(self.eval_forward(self._to_device(x)).float())
+            labels.append(torch.as_tensor(y))
         self.model.train()
-        return torch.cat(chunks).cpu()
+        return torch.cat(chunks).cpu(), torch.cat(labels).cpu()
 
     @torch.no_grad()
     def evaluate(self, loader: Optional[Any] = None, prefix: str = "val/") -> dict[str, float]:
