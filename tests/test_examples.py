@@ -13,7 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.helpers import HANG_GUARD_S, ROOT
+from omegaconf import OmegaConf
+
+from tests.helpers import HANG_GUARD_S, ROOT, compose_cfg
 
 EXAMPLE = ROOT / "examples" / "digit_attributes"
 
@@ -55,7 +57,16 @@ def expected_lrs(lr0: float, steps_per_epoch: int, epochs: int, gamma: float) ->
 def test_the_worked_example_trains_tests_and_predicts_outside_the_checkout(tmp_path):
     project = tmp_path / "digit_attributes"  # the user's own folder, nowhere near the checkout
     shutil.copytree(EXAMPLE, project, ignore=shutil.ignore_patterns("outputs", "__pycache__"))
-    lrframe("--config-dir", "conf", "+experiment=attributes", "epochs=3", cwd=project)
+    spelled_out = ["model=smallcnn", "dataset=digit_attributes", "task=attributes", "scheduler=torch",
+                   "scheduler.name=ExponentialLR", "scheduler.gamma=0.8", "scheduler.interval=epoch", "lr0=0.05",
+                   "warmup_epochs=1", "batch_size=32", "trainer.accumulate_grad_batches=2", "optimizer.head_lr_mult=2.0",
+                   "optimizer.head_prefix=head", "epochs=3"]
+    # the README's +experiment=attributes is that command line (Hydra composes the same config)
+    searchpath = f"hydra.searchpath=[file://{project / 'conf'}]"  # as --config-dir conf
+    composed = [OmegaConf.to_yaml(compose_cfg(searchpath, *args))
+                for args in (["+experiment=attributes", "epochs=3"], spelled_out)]
+    assert composed[0] == composed[1] and "name: ExponentialLR" in composed[0]
+    lrframe("--config-dir", "conf", *spelled_out, cwd=project)
     (run,) = (project / "outputs" / "runs").glob("*/*")
     with open(run / "steps.csv") as f:
         rows = list(csv.DictReader(f))
