@@ -10,7 +10,7 @@ from __future__ import annotations
 import inspect
 import sys
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -162,32 +162,36 @@ def adapted(node: DictConfig, group: str) -> DictConfig:
     return OmegaConf.create(data)
 
 
-def takes(target: Any, name: str) -> bool:
-    """True when ``target`` (a class: its constructor; any other callable) takes an argument
-    called ``name``; False when it has no signature to read (some built-ins)."""
+def parameters(target: Any) -> Optional[tuple[dict[str, inspect.Parameter], bool]]:
+    """The one signature reader: ``target``'s named parameters (a class: its constructor's,
+    ``self`` aside; ``*args`` and ``**kwargs`` aside) and whether it takes ``**kwargs``; None
+    when it has no signature to read (some built-ins)."""
     try:
-        return name in _signature(target).parameters
+        params = _signature(target).parameters
     except (TypeError, ValueError):
-        return False
+        return None
+    named = {n: p for n, p in params.items() if n != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    return named, any(p.kind is p.VAR_KEYWORD for p in params.values())
+
+
+def takes(target: Any, name: str) -> bool:
+    """True when ``target`` names an argument ``name`` (``**kwargs`` does not count); False when
+    it has no signature to read."""
+    found = parameters(target)
+    return found is not None and name in found[0]
 
 
 def accepts(target: Any, name: str) -> bool:
     """True when ``target`` can be called with a keyword ``name``: it takes that argument or
     ``**kwargs``, or it has no signature to read (then it is given everything)."""
-    try:
-        params = _signature(target).parameters
-    except (TypeError, ValueError):
-        return True
-    return name in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+    found = parameters(target)
+    return found is None or name in found[0] or found[1]
 
 
 def default_of(target: Any, name: str, fallback: Any = None) -> Any:
     """The default value of ``target``'s argument ``name``; ``fallback`` when it has none (no
     such argument, a required one, or no signature to read)."""
-    try:
-        param = _signature(target).parameters.get(name)
-    except (TypeError, ValueError):
-        return fallback
+    param = (parameters(target) or ({}, False))[0].get(name)
     return fallback if param is None or param.default is param.empty else param.default
 
 
@@ -232,12 +236,11 @@ def check_signature(
     hook = getattr(target, "check_config", None) if inspect.isclass(target) else None
     if callable(hook):  # a target that takes **kwargs for another class checks them itself (the adapter)
         return hook(node, group, runtime=tuple(runtime), reserved=tuple(reserved))
-    try:
-        params = _signature(target).parameters
-    except (TypeError, ValueError):
+    found = parameters(target)
+    if found is None:
         return []
-    names = [n for n in params if n != "self"]
-    has_var_kw = any(p.kind is p.VAR_KEYWORD for p in params.values())
+    params, has_var_kw = found
+    names = list(params)
     runtime = tuple(runtime)
     passed = f" (the framework passes {', '.join(runtime)})" if runtime else ""
     runtime, reserved = set(runtime), set(reserved)
@@ -253,8 +256,7 @@ def check_signature(
         elif OmegaConf.is_missing(node, key):
             errors.append(f"{group}.{key}: has no value (???); set it, e.g. {group}.{key}=<value>")
     for name, p in params.items():
-        required = p.default is p.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
-        if name != "self" and required and name not in keys and name not in runtime:
+        if p.default is p.empty and name not in keys and name not in runtime:
             errors.append(f"{group}.{name}: required by {path}{passed}; add it to the group file "
                           f"or the command line, +{group}.{name}=<value>")
     return errors

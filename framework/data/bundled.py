@@ -122,7 +122,9 @@ def synthetic(
             labels, ``4·n·K`` instead of ``8·n`` for the others, ``n = train_size + val_size``)
             over the memory available.
     """
-    if label_type not in ("class", "multi_hot", "value"):
+    from framework.tasks import LABEL_TYPES
+
+    if label_type not in LABEL_TYPES:
         raise ConfigError(f"dataset=synthetic: label_type={label_type!r} (the task's) is not class, multi_hot or "
                           "value; fix the task's label_type")
     for key, value, low in (

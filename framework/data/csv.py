@@ -13,11 +13,9 @@ from torch.utils.data import Dataset
 from framework.data.base import DataBundle
 from framework.data.imagefolder import _drop_unreadable, image_transforms, read_image, unreadable
 from framework.errors import ConfigError
+from framework.tasks import LABEL_TYPES  # what a sample's label is, by the task (label_type)
 
 log = logging.getLogger(__name__)
-
-#: What a sample's label is, by the task (``label_type``, a runtime input of the dataset).
-LABEL_TYPES = ("class", "multi_hot", "value")
 
 
 class CsvImages(Dataset):

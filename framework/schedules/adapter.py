@@ -16,6 +16,7 @@ import inspect
 import math
 from typing import Any, Iterable, Optional
 
+from framework import registry
 from framework.errors import ConfigError, suggest
 from framework.schedules.base import Schedule
 
@@ -97,11 +98,9 @@ def scheduler_class(name: Any) -> tuple[type, str]:
             raise ConfigError(f"scheduler.name={name}: not a class of {MODULE}{suggest(name, names)}; use one of "
                               f"{', '.join(names)}, or the dotted path of your own LRScheduler subclass")
     else:
-        from framework.registry import locate
-
         path = name
         try:
-            cls = locate(name)
+            cls = registry.locate(name)
         except Exception as exc:  # ConfigError saying why (no module, no such name, the import raised)
             why = str(exc).split(": ", 1)[-1] if isinstance(exc, ConfigError) else f"cannot be imported ({exc})"
             raise ConfigError(f"scheduler.name={name}: {why}") from None
@@ -113,13 +112,6 @@ def scheduler_class(name: Any) -> tuple[type, str]:
     if cls.__module__ == MODULE and cls.__name__ in REFUSED:
         raise ConfigError(f"scheduler: {path} {REFUSED[cls.__name__]}")
     return cls, path
-
-
-def _parameters(cls: type) -> tuple[dict[str, inspect.Parameter], bool]:
-    """The constructor's named parameters (``self`` aside) and whether it takes ``**kwargs``."""
-    params = inspect.signature(cls.__init__).parameters
-    named = {n: p for n, p in params.items() if n != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
-    return named, any(p.kind is p.VAR_KEYWORD for p in params.values())
 
 
 def key_errors(cls: type, path: str, given: dict[str, Any], runtime: Iterable[str] = (),
@@ -138,7 +130,7 @@ def key_errors(cls: type, path: str, given: dict[str, Any], runtime: Iterable[st
         One message per problem: a runtime or adapter-owned key set, a key the class does not
         take, a required argument missing.
     """
-    named, var_kw = _parameters(cls)
+    named, var_kw = registry.parameters(cls) or ({}, True)
     valid = [n for n in named if n not in NEVER_KEYS and n != "total_units"]
     errors = []
     for key, value in given.items():
@@ -262,7 +254,7 @@ class TorchScheduler(Schedule):
 
 def fill(cls: type, given: dict[str, Any], total_units: int) -> dict[str, Any]:
     """The class's arguments: ``given`` plus what the adapter fills (:data:`FILLED`)."""
-    named, _ = _parameters(cls)
+    named, _ = registry.parameters(cls) or ({}, True)
     args = dict(given)
     if "total_units" in named:
         args["total_units"] = total_units
