@@ -2,6 +2,7 @@
 
     python bench/loop_vs_plain.py                  # the three rows, 60 timed steps each, 3 pairs
     python bench/loop_vs_plain.py --steps 100 --repeats 5 --rows resnet18
+    python bench/loop_vs_plain.py --loggers tensorboard mlflow wandb   # the framework's runs logging to every tracker
 
 For each row the same model (fresh, same seed), data, batch size and number of optimizer steps
 run through (a) ``framework.build.build(...).trainer.fit()`` (LR plan, logging, divergence guard, the
@@ -36,15 +37,34 @@ ROWS = {  # name: overrides (dataset and model)
 }
 
 
-def framework_run(overrides: list[str], steps: int, batch: int, out: Path) -> tuple[float, object]:
-    """Samples/s of the trainer over ``steps`` steps (evaluation time excluded) and the trainer."""
-    from tests.helpers import build_run
+def framework_run(overrides: list[str], steps: int, batch: int, out: Path,
+                  loggers: tuple[str, ...] = ()) -> tuple[float, object]:
+    """Samples/s of the trainer over ``steps`` steps (evaluation time excluded) and the trainer.
+
+    ``loggers``: trackers (``tensorboard``, ``mlflow``, ``wandb``) started as a run starts them,
+    their store in ``out``; the timed span then ends once every queued row is logged and each
+    tracker has closed its run (artifacts included)."""
+    from framework import tracking
+    from framework.build import build
+    from framework.config import validate
+    from tests.helpers import compose_cfg
 
     args = (*overrides, f"batch_size={batch}", f"max_steps={steps}", "epochs=1000", "device=auto",
             "trainer.progress_bar=false", "trainer.save_checkpoints=false", "warmup_epochs=0",
             "trainer.log_every_n_steps=50")
+    if loggers:
+        args += (f"logger=[csv,{','.join(loggers)}]",)
+    if "mlflow" in loggers:
+        args += (f"logger.mlflow.tracking_uri=sqlite:///{out.parent}/mlflow.db",)
+    if "wandb" in loggers:
+        args += ("logger.wandb.mode=offline",)
     out.mkdir(parents=True, exist_ok=True)
-    trainer = build_run(out, *args).trainer
+    cfg = validate(compose_cfg(*args))
+    trackers = tracking.Trackers(tracking.configured(cfg))
+    tracking.check(trackers.trackers)
+    trainer = build(cfg, out, trackers).trainer
+    if trackers:
+        trackers.start(tracking.run_info(cfg, out, {"overrides": list(args)}, 0))
     spent = {"eval": 0.0}
     evaluate = trainer.evaluate
 
@@ -57,8 +77,10 @@ def framework_run(overrides: list[str], steps: int, batch: int, out: Path) -> tu
     trainer.evaluate = timed_evaluate
     sync(trainer.device)
     t0 = time.perf_counter()
-    trainer.fit()
+    result = trainer.fit()
     sync(trainer.device)
+    if trackers:
+        trackers.finish({**result, "status": "completed"})
     return steps * batch / (time.perf_counter() - t0 - spent["eval"]), trainer
 
 
@@ -140,6 +162,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
+    parser.add_argument("--loggers", nargs="*", default=[], choices=["tensorboard", "mlflow", "wandb"],
+                        help="trackers the framework's runs log to (e.g. --loggers tensorboard mlflow wandb)")
     args = parser.parse_args()
     import tempfile
 
@@ -152,12 +176,13 @@ def main() -> None:
           "of the pairs' ratios)")
     for name in args.rows:
         fw, plain, ratios = [], [], []
-        _, trainer = framework_run(ROWS[name], 5, args.batch, out / f"{name}_warm")  # warm-up (allocator, threads)
+        loggers = tuple(args.loggers)
+        _, trainer = framework_run(ROWS[name], 5, args.batch, out / f"{name}_warm", loggers)  # warm-up (allocator, threads, the store)
         plain_run(trainer, 5, args.batch)
         for r in range(args.repeats):  # back-to-back pairs, alternating which goes first: drifts hit both
             if r % 2:
                 plain.append(plain_run(trainer, args.steps, args.batch))
-            speed, trainer = framework_run(ROWS[name], args.steps, args.batch, out / f"{name}_{r}")
+            speed, trainer = framework_run(ROWS[name], args.steps, args.batch, out / f"{name}_{r}", loggers)
             fw.append(speed)
             if not r % 2:
                 plain.append(plain_run(trainer, args.steps, args.batch))

@@ -179,12 +179,13 @@ def build_task(cfg: DictConfig, data: Any) -> Any:
     return task
 
 
-def build(cfg: DictConfig, run_dir: Path) -> Built:
+def build(cfg: DictConfig, run_dir: Path, trackers: Any = None) -> Built:
     """Build dataset, loaders, model, task, optimizer, LR plan and trainer from a validated config.
 
     Args:
         cfg: the output of :func:`framework.config.validate` (with a numeric ``lr0``).
         run_dir: the run folder the trainer will write into (nothing is written here).
+        trackers: the trainer's :class:`~framework.tracking.Trackers` (not started yet), or None.
 
     Returns:
         The :class:`Built` run.
@@ -227,5 +228,6 @@ def build(cfg: DictConfig, run_dir: Path) -> Built:
     if callable(check_monitor):
         check_monitor(tasks.logged_metrics(task))
     trainer = registry.instantiate(cfg.trainer, "trainer", config=plain_config(cfg), model=model, optimizer=optimizer,
-                                   plan=plan, data=loaders, run_dir=run_dir, device=device, task=task)
+                                   plan=plan, data=loaders, run_dir=run_dir, device=device, task=task,
+                                   trackers=trackers)
     return Built(trainer, plan, device, scaling, float(cfg.optimizer.lr), base_lrs, global_batch(cfg), task)

@@ -35,7 +35,7 @@ RUNTIME_ARGS = {
     "task": ("num_classes", "classes"),
     "optimizer": ("params",),
     "scheduler": ("total_units", "warmup_units"),
-    "trainer": ("model", "optimizer", "plan", "data", "run_dir", "device", "config", "task"),
+    "trainer": ("model", "optimizer", "plan", "data", "run_dir", "device", "config", "task", "trackers"),
     "lr_finder": (),
 }
 
@@ -232,9 +232,14 @@ def _group_errors(cfg: DictConfig) -> list[str]:
         if timm_keys:
             errors.append(timm_keys[0])
             continue
+        refused, message = _augment_keys(cfg, node) if group == "dataset" else ([], None)
+        if message:  # one line for the preset's keys, then the dataset's other keys as usual
+            errors.append(message)
+            node = OmegaConf.masked_copy(node, [k for k in node if k not in refused])
         errors += registry.check_signature(
             node, group, runtime=RUNTIME_ARGS[group], reserved=RESERVED_KEYS.get(group, ())
         )
+    errors += _logger_errors(cfg)
     if not errors:
         interval = cfg.scheduler.get("interval", "step")
         if interval not in INTERVALS:
@@ -309,6 +314,80 @@ def _timm_model_keys(node: DictConfig) -> list[str]:
         return []
     return [f"model._target_={node._target_}: the timm keys {', '.join(f'model.{k}' for k in refused)} of the model "
             f"file are not arguments of it; start from model=custom (model=custom model._target_={node._target_})"]
+
+
+def _logger_errors(cfg: DictConfig) -> list[str]:
+    """``logger.<name>`` entries: each null (``csv``) or a tracker with a ``_target_`` whose
+    signature takes its keys (:func:`~framework.registry.check_signature`)."""
+    errors: list[str] = []
+    nodes = cfg.get("logger")
+    if nodes is None:
+        return errors
+    if not isinstance(nodes, DictConfig):
+        return [f"logger={nodes}: pick trackers from {registry.available('logger')}, e.g. logger=[csv,tensorboard]"]
+    for name, node in nodes.items():
+        if node is None:
+            continue
+        if not isinstance(node, DictConfig) or "_target_" not in node:
+            errors.append(f"logger.{name}: a tracker needs a _target_; pick from {registry.available('logger')}")
+            continue
+        errors += registry.check_signature(node, f"logger.{name}")
+    return errors
+
+
+def _augment_keys(cfg: DictConfig, node: DictConfig) -> tuple[list[str], Optional[str]]:
+    """A dataset given augmentation keys it does not take (``augment=randaugment dataset=digits``):
+    the keys it refuses and one message naming ``augment=`` and the datasets that take them
+    (the packaged ``conf/dataset/`` files whose callable has an ``auto_augment`` argument);
+    ``([], None)`` when there is nothing to say (``check_signature`` reports the rest)."""
+    from framework.data.augment import AUGMENT_KEYS  # (imports torch: only when validating)
+
+    timm_keys = [k for k in AUGMENT_KEYS[1:] if k in node]  # augment alone is a key of many datasets
+    if not timm_keys or OmegaConf.is_missing(node, "_target_"):
+        return [], None
+    try:
+        target = registry.locate(node._target_, "dataset")
+    except ConfigError:
+        return [], None
+    refused = [k for k in AUGMENT_KEYS if k in node and not registry.accepts(target, k)]
+    if not set(refused) & set(timm_keys):
+        return [], None
+    choices = _choices(cfg)
+    preset, dataset = choices.get("augment"), choices.get("dataset")
+    first = next((k for k in refused if k in timm_keys and node.get(k) not in (None, 0)),
+                 next(k for k in refused if k in timm_keys))
+    value = node.get(first)
+    head = f"augment={preset}" if preset else f"dataset.{first}={'null' if value is None else value}"
+    who = f"dataset={dataset} ({node._target_})" if dataset else f"dataset._target_={node._target_}"
+    keys = ", ".join(f"dataset.{k}" for k in refused)
+    return refused, (f"{head}: {who} takes no augmentation keys ({keys}); augment= works with "
+                     f"dataset={', '.join(_augment_datasets())}: pick one of them, or drop augment=")
+
+
+def _choices(cfg: DictConfig) -> dict[str, Any]:
+    """Hydra's group choices of the run (``{"dataset": "digits", "augment": "randaugment", ...}``):
+    those of a config composed with its ``hydra`` node, else of the running Hydra app, else none."""
+    found = OmegaConf.select(cfg, "hydra.runtime.choices", default=None)
+    if found is None:
+        from hydra.core.hydra_config import HydraConfig
+
+        found = HydraConfig.get().runtime.choices if HydraConfig.initialized() else {}
+    return dict(found)
+
+
+def _augment_datasets() -> list[str]:
+    """The packaged dataset options whose callable takes ``auto_augment`` (sorted)."""
+    names = []
+    for name in registry.available("dataset"):
+        node = OmegaConf.load(registry.CONF_DIR / "dataset" / f"{name}.yaml")
+        if OmegaConf.is_missing(node, "_target_") or "_target_" not in node:
+            continue
+        try:
+            if registry.takes(registry.locate(node._target_, "dataset"), "auto_augment"):
+                names.append(name)
+        except ConfigError:
+            continue
+    return names
 
 
 def _non_finite(cfg: DictConfig) -> list[str]:

@@ -40,7 +40,9 @@ def checkpoint_to_evaluate(resume: str) -> tuple[Path, Path]:
 
     Args:
         resume: a run folder (its ``checkpoints/best.pt``, the best epoch by the task's monitored
-            metric; ``last.pt`` when there is no ``best.pt``) or a checkpoint file.
+            metric, whose ``model`` holds the weights that made it best: the EMA weights when its
+            ``best_weights`` says ``ema``; ``last.pt`` when there is no ``best.pt``) or a
+            checkpoint file.
 
     Returns:
         ``(checkpoint file, run folder)``.
@@ -148,6 +150,7 @@ def evaluate_checkpoint(cfg: DictConfig, overrides: list[str]) -> float:
     finished = state.get("epoch")  # epochs finished when the checkpoint was written
     source = {"checkpoint": str(file), "step": state.get("step"), "epoch": None if finished is None else finished - 1,
               "split": split, "samples": len(dataset),
+              **({"weights": state["best_weights"]} if "best_weights" in state else {}),  # raw | ema (model EMA)
               "dataset": OmegaConf.to_container(run_cfg.dataset, resolve=True)}  # which files were evaluated
     out = folder / output_file(mode, split)
     if mode == "predict":

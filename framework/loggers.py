@@ -7,7 +7,7 @@ import json
 import os
 import subprocess
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Optional, Sequence
 
 
 class CSVLog:
@@ -135,7 +135,7 @@ def pyplot() -> Any:
 
 
 def plot_lr(steps: Sequence[int], lrs: dict[str, Sequence[float]], path: str | Path,
-            warmup_steps: int = 0, title: str = "") -> None:
+            warmup_steps: int = 0, title: str = "", planned: Optional[dict[str, Sequence[float]]] = None) -> None:
     """Save the applied LR of every optimizer step (one line per param group) as a PNG.
 
     Args:
@@ -144,11 +144,16 @@ def plot_lr(steps: Sequence[int], lrs: dict[str, Sequence[float]], path: str | P
         path: output PNG.
         warmup_steps: shade steps ``k < warmup_steps``.
         title: figure title (e.g. the schedule name).
+        planned: group name -> planned LR of every step ``k = 0 … T-1``, drawn dashed in its
+            group's colour (a run early stopping ended); None = none.
     """
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 3.5), dpi=100)
     for name, values in lrs.items():
-        ax.plot(steps, values, label=name, lw=1.5)
+        line, = ax.plot(steps, values, label=name, lw=1.5)
+        if planned and name in planned:
+            ax.plot(range(len(planned[name])), planned[name], ls="--", lw=1, color=line.get_color(),
+                    label=f"{name} (planned)")
     if warmup_steps:
         ax.axvspan(-0.5, warmup_steps - 0.5, color="0.9", label="warmup")
     ax.set_xlabel("optimizer step k")
@@ -159,6 +164,22 @@ def plot_lr(steps: Sequence[int], lrs: dict[str, Sequence[float]], path: str | P
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def write_plan_csv(lrs: dict[str, Sequence[float]], path: str | Path) -> None:
+    """Write a planned LR table (:meth:`LRPlan.group_lrs`) as ``lr_plan.csv``: one row per step
+    ``k = 0 … T-1`` with ``step``, ``lr`` (the first group) and ``lr/<group>`` for the others,
+    as ``steps.csv`` names them and writes them (``repr``: exact), at once and atomically.
+
+    Raises:
+        OSError: the write failed (disk full); an earlier file stays as it was.
+    """
+    names = list(lrs)
+    with atomic_file(path, newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["step", "lr", *(f"lr/{n}" for n in names[1:])])
+        for k, values in enumerate(zip(*lrs.values())):
+            writer.writerow([k, *map(_fmt, values)])
 
 
 def truncate_csv(path: str | Path, column: str, below: int, write: bool = True) -> list[dict[str, str]]:

@@ -38,7 +38,7 @@ def plan_of(plan: Any, optimizer: Any, label: str = "") -> PlannedRun:
     """Evaluate an LR plan at every step over an optimizer's param groups, as training applies it
     (a metric-driven plan as it stands: flat); the optimizer is not changed."""
     groups = [dict(g) for g in optimizer.param_groups]  # copies: the plan may note a group's base momentum
-    lrs = {g.get("name", str(i)): [plan.group_lr(k, g) for k in range(plan.total_steps)] for i, g in enumerate(groups)}
+    lrs = plan.group_lrs(optimizer)
     first = [plan.momentum_at(k, groups[0]) for k in range(plan.total_steps)]
     momentum = None if first and first[0] is None else first
     return PlannedRun(label, lrs, momentum, plan.warmup_steps, plan.steps_per_epoch)
@@ -89,6 +89,15 @@ def plot(runs: Sequence[PlannedRun], path: str | Path, grid: bool = False, title
     """
     from framework.loggers import pyplot
 
+    fig = figure(runs, grid, title)
+    fig.savefig(path)
+    pyplot().close(fig)
+
+
+def figure(runs: Sequence[PlannedRun], grid: bool = False, title: str = "") -> Any:
+    """The matplotlib figure of :func:`plot` (the caller saves or hands it on, and closes it)."""
+    from framework.loggers import pyplot
+
     plt = pyplot()
 
     n = len(runs) if grid else 1
@@ -124,8 +133,7 @@ def plot(runs: Sequence[PlannedRun], path: str | Path, grid: bool = False, title
         title = "\n".join(textwrap.wrap(title, 110 if not grid else 40 * cols))
         fig.suptitle(title, fontsize=9)
     fig.tight_layout(rect=(0, 0, 1, 0.97) if title else (0, 0, 1, 1))
-    fig.savefig(path)
-    plt.close(fig)
+    return fig
 
 
 def write_plan(built: Any, run_dir: Path, label: str) -> float:

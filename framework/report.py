@@ -77,6 +77,7 @@ def read_job(folder: Path) -> dict[str, Any]:
     from omegaconf import OmegaConf
 
     from framework.loggers import read_summary
+    from framework.trainer.ema import best_value  # (with EMA on, the value of the weights that made it best)
 
     summary = read_summary(folder)
     hydra_dir = folder / ".hydra"
@@ -100,7 +101,8 @@ def read_job(folder: Path) -> dict[str, Any]:
         "status": summary.get("status", "incomplete"),
         "objective_name": monitor,
         "objective_mode": mode,
-        "best": _float(best.get(monitor)) if summary else ((max if mode == "max" else min)(values) if values else None),
+        "best": _float(best_value(best, monitor)) if summary else (
+            (max if mode == "max" else min)(values) if values else None),
         "final": _float(final.get(monitor)) if summary else (values[-1] if values else None),
         "final_train_loss": _float(final.get("train/loss")) if summary else (
             _float(epochs[-1].get("train/loss")) if epochs else None),

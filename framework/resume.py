@@ -27,8 +27,10 @@ RESUME_FREE_KEYS = ("resume", "resume_allow_changes", "device", "mode", "trainer
 
 
 class NothingToResume(Exception):
-    """``resume=`` names a run that completed, from its last checkpoint and with its own config:
-    there is nothing to continue (a requeued or repeated resume command is a no-op, exit 0).
+    """``resume=`` names a run that completed, from its last checkpoint and with its own config,
+    or one that early stopping ended (on purpose; unless the resume changes
+    ``trainer.early_stopping``): there is nothing to continue (a requeued or repeated resume
+    command is a no-op, exit 0).
 
     Attributes:
         folder: the run folder.
@@ -37,6 +39,14 @@ class NothingToResume(Exception):
 
     def __init__(self, folder: Path, summary: dict[str, Any]):
         self.folder, self.summary = folder, summary
+        block = summary.get("early_stopping") or {}
+        if summary.get("stop_reason") == "early_stopping" and block.get("stopped_after_epoch") is not None:
+            epoch = block["stopped_after_epoch"] + 1
+            super().__init__(f"resume={folder}: early stopping ended the run after epoch {epoch}"
+                             f" ({block.get('monitor')} did not improve by more than {block.get('min_delta')} in "
+                             f"{block.get('patience')} validations; summary.json); it ended on purpose, nothing to "
+                             "continue (to train on, change trainer.early_stopping with resume_allow_changes=true)")
+            return
         super().__init__(f"resume={folder}: the run completed all its {summary.get('steps')} steps (summary.json); "
                          "nothing to continue (to train it further, give it more epochs with resume_allow_changes=true)")
 
@@ -55,7 +65,9 @@ def prepare_resume(cfg: DictConfig) -> tuple[Path, dict[str, Any], DictConfig]:
             another ``amsgrad`` / ``centered``,
             another number of data-parallel processes than the run had, or a ``steps.csv`` /
             ``epochs.csv`` that is unreadable or lacks the checkpoint's steps / epochs.
-        NothingToResume: the run completed, and this is its last checkpoint and its config.
+        NothingToResume: the run completed, and this is its last checkpoint and its config; or
+            early stopping ended it, this is its last checkpoint, and ``trainer.early_stopping``
+            is unchanged (other changes, allowed or not, would not make it train on).
     """
     from framework.checkpoint import config_differences, read_resume_checkpoint, resolve_resume
 
@@ -91,14 +103,17 @@ def prepare_resume(cfg: DictConfig) -> tuple[Path, dict[str, Any], DictConfig]:
         hint = f" ({overrides})" if overrides else ""
         raise ConfigError(f"resume={cfg.resume}: the config differs from the run's in {', '.join(diffs)}; "
                           f"use the run's overrides{hint}, or resume_allow_changes=true to continue anyway")
+    from framework.loggers import read_summary
+
+    earlier = read_summary(folder)
+    last = earlier.get("status") == "completed" and state["step"] >= earlier.get("steps", float("inf"))
+    if last and earlier.get("stop_reason") == "early_stopping" and not any(
+            d.startswith("trainer.early_stopping.") for d in diffs):  # it ended on purpose
+        raise NothingToResume(folder, earlier)
     if diffs:
         log.warning("resuming with changed keys: %s", ", ".join(diffs))
-    else:
-        from framework.loggers import read_summary
-
-        earlier = read_summary(folder)
-        if earlier.get("status") == "completed" and state["step"] >= earlier.get("steps", float("inf")):
-            raise NothingToResume(folder, earlier)
+    elif last:
+        raise NothingToResume(folder, earlier)
     _check_csvs(folder, state)
     return folder, state, cfg
 

@@ -15,7 +15,7 @@ from typing import Any, Optional
 
 from omegaconf import DictConfig
 
-from framework import distributed, interrupts
+from framework import distributed, interrupts, tracking
 from framework.config import validate
 from framework.errors import ConfigError
 from framework.resume import (NothingToResume, also_log_to, continue_command, prepare_resume, resume_requeued_job,
@@ -101,10 +101,12 @@ def _train(cfg: DictConfig, run_dir: Path, resume_state: Optional[dict[str, Any]
 
     if cfg.mode == "lr_find":
         return lr_find(cfg, run_dir)
+    trackers = tracking.configured(cfg) if cfg.mode == "train" and distributed.is_main() else {}
+    tracking.check(trackers)  # installed and reachable, before the range test or the build
     lr0_auto = None
     if cfg.lr0 == "auto":
         cfg, lr0_auto = choose_lr0(cfg, run_dir)
-    built = build(cfg, run_dir)
+    built = build(cfg, run_dir, tracking.Trackers(trackers))
     if cfg.mode == "plot_lr":
         from framework.preview import write_plan
 
@@ -114,7 +116,23 @@ def _train(cfg: DictConfig, run_dir: Path, resume_state: Optional[dict[str, Any]
         resume_trainer(trainer, resume_state)
     _log_lr_facts(cfg, built)
     summary = start_summary(cfg, built, run_dir, overrides, lr0_auto, resumed=resume_state is not None)
+    if trackers:
+        summary["trackers"] = _start_trackers(cfg, built, summary, run_dir)
     return _fit(trainer, summary, cfg, overrides, start)
+
+
+def _start_trackers(cfg: DictConfig, built: Any, summary: dict[str, Any], run_dir: Path) -> dict[str, Any]:
+    """Open the trackers' runs (a resume continues the ones its ``summary.json`` names); what
+    identifies each, for ``summary.json``'s ``trackers``."""
+    from framework.loggers import read_summary
+    from framework.preview import plan_of
+
+    trainer = built.trainer
+    plan = plan_of(built.plan, trainer.optimizer, f"{type(built.plan.schedule).__name__} (lr0={cfg.lr0:g}, "
+                                                  f"lrf={cfg.lrf:g})")
+    info = tracking.run_info(cfg, run_dir, summary, trainer.global_step, plan)
+    earlier = read_summary(run_dir).get("trackers", {}) if trainer.global_step else {}
+    return trainer.trackers.start(info, earlier)
 
 
 def _log_lr_facts(cfg: DictConfig, built: Any) -> None:
@@ -156,6 +174,8 @@ def _fit(trainer: Any, summary: dict[str, Any], cfg: DictConfig, overrides: list
         objective = objective_of(trainer.best, monitor, mode)
         summary.update(status="stopped" if stopped else "completed", objective=json_number(objective),
                        **({"stop_reason": stopped, "resume_with": f"resume={run_dir}"} if stopped else {}))
+        if result.get("early_stopping"):  # ended on purpose: completed, and why before T
+            summary.update(stop_reason="early_stopping", early_stopping=result["early_stopping"])
     except Diverged as exc:
         summary.update(status="diverged", objective=json_number(objective), diverged_step=exc.step, diverged_lr=exc.lr,
                        error=str(exc))
@@ -163,7 +183,7 @@ def _fit(trainer: Any, summary: dict[str, Any], cfg: DictConfig, overrides: list
     except BaseException as exc:
         interrupted = isinstance(exc, KeyboardInterrupt)
         summary.update(status="stopped" if interrupted else "failed",
-                       objective=json_number(trainer.best.get(monitor)) if trainer.best else None,
+                       objective=json_number(objective_of(trainer.best, monitor, mode)) if trainer.best else None,
                        error=f"{type(exc).__name__}: {exc}",
                        **({"stop_reason": "SIGINT (second, mid-step)", "resume_with": f"resume={run_dir}"}
                           if interrupted else {}))
@@ -172,6 +192,8 @@ def _fit(trainer: Any, summary: dict[str, Any], cfg: DictConfig, overrides: list
     finally:
         if distributed.is_main():
             unwritten = finish(trainer, summary, start, cfg)
+            if trainer.trackers:  # after summary.json and lr.png exist: they are artifacts
+                trainer.trackers.finish(summary)
             if ended is not None:
                 say_how_it_ended(ended, summary, unwritten is None, trainer, continue_command(overrides, run_dir))
     if unwritten is not None:  # trained, but its record is missing: not a success

@@ -31,6 +31,7 @@ class TrainConfig:
     dataset: Any = MISSING
     trainer: Any = MISSING
     lr_finder: Any = MISSING
+    logger: Any = MISSING
     lr0: Any = knob(0.01, "(LR) initial learning rate, reached at the end of warmup; auto = run the LR range "
                           "test and use its suggestion")
     lrf: float = knob(0.01, "(fraction) final LR = lr0 * lrf for decaying schedules")

@@ -15,12 +15,14 @@ log = logging.getLogger("framework.run")
 
 
 def objective_of(best: dict[str, Any], monitor: str, mode: str) -> float:
-    """The objective a run returns to Hydra sweepers: the best epoch's ``monitor`` value, or the
+    """The objective a run returns to Hydra sweepers: the best epoch's ``monitor`` value (with
+    EMA on, of the weights its ``best_weights`` names: ``val_ema/<m>`` for ``ema``), or the
     worst value for ``mode`` when there is none (0.0 for ``max``, ``+inf`` for ``min``: a
     diverged or failed run, a run stopped before its first epoch ended)."""
     from framework.tasks import worst
+    from framework.trainer.ema import best_value
 
-    value = best.get(monitor) if best else None
+    value = best_value(best, monitor) if best else None
     return float(value) if value is not None else worst(mode)
 
 
@@ -115,25 +117,29 @@ def write_untrained_summary(run_dir: Path, status: str, **fields: Any) -> None:
 
 def print_table(summary: dict[str, Any]) -> None:
     """Print a finished run's results as a rich table (the best epoch's monitored metric, the
-    final metrics, base -> last LR, epochs and steps against the plan, batch, device, wall time),
-    then the whole run folder."""
+    final metrics, base -> last LR, epochs and steps against the plan, an early stop, batch,
+    device, wall time), then the whole run folder."""
     from rich.console import Console
     from rich.table import Table
+
+    from framework.trainer.ema import best_value as value_of
 
     best, final = summary["best"], summary["final"]
     monitor = summary.get("objective_name", "val/acc")
     table = Table(title=f"run {summary['status']}", show_header=True, header_style="bold")
     table.add_column("metric")
     table.add_column("value", justify="right")
-    best_value = (f"{best[monitor]:.4f} (epoch {best['epoch'] + 1} of {summary['planned_epochs']})"
-                  if best and monitor in best else "- (no epoch finished)")
+    weights = f", {best['best_weights']} weights" if best and "best_weights" in best else ""
+    best_value = (f"{value_of(best, monitor):.4f} (epoch {best['epoch'] + 1} of {summary['planned_epochs']}{weights})"
+                  if best and value_of(best, monitor) is not None else "- (no epoch finished)")
     shown = [k for k in final if k.startswith("val/") and k != "val/loss"] if final else []
     rows = [
         (f"best {monitor} ({summary.get('objective_mode', 'max')})", best_value),
-        *((f"final {k}", f"{final[k]:.4f}" if final else "-") for k in (*shown, "val/loss", "train/loss")),
+        *((f"final {k}", f"{final[k]:.4f}" if k in final else "-") for k in (*shown, "val/loss", "train/loss")),
         ("base lr -> last lr", f"{next(iter(summary['base_lrs'].values())):.4g} -> {summary['last_lr']:.4g}"),
         ("epochs / steps", f"{summary['epochs']} / {summary['steps']} of {summary['planned_epochs']} / "
                            f"{summary['planned_steps']}"),
+        *([("early stopping", _early_stop_line(summary["early_stopping"]))] if "early_stopping" in summary else []),
         ("batch", f"{summary['global_batch']} global ({summary['world_size']} process(es))"),
         ("device", summary["device"]),
         ("wall time", f"{summary['wall_time_s']:.1f} s"),
@@ -142,6 +148,13 @@ def print_table(summary: dict[str, Any]) -> None:
         table.add_row(name, str(value))
     Console().print(table)
     print(f"run folder: {summary['run_dir']}")  # whole, never cut to the table's width
+
+
+def _early_stop_line(block: dict[str, Any]) -> str:
+    """The results table's line on an early stop: after which epoch, and the judged metric's best."""
+    best = "-" if block["best_value"] is None else f"{block['best_value']:.4f} at epoch {block['best_epoch'] + 1}"
+    return (f"after epoch {block['stopped_after_epoch'] + 1}: no {block['monitor']} improvement > "
+            f"{block['min_delta']:g} in {block['patience']} validations (best {best})")
 
 
 def say_how_it_ended(exc: BaseException, summary: dict[str, Any], written: bool, trainer: Any, command: str) -> None:
@@ -165,21 +178,27 @@ def say_how_it_ended(exc: BaseException, summary: dict[str, Any], written: bool,
 
 
 def finish(trainer: Any, summary: dict[str, Any], start: float, cfg: Any) -> Optional[OSError]:
-    """Complete and write ``summary.json`` and ``lr.png``, however the run ended.
+    """Complete and write ``summary.json`` and ``lr.png``, however the run ended. With EMA on,
+    ``best_weights`` (``raw`` or ``ema``) says which weights the best epoch and ``best.pt`` are
+    of. A run that early stopping ended also gets ``lr_plan.csv``, the LR it planned for every
+    step up to ``T`` and every group (:func:`framework.loggers.write_plan_csv`), drawn dashed in
+    ``lr.png`` beside the applied one.
 
     Returns:
         None, or the error that kept ``summary.json`` from being written (disk full, folder
         gone): the run's other files stay as they are; the caller says so.
     """
-    from framework.loggers import plot_lr, write_json
+    from framework.loggers import plot_lr, write_json, write_plan_csv
 
     history, plan, first = trainer.history, trainer.plan, trainer.group_names[0]
     summary.update(
         best=trainer.best,
+        **({"best_weights": trainer.best.get("best_weights")} if getattr(trainer, "ema", None) is not None else {}),
         final=trainer.final,
         steps=trainer.global_step,
         epochs=trainer.final.get("epoch", -1) + 1,
         skipped_steps=trainer.skipped_steps,
+        clipped_frac=trainer.clipped_frac,  # share of the applied steps that were clipped; null without clipping
         rollbacks=trainer.guard.rollbacks,
         last_lr=history[first][-1] if history["step"] else None,
         wall_time_s=time.time() - start,
@@ -191,9 +210,13 @@ def finish(trainer: Any, summary: dict[str, Any], start: float, cfg: Any) -> Opt
         return exc
     if history["step"]:
         try:
+            planned = None
+            if summary.get("stop_reason") == "early_stopping":  # what it planned, beside what it applied
+                planned = plan.group_lrs(trainer.optimizer)
+                write_plan_csv(planned, trainer.run_dir / "lr_plan.csv")
             plot_lr(history["step"], {n: history[n] for n in trainer.group_names}, trainer.run_dir / "lr.png",
                     warmup_steps=plan.warmup_steps,
-                    title=f"{type(plan.schedule).__name__} (lr0={cfg.lr0:g}, lrf={cfg.lrf:g})")
+                    title=f"{type(plan.schedule).__name__} (lr0={cfg.lr0:g}, lrf={cfg.lrf:g})", planned=planned)
         except OSError as exc:
             log.error("could not write lr.png: %s", exc)
     return None

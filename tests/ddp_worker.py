@@ -36,9 +36,9 @@ injected: list = []
 record, fit, to_device = Trainer._record, Trainer.fit, Trainer._to_device
 
 
-def probed_record(self, epoch, lrs, loss, norm):
+def probed_record(self, epoch, lrs, loss, norm, *rest):  # rest: the clip flag
     applied.append([self.global_step, [g["lr"] for g in self.optimizer.param_groups]])
-    record(self, epoch, lrs, loss, norm)
+    record(self, epoch, lrs, loss, norm, *rest)
     if RANK == FAULT_RANK and self.global_step - 1 == SIGTERM_AT:
         os.kill(os.getpid(), signal.SIGTERM)
 

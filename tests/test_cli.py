@@ -38,9 +38,9 @@ def test_a_signal_before_training_ends_in_one_line_and_leaves_no_folder(tmp_path
 
     build = framework.build.build
 
-    def signalled_build(cfg, run_dir):
+    def signalled_build(cfg, run_dir, trackers=None):
         os.kill(os.getpid(), getattr(signal, name))  # arrives while the run is being built
-        return build(cfg, run_dir)
+        return build(cfg, run_dir, trackers)
 
     monkeypatch.setattr(framework.build, "build", signalled_build)
     assert run_cli_in_process(SHORT, tmp_path / "run") == code

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from tests.helpers import HANG_GUARD_S, ROOT, TINY, read_csv, run_cli
+from tests.helpers import HANG_GUARD_S, ROOT, TINY, read_csv, run_cli, run_cli_in_process
 
 pytestmark = pytest.mark.slow  # end-to-end: train.py in subprocesses (deselect with -m "not slow")
 
@@ -27,9 +27,9 @@ def test_train_py_runs_and_leaves_a_run_folder(tmp_path):
 
 def test_multirun_grid_one_folder_per_job_with_literal_lrs(tmp_path):
     sweep = tmp_path / "sweep"
-    proc = run_cli(["-m", "scheduler=cosine,step", "lr0=1e-5,1e-9", "epochs=1", *TINY,
-                    "trainer.save_checkpoints=false", f"hydra.sweep.dir={sweep}"])
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    code = run_cli_in_process(["-m", "scheduler=cosine,step", "lr0=1e-5,1e-9", "epochs=1", *TINY,
+                               "trainer.save_checkpoints=false", f"hydra.sweep.dir={sweep}"], None)
+    assert code == 0
     jobs = sorted(p for p in sweep.iterdir() if p.is_dir() and p.name.isdigit())
     assert len(jobs) == 4
     seen = set()

@@ -90,8 +90,8 @@ def _train_with(monkeypatch, tmp_path, hook, *overrides):
 
     build = framework.build.build
 
-    def build_and_hook(cfg, run_dir):
-        built = build(cfg, run_dir)
+    def build_and_hook(cfg, run_dir, trackers=None):
+        built = build(cfg, run_dir, trackers)
         hook(built.trainer)
         return built
 

@@ -1,6 +1,8 @@
 """Sweeps: failed and diverged jobs do not abort them, the automatic report, unique folders."""
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import subprocess
 import sys
@@ -9,17 +11,24 @@ import pytest
 
 from framework.report import main as report_main
 from framework.report import write_report
-from tests.helpers import HANG_GUARD_S, ROOT, TINY, read_csv, train_in_process
+from tests.helpers import HANG_GUARD_S, ROOT, TINY, read_csv, run_cli_in_process, train_in_process
 
 pytestmark = pytest.mark.slow  # end-to-end: train.py in subprocesses (deselect with -m "not slow")
 
 SWEEP = [*TINY, "epochs=2", "device=cpu", "scheduler.lrf=0.01", "warmup_epochs=0"]
 
 
-def multirun(sweep_dir, *overrides, cwd=ROOT, timeout=HANG_GUARD_S):
+def multirun(sweep_dir, *overrides, cwd=ROOT, timeout=HANG_GUARD_S, subprocess_=False):
+    """``python train.py -m <overrides>``: in this process (what it prints captured), or as a
+    subprocess with ``subprocess_`` (``timeout`` then applies)."""
     extra = [f"hydra.sweep.dir={sweep_dir}"] if sweep_dir is not None else []
-    return subprocess.run([sys.executable, str(ROOT / "train.py"), "-m", *overrides, *extra],
-                          cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    args = [sys.executable, str(ROOT / "train.py"), "-m", *overrides, *extra]
+    if subprocess_:
+        return subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = run_cli_in_process(args[2:], None, cwd=cwd)
+    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
 
 
 @pytest.fixture(scope="module")
@@ -112,11 +121,10 @@ def test_two_sweeps_started_together_never_share_a_folder(tmp_path):
     """Same sweep folder asked for by two processes at once: each gets its own."""
     cmd = [sys.executable, str(ROOT / "train.py"), "-m", *SWEEP, "epochs=1", "lr0=0.01",  # one job: the race is the folder
            "hydra.sweep.dir=${unique_dir:" + str(tmp_path / "same") + "}"]
-    procs = [subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for _ in range(2)]
-    for p in procs:
-        _, err = p.communicate(timeout=HANG_GUARD_S)
-        assert p.returncode == 0, err[-3000:]
+    other = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert run_cli_in_process(cmd[2:], None) == 0  # this one while the other process starts its sweep
+    _, err = other.communicate(timeout=HANG_GUARD_S)
+    assert other.returncode == 0, err[-3000:]
     folders = sorted(p.name for p in tmp_path.iterdir())
     assert folders == ["same", "same-1"]
     for folder in folders:
@@ -142,12 +150,12 @@ def test_joblib_launcher_shares_the_cores(tmp_path):
 def test_submitit_local_launcher_runs_each_job_on_two_processes(tmp_path):
     """Each job is a 2-process data-parallel job (submitit tasks joined by framework.distributed),
     as on SLURM with tasks_per_node = GPUs per node."""
-    sweep = tmp_path / "s"
-    proc = multirun(sweep, *SWEEP, "lr0=0.01,1000", "device=cpu", "hydra/launcher=submitit_local",
+    sweep = tmp_path / "s"  # (a divergence on every rank at the same step: tests/test_distributed.py)
+    proc = multirun(sweep, *SWEEP, "lr0=0.01", "device=cpu", "hydra/launcher=submitit_local",
                     "hydra.launcher.timeout_min=10", "hydra.launcher.tasks_per_node=2")
-    assert proc.returncode == 1, proc.stderr[-3000:]  # lr0=1000 diverges (on both ranks, at the same step)
+    assert proc.returncode == 0, proc.stderr[-3000:]
     rows = {r["lr0"]: r for r in read_csv(sweep / "report.csv")}
-    assert {float(k): r["status"] for k, r in rows.items()} == {0.01: "completed", 1000: "diverged"}
+    assert {float(k): r["status"] for k, r in rows.items()} == {0.01: "completed"}
     job = sweep / rows["0.01"]["job"]
     summary = json.loads((job / "summary.json").read_text())
     assert summary["world_size"] == 2

@@ -266,8 +266,8 @@ def test_a_kill_during_a_rollback_resumes_exactly(tmp_path, monkeypatch, instant
 
     build = framework.build.build
 
-    def build_with_nan_at_step_5(cfg, run_dir):
-        built = build(cfg, run_dir)
+    def build_with_nan_at_step_5(cfg, run_dir, trackers=None):
+        built = build(cfg, run_dir, trackers)
         trainer = built.trainer
         weight = next(trainer.model.parameters())
         weight.register_hook(lambda g: g * math.nan if trainer.global_step == 5 and not trainer.guard.rollbacks else g)

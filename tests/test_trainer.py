@@ -98,7 +98,7 @@ def test_run_folder_contents(tmp_path):
     objective = train_in_process(tmp_path, *TINY, "epochs=2", "trainer.gradient_clip_val=1.0")
     assert {"steps.csv", "epochs.csv", "summary.json", "lr.png", "checkpoints"} <= {p.name for p in tmp_path.iterdir()}
     steps = read_csv(tmp_path / "steps.csv")
-    assert list(steps[0]) == ["step", "epoch", "lr", "lr/no_decay", "momentum", "loss", "grad_norm"]
+    assert list(steps[0]) == ["step", "epoch", "lr", "lr/no_decay", "momentum", "loss", "grad_norm", "clipped"]
     assert len(steps) == 8 and all(math.isfinite(float(r["loss"])) for r in steps)
     epochs = read_csv(tmp_path / "epochs.csv")
     assert list(epochs[0]) == ["epoch", "train/loss", "val/loss", "val/acc", "val/acc_top5", "lr", "time_s"]  # 10 classes

@@ -178,6 +178,13 @@ def _subsample(x: torch.Tensor, y: torch.Tensor, n: Optional[int], seed: int, ke
 class ImageTensorDataset(Dataset):
     """Images kept as ``uint8`` ``(N, C, H, W)``, turned into normalised ``float32`` on access.
 
+    With ``augment`` a training sample is made as: timm's ``auto_augment`` policy on the
+    ``uint8`` image (as a PIL image, mode ``L`` or ``RGB``, at its stored side ``H``; the same
+    policy strings as ``dataset=imagefolder``) -> normalise and resize to ``S`` -> random crop
+    (padding ``S // 8``) and horizontal flip -> timm's random erasing (``re_prob``). Such a
+    dataset augments per sample, so the device-resident loader never takes it
+    (:func:`~framework.data.loaders.fits_on_device`).
+
     Args:
         images: ``(N, C, H, W)`` uint8, values 0…255.
         labels: ``(N,)`` int64.
@@ -185,22 +192,38 @@ class ImageTensorDataset(Dataset):
         std: per-channel std of ``images / 255``, ``C`` floats.
         img_size: output side ``S`` (bilinear resize when it differs from ``H``); None = keep.
         augment: random crop (padding ``S // 8``) and horizontal flip, for training splits.
+        auto_augment: timm's policy string (``rand-m9-mstd0.5-inc1``, ...); None = none.
+            Needs ``augment``.
+        re_prob: random-erasing probability per image, in [0, 1]; 0 = off. Needs ``augment``.
+        re_mode: random-erasing fill, ``const``, ``rand`` or ``pixel``.
+        re_count: most erased rectangles per image, >= 1.
 
     Items are ``(image (C, S, S) float32, label int64)``.
+
+    Raises:
+        ConfigError: an augmentation key out of range, set without ``augment``, or a policy
+            timm does not know (:func:`~framework.data.augment.check_augment`).
     """
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, mean: list[float], std: list[float],
-                 img_size: Optional[int] = None, augment: bool = False):
+                 img_size: Optional[int] = None, augment: bool = False, auto_augment: Optional[str] = None,
+                 re_prob: float = 0.0, re_mode: str = "const", re_count: int = 1):
+        from framework.data.augment import check_augment, policy_transform, random_erasing
+
+        check_augment(augment, auto_augment, re_prob, re_mode, re_count)
         self.images, self.labels = images, labels
         self.mean = torch.tensor(mean).view(-1, 1, 1)
         self.std = torch.tensor(std).view(-1, 1, 1)
         self.img_size = img_size if img_size is not None else images.shape[-1]
         self.augment = None
+        self.policy = None  # timm's auto_augment policy, PIL -> PIL, before normalisation
         if augment:
             from torchvision.transforms import v2
 
+            erase = random_erasing(re_prob, re_mode, re_count)
             self.augment = v2.Compose([v2.RandomCrop(self.img_size, padding=self.img_size // 8),
-                                       v2.RandomHorizontalFlip()])
+                                       v2.RandomHorizontalFlip()] + ([erase] if erase is not None else []))
+            self.policy = policy_transform(auto_augment, images.shape[1], images.shape[-1], mean)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -219,9 +242,12 @@ class ImageTensorDataset(Dataset):
         return x
 
     def __getitem__(self, i: int):
-        x = self.prepare(self.images[i][None], self.mean, self.std)[0]
+        image = self.images[i]
+        if self.policy is not None:
+            from torchvision.transforms.v2.functional import pil_to_tensor, to_pil_image
+
+            image = pil_to_tensor(self.policy(to_pil_image(image)))
+        x = self.prepare(image[None], self.mean, self.std)[0]
         if self.augment is not None:
             x = self.augment(x)
         return x, self.labels[i]
-
-

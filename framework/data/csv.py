@@ -68,6 +68,10 @@ def csv_dataset(
     pretrained: bool = False,
     data_seed: int = 0,
     skip_unreadable: bool = False,
+    auto_augment: Optional[str] = None,
+    re_prob: float = 0.0,
+    re_mode: str = "const",
+    re_count: int = 1,
 ) -> DataBundle:
     """Images listed in CSV files (a header row; one row per image), for a class, multi-label
     or regression task.
@@ -82,8 +86,9 @@ def csv_dataset(
     - ``"value"``: one number column per regression target (the column names); label =
       float32 ``(K,)``.
 
-    Training images go through timm's training transform when ``augment``, validation and test
-    images through its evaluation transform (:func:`~framework.data.imagefolder.image_transforms`,
+    Training images go through timm's training transform when ``augment`` (with timm's
+    ``auto_augment`` policy and random erasing when set), validation and test images through its
+    evaluation transform (:func:`~framework.data.imagefolder.image_transforms`,
     as ``dataset=imagefolder``). Every split has ``paths``, the image file of each sample.
 
     Args:
@@ -105,6 +110,11 @@ def csv_dataset(
         data_seed: seed of the held-out split.
         skip_unreadable: decode every image once now and leave out the missing, empty and
             unreadable ones (one warning line) instead of refusing them.
+        auto_augment: timm's augmentation policy for training images (``augment=randaugment``:
+            ``rand-m9-mstd0.5-inc1``); null = none. Needs ``augment``.
+        re_prob: random-erasing probability per training image, in [0, 1]; 0 = off.
+        re_mode: random-erasing fill, ``const``, ``rand`` or ``pixel``.
+        re_count: most erased rectangles per image, >= 1.
 
     Returns:
         A :class:`DataBundle` of :class:`CsvImages`: ``(image (3, S, S) float32, label)``,
@@ -117,7 +127,8 @@ def csv_dataset(
             label or path cell; a value other than 0/1 in a multi-label column, or a
             non-number in a regression column; image files that are missing (the first named,
             and the count) or empty (unless ``skip_unreadable``); validation or test classes
-            the training CSV does not have; ``val_frac`` out of range; no image left.
+            the training CSV does not have; ``val_frac`` out of range; no image left; an
+            augmentation key out of range, set with ``augment`` off, or a policy timm does not know.
         UnreadableImage: (a ConfigError, raised when the file is first read) an image file
             PIL cannot open or decode; fix or remove it, or set ``skip_unreadable``.
     """
@@ -126,7 +137,8 @@ def csv_dataset(
                           "use a task whose label_type is one of them")
     if val is None and (val_frac is None or not 0 < val_frac < 1):
         raise ConfigError(f"dataset.val_frac={val_frac}: with dataset.val=null it must be in (0, 1), e.g. 0.1")
-    train_tf, eval_tf, size, _ = image_transforms(img_size, augment, model_name, pretrained)
+    train_tf, eval_tf, size, _ = image_transforms(img_size, augment, model_name, pretrained, auto_augment, re_prob,
+                                                  re_mode, re_count)
     if isinstance(label_columns, str):
         label_columns = [label_columns]
 

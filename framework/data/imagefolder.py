@@ -141,20 +141,30 @@ def _drop_unreadable(folders: list, empty: list[str]) -> None:
 
 
 def image_transforms(img_size: Optional[int], augment: bool, model_name: Optional[str] = None,
-                     pretrained: bool = False):
+                     pretrained: bool = False, auto_augment: Optional[str] = None, re_prob: float = 0.0,
+                     re_mode: str = "const", re_count: int = 1):
     """timm's transforms for image files, as :func:`imagefolder` and the ``csv`` dataset use them.
 
-    ``timm.data.create_transform(is_training=True)`` (random resized crop, flip, colour jitter)
-    for training when ``augment``, its evaluation transform (resize, centre crop at
-    ``crop_pct=1``) otherwise and for evaluation. With ``pretrained`` and a timm ``model_name``
-    the input size, mean and std are the model's pretrained config
-    (``timm.get_pretrained_cfg``); else ImageNet's mean and std and ``img_size`` (default 224).
+    ``timm.data.create_transform(is_training=True)`` (random resized crop, flip, colour jitter;
+    with ``auto_augment`` its policy instead of the colour jitter; random erasing after the
+    normalisation when ``re_prob > 0``) for training when ``augment``, its evaluation transform
+    (resize, centre crop at ``crop_pct=1``) otherwise and for evaluation (never augmented).
+    With ``pretrained`` and a timm ``model_name`` the input size, mean and std are the model's
+    pretrained config (``timm.get_pretrained_cfg``); else ImageNet's mean and std and
+    ``img_size`` (default 224).
 
     Args:
         img_size: side of the model's input, pixels; None = the pretrained config's or 224.
         augment: training augmentation for the training transform.
         model_name: a timm architecture (``${model.name}``; None for a model of your own).
         pretrained: take size, mean and std from the model's pretrained config.
+        auto_augment: timm's policy string (``rand-m9-mstd0.5-inc1`` RandAugment,
+            ``rand-m10-n1-p1-mstd101-inc1`` TrivialAugment, ``augmix-...``, ``original``, ...);
+            None = no policy.
+        re_prob: random-erasing probability per training image, in [0, 1]; 0 = off.
+        re_mode: random-erasing fill: ``const`` (zeros after normalisation), ``rand`` (a normal
+            colour per channel) or ``pixel`` (normal noise per pixel).
+        re_count: most erased rectangles per image (1 to ``re_count`` drawn), >= 1.
 
     Returns:
         ``(train_transform, eval_transform, size, mean)``: PIL RGB image -> float32
@@ -162,10 +172,15 @@ def image_transforms(img_size: Optional[int], augment: bool, model_name: Optiona
 
     Raises:
         ConfigError: ``img_size`` under 8 pixels; a batch of 64 images at that size
-            (``64 x 3 x S² x 4`` bytes) over the memory available.
+            (``64 x 3 x S² x 4`` bytes) over the memory available; an augmentation key out of
+            range, or set with ``augment`` off, or a policy timm does not know
+            (:func:`~framework.data.augment.check_augment`).
     """
     from timm.data import create_transform
 
+    from framework.data.augment import built, check_augment
+
+    check_augment(augment, auto_augment, re_prob, re_mode, re_count)
     check_img_size(img_size, "224 or the model's pretrained size")
     mean, std, size = IMAGENET_MEAN, IMAGENET_STD, img_size or 224
     if pretrained and model_name:
@@ -176,8 +191,10 @@ def image_transforms(img_size: Optional[int], augment: bool, model_name: Optiona
             mean, std = tuple(cfg.mean), tuple(cfg.std)
             size = img_size or cfg.input_size[-1]
     check_batch_memory(img_size, 3, size)
-    train_tf = create_transform((3, size, size), is_training=augment, mean=mean, std=std,
-                                **({} if augment else {"crop_pct": 1.0}))
+    train_tf = built(lambda: create_transform(
+        (3, size, size), is_training=augment, mean=mean, std=std,
+        **(dict(auto_augment=auto_augment, re_prob=re_prob, re_mode=re_mode, re_count=re_count) if augment
+           else {"crop_pct": 1.0})), auto_augment)
     eval_tf = create_transform((3, size, size), is_training=False, mean=mean, std=std, crop_pct=1.0)
     return train_tf, eval_tf, size, mean
 
@@ -195,6 +212,10 @@ def imagefolder(
     pretrained: bool = False,
     data_seed: int = 0,
     skip_unreadable: bool = False,
+    auto_augment: Optional[str] = None,
+    re_prob: float = 0.0,
+    re_mode: str = "const",
+    re_count: int = 1,
 ) -> DataBundle:
     """Images in ``root/<train_dir>/<class>/*.jpg`` (and ``root/<val_dir>/<class>/...``, or a
     held-out fraction of the training folder; optionally ``root/<test_dir>/<class>/...``), read
@@ -202,7 +223,8 @@ def imagefolder(
     classes sorted by name, label ``i`` = the ``i``-th).
 
     Training images go through ``timm.data.create_transform(is_training=True)`` (random resized
-    crop, flip, colour jitter) when ``augment``, validation and test images through its
+    crop, flip, colour jitter; plus timm's ``auto_augment`` policy and random erasing when set,
+    ``augment=randaugment|trivialaugment|randerase``) when ``augment``, validation and test images through its
     evaluation transform (resize, centre crop): :func:`image_transforms`. With ``pretrained``
     the input size, mean and std are the model's pretrained config
     (``timm.get_pretrained_cfg(model_name)``); else ImageNet's mean and std and ``img_size``
@@ -229,6 +251,11 @@ def imagefolder(
         data_seed: seed of the held-out split.
         skip_unreadable: decode every image once now and leave out the unreadable ones (and the
             empty ones) instead of refusing them.
+        auto_augment: timm's augmentation policy for training images (``augment=randaugment``:
+            ``rand-m9-mstd0.5-inc1``); null = none. Needs ``augment``.
+        re_prob: random-erasing probability per training image, in [0, 1]; 0 = off.
+        re_mode: random-erasing fill, ``const``, ``rand`` or ``pixel``.
+        re_count: most erased rectangles per image, >= 1.
 
     Returns:
         A :class:`DataBundle` with items ``(image (3, S, S) float32, label int64)``, ``classes``
@@ -240,14 +267,16 @@ def imagefolder(
             ``val_frac`` missing or out of range when ``val_dir`` is null; an empty (0-byte)
             image file (remove it, or set ``skip_unreadable``); no readable image left after
             ``skip_unreadable``; a batch of 64 images at the input size (``64 x 3 x S² x 4``
-            bytes) over the memory available.
+            bytes) over the memory available; an augmentation key out of range, set with
+            ``augment`` off, or a policy timm does not know.
         UnreadableImage: (a ConfigError, raised later, when the file is first read) an image
             file PIL cannot open or decode; fix or remove it, or set ``skip_unreadable``.
     """
     from torch.utils.data import Subset
     from torchvision.datasets import ImageFolder
 
-    train_tf, eval_tf, size, mean = image_transforms(img_size, augment, model_name, pretrained)
+    train_tf, eval_tf, size, mean = image_transforms(img_size, augment, model_name, pretrained, auto_augment,
+                                                     re_prob, re_mode, re_count)
     train_path = os.path.join(root, train_dir)
     if not os.path.isdir(train_path):
         raise ConfigError(f"dataset.root={root}: no {train_dir}/ folder there ({os.path.abspath(train_path)}); "

@@ -8,6 +8,7 @@ from typing import Optional
 import torch
 
 from framework.errors import ConfigError
+from framework.data.augment import check_augment
 from framework.data.base import (DataBundle, ImageTensorDataset, _subsample, channel_stats, check_batch_memory,
                                  check_img_size)
 
@@ -32,6 +33,10 @@ def torchvision_dataset(
     img_size: Optional[int] = None,
     augment: bool = False,
     train_size: Optional[int] = None,
+    auto_augment: Optional[str] = None,
+    re_prob: float = 0.0,
+    re_mode: str = "const",
+    re_count: int = 1,
 ) -> DataBundle:
     """MNIST, Fashion-MNIST, CIFAR-10 or CIFAR-100 through ``torchvision.datasets``.
 
@@ -46,6 +51,12 @@ def torchvision_dataset(
         img_size: output side, pixels (bilinear resize); None = native (28 or 32).
         augment: random crop (padding ``img_size // 8``) and horizontal flip of training images.
         train_size: keep this many training samples (seeded subsample); null = all.
+        auto_augment: timm's augmentation policy for training images, applied to the stored
+            image before normalisation (the strings of ``dataset=imagefolder``:
+            ``rand-m9-mstd0.5-inc1``, ...); null = none. Needs ``augment``.
+        re_prob: timm's random-erasing probability per training image, in [0, 1]; 0 = off.
+        re_mode: random-erasing fill, ``const``, ``rand`` or ``pixel``.
+        re_count: most erased rectangles per image, >= 1.
 
     Returns:
         A :class:`DataBundle` of :class:`ImageTensorDataset` ``(N, C, img_size, img_size)``, with
@@ -55,7 +66,8 @@ def torchvision_dataset(
         ConfigError: unknown ``name``; ``root`` missing or without the files (with the folder
             the files belong in); a failed download; ``img_size`` or ``train_size`` out of range;
             a batch of 64 images at ``img_size`` (``64 x C x img_size² x 4`` bytes, made on
-            access) over the memory available (checked before any download).
+            access) over the memory available (checked before any download); an augmentation
+            key out of range, set with ``augment`` off, or a policy timm does not know.
     """
     import os
 
@@ -65,6 +77,7 @@ def torchvision_dataset(
         raise ConfigError(f"dataset.name={name}: unknown; use one of {', '.join(TORCHVISION)}")
     cls_name, num_classes, chans, native, layout = TORCHVISION[name]
     check_img_size(img_size, "the native size")
+    check_augment(augment, auto_augment, re_prob, re_mode, re_count)
     check_batch_memory(img_size, chans, img_size or native)
     where = os.path.abspath(os.path.expanduser(root))
     if not download and not os.path.isdir(where):
@@ -97,7 +110,8 @@ def torchvision_dataset(
     mean, std = channel_stats(x_train)
     size = img_size or x_train.shape[-1]
     classes = [str(c) for c in getattr(train, "classes", None) or []] or None  # torchvision's names
-    return DataBundle(ImageTensorDataset(x_train, y_train, mean, std, size, augment),
+    return DataBundle(ImageTensorDataset(x_train, y_train, mean, std, size, augment, auto_augment, re_prob, re_mode,
+                                         re_count),
                       ImageTensorDataset(x_val, y_val, mean, std, size), num_classes, x_train.shape[1], size,
                       classes=classes)
 

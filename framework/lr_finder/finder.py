@@ -168,7 +168,7 @@ class LRFinder:
                 first = closes
                 if not closes:
                     continue
-                applied, _ = trainer.optimizer_step()
+                applied, _, _ = trainer.optimizer_step()
                 if not applied:  # fp16 overflow: the probe is repeated at the same LR
                     step_loss = 0.0
                     continue

@@ -205,6 +205,14 @@ class LRPlan:
             return s + (self._warmup_target(k) - s) * k / self.warmup_steps
         return self.schedule(self.unit(k))
 
+    def group_lrs(self, optimizer: Any) -> dict[str, list[float]]:
+        """The planned LR (absolute) of every param group at every step ``k = 0 … T-1``, by group
+        name (``name``, else its index), as training applies it without rollbacks (a
+        metric-driven plan as it stands: flat from now); the optimizer is not changed."""
+        groups = [dict(g) for g in optimizer.param_groups]  # copies: nothing is noted on the optimizer's
+        return {g.get("name", str(i)): [self.group_lr(k, g) for k in range(self.total_steps)]
+                for i, g in enumerate(groups)}
+
     def group_lr(self, k: int, group: dict[str, Any], lr_backoff: float = 1.0) -> float:
         """LR (absolute) of param group ``group`` at step ``k``.
 

@@ -1,6 +1,8 @@
-"""The training loop (``loop``) and its parts: the divergence guard (``guard``), the buffered
-step log (``steplog``), stop signals (``signals``), the run's position (``state``) and its
-checkpoint dict (``checkpointing``).
+"""The training loop (``loop``) and its parts: the divergence guard (``guard``) and the rollbacks
+(``rollback``), the buffered step log (``steplog``), stop signals (``signals``), the run's
+position (``state``), its checkpoint dict (``checkpointing``), and what an epoch's end judges
+(``validation``: how often it validates, the weights' EMA (``ema``), early stopping
+(``early_stopping``)).
 
 Config files name the loop as ``framework.trainer.Trainer``.
 """

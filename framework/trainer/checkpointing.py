@@ -32,12 +32,16 @@ class TrainerCheckpoint:
         is_main: this process writes files (rank 0).
         meta: plain values stored as they are in every checkpoint, e.g. ``task`` (the task's
             name, ``label_type``, ``monitor``, ``mode``) and ``classes`` (the output names or None).
+        ema: the EMA of the weights (:class:`~framework.trainer.ema.WeightEma`, ``ema``), or None.
+        early_stopping: the early-stopping judge (``early_stopping``), or None when off.
     """
 
     def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, plan: LRPlan,
                  guard: DivergenceGuard, run_state: RunState, scaler: Optional[Any], config: Optional[dict[str, Any]],
-                 folder: Path, is_main: bool = True, meta: Optional[dict[str, Any]] = None):
+                 folder: Path, is_main: bool = True, meta: Optional[dict[str, Any]] = None,
+                 ema: Optional[Any] = None, early_stopping: Optional[Any] = None):
         self.model, self.optimizer, self.plan, self.guard = model, optimizer, plan, guard
+        self.ema, self.early_stopping = ema, early_stopping
         self.run_state, self.scaler, self.config = run_state, scaler, config
         self.folder, self.is_main = Path(folder), is_main
         self.meta = dict(meta or {})
@@ -46,7 +50,7 @@ class TrainerCheckpoint:
         """Everything needed to continue exactly: weights, optimizer, scaler, LR-plan state,
         position (``step`` = ``k``, ``epoch``, ``batch`` within it), epoch accumulators, metrics,
         rollback back-off and record, RNG streams, config, and the ``meta`` values (``task``,
-        ``classes``).
+        ``classes``); with EMA on its weights (``ema``), with early stopping its state.
 
         In a data-parallel run every rank calls it at the same step: rank 0's batch-norm buffers
         are copied to all (as DDP's next forward would) and each rank's epoch loss sum gathered,
@@ -65,6 +69,10 @@ class TrainerCheckpoint:
         }
         if self.scaler is not None:
             state["scaler"] = self.scaler.state_dict()
+        if self.ema is not None:
+            state["ema"] = self.ema.state_dict()
+        if self.early_stopping is not None:
+            state["early_stopping"] = self.early_stopping.state_dict()
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -102,13 +110,24 @@ class TrainerCheckpoint:
             self.guard.snapshot, self.guard.candidate = state["guard_points"]
         if self.scaler is not None and "scaler" in state:
             self.scaler.load_state_dict(state["scaler"])
+        if self.ema is not None and "ema" in state:
+            self.ema.load_state_dict(state["ema"])
+        elif self.ema is not None:  # a run that had no EMA (resume_allow_changes): it starts at the weights
+            self.ema.set(self.model)
+        if self.early_stopping is not None and "early_stopping" in state:
+            self.early_stopping.load_state_dict(state["early_stopping"])
         self.plan.load_state_dict(state.get("plan", {}))
         self.run_state.load_state_dict(state)
         set_rng_state(state["rng"])
 
-    def save(self, state: dict[str, Any], is_best: bool) -> bool:
+    def save(self, state: dict[str, Any], is_best: bool, best_weights: Optional[str] = None) -> bool:
         """Write ``state`` (:meth:`state_dict`, taken on every rank) as ``last.pt`` (and
         ``best.pt``) on rank 0, each to a temporary file renamed into place.
+
+        With EMA on, ``best.pt`` records ``best_weights`` (``raw`` or ``ema``: the weights whose
+        monitored value made the epoch best); for ``ema`` its ``model`` holds the EMA weights
+        (what ``mode=test`` evaluates) and ``train_model`` the raw ones (what a resume from it
+        trains on).
 
         ``model`` holds the weights to use: a schedule-free optimizer's averaged weights, also
         when a stop saves mid-epoch (the iterate it trains on is then ``train_model``). With
@@ -129,7 +148,12 @@ class TrainerCheckpoint:
         if self.guard.policy == "rollback":
             state["guard_points"] = [self.guard.snapshot, self.guard.candidate]
         save_checkpoint(state, self.folder / "last.pt")
-        if is_best and "guard_points" in state:  # the best weights, without the restore points (1/3 of the size)
+        if is_best and best_weights is not None:  # EMA on: which weights are best, recorded (a file of its own)
+            best = {k: v for k, v in state.items() if k != "guard_points"}
+            if best_weights == "ema":
+                best.update(model=state["ema"], train_model=state.get("train_model", state["model"]))
+            save_checkpoint({**best, "best_weights": best_weights}, self.folder / "best.pt")
+        elif is_best and "guard_points" in state:  # the best weights, without the restore points (1/3 of the size)
             save_checkpoint({k: v for k, v in state.items() if k != "guard_points"}, self.folder / "best.pt")
         elif is_best:  # the same state: the same bytes, linked, not written again
             copy_checkpoint(self.folder / "last.pt", self.folder / "best.pt")

@@ -4,13 +4,19 @@ the LR range test (:class:`~framework.lr_finder.LRFinder`) share."""
 from __future__ import annotations
 
 import contextlib
+import math
 from typing import Any, Iterator, Optional
 
 import torch
+import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from framework import distributed, tasks
+from framework.errors import ConfigError
 from framework.trainer.steps import loader_group_sizes, total_norm
+
+#: How gradients are clipped (``trainer.gradient_clip_algorithm``; Lightning's names).
+CLIP_ALGORITHMS = ("norm", "value")
 
 
 class StepEngine:
@@ -19,7 +25,8 @@ class StepEngine:
     the LR plan, the step index ``k`` and everything a run records.
 
     A step's gradient is that of the task's mean loss (:meth:`framework.tasks.Task.loss`; for
-    classification the cross-entropy) over its accumulation group's samples:
+    classification the cross-entropy; with ``mixup`` on, the soft-target cross-entropy of the
+    mixed batch, :meth:`micro_step`) over its accumulation group's samples:
     each micro-batch's loss is weighted by its share of them, so ``batch_size=8,
     accumulate_grad_batches=4`` gives the gradient of ``batch_size=32`` (up to batch-norm
     statistics). Drive it with :meth:`micro_batches`, :meth:`micro_step` and
@@ -31,7 +38,9 @@ class StepEngine:
         data: ``(train_loader, val_loader)``.
         device: where to train.
         accumulate_grad_batches: batches per optimizer step, >= 1.
-        gradient_clip_val: max total gradient L2 norm; None = no clipping.
+        gradient_clip_val: the clipping threshold (gradient units): the max total gradient L2
+            norm (``norm``) or the max absolute value of any gradient element (``value``);
+            None = no clipping.
         precision: ``32``, ``bf16`` (autocast) or ``fp16`` (autocast + grad scaler, CUDA only).
         channels_last: model and input batches in ``torch.channels_last`` memory format.
         compile: run the forward passes through ``torch.compile``.
@@ -39,6 +48,17 @@ class StepEngine:
         sync_batchnorm: in a data-parallel run, ``torch.nn.SyncBatchNorm`` (CUDA only).
         task: the loss and the metrics (:mod:`framework.tasks`); None =
             :func:`~framework.tasks.default_task` (classification over the model's outputs).
+        gradient_clip_algorithm: ``norm`` (``torch.nn.utils.clip_grad_norm_``: all gradients
+            scaled by ``gradient_clip_val / total norm`` when the total norm exceeds it) or
+            ``value`` (``torch.nn.utils.clip_grad_value_``: each element clamped to
+            ``[-gradient_clip_val, gradient_clip_val]``); Lightning's names.
+        mixup: the batch mixer :meth:`micro_step` applies while its ``mixup_enabled`` is true, a
+            ``timm.data.Mixup`` (``(x (B, C, H, W), y (B,)) -> (mixed x, soft targets (B, K))``,
+            :func:`framework.trainer.mixing.build_mixup`); None = no mixing. The
+            :class:`~framework.trainer.Trainer` builds it from its ``mixup_*`` keys.
+
+    Raises:
+        ConfigError: ``gradient_clip_algorithm`` is neither ``norm`` nor ``value``.
 
     In a data-parallel run (:mod:`framework.distributed`) the model is wrapped in
     ``DistributedDataParallel``: gradients are averaged over the ranks after each optimizer
@@ -48,7 +68,12 @@ class StepEngine:
     def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, data: tuple[DataLoader, DataLoader],
                  device: torch.device, accumulate_grad_batches: int = 1, gradient_clip_val: Optional[float] = None,
                  precision: str | int = "32", channels_last: bool = False, compile: bool = False,
-                 cudnn_benchmark: bool = True, sync_batchnorm: bool = False, task: Optional[Any] = None):
+                 cudnn_benchmark: bool = True, sync_batchnorm: bool = False, task: Optional[Any] = None,
+                 gradient_clip_algorithm: str = "norm", mixup: Optional[Any] = None):
+        if gradient_clip_algorithm not in CLIP_ALGORITHMS:
+            raise ConfigError(f"trainer.gradient_clip_algorithm={gradient_clip_algorithm}: use norm (scale the "
+                              "gradients to total L2 norm gradient_clip_val) or value (clamp each element to "
+                              "[-gradient_clip_val, gradient_clip_val])")
         self.channels_last = channels_last
         self.task = task if task is not None else tasks.default_task(model)
         self.metric_names = tasks.metric_names(self.task)  # the task's metrics, without prefix
@@ -74,6 +99,8 @@ class StepEngine:
         self.device = device
         self.accumulate = int(accumulate_grad_batches)
         self.clip = gradient_clip_val
+        self.clip_algorithm = gradient_clip_algorithm
+        self.mixup = mixup
         self.precision = str(precision)
         self.scaler = torch.amp.GradScaler(device.type) if self.precision == "fp16" else None
         self.batches_per_epoch = len(self.train_loader) if self.train_loader is not None else 0
@@ -107,6 +134,16 @@ class StepEngine:
         ``share``, backward (through the grad scaler under fp16). In a data-parallel run the
         gradients are averaged over the ranks only when it ``closes_group`` (DDP's ``no_sync`` before).
 
+        Mixing: while ``mixup`` is set and its ``mixup_enabled`` is true, a batch of even size
+        ``B`` is mixed first (``mixup(x, y)``, in place on the device batch: in batch mode
+        ``x' = lam x + (1 - lam) x.flip(0)``, soft targets ``t = lam s(y) + (1 - lam) s(y.flip(0))``
+        with the task's label smoothing in ``s``) and the loss is the soft-target cross-entropy
+        ``-sum_{b,c} t_bc log softmax(z_b)_c / B`` (nats): ``F.cross_entropy`` with probability
+        targets, the formula of timm's ``SoftTargetCrossEntropy``, chosen as the same function the
+        classification task uses for class indices. A batch of odd size (with an even
+        ``batch_size`` only an epoch's last can be) is not mixed: it trains on the task's loss,
+        which is the soft-target loss of its unmixed smoothed targets.
+
         Args:
             x: images ``(B, C, H, W)``; y: labels as the task's ``label_type`` says (``(B,)``
                 class indices, ``(B, K)`` multi-hot or values), moved to the device here.
@@ -120,26 +157,45 @@ class StepEngine:
         sync = self.ddp.no_sync() if self.ddp is not None and not closes_group else contextlib.nullcontext()
         with sync:
             x, y = self._to_device(x), y.to(self.device, non_blocking=True)
+            mixed = self.mixup is not None and self.mixup.mixup_enabled and len(x) % 2 == 0
+            if mixed:
+                x, y = self.mixup(x, y)  # y: soft targets (B, K), float32
             with self._autocast():
-                loss = self.task.loss(self.forward(x).float(), y)
+                outputs = self.forward(x).float()
+                loss = F.cross_entropy(outputs, y) if mixed else self.task.loss(outputs, y)
             loss = loss * share
             (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
         return loss.detach()
 
-    def optimizer_step(self) -> tuple[bool, torch.Tensor]:
+    def optimizer_step(self) -> tuple[bool, torch.Tensor, Optional[torch.Tensor]]:
         """Clip, step, zero the gradients (the LRs are those set before the group's micro-steps).
 
+        Clipping (``gradient_clip_val`` set): ``norm`` scales every gradient by
+        ``clip / total norm`` when the total L2 norm exceeds ``clip``
+        (``torch.nn.utils.clip_grad_norm_``); ``value`` clamps every element to
+        ``[-clip, clip]`` (``torch.nn.utils.clip_grad_value_``). Under fp16 the gradients are
+        unscaled first.
+
         Returns:
-            ``(applied, grad_norm)``: False when the fp16 grad scaler skipped the step (overflow;
-            ``k`` must not advance); the total gradient L2 norm before clipping, a 0-dim tensor
-            on the device (read later, no sync here).
+            ``(applied, grad_norm, clipped)``: False when the fp16 grad scaler skipped the step
+            (overflow; ``k`` must not advance); the total gradient L2 norm before clipping; and
+            whether this step was clipped (``norm``: total norm > ``clip``; ``value``: some
+            ``|grad| > clip``), a bool; both 0-dim tensors on the device (read later, no sync
+            here); ``clipped`` is None without clipping.
         """
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
-        if self.clip is not None:
-            norm = torch.nn.utils.clip_grad_norm_(self._params, self.clip)
-        else:
+        clipped = None
+        if self.clip is None:
             norm = total_norm([p.grad for p in self._params if p.grad is not None])
+        elif self.clip_algorithm == "norm":
+            norm = torch.nn.utils.clip_grad_norm_(self._params, self.clip)
+            clipped = norm > self.clip
+        else:
+            grads = [p.grad for p in self._params if p.grad is not None]
+            norm = total_norm(grads)
+            clipped = total_norm(grads, math.inf) > self.clip  # the largest |element|, before clamping
+            torch.nn.utils.clip_grad_value_(self._params, self.clip)
         applied = True
         if self.scaler is not None:
             scale = self.scaler.get_scale()
@@ -149,7 +205,7 @@ class StepEngine:
         else:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return applied, norm
+        return applied, norm, clipped
 
     def train_mode(self) -> None:
         """Model in training mode; a schedule-free optimizer at the point it trains on (its
@@ -212,7 +268,8 @@ class StepEngine:
         return torch.cat(chunks).cpu(), torch.cat(labels).cpu()
 
     @torch.no_grad()
-    def evaluate(self, loader: Optional[Any] = None, prefix: str = "val/") -> dict[str, float]:
+    def evaluate(self, loader: Optional[Any] = None, prefix: str = "val/",
+                 module: Optional[torch.nn.Module] = None) -> dict[str, float]:
         """The task's loss and metrics over a loader (the validation set by default).
 
         Runs the model in eval mode (autocast as in training; outputs ``(B, K)`` as float32);
@@ -227,15 +284,19 @@ class StepEngine:
 
         Args:
             loader: batches ``(x (B, C, H, W), labels)``; None = the validation loader.
-            prefix: the keys' prefix, ``val/`` or ``test/``.
+            prefix: the keys' prefix, ``val/`` or ``test/`` (``val_ema/`` for the EMA weights).
+            module: other weights of the same network to evaluate, run as they are (the EMA copy,
+                kept in eval mode; its buffers are rank 0's); None = the model.
 
         Returns:
             ``{prefix + "loss": mean loss, prefix + name: value}`` for each of the task's metrics
             (e.g. ``val/loss`` in nats and ``val/acc``, ``val/acc_top5`` as fractions).
         """
         loader = self.val_loader if loader is None else loader
-        self.eval_mode()
-        distributed.broadcast_buffers(self.model)  # rank 0's batch-norm statistics, as DDP's next forward would
+        if module is None:
+            self.eval_mode()
+        forward = self.eval_forward if module is None else module
+        distributed.broadcast_buffers(self.model if module is None else module)  # rank 0's batch-norm statistics
         metrics = self._metric_objects()
         inputs = getattr(self.task, "metric_inputs", None)
         loss_sum = torch.zeros((), device=self.device)
@@ -243,7 +304,7 @@ class StepEngine:
         for x, y in loader:
             x, y = self._to_device(x), y.to(self.device, non_blocking=True)
             with self._autocast():
-                outputs = self.eval_forward(x)
+                outputs = forward(x)
             outputs = outputs.float()
             loss_sum += self.task.loss(outputs, y) * len(y)
             if metrics:

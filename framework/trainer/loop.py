@@ -17,9 +17,12 @@ from framework.schedules.plan import group_momentum, momentum_key
 from framework.trainer.checkpointing import TrainerCheckpoint
 from framework.trainer.engine import StepEngine
 from framework.trainer.guard import Diverged, DivergenceGuard
+from framework.trainer.mixing import build_mixup
+from framework.trainer.rollback import Rollbacks
 from framework.trainer.signals import StopSignals
 from framework.trainer.state import RunState
 from framework.trainer.steplog import StepLog, csv_log
+from framework.trainer.validation import Validation
 
 log = logging.getLogger(__name__)
 
@@ -29,16 +32,18 @@ def _run_state_view(name: str, doc: str) -> property:
     return property(lambda self: getattr(self.run_state, name), doc=doc)
 
 
-class Trainer(StepEngine):
+class Trainer(Rollbacks, StepEngine):
     """Trains a model on its task (:mod:`framework.tasks`) with an exact, step-indexed LR plan.
 
-    The steps themselves (accumulation, precision, clipping, data parallelism) are those of its
+    The steps themselves (accumulation, precision, clipping, Mixup / CutMix, data parallelism) are those of its
     base, :class:`~framework.trainer.engine.StepEngine`. Before optimizer step ``k`` every param
     group gets ``lr = initial_lr * lr_backoff * plan(k)`` (:meth:`LRPlan.apply`); that value is
     logged as the step's LR. The trainer owns ``k`` (:attr:`global_step`, in its
     :class:`~framework.trainer.state.RunState`), the step log, the divergence guard, the stop
-    signals and the checkpoints. The best epoch (``best.pt``, :attr:`best`) is the one with the
-    strictly best value of the task's ``monitor`` under its ``mode`` (``max`` or ``min``).
+    signals and the checkpoints. The best epoch (``best.pt``, :attr:`best`) is the validated epoch
+    with the strictly best value of the task's ``monitor`` under its ``mode`` (``max`` or ``min``);
+    with EMA on, an epoch's value is the better of ``val/<m>`` and ``val_ema/<m>`` (a tie: the raw
+    weights), ``best.pt`` holds those weights and ``best_weights`` says which.
 
     Args:
         model: network mapping ``(B, C, H, W)`` to outputs ``(B, num_classes)`` (runtime).
@@ -48,7 +53,14 @@ class Trainer(StepEngine):
         run_dir: folder for CSVs and checkpoints (runtime).
         device: where to train (runtime).
         accumulate_grad_batches: batches per optimizer step, >= 1.
-        gradient_clip_val: max total gradient L2 norm; None = no clipping.
+        gradient_clip_val: the clipping threshold (gradient units; see ``gradient_clip_algorithm``);
+            None = no clipping. With clipping on, ``steps.csv`` has a ``clipped`` column (1: the
+            step's gradients were clipped) and :attr:`clipped_frac` is the share of clipped steps.
+        gradient_clip_algorithm: ``norm`` (scale every gradient by ``gradient_clip_val / total L2
+            norm`` when the norm exceeds it; clipped = total norm > ``gradient_clip_val``) or
+            ``value`` (clamp every element to ``[-gradient_clip_val, gradient_clip_val]``;
+            clipped = some ``|grad| > gradient_clip_val``); Lightning's names. ``grad_norm`` is
+            logged before clipping either way.
         precision: ``32``, ``bf16`` (autocast) or ``fp16`` (autocast + grad scaler, CUDA only).
         log_every_n_steps: steps between reads of the on-device loss buffer (CSV flush, the
             divergence check and, with ``on_divergence=rollback``, a restore point); on the
@@ -71,8 +83,38 @@ class Trainer(StepEngine):
             convolution algorithms; runs are then not bitwise reproducible on the GPU).
         sync_batchnorm: in a data-parallel run, batch-norm statistics over the global batch
             (``torch.nn.SyncBatchNorm``, CUDA only) instead of each rank's own batch.
+        mixup_alpha: Mixup (timm's ``timm.data.Mixup``, timm ``train.py``'s ``--mixup``):
+            ``lam ~ Beta(a, a)``, ``x' = lam x + (1 - lam) x.flip(0)``; 0 = off. Mixing (any of
+            the three keys on) needs a classification task (``label_type`` ``class``) and an even
+            ``batch_size``; the task's ``label_smoothing`` goes into the mixed targets and the
+            training loss is their soft-target cross-entropy (:meth:`StepEngine.micro_step`; an
+            odd-sized last batch is trained unmixed on the task's loss); validation keeps the
+            task's loss and metrics. ``lam`` comes from NumPy's global RNG, which checkpoints save.
+        cutmix_alpha: CutMix (``--cutmix``): ``lam ~ Beta(a, a)``, a box of ``x.flip(0)`` covering
+            about ``1 - lam`` of the image pasted into ``x`` (``lam`` then corrected to the box's
+            clipped area); 0 = off.
+        cutmix_minmax: ``[min, max]`` fractions of the image side for the CutMix box (timm's
+            ``--cutmix-minmax``; switches CutMix on, with ``cutmix_alpha`` taken as 1); None = off.
+        mixup_prob: (probability) a batch (per pair / sample in those modes) is mixed.
+        mixup_switch_prob: (probability) CutMix rather than mixup when both are on.
+        mixup_mode: ``batch`` (one ``lam`` per batch), ``pair`` (per pair ``(i, B-1-i)``) or
+            ``elem`` (per sample).
+        mixup_off_epoch: (epoch, from 0 as in ``epochs.csv`` and as timm's loop counts) the first
+            epoch trained without mixing (timm's ``mixup_enabled = False``): its batches train on
+            plain labels and the task's loss; None = mix every epoch. (timm's 0 means "never
+            switch off"; here that is None and 0 is refused.)
+        val_every_n_epochs: (epochs) validate after every n-th epoch and after the last; only
+            validated epochs can be best, feed early stopping and a plateau schedule.
+        ema_decay: decay per applied optimizer step of an EMA of the weights (timm's
+            ``ModelEmaV3``: :class:`~framework.trainer.ema.WeightEma`), validated as
+            ``val_ema/...``; None = no EMA.
+        ema_warmup: the EMA's decay rises from 0 toward ``ema_decay`` (timm's ``use_warmup``).
+        early_stopping: ``{patience, monitor, min_delta, mode}``
+            (:class:`~framework.trainer.early_stopping.EarlyStopping`); ``patience`` None = off.
         task: the loss, the metrics and the monitored objective (runtime; :mod:`framework.tasks`);
             None = classification over the model's outputs (:func:`~framework.tasks.default_task`).
+        trackers: the ``logger`` group's trackers (runtime; :class:`~framework.tracking.Trackers`): they get
+            the rows ``steps.csv`` gets, when it gets them, and each ``epochs.csv`` row; None = CSVs only.
 
     Data-parallel runs (``torchrun``, see :mod:`framework.distributed`): the model is wrapped in
     ``DistributedDataParallel`` (gradients averaged over the ranks after each optimizer step's
@@ -90,6 +132,7 @@ class Trainer(StepEngine):
     best = _run_state_view("best", "Metrics of the best epoch so far (by the task's ``monitor`` and ``mode``).")
     final = _run_state_view("final", "Metrics of the last finished epoch.")
     skipped_steps = _run_state_view("skipped_steps", "Optimizer steps the fp16 grad scaler skipped.")
+    clipped_steps = _run_state_view("clipped_steps", "Applied steps whose gradients were clipped.")
     lr_backoff = _run_state_view("lr_backoff", "Product of the rollbacks' LR factors so far (1 = none).")
     train_time_s = _run_state_view("train_time_s", "Seconds spent in ``fit`` over every segment of the run.")
 
@@ -117,10 +160,26 @@ class Trainer(StepEngine):
         compile: bool = False,
         cudnn_benchmark: bool = True,
         sync_batchnorm: bool = False,
+        gradient_clip_algorithm: str = "norm",
+        mixup_alpha: float = 0.0,
+        cutmix_alpha: float = 0.0,
+        cutmix_minmax: Optional[list[float]] = None,
+        mixup_prob: float = 1.0,
+        mixup_switch_prob: float = 0.5,
+        mixup_mode: str = "batch",
+        mixup_off_epoch: Optional[int] = None,
+        val_every_n_epochs: int = 1,
+        ema_decay: Optional[float] = None,
+        ema_warmup: bool = False,
+        early_stopping: Optional[dict[str, Any]] = None,
         task: Optional[Any] = None,
+        trackers: Optional[Any] = None,
     ):
         super().__init__(model, optimizer, data, device, accumulate_grad_batches, gradient_clip_val, precision,
-                         channels_last, compile, cudnn_benchmark, sync_batchnorm, task)
+                         channels_last, compile, cudnn_benchmark, sync_batchnorm, task, gradient_clip_algorithm)
+        self.mixup = build_mixup(self.task, self.train_loader, mixup_alpha, cutmix_alpha, cutmix_minmax, mixup_prob,
+                                 mixup_switch_prob, mixup_mode, mixup_off_epoch)
+        self.mixup_off_epoch = mixup_off_epoch
         self.monitor, self.mode = tasks.monitor_of(self.task)
         self.plan, self.run_dir = plan, Path(run_dir)
         self.log_every = max(1, int(log_every_n_steps))
@@ -132,15 +191,23 @@ class Trainer(StepEngine):
         self.saved_step: Optional[int] = None  # step k of the last.pt this process wrote last
         self.run_state = RunState()
         self.guard = DivergenceGuard(on_divergence, divergence_loss_mult, rollback_lr_factor, max_rollbacks)
+        self.validation = Validation(val_every_n_epochs, ema_decay, ema_warmup, early_stopping, self.model, self.task)
+        self.ema, self.early_stopping = self.validation.ema, self.validation.early_stopping
+        self.early_stopped: Optional[dict[str, Any]] = None  # summary.json's early_stopping block, once it stopped
         self.signals = StopSignals(self.world_size)
         self.checkpoint = TrainerCheckpoint(self.model, optimizer, plan, self.guard, self.run_state, self.scaler, config,
                                             self.run_dir / "checkpoints", self.is_main,
                                             meta={"task": tasks.describe(self.task),
-                                                  "classes": getattr(self.task, "classes", None)})
+                                                  "classes": getattr(self.task, "classes", None)}, ema=self.ema,
+                                            early_stopping=self.early_stopping if self.early_stopping.enabled else None)
         group0 = optimizer.param_groups[0]
         columns = ["step", "epoch", "lr", *[f"lr/{n}" for n in self.group_names[1:]],
-                   *(["momentum"] if momentum_key(group0) else []), *(["d"] if "d" in group0 else []), "loss", "grad_norm"]
-        self.steplog = StepLog(self.run_dir / "steps.csv", columns, self.guard, self.world_size, self.is_main)
+                   *(["momentum"] if momentum_key(group0) else []), *(["d"] if "d" in group0 else []), "loss", "grad_norm",
+                   *(["clipped"] if self.clip is not None else [])]
+        self.trackers = trackers if self.is_main else None  # rank 0 logs, as it writes the files
+        self.steplog = StepLog(self.run_dir / "steps.csv", columns, self.guard, self.world_size, self.is_main,
+                               self.trackers)
+        self.steplog.on_read = self._count_clipped
         self._d: Optional[float] = None  # Prodigy's d of group 0 for the step being taken (applied LR = d*lr)
         self._bar: Any = None  # the tqdm progress bar while fit() runs
 
@@ -165,9 +232,10 @@ class Trainer(StepEngine):
         """
         self.checkpoint.load_state_dict(state)
 
-    def _save(self, is_best: bool) -> None:
-        """Write ``last.pt`` (and ``best.pt``) on rank 0; every rank takes the state."""
-        if self.checkpoint.save(self.state_dict(), is_best):
+    def _save(self, is_best: bool, best_weights: Optional[str] = None) -> None:
+        """Write ``last.pt`` (and ``best.pt``, of ``best_weights`` with EMA on) on rank 0; every
+        rank takes the state."""
+        if self.checkpoint.save(self.state_dict(), is_best, best_weights):
             self.saved_step = self.run_state.global_step
 
     @property
@@ -180,11 +248,26 @@ class Trainer(StepEngine):
         to the handler that was there before (submitit's, which requeues the SLURM job)."""
         self.signals.forward(self.stopped)
 
+    # -- clipping ------------------------------------------------------------------------------
+
+    @property
+    def clipped_frac(self) -> Optional[float]:
+        """Fraction of the applied steps whose gradients were clipped, ``clipped_steps / k``
+        (``summary.json``'s ``clipped_frac``); None without clipping or before the first step."""
+        rs = self.run_state
+        return rs.clipped_steps / rs.global_step if self.clip is not None and rs.global_step else None
+
+    def _count_clipped(self, rows: list[dict[str, Any]]) -> None:
+        """The step log read these rows: add their ``clipped`` flags to ``run_state.clipped_steps``
+        (only rows that count: a diverging step's later rows are never read; a rollback restores
+        the count of its restore point, a resume that of its checkpoint)."""
+        self.run_state.clipped_steps += sum(row.get("clipped", 0) for row in rows)
+
     # -- the loop ------------------------------------------------------------------------------
 
     def fit(self) -> dict[str, Any]:
-        """Train until step ``T`` (from where :meth:`load_state_dict` left it), evaluating after
-        every epoch.
+        """Train until step ``T`` (from where :meth:`load_state_dict` left it) or an early stop,
+        evaluating after every ``val_every_n_epochs``-th epoch and the last.
 
         Writes ``steps.csv``, ``epochs.csv`` (appending when resuming) and checkpoints into
         ``run_dir``. Step rows are buffered on the device and written every
@@ -198,7 +281,11 @@ class Trainer(StepEngine):
             task's mean loss; nats for cross-entropy), ``val/<metric>`` for each of the task's
             metrics (e.g. ``val/acc``, a fraction), ``lr`` (of the epoch's last step),
             ``time_s``; ``best`` is the epoch with the best ``monitor`` under ``mode``;
-            ``stopped`` is None, ``stop_after_steps``, ``SIGTERM``, ``SIGINT`` or ``SIGUSR2``.
+            ``stopped`` is None, ``stop_after_steps``, ``SIGTERM``, ``SIGINT`` or ``SIGUSR2``;
+            with EMA on, ``val_ema/loss`` and ``val_ema/<metric>`` beside ``val/...`` and ``best``
+            has ``best_weights``; ``early_stopping``: :meth:`EarlyStopping.report` when it stopped
+            the run (which then completed), else None. An epoch without validation has no
+            ``val/...`` keys (empty cells in ``epochs.csv``).
 
         Raises:
             Diverged: the loss of some step was NaN or inf (and no rollback was left); rows up to
@@ -212,7 +299,8 @@ class Trainer(StepEngine):
         resuming = rs.global_step > 0
         self.steplog.open(append=resuming)
         epochs_csv = csv_log(self.run_dir / "epochs.csv",
-                             ["epoch", "train/loss", "val/loss", *(f"val/{m}" for m in self.metric_names), "lr", "time_s"],
+                             ["epoch", "train/loss", "val/loss", *(f"val/{m}" for m in self.metric_names),
+                              *self.validation.columns, "lr", "time_s"],
                              resuming, self.is_main)
         self._bar = tqdm(total=T, initial=rs.global_step, disable=not (self.progress_bar and self.is_main),
                          unit="step", dynamic_ncols=True,
@@ -252,10 +340,10 @@ class Trainer(StepEngine):
             log.warning("%d optimizer steps skipped by the fp16 grad scaler: the LR plan stopped at step %d of %d",
                         rs.skipped_steps, rs.global_step, T)
         return {"steps": rs.global_step, "epochs": rs.final.get("epoch", -1) + 1, "skipped_steps": rs.skipped_steps,
-                "best": rs.best, "final": rs.final, "stopped": self.stopped}
+                "best": rs.best, "final": rs.final, "stopped": self.stopped, "early_stopping": self.early_stopped}
 
     def _run_epochs(self, T: int, epochs: int, epochs_csv: Any) -> None:
-        """Epochs from the current position to step ``T`` (or a stop request)."""
+        """Epochs from the current position to step ``T`` (or a stop request, or an early stop)."""
         rs = self.run_state
         for epoch in range(rs.epoch, epochs):
             t0 = time.perf_counter()
@@ -263,29 +351,37 @@ class Trainer(StepEngine):
             train_loss = self._train_epoch(epoch, T)
             if self.stopped:
                 break
-            metrics = {"epoch": epoch, "train/loss": train_loss, **self.evaluate(),
+            validated = self.validation.due(epoch, epochs, rs.global_step >= T)
+            metrics = {"epoch": epoch, "train/loss": train_loss,
+                       **(self.validation.evaluate(self) if validated else {}),
                        "lr": self.history[self.group_names[0]][-1], "time_s": time.perf_counter() - t0}
-            if not math.isfinite(metrics["val/loss"]):  # finite train losses, yet the model now overflows
+            if validated and not math.isfinite(metrics["val/loss"]):  # finite train losses, yet the model overflows
                 raise Diverged(rs.global_step - 1, metrics["lr"], "validation loss is not finite")
             epochs_csv.write([metrics])
-            self.plan.observe(epoch, metrics)
+            if self.trackers:
+                self.trackers.log_epoch(metrics, rs.global_step - 1)
+            if validated:  # a metric-driven schedule judges validated epochs only
+                self.plan.observe(epoch, metrics)
             rs.final = metrics
-            is_best = not rs.best or tasks.is_better(metrics[self.monitor], rs.best.get(self.monitor), self.mode)
-            if is_best:
-                rs.best = dict(metrics)
+            is_best, weights = self.validation.judge(metrics, rs.best) if validated else (False, None)
+            if is_best:  # with EMA on, best_weights: raw or ema, whichever gave the monitored value
+                rs.best = {**metrics, **({"best_weights": weights} if weights else {})}
+            self.early_stopped = self.validation.should_stop(epoch, metrics) if validated else None
             rs.epoch, rs.batch = epoch + 1, 0
             self._keep()
             if self.save_checkpoints:
-                self._save(is_best)
+                self._save(is_best, weights)
             shown = "  ".join(f"{k} {v:.4f}" for k, v in metrics.items() if "/" in k)  # train/loss, val/...
             log.info("epoch %d/%d  %s  lr %.4g", epoch + 1, epochs, shown, metrics["lr"])
-            if rs.global_step >= T:
+            if self.early_stopped or rs.global_step >= T:
                 break
 
     def _train_epoch(self, epoch: int, T: int) -> float:
         """One pass over the train loader from batch ``run_state.batch`` (or until step ``T``, or a
         stop request); returns the mean train loss of the epoch."""
         rs = self.run_state
+        if self.mixup is not None:  # a function of the epoch alone: a resumed epoch mixes as the first run did
+            self.mixup.mixup_enabled = self.mixup_off_epoch is None or epoch < self.mixup_off_epoch
         epoch_loss = rs.begin_epoch(self.device)
         group_loss = torch.zeros((), device=self.device)
         self.train_mode()
@@ -294,12 +390,14 @@ class Trainer(StepEngine):
             group_loss += self.micro_step(x, y, len(y) / samples, closes)
             if not closes:
                 continue
-            applied, norm = self.optimizer_step()
+            applied, norm, clipped = self.optimizer_step()
             epoch_loss += group_loss * samples
             rs.epoch_samples += samples
             rs.batch = i + 1
             if applied:
-                self._record(epoch, lrs, group_loss, norm)
+                if self.ema is not None:  # update n = k + 1 (1-based), before a restore point is taken
+                    self.ema.update(self.model, rs.global_step + 1)
+                self._record(epoch, lrs, group_loss, norm, clipped)
             else:
                 rs.skipped_steps += 1
             group_loss = torch.zeros((), device=self.device)
@@ -324,12 +422,14 @@ class Trainer(StepEngine):
         stop = self.signals.should_stop()  # first: every rank takes part in the vote at every step
         return stop or (self.stop_after_steps is not None and self.run_state.global_step >= self.stop_after_steps)
 
-    def _record(self, epoch: int, lrs: list[float], loss: torch.Tensor, norm: torch.Tensor) -> None:
-        """Log applied step ``k`` (its LRs now, its loss at the next check) and advance ``k``."""
+    def _record(self, epoch: int, lrs: list[float], loss: torch.Tensor, norm: torch.Tensor,
+                clipped: Optional[torch.Tensor] = None) -> None:
+        """Log applied step ``k`` (its LRs now; its loss, gradient norm and clip flag at the next
+        check) and advance ``k``."""
         k = self.run_state.global_step
         row = {"step": k, "epoch": epoch, "lr": lrs[0], "momentum": group_momentum(self.optimizer.param_groups[0]),
                "d": self._d, **{f"lr/{n}": v for n, v in zip(self.group_names[1:], lrs[1:])}}
-        self.steplog.add(row, loss, norm)
+        self.steplog.add(row, loss, norm, clipped)
         self.history["step"].append(k)
         for name, value in zip(self.group_names, lrs):
             self.history[name].append(value)
@@ -342,50 +442,3 @@ class Trainer(StepEngine):
             self._keep()
         elif self.device.type == "cpu":  # no device to wait for: check every step (no file I/O), stop at once
             self.steplog.check()
-
-    def _keep(self) -> None:
-        """Offer the state to the rollback guard at a regular point: every
-        ``log_every_n_steps``-th step, and each epoch's end once its validation loss is finite.
-        Stops never take one, so a resumed run takes the same restore points as the run that
-        went on (a point already offered at this step is not offered again)."""
-        if self.guard.policy == "rollback" and self.guard.kept_step != self.run_state.global_step:
-            self.guard.keep(self.state_dict())
-
-    def _forget_after(self, step: int) -> None:
-        """The run ends diverged at ``step``: the steps run after it (before the check read them)
-        are not counted in ``steps`` nor in the LR history."""
-        self._drop_history(step + 1)
-        self.run_state.global_step = min(self.run_state.global_step, step + 1)
-
-    def _drop_history(self, first: int) -> None:
-        """Forget the LR history of steps ``k >= first``."""
-        keep = sum(1 for k in self.history["step"] if k < first)
-        for key in self.history:
-            del self.history[key][keep:]
-
-    def _roll_back(self, exc: Diverged) -> None:
-        """Restore the last good state and lower the LR for the rest of the run: ``lr_backoff``
-        times ``rollback_lr_factor`` (the groups' ``initial_lr`` stay as built); forget the rows
-        after the restored step, in memory and in the CSVs."""
-        from framework.loggers import truncate_csv
-
-        rs = self.run_state
-        state = self.guard.restore_point()
-        backoff = rs.lr_backoff * self.guard.rollback_lr_factor
-        self.steplog.clear()
-        earlier = rs.earlier_time_s  # time spent is not rolled back
-        self.load_state_dict(state)
-        rs.lr_backoff, rs.earlier_time_s = backoff, earlier
-        self._drop_history(rs.global_step)
-        self.guard.rollbacks.append({"diverged_step": exc.step, "reason": exc.reason, "lr": exc.lr,
-                                     "restored_step": rs.global_step, "lr_backoff": backoff})
-        self._bar.n = rs.global_step
-        # last.pt first, then the CSVs: killed in between, a resume cuts the CSVs to last.pt itself;
-        # killed before, the old last.pt replays the divergence and this rollback exactly
-        if self.save_checkpoints:
-            self._save(False)
-        if self.is_main:  # only rank 0 writes files
-            truncate_csv(self.run_dir / "steps.csv", "step", rs.global_step)
-            truncate_csv(self.run_dir / "epochs.csv", "epoch", rs.epoch)
-        log.warning("rollback %d/%d: %s at step %d; back to step %d with the LR x%g",
-                    len(self.guard.rollbacks), self.guard.max_rollbacks, exc.reason, exc.step, rs.global_step, backoff)

@@ -24,6 +24,8 @@ class RunState:
         best: metrics of the best epoch so far (by the task's ``monitor`` and ``mode``); final: of
             the last finished one.
         skipped_steps: optimizer steps the fp16 grad scaler skipped.
+        clipped_steps: applied steps whose gradients were clipped (counted when the step log
+            reads their flags; 0 without clipping).
         lr_backoff: product of the rollbacks' ``rollback_lr_factor`` so far (1 = none), a
             multiplier on every group's base LR.
         earlier_time_s: training time of the segments before a resume or rollback (s).
@@ -37,6 +39,7 @@ class RunState:
     best: dict[str, Any] = field(default_factory=dict)
     final: dict[str, Any] = field(default_factory=dict)
     skipped_steps: int = 0
+    clipped_steps: int = 0
     lr_backoff: float = 1.0
     earlier_time_s: float = 0.0
     started: Optional[float] = None  # time.perf_counter() when this segment's fit started
@@ -85,6 +88,7 @@ class RunState:
             "best": self.best,
             "final": self.final,
             "skipped_steps": self.skipped_steps,
+            "clipped_steps": self.clipped_steps,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -95,4 +99,5 @@ class RunState:
         self.epoch_samples, self.epoch_loss_t = state["epoch_samples"], None
         self.best, self.final, self.skipped_steps = state["best"], state["final"], state["skipped_steps"]
         self.lr_backoff = state.get("lr_backoff", 1.0)
+        self.clipped_steps = state.get("clipped_steps", 0)
         self.earlier_time_s = state.get("train_time_s", 0.0)

@@ -3,7 +3,7 @@ until a flush reads them all at once and the divergence guard checks them."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 
@@ -31,7 +31,8 @@ def csv_log(path: Path, columns: Sequence[str], append: bool, write: bool) -> CS
 class StepLog:
     """One row per applied optimizer step, held until the next flush (one device sync).
 
-    A row is added with its step loss and total gradient norm as 0-dim device tensors; a
+    A row is added with its step loss and total gradient norm (and, with clipping on, its
+    "clipped" flag) as 0-dim device tensors; a
     :meth:`check` reads every pending one (one transfer), averages the losses over the ranks,
     runs the divergence guard and moves the rows up to a diverging one to the rows to write; a
     :meth:`flush` also appends them to ``steps.csv`` (one file write).
@@ -39,22 +40,29 @@ class StepLog:
     Args:
         path: ``steps.csv`` of the run folder.
         columns: its header (``step``, ``epoch``, ``lr``, ``lr/<group>``, ``momentum``, ``d``,
-            ``loss``, ``grad_norm``).
+            ``loss``, ``grad_norm``, ``clipped`` with clipping on).
         guard: the divergence guard that judges each step's loss and gradient norm.
         world_size: processes of the run (losses are averaged over them).
         write: this process writes files (rank 0).
+        trackers: :class:`~framework.tracking.Trackers` that get each batch of rows as it is
+            appended to the file (queued: no I/O here); None = the file only.
 
     Attributes:
         last_loss: loss of the last checked step (mean cross-entropy, nats), None before any.
+        on_read: called with each batch of rows once their device values are read (``loss``,
+            ``grad_norm``, ``clipped`` 0/1), before they are written: the trainer counts the
+            clipped steps there; None = nothing.
     """
 
     def __init__(self, path: Path, columns: Sequence[str], guard: DivergenceGuard, world_size: int = 1,
-                 write: bool = True):
+                 write: bool = True, trackers: Optional[Any] = None):
         self.path, self.columns, self.guard = Path(path), list(columns), guard
-        self.world_size, self.write = world_size, write
-        self.pending: list[tuple[dict[str, Any], torch.Tensor, torch.Tensor]] = []  # rows not read yet
+        self.world_size, self.write, self.trackers = world_size, write, trackers
+        # rows not read yet: (row, loss, grad norm, clip flag or None)
+        self.pending: list[tuple[dict[str, Any], torch.Tensor, torch.Tensor, Optional[torch.Tensor]]] = []
         self.checked: list[dict[str, Any]] = []  # rows read and checked, not written yet
         self.last_loss: Optional[float] = None
+        self.on_read: Optional[Callable[[list[dict[str, Any]]], None]] = None
         self._file: CSVLog | NullLog = NullLog()
 
     def open(self, append: bool) -> None:
@@ -62,10 +70,12 @@ class StepLog:
         self.clear()
         self._file = csv_log(self.path, self.columns, append, self.write)
 
-    def add(self, row: dict[str, Any], loss: torch.Tensor, norm: torch.Tensor) -> None:
-        """Buffer an applied step's row (``step``, ``epoch``, LRs, ...) with its loss and
-        gradient norm, 0-dim tensors on the device (not read now)."""
-        self.pending.append((row, loss, norm))
+    def add(self, row: dict[str, Any], loss: torch.Tensor, norm: torch.Tensor,
+            clipped: Optional[torch.Tensor] = None) -> None:
+        """Buffer an applied step's row (``step``, ``epoch``, LRs, ...) with its loss, gradient
+        norm and, with clipping on, whether it was clipped (bool), 0-dim tensors on the device
+        (not read now; the flag becomes the row's ``clipped``, 0 or 1)."""
+        self.pending.append((row, loss, norm, clipped))
 
     def clear(self) -> None:
         """Drop every row not written yet (a rollback: they belong to steps that are redone)."""
@@ -73,9 +83,9 @@ class StepLog:
         self.checked.clear()
 
     def check(self) -> None:
-        """Read the pending rows' losses and gradient norms (one transfer; in a data-parallel run
-        one all-reduce: the step loss is the mean over the ranks), run the guard on them and
-        keep them to write, up to and including a diverging one.
+        """Read the pending rows' losses, gradient norms and clip flags (one transfer; in a
+        data-parallel run one all-reduce: the step loss is the mean over the ranks), run the
+        guard on them and keep them to write, up to and including a diverging one.
 
         Raises:
             Diverged: a row failed the check (the rows after it are dropped).
@@ -86,16 +96,27 @@ class StepLog:
         losses_t = torch.stack([p[1].float() for p in pending])  # (n,)
         if self.world_size > 1:  # the step loss of the global batch: mean over the ranks (norms agree already)
             losses_t = distributed.all_reduce_sum(losses_t) / self.world_size
-        values = torch.stack((losses_t, torch.stack([p[2].float() for p in pending])), 1).tolist()  # (n, 2)
+        columns = [losses_t, torch.stack([p[2].float() for p in pending])]
+        flagged = pending[0][3] is not None  # clipping on: every row has its flag
+        if flagged:
+            columns.append(torch.stack([p[3].float() for p in pending]))
+        values = torch.stack(columns, 1).tolist()  # (n, 2), or (n, 3) with the flags
         losses, norms = [v[0] for v in values], [v[1] for v in values]
-        rows = [p[0] for p in pending]
+        rows = [{**p[0], "clipped": int(v[2])} if flagged else p[0] for p, v in zip(pending, values)]
         pending.clear()
         bad = self.guard.check([r["step"] for r in rows], losses, norms)
         end = len(rows) if bad is None else bad[0] + 1  # rows after a diverging step are dropped
-        self.checked.extend({**row, "loss": v, "grad_norm": n} for row, v, n in zip(rows[:end], losses, norms))
+        kept = [{**row, "loss": v, "grad_norm": n} for row, v, n in zip(rows[:end], losses, norms)]
+        self._read(kept)
         self.last_loss = losses[end - 1]
         if bad is not None:
             raise Diverged(rows[bad[0]]["step"], rows[bad[0]]["lr"], bad[1])
+
+    def _read(self, rows: list[dict[str, Any]]) -> None:
+        """Rows whose values were read: handed to :attr:`on_read`, then kept to write."""
+        if self.on_read is not None:
+            self.on_read(rows)
+        self.checked.extend(rows)
 
     def flush(self, reduce: bool = True) -> None:
         """:meth:`check` the pending rows and append every checked row to ``steps.csv``.
@@ -111,9 +132,12 @@ class StepLog:
             if reduce:
                 self.check()
             else:  # this rank's loss is not the step's (the mean over the ranks): left blank
-                self.checked.extend({**row, "grad_norm": norm.item()} for row, _, norm in self.pending)
+                self._read([{**row, "grad_norm": norm.item(), **({} if flag is None else {"clipped": int(flag.item())})}
+                            for row, _, norm, flag in self.pending])
                 self.pending.clear()
         finally:
             if self.checked:
                 self._file.write(self.checked)
+                if self.trackers:
+                    self.trackers.log_steps(self.checked)
                 self.checked.clear()

@@ -6,8 +6,9 @@ from typing import Any
 import torch
 
 
-def total_norm(grads: list[torch.Tensor]) -> torch.Tensor:
-    """Total L2 norm of the gradients, a 0-dim tensor on their device (0 when there are none).
+def total_norm(grads: list[torch.Tensor], norm_type: float = 2.0) -> torch.Tensor:
+    """Total norm of the gradients as one vector, a 0-dim tensor on their device (0 when there
+    are none): L2 by default; ``norm_type=math.inf`` gives the largest absolute element.
 
     ``torch.nn.utils.get_total_norm`` (PyTorch >= 2.6), else the norm of the per-tensor norms,
     which is what it computes.
@@ -16,8 +17,8 @@ def total_norm(grads: list[torch.Tensor]) -> torch.Tensor:
         return torch.zeros(())
     get_total_norm = getattr(torch.nn.utils, "get_total_norm", None)
     if get_total_norm is not None:
-        return get_total_norm(grads)
-    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+        return get_total_norm(grads, norm_type)
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g, norm_type) for g in grads]), norm_type)
 
 
 def group_sizes(num_samples: int, batch_size: int, accumulate_grad_batches: int, drop_last: bool = False) -> list[int]:

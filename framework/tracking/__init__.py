@@ -1,0 +1,79 @@
+"""Experiment trackers (the ``logger`` config group): TensorBoard, MLflow, W&B, or a user's own.
+
+``steps.csv``, ``epochs.csv`` and ``summary.json`` are always written (``logger=csv``, the
+default); ``logger=[csv,tensorboard,mlflow]`` adds trackers that receive the same values. The
+run checks every tracker before it builds anything (:func:`check`: installed, reachable), opens
+their runs once built (:meth:`Trackers.start`), hands them the step rows as ``steps.csv`` gets
+them and each epoch's row (from a background thread), and closes them with the final summary.
+A tracker is any ``_target_`` that builds a :class:`Tracker`.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+from framework.tracking.base import RunInfo, Tracker, Trackers
+
+__all__ = ["RunInfo", "Tracker", "Trackers", "configured", "check", "run_info", "sweep_of"]
+
+
+def configured(cfg: Any) -> dict[str, Tracker]:
+    """The trackers of ``cfg.logger`` (``{name: config or null}``; ``csv: null`` adds none), built
+    from their ``_target_`` (no I/O yet).
+
+    Raises:
+        ConfigError: a target that cannot be built (the registry's one-line message).
+    """
+    from framework import registry
+
+    nodes = cfg.get("logger") or {}
+    return {str(name): registry.instantiate(node, f"logger.{name}") for name, node in nodes.items()
+            if node is not None}
+
+
+def check(trackers: dict[str, Tracker]) -> None:
+    """Every tracker's :meth:`Tracker.check` (installed, reachable), before anything is built.
+
+    Raises:
+        ConfigError: the first tracker that cannot work, in one line naming the extra to
+            install or the URI.
+    """
+    for tracker in trackers.values():
+        check_one = getattr(tracker, "check", None)  # optional for a user's tracker
+        if callable(check_one):
+            check_one()
+
+
+def run_info(cfg: Any, run_dir: Path, facts: dict[str, Any], start_step: int, plan: Any = None) -> RunInfo:
+    """What the trackers are told at the start (:class:`RunInfo`): names, config, params, facts,
+    the sweep this job belongs to (Hydra's multirun) and the planned LRs."""
+    from framework.config import flatten, plain_config
+
+    config = plain_config(cfg)
+    sweep_dir, job = sweep_of()
+    return RunInfo(run_dir=run_dir, name=run_name(run_dir), config=config, params=flatten(config), facts=facts,
+                   start_step=start_step, sweep_dir=sweep_dir, job=job, plan=plan)
+
+
+def run_name(run_dir: Path) -> str:
+    """The run folder relative to the ``outputs`` folder that holds it (``runs/<date>/<time>``,
+    ``multirun/<date>/<time>/3``), else its own path as given."""
+    parts = Path(run_dir).resolve().parts
+    if "outputs" in parts:
+        i = len(parts) - 1 - parts[::-1].index("outputs")
+        if i + 1 < len(parts):
+            return "/".join(parts[i + 1:])
+    return str(run_dir)
+
+
+def sweep_of() -> tuple[Optional[Path], Optional[int]]:
+    """``(sweep folder, job number)`` of a Hydra multirun job; ``(None, None)`` otherwise."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized():
+        return None, None
+    hc = HydraConfig.get()
+    if hc.mode != RunMode.MULTIRUN:
+        return None, None
+    return Path(str(hc.sweep.dir)), int(hc.job.num)

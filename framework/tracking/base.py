@@ -1,0 +1,202 @@
+"""The tracker interface and the fan-out that feeds every configured tracker from a background
+thread, so the training loop never waits on a tracker."""
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+log = logging.getLogger(__name__)
+
+#: ``steps.csv`` columns that index a row rather than measure it (not logged as metrics).
+INDEX_COLUMNS = ("step", "epoch")
+#: ``epochs.csv`` columns not logged as epoch metrics: the index, and ``lr`` (the LR of the epoch's
+#: last step, already logged with that step's row).
+EPOCH_SKIP = ("epoch", "lr")
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """What a tracker is told when the run starts.
+
+    Attributes:
+        run_dir: the run folder (holds ``steps.csv``, ``summary.json``, ``checkpoints/``).
+        name: the run's name in a tracker: its folder relative to ``outputs/`` when it is there
+            (``runs/2026-12-03/10-22-11-123456``, ``multirun/.../3``), else the folder's name.
+        config: the resolved config as plain containers (no ``hydra`` node).
+        params: ``config`` flattened to ``{"optimizer.lr": 0.01, ...}`` (leaves only).
+        facts: ``summary.json``'s start: git commit and dirty flag, ``lrframe_version``,
+            ``objective_name``, ``objective_mode``, ``overrides``, ``planned_steps``.
+        start_step: ``k`` the run starts from (0, or a resume's step).
+        earlier: what this tracker returned from :meth:`Tracker.start` in an earlier segment of
+            the same run (``summary.json``'s ``trackers.<name>``: a resume continues that run).
+        sweep_dir: the sweep folder of a multirun job (None for a single run); job: its number.
+        plan: the planned LR of every group at every step (:class:`~framework.preview.PlannedRun`).
+    """
+
+    run_dir: Path
+    name: str
+    config: dict[str, Any]
+    params: dict[str, Any]
+    facts: dict[str, Any]
+    start_step: int = 0
+    earlier: dict[str, Any] = field(default_factory=dict)
+    sweep_dir: Optional[Path] = None
+    job: Optional[int] = None
+    plan: Any = None
+
+
+class Tracker:
+    """One experiment tracker (TensorBoard, MLflow, W&B): the calls a run makes, in order.
+
+    A tracker's constructor only stores its config (no I/O); :meth:`start` opens it. Every call
+    after :meth:`start` comes from one background thread, in the order the run made them. The
+    values passed are those written to the run folder: :meth:`log_steps` gets the rows appended
+    to ``steps.csv`` (as they are appended, every ``trainer.log_every_n_steps`` steps and at each
+    epoch's end), :meth:`log_epoch` the row of ``epochs.csv``.
+
+    Class attribute ``package``: the importable module it needs; ``extra``: the pip extra that
+    installs it (``pip install 'lrframe[<extra>]'``).
+    """
+
+    package = ""
+    extra = ""
+
+    def check(self) -> None:
+        """Before training: raise :class:`~framework.errors.ConfigError` (one line) when the
+        tracker cannot work (a server that does not answer, a login that is missing)."""
+
+    def start(self, info: RunInfo) -> dict[str, Any]:
+        """Open the tracker's run; return what identifies it (kept in ``summary.json`` under
+        ``trackers.<name>`` and handed back as ``info.earlier`` on resume)."""
+        raise NotImplementedError
+
+    def log_steps(self, rows: Sequence[dict[str, Any]]) -> None:
+        """Record ``steps.csv`` rows (``step`` = ``k``, ``lr``, ``lr/<group>``, ``momentum``,
+        ``loss``, ``grad_norm``, ...; a value None or missing is not logged)."""
+        raise NotImplementedError
+
+    def log_epoch(self, metrics: dict[str, Any], step: int) -> None:
+        """Record an ``epochs.csv`` row (``train/loss``, ``val/loss``, ``val/<metric>``,
+        ``time_s``; keys in :data:`EPOCH_SKIP` left out) at step ``k`` of the epoch's last step."""
+        raise NotImplementedError
+
+    def finish(self, summary: dict[str, Any]) -> None:
+        """Close the run: the final ``summary.json`` (its ``status`` says how it ended), files
+        of the run folder as artifacts where the tracker keeps them."""
+        raise NotImplementedError
+
+
+def numbers(row: dict[str, Any], skip: Sequence[str]) -> dict[str, float]:
+    """The numeric values of a row, without the keys in ``skip`` (None, empty and text left out)."""
+    return {k: float(v) for k, v in row.items()
+            if k not in skip and isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def require(module: str, key: str, extra: str) -> Any:
+    """Import ``module`` for ``logger=<key>``.
+
+    Raises:
+        ConfigError: it is not installed: ``logger=<key>: needs the <module> package; pip
+            install 'lrframe[<extra>]' (or pick another logger)``.
+    """
+    import importlib
+
+    from framework.errors import ConfigError
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise ConfigError(f"logger={key}: needs the {module.split('.')[0]} package ({exc}); "
+                          f"pip install 'lrframe[{extra}]' (or leave {key} out of logger=)") from None
+
+
+class Trackers:
+    """Every configured tracker, fed from one background thread.
+
+    :meth:`start` runs in the caller's thread (a tracker that cannot open its run fails before
+    training); :meth:`log_steps` and :meth:`log_epoch` only queue their rows (no I/O, no device
+    sync in the training loop); :meth:`finish` waits for the queue, then closes every tracker.
+    A tracker that raises while logging is dropped with one warning; the run goes on.
+
+    Args:
+        trackers: name (``tensorboard``, ``mlflow``, ``wandb``, or a user's) -> tracker.
+    """
+
+    def __init__(self, trackers: dict[str, Tracker]):
+        self.trackers = dict(trackers)
+        self._queue: queue.Queue = queue.Queue()
+        self._thread: Optional[threading.Thread] = None
+
+    def __bool__(self) -> bool:
+        return bool(self.trackers)
+
+    def start(self, info: RunInfo, earlier: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+        """Open every tracker's run (in this thread) and start the logging thread.
+
+        Args:
+            info: the run (its ``earlier`` is set per tracker from ``earlier``).
+            earlier: ``{name: what its start returned}`` in an earlier segment of this run
+                (``summary.json``'s ``trackers``; a resume continues those runs).
+
+        Returns:
+            ``{name: what its start returned}`` (for ``summary.json``'s ``trackers``).
+
+        Raises:
+            ConfigError: a tracker could not open its run (one line naming it).
+        """
+        from framework.errors import ConfigError, first_line
+
+        opened = {}
+        for name, tracker in self.trackers.items():
+            try:
+                opened[name] = tracker.start(replace(info, earlier=(earlier or {}).get(name) or {})) or {}
+            except ConfigError:
+                raise
+            except Exception as exc:  # a server, a database, a login: say which and why, before training
+                raise ConfigError(f"logger={name}: could not start its run: {first_line(exc)}") from exc
+        self._thread = threading.Thread(target=self._work, name="lrframe-trackers", daemon=True)
+        self._thread.start()
+        return opened
+
+    def log_steps(self, rows: Sequence[dict[str, Any]]) -> None:
+        """Queue ``steps.csv`` rows for every tracker (:meth:`Tracker.log_steps`)."""
+        if self.trackers:
+            self._queue.put(("log_steps", (list(rows),)))
+
+    def log_epoch(self, metrics: dict[str, Any], step: int) -> None:
+        """Queue an ``epochs.csv`` row at step ``step`` (:meth:`Tracker.log_epoch`)."""
+        if self.trackers:
+            self._queue.put(("log_epoch", (dict(metrics), step)))
+
+    def finish(self, summary: dict[str, Any]) -> None:
+        """Log what is queued, then :meth:`Tracker.finish` each tracker with the final summary
+        (a failure is a warning: the run's own files are already written)."""
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join()
+            self._thread = None
+        for name, tracker in list(self.trackers.items()):
+            self._call(name, tracker, "finish", (summary,))
+
+    def _work(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            method, args = item
+            for name, tracker in list(self.trackers.items()):
+                self._call(name, tracker, method, args)
+
+    def _call(self, name: str, tracker: Tracker, method: str, args: tuple) -> None:
+        try:
+            getattr(tracker, method)(*args)
+        except Exception as exc:  # never let a tracker end the training
+            from framework.errors import first_line
+
+            log.warning("logger %s: %s failed (%s: %s); it logs nothing more for this run", name, method,
+                        type(exc).__name__, first_line(exc))
+            self.trackers.pop(name, None)

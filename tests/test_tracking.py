@@ -1,0 +1,301 @@
+"""Trackers (``logger=``): what TensorBoard, MLflow and W&B record is read back from their own
+files (the event file, the SQLite store, the offline run file) and compared with ``steps.csv``,
+``epochs.csv`` and the config; a sweep's jobs sit under one MLflow parent run; a tracker that is
+missing or unreachable is one line before training."""
+from __future__ import annotations
+
+import glob
+import json
+import sqlite3
+import struct
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import TINY, compose_cfg, lines, read_csv, run_cli_in_process, train_in_process
+
+pytest.importorskip("tensorboard")
+pytest.importorskip("mlflow")
+pytest.importorskip("wandb")
+
+#: A run with two param groups (the head at 10x), a warmup that moves the momentum, two epochs.
+OVERRIDES = [*TINY, "epochs=2", "optimizer.head_lr_mult=10", "warmup_epochs=1", "warmup_momentum=0.8",
+             "trainer.log_every_n_steps=3"]
+
+
+@pytest.fixture(scope="session")
+def mlflow_db(tmp_path_factory) -> Path:
+    """One MLflow SQLite store for the module (creating its tables takes seconds)."""
+    return tmp_path_factory.mktemp("mlflow") / "mlflow.db"
+
+
+@pytest.fixture(scope="module")
+def tracked(tmp_path_factory, mlflow_db) -> Path:
+    """The folder of one tiny run logged to TensorBoard, MLflow and W&B (offline)."""
+    run_dir = tmp_path_factory.mktemp("tracked") / "run"
+    train_in_process(run_dir, *OVERRIDES, "logger=[csv,tensorboard,mlflow,wandb]",
+                     f"logger.mlflow.tracking_uri=sqlite:///{mlflow_db}", "logger.wandb.mode=offline")
+    return run_dir
+
+
+def csv_values(path: Path, skip=("step", "epoch")) -> dict[str, dict[int, float]]:
+    """``{column: {step: value}}`` of steps.csv (the values as the CSV holds them)."""
+    out: dict[str, dict[int, float]] = {}
+    for row in read_csv(path):
+        for key, value in row.items():
+            if key not in skip and value != "":
+                out.setdefault(key, {})[int(row["step"])] = float(value)
+    return out
+
+
+def tensorboard_events(run_dir: Path) -> tuple[dict[str, dict[int, float]], dict[str, object]]:
+    """The event files' scalars ``{tag: {step: value}}`` and the other summaries' metadata by tag."""
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+    from tensorboard.util import tensor_util
+
+    scalars: dict[str, dict[int, float]] = {}
+    other: dict[str, object] = {}
+    for path in sorted(run_dir.glob("events.out.tfevents.*")):
+        for event in EventFileLoader(str(path)).Load():
+            for value in event.summary.value:
+                if value.HasField("tensor") and value.metadata.plugin_data.plugin_name == "scalars":
+                    scalars.setdefault(value.tag, {})[event.step] = tensor_util.make_ndarray(value.tensor).item()
+                else:
+                    other[value.tag] = value
+    return scalars, other
+
+
+def mlflow_run(db: Path, run_id: str) -> tuple[dict[str, dict[int, float]], dict[str, str], dict[str, str], str]:
+    """Metrics ``{key: {step: value}}``, params, tags and status of a run, read from the SQLite file."""
+    con = sqlite3.connect(db)
+    try:
+        metrics: dict[str, dict[int, float]] = {}
+        for key, value, step in con.execute("select key, value, step from metrics where run_uuid = ?", (run_id,)):
+            metrics.setdefault(key, {})[step] = value
+        params = dict(con.execute("select key, value from params where run_uuid = ?", (run_id,)).fetchall())
+        tags = dict(con.execute("select key, value from tags where run_uuid = ?", (run_id,)).fetchall())
+        (status,) = con.execute("select status from runs where run_uuid = ?", (run_id,)).fetchone()
+    finally:
+        con.close()
+    return metrics, params, tags, status
+
+
+@pytest.mark.parametrize("name", ["csv", "tensorboard", "mlflow", "wandb"])
+def test_every_logger_file_composes_validates_and_builds_its_tracker(name):
+    from framework import tracking
+    from framework.config import validate
+    from framework.registry import CONF_DIR
+
+    assert sorted(p.stem for p in (CONF_DIR / "logger").glob("*.yaml")) == ["csv", "mlflow", "tensorboard", "wandb"]
+    built = tracking.configured(validate(compose_cfg(*TINY, f"logger=[csv,{name}]")))
+    assert list(built) == ([] if name == "csv" else [name])
+    for tracker in built.values():
+        assert isinstance(tracker, tracking.Tracker) and tracker.package == name
+        tracker.check()  # installed (the dev extra), the local store reachable
+
+
+def test_tensorboard_event_file_holds_the_values_of_steps_csv(tracked):
+    steps = csv_values(tracked / "steps.csv")
+    assert {"lr", "lr/head", "momentum", "loss", "grad_norm"} <= set(steps)
+    assert len(set(steps["momentum"].values())) > 1  # the warmup moves it
+    assert steps["lr/head"][len(steps["lr"]) - 1] == pytest.approx(10 * steps["lr"][len(steps["lr"]) - 1], rel=1e-12)
+    scalars, other = tensorboard_events(tracked)
+    for column, values in steps.items():
+        assert scalars[column] == values, column  # bit for bit: float64 tensors
+    epochs = read_csv(tracked / "epochs.csv")
+    last_steps = [len(steps["lr"]) // 2 - 1, len(steps["lr"]) - 1]  # each epoch's last k
+    for row, k in zip(epochs, last_steps):
+        for key in ("train/loss", "val/loss", "val/acc"):
+            assert scalars[key][k] == float(row[key]), key
+    assert "lr_plan" in other  # the planned LR as a figure
+    summary = json.loads((tracked / "summary.json").read_text())
+    assert scalars[f"best/{summary['objective_name']}"] == {summary["steps"]: summary["objective"]}
+
+
+def test_tensorboard_hparams_hold_the_config(tracked):
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    _, other = tensorboard_events(tracked)
+    start = plugin_data_pb2.HParamsPluginData.FromString(
+        other["_hparams_/session_start_info"].metadata.plugin_data.content).session_start_info
+    config = json.loads((tracked / "summary.json").read_text())
+    assert start.hparams["lr0"].number_value == config["lr0"] == 0.01
+    assert start.hparams["optimizer.head_lr_mult"].number_value == 10
+    assert start.hparams["scheduler._target_"].string_value.endswith("Cosine")
+    assert start.hparams["status"].string_value == "completed"
+    experiment = plugin_data_pb2.HParamsPluginData.FromString(
+        other["_hparams_/experiment"].metadata.plugin_data.content).experiment
+    assert {m.name.tag for m in experiment.metric_infos} == {"best/train/loss", "best/val/loss", "best/val/acc",
+                                                             "best/val/acc_top5", "best/time_s"}
+
+
+def test_mlflow_store_holds_the_values_params_and_tags_of_the_run(tracked, mlflow_db):
+    summary = json.loads((tracked / "summary.json").read_text())
+    record = summary["trackers"]["mlflow"]
+    assert record["tracking_uri"] == f"sqlite:///{mlflow_db}"
+    metrics, params, tags, status = mlflow_run(mlflow_db, record["run_id"])
+    steps = csv_values(tracked / "steps.csv")
+    for column, values in steps.items():
+        assert metrics[column] == values, column
+    for row in read_csv(tracked / "epochs.csv"):
+        k = max(k for k, e in ((int(r["step"]), int(r["epoch"])) for r in read_csv(tracked / "steps.csv"))
+                if e == int(row["epoch"]))
+        assert metrics["val/acc"][k] == float(row["val/acc"])
+    assert status == "FINISHED" and tags["status"] == "completed"
+    assert params["lr0"] == "0.01" and params["optimizer.head_lr_mult"] == "10" and params["epochs"] == "2"
+    assert params["trainer.gradient_clip_val"] == "null"
+    assert tags["mlflow.source.git.commit"] == summary["git_commit"]
+    assert tags["run_dir"] == str(tracked)
+    assert artifact_names(mlflow_db, record["run_id"]) == ["epochs.csv", "lr.png", "steps.csv", "summary.json"]
+
+
+def artifact_names(db: Path, run_id: str) -> list[str]:
+    """The files of a run's artifacts (beside the store: ``mlartifacts/<experiment>/<run>/artifacts``)."""
+    return sorted(str(p.relative_to(next(p for p in p.parents if p.name == "artifacts")))
+                  for p in (db.parent / "mlartifacts").rglob("*") if p.is_file() and run_id in str(p))
+
+
+def wandb_history(run_dir: Path) -> dict[str, dict[int, float]]:
+    """``{key: {step: value}}`` of the history records in a W&B offline run file (the LevelDB
+    log format: 7-byte file header, 32 KiB blocks of records with a 7-byte header each)."""
+    from wandb.proto import wandb_internal_pb2
+
+    (path,) = glob.glob(str(run_dir / "wandb" / "offline-run-*" / "run-*.wandb"))
+    data, pos, block, buf = Path(path).read_bytes(), 7, 32768, b""
+    assert data[:4] == b":W&B"
+    out: dict[str, dict[int, float]] = {}
+    while pos + 7 <= len(data):
+        left = block - pos % block
+        if left < 7:  # the block's tail is padding
+            pos += left
+            continue
+        _, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        buf += data[pos + 7:pos + 7 + length]
+        pos += 7 + length
+        if kind in (1, 4):  # a full record, or the last piece of one
+            record = wandb_internal_pb2.Record.FromString(buf)
+            buf = b""
+            if record.WhichOneof("record_type") == "history":
+                items = {i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in record.history.item}
+                for key, value in items.items():
+                    if not key.startswith("_"):
+                        out.setdefault(key, {})[items["_step"]] = value
+    return out
+
+
+def test_wandb_offline_run_holds_the_values_of_steps_csv(tracked):
+    history = wandb_history(tracked)
+    for column, values in csv_values(tracked / "steps.csv").items():
+        assert history[column] == values, column
+    assert json.loads((tracked / "summary.json").read_text())["trackers"]["wandb"]["mode"] == "offline"
+
+
+def test_trackers_do_not_change_what_is_trained(tracked, tmp_path):
+    train_in_process(tmp_path / "plain", *OVERRIDES)
+    assert (tmp_path / "plain" / "steps.csv").read_bytes() == (tracked / "steps.csv").read_bytes()
+    strip = [{k: v for k, v in row.items() if k != "time_s"} for row in read_csv(tracked / "epochs.csv")]
+    assert strip == [{k: v for k, v in row.items() if k != "time_s"}
+                     for row in read_csv(tmp_path / "plain" / "epochs.csv")]
+
+
+def test_a_sweep_of_two_jobs_sits_under_one_mlflow_parent(tmp_path, mlflow_db, capfd):
+    sweep = tmp_path / "sweep"
+    code = run_cli_in_process(["-m", *TINY, "epochs=1", "lr0=0.01,0.02", "logger=mlflow",
+                               f"logger.mlflow.tracking_uri=sqlite:///{mlflow_db}", f"hydra.sweep.dir={sweep}"], None)
+    assert code == 0, capfd.readouterr().err[-2000:]
+    parent = json.loads((sweep / "mlflow_parent.json").read_text())["run_id"]
+    jobs = [json.loads((sweep / str(j) / "summary.json").read_text())["trackers"]["mlflow"]["run_id"] for j in (0, 1)]
+    con = sqlite3.connect(mlflow_db)
+    children = {r for (r,) in con.execute("select run_uuid from tags where key = 'mlflow.parentRunId' and value = ?",
+                                          (parent,))}
+    lr0s = {r: v for r, v in con.execute("select run_uuid, value from params where key = 'lr0'")}
+    (status,) = con.execute("select status from runs where run_uuid = ?", (parent,)).fetchone()
+    con.close()
+    assert children == set(jobs) and [lr0s[j] for j in jobs] == ["0.01", "0.02"]
+    assert status == "FINISHED"
+    assert {".hydra/config.yaml", ".hydra/overrides.yaml", "summary.json"} <= set(artifact_names(mlflow_db, jobs[0]))
+    assert {"report.md", "report.csv"} <= set(artifact_names(mlflow_db, parent))
+
+
+def test_a_tracker_that_cannot_work_is_one_line_before_training(tmp_path, monkeypatch, capfd):
+    run = tmp_path / "run"
+    assert run_cli_in_process([*TINY, "logger=mlflow", "logger.mlflow.tracking_uri=http://127.0.0.1:9"], run) == 2
+    err = lines(capfd.readouterr().err)
+    assert len(err) == 1 and err[0].startswith("error: logger.mlflow.tracking_uri=http://127.0.0.1:9: the tracking "
+                                                "server does not answer (")
+    assert err[0].endswith("start it, or use the local store logger.mlflow.tracking_uri=sqlite:///outputs/mlflow.db")
+    assert not (run / "steps.csv").exists()
+    monkeypatch.setitem(sys.modules, "wandb", None)  # as if not installed
+    assert run_cli_in_process([*TINY, "logger=[csv,wandb]"], run) == 2
+    err = lines(capfd.readouterr().err)
+    assert len(err) == 1 and err[0].startswith("error: logger=wandb: needs the wandb package (")
+    assert err[0].endswith("pip install 'lrframe[wandb]' (or leave wandb out of logger=)")
+
+
+class Recording:
+    """A user's own tracker (any ``_target_``): keeps every call. ``fail_on``: raise in that call."""
+
+    calls: list = []
+
+    def __init__(self, fail_on: str = ""):
+        self.fail_on = fail_on
+
+    def _record(self, name, *args):
+        if name == self.fail_on:
+            raise RuntimeError("the server went away")
+        Recording.calls.append((self.fail_on, name, *args))
+
+    def start(self, info):
+        self._record("start", info.name, info.start_step)
+        return {"mine": 1}
+
+    def log_steps(self, rows):
+        self._record("log_steps", [dict(r) for r in rows])
+
+    def log_epoch(self, metrics, step):
+        self._record("log_epoch", dict(metrics), step)
+
+    def finish(self, summary):
+        self._record("finish", summary["status"])
+
+
+def test_a_users_tracker_gets_the_rows_and_a_failing_one_is_dropped(tmp_path, caplog):
+    Recording.calls = []
+    run = tmp_path / "run"
+    train_in_process(run, *TINY, "epochs=2", "trainer.log_every_n_steps=3",
+                     f"+logger.mine._target_={__name__}.Recording", "+logger.mine._partial_=true",
+                     f"+logger.bad._target_={__name__}.Recording", "+logger.bad._partial_=true",
+                     "+logger.bad.fail_on=log_steps")
+    mine = [c[1:] for c in Recording.calls if c[0] == ""]
+    assert [c[0] for c in mine] == ["start", "log_steps", "log_steps", "log_epoch", "log_steps", "log_steps",
+                                    "log_epoch", "finish"]  # 4 steps an epoch: rows written after 3, 4, 6, 8 steps
+    rows = [r for c in mine if c[0] == "log_steps" for r in c[1]]
+    assert [{k: repr(v) if isinstance(v, float) else str(v) for k, v in r.items() if v is not None} for r in rows] == [
+        {k: v for k, v in r.items() if v != ""} for r in read_csv(run / "steps.csv")]
+    epochs = read_csv(run / "epochs.csv")
+    assert [(c[1]["val/acc"], c[2]) for c in mine if c[0] == "log_epoch"] == [
+        (float(epochs[0]["val/acc"]), 3), (float(epochs[1]["val/acc"]), 7)]
+    assert mine[-1] == ("finish", "completed")
+    bad = [c[1] for c in Recording.calls if c[0] == "log_steps"]
+    assert bad == ["start"]  # dropped at its first failure: no more calls, not even finish
+    assert any("logger bad: log_steps failed (RuntimeError: the server went away)" in r.message for r in caplog.records)
+    assert json.loads((run / "summary.json").read_text())["trackers"] == {"mine": {"mine": 1}, "bad": {"mine": 1}}
+
+
+def test_a_resumed_run_continues_its_tracker_runs(tmp_path, mlflow_db):
+    run = tmp_path / "run"
+    args = [*TINY, "epochs=2", "trainer.log_every_n_steps=2", "logger=[csv,tensorboard,mlflow]",
+            f"logger.mlflow.tracking_uri=sqlite:///{mlflow_db}"]
+    train_in_process(run, *args, "trainer.stop_after_steps=3")
+    first = json.loads((run / "summary.json").read_text())["trackers"]["mlflow"]["run_id"]
+    train_in_process(tmp_path / "elsewhere", *args, f"resume={run}")
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["trackers"]["mlflow"]["run_id"] == first
+    steps = csv_values(run / "steps.csv")
+    assert len(steps["lr"]) == 8
+    metrics, _, _, status = mlflow_run(mlflow_db, first)
+    scalars, _ = tensorboard_events(run)
+    for column, values in steps.items():
+        assert metrics[column] == values and scalars[column] == values, column
+    assert status == "FINISHED"
