@@ -42,8 +42,8 @@ def framework_run(overrides: list[str], steps: int, batch: int, out: Path,
     """Samples/s of the trainer over ``steps`` steps (evaluation time excluded) and the trainer.
 
     ``loggers``: trackers (``tensorboard``, ``mlflow``, ``wandb``) started as a run starts them,
-    their store in ``out``; the timed span then ends once every queued row is logged and each
-    tracker has closed its run (artifacts included)."""
+    their store beside ``out``; the timed span then ends once the trackers have taken every
+    queued row (their start and their closing, once per run, are timed apart and printed)."""
     from framework import tracking
     from framework.build import build
     from framework.config import validate
@@ -64,7 +64,9 @@ def framework_run(overrides: list[str], steps: int, batch: int, out: Path,
     tracking.check(trackers.trackers)
     trainer = build(cfg, out, trackers).trainer
     if trackers:
+        t = time.perf_counter()
         trackers.start(tracking.run_info(cfg, out, {"overrides": list(args)}, 0))
+        TRACKER_S["start"].append(time.perf_counter() - t)
     spent = {"eval": 0.0}
     evaluate = trainer.evaluate
 
@@ -79,9 +81,17 @@ def framework_run(overrides: list[str], steps: int, batch: int, out: Path,
     t0 = time.perf_counter()
     result = trainer.fit()
     sync(trainer.device)
+    trackers.wait()
+    speed = steps * batch / (time.perf_counter() - t0 - spent["eval"])
     if trackers:
+        t = time.perf_counter()
         trackers.finish({**result, "status": "completed"})
-    return steps * batch / (time.perf_counter() - t0 - spent["eval"]), trainer
+        TRACKER_S["finish"].append(time.perf_counter() - t)
+    return speed, trainer
+
+
+#: Seconds the trackers took to open and to close each run (``--loggers``), outside the timed span.
+TRACKER_S: dict[str, list[float]] = {"start": [], "finish": []}
 
 
 def plain_run(trainer, steps: int, batch: int) -> float:
@@ -193,6 +203,9 @@ def main() -> None:
               f"{statistics.median(ratios):>6.3f}   (pairs: {', '.join(f'{v:.0f}/{p:.0f}' for v, p in zip(fw, plain))}; "
               f"ratio of the best runs {max(fw) / max(plain):.3f}; grad norm {norm_ms:.2f} ms of a "
               f"{step_ms:.1f} ms plain step = {norm_ms / step_ms:.1%})")
+    if args.loggers:
+        print(f"trackers {' '.join(args.loggers)}: opening a run {statistics.median(TRACKER_S['start']):.2f} s, "
+              f"closing it {statistics.median(TRACKER_S['finish']):.2f} s (medians, once per run, not in samples/s)")
     device = trainer.device
     if device.type == "cuda":
         print(f"peak memory: {torch.cuda.max_memory_allocated(device) / 2**20:.0f} MiB on {device}")

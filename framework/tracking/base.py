@@ -172,6 +172,11 @@ class Trackers:
         if self.trackers:
             self._queue.put(("log_epoch", (dict(metrics), step)))
 
+    def wait(self) -> None:
+        """Return once every queued row has been handed to the trackers."""
+        if self._thread is not None:
+            self._queue.join()
+
     def finish(self, summary: dict[str, Any]) -> None:
         """Log what is queued, then :meth:`Tracker.finish` each tracker with the final summary
         (a failure is a warning: the run's own files are already written)."""
@@ -186,10 +191,12 @@ class Trackers:
         while True:
             item = self._queue.get()
             if item is None:
+                self._queue.task_done()
                 return
             method, args = item
             for name, tracker in list(self.trackers.items()):
                 self._call(name, tracker, method, args)
+            self._queue.task_done()
 
     def _call(self, name: str, tracker: Tracker, method: str, args: tuple) -> None:
         try:

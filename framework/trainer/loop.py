@@ -83,26 +83,13 @@ class Trainer(Rollbacks, StepEngine):
             convolution algorithms; runs are then not bitwise reproducible on the GPU).
         sync_batchnorm: in a data-parallel run, batch-norm statistics over the global batch
             (``torch.nn.SyncBatchNorm``, CUDA only) instead of each rank's own batch.
-        mixup_alpha: Mixup (timm's ``timm.data.Mixup``, timm ``train.py``'s ``--mixup``):
-            ``lam ~ Beta(a, a)``, ``x' = lam x + (1 - lam) x.flip(0)``; 0 = off. Mixing (any of
-            the three keys on) needs a classification task (``label_type`` ``class``) and an even
-            ``batch_size``; the task's ``label_smoothing`` goes into the mixed targets and the
-            training loss is their soft-target cross-entropy (:meth:`StepEngine.micro_step`; an
-            odd-sized last batch is trained unmixed on the task's loss); validation keeps the
-            task's loss and metrics. ``lam`` comes from NumPy's global RNG, which checkpoints save.
-        cutmix_alpha: CutMix (``--cutmix``): ``lam ~ Beta(a, a)``, a box of ``x.flip(0)`` covering
-            about ``1 - lam`` of the image pasted into ``x`` (``lam`` then corrected to the box's
-            clipped area); 0 = off.
-        cutmix_minmax: ``[min, max]`` fractions of the image side for the CutMix box (timm's
-            ``--cutmix-minmax``; switches CutMix on, with ``cutmix_alpha`` taken as 1); None = off.
-        mixup_prob: (probability) a batch (per pair / sample in those modes) is mixed.
-        mixup_switch_prob: (probability) CutMix rather than mixup when both are on.
-        mixup_mode: ``batch`` (one ``lam`` per batch), ``pair`` (per pair ``(i, B-1-i)``) or
-            ``elem`` (per sample).
-        mixup_off_epoch: (epoch, from 0 as in ``epochs.csv`` and as timm's loop counts) the first
-            epoch trained without mixing (timm's ``mixup_enabled = False``): its batches train on
-            plain labels and the task's loss; None = mix every epoch. (timm's 0 means "never
-            switch off"; here that is None and 0 is refused.)
+        mixup_alpha, cutmix_alpha, cutmix_minmax, mixup_prob, mixup_switch_prob, mixup_mode,
+            mixup_off_epoch: Mixup / CutMix of the training batches with timm's names and meaning
+            (``timm.data.Mixup``, built by :func:`~framework.trainer.mixing.build_mixup`; each key in
+            :func:`~framework.trainer.mixing.check_mixup_args`): classification only, an even ``batch_size``; the task's
+            ``label_smoothing`` goes into the mixed targets, the training loss is their soft-target
+            cross-entropy; ``mixup_off_epoch`` (from 0) is the first epoch trained unmixed; an odd
+            last batch trains unmixed; ``lam`` comes from NumPy's global RNG, which checkpoints save.
         val_every_n_epochs: (epochs) validate after every n-th epoch and after the last; only
             validated epochs can be best, feed early stopping and a plateau schedule.
         ema_decay: decay per applied optimizer step of an EMA of the weights (timm's
