@@ -23,7 +23,8 @@ STATE_SHAPING_KEYS = ("amsgrad", "centered")
 
 #: Keys that may change between a run and its resume without being reported.
 RESUME_FREE_KEYS = ("resume", "resume_allow_changes", "device", "mode", "trainer.stop_after_steps",
-                    "trainer.progress_bar", "trainer.log_every_n_steps", "loader", "num_workers", "lr_finder")
+                    "trainer.progress_bar", "trainer.log_every_n_steps", "loader", "num_workers", "lr_finder",
+                    "logger")  # trackers record; they change nothing trained
 
 
 class NothingToResume(Exception):
