@@ -62,10 +62,11 @@ def framework_run(overrides: list[str], steps: int, batch: int, out: Path,
     cfg = validate(compose_cfg(*args))
     trackers = tracking.Trackers(tracking.configured(cfg))
     tracking.check(trackers.trackers)
-    trainer = build(cfg, out, trackers).trainer
+    built = build(cfg, out, trackers)
+    trainer = built.trainer
     if trackers:
         t = time.perf_counter()
-        trackers.start(tracking.run_info(cfg, out, {"overrides": list(args)}, 0))
+        tracking.start_trackers(cfg, built, {"overrides": list(args)}, out)
         TRACKER_S["start"].append(time.perf_counter() - t)
     spent = {"eval": 0.0}
     evaluate = trainer.evaluate

@@ -281,14 +281,48 @@ def _group_errors(cfg: DictConfig) -> list[str]:
         if cfg.warmup_bias_lr is not None and cfg.optimizer.get("layer_decay") is not None:
             errors.append(f"warmup_bias_lr={cfg.warmup_bias_lr}: optimizer.layer_decay groups parameters by layer, so "
                           "the biases have no group of their own; set warmup_bias_lr=null or optimizer.layer_decay=null")
-        clip = cfg.trainer.get("gradient_clip_val")
-        if clip is not None and not clip > 0:
-            errors.append(f"trainer.gradient_clip_val={clip}: must be > 0 or null (no clipping)")
+    if isinstance(cfg.get("trainer"), DictConfig):  # (also beside other groups' errors: they are independent)
+        errors += _trainer_errors(cfg)
     if not any(e.startswith("lr_finder") for e in errors):  # a group the run may not use is checked all the same
         try:
             registry.instantiate(cfg.lr_finder, "lr_finder")
         except ConfigError as exc:
             errors += exc.messages
+    return errors
+
+
+def _trainer_errors(cfg: DictConfig) -> list[str]:
+    """The trainer keys' mistakes that the config alone shows, every one: clipping
+    (:func:`~framework.trainer.engine.check_clip_args`), Mixup / CutMix
+    (:func:`~framework.trainer.mixing.check_mixup_args`, and the task's class when mixing is on,
+    :func:`~framework.trainer.mixing.check_mixup_task`), validation, EMA and early stopping
+    (:func:`~framework.trainer.validation.check_validation_args`). Each function gets the keys
+    of ``cfg.trainer`` it names (a key the node lacks keeps the function's default); the trainer
+    runs the same functions when it is built, where the checks that need built objects (the
+    loader's batch size, the samples' shape, the metrics the task logs) follow."""
+    import inspect
+
+    from framework.trainer import engine, mixing, validation  # (imports torch: only when validating)
+
+    node = OmegaConf.to_container(cfg.trainer, resolve=True)
+
+    def keys(check: Any) -> dict[str, Any]:
+        return {name: node[name] for name in inspect.signature(check).parameters if name in node}
+
+    mixup = keys(mixing.check_mixup_args)
+    mixup_errors = mixing.check_mixup_args(**mixup)
+    errors = engine.check_clip_args(**keys(engine.check_clip_args)) + mixup_errors
+    errors += validation.check_validation_args(**keys(validation.check_validation_args))
+    active = None if mixup_errors else mixing.active_key(mixup.get("mixup_alpha", 0.0), mixup.get("cutmix_alpha", 0.0),
+                                                         mixup.get("cutmix_minmax"))
+    task = cfg.get("task")
+    if active is not None and isinstance(task, DictConfig) and not OmegaConf.is_missing(task, "_target_"):
+        try:
+            target = registry.locate(task._target_, "task")
+            if inspect.isclass(target):  # (a function that makes the task: checked on the built task)
+                errors += mixing.check_mixup_task(active, target)
+        except ConfigError:
+            pass  # the task's own refusal comes when it is built
     return errors
 
 

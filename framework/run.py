@@ -117,22 +117,8 @@ def _train(cfg: DictConfig, run_dir: Path, resume_state: Optional[dict[str, Any]
     _log_lr_facts(cfg, built)
     summary = start_summary(cfg, built, run_dir, overrides, lr0_auto, resumed=resume_state is not None)
     if trackers:
-        summary["trackers"] = _start_trackers(cfg, built, summary, run_dir)
+        summary["trackers"] = tracking.start_trackers(cfg, built, summary, run_dir)
     return _fit(trainer, summary, cfg, overrides, start)
-
-
-def _start_trackers(cfg: DictConfig, built: Any, summary: dict[str, Any], run_dir: Path) -> dict[str, Any]:
-    """Open the trackers' runs (a resume continues the ones its ``summary.json`` names); what
-    identifies each, for ``summary.json``'s ``trackers``."""
-    from framework.loggers import read_summary
-    from framework.preview import plan_of
-
-    trainer = built.trainer
-    plan = plan_of(built.plan, trainer.optimizer, f"{type(built.plan.schedule).__name__} (lr0={cfg.lr0:g}, "
-                                                  f"lrf={cfg.lrf:g})")
-    info = tracking.run_info(cfg, run_dir, summary, trainer.global_step, plan)
-    earlier = read_summary(run_dir).get("trackers", {}) if trainer.global_step else {}
-    return trainer.trackers.start(info, earlier)
 
 
 def _log_lr_facts(cfg: DictConfig, built: Any) -> None:

@@ -216,7 +216,12 @@ def finish(trainer: Any, summary: dict[str, Any], start: float, cfg: Any) -> Opt
                 write_plan_csv(planned, trainer.run_dir / "lr_plan.csv")
             plot_lr(history["step"], {n: history[n] for n in trainer.group_names}, trainer.run_dir / "lr.png",
                     warmup_steps=plan.warmup_steps,
-                    title=f"{type(plan.schedule).__name__} (lr0={cfg.lr0:g}, lrf={cfg.lrf:g})", planned=planned)
+                    title=plan_title(plan, cfg), planned=planned)
         except OSError as exc:
             log.error("could not write lr.png: %s", exc)
     return None
+
+
+def plan_title(plan: Any, cfg: Any) -> str:
+    """The LR figures' title: the schedule's class, ``lr0`` and ``lrf``."""
+    return f"{type(plan.schedule).__name__} (lr0={cfg.lr0:g}, lrf={cfg.lrf:g})"

@@ -19,6 +19,26 @@ from tests.helpers import TINY, read_csv, run_cli_in_process, train_in_process
 
 CPU = torch.device("cpu")
 
+
+class OwnLossTask(Classification):
+    """Class labels with a loss of its own (twice the cross-entropy): mixing would bypass it."""
+
+    def loss(self, outputs, targets):
+        return 2 * super().loss(outputs, targets)
+
+
+class KeepsLossTask(Classification):
+    """A subclass that keeps Classification's loss (its own default monitor): mixing is fine."""
+
+    def __init__(self, num_classes, classes=None, label_smoothing=0.0, monitor="val/loss", mode="min"):
+        super().__init__(num_classes, classes, label_smoothing, monitor, mode)
+
+
+OWN_LOSS_LINE = ("trainer.mixup_alpha=0.4: a mixed batch trains on the soft-target cross-entropy of "
+                 "framework.tasks.Classification, which would replace the loss of tests.test_mixup_clip.OwnLossTask; "
+                 "use task=classification (or a subclass of it that keeps its loss), or set trainer.mixup_alpha=0 "
+                 "trainer.cutmix_alpha=0 trainer.cutmix_minmax=null")
+
 # -- mixup: 4 samples of 2 features, 3 classes, label smoothing 0.1, lam fixed at 0.7 ---------------
 
 X = [[1.0, 0.0], [0.0, 1.0], [2.0, 2.0], [4.0, -2.0]]
@@ -145,13 +165,16 @@ def test_odd_last_batch_is_trained_unmixed(tmp_path, lam_07):
     ({"mixup_mode": "pairs"}, "trainer.mixup_mode=pairs: use batch"),
     ({"mixup_alpha": 0.4, "mixup_off_epoch": 0}, "trainer.mixup_off_epoch=0: must be an integer >= 1"),
     ({"gradient_clip_val": 1.0, "gradient_clip_algorithm": "l2"}, "trainer.gradient_clip_algorithm=l2: use norm"),
+    ({"gradient_clip_val": 0}, "trainer.gradient_clip_val=0: must be > 0 or null"),
+    ({"mixup_alpha": 0.4, "task": "own_loss"}, OWN_LOSS_LINE),
 ])
 def test_refused_settings_name_the_key_and_the_fix(tmp_path, kwargs, message):
     batch = kwargs.pop("batch", 4)
-    task = Regression(1) if kwargs.pop("task", None) == "regression" else None
-    ys = [0.5, 1.0, 1.5, 2.0] if task else Y
+    task = {"regression": Regression(1), "own_loss": OwnLossTask(3), None: None}[kwargs.pop("task", None)]
+    regression = isinstance(task, Regression)
+    ys = [0.5, 1.0, 1.5, 2.0] if regression else Y
     with pytest.raises(ConfigError) as info:
-        trainer_on(tmp_path, linear(W if task is None else [[1.0, 0.0]]), X, ys, batch_size=batch, task=task, **kwargs)
+        trainer_on(tmp_path, linear([[1.0, 0.0]] if regression else W), X, ys, batch_size=batch, task=task, **kwargs)
     assert len(info.value.messages) == 1 and info.value.messages[0].startswith(message), info.value.messages
 
 
@@ -162,6 +185,30 @@ def test_odd_batch_size_with_mixup_exits_2_in_one_line(tmp_path, capfd):
     assert code == 2 and len(said) == 1, err
     assert "trainer.mixup_alpha=0.2: timm's Mixup pairs sample i with sample B-1-i and needs an even batch_size, got " \
            "batch_size=33; use batch_size=32 or 34" in said[0]
+
+
+def test_mixing_takes_classification_or_a_subclass_that_keeps_its_loss():
+    from framework.tasks import MultiLabel
+    from framework.trainer.mixing import check_mixup_task
+
+    key = "trainer.mixup_alpha=0.4"
+    assert check_mixup_task(key, Classification) == check_mixup_task(key, KeepsLossTask) == []
+    assert check_mixup_task(key, OwnLossTask) == [OWN_LOSS_LINE]
+    assert check_mixup_task(key, MultiLabel)[0].startswith(f"{key}: Mixup / CutMix mix class labels, but the task "
+                                                           "MultiLabel trains on multi_hot labels")
+
+
+def test_mixing_with_a_custom_task_loss_exits_2_in_one_line_before_anything_is_built(tmp_path, capfd, monkeypatch):
+    """task=custom with class labels and its own loss: refused by validate, no run folder."""
+    def built(*_args, **_kwargs):
+        raise AssertionError("built after a config error")
+
+    monkeypatch.setattr("framework.build.build", built)
+    code = run_cli_in_process([*TINY, "task=custom", "task._target_=tests.test_mixup_clip.OwnLossTask",
+                               "trainer.mixup_alpha=0.4"], tmp_path / "run")
+    said = [line for line in capfd.readouterr().err.splitlines() if line.strip()]
+    assert code == 2 and said == [f"error: {OWN_LOSS_LINE}"]
+    assert not (tmp_path / "run").exists()
 
 
 # -- clipping: y = w . x, MSE, batches of 1, SGD LR 1, w0 = (0, 0), clip value 1 ---------------------

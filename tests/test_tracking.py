@@ -39,40 +39,48 @@ def tracked(tmp_path_factory, mlflow_db) -> Path:
     return run_dir
 
 
-def csv_values(path: Path, skip=("step", "epoch")) -> dict[str, dict[int, float]]:
-    """``{column: {step: value}}`` of steps.csv (the values as the CSV holds them)."""
-    out: dict[str, dict[int, float]] = {}
+def csv_values(path: Path, skip=("step", "epoch")) -> dict[str, list[tuple[int, float]]]:
+    """``{column: [(step, value), ...]}`` of steps.csv in row order (the values as the CSV holds them)."""
+    out: dict[str, list[tuple[int, float]]] = {}
     for row in read_csv(path):
         for key, value in row.items():
             if key not in skip and value != "":
-                out.setdefault(key, {})[int(row["step"])] = float(value)
+                out.setdefault(key, []).append((int(row["step"]), float(value)))
     return out
 
 
-def tensorboard_events(run_dir: Path) -> tuple[dict[str, dict[int, float]], dict[str, object]]:
-    """The event files' scalars ``{tag: {step: value}}`` and the other summaries' metadata by tag."""
+def tensorboard_events(run_dir: Path) -> tuple[dict[str, list[tuple[int, float]]], dict[str, object]]:
+    """Every scalar record of the event files ``{tag: [(step, value), ...]}`` (in file order; a
+    file opened with ``purge_step`` drops the earlier records from that step on, as TensorBoard
+    does) and the other summaries by tag."""
     from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+    from tensorboard.compat.proto.event_pb2 import SessionLog
     from tensorboard.util import tensor_util
 
-    scalars: dict[str, dict[int, float]] = {}
+    scalars: dict[str, list[tuple[int, float]]] = {}
     other: dict[str, object] = {}
     for path in sorted(run_dir.glob("events.out.tfevents.*")):
         for event in EventFileLoader(str(path)).Load():
+            if event.HasField("session_log") and event.session_log.status == SessionLog.START:
+                scalars = {tag: [(k, v) for k, v in seen if k < event.step] for tag, seen in scalars.items()}
             for value in event.summary.value:
                 if value.HasField("tensor") and value.metadata.plugin_data.plugin_name == "scalars":
-                    scalars.setdefault(value.tag, {})[event.step] = tensor_util.make_ndarray(value.tensor).item()
+                    scalars.setdefault(value.tag, []).append(
+                        (event.step, tensor_util.make_ndarray(value.tensor).item()))
                 else:
                     other[value.tag] = value
     return scalars, other
 
 
-def mlflow_run(db: Path, run_id: str) -> tuple[dict[str, dict[int, float]], dict[str, str], dict[str, str], str]:
-    """Metrics ``{key: {step: value}}``, params, tags and status of a run, read from the SQLite file."""
+def mlflow_run(db: Path, run_id: str) -> tuple[dict[str, list[tuple[int, float]]], dict[str, str], dict[str, str], str]:
+    """Every metric record ``{key: [(step, value), ...]}`` (by step, then time), params, tags and
+    status of a run, read from the SQLite file."""
     con = sqlite3.connect(db)
     try:
-        metrics: dict[str, dict[int, float]] = {}
-        for key, value, step in con.execute("select key, value, step from metrics where run_uuid = ?", (run_id,)):
-            metrics.setdefault(key, {})[step] = value
+        metrics: dict[str, list[tuple[int, float]]] = {}
+        for key, value, step in con.execute("select key, value, step from metrics where run_uuid = ? "
+                                            "order by step, timestamp", (run_id,)):
+            metrics.setdefault(key, []).append((step, value))
         params = dict(con.execute("select key, value from params where run_uuid = ?", (run_id,)).fetchall())
         tags = dict(con.execute("select key, value from tags where run_uuid = ?", (run_id,)).fetchall())
         (status,) = con.execute("select status from runs where run_uuid = ?", (run_id,)).fetchone()
@@ -98,19 +106,17 @@ def test_every_logger_file_composes_validates_and_builds_its_tracker(name):
 def test_tensorboard_event_file_holds_the_values_of_steps_csv(tracked):
     steps = csv_values(tracked / "steps.csv")
     assert {"lr", "lr/head", "momentum", "loss", "grad_norm"} <= set(steps)
-    assert len(set(steps["momentum"].values())) > 1  # the warmup moves it
-    assert steps["lr/head"][len(steps["lr"]) - 1] == pytest.approx(10 * steps["lr"][len(steps["lr"]) - 1], rel=1e-12)
+    assert len({v for _, v in steps["momentum"]}) > 1  # the warmup moves it
+    assert steps["lr/head"][-1][1] == pytest.approx(10 * steps["lr"][-1][1], rel=1e-12)
     scalars, other = tensorboard_events(tracked)
     for column, values in steps.items():
-        assert scalars[column] == values, column  # bit for bit: float64 tensors
+        assert scalars[column] == values, column  # every record once, bit for bit: float64 tensors
     epochs = read_csv(tracked / "epochs.csv")
-    last_steps = [len(steps["lr"]) // 2 - 1, len(steps["lr"]) - 1]  # each epoch's last k
-    for row, k in zip(epochs, last_steps):
-        for key in ("train/loss", "val/loss", "val/acc"):
-            assert scalars[key][k] == float(row[key]), key
+    for key in ("train/loss", "val/loss", "val/acc"):  # at each epoch's last k (4 steps an epoch)
+        assert scalars[key] == [(3, float(epochs[0][key])), (7, float(epochs[1][key]))], key
     assert "lr_plan" in other  # the planned LR as a figure
     summary = json.loads((tracked / "summary.json").read_text())
-    assert scalars[f"best/{summary['objective_name']}"] == {summary["steps"]: summary["objective"]}
+    assert scalars[f"best/{summary['objective_name']}"] == [(summary["steps"], summary["objective"])]
 
 
 def test_tensorboard_hparams_hold_the_config(tracked):
@@ -137,11 +143,9 @@ def test_mlflow_store_holds_the_values_params_and_tags_of_the_run(tracked, mlflo
     metrics, params, tags, status = mlflow_run(mlflow_db, record["run_id"])
     steps = csv_values(tracked / "steps.csv")
     for column, values in steps.items():
-        assert metrics[column] == values, column
-    for row in read_csv(tracked / "epochs.csv"):
-        k = max(k for k, e in ((int(r["step"]), int(r["epoch"])) for r in read_csv(tracked / "steps.csv"))
-                if e == int(row["epoch"]))
-        assert metrics["val/acc"][k] == float(row["val/acc"])
+        assert metrics[column] == values, column  # every record once
+    epochs = read_csv(tracked / "epochs.csv")
+    assert metrics["val/acc"] == [(3, float(epochs[0]["val/acc"])), (7, float(epochs[1]["val/acc"]))]
     assert status == "FINISHED" and tags["status"] == "completed"
     assert params["lr0"] == "0.01" and params["optimizer.head_lr_mult"] == "10" and params["epochs"] == "2"
     assert params["trainer.gradient_clip_val"] == "null"
@@ -156,15 +160,15 @@ def artifact_names(db: Path, run_id: str) -> list[str]:
                   for p in (db.parent / "mlartifacts").rglob("*") if p.is_file() and run_id in str(p))
 
 
-def wandb_history(run_dir: Path) -> dict[str, dict[int, float]]:
-    """``{key: {step: value}}`` of the history records in a W&B offline run file (the LevelDB
+def wandb_history(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    """``{key: [(step, value), ...]}`` of every history record in a W&B offline run file (the LevelDB
     log format: 7-byte file header, 32 KiB blocks of records with a 7-byte header each)."""
     from wandb.proto import wandb_internal_pb2
 
     (path,) = glob.glob(str(run_dir / "wandb" / "offline-run-*" / "run-*.wandb"))
     data, pos, block, buf = Path(path).read_bytes(), 7, 32768, b""
     assert data[:4] == b":W&B"
-    out: dict[str, dict[int, float]] = {}
+    out: dict[str, list[tuple[int, float]]] = {}
     while pos + 7 <= len(data):
         left = block - pos % block
         if left < 7:  # the block's tail is padding
@@ -180,7 +184,7 @@ def wandb_history(run_dir: Path) -> dict[str, dict[int, float]]:
                 items = {i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in record.history.item}
                 for key, value in items.items():
                     if not key.startswith("_"):
-                        out.setdefault(key, {})[items["_step"]] = value
+                        out.setdefault(key, []).append((items["_step"], value))
     return out
 
 
@@ -298,5 +302,53 @@ def test_a_resumed_run_continues_its_tracker_runs(tmp_path, mlflow_db):
     scalars, _ = tensorboard_events(run)
     for column, values in steps.items():
         assert metrics[column] == values, column
-        assert scalars[column] == {k: v for k, v in values.items() if k >= 3}, column  # from the resumed step on
+        assert scalars[column] == [(k, v) for k, v in values if k >= 3], column  # from the resumed step on
     assert status == "FINISHED"
+
+
+def test_a_crash_after_the_checkpoint_and_a_resume_log_each_step_once(tmp_path, mlflow_db, monkeypatch):
+    """Steps 4 and 5 are logged, the run crashes at step 6 (its last.pt is at step 4, the end of
+    epoch 0), the resume trains steps 4-7 again: each tracker holds every step once, = steps.csv."""
+    from framework.trainer import loop
+
+    run = tmp_path / "run"
+    args = [*TINY, "epochs=2", "trainer.log_every_n_steps=1", "logger=[csv,tensorboard,mlflow]",
+            f"logger.mlflow.tracking_uri=sqlite:///{mlflow_db}"]
+    step = loop.Trainer.optimizer_step
+
+    def crash_at_6(self):
+        if self.run_state.global_step == 6:
+            raise RuntimeError("out of memory (simulated)")
+        return step(self)
+
+    monkeypatch.setattr(loop.Trainer, "optimizer_step", crash_at_6)
+    with pytest.raises(RuntimeError):
+        train_in_process(run, *args)
+    assert [k for k, _ in csv_values(run / "steps.csv")["lr"]] == [0, 1, 2, 3, 4, 5]
+    monkeypatch.setattr(loop.Trainer, "optimizer_step", step)
+    train_in_process(tmp_path / "elsewhere", *args, f"resume={run}")
+    summary = json.loads((run / "summary.json").read_text())
+    metrics, _, _, status = mlflow_run(mlflow_db, summary["trackers"]["mlflow"]["run_id"])
+    scalars, _ = tensorboard_events(run)
+    steps = csv_values(run / "steps.csv")
+    assert [k for k, _ in steps["lr"]] == list(range(8))
+    for column, values in steps.items():
+        assert metrics[column] == values and scalars[column] == values, column
+    assert status == "FINISHED" and summary["status"] == "completed"
+
+
+def test_a_rollback_leaves_the_trackers_with_the_rows_of_steps_csv(tmp_path, mlflow_db):
+    """lr0=1e6 diverges; each rollback restores an earlier state at a lower LR: the steps redone
+    replace the diverged ones in steps.csv, and the trackers never saw the diverged ones."""
+    run = tmp_path / "run"
+    train_in_process(run, *TINY, "epochs=2", "lr0=1e6", "trainer.on_divergence=rollback", "trainer.rollback_lr_factor=0.01",
+                     "trainer.max_rollbacks=3", "trainer.log_every_n_steps=2", "logger=[csv,tensorboard,mlflow]",
+                     f"logger.mlflow.tracking_uri=sqlite:///{mlflow_db}")
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["rollbacks"]  # it did roll back
+    metrics, _, _, _ = mlflow_run(mlflow_db, summary["trackers"]["mlflow"]["run_id"])
+    scalars, _ = tensorboard_events(run)
+    steps = csv_values(run / "steps.csv")
+    assert [k for k, _ in steps["lr"]] == list(range(len(steps["lr"])))
+    for column, values in steps.items():
+        assert metrics[column] == values and scalars[column] == values, column

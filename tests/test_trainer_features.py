@@ -223,10 +223,13 @@ def test_an_early_stopped_run_completes_with_its_block_its_plan_and_no_resume(tm
 
 def test_val_every_2_of_3_epochs_validates_after_epochs_2_and_3_and_plateau_judges_only_them(tmp_path, monkeypatch):
     """Validations after epochs 1 and 2 (from 0); plateau (patience 0, factor 0.5) is fed val/loss
-    1.0 then 2.0: one improvement, one reduction (it would fail on epoch 0's missing val/loss)."""
+    1.0 then 2.0: one improvement, one reduction (it would fail on epoch 0's missing val/loss).
+    The task monitors val/loss (min): epoch 0 is not validated, epoch 1's 1.0 beats epoch 2's 2.0,
+    so the best epoch is 1 and the objective 1.0."""
     calls = fake_metric(monkeypatch, "val/loss", [1.0, 2.0])
     train_in_process(tmp_path, *TINY, "epochs=3", "warmup_epochs=0", "trainer.val_every_n_epochs=2",
-                     "scheduler=plateau", "scheduler.patience=0", "scheduler.factor=0.5")
+                     "scheduler=plateau", "scheduler.patience=0", "scheduler.factor=0.5", "task.monitor=val/loss",
+                     "task.mode=min")
     assert calls == [1, 2]
     rows = read_csv(tmp_path / "epochs.csv")
     assert [r["epoch"] for r in rows] == ["0", "1", "2"]
@@ -235,7 +238,8 @@ def test_val_every_2_of_3_epochs_validates_after_epochs_2_and_3_and_plateau_judg
     plateau = load_checkpoint(tmp_path / "checkpoints" / "last.pt")["plan"]
     assert (plateau["best"], plateau["multiplier"]) == (1.0, 0.5)
     summary = json.loads((tmp_path / "summary.json").read_text())
-    assert summary["best"]["epoch"] in (1, 2) and "val/acc" in summary["best"]
+    assert summary["best"]["epoch"] == 1 and summary["best"]["val/loss"] == 1.0 and "val/acc" in summary["best"]
+    assert summary["objective"] == 1.0
 
 
 def test_bad_val_every_and_ema_decay_are_config_errors_before_training(tmp_path):
@@ -244,6 +248,57 @@ def test_bad_val_every_and_ema_decay_are_config_errors_before_training(tmp_path)
     with pytest.raises(ConfigError, match=r"^trainer.ema_decay=1.5: must be in \(0, 1\)"):
         build_run(tmp_path, *TINY, "trainer.ema_decay=1.5")
     assert not any(tmp_path.iterdir())
+
+
+# -- the trainer keys are checked by validate, every mistake at once, before anything is built -------
+
+@pytest.mark.parametrize("args, expected", [
+    (["trainer.early_stopping.patience=0", "trainer.mixup_alpha=-1"],
+     ["trainer.mixup_alpha=-1: must be a number >= 0 (0 = no mixup), e.g. 0.8",
+      "trainer.early_stopping.patience=0: must be an integer >= 1 (validations without improvement before stopping) "
+      "or null (off)"]),
+    (["trainer.early_stopping=5"],
+     ["trainer.early_stopping=5: must be a mapping {patience, monitor, min_delta, mode} or null, e.g. "
+      "trainer.early_stopping.patience=3"]),
+], ids=["patience_and_mixup", "early_stopping_not_a_mapping"])
+def test_trainer_key_mistakes_are_all_reported_before_anything_is_built(tmp_path, capfd, monkeypatch, args, expected):
+    """The reviewer's inputs: validate names every mistake (both of the first input), and the
+    command line prints them as they are, exit 2, with nothing built and no run folder."""
+    from framework.config import validate
+    from tests.helpers import compose_cfg, lines, run_cli_in_process
+
+    with pytest.raises(ConfigError) as info:
+        validate(compose_cfg(*TINY, *args))
+    assert info.value.messages == expected
+
+    def built(*_args, **_kwargs):
+        raise AssertionError("built after a config error")
+
+    monkeypatch.setattr("framework.build.build", built)
+    code = run_cli_in_process([*TINY, *args], tmp_path / "run")
+    assert code == 2
+    assert lines(capfd.readouterr().err) == [f"error: {line}" for line in expected]
+    assert not (tmp_path / "run").exists()
+
+
+def test_check_functions_are_pure_and_list_every_mistake():
+    from framework.trainer.early_stopping import check_early_stopping_args
+    from framework.trainer.validation import check_validation_args
+
+    assert check_early_stopping_args(None) == [] and check_early_stopping_args({"patience": 3, "mode": "max"}) == []
+    assert check_early_stopping_args({"patince": 3, "min_delta": -1}) == [
+        "trainer.early_stopping.patince: not a key of early stopping (did you mean patience?); use patience, monitor, "
+        "min_delta, mode"]  # (the values are judged once the keys are known)
+    assert check_early_stopping_args({"min_delta": -1, "mode": "up"}) == [
+        "trainer.early_stopping.min_delta=-1: must be a number >= 0 (0 = any improvement counts)",
+        "trainer.early_stopping.mode=up: use max, min or null (the task's mode)"]
+    assert check_validation_args(0, 1.5, "yes", "x") == [
+        "trainer.val_every_n_epochs=0: must be an integer >= 1 (1 = every epoch)",
+        "trainer.ema_decay=1.5: must be in (0, 1), e.g. 0.9998, or null (no EMA)",
+        "trainer.ema_warmup=yes: use true (the decay rises from 0) or false",
+        "trainer.early_stopping=x: must be a mapping {patience, monitor, min_delta, mode} or null, e.g. "
+        "trainer.early_stopping.patience=3"]
+    assert check_validation_args() == []
 
 
 def test_nan_is_never_an_improvement():

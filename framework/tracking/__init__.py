@@ -14,7 +14,10 @@ from typing import Any, Optional
 
 from framework.tracking.base import RunInfo, Tracker, Trackers
 
-__all__ = ["RunInfo", "Tracker", "Trackers", "configured", "check", "run_info", "sweep_of"]
+__all__ = ["RunInfo", "Tracker", "Trackers", "configured", "check", "run_info", "start_trackers", "sweep_of"]
+
+#: The run folder's record of its trackers' runs (written as they open: a killed run's resume finds them).
+TRACKERS_FILE = "trackers.json"
 
 
 def configured(cfg: Any) -> dict[str, Tracker]:
@@ -53,6 +56,42 @@ def run_info(cfg: Any, run_dir: Path, facts: dict[str, Any], start_step: int, pl
     sweep_dir, job = sweep_of()
     return RunInfo(run_dir=run_dir, name=run_name(run_dir), config=config, params=flatten(config), facts=facts,
                    start_step=start_step, sweep_dir=sweep_dir, job=job, plan=plan)
+
+
+def start_trackers(cfg: Any, built: Any, facts: dict[str, Any], run_dir: Path) -> dict[str, Any]:
+    """Open the built trainer's trackers (``built.trainer.trackers``) for this run: a resume
+    continues the runs ``trackers.json`` names; what identifies each run is written there at
+    once (a run killed without warning still names them) and returned for ``summary.json``.
+
+    Args:
+        cfg: the run's config; built: :class:`~framework.build.Built`; facts: ``summary.json``'s
+            start (git state, objective, overrides); run_dir: the run folder.
+
+    Raises:
+        ConfigError: a tracker could not open its run (the others opened are closed as failed).
+    """
+    from framework.loggers import write_json
+    from framework.preview import plan_of
+    from framework.summary import plan_title
+
+    trainer = built.trainer
+    info = run_info(cfg, run_dir, facts, trainer.global_step, plan_of(built.plan, trainer.optimizer,
+                                                                      plan_title(built.plan, cfg)))
+    earlier = earlier_runs(run_dir) if trainer.global_step else {}
+    opened = trainer.trackers.start(info, earlier)
+    write_json(opened, run_dir / TRACKERS_FILE)
+    return opened
+
+
+def earlier_runs(run_dir: Path) -> dict[str, Any]:
+    """``{tracker name: its start's record}`` of an earlier segment of the run in ``run_dir``."""
+    import json
+
+    try:
+        data = json.loads((Path(run_dir) / TRACKERS_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def run_name(run_dir: Path) -> str:

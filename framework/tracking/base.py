@@ -13,6 +13,8 @@ log = logging.getLogger(__name__)
 
 #: ``steps.csv`` columns that index a row rather than measure it (not logged as metrics).
 INDEX_COLUMNS = ("step", "epoch")
+#: (s) How long the end of a run waits for the trackers to take the rows still queued.
+FINISH_TIMEOUT_S = 60
 #: ``epochs.csv`` columns not logged as epoch metrics: the index, and ``lr`` (the LR of the epoch's
 #: last step, already logged with that step's row).
 EPOCH_SKIP = ("epoch", "lr")
@@ -90,6 +92,11 @@ class Tracker:
         raise NotImplementedError
 
 
+def best_metrics(summary: dict[str, Any]) -> dict[str, float]:
+    """``{"best/<metric>": value}`` of ``summary.json``'s best epoch (its numeric metrics)."""
+    return {f"best/{k}": v for k, v in numbers(summary.get("best") or {}, EPOCH_SKIP).items()}
+
+
 def numbers(row: dict[str, Any], skip: Sequence[str]) -> dict[str, float]:
     """The numeric values of a row, without the keys in ``skip`` (None, empty and text left out)."""
     return {k: float(v) for k, v in row.items()
@@ -154,9 +161,11 @@ class Trackers:
         for name, tracker in self.trackers.items():
             try:
                 opened[name] = tracker.start(replace(info, earlier=(earlier or {}).get(name) or {})) or {}
-            except ConfigError:
-                raise
             except Exception as exc:  # a server, a database, a login: say which and why, before training
+                for other in opened:  # close the runs already opened, as failed
+                    self._call(other, self.trackers[other], "finish", ({"status": "failed", "error": str(exc)},))
+                if isinstance(exc, ConfigError):
+                    raise
                 raise ConfigError(f"logger={name}: could not start its run: {first_line(exc)}") from exc
         self._thread = threading.Thread(target=self._work, name="lrframe-trackers", daemon=True)
         self._thread.start()
@@ -182,7 +191,11 @@ class Trackers:
         (a failure is a warning: the run's own files are already written)."""
         if self._thread is not None:
             self._queue.put(None)
-            self._thread.join()
+            self._thread.join(timeout=FINISH_TIMEOUT_S)
+            if self._thread.is_alive():  # a tracker hangs (a server that stopped answering): leave it
+                log.warning("logger: the trackers did not take the run's last rows within %d s (%s); their runs are "
+                            "left open, the run folder has every value", FINISH_TIMEOUT_S, ", ".join(self.trackers))
+                return
             self._thread = None
         for name, tracker in list(self.trackers.items()):
             self._call(name, tracker, "finish", (summary,))

@@ -9,14 +9,14 @@ import time
 from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence
 
-from framework.tracking.base import EPOCH_SKIP, INDEX_COLUMNS, RunInfo, Tracker, numbers, require
+from framework.tracking.base import EPOCH_SKIP, INDEX_COLUMNS, RunInfo, Tracker, best_metrics, numbers, require
 
 #: The sweep folder's record of its MLflow parent run (written when a multirun starts).
 PARENT_FILE = "mlflow_parent.json"
 #: MLflow's run status for each ``summary.json`` status.
 STATUS = {"completed": "FINISHED", "stopped": "KILLED", "diverged": "FAILED", "failed": "FAILED"}
 #: Files of the run folder logged as artifacts when the run ends (those that exist).
-ARTIFACTS = ("summary.json", "epochs.csv", "steps.csv", "lr.png", "lr_plan.png", ".hydra/config.yaml",
+ARTIFACTS = ("summary.json", "epochs.csv", "steps.csv", "lr.png", "lr_plan.csv", ".hydra/config.yaml",
              ".hydra/overrides.yaml")
 
 
@@ -30,7 +30,9 @@ class MLflowTracker(Tracker):
     (``FINISHED``, ``KILLED`` for a resumable stop, ``FAILED``), ``best/<metric>`` values, and the
     run folder's ``summary.json``, CSVs, ``lr.png`` and Hydra config as artifacts. A sweep's jobs
     are children of one parent run (``mlflow.parentRunId``; :class:`~framework.tracking.sweep.TrackerSweepCallback`).
-    A resumed run continues its MLflow run.
+    A resumed run continues its MLflow run; steps it holds already (logged after the checkpoint,
+    before a crash, and trained again) are not logged twice: the first value stays (the same
+    value on the CPU, where training is deterministic).
 
     Args:
         tracking_uri: where the store is: ``sqlite:///outputs/mlflow.db`` (a relative path is
@@ -55,6 +57,7 @@ class MLflowTracker(Tracker):
         self.client: Any = None
         self.run_id: Optional[str] = None
         self.run_dir: Optional[Path] = None
+        self.logged_through = -1  # on resume, the last step the run already holds (not logged again)
 
     # -- before training --------------------------------------------------------------------------
 
@@ -95,6 +98,8 @@ class MLflowTracker(Tracker):
         if info.earlier.get("run_id") and info.earlier.get("tracking_uri") == self.tracking_uri:
             self.run_id = info.earlier["run_id"]
             client.update_run(self.run_id, status="RUNNING")
+            # steps logged after the checkpoint, before a crash, are trained again: log each step once
+            self.logged_through = max((m.step for m in client.get_metric_history(self.run_id, "lr")), default=-1)
             return self._facts()
         experiment_id = experiment(client, self.experiment_name, self.artifact_root())
         tags = {"mlflow.source.name": "lrframe", "run_dir": str(info.run_dir),
@@ -121,12 +126,15 @@ class MLflowTracker(Tracker):
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        self._log([Metric(k, v, now, int(row["step"])) for row in rows for k, v in numbers(row, INDEX_COLUMNS).items()])
+        self._log([Metric(k, v, now, int(row["step"])) for row in rows if row["step"] > self.logged_through
+                   for k, v in numbers(row, INDEX_COLUMNS).items()])
 
     def log_epoch(self, metrics: dict[str, Any], step: int) -> None:
         """The epoch's metrics (``train/loss``, ``val/...``, ``time_s``) at step ``step``."""
         from mlflow.entities import Metric
 
+        if step <= self.logged_through:  # logged before a crash, trained again after the resume
+            return
         now = int(time.time() * 1000)
         self._log([Metric(k, v, now, step) for k, v in numbers(metrics, EPOCH_SKIP).items()])
 
@@ -135,8 +143,8 @@ class MLflowTracker(Tracker):
         from mlflow.entities import Metric, RunTag
 
         client, now = self.client, int(time.time() * 1000)
-        best = numbers(summary.get("best") or {}, EPOCH_SKIP)
-        self._log([Metric(f"best/{k}", v, now, int(summary.get("steps") or 0)) for k, v in best.items()])
+        steps = int(summary.get("steps") or 0)
+        self._log([Metric(k, v, now, steps) for k, v in best_metrics(summary).items()])
         client.log_batch(self.run_id, tags=[RunTag("status", str(summary.get("status")))])
         files = [self.run_dir / name for name in ARTIFACTS]
         if self.log_checkpoints:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any, Optional, Sequence
 
-from framework.tracking.base import EPOCH_SKIP, INDEX_COLUMNS, RunInfo, Tracker, numbers, require
+from framework.tracking.base import EPOCH_SKIP, INDEX_COLUMNS, RunInfo, Tracker, best_metrics, numbers, require
 
 
 class TensorBoardTracker(Tracker):
@@ -67,7 +67,7 @@ class TensorBoardTracker(Tracker):
             if self.hparams and self.info is not None:
                 from torch.utils.tensorboard.summary import hparams
 
-                best = {f"best/{k}": v for k, v in numbers(summary.get("best") or {}, EPOCH_SKIP).items()}
+                best = best_metrics(summary)
                 values = {k: hparam_value(v) for k, v in self.info.params.items()}
                 values["status"] = str(summary.get("status"))
                 for part in hparams(values, best or {"best/none": 0.0}):

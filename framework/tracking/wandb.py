@@ -6,7 +6,7 @@ import netrc
 import os
 from typing import Any, Optional, Sequence
 
-from framework.tracking.base import EPOCH_SKIP, INDEX_COLUMNS, RunInfo, Tracker, numbers, require
+from framework.tracking.base import EPOCH_SKIP, INDEX_COLUMNS, RunInfo, Tracker, best_metrics, numbers, require
 
 #: W&B's exit code for each ``summary.json`` status (0 = the run finished).
 EXIT_CODE = {"completed": 0, "stopped": 0}
@@ -76,7 +76,7 @@ class WandbTracker(Tracker):
 
     def finish(self, summary: dict[str, Any]) -> None:
         """Status, objective and ``best/<metric>`` into the run's summary; ``finish``."""
-        best = {f"best/{k}": v for k, v in numbers(summary.get("best") or {}, EPOCH_SKIP).items()}
+        best = best_metrics(summary)
         self.run.summary.update({"status": summary.get("status"), "objective": summary.get("objective"), **best})
         self.run.finish(exit_code=EXIT_CODE.get(summary.get("status"), 1))
 

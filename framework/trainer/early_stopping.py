@@ -2,13 +2,58 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any, Optional, Sequence
 
+from framework.errors import ConfigError, suggest
 from framework.tasks import MODES
 from framework.trainer.ema import monitored
 
 #: The keys of ``trainer.early_stopping``.
 KEYS = ("patience", "monitor", "min_delta", "mode")
+
+_KEY = "trainer.early_stopping"
+
+
+def _shape_errors(node: Any) -> list[str]:
+    """``trainer.early_stopping`` that is not a mapping (nor null), or has keys not in :data:`KEYS`."""
+    if node is None:
+        return []
+    if not isinstance(node, Mapping):
+        return [f"{_KEY}={node}: must be a mapping {{{', '.join(KEYS)}}} or null, e.g. {_KEY}.patience=3"]
+    return [f"{_KEY}.{k}: not a key of early stopping{suggest(k, KEYS)}; use {', '.join(KEYS)}"
+            for k in node if k not in KEYS]
+
+
+def _value_errors(patience: Optional[int] = None, monitor: Optional[str] = None, min_delta: float = 0.0,
+                  mode: Optional[str] = None) -> list[str]:
+    """The keys' values out of range, as far as the config alone tells (``monitor`` is checked
+    against the run's metrics by :class:`EarlyStopping`)."""
+    errors = []
+    if patience is not None and (isinstance(patience, bool) or not isinstance(patience, int) or patience < 1):
+        errors.append(f"{_KEY}.patience={patience}: must be an integer >= 1 (validations without improvement before "
+                      "stopping) or null (off)")
+    if isinstance(min_delta, bool) or not isinstance(min_delta, (int, float)) or not min_delta >= 0:
+        errors.append(f"{_KEY}.min_delta={min_delta}: must be a number >= 0 (0 = any improvement counts)")
+    if mode is not None and mode not in MODES:
+        errors.append(f"{_KEY}.mode={mode}: use max, min or null (the task's mode)")
+    return errors
+
+
+def check_early_stopping_args(node: Any) -> list[str]:
+    """The one-line messages of ``trainer.early_stopping``'s mistakes that the config alone shows
+    (empty when there are none); pure, so :func:`framework.config.validate` reports them before
+    anything is built: not a mapping nor null, an unknown key (with a suggestion), ``patience``,
+    ``min_delta`` or ``mode`` out of range. Whether ``monitor`` is a metric the run logs needs
+    the built task (:class:`EarlyStopping` checks it).
+
+    Args:
+        node: ``trainer.early_stopping``: a mapping of :data:`KEYS`, or None (off).
+    """
+    errors = _shape_errors(node)
+    if errors or node is None:
+        return errors
+    return _value_errors(**node)
 
 
 class EarlyStopping:
@@ -40,26 +85,24 @@ class EarlyStopping:
         logged: the metrics a validated epoch has (runtime), to check ``monitor``.
 
     Raises:
-        ValueError: a key out of range, named with its fix (``trainer.early_stopping.<key>=...``).
+        ConfigError: a key out of range, named with its fix (``trainer.early_stopping.<key>=...``;
+            :func:`check_early_stopping_args`, every one at once), then a ``monitor`` the run does
+            not log, or a null ``mode`` for a monitor that is neither the task's nor a loss.
     """
 
     def __init__(self, patience: Optional[int] = None, monitor: Optional[str] = None, min_delta: float = 0.0,
                  mode: Optional[str] = None, *, task_monitor: str = "val/loss", task_mode: str = "min",
                  logged: Sequence[str] = ()):
-        key = "trainer.early_stopping"
-        if patience is not None and (isinstance(patience, bool) or not isinstance(patience, int) or patience < 1):
-            raise ValueError(f"{key}.patience={patience}: must be an integer >= 1 (validations without improvement "
-                             "before stopping) or null (off)")
-        if isinstance(min_delta, bool) or not isinstance(min_delta, (int, float)) or not min_delta >= 0:
-            raise ValueError(f"{key}.min_delta={min_delta}: must be a number >= 0 (0 = any improvement counts)")
+        key = _KEY
+        errors = _value_errors(patience, monitor, min_delta, mode)
+        if errors:
+            raise ConfigError(errors)
         if monitor is not None and monitor not in logged:
-            raise ValueError(f"{key}.monitor={monitor}: not a metric this run logs; use one of {', '.join(logged)} "
-                             "or null (the task's monitor)")
-        if mode is not None and mode not in MODES:
-            raise ValueError(f"{key}.mode={mode}: use max, min or null (the task's mode)")
+            raise ConfigError(f"{key}.monitor={monitor}: not a metric this run logs; use one of {', '.join(logged)} "
+                              "or null (the task's monitor)")
         if mode is None and monitor not in (None, task_monitor) and not monitor.endswith("loss"):
-            raise ValueError(f"{key}.mode=null: {monitor} is not the task's monitor ({task_monitor}); set "
-                             f"{key}.mode=max or min")
+            raise ConfigError(f"{key}.mode=null: {monitor} is not the task's monitor ({task_monitor}); set "
+                              f"{key}.mode=max or min")
         if mode is None:
             mode = task_mode if monitor in (None, task_monitor) else "min"
         self.patience, self.monitor, self.min_delta, self.mode = patience, monitor, float(min_delta), mode
@@ -74,14 +117,13 @@ class EarlyStopping:
         """From ``trainer.early_stopping`` (a dict of :data:`KEYS`; None = off).
 
         Raises:
-            ValueError: an unknown key (a typo), naming the keys there are; or as the constructor.
+            ConfigError: not a mapping, or an unknown key (a typo), naming the keys there are; or
+                as the constructor.
         """
-        node = dict(node or {})
-        unknown = [k for k in node if k not in KEYS]
-        if unknown:
-            raise ValueError(f"trainer.early_stopping.{unknown[0]}: not a key of early stopping; use "
-                             f"{', '.join(KEYS)}")
-        return cls(**node, **runtime)
+        errors = _shape_errors(node)
+        if errors:
+            raise ConfigError(errors)
+        return cls(**dict(node or {}), **runtime)
 
     @property
     def enabled(self) -> bool:

@@ -8,9 +8,27 @@ from typing import Any, Optional
 import torch
 
 from framework import distributed, tasks
+from framework.errors import ConfigError
 
 #: Prefix of the EMA weights' validation metrics in ``epochs.csv`` (``val_ema/loss``, ``val_ema/acc``).
 EMA_PREFIX = "val_ema/"
+
+
+def check_ema_args(ema_decay: Optional[float] = None, ema_warmup: bool = False) -> list[str]:
+    """The one-line messages of the EMA keys out of range (empty when both are fine); pure, so
+    :func:`framework.config.validate` reports them before anything is built.
+
+    Args:
+        ema_decay: ``trainer.ema_decay``, the decay per step in (0, 1), or None (no EMA).
+        ema_warmup: ``trainer.ema_warmup``, true or false.
+    """
+    errors = []
+    if ema_decay is not None and (isinstance(ema_decay, bool) or not isinstance(ema_decay, (int, float))
+                                  or not 0 < ema_decay < 1):
+        errors.append(f"trainer.ema_decay={ema_decay}: must be in (0, 1), e.g. 0.9998, or null (no EMA)")
+    if not isinstance(ema_warmup, bool):
+        errors.append(f"trainer.ema_warmup={ema_warmup}: use true (the decay rises from 0) or false")
+    return errors
 
 
 class WeightEma:
@@ -39,12 +57,14 @@ class WeightEma:
         warmup: ``trainer.ema_warmup``, timm's ``use_warmup`` (the decay rises from 0).
 
     Raises:
-        ValueError: ``decay`` not in (0, 1); set e.g. 0.9998, or null for no EMA.
+        ConfigError: ``decay`` not in (0, 1) (set e.g. 0.9998, or null for no EMA), or ``warmup``
+            not a bool (:func:`check_ema_args`).
     """
 
     def __init__(self, model: torch.nn.Module, decay: float, warmup: bool = False):
-        if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not 0 < decay < 1:
-            raise ValueError(f"trainer.ema_decay={decay}: must be in (0, 1), e.g. 0.9998, or null (no EMA)")
+        errors = check_ema_args(decay, warmup)
+        if errors:
+            raise ConfigError(errors)
         from timm.utils import ModelEmaV3
 
         self.ema = ModelEmaV3(model, decay=float(decay), use_warmup=bool(warmup))

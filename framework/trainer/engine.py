@@ -19,6 +19,25 @@ from framework.trainer.steps import loader_group_sizes, total_norm
 CLIP_ALGORITHMS = ("norm", "value")
 
 
+def check_clip_args(gradient_clip_val: Optional[float] = None, gradient_clip_algorithm: str = "norm") -> list[str]:
+    """The one-line messages of the clipping keys out of range (empty when both are fine); pure,
+    so :func:`framework.config.validate` reports them before anything is built.
+
+    Args:
+        gradient_clip_val: (gradient units) the threshold, > 0, or None (no clipping).
+        gradient_clip_algorithm: ``norm`` or ``value`` (:data:`CLIP_ALGORITHMS`).
+    """
+    errors = []
+    if gradient_clip_val is not None and not (isinstance(gradient_clip_val, (int, float))
+                                              and not isinstance(gradient_clip_val, bool) and gradient_clip_val > 0):
+        errors.append(f"trainer.gradient_clip_val={gradient_clip_val}: must be > 0 or null (no clipping)")
+    if gradient_clip_algorithm not in CLIP_ALGORITHMS:
+        errors.append(f"trainer.gradient_clip_algorithm={gradient_clip_algorithm}: use norm (scale the gradients to "
+                      "total L2 norm gradient_clip_val) or value (clamp each element to "
+                      "[-gradient_clip_val, gradient_clip_val])")
+    return errors
+
+
 class StepEngine:
     """Forward, backward and optimizer step with gradient accumulation, mixed precision,
     clipping and data parallelism; the base of :class:`~framework.trainer.Trainer`, which adds
@@ -58,7 +77,8 @@ class StepEngine:
             :class:`~framework.trainer.Trainer` builds it from its ``mixup_*`` keys.
 
     Raises:
-        ConfigError: ``gradient_clip_algorithm`` is neither ``norm`` nor ``value``.
+        ConfigError: ``gradient_clip_val`` not > 0, or ``gradient_clip_algorithm`` neither ``norm``
+            nor ``value`` (:func:`check_clip_args`).
 
     In a data-parallel run (:mod:`framework.distributed`) the model is wrapped in
     ``DistributedDataParallel``: gradients are averaged over the ranks after each optimizer
@@ -70,10 +90,9 @@ class StepEngine:
                  precision: str | int = "32", channels_last: bool = False, compile: bool = False,
                  cudnn_benchmark: bool = True, sync_batchnorm: bool = False, task: Optional[Any] = None,
                  gradient_clip_algorithm: str = "norm", mixup: Optional[Any] = None):
-        if gradient_clip_algorithm not in CLIP_ALGORITHMS:
-            raise ConfigError(f"trainer.gradient_clip_algorithm={gradient_clip_algorithm}: use norm (scale the "
-                              "gradients to total L2 norm gradient_clip_val) or value (clamp each element to "
-                              "[-gradient_clip_val, gradient_clip_val])")
+        errors = check_clip_args(gradient_clip_val, gradient_clip_algorithm)
+        if errors:
+            raise ConfigError(errors)
         self.channels_last = channels_last
         self.task = task if task is not None else tasks.default_task(model)
         self.metric_names = tasks.metric_names(self.task)  # the task's metrics, without prefix
@@ -140,7 +159,10 @@ class StepEngine:
         with the task's label smoothing in ``s``) and the loss is the soft-target cross-entropy
         ``-sum_{b,c} t_bc log softmax(z_b)_c / B`` (nats): ``F.cross_entropy`` with probability
         targets, the formula of timm's ``SoftTargetCrossEntropy``, chosen as the same function the
-        classification task uses for class indices. A batch of odd size (with an even
+        classification task uses for class indices. That is why mixing is only allowed for
+        :class:`framework.tasks.Classification` and subclasses that keep its loss
+        (:func:`framework.trainer.mixing.check_mixup_task`): any other task's loss would be
+        bypassed. A batch of odd size (with an even
         ``batch_size`` only an epoch's last can be) is not mixed: it trains on the task's loss,
         which is the soft-target loss of its unmixed smoothed targets.
 

@@ -112,6 +112,11 @@ class DivergenceGuard:
     def can_roll_back(self) -> bool:
         return self.policy == "rollback" and self.snapshot is not None and len(self.rollbacks) < self.max_rollbacks
 
+    def final_before(self) -> float:
+        """Steps ``k`` below this can no longer be undone by a rollback: the restore point's step
+        while one is left to use (with the rollback policy), else infinity (every step is final)."""
+        return self.snapshot["step"] if self.can_roll_back() else math.inf
+
     def restore_point(self) -> dict[str, Any]:
         """The last good state; resets the smoothed loss to what it was then."""
         state = copy.deepcopy(self.snapshot)

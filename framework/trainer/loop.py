@@ -320,6 +320,7 @@ class Trainer(Rollbacks, StepEngine):
             try:
                 # after an error on this rank alone, no collective: the others may never come
                 self.steplog.flush(reduce=together or self.world_size == 1)
+                self.steplog.release(everything=True)  # the run is over: no rollback can undo a step
             finally:
                 self._bar.close()
         self.signals.settle(self.stopped)
@@ -345,8 +346,7 @@ class Trainer(Rollbacks, StepEngine):
             if validated and not math.isfinite(metrics["val/loss"]):  # finite train losses, yet the model overflows
                 raise Diverged(rs.global_step - 1, metrics["lr"], "validation loss is not finite")
             epochs_csv.write([metrics])
-            if self.trackers:
-                self.trackers.log_epoch(metrics, rs.global_step - 1)
+            self.steplog.track("log_epoch", metrics, rs.global_step - 1)
             if validated:  # a metric-driven schedule judges validated epochs only
                 self.plan.observe(epoch, metrics)
             rs.final = metrics

@@ -22,10 +22,12 @@ def _number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def check_mixup_args(mixup_alpha: float, cutmix_alpha: float, cutmix_minmax: Optional[Sequence[float]],
-                     mixup_prob: float, mixup_switch_prob: float, mixup_mode: str,
-                     mixup_off_epoch: Optional[int]) -> list[str]:
-    """The one-line messages of every out-of-range mixing key (empty when all are fine).
+def check_mixup_args(mixup_alpha: float = 0.0, cutmix_alpha: float = 0.0,
+                     cutmix_minmax: Optional[Sequence[float]] = None, mixup_prob: float = 1.0,
+                     mixup_switch_prob: float = 0.5, mixup_mode: str = "batch",
+                     mixup_off_epoch: Optional[int] = None) -> list[str]:
+    """The one-line messages of every out-of-range mixing key (empty when all are fine); pure, so
+    :func:`framework.config.validate` reports them before anything is built.
 
     Args:
         mixup_alpha: Beta(a, a) of mixup's ``lam``, >= 0 (0 = no mixup).
@@ -73,6 +75,41 @@ def active_key(mixup_alpha: float, cutmix_alpha: float, cutmix_minmax: Optional[
     return None
 
 
+def check_mixup_task(key: str, task_type: type) -> list[str]:
+    """Whether a task's class can train on mixed batches: one message when it cannot, else none.
+
+    A mixed batch has soft targets ``(B, K)`` and trains on the soft-target cross-entropy
+    (:meth:`~framework.trainer.engine.StepEngine.micro_step`), which is the loss of
+    :class:`framework.tasks.Classification` (its label smoothing moves into the targets). So
+    mixing is allowed for that class and for a subclass that keeps its ``loss``; a task whose
+    labels are not class indices, or a task with a loss of its own (``task=custom``, or a
+    subclass that overrides ``loss``), is refused, since mixing would silently replace its loss.
+    Pure (the class, not an instance): :func:`framework.config.validate` checks the task's
+    ``_target_`` with it, :func:`build_mixup` the built task's class.
+
+    Args:
+        key: the key that switches mixing on (:func:`active_key`), e.g. ``trainer.mixup_alpha=0.8``.
+        task_type: the task's class.
+
+    Raises:
+        ConfigError: the class's ``label_type`` is not one of the known ones
+            (:func:`framework.tasks.label_type_of`).
+    """
+    from framework import tasks
+
+    label_type = tasks.label_type_of(task_type)
+    off = "set trainer.mixup_alpha=0 trainer.cutmix_alpha=0 trainer.cutmix_minmax=null"
+    if label_type != "class":
+        return [f"{key}: Mixup / CutMix mix class labels, but the task {task_type.__name__} trains on {label_type} "
+                f"labels; {off}, or use task=classification"]
+    if not (isinstance(task_type, type) and issubclass(task_type, tasks.Classification)
+            and task_type.loss is tasks.Classification.loss):
+        return [f"{key}: a mixed batch trains on the soft-target cross-entropy of framework.tasks.Classification, "
+                f"which would replace the loss of {task_type.__module__}.{task_type.__qualname__}; use "
+                f"task=classification (or a subclass of it that keeps its loss), or {off}"]
+    return []
+
+
 def build_mixup(task: Any, train_loader: Any, mixup_alpha: float = 0.0, cutmix_alpha: float = 0.0,
                 cutmix_minmax: Optional[Sequence[float]] = None, mixup_prob: float = 1.0,
                 mixup_switch_prob: float = 0.5, mixup_mode: str = "batch",
@@ -86,8 +123,9 @@ def build_mixup(task: Any, train_loader: Any, mixup_alpha: float = 0.0, cutmix_a
     RNG (saved in checkpoints, so a resumed run draws the same).
 
     Args:
-        task: the run's task; mixing needs ``label_type`` ``class`` (its ``num_classes``, its
-            ``label_smoothing`` if any).
+        task: the run's task; mixing needs :class:`framework.tasks.Classification` or a subclass
+            that keeps its loss (:func:`check_mixup_task`; its ``num_classes``, its
+            ``label_smoothing``).
         train_loader: the train loader: its ``batch_size`` (per process) and, for CutMix, the
             shape of its dataset's first sample ``(C, H, W)``.
         mixup_alpha, cutmix_alpha, cutmix_minmax, mixup_prob, mixup_switch_prob, mixup_mode,
@@ -100,7 +138,8 @@ def build_mixup(task: Any, train_loader: Any, mixup_alpha: float = 0.0, cutmix_a
 
     Raises:
         ConfigError: a key out of range; mixing switched on for a task whose labels are not
-            class indices (set the alphas to 0 and ``cutmix_minmax`` to null); an odd
+            class indices or which has a loss of its own (:func:`check_mixup_task`; set the alphas
+            to 0 and ``cutmix_minmax`` to null); an odd
             ``batch_size`` (timm pairs sample ``i`` with ``B-1-i``; use an even one); CutMix on
             samples that are not images ``(C, H, W)``, or a ``cutmix_minmax`` that leaves no
             box size to draw on images this small.
@@ -112,13 +151,9 @@ def build_mixup(task: Any, train_loader: Any, mixup_alpha: float = 0.0, cutmix_a
     key = active_key(mixup_alpha, cutmix_alpha, cutmix_minmax)
     if key is None:
         return None
-    from framework import tasks
-
-    label_type = tasks.label_type_of(task)
-    if label_type != "class":
-        raise ConfigError(f"{key}: Mixup / CutMix mix class labels, but the task {type(task).__name__} trains on "
-                          f"{label_type} labels; set trainer.mixup_alpha=0 trainer.cutmix_alpha=0 "
-                          "trainer.cutmix_minmax=null, or use task=classification")
+    errors = check_mixup_task(key, type(task))
+    if errors:
+        raise ConfigError(errors)
     batch_size = train_loader.batch_size
     if batch_size % 2:
         raise ConfigError(f"{key}: timm's Mixup pairs sample i with sample B-1-i and needs an even batch_size, got "

@@ -21,6 +21,7 @@ class Rollbacks:
         went on (a point already offered at this step is not offered again)."""
         if self.guard.policy == "rollback" and self.guard.kept_step != self.run_state.global_step:
             self.guard.keep(self.state_dict())
+            self.steplog.release()  # the restore point moved: the steps before it are final for the trackers
 
     def _forget_after(self, step: int) -> None:
         """The run ends diverged at ``step``: the steps run after it (before the check read them)

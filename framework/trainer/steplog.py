@@ -2,6 +2,7 @@
 until a flush reads them all at once and the divergence guard checks them."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
@@ -44,8 +45,9 @@ class StepLog:
         guard: the divergence guard that judges each step's loss and gradient norm.
         world_size: processes of the run (losses are averaged over them).
         write: this process writes files (rank 0).
-        trackers: :class:`~framework.tracking.Trackers` that get each batch of rows as it is
-            appended to the file (queued: no I/O here); None = the file only.
+        trackers: :class:`~framework.tracking.Trackers` that get the rows appended to the file
+            and the epochs' rows (:meth:`track`), in step order, once no rollback can undo them
+            (queued: no I/O here); None = the file only.
 
     Attributes:
         last_loss: loss of the last checked step (mean cross-entropy, nats), None before any.
@@ -63,6 +65,7 @@ class StepLog:
         self.checked: list[dict[str, Any]] = []  # rows read and checked, not written yet
         self.last_loss: Optional[float] = None
         self.on_read: Optional[Callable[[list[dict[str, Any]]], None]] = None
+        self.held: list[tuple[int, str, Any]] = []  # (step k, tracker call, its argument) not final yet
         self._file: CSVLog | NullLog = NullLog()
 
     def open(self, append: bool) -> None:
@@ -78,9 +81,39 @@ class StepLog:
         self.pending.append((row, loss, norm, clipped))
 
     def clear(self) -> None:
-        """Drop every row not written yet (a rollback: they belong to steps that are redone)."""
+        """Drop every row not written yet and every tracker call not made yet (a rollback: they
+        belong to steps that are redone)."""
         self.pending.clear()
         self.checked.clear()
+        self.held.clear()
+
+    def track(self, method: str, value: Any, step: int) -> None:
+        """Hand ``value`` to the trackers (``log_steps``: a ``steps.csv`` row; ``log_epoch``: an
+        ``epochs.csv`` row at the epoch's last ``k``) once step ``step`` can no longer be rolled
+        back (:meth:`DivergenceGuard.final_before`); in the order of the calls."""
+        if self.trackers:
+            self.held.append((step, method, value))
+            self.release()
+
+    def release(self, everything: bool = False) -> None:
+        """Send the held tracker calls of steps below the guard's restore point (all of them with
+        ``everything``: the run is over), consecutive step rows in one ``log_steps``."""
+        limit = math.inf if everything else self.guard.final_before()
+        n = 0
+        while n < len(self.held) and self.held[n][0] < limit:
+            n += 1
+        ready, self.held = self.held[:n], self.held[n:]
+        rows: list[dict[str, Any]] = []
+        for step, method, value in ready:
+            if method == "log_steps":
+                rows.append(value)
+                continue
+            if rows:
+                self.trackers.log_steps(rows)
+                rows = []
+            self.trackers.log_epoch(value, step)
+        if rows:
+            self.trackers.log_steps(rows)
 
     def check(self) -> None:
         """Read the pending rows' losses, gradient norms and clip flags (one transfer; in a
@@ -139,5 +172,6 @@ class StepLog:
             if self.checked:
                 self._file.write(self.checked)
                 if self.trackers:
-                    self.trackers.log_steps(self.checked)
+                    self.held.extend((row["step"], "log_steps", row) for row in self.checked)
+                    self.release()
                 self.checked.clear()

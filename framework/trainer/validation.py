@@ -9,10 +9,28 @@ from typing import Any, Optional
 import torch
 
 from framework import tasks
-from framework.trainer.early_stopping import EarlyStopping
-from framework.trainer.ema import EMA_PREFIX, WeightEma, best_value, monitored
+from framework.errors import ConfigError
+from framework.trainer.early_stopping import EarlyStopping, check_early_stopping_args
+from framework.trainer.ema import EMA_PREFIX, WeightEma, best_value, check_ema_args, monitored
 
 log = logging.getLogger("framework.trainer.loop")
+
+
+def check_validation_args(val_every_n_epochs: int = 1, ema_decay: Optional[float] = None, ema_warmup: bool = False,
+                          early_stopping: Any = None) -> list[str]:
+    """The one-line messages of every epoch-end key the config alone shows wrong (empty when all
+    are fine): ``val_every_n_epochs`` not an integer >= 1, the EMA keys
+    (:func:`~framework.trainer.ema.check_ema_args`) and ``early_stopping``
+    (:func:`~framework.trainer.early_stopping.check_early_stopping_args`). Pure, so
+    :func:`framework.config.validate` reports them all before anything is built.
+
+    Args:
+        val_every_n_epochs, ema_decay, ema_warmup, early_stopping: as :class:`Validation`.
+    """
+    errors = []
+    if isinstance(val_every_n_epochs, bool) or not isinstance(val_every_n_epochs, int) or val_every_n_epochs < 1:
+        errors.append(f"trainer.val_every_n_epochs={val_every_n_epochs}: must be an integer >= 1 (1 = every epoch)")
+    return errors + check_ema_args(ema_decay, ema_warmup) + check_early_stopping_args(early_stopping)
 
 
 class Validation:
@@ -33,14 +51,16 @@ class Validation:
         task: the run's task (runtime): its ``monitor``, ``mode`` and metric names.
 
     Raises:
-        ValueError: a key out of range, named with its fix (``trainer.<key>=...: ...``).
+        ConfigError: keys out of range, each named with its fix (``trainer.<key>=...: ...``), all
+            at once (:func:`check_validation_args`); then an early-stopping ``monitor`` this task
+            does not log (:class:`~framework.trainer.early_stopping.EarlyStopping`).
     """
 
     def __init__(self, val_every_n_epochs: int, ema_decay: Optional[float], ema_warmup: bool,
                  early_stopping: Optional[dict[str, Any]], model: torch.nn.Module, task: Any):
-        if isinstance(val_every_n_epochs, bool) or not isinstance(val_every_n_epochs, int) or val_every_n_epochs < 1:
-            raise ValueError(f"trainer.val_every_n_epochs={val_every_n_epochs}: must be an integer >= 1 "
-                             "(1 = every epoch)")
+        errors = check_validation_args(val_every_n_epochs, ema_decay, ema_warmup, early_stopping)
+        if errors:
+            raise ConfigError(errors)
         self.every = val_every_n_epochs
         self.monitor, self.mode = tasks.monitor_of(task)
         self.ema = WeightEma(model, ema_decay, ema_warmup) if ema_decay is not None else None
