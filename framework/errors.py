@@ -12,6 +12,7 @@ import contextlib
 import difflib
 import re
 import sys
+from pathlib import Path
 from typing import Iterable, Iterator
 
 
@@ -60,7 +61,9 @@ def user_messages(exc: BaseException) -> list[str] | None:
         return [yaml_error]
     if isinstance(exc, MissingConfigException) and exc.missing_cfg_file and "/" in exc.missing_cfg_file:
         group, name = exc.missing_cfg_file.rsplit("/", 1)
-        options = sorted(exc.options or [])  # every option on the search path, the user's own included
+        # every option on the search path, the user's own included (Hydra lists none for an element of a
+        # list, logger=[csv,x]: then the packaged ones)
+        options = sorted(exc.options or []) or sorted(p.stem for p in (Path(__file__).parent / "conf" / group).glob("*.yaml"))
         plugin = PLUGINS.get(f"{group}={name}")
         if plugin:
             return [f"{group}={name}: the Hydra plugin is not installed; pip install {plugin} "
@@ -77,6 +80,10 @@ def user_messages(exc: BaseException) -> list[str] | None:
             moved = moved_key_message(key, override.partition("=")[2])
             if moved is not None:
                 return [moved]
+            tracker = key.split(".")[1] if key.startswith("logger.") and key.count(".") >= 2 else None
+            if tracker and (Path(__file__).parent / "conf" / "logger" / f"{tracker}.yaml").is_file():
+                return [f"{override}: {tracker} is not among this run's trackers; add it to the list, e.g. "
+                        f"'logger=[csv,{tracker}]' {override}"]
             if "." in key:
                 parent = getattr(cause, "parent_node", None)
                 keys = [k for k in (parent.keys() if parent is not None else []) if not str(k).startswith("_")]

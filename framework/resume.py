@@ -204,21 +204,26 @@ def rerun_overrides(overrides: list[str]) -> list[str]:
 
 def continue_command(overrides: list[str], run_dir: Path) -> str:
     """The command that continues this run: ``python <this script>`` (as run, relative to the
-    current folder when it lies below it), or torchrun with the same
-    processes (``--standalone`` on one machine; several machines: the same ``--nnodes`` plus the
-    user's own rendezvous arguments), the run's overrides and ``resume=<run_dir>``."""
-    script = Path(sys.argv[0]) if sys.argv and sys.argv[0].endswith(".py") else Path("train.py")
-    if script.is_absolute() and script.resolve().is_relative_to(Path.cwd().resolve()):
+    current folder when it lies below it), ``lrframe`` (the installed command; ``python -m
+    framework`` as such), or torchrun with the same processes (``--standalone`` on one machine;
+    several machines: the same ``--nnodes`` plus the user's own rendezvous arguments), the run's
+    overrides (quoted for the shell where needed: ``'logger=[csv,mlflow]'``) and ``resume=<run_dir>``."""
+    import shlex
+
+    argv0 = sys.argv[0] if sys.argv else ""
+    script: Optional[Path] = Path(argv0) if argv0.endswith(".py") and Path(argv0).name != "__main__.py" else None
+    if script is not None and script.is_absolute() and script.resolve().is_relative_to(Path.cwd().resolve()):
         script = script.resolve().relative_to(Path.cwd().resolve())  # as typed from here: train.py
+    program = str(script) if script is not None else "-m framework"  # torchrun / python take the package too
     world = distributed.world_size()
     per_node = int(os.environ.get("LOCAL_WORLD_SIZE", world))
     if world == 1:
-        start = f"python {script}"
+        start = f"python {script}" if script is not None else "lrframe"
     elif per_node == world:
-        start = f"torchrun --standalone --nproc_per_node={world} {script}"
+        start = f"torchrun --standalone --nproc_per_node={world} {program}"
     else:
-        start = f"torchrun --nnodes={world // per_node} --nproc_per_node={per_node} <rendezvous arguments> {script}"
-    return " ".join([start, *rerun_overrides(overrides), f"resume={run_dir}"])
+        start = f"torchrun --nnodes={world // per_node} --nproc_per_node={per_node} <rendezvous arguments> {program}"
+    return " ".join([start, *map(shlex.quote, rerun_overrides(overrides)), shlex.quote(f"resume={run_dir}")])
 
 
 def also_log_to(run_dir: Path) -> Optional[logging.Handler]:

@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sys
+from pathlib import Path
 
 import pytest
 from hydra.errors import MissingConfigException
@@ -159,3 +161,14 @@ def test_the_continue_command_runs_from_where_the_user_is_and_a_finished_run_is_
                                              "to continue (to train it further, give it more epochs with "
                                              "resume_allow_changes=true)"]
     assert folder_bytes(run) == before
+
+
+@pytest.mark.parametrize("argv0, start", [("/usr/local/bin/lrframe", "lrframe"),
+                                          ("/site-packages/framework/__main__.py", "lrframe"),
+                                          ("train.py", "python train.py")])
+def test_the_continue_command_names_the_program_that_ran_and_quotes_for_the_shell(argv0, start, monkeypatch):
+    from framework.resume import continue_command
+
+    monkeypatch.setattr(sys, "argv", [argv0])
+    assert continue_command(["logger=[csv,mlflow]", "lr0=0.1", "trainer.stop_after_steps=5"], Path("/runs/a b")) == (
+        f"{start} 'logger=[csv,mlflow]' lr0=0.1 'resume=/runs/a b'")

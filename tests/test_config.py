@@ -279,6 +279,13 @@ BAD_INPUTS = [
     (["dataset=synthetic", "scheduler=plateau", "scheduler.monitor=val/map"], "scheduler.monitor=val/map: not a metric"),
     (["task=multilabel"], "trains on multi_hot labels (a float tensor (K,) of 0/1, K = num_classes = 10), but "
                           "dataset._target_=framework.data.digits gives torch.int64 labels of shape ()"),
+    # trackers and presets: a misspelled option (also inside a list), a key of a tracker not chosen
+    (["logger=[csv,tensorbord]"], "logger=tensorbord: no such option (did you mean tensorboard?); available: csv, "
+                                  "mlflow, tensorboard, wandb"),
+    (["logger.mlflow.tracking_uri=http://x:1"], "logger.mlflow.tracking_uri=http://x:1: mlflow is not among this run's "
+                                                "trackers; add it to the list, e.g. 'logger=[csv,mlflow]'"),
+    (["augment=randaugmnt"], "augment=randaugmnt: no such option (did you mean randaugment?)"),
+    (["hparams_search=lr_gird"], "hparams_search=lr_gird: no such option (did you mean lr_grid?)"),
 ]
 
 

@@ -68,7 +68,7 @@ class MLflowTracker(Tracker):
             ConfigError: mlflow missing; a SQLite database whose folder cannot be made; a server
                 that does not answer (``logger.mlflow.tracking_uri=<uri>: ...``).
         """
-        from framework.errors import ConfigError, first_line
+        from framework.errors import ConfigError
 
         require("mlflow", "mlflow", self.extra)
         db = sqlite_path(self.tracking_uri)
@@ -84,7 +84,7 @@ class MLflowTracker(Tracker):
                     self.connect().search_experiments(max_results=1)
             except Exception as exc:
                 raise ConfigError(f"logger.mlflow.tracking_uri={self.tracking_uri}: the tracking server does not "
-                                  f"answer ({first_line(exc, 120)}); start it, or use the local store "
+                                  f"answer ({why(exc)}); start it, or use the local store "
                                   "logger.mlflow.tracking_uri=sqlite:///outputs/mlflow.db") from None
 
     # -- the run ----------------------------------------------------------------------------------
@@ -179,6 +179,20 @@ class MLflowTracker(Tracker):
 
     def _facts(self) -> dict[str, Any]:
         return {"tracking_uri": self.tracking_uri, "experiment_name": self.experiment_name, "run_id": self.run_id}
+
+
+def why(exc: BaseException) -> str:
+    """Why a request failed, short: the operating system's reason (``[Errno 111] Connection
+    refused``) when the message holds one, else its first line cut at a word (120 characters)."""
+    import re
+
+    from framework.errors import first_line
+
+    found = re.search(r"\[Errno -?\d+\] [^'\")\]]+", str(exc))
+    if found:
+        return found.group(0).strip()
+    text = first_line(exc, 400)
+    return text if len(text) <= 120 else text[:120].rsplit(" ", 1)[0] + " ..."
 
 
 def sqlite_path(uri: str) -> Optional[Path]:

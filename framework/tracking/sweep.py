@@ -15,7 +15,9 @@ class TrackerSweepCallback(Callback):
     """When a multirun starts with ``logger.mlflow`` configured, create the sweep's parent run
     (named after the sweep folder) and record it in ``<sweep folder>/mlflow_parent.json``; every
     job's run is then its child (``mlflow.parentRunId``). When the multirun ends the parent gets
-    the sweep report (``report.md``, ``report.csv``, its plots) and ends ``FINISHED``.
+    the sweep report (``report.md``, ``report.csv``, its plots), the tags ``jobs`` and
+    ``jobs_not_completed``, and ends ``FINISHED``, or ``FAILED`` when a job did not complete (as
+    the multirun's exit status 1 says; a job refused before training has no run of its own).
     Registered in ``conf/train.yaml`` (``hydra.callbacks.trackers``, before the report: Hydra calls
     the end hooks in reverse order, so the report exists when this one runs). A
     store that cannot be reached is a warning here: each job then says so in one line.
@@ -60,7 +62,13 @@ class TrackerSweepCallback(Callback):
             for path in sorted(sweep_dir.glob("report*")) + sorted(sweep_dir.glob("*.png")):
                 if path.is_file() and path.name != PARENT_FILE:
                     client.log_artifact(run_id, str(path))
-            client.set_terminated(run_id, "FINISHED")
+            from framework import report
+
+            jobs, bad = report.LAST_SWEEP if report.LAST_SWEEP else (None, 0)
+            if jobs is not None:
+                client.set_tag(run_id, "jobs", str(jobs))
+                client.set_tag(run_id, "jobs_not_completed", str(bad))
+            client.set_terminated(run_id, "FAILED" if bad else "FINISHED")  # as the multirun's exit status
         except Exception as exc:
             log.warning("logger.mlflow: the sweep's parent run was not closed (%s)", exc)
 

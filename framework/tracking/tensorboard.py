@@ -11,9 +11,9 @@ from framework.tracking.base import EPOCH_SKIP, INDEX_COLUMNS, RunInfo, Tracker,
 class TensorBoardTracker(Tracker):
     """Write a run's TensorBoard events into its run folder (``torch.utils.tensorboard``).
 
-    Scalars are written as float64 tensors (``add_scalar(new_style=True,
-    double_precision=True)``), so the event file holds the values of ``steps.csv`` bit for bit:
-    tag = the CSV column (``lr``, ``lr/<group>``, ``momentum``, ``loss``, ``grad_norm``; epoch
+    Scalars are written in TensorBoard's own scalar format (``add_scalar``: float32, the only
+    one its default loader shows; MLflow, W&B and the CSVs keep the float64 values): each is
+    the ``steps.csv`` value rounded to float32. Tag = the CSV column (``lr``, ``lr/<group>``, ``momentum``, ``loss``, ``grad_norm``; epoch
     metrics ``train/loss``, ``val/loss``, ``val/<metric>``, ``time_s`` at the epoch's last
     step ``k``). At the start: the planned LR of every group (figure ``lr_plan``). At the end:
     the hyperparameters (the flattened config; lists and null as text) with ``best/<metric>``
@@ -48,7 +48,7 @@ class TensorBoardTracker(Tracker):
             from framework.preview import figure
 
             self.writer.add_figure("lr_plan", figure([info.plan], title=info.plan.label), global_step=0)
-        return {"logdir": str(info.run_dir)}
+        return {"logdir": str(info.run_dir.resolve())}
 
     def log_steps(self, rows: Sequence[dict[str, Any]]) -> None:
         """Every numeric column of each row at step ``k``."""
@@ -79,7 +79,7 @@ class TensorBoardTracker(Tracker):
             self.writer.close()
 
     def _scalar(self, tag: str, value: float, step: int) -> None:
-        self.writer.add_scalar(tag, value, step, new_style=True, double_precision=True)
+        self.writer.add_scalar(tag, value, step)
 
 
 def hparam_value(value: Any) -> Any:
