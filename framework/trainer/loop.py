@@ -194,7 +194,7 @@ class Trainer(Rollbacks, StepEngine):
         self.trackers = trackers if self.is_main else None  # rank 0 logs, as it writes the files
         self.steplog = StepLog(self.run_dir / "steps.csv", columns, self.guard, self.world_size, self.is_main,
                                self.trackers)
-        self.steplog.on_read = self._count_clipped
+        self.steplog.on_read = self.run_state.count_clipped
         self._d: Optional[float] = None  # Prodigy's d of group 0 for the step being taken (applied LR = d*lr)
         self._bar: Any = None  # the tqdm progress bar while fit() runs
 
@@ -235,20 +235,10 @@ class Trainer(Rollbacks, StepEngine):
         to the handler that was there before (submitit's, which requeues the SLURM job)."""
         self.signals.forward(self.stopped)
 
-    # -- clipping ------------------------------------------------------------------------------
-
     @property
     def clipped_frac(self) -> Optional[float]:
-        """Fraction of the applied steps whose gradients were clipped, ``clipped_steps / k``
-        (``summary.json``'s ``clipped_frac``); None without clipping or before the first step."""
-        rs = self.run_state
-        return rs.clipped_steps / rs.global_step if self.clip is not None and rs.global_step else None
-
-    def _count_clipped(self, rows: list[dict[str, Any]]) -> None:
-        """The step log read these rows: add their ``clipped`` flags to ``run_state.clipped_steps``
-        (only rows that count: a diverging step's later rows are never read; a rollback restores
-        the count of its restore point, a resume that of its checkpoint)."""
-        self.run_state.clipped_steps += sum(row.get("clipped", 0) for row in rows)
+        """:meth:`RunState.clipped_frac` (``summary.json``'s); None without clipping."""
+        return self.run_state.clipped_frac() if self.clip is not None else None
 
     # -- the loop ------------------------------------------------------------------------------
 

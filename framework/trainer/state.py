@@ -45,6 +45,17 @@ class RunState:
     started: Optional[float] = None  # time.perf_counter() when this segment's fit started
     epoch_loss_t: Optional[torch.Tensor] = None  # the epoch's loss sum on the device, while it runs
 
+    def count_clipped(self, rows: list[dict[str, Any]]) -> None:
+        """The step log read these rows: add their ``clipped`` flags (0/1) to :attr:`clipped_steps`
+        (only rows that count: a diverging step's later rows are never read; a rollback restores
+        the count of its restore point, a resume that of its checkpoint)."""
+        self.clipped_steps += sum(row.get("clipped", 0) for row in rows)
+
+    def clipped_frac(self) -> Optional[float]:
+        """Fraction of the applied steps whose gradients were clipped, ``clipped_steps / k``;
+        None before the first step."""
+        return self.clipped_steps / self.global_step if self.global_step else None
+
     def start_clock(self) -> None:
         """Start counting this segment's training time (at the start of ``fit``)."""
         self.started = time.perf_counter()
