@@ -361,3 +361,17 @@ def test_a_rollback_leaves_the_trackers_with_the_rows_of_steps_csv(tmp_path, mlf
     assert [k for k, _ in steps["lr"]] == list(range(len(steps["lr"])))
     for column, values in steps.items():
         assert metrics[column] == values and scalars[column] == f32(values), column
+
+
+def test_a_tracker_that_cannot_start_closes_the_runs_already_opened(tmp_path, mlflow_db, capfd):
+    run = tmp_path / "run"
+    assert run_cli_in_process([*TINY, "logger=[csv,mlflow]", f"logger.mlflow.tracking_uri=sqlite:///{mlflow_db}",
+                               f"+logger.bad._target_={__name__}.Recording", "+logger.bad._partial_=true",
+                               "+logger.bad.fail_on=start"], run) == 2
+    err = [ln for ln in lines(capfd.readouterr().err) if "INFO mlflow" not in ln]  # (MLflow making a new store)
+    assert err == ["error: logger=bad: could not start its run: the server went away"]
+    con = sqlite3.connect(mlflow_db)
+    statuses = con.execute("select r.status from runs r join tags t on t.run_uuid = r.run_uuid "
+                           "where t.key = 'run_dir' and t.value = ?", (str(run),)).fetchall()
+    con.close()
+    assert statuses == [("FAILED",)]  # the MLflow run opened first is not left RUNNING
