@@ -307,7 +307,7 @@ def _trainer_errors(cfg: DictConfig) -> list[str]:
     node = OmegaConf.to_container(cfg.trainer, resolve=True)
 
     def keys(check: Any) -> dict[str, Any]:
-        return {name: node[name] for name in inspect.signature(check).parameters if name in node}
+        return {name: node[name] for name in registry.parameters(check)[0] if name in node}
 
     mixup = keys(mixing.check_mixup_args)
     mixup_errors = mixing.check_mixup_args(**mixup)

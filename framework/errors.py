@@ -12,8 +12,9 @@ import contextlib
 import difflib
 import re
 import sys
-from pathlib import Path
 from typing import Iterable, Iterator
+
+from framework.schema import available
 
 
 class ConfigError(ValueError):
@@ -63,7 +64,7 @@ def user_messages(exc: BaseException) -> list[str] | None:
         group, name = exc.missing_cfg_file.rsplit("/", 1)
         # every option on the search path, the user's own included (Hydra lists none for an element of a
         # list, logger=[csv,x]: then the packaged ones)
-        options = sorted(exc.options or []) or sorted(p.stem for p in (Path(__file__).parent / "conf" / group).glob("*.yaml"))
+        options = sorted(exc.options or []) or available(group)
         plugin = PLUGINS.get(f"{group}={name}")
         if plugin:
             return [f"{group}={name}: the Hydra plugin is not installed; pip install {plugin} "
@@ -81,7 +82,7 @@ def user_messages(exc: BaseException) -> list[str] | None:
             if moved is not None:
                 return [moved]
             tracker = key.split(".")[1] if key.startswith("logger.") and key.count(".") >= 2 else None
-            if tracker and (Path(__file__).parent / "conf" / "logger" / f"{tracker}.yaml").is_file():
+            if tracker in available("logger"):
                 return [f"{override}: {tracker} is not among this run's trackers; add it to the list, e.g. "
                         f"'logger=[csv,{tracker}]' {override}"]
             if "." in key:

@@ -93,14 +93,19 @@ def write_json(data: dict[str, Any], path: str | Path) -> None:
         f.write(json.dumps(data, indent=2, default=str) + "\n")
 
 
-def read_summary(folder: str | Path) -> dict[str, Any]:
-    """A run folder's ``summary.json``; ``{}`` when it is missing or unreadable (being written,
-    or the run was killed before writing it)."""
+def read_json(path: str | Path) -> dict[str, Any]:
+    """A JSON object file; ``{}`` when it is missing, unreadable or not an object (being
+    written, or its run was killed before writing it)."""
     try:
-        data = json.loads((Path(folder) / "summary.json").read_text())
+        data = json.loads(Path(path).read_text())
     except (OSError, ValueError):
         return {}
     return data if isinstance(data, dict) else {}
+
+
+def read_summary(folder: str | Path) -> dict[str, Any]:
+    """A run folder's ``summary.json`` (:func:`read_json`)."""
+    return read_json(Path(folder) / "summary.json")
 
 
 def git_state(folder: str | Path) -> dict[str, Any]:

@@ -9,16 +9,17 @@ from __future__ import annotations
 
 import inspect
 import sys
-from pathlib import Path
 from typing import Any, Iterable, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
+from framework import schema
 from framework.errors import ConfigError, suggest
 
-#: The packaged config tree (``framework/conf/``, installed with the package); a user's own
-#: config folder is layered on top by Hydra (``--config-dir`` or ``hydra.searchpath``).
-CONF_DIR = Path(__file__).resolve().parent / "conf"
+#: The packaged config tree (``framework/conf/``, installed with the package) and the options of
+#: each group (defined in the leaf module :mod:`framework.schema`); a user's own config folder is
+#: layered on top by Hydra (``--config-dir`` or ``hydra.searchpath``).
+CONF_DIR, available = schema.CONF_DIR, schema.available
 
 #: Packages behind optional config options -> the pyproject extra that installs them.
 OPTIONAL_EXTRAS = {"schedulefree": "schedulefree", "prodigyopt": "prodigy"}
@@ -29,11 +30,6 @@ _META_KEYS = ("_target_", "_partial_", "_recursive_", "_convert_", "_args_")
 #: A ``_target_`` that subclasses the base (any ``torch.optim.lr_scheduler.LRScheduler``) is built
 #: by the adapter, with the class's path as the adapter's ``key`` (:func:`adapted`).
 ADAPTERS = {"scheduler": ("torch.optim.lr_scheduler", "LRScheduler", "framework.schedules.TorchScheduler", "name")}
-
-
-def available(group: str) -> list[str]:
-    """Names of the options of a config group, from ``conf/<group>/*.yaml`` (sorted)."""
-    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
 
 
 def _signature(target: Any) -> inspect.Signature:

@@ -10,9 +10,18 @@ A leaf module: it imports nothing of the framework, so every module may read it.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Any, Optional
 
 from omegaconf import MISSING
+
+#: The packaged config tree (``framework/conf``): one folder per group, one YAML file per option.
+CONF_DIR = Path(__file__).resolve().parent / "conf"
+
+
+def available(group: str) -> list[str]:
+    """Names of the options of a config group, from ``conf/<group>/*.yaml`` (sorted)."""
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
 
 
 def knob(default: Any, help: str) -> Any:

@@ -5,6 +5,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from framework import registry
+from framework import schema
 from framework.errors import ConfigError
 
 
@@ -13,7 +14,7 @@ def test_available_lists_the_yaml_files(tmp_path, monkeypatch):
     for name in ("wsd.yaml", "cosine.yaml", "notes.txt", "old.yaml.bak", "sub/inner.yaml"):
         (tmp_path / "scheduler" / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / "scheduler" / name).write_text("# x\n")
-    monkeypatch.setattr(registry, "CONF_DIR", tmp_path)
+    monkeypatch.setattr(schema, "CONF_DIR", tmp_path)  # (defined in the leaf module; registry re-exports it)
     assert registry.available("scheduler") == ["cosine", "wsd"]
     assert registry.available("nope") == []
 

@@ -85,13 +85,9 @@ def start_trackers(cfg: Any, built: Any, facts: dict[str, Any], run_dir: Path) -
 
 def earlier_runs(run_dir: Path) -> dict[str, Any]:
     """``{tracker name: its start's record}`` of an earlier segment of the run in ``run_dir``."""
-    import json
+    from framework.loggers import read_json
 
-    try:
-        data = json.loads((Path(run_dir) / TRACKERS_FILE).read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
+    return read_json(Path(run_dir) / TRACKERS_FILE)
 
 
 def run_name(run_dir: Path) -> str:

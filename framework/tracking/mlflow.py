@@ -227,12 +227,11 @@ def param_text(value: Any) -> str:
 def parent_run(sweep_dir: Optional[Path], tracking_uri: str) -> Optional[str]:
     """The sweep's MLflow parent run id (``<sweep_dir>/mlflow_parent.json``) when it lives in the
     same store, else None."""
+    from framework.loggers import read_json
+
     if sweep_dir is None:
         return None
-    try:
-        record = json.loads((Path(sweep_dir) / PARENT_FILE).read_text())
-    except (OSError, ValueError):
-        return None
+    record = read_json(Path(sweep_dir) / PARENT_FILE)
     return record.get("run_id") if record.get("tracking_uri") == tracking_uri else None
 
 
