@@ -24,7 +24,7 @@ STATE_SHAPING_KEYS = ("amsgrad", "centered")
 #: Keys that may change between a run and its resume without being reported.
 RESUME_FREE_KEYS = ("resume", "resume_allow_changes", "device", "mode", "trainer.stop_after_steps",
                     "trainer.progress_bar", "trainer.log_every_n_steps", "loader", "num_workers", "lr_finder",
-                    "logger")  # trackers record; they change nothing trained
+                    "logger", "search")  # trackers record; they change nothing trained
 
 
 class NothingToResume(Exception):
@@ -181,7 +181,7 @@ def resume_trainer(trainer: Any, state: dict[str, Any]) -> None:
 def resume_requeued_job(cfg: DictConfig, run_dir: Path, hc: Any) -> DictConfig:
     """A multirun job whose folder holds an unfinished run with a checkpoint (a SLURM job
     preempted, timed out or lost with its node, then requeued by the submitit launcher into the
-    same folder) resumes it instead of starting over. Completed and diverged runs are left alone."""
+    same folder) resumes it instead of starting over. Completed, diverged and pruned runs are left alone."""
     from hydra.types import RunMode
 
     from framework.loggers import read_summary
@@ -189,7 +189,7 @@ def resume_requeued_job(cfg: DictConfig, run_dir: Path, hc: Any) -> DictConfig:
     if hc.mode != RunMode.MULTIRUN or cfg.resume is not None or not (run_dir / "checkpoints" / "last.pt").is_file():
         return cfg
     status = read_summary(run_dir).get("status")  # None: killed before it wrote its summary
-    if status in ("completed", "diverged"):
+    if status in ("completed", "diverged", "pruned"):
         return cfg
     log.warning("this job's folder holds an unfinished run (status %s): resuming it (resume=%s)", status, run_dir)
     return with_values(cfg, resume=str(run_dir))

@@ -118,6 +118,10 @@ def _train(cfg: DictConfig, run_dir: Path, resume_state: Optional[dict[str, Any]
     summary = start_summary(cfg, built, run_dir, overrides, lr0_auto, resumed=resume_state is not None)
     if trackers:
         summary["trackers"] = tracking.start_trackers(cfg, built, summary, run_dir)
+    if cfg.get("search") is not None:  # rank 0 talks to the study; the others follow its decisions
+        from framework.search import start_trial
+
+        trainer.trial = start_trial(cfg, run_dir, summary, resume_state is not None) if distributed.is_main() else True
     return _fit(trainer, summary, cfg, overrides, start)
 
 
@@ -162,6 +166,8 @@ def _fit(trainer: Any, summary: dict[str, Any], cfg: DictConfig, overrides: list
                        **({"stop_reason": stopped, "resume_with": f"resume={run_dir}"} if stopped else {}))
         if result.get("early_stopping"):  # ended on purpose: completed, and why before T
             summary.update(stop_reason="early_stopping", early_stopping=result["early_stopping"])
+        if result.get("pruned"):  # the search's pruner stopped it: resumable, but the sweep has moved on
+            summary.update(status="pruned", pruned=result["pruned"], resume_with=f"resume={run_dir}")
     except Diverged as exc:
         summary.update(status="diverged", objective=json_number(objective), diverged_step=exc.step, diverged_lr=exc.lr,
                        error=str(exc))
@@ -178,6 +184,8 @@ def _fit(trainer: Any, summary: dict[str, Any], cfg: DictConfig, overrides: list
     finally:
         if distributed.is_main():
             unwritten = finish(trainer, summary, start, cfg)
+            if trainer.trial not in (None, True):
+                trainer.trial.finish(summary)
             if trainer.trackers:  # after summary.json and lr.png exist: they are artifacts
                 trainer.trackers.finish(summary)
             if ended is not None:

@@ -69,6 +69,8 @@ class TrainConfig:
     eval_split: str = knob("test", "test | val: the split mode=test and mode=predict evaluate")
     loader: str = knob("auto", "auto (device-resident when the dataset fits) | device | standard (torch DataLoader)")
     num_workers: int = knob(0, "(processes) DataLoader workers of the standard loader; 0 = main process")
+    search: Any = knob(None, "the search trial this run reports to (set by hydra/sweeper=lr_search and "
+                             "python -m framework.tune); null = a plain run")
 
 
 #: Keys that moved to the top level: old dotted key -> knob (a config or command line that still

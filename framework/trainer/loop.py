@@ -15,6 +15,7 @@ from framework import distributed, tasks
 from framework.schedules import LRPlan
 from framework.schedules.plan import group_momentum, momentum_key
 from framework.trainer.checkpointing import TrainerCheckpoint
+from framework.trainer.ema import monitored
 from framework.trainer.engine import StepEngine
 from framework.trainer.guard import Diverged, DivergenceGuard
 from framework.trainer.mixing import build_mixup
@@ -181,6 +182,9 @@ class Trainer(Rollbacks, StepEngine):
         self.validation = Validation(val_every_n_epochs, ema_decay, ema_warmup, early_stopping, self.model, self.task)
         self.ema, self.early_stopping = self.validation.ema, self.validation.early_stopping
         self.early_stopped: Optional[dict[str, Any]] = None  # summary.json's early_stopping block, once it stopped
+        self.trial: Any = None  # a search's trial hook (framework.search; True on ranks > 0): may prune the run
+        self.pruned: Optional[dict[str, Any]] = None  # summary.json's pruned block, once pruned
+        self._asked = 0  # questions put to the trial hook
         self.signals = StopSignals(self.world_size)
         self.checkpoint = TrainerCheckpoint(self.model, optimizer, plan, self.guard, self.run_state, self.scaler, config,
                                             self.run_dir / "checkpoints", self.is_main,
@@ -318,7 +322,8 @@ class Trainer(Rollbacks, StepEngine):
             log.warning("%d optimizer steps skipped by the fp16 grad scaler: the LR plan stopped at step %d of %d",
                         rs.skipped_steps, rs.global_step, T)
         return {"steps": rs.global_step, "epochs": rs.final.get("epoch", -1) + 1, "skipped_steps": rs.skipped_steps,
-                "best": rs.best, "final": rs.final, "stopped": self.stopped, "early_stopping": self.early_stopped}
+                "best": rs.best, "final": rs.final, "stopped": self.stopped, "early_stopping": self.early_stopped,
+                "pruned": self.pruned}
 
     def _run_epochs(self, T: int, epochs: int, epochs_csv: Any) -> None:
         """Epochs from the current position to step ``T`` (or a stop request, or an early stop)."""
@@ -348,10 +353,25 @@ class Trainer(Rollbacks, StepEngine):
             self._keep()
             if self.save_checkpoints:
                 self._save(is_best, weights)
+            if validated and self.trial is not None and self._pruned(epoch, metrics):
+                break
             shown = "  ".join(f"{k} {v:.4f}" for k, v in metrics.items() if "/" in k)  # train/loss, val/...
             log.info("epoch %d/%d  %s  lr %.4g", epoch + 1, epochs, shown, metrics["lr"])
             if self.early_stopped or rs.global_step >= T:
                 break
+
+    def _pruned(self, epoch: int, metrics: dict[str, Any]) -> bool:
+        """Tell the search's trial a validated epoch (its checkpoint saved); True when its pruner
+        stops the run (rank 0 decides, every rank follows)."""
+        value = monitored(metrics, self.monitor, self.mode)[0]
+        self._asked += 1  # a key per question: an epoch validated again after a rollback asks anew
+        decided = distributed.rank_zero_value(f"pruned/{self._asked}",
+                                              lambda: str(int(self.trial.should_prune(epoch, metrics, value))))
+        if decided == "1":
+            self.pruned = {"epoch": epoch, "step": self.run_state.global_step,
+                           **(self.trial.report() if self.is_main else {})}
+            log.info("pruned after epoch %d by the search (step %d)", epoch + 1, self.run_state.global_step)
+        return self.pruned is not None
 
     def _train_epoch(self, epoch: int, T: int) -> float:
         """One pass over the train loader from batch ``run_state.batch`` (or until step ``T``, or a

@@ -1,0 +1,176 @@
+"""The study a ``hydra/sweeper=lr_search`` sweep and its jobs share, and a job's side of it.
+
+The sweeper writes ``<sweep folder>/study.json`` (the storage, the study's name, the pruner's
+config, the direction) and passes each job ``search._target_=framework.search.study.OptunaTrial
+search.study=<that file> search.trial=<trial number>``. The job opens the same storage, reports
+its monitored validation value after every validated epoch (``Trial.report(value, epoch)``) and
+stops when the pruner says so (``Trial.should_prune()``), telling the study the trial was pruned.
+The sweeper tells the study how every other trial ended.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any, Optional
+
+from framework.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+__all__ = ["open_storage", "storage_url", "OptunaTrial", "JOURNAL_NAME", "SPEC_NAME"]
+
+#: The journal file of a sweep's study when ``hydra.sweeper.storage`` is null (in the sweep folder).
+JOURNAL_NAME = "optuna_journal.log"
+#: The file that names the study for the sweep's jobs (in the sweep folder).
+SPEC_NAME = "study.json"
+
+
+def storage_url(storage: Optional[str], sweep_dir: Path) -> str:
+    """The storage as stored in ``study.json``: ``journal:<absolute path>`` for a journal file (the
+    default, ``<sweep_dir>/optuna_journal.log``; or ``journal:<path>``, or a path ending in
+    ``.log``/``.journal``), else the database URL as given (``sqlite:///...``,
+    ``postgresql://...``, ``mysql://...``)."""
+    if storage is None or str(storage).strip() == "":
+        return f"journal:{(sweep_dir / JOURNAL_NAME).resolve()}"
+    text = str(storage)
+    if text.startswith("journal:"):
+        return f"journal:{Path(text[len('journal:'):]).expanduser().resolve()}"
+    if "://" not in text and text.endswith((".log", ".journal")):
+        return f"journal:{Path(text).expanduser().resolve()}"
+    if "://" not in text:
+        raise ConfigError(f"hydra.sweeper.storage={text}: not a database URL nor a journal file; use null (a journal "
+                          "in the sweep folder), journal:<file>, sqlite:///<file> or postgresql://<user>@<host>/<db>")
+    return text
+
+
+def open_storage(url: str) -> Any:
+    """The Optuna storage behind :func:`storage_url`'s answer: a ``JournalStorage`` on a file
+    (safe for parallel processes on one machine and on a shared file system: its lock is a
+    symlink, which NFS honours) or Optuna's ``RDBStorage`` for a database URL.
+
+    Raises:
+        ConfigError: the database cannot be reached or its driver is missing (one line).
+    """
+    import optuna
+    from optuna.storages.journal import JournalFileBackend
+
+    if url.startswith("journal:"):
+        path = Path(url[len("journal:"):])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+    try:
+        return optuna.storages.RDBStorage(url)
+    except (ImportError, ModuleNotFoundError) as exc:
+        raise ConfigError(f"hydra.sweeper.storage={url}: needs a database driver ({exc}); install it (e.g. pip install "
+                          "psycopg2-binary) or use null (a journal file in the sweep folder)") from None
+    except Exception as exc:  # sqlalchemy.exc.OperationalError and the like
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"hydra.sweeper.storage={url}: cannot open the database ({first}); check the URL and that "
+                          "the server answers, or use null (a journal file in the sweep folder)") from None
+
+
+def read_spec(path: str | Path) -> dict[str, Any]:
+    """``study.json`` as written by the sweeper.
+
+    Raises:
+        ConfigError: the file is missing or not the sweeper's (names ``search.study``).
+    """
+    try:
+        spec = json.loads(Path(path).read_text())
+        spec["study_name"], spec["storage"]  # noqa: B018 - the keys every job needs
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"search.study={path}: not a study file written by hydra/sweeper=lr_search ({exc}); run "
+                          "the sweep with -m hydra/sweeper=lr_search, or set search=null") from None
+    return spec
+
+
+def build_pruner(config: Optional[dict[str, Any]]) -> Any:
+    """The Optuna pruner of ``hydra.sweeper.pruner`` (a ``_target_`` config; null = none)."""
+    import optuna
+    from hydra.utils import instantiate
+
+    return optuna.pruners.NopPruner() if not config else instantiate(config)
+
+
+class OptunaTrial:
+    """A sweep job's trial: reports the monitored validation value of each validated epoch to
+    the study and says when the study's pruner stops the run.
+
+    Args:
+        study: path of the sweep's ``study.json`` (written by the sweeper).
+        trial: the trial's number in the study (its job number in the sweep).
+
+    Raises:
+        ConfigError: ``study.json`` unreadable, or its storage unreachable (at :meth:`start`).
+    """
+
+    def __init__(self, study: str, trial: int):
+        self.spec_path, self.number = study, int(trial)
+        self.study: Any = None
+        self.trial: Any = None
+        self.reported: dict[int, float] = {}
+        self.pruned: Optional[dict[str, Any]] = None
+
+    def start(self, run_dir: Path, summary: dict[str, Any], resumed: bool = False) -> None:
+        """Open the study and the trial before training. A trial that has already ended (a
+        pruned trial continued with ``resume=``) is not reported to again: the run trains on
+        alone, as a normal run."""
+        import optuna
+        from optuna.trial import TrialState
+
+        spec = read_spec(self.spec_path)
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        storage = open_storage(spec["storage"])
+        self.study = optuna.load_study(study_name=spec["study_name"], storage=storage,
+                                       pruner=build_pruner(spec.get("pruner")))
+        trials = {t.number: t for t in self.study.get_trials(deepcopy=False)}
+        frozen = trials.get(self.number)
+        if frozen is None:
+            raise ConfigError(f"search.trial={self.number}: no such trial in study {spec['study_name']} "
+                              f"({self.spec_path}); set search=null to train without the study")
+        if frozen.state != TrialState.RUNNING:
+            log.warning("trial %d of study %s has ended (%s): this run is not reported to the study", self.number,
+                        spec["study_name"], frozen.state.name.lower())
+            return
+        self.trial = optuna.trial.Trial(self.study, frozen._trial_id)
+        self.reported = dict(frozen.intermediate_values)  # a requeued job resumes after these
+        self.trial.set_user_attr("run_dir", str(run_dir))
+
+    def should_prune(self, epoch: int, metrics: dict[str, Any], value: Optional[float]) -> bool:
+        """Report ``value`` (the run's monitored value of validated ``epoch``, 0-based: the
+        pruners' step) and ask the pruner. True: the study has been told the trial is pruned."""
+        if self.trial is None or value is None or not math.isfinite(value):
+            return False
+        if epoch not in self.reported:  # a requeued job re-reaching a reported epoch reports nothing twice
+            self.trial.report(float(value), epoch)
+            self.reported[epoch] = float(value)
+        if not self.trial.should_prune():
+            return False
+        from optuna.trial import TrialState
+
+        self.pruned = {"trial": self.number, "pruner": type(self.study.pruner).__name__, "value": float(value)}
+        self.trial.set_user_attr("status", "pruned")
+        self.study.tell(self.number, state=TrialState.PRUNED, skip_if_finished=True)
+        return True
+
+    def report(self) -> dict[str, Any]:
+        """What ``summary.json``'s ``pruned`` block adds: ``trial``, ``pruner``, ``value``."""
+        return dict(self.pruned or {})
+
+    def finish(self, summary: dict[str, Any]) -> None:
+        """After the run: record its status on the trial; a diverged run is told to the study as
+        pruned (so samplers treat its LR as bad, as TPE ranks pruned trials below complete ones);
+        every other ending is told by the sweeper, from the job's return."""
+        if self.trial is None or self.pruned is not None:  # a pruned trial has ended: nothing to add
+            return
+        from optuna.trial import TrialState
+
+        status = summary.get("status")
+        try:
+            self.trial.set_user_attr("status", status)
+            if status == "diverged":
+                self.study.tell(self.number, state=TrialState.PRUNED, skip_if_finished=True)
+        except Exception as exc:  # the study is a record; the run's own files are already written
+            log.warning("could not record the end of trial %d in the study: %s", self.number, exc)

@@ -1,0 +1,259 @@
+"""``hydra/sweeper=lr_search``: a Hydra sweeper on current Optuna (>= 4) whose jobs report their
+validation metric after every epoch and are pruned when the study's pruner says so.
+
+Hydra loads sweepers only from the ``hydra_plugins`` package; the class it finds there
+(``hydra_plugins.lrframe_search.LRSearchSweeper``) is this one, renamed.
+
+How a sweep runs: the study (``hydra.sweeper.study_name``) is created in, or loaded from, the
+storage (``hydra.sweeper.storage``: null = ``<sweep folder>/optuna_journal.log``); the trials are
+asked ``n_jobs`` at a time and launched together through the configured launcher (basic,
+joblib, submitit), job number = trial number, so ``<sweep folder>/<n>`` is trial ``n``; each job
+reports to its trial (:class:`~framework.search.study.OptunaTrial`) and tells it when pruned;
+the sweeper tells the others how they ended (``COMPLETE`` with the returned objective, ``FAIL``
+for a failed or stopped job). Rerunning the same command with ``hydra.sweep.dir=<that folder>``
+resumes the study: its finished trials count towards ``n_trials``; trials an interrupted sweep
+left running are marked failed and run again with the same parameters.
+
+Source: the sweeper API of Hydra 1.3 (``hydra.plugins.sweeper.Sweeper``, as
+``hydra_plugins.hydra_optuna_sweeper`` uses it); Optuna's ask-and-tell interface
+(``Study.ask``/``Study.tell``) and its pruning protocol (``Trial.report``/``Trial.should_prune``).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from hydra.plugins.sweeper import Sweeper
+from omegaconf import DictConfig, OmegaConf
+
+from framework.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+__all__ = ["LRSearchSweeperImpl"]
+
+#: The objective directions a study takes.
+DIRECTIONS = ("maximize", "minimize")
+
+
+def _plain(node: Any) -> Any:
+    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
+
+
+class LRSearchSweeperImpl(Sweeper):
+    """The ``lr_search`` sweeper (configured in ``conf/hydra/sweeper/lr_search.yaml``).
+
+    Args:
+        sampler: ``_target_`` config of an Optuna sampler (``hydra/sweeper/sampler=tpe|cmaes|
+            random|grid|nsgaii``); a grid sampler without ``search_space`` gets the listed values
+            of ``params``.
+        pruner: ``_target_`` config of an Optuna pruner (``hydra/sweeper/pruner=median|
+            successive_halving|hyperband|none``); rebuilt by every job from ``study.json``.
+        direction: ``maximize`` | ``minimize`` (default: the task's ``mode``; the objective is
+            the best value of ``task.monitor``).
+        study_name: the study's name in the storage (resume: the same name).
+        storage: null (a journal file in the sweep folder), ``journal:<file>``, or a database
+            URL (``sqlite:///...``, ``postgresql://...``) for jobs on several machines.
+        n_trials: (trials) in the study in all, those of a resumed sweep included.
+        n_jobs: (trials) asked and launched at once (the launcher runs them; e.g.
+            ``hydra/launcher=joblib hydra.launcher.n_jobs=2``).
+        params: key -> Hydra sweep string (``tag(log, interval(1e-4, 1))``, ``choice(a, b)``,
+            ``range(1, 5)``); keys swept on the command line join them.
+
+    Raises:
+        ConfigError: (at :meth:`sweep`, before any job) a bad ``direction``, ``n_trials`` or
+            ``n_jobs``, a parameter Hydra cannot parse, a grid over an interval, a storage that
+            cannot be opened; each in one line naming the key.
+    """
+
+    def __init__(self, sampler: Any = None, pruner: Any = None, direction: str = "maximize",
+                 study_name: str = "lr_search", storage: Optional[str] = None, n_trials: int = 20, n_jobs: int = 1,
+                 params: Any = None):
+        self.sampler_cfg, self.pruner_cfg = _plain(sampler), _plain(pruner)
+        self.direction, self.study_name, self.storage = str(direction), str(study_name), storage
+        self.n_trials, self.n_jobs, self.params = n_trials, n_jobs, _plain(params) or {}
+        self.config: Optional[DictConfig] = None
+        self.launcher: Any = None
+        self.hydra_context: Any = None
+
+    def setup(self, *, hydra_context: Any, task_function: Any, config: DictConfig) -> None:
+        """Keep the config and instantiate the launcher (Hydra's sweeper protocol)."""
+        from hydra.core.plugins import Plugins
+
+        self.hydra_context, self.config = hydra_context, config
+        self.launcher = Plugins.instance().instantiate_launcher(hydra_context=hydra_context,
+                                                                task_function=task_function, config=config)
+
+    # -- checks and the study -----------------------------------------------------------------
+
+    def _check(self) -> None:
+        errors = []
+        if self.direction not in DIRECTIONS:
+            errors.append(f"hydra.sweeper.direction={self.direction}: use maximize or minimize")
+        for key, value in (("n_trials", self.n_trials), ("n_jobs", self.n_jobs)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                errors.append(f"hydra.sweeper.{key}={value}: must be an integer >= 1")
+        if errors:
+            raise ConfigError(errors)
+
+    def _sampler(self, space: Any) -> Any:
+        from hydra.utils import instantiate
+
+        cfg = dict(self.sampler_cfg or {"_target_": "optuna.samplers.TPESampler"})
+        if str(cfg.get("_target_", "")).endswith("GridSampler") and not cfg.get("search_space"):
+            cfg["search_space"] = space.grid()
+        try:
+            return instantiate(cfg)
+        except Exception as exc:
+            raise ConfigError(f"hydra.sweeper.sampler: {cfg.get('_target_')} could not be built "
+                              f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); check its keys") from None
+
+    def _open_study(self, sweep_dir: Path, space: Any) -> tuple[Any, str]:
+        import optuna
+
+        from framework.search.study import build_pruner, open_storage, storage_url
+
+        url = storage_url(self.storage, sweep_dir)
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        try:
+            pruner = build_pruner(self.pruner_cfg)
+        except Exception as exc:
+            raise ConfigError(f"hydra.sweeper.pruner: {(self.pruner_cfg or {}).get('_target_')} could not be built "
+                              f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); check its keys") from None
+        try:
+            study = optuna.create_study(study_name=self.study_name, storage=open_storage(url),
+                                        sampler=self._sampler(space), pruner=pruner, direction=self.direction,
+                                        load_if_exists=True)
+        except ValueError as exc:  # e.g. an existing study with another direction
+            raise ConfigError(f"hydra.sweeper.study_name={self.study_name}: {exc}; use another study_name or "
+                              "sweep folder") from None
+        if study.direction.name.lower() != self.direction:
+            raise ConfigError(f"hydra.sweeper.direction={self.direction}: study {self.study_name} in {url} was "
+                              f"created to {study.direction.name.lower()}; use another study_name")
+        return study, url
+
+    @staticmethod
+    def _requeue_interrupted(study: Any) -> int:
+        """Trials left running by an interrupted sweep: failed (marked ``interrupted``), and their
+        parameters queued to run again. Returns their number."""
+        from optuna.trial import TrialState
+
+        running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        for trial in running:
+            study._storage.set_trial_user_attr(trial._trial_id, "interrupted", True)
+            study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
+            study.enqueue_trial(trial.params, user_attrs={"rerun_of": trial.number})
+        if running:
+            log.warning("%d trial(s) left running by an earlier sweep: marked failed, queued to run again (%s)",
+                        len(running), ", ".join(str(t.number) for t in running))
+        return len(running)
+
+    @staticmethod
+    def counted(study: Any) -> int:
+        """Trials that count towards ``n_trials``: ended (complete, pruned, failed), not interrupted."""
+        from optuna.trial import TrialState
+
+        ended = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+        return sum(1 for t in study.get_trials(deepcopy=False, states=ended) if not t.user_attrs.get("interrupted"))
+
+    # -- the sweep ----------------------------------------------------------------------------
+
+    def sweep(self, arguments: list[str]) -> list[Sequence[Any]]:
+        """Run the study's trials in batches of ``n_jobs`` until ``n_trials`` have ended.
+
+        Returns:
+            The launcher's job returns, one list per batch (Hydra's convention).
+        """
+        from framework.search.space import parse_space
+        from framework.search.study import SPEC_NAME
+
+        assert self.config is not None and self.launcher is not None
+        self._check()
+        space = parse_space(self.params, arguments)
+        if not space.distributions:
+            raise ConfigError("hydra.sweeper.params: nothing to search; give a key a range, e.g. "
+                              "hydra.sweeper.params.lr0='tag(log, interval(1e-4, 1))' or use a preset "
+                              "(hparams_search=lr_asha|lr_tpe|lr_evolve)")
+        sweep_dir = Path(str(self.config.hydra.sweep.dir))
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
+        study, url = self._open_study(sweep_dir, space)
+        spec = {"study_name": self.study_name, "storage": url, "pruner": self.pruner_cfg, "direction": self.direction,
+                "n_trials": self.n_trials, "grid_size": space.size()}
+        spec_path = sweep_dir / SPEC_NAME
+        spec_path.write_text(json.dumps(spec, indent=1) + "\n")
+        self._requeue_interrupted(study)
+        target = self.n_trials
+        if str((self.sampler_cfg or {}).get("_target_", "")).endswith("GridSampler"):
+            target = min(target, space.size() or target)
+        done = self.counted(study)
+        if done:
+            log.info("study %s resumed from %s: %d trial(s) kept, %d to run", self.study_name, url, done,
+                     max(target - done, 0))
+        returns = []
+        while done < target:
+            trials = [study.ask(space.distributions) for _ in range(min(self.n_jobs, target - done))]
+            batch = [[*space.overrides(t.params), self._search_override(spec_path, t.number)] for t in trials]
+            self.validate_batch_is_legal(batch)
+            results = self.launcher.launch(batch, initial_job_idx=trials[0].number)
+            for trial, result in zip(trials, results):
+                try:
+                    self._tell(study, trial, result)
+                except RuntimeError as exc:  # GridSampler.after_trial calls Study.stop() once the grid is done:
+                    if "Study.stop" not in str(exc):  # meant for optimize(); the trial's state is already told
+                        raise
+            returns.append(results)
+            done = self.counted(study)
+        self._log_best(study)
+        return returns
+
+    @staticmethod
+    def _search_override(spec_path: Path, number: int) -> str:
+        from framework.search.space import override_value
+
+        return (f"search={{_target_:framework.search.study.OptunaTrial,"
+                f"study:{override_value(str(spec_path.resolve()))},trial:{number}}}")
+
+    def _tell(self, study: Any, trial: Any, result: Any) -> None:
+        """Tell the study how a job ended, unless the job already did (pruned, diverged)."""
+        from hydra.core.utils import JobStatus
+        from optuna.trial import TrialState
+
+        from framework.loggers import read_summary
+
+        frozen = study._storage.get_trial(trial._trial_id)
+        if frozen.state != TrialState.RUNNING:
+            return
+        run_dir = None
+        try:
+            run_dir = Path(str(result.hydra_cfg.hydra.runtime.output_dir))
+        except Exception:  # a launcher that returns no config
+            pass
+        summary = read_summary(run_dir) if run_dir is not None else {}
+        status = summary.get("status") or ("failed" if result.status == JobStatus.FAILED else None)
+        if run_dir is not None:
+            trial.set_user_attr("run_dir", str(run_dir))
+        if status is not None:
+            trial.set_user_attr("status", status)
+        value = result._return_value if result.status == JobStatus.COMPLETED else None
+        if status == "diverged":
+            study.tell(trial, state=TrialState.PRUNED)
+        elif result.status == JobStatus.COMPLETED and status in ("completed", None) and isinstance(value, (int, float)) \
+                and math.isfinite(value):
+            study.tell(trial, float(value))
+        else:
+            if result.status == JobStatus.FAILED:
+                log.warning("trial %d failed: %s", trial.number, result._return_value)
+            study.tell(trial, state=TrialState.FAIL)
+
+    def _log_best(self, study: Any) -> None:
+        try:
+            best = study.best_trial
+        except ValueError:  # no complete trial
+            log.warning("study %s: no trial completed", self.study_name)
+            return
+        log.info("study %s: best trial %d, objective %.6g, %s", self.study_name, best.number, best.value,
+                 " ".join(f"{k}={v}" for k, v in best.params.items()))
