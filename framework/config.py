@@ -157,7 +157,7 @@ def task_mode(node: Any) -> str:
 def objective_direction(node: Any) -> str:
     """``maximize`` or ``minimize``: Optuna's direction for a task config node (:func:`task_mode`).
     Registered as the resolver ``${objective_direction:${task}}`` used by
-    ``conf/hparams_search/lr_optuna.yaml``."""
+    ``conf/hydra/sweeper/lr_search.yaml`` (the presets ``hparams_search=lr_asha|lr_tpe|lr_evolve``)."""
     return "minimize" if task_mode(node) == "min" else "maximize"
 
 

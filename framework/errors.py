@@ -47,7 +47,7 @@ ALIASES = {"lr": "lr0", "learning_rate": "lr0", "max_epochs": "epochs", "warmup"
 
 #: Hydra plugins the sweep configs use, by the override that selects them.
 PLUGINS = {"hydra/launcher=joblib": "hydra-joblib-launcher", "hydra/launcher=submitit_local": "hydra-submitit-launcher",
-           "hydra/launcher=submitit_slurm": "hydra-submitit-launcher", "hydra/sweeper=optuna": "hydra-optuna-sweeper"}
+           "hydra/launcher=submitit_slurm": "hydra-submitit-launcher"}
 
 
 def user_messages(exc: BaseException) -> list[str] | None:

@@ -197,9 +197,10 @@ def resume_requeued_job(cfg: DictConfig, run_dir: Path, hc: Any) -> DictConfig:
 
 def rerun_overrides(overrides: list[str]) -> list[str]:
     """A run's command-line overrides without those that stopped or resumed it or placed its
-    folder (a resume writes into the run's own folder): what continues it."""
+    folder (a resume writes into the run's own folder), nor the search trial it reported to (a
+    continued pruned trial trains on alone): what continues it."""
     return [o for o in overrides if not o.startswith(("resume=", "trainer.stop_after_steps=", "hydra.run.dir=",
-                                                      "hydra.output_subdir="))]
+                                                      "hydra.output_subdir=", "search="))]
 
 
 def continue_command(overrides: list[str], run_dir: Path) -> str:

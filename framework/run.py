@@ -194,8 +194,8 @@ def _fit(trainer: Any, summary: dict[str, Any], cfg: DictConfig, overrides: list
         raise unwritten
     if distributed.is_main():
         print_table(summary)
-        if summary["status"] == "stopped":
-            print(f"stopped at step {summary['steps']} of {summary['planned_steps']}; continue with: "
+        if summary["status"] in ("stopped", "pruned"):
+            print(f"{summary['status']} at step {summary['steps']} of {summary['planned_steps']}; continue with: "
                   f"{continue_command(overrides, run_dir)}")
     late = interrupts.take_pending() or trainer.late_signal
     if summary.get("stop_reason") in ("SIGTERM", "SIGINT") and _in_sweep():

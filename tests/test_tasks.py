@@ -185,7 +185,7 @@ def test_worst_objective_and_optuna_direction_follow_the_task_mode():
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):  # with Hydra's node, as a sweep sees it
         for overrides, direction in ((["task=regression"], "minimize"), ([], "maximize")):
-            cfg = compose("train", overrides=["hparams_search=lr_optuna", *overrides], return_hydra_config=True)
+            cfg = compose("train", overrides=["hparams_search=lr_tpe", *overrides], return_hydra_config=True)
             assert cfg.hydra.sweeper.direction == direction
     assert objective_direction({"_target_": "framework.tasks.Regression"}) == "minimize"  # the class's default mode
 

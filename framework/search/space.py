@@ -3,8 +3,9 @@ distributions, and a sampled value turned back into a command-line override.
 
 The syntax is that of Hydra's Optuna sweeper (``hydra.sweeper.params`` or the command line):
 
-- ``interval(a, b)``: uniform on ``[a, b]`` (``FloatDistribution``; integers on both ends:
-  ``IntDistribution``); ``tag(log, interval(a, b))``: log-uniform;
+- ``interval(a, b)``: uniform on ``[a, b]`` (``FloatDistribution``); ``tag(log, interval(a, b))``:
+  log-uniform; ``tag(int, interval(a, b))`` (or ``tag(int, log, ...)``): whole numbers
+  (``IntDistribution``);
 - ``choice(x, y, ...)`` or ``x,y,...``: one of the values (``CategoricalDistribution``);
 - ``range(start, stop[, step])``: integers ``start, start + step, ... < stop``
   (``IntDistribution`` with that step); floats: one of the values (categorical);
@@ -83,8 +84,10 @@ def _distribution(override: Any) -> Any:
         if not (_number(low) and _number(high)) or not low < high or (log and low <= 0):
             raise ConfigError(f"{key}=interval({low}, {high}): needs two numbers, low < high (and low > 0 with "
                               f"tag(log, ...)), e.g. {key}='tag(log, interval(1e-4, 1))'")
-        if isinstance(low, int) and isinstance(high, int):
-            return IntDistribution(low, high, log=log)
+        if "int" in value.tags:
+            if low != int(low) or high != int(high):
+                raise ConfigError(f"{key}=tag(int, interval({low}, {high})): the ends must be whole numbers")
+            return IntDistribution(int(low), int(high), log=log)
         return FloatDistribution(float(low), float(high), log=log)
     if isinstance(value, RangeSweep):
         values = list(override.sweep_iterator())

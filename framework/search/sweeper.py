@@ -112,6 +112,8 @@ class LRSearchSweeperImpl(Sweeper):
                               f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); check its keys") from None
 
     def _open_study(self, sweep_dir: Path, space: Any) -> tuple[Any, str]:
+        """The study, created or loaded; the sweep folder is made only once the sampler, the
+        pruner and a database storage are known to work (a mistake leaves nothing behind)."""
         import optuna
 
         from framework.search.study import build_pruner, open_storage, storage_url
@@ -123,10 +125,12 @@ class LRSearchSweeperImpl(Sweeper):
         except Exception as exc:
             raise ConfigError(f"hydra.sweeper.pruner: {(self.pruner_cfg or {}).get('_target_')} could not be built "
                               f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); check its keys") from None
+        sampler = self._sampler(space)
+        storage = None if url.startswith("journal:") else open_storage(url)
+        sweep_dir.mkdir(parents=True, exist_ok=True)
         try:
-            study = optuna.create_study(study_name=self.study_name, storage=open_storage(url),
-                                        sampler=self._sampler(space), pruner=pruner, direction=self.direction,
-                                        load_if_exists=True)
+            study = optuna.create_study(study_name=self.study_name, storage=storage or open_storage(url),
+                                        sampler=sampler, pruner=pruner, direction=self.direction, load_if_exists=True)
         except ValueError as exc:  # e.g. an existing study with another direction
             raise ConfigError(f"hydra.sweeper.study_name={self.study_name}: {exc}; use another study_name or "
                               "sweep folder") from None
@@ -171,6 +175,13 @@ class LRSearchSweeperImpl(Sweeper):
         from framework.search.study import SPEC_NAME
 
         assert self.config is not None and self.launcher is not None
+        try:
+            import optuna
+        except ImportError:
+            raise ConfigError("hydra/sweeper=lr_search: needs Optuna (>= 4); pip install 'lrframe[search]'") from None
+        if int(optuna.__version__.split(".")[0]) < 4:
+            raise ConfigError(f"hydra/sweeper=lr_search: needs Optuna >= 4, found {optuna.__version__}; "
+                              "pip install -U 'optuna>=4'")
         self._check()
         space = parse_space(self.params, arguments)
         if not space.distributions:
@@ -178,9 +189,8 @@ class LRSearchSweeperImpl(Sweeper):
                               "hydra.sweeper.params.lr0='tag(log, interval(1e-4, 1))' or use a preset "
                               "(hparams_search=lr_asha|lr_tpe|lr_evolve)")
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
-        sweep_dir.mkdir(parents=True, exist_ok=True)
-        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
         study, url = self._open_study(sweep_dir, space)
+        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
         spec = {"study_name": self.study_name, "storage": url, "pruner": self.pruner_cfg, "direction": self.direction,
                 "n_trials": self.n_trials, "grid_size": space.size()}
         spec_path = sweep_dir / SPEC_NAME
@@ -207,7 +217,7 @@ class LRSearchSweeperImpl(Sweeper):
                         raise
             returns.append(results)
             done = self.counted(study)
-        self._log_best(study)
+        self._write_best(study, sweep_dir)
         return returns
 
     @staticmethod
@@ -249,7 +259,9 @@ class LRSearchSweeperImpl(Sweeper):
                 log.warning("trial %d failed: %s", trial.number, result._return_value)
             study.tell(trial, state=TrialState.FAIL)
 
-    def _log_best(self, study: Any) -> None:
+    def _write_best(self, study: Any, sweep_dir: Path) -> None:
+        """Log the best trial and write ``optimization_results.yaml`` (``name``, ``best_params``,
+        ``best_value``, as Hydra's Optuna sweeper does) in the sweep folder."""
         try:
             best = study.best_trial
         except ValueError:  # no complete trial
@@ -257,3 +269,5 @@ class LRSearchSweeperImpl(Sweeper):
             return
         log.info("study %s: best trial %d, objective %.6g, %s", self.study_name, best.number, best.value,
                  " ".join(f"{k}={v}" for k, v in best.params.items()))
+        OmegaConf.save(OmegaConf.create({"name": "lr_search", "best_trial": best.number, "best_params": best.params,
+                                         "best_value": best.value}), sweep_dir / "optimization_results.yaml")

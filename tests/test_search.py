@@ -1,0 +1,199 @@
+"""hydra/sweeper=lr_search: the search space, pruned trials checked against Optuna's own pruner on
+the values the jobs recorded, a resumed study, the presets and the one-line errors."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.helpers import TINY, read_csv, train_in_process
+from tests.test_report import multirun
+
+optuna = pytest.importorskip("optuna")
+
+pytestmark = pytest.mark.slow
+
+DIGITS = ["dataset=digits", "model=test_resnet", "trainer.progress_bar=false", "device=cpu", "epochs=3"]
+
+
+def _study(sweep):
+    from framework.search.study import open_storage, read_spec
+
+    spec = read_spec(sweep / "study.json")
+    return optuna.load_study(study_name=spec["study_name"], storage=open_storage(spec["storage"]))
+
+
+def test_the_space_reads_hydra_sweep_syntax():
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    from framework.errors import ConfigError
+    from framework.search.space import override_value, parse_space
+
+    space = parse_space({"lr0": "tag(log, interval(1e-4, 1.0))", "scheduler": "choice(cosine, step)"},
+                        ["epochs=3", "+foo=1,2", "warmup_steps=range(0, 30, 10)", "lrf=interval(0.01, 0.5)",
+                         "epochs=tag(int, interval(2, 8))",
+                         "scheduler=cosine,wsd"])  # the command line wins over params
+    assert space.distributions == {"lr0": FloatDistribution(1e-4, 1.0, log=True),
+                                   "scheduler": CategoricalDistribution(["cosine", "wsd"]),
+                                   "foo": CategoricalDistribution([1, 2]),
+                                   "warmup_steps": IntDistribution(0, 20, step=10),
+                                   "lrf": FloatDistribution(0.01, 0.5), "epochs": IntDistribution(2, 8)}
+    assert space.fixed == []  # epochs=3 was replaced by the command line's range
+    assert space.overrides({"lr0": 0.1 + 0.2, "foo": 2, "scheduler": "wsd"}) == [
+        "lr0=0.30000000000000004", "+foo=2", "scheduler=wsd"]  # repr: the float read back is the same
+    assert space.size() is None  # intervals: no finite grid
+    assert parse_space({}, ["lr0=1e-3,1e-2", "scheduler=cosine,step,wsd"]).size() == 6
+    assert [override_value(v) for v in (None, True, "a b", "1e-3", "null")] == ["null", "true", "'a b'", "'1e-3'",
+                                                                                 "'null'"]
+    assert parse_space({}, ["epochs=3", "lr0=1e-3,1e-2"]).fixed == ["epochs=3"]
+    for bad, says in ((["lr0=interval(1, 0.1)"], "lr0=interval(1.0, 0.1): needs two numbers, low < high"),
+                      (["lr0=tag(log, interval(0, 1))"], "(and low > 0 with tag(log, ...))"),
+                      (["lr0=1e-3,1e-3"], "lr0: a value is listed twice"),
+                      (["lr0=range(5, 1)"], "holds no value")):
+        with pytest.raises(ConfigError, match=None) as info:
+            parse_space({}, bad)
+        assert says in str(info.value)
+    with pytest.raises(ConfigError, match="the grid sampler needs listed values"):
+        parse_space({}, ["lr0=interval(0.1, 1)"]).grid()
+
+
+def test_pruned_trials_stop_where_optunas_pruner_says_with_two_parallel_workers(tmp_path):
+    """4 trials of a grid over lr0 with the median pruner (2 start-up trials, no warm-up), two at
+    a time on joblib: the two bad LRs of the second batch are pruned. Their decisions are
+    replayed with Optuna's MedianPruner on the values the jobs wrote to epochs.csv."""
+    sweep = tmp_path / "s"
+    proc = multirun(sweep, *DIGITS, "hydra/sweeper=lr_search", "hydra/sweeper/sampler=grid", "lr0=1e-5,3e-5,0.1,0.3",
+                    "hydra.sweeper.n_trials=4", "hydra.sweeper.pruner.n_startup_trials=2",
+                    "hydra.sweeper.pruner.n_warmup_steps=0", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+                    "hydra.sweeper.n_jobs=2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    study = _study(sweep)
+    trials = sorted(study.get_trials(), key=lambda t: t.number)
+    assert [t.number for t in trials] == [0, 1, 2, 3]
+    curves = {}
+    for t in trials:  # job n = trial n; what the study holds is what the run validated
+        folder = sweep / str(t.number)
+        summary = json.loads((folder / "summary.json").read_text())
+        assert summary["lr0"] == t.params["lr0"] and t.user_attrs["run_dir"] == str(folder)
+        curves[t.number] = [float(r["val/acc"]) for r in read_csv(folder / "epochs.csv")]
+        assert t.intermediate_values == pytest.approx(dict(enumerate(curves[t.number])), rel=1e-6)
+        state = {"completed": optuna.trial.TrialState.COMPLETE, "pruned": optuna.trial.TrialState.PRUNED}
+        assert t.state == state[summary["status"]]
+    first, second = trials[:2], trials[2:]
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in first)  # start-up: never pruned
+    # Optuna's own MedianPruner, fed the first batch as the completed trials and each trial of the
+    # second batch epoch by epoch: it prunes at the first epoch it says so, or never
+    replay = optuna.create_study(direction="maximize",
+                                 pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0))
+    for t in first:
+        replay.add_trial(optuna.trial.create_trial(value=t.value, params=t.params, distributions=t.distributions,
+                                                   intermediate_values=dict(enumerate(curves[t.number]))))
+    pruned = 0
+    for t in second:
+        probe = replay.ask()
+        decided = None
+        for epoch, value in enumerate(curves[t.number]):
+            probe.report(value, epoch)
+            if probe.should_prune():
+                decided = epoch
+                break
+        replay.tell(probe, state=optuna.trial.TrialState.FAIL)  # not a completed trial of the replay
+        summary = json.loads((sweep / str(t.number) / "summary.json").read_text())
+        if decided is None:
+            assert summary["status"] == "completed" and len(curves[t.number]) == 3
+            continue
+        pruned += 1
+        assert summary["status"] == "pruned" and summary["pruned"]["epoch"] == decided == len(curves[t.number]) - 1
+        assert summary["steps"] == summary["pruned"]["step"] == 23 * (decided + 1)  # 1437 images / 64 -> 23 steps
+        assert summary["pruned"]["pruner"] == "MedianPruner" and (sweep / str(t.number) / "checkpoints/last.pt").is_file()
+    assert pruned == 2  # lr0 1e-5 and 3e-5 (the grid's seed-0 order puts 0.1 and 0.3 first)
+    best = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert study.best_value == max(t.value for t in best) == max(max(curves[t.number]) for t in best)
+    results = (sweep / "optimization_results.yaml").read_text()
+    assert f"best_value: {study.best_value}" in results
+
+    # a pruned trial continues with resume= like a stopped run, without reporting to the ended trial
+    job = sweep / str(second[0].number)
+    told = json.loads((job / "summary.json").read_text())["overrides"]
+    train_in_process(job, *[o for o in told if not o.startswith("search=")], f"resume={job}")
+    summary = json.loads((job / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["steps"] == 69
+    again = _study(sweep).trials[second[0].number]
+    assert again.state == optuna.trial.TrialState.PRUNED and len(again.intermediate_values) == 1
+
+
+def test_a_sweep_resumes_its_study_and_reruns_an_interrupted_trial(tmp_path):
+    sweep = tmp_path / "s"
+    args = [*TINY, "epochs=1", "device=cpu", "hydra/sweeper=lr_search", "lr0=tag(log, interval(1e-3, 0.1))",
+            "hydra.sweeper.pruner.n_startup_trials=5"]
+    proc = multirun(sweep, *args, "hydra.sweeper.n_trials=2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    kept = {n: (sweep / str(n) / "summary.json").read_text() for n in (0, 1)}
+    # a trial an interrupted sweep left running (asked, never told)
+    study = _study(sweep)
+    lost = study.ask({"lr0": optuna.distributions.FloatDistribution(1e-3, 0.1, log=True)})
+    proc = multirun(sweep, *args, "hydra.sweeper.n_trials=3")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    trials = sorted(_study(sweep).get_trials(), key=lambda t: t.number)
+    states = [t.state.name for t in trials]
+    assert states == ["COMPLETE", "COMPLETE", "FAIL", "COMPLETE"]  # 2 kept + the lost one run again = 3
+    assert trials[2].user_attrs["interrupted"] is True and trials[3].params == lost.params == trials[2].params
+    assert {n: (sweep / str(n) / "summary.json").read_text() for n in (0, 1)} == kept  # not run again
+    assert not (sweep / "2").exists() and json.loads((sweep / "3" / "summary.json").read_text())["lr0"] == lost.params["lr0"]
+
+
+@pytest.mark.parametrize("preset, sampler, pruner", [("lr_asha", "RandomSampler", "SuccessiveHalvingPruner"),
+                                                     ("lr_tpe", "TPESampler", "MedianPruner"),
+                                                     ("lr_evolve", "NSGAIISampler", "MedianPruner")])
+def test_presets_compose_a_sampler_and_pruner(preset, sampler, pruner):
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from framework.registry import CONF_DIR
+    from framework.search.space import parse_space
+    from framework.search.study import build_pruner
+    from framework.search.sweeper import LRSearchSweeperImpl
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=[f"hparams_search={preset}"], return_hydra_config=True)
+    node = OmegaConf.to_container(cfg.hydra.sweeper, resolve=True)
+    assert node["_target_"] == "hydra_plugins.lrframe_search.LRSearchSweeper" and node["direction"] == "maximize"
+    sweeper = LRSearchSweeperImpl(**{k: v for k, v in node.items() if not k.startswith("_")})
+    space = parse_space(sweeper.params, [])
+    assert type(sweeper._sampler(space)).__name__ == sampler
+    assert type(build_pruner(sweeper.pruner_cfg)).__name__ == pruner
+    assert space.distributions["lr0"] == optuna.distributions.FloatDistribution(1e-4, 1.0, log=True)
+
+
+@pytest.mark.parametrize("args, says", [
+    (["hydra.sweeper.n_trials=0"], "error: hydra.sweeper.n_trials=0: must be an integer >= 1"),
+    (["hydra.sweeper.direction=up"], "error: hydra.sweeper.direction=up: use maximize or minimize"),
+    (["hydra/sweeper/sampler=grid"], "error: hydra.sweeper.params.lr0: the grid sampler needs listed values"),
+    (["hydra.sweeper.storage=nowhere"], "error: hydra.sweeper.storage=nowhere: not a database URL nor a journal file"),
+    (["hydra.sweeper.storage=postgresql://u@127.0.0.1:9/db"], "error: hydra.sweeper.storage=postgresql://u@127.0.0.1:9/db:"),
+])
+def test_bad_sweeper_settings_are_one_line_before_any_job(tmp_path, args, says):
+    sweep = tmp_path / "s"
+    proc = multirun(sweep, *TINY, "hydra/sweeper=lr_search", "lr0=tag(log, interval(1e-3, 0.1))", *args)
+    assert proc.returncode == 2 and proc.stderr.startswith(says), proc.stderr[-2000:]
+    assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
+    assert not sweep.exists()  # no job ran, no folder made
+
+
+def test_missing_optuna_is_one_line(tmp_path, monkeypatch):
+    monkeypatch.setitem(__import__("sys").modules, "optuna", None)
+    proc = multirun(tmp_path / "s", *TINY, "hydra/sweeper=lr_search", "lr0=tag(log, interval(1e-3, 0.1))")
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "error: hydra/sweeper=lr_search: needs Optuna (>= 4); pip install 'lrframe[search]'"
+
+
+def test_storage_urls():
+    from pathlib import Path
+
+    from framework.search.study import storage_url
+
+    sweep = Path("/s")
+    assert storage_url(None, sweep) == "journal:/s/optuna_journal.log"
+    assert storage_url("journal:/x/j.log", sweep) == "journal:/x/j.log"
+    assert storage_url("/x/study.journal", sweep) == "journal:/x/study.journal"
+    assert storage_url("sqlite:///x.db", sweep) == "sqlite:///x.db"
