@@ -58,13 +58,13 @@ def test_the_space_reads_hydra_sweep_syntax():
 
 
 def test_pruned_trials_stop_where_optunas_pruner_says_with_two_parallel_workers(tmp_path):
-    """4 trials of a grid over lr0 with the median pruner (2 start-up trials, no warm-up), two at
+    """4 trials of a grid over lr0 with the median pruner (2 start-up trials, judged from 1 epoch), two at
     a time on joblib: the two bad LRs of the second batch are pruned. Their decisions are
     replayed with Optuna's MedianPruner on the values the jobs wrote to epochs.csv."""
     sweep = tmp_path / "s"
     proc = multirun(sweep, *DIGITS, "hydra/sweeper=lr_search", "hydra/sweeper/sampler=grid", "lr0=1e-5,3e-5,0.1,0.3",
                     "hydra.sweeper.n_trials=4", "hydra.sweeper.pruner.n_startup_trials=2",
-                    "hydra.sweeper.pruner.n_warmup_steps=0", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+                    "hydra.sweeper.pruner.n_warmup_steps=1", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
                     "hydra.sweeper.n_jobs=2")
     assert proc.returncode == 0, proc.stderr[-3000:]
     study = _study(sweep)
@@ -76,7 +76,7 @@ def test_pruned_trials_stop_where_optunas_pruner_says_with_two_parallel_workers(
         summary = json.loads((folder / "summary.json").read_text())
         assert summary["lr0"] == t.params["lr0"] and t.user_attrs["run_dir"] == str(folder)
         curves[t.number] = [float(r["val/acc"]) for r in read_csv(folder / "epochs.csv")]
-        assert t.intermediate_values == pytest.approx(dict(enumerate(curves[t.number])), rel=1e-6)
+        assert t.intermediate_values == pytest.approx(dict(enumerate(curves[t.number], start=1)), rel=1e-6)  # epochs trained
         state = {"completed": optuna.trial.TrialState.COMPLETE, "pruned": optuna.trial.TrialState.PRUNED}
         assert t.state == state[summary["status"]]
     first, second = trials[:2], trials[2:]
@@ -84,16 +84,16 @@ def test_pruned_trials_stop_where_optunas_pruner_says_with_two_parallel_workers(
     # Optuna's own MedianPruner, fed the first batch as the completed trials and each trial of the
     # second batch epoch by epoch: it prunes at the first epoch it says so, or never
     replay = optuna.create_study(direction="maximize",
-                                 pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0))
+                                 pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1))
     for t in first:
         replay.add_trial(optuna.trial.create_trial(value=t.value, params=t.params, distributions=t.distributions,
-                                                   intermediate_values=dict(enumerate(curves[t.number]))))
+                                                   intermediate_values=dict(enumerate(curves[t.number], start=1))))
     pruned = 0
     for t in second:
         probe = replay.ask()
         decided = None
         for epoch, value in enumerate(curves[t.number]):
-            probe.report(value, epoch)
+            probe.report(value, epoch + 1)
             if probe.should_prune():
                 decided = epoch
                 break

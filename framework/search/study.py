@@ -3,7 +3,7 @@
 The sweeper writes ``<sweep folder>/study.json`` (the storage, the study's name, the pruner's
 config, the direction) and passes each job ``search._target_=framework.search.study.OptunaTrial
 search.study=<that file> search.trial=<trial number>``. The job opens the same storage, reports
-its monitored validation value after every validated epoch (``Trial.report(value, epoch)``) and
+its monitored validation value after every validated epoch (``Trial.report(value, epochs trained)``) and
 stops when the pruner says so (``Trial.should_prune()``), telling the study the trial was pruned.
 The sweeper tells the study how every other trial ended.
 """
@@ -139,13 +139,16 @@ class OptunaTrial:
         self.trial.set_user_attr("run_dir", str(run_dir))
 
     def should_prune(self, epoch: int, metrics: dict[str, Any], value: Optional[float]) -> bool:
-        """Report ``value`` (the run's monitored value of validated ``epoch``, 0-based: the
-        pruners' step) and ask the pruner. True: the study has been told the trial is pruned."""
+        """Report ``value`` (the run's monitored value after validated ``epoch``, 0-based) at step
+        ``epoch + 1`` (the pruners' step is the resource spent: epochs trained, so ASHA's rungs
+        1, 3, 9 mean after 1, 3, 9 epochs) and ask the pruner. True: the study has been told the
+        trial is pruned."""
         if self.trial is None or value is None or not math.isfinite(value):
             return False
-        if epoch not in self.reported:  # a requeued job re-reaching a reported epoch reports nothing twice
-            self.trial.report(float(value), epoch)
-            self.reported[epoch] = float(value)
+        step = epoch + 1
+        if step not in self.reported:  # a requeued job re-reaching a reported epoch reports nothing twice
+            self.trial.report(float(value), step)
+            self.reported[step] = float(value)
         if not self.trial.should_prune():
             return False
         from optuna.trial import TrialState
