@@ -15,12 +15,11 @@ from framework import distributed, tasks
 from framework.schedules import LRPlan
 from framework.schedules.plan import group_momentum, momentum_key
 from framework.trainer.checkpointing import TrainerCheckpoint
-from framework.trainer.ema import monitored
 from framework.trainer.engine import StepEngine
 from framework.trainer.guard import Diverged, DivergenceGuard
 from framework.trainer.mixing import build_mixup
 from framework.trainer.rollback import Rollbacks
-from framework.trainer.signals import StopSignals
+from framework.trainer.signals import EarlyStops, StopSignals
 from framework.trainer.state import RunState
 from framework.trainer.steplog import StepLog, csv_log
 from framework.trainer.validation import Validation
@@ -33,7 +32,7 @@ def _run_state_view(name: str, doc: str) -> property:
     return property(lambda self: getattr(self.run_state, name), doc=doc)
 
 
-class Trainer(Rollbacks, StepEngine):
+class Trainer(Rollbacks, EarlyStops, StepEngine):
     """Trains a model on its task (:mod:`framework.tasks`) with an exact, step-indexed LR plan.
 
     The steps themselves (accumulation, precision, clipping, Mixup / CutMix, data parallelism) are those of its
@@ -230,16 +229,6 @@ class Trainer(Rollbacks, StepEngine):
             self.saved_step = self.run_state.global_step
 
     @property
-    def late_signal(self) -> Optional[str]:
-        """A stop signal that arrived after the last step (the run completed), or None."""
-        return self.signals.late
-
-    def forward_stop_signal(self) -> None:
-        """After a run stopped on SIGUSR2 has written its checkpoint and summary, hand the signal
-        to the handler that was there before (submitit's, which requeues the SLURM job)."""
-        self.signals.forward(self.stopped)
-
-    @property
     def clipped_frac(self) -> Optional[float]:
         """:meth:`RunState.clipped_frac` (``summary.json``'s); None without clipping."""
         return self.run_state.clipped_frac() if self.clip is not None else None
@@ -360,19 +349,6 @@ class Trainer(Rollbacks, StepEngine):
             if self.early_stopped or rs.global_step >= T:
                 break
 
-    def _pruned(self, epoch: int, metrics: dict[str, Any]) -> bool:
-        """Tell the search's trial a validated epoch (its checkpoint saved); True when its pruner
-        stops the run (rank 0 decides, every rank follows)."""
-        value = monitored(metrics, self.monitor, self.mode)[0]
-        self._asked += 1  # a key per question: an epoch validated again after a rollback asks anew
-        decided = distributed.rank_zero_value(f"pruned/{self._asked}",
-                                              lambda: str(int(self.trial.should_prune(epoch, metrics, value))))
-        if decided == "1":
-            self.pruned = {"epoch": epoch, "step": self.run_state.global_step,
-                           **(self.trial.report() if self.is_main else {})}
-            log.info("pruned after epoch %d by the search (step %d)", epoch + 1, self.run_state.global_step)
-        return self.pruned is not None
-
     def _train_epoch(self, epoch: int, T: int) -> float:
         """One pass over the train loader from batch ``run_state.batch`` (or until step ``T``, or a
         stop request); returns the mean train loss of the epoch."""
@@ -412,12 +388,6 @@ class Trainer(Rollbacks, StepEngine):
         mean = (distributed.all_reduce_sum(epoch_loss) / max(rs.epoch_samples * self.world_size, 1)).item()
         rs.end_epoch()
         return mean
-
-    def _should_stop(self) -> bool:
-        """A stop signal (voted on by every rank: :meth:`StopSignals.should_stop`) or
-        ``stop_after_steps`` reached."""
-        stop = self.signals.should_stop()  # first: every rank takes part in the vote at every step
-        return stop or (self.stop_after_steps is not None and self.run_state.global_step >= self.stop_after_steps)
 
     def _record(self, epoch: int, lrs: list[float], loss: torch.Tensor, norm: torch.Tensor,
                 clipped: Optional[torch.Tensor] = None) -> None:

@@ -7,6 +7,7 @@ import threading
 from typing import Any, Callable, Optional
 
 from framework import distributed
+from framework.trainer.ema import monitored
 
 log = logging.getLogger("framework.trainer.loop")
 
@@ -98,3 +99,39 @@ class StopSignals:
         handler = self._previous.get(stopped or "")
         if stopped == "SIGUSR2" and callable(handler):
             handler(signal.SIGUSR2, None)
+
+
+class EarlyStops:
+    """How :class:`~framework.trainer.Trainer` ends before step ``T`` on request (a mixin: it
+    uses the trainer's ``signals``, ``stopped``, ``run_state``, ``stop_after_steps``, ``trial``,
+    ``pruned``, ``monitor`` and ``mode``): stop signals, ``stop_after_steps`` and a search
+    trial's pruner (:mod:`framework.search`)."""
+
+    @property
+    def late_signal(self) -> Optional[str]:
+        """A stop signal that arrived after the last step (the run completed), or None."""
+        return self.signals.late
+
+    def forward_stop_signal(self) -> None:
+        """After a run stopped on SIGUSR2 has written its checkpoint and summary, hand the signal
+        to the handler that was there before (submitit's, which requeues the SLURM job)."""
+        self.signals.forward(self.stopped)
+
+    def _pruned(self, epoch: int, metrics: dict[str, Any]) -> bool:
+        """Tell the search's trial a validated epoch (its checkpoint saved); True when its pruner
+        stops the run (rank 0 decides, every rank follows)."""
+        value = monitored(metrics, self.monitor, self.mode)[0]
+        self._asked += 1  # a key per question: an epoch validated again after a rollback asks anew
+        decided = distributed.rank_zero_value(f"pruned/{self._asked}",
+                                              lambda: str(int(self.trial.should_prune(epoch, metrics, value))))
+        if decided == "1":
+            self.pruned = {"epoch": epoch, "step": self.run_state.global_step,
+                           **(self.trial.report() if self.is_main else {})}
+            log.info("pruned after epoch %d by the search (step %d)", epoch + 1, self.run_state.global_step)
+        return self.pruned is not None
+
+    def _should_stop(self) -> bool:
+        """A stop signal (voted on by every rank: :meth:`StopSignals.should_stop`) or
+        ``stop_after_steps`` reached."""
+        stop = self.signals.should_stop()  # first: every rank takes part in the vote at every step
+        return stop or (self.stop_after_steps is not None and self.run_state.global_step >= self.stop_after_steps)

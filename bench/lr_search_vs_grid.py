@@ -1,0 +1,125 @@
+"""LR search with early stopping against the full 9-value lr0 grid: accuracy reached and compute spent.
+
+For each model / optimizer pair on digits, a full-budget grid (``hparams_search=lr_grid``: lr0 =
+1e-4, 3e-4, ..., 1, every run to the last epoch) and then each search:
+
+- ``asha``: ``hparams_search=lr_asha`` (random lr0, Optuna's successive-halving pruner);
+- ``tpe``: ``hparams_search=lr_tpe`` (TPE over lr0 and lrf, the median pruner);
+- ``evolve``: ``hparams_search=lr_evolve`` (NSGA-II as a GA over lr0, lrf, momentum, warmup,
+  weight decay; the median pruner);
+- ``ray_asha``: ``python -m framework.tune tune.search=asha`` (Ray Tune's ASHA, local Ray);
+- ``pbt``: ``python -m framework.tune tune.search=pbt``, then its exported schedule
+  (``best_schedule.yaml``) replayed from scratch with ``scheduler=piecewise``.
+
+Prints and writes (``--out``/results.json) per pair and search: the best validation accuracy
+(``task.monitor``) as a fraction of the grid's best, the optimizer steps summed over the
+trials as a fraction of the grid's, and the wall time of each (the whole command: start-up,
+every trial, the report).
+
+    python bench/lr_search_vs_grid.py --out /tmp/lsb                 # both pairs, every search
+    python bench/lr_search_vs_grid.py --pairs sgd --searches asha tpe --epochs 9
+
+One job after another on this machine's default device (``--jobs 2``: two trials at a time).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PAIRS = {
+    "sgd": ["model=resnet10t", "optimizer=sgd"],
+    "adamw": ["model=resnet10t", "optimizer=adamw"],
+    "convnext_adamw": ["model=convnext_atto", "optimizer=adamw"],
+}
+SEARCHES = ("asha", "tpe", "evolve", "ray_asha", "pbt")
+
+
+def run(argv: list[str], log: Path) -> float:
+    """Run a command from the checkout, its output to ``log``; the wall seconds."""
+    t0 = time.perf_counter()
+    with open(log, "w") as out:
+        proc = subprocess.run(argv, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+    if proc.returncode not in (0, 1):  # 1: a job diverged or failed, the sweep went on
+        sys.exit(f"failed ({proc.returncode}): {' '.join(argv)}; see {log}")
+    return time.perf_counter() - t0
+
+
+def trials(folder: Path) -> list[dict]:
+    """The summaries of a sweep folder's numbered job folders."""
+    rows = []
+    for job in sorted(folder.iterdir(), key=lambda p: p.name):
+        if job.is_dir() and job.name.isdigit() and (job / "summary.json").is_file():
+            rows.append(json.loads((job / "summary.json").read_text()))
+    return rows
+
+
+def best_of(rows: list[dict]) -> tuple[float, dict]:
+    """The best objective (maximised: val/acc on digits) over the trials, and its summary."""
+    scored = [(r["objective"], r) for r in rows if isinstance(r.get("objective"), (int, float))]
+    return max(scored, key=lambda t: t[0]) if scored else (float("nan"), {})
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--epochs", type=int, default=9, help="(epochs) of a full-budget run")
+    parser.add_argument("--pairs", nargs="+", default=["sgd", "adamw"], choices=list(PAIRS))
+    parser.add_argument("--searches", nargs="+", default=list(SEARCHES), choices=SEARCHES)
+    parser.add_argument("--jobs", type=int, default=1, help="trials at a time (joblib launcher / Ray)")
+    parser.add_argument("--out", type=Path, default=Path("/tmp/lr_search_bench"))
+    args = parser.parse_args()
+    py = sys.executable
+    common = [f"epochs={args.epochs}", "trainer.progress_bar=false", "warmup_epochs=0"]
+    parallel = ([] if args.jobs == 1 else
+                ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={args.jobs}", f"hydra.sweeper.n_jobs={args.jobs}"])
+    results = {}
+    for name in args.pairs:
+        pair, base = [*PAIRS[name], *common], args.out / name
+        base.mkdir(parents=True, exist_ok=True)
+        grid_dir = base / "grid"
+        wall = run([py, "train.py", "-m", *pair, "hparams_search=lr_grid", "trainer.save_checkpoints=false",
+                    f"hydra.sweep.dir={grid_dir}"], base / "grid.log")
+        grid = trials(grid_dir)
+        grid_best, grid_run = best_of(grid)
+        grid_steps = sum(r["steps"] for r in grid)
+        res = {"grid": {"best": grid_best, "lr0": grid_run.get("lr0"), "steps": grid_steps, "wall_s": wall,
+                        "trials": len(grid)}}
+        print(f"{name} grid: best {grid_best:.4f} (lr0 {grid_run.get('lr0')}), {grid_steps} steps, {wall:.0f} s",
+              flush=True)
+        for search in args.searches:
+            out = base / search
+            if search in ("asha", "tpe", "evolve"):
+                wall = run([py, "train.py", "-m", *pair, f"hparams_search=lr_{search}", *parallel,
+                            f"hydra.sweep.dir={out}"], base / f"{search}.log")
+            else:
+                kind = "asha" if search == "ray_asha" else "pbt"
+                wall = run([py, "-m", "framework.tune", *pair, f"tune.search={kind}", f"tune.dir={out}",
+                            f"tune.max_concurrent_trials={args.jobs}"], base / f"{search}.log")
+            rows = trials(out)
+            best, run_ = best_of(rows)
+            steps = sum(r["steps"] for r in rows)
+            entry = {"best": best, "of_grid": best / grid_best, "steps": steps, "steps_frac": steps / grid_steps,
+                     "wall_s": wall, "wall_frac": wall / res["grid"]["wall_s"], "trials": len(rows),
+                     "pruned": sum(r["status"] == "pruned" for r in rows), "best_lr0": run_.get("lr0")}
+            if search == "pbt" and (out / "best_schedule.yaml").is_file():
+                replay = base / "pbt_replay"
+                run([py, "train.py", *pair, "scheduler=piecewise", f"scheduler.path={out / 'best_schedule.yaml'}",
+                     f"hydra.run.dir={replay}"], base / "pbt_replay.log")
+                summary = json.loads((replay / "summary.json").read_text())
+                entry.update(replay_best=summary["objective"], replay_of_grid=summary["objective"] / grid_best,
+                             replay_steps=summary["steps"])
+            res[search] = entry
+            print(f"{name} {search}: best {best:.4f} = {entry['of_grid']:.3f} of grid, {steps} steps = "
+                  f"{entry['steps_frac']:.1%}, {wall:.0f} s = {entry['wall_frac']:.1%}, {entry['pruned']}/{len(rows)} "
+                  f"pruned" + (f", replay {entry['replay_of_grid']:.3f} of grid" if "replay_best" in entry else ""),
+                  flush=True)
+        results[name] = res
+        (args.out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
