@@ -12,8 +12,10 @@ tasks). Files written into the sweep folder: ``report.csv`` and ``report.md`` (o
 its overrides, status, best and final monitored metric, final ``train/loss``, wall time, steps),
 ``sensitivity.png`` (the best monitored metric against ``lr0`` on a log axis, one line per
 combination of the other swept keys, e.g. one per scheduler), ``loss.png`` (training loss per
-step of every job) and ``lr.png`` (the applied LR per step of every job). Jobs still running or
-killed (no ``summary.json``) are reported as ``incomplete`` with what their CSVs hold.
+step of every job), ``lr.png`` (the applied LR per step of every job), and with
+:mod:`framework.report_search`: ``curves.png``, the best command, the compute against a full grid
+(``search.json``), pruned trials. Jobs still running or killed (no ``summary.json``) are reported
+as ``incomplete`` with what their CSVs hold. A search's ``search=...`` override is never shown.
 """
 from __future__ import annotations
 
@@ -35,9 +37,11 @@ except ImportError:  # pragma: no cover
 #: epoch) are written as ``best_<metric>`` / ``final_<metric>`` (``best_val_acc``), or
 #: ``best_objective`` / ``final_objective`` when the jobs monitor different metrics (:func:`csv_header`).
 COLUMNS = ["rank", "job", "overrides", "status", "best", "final", "final_train_loss", "lr0",
-           "wall_time_s", "steps", "planned_steps", "objective_name", "objective_mode"]
-#: Statuses that count as a problem for the sweep's exit status.
+           "wall_time_s", "steps", "planned_steps", "objective_name", "objective_mode", "epochs", "planned_epochs"]
+#: Statuses that count as a problem for the sweep's exit status (``pruned``: the search at work, not one).
 BAD_STATUSES = ("failed", "diverged", "stopped", "incomplete")
+#: Override key of a job's link to its search trial (``search={_target_:...,trial:3}``): never shown.
+PLUMBING_KEY = "search"
 
 
 def _read_csv(path: Path) -> list[dict[str, str]]:
@@ -71,8 +75,9 @@ def read_job(folder: Path) -> dict[str, Any]:
     killed before it wrote its summary), else ``val/acc``, ``max`` (jobs older than tasks).
 
     Returns:
-        The :data:`COLUMNS` values plus ``config`` (the flattened composed config),
-        ``steps_rows`` (``steps.csv``) and ``error``.
+        The :data:`COLUMNS` values plus ``override_list`` (``search=`` left out; ``overrides``
+        joins them), ``pruned`` (``summary.json``'s), ``config`` (the flattened composed config),
+        ``steps_rows`` (``steps.csv``), ``epochs_rows`` (``epochs.csv``) and ``error``.
     """
     from omegaconf import OmegaConf
 
@@ -87,6 +92,7 @@ def read_job(folder: Path) -> dict[str, Any]:
     except Exception:  # an interpolation that needs Hydra's runtime: show it as written
         config = OmegaConf.to_container(loaded, resolve=False)
     overrides = [str(o) for o in OmegaConf.load(hydra_dir / "overrides.yaml")] if (hydra_dir / "overrides.yaml").is_file() else []
+    overrides = [o for o in overrides if _key(o).split(".")[0] != PLUMBING_KEY]
     steps = _read_csv(folder / "steps.csv")
     epochs = _read_csv(folder / "epochs.csv")
     best, final = summary.get("best") or {}, summary.get("final") or {}
@@ -98,6 +104,7 @@ def read_job(folder: Path) -> dict[str, Any]:
         "job": folder.name,
         "folder": folder,
         "overrides": " ".join(overrides),
+        "override_list": overrides,
         "status": summary.get("status", "incomplete"),
         "objective_name": monitor,
         "objective_mode": mode,
@@ -110,26 +117,31 @@ def read_job(folder: Path) -> dict[str, Any]:
         "wall_time_s": _float(summary.get("wall_time_s")),
         "steps": summary.get("steps", len(steps)),
         "planned_steps": summary.get("planned_steps"),
+        "epochs": summary.get("epochs", len(epochs)),
+        "planned_epochs": summary.get("planned_epochs", config.get("epochs")),
+        "pruned": summary.get("pruned"),
         "error": summary.get("error", ""),
         "config": flatten(config),
         "steps_rows": steps,
+        "epochs_rows": epochs,
     }
 
 
 def collect(sweep_dir: str | Path) -> list[dict[str, Any]]:
-    """Every job of the sweep, best first: completed and stopped jobs by their best monitored
-    metric (descending for ``objective_mode`` ``max``, ascending for ``min``; a job without one
-    last), then incomplete, diverged and failed ones. Adds ``rank`` (1 = best)."""
+    """Every job of the sweep, best first: completed, stopped and pruned jobs (in this order) by
+    their best monitored metric (descending for ``objective_mode`` ``max``, ascending for ``min``;
+    a job without one last), then incomplete, diverged and failed ones. Adds ``rank`` (1 = best)."""
     rows = []
     for folder in job_folders(sweep_dir):
         try:
             rows.append(read_job(folder))
         except Exception as exc:  # a job killed while Hydra wrote .hydra/: report it, go on
             rows.append({**dict.fromkeys(COLUMNS), "job": folder.name, "folder": folder, "overrides": "",
-                         "status": "incomplete", "steps": 0, "config": {}, "steps_rows": [],
+                         "override_list": [], "status": "incomplete", "steps": 0, "config": {}, "steps_rows": [],
+                         "epochs_rows": [],
                          "error": f"unreadable job folder ({type(exc).__name__}: {first_line(exc, 120)})"})
-    order = {"completed": 0, "stopped": 1, "incomplete": 2, "diverged": 3, "failed": 4}
-    rows.sort(key=lambda r: (order.get(r["status"], 5), _objective_key(r), int(r["job"]) if r["job"].isdigit() else 0))
+    order = {"completed": 0, "stopped": 1, "pruned": 2, "incomplete": 3, "diverged": 4, "failed": 5}
+    rows.sort(key=lambda r: (order.get(r["status"], 6), _objective_key(r), int(r["job"]) if r["job"].isdigit() else 0))
     for i, row in enumerate(rows, 1):
         row["rank"] = i
     return rows
@@ -157,8 +169,9 @@ def csv_header(rows: list[dict[str, Any]]) -> dict[str, str]:
 
 
 def varying_keys(rows: list[dict[str, Any]]) -> list[str]:
-    """Flattened config keys whose values differ between jobs (what the sweep changed)."""
-    keys = sorted({k for r in rows for k in r["config"]})
+    """Flattened config keys whose values differ between jobs (what the sweep changed; the
+    search's plumbing, ``search.trial``, left out)."""
+    keys = sorted({k for r in rows for k in r["config"] if k.split(".")[0] != PLUMBING_KEY})
     return [k for k in keys if len({repr(r["config"].get(k)) for r in rows}) > 1]
 
 
@@ -174,16 +187,21 @@ def _key(override: str) -> str:
     return override.split("=", 1)[0].lstrip("+~")
 
 
+def override_list(row: dict[str, Any]) -> list[str]:
+    """A report row's overrides, one string each (a value may hold spaces), ``search=`` left out."""
+    return list(row["override_list"]) if row.get("override_list") is not None else row["overrides"].split()
+
+
 def swept_keys(rows: list[dict[str, Any]]) -> list[str]:
     """Override keys whose value differs between jobs (the rest are common to the sweep)."""
-    keys = {_key(o) for r in rows for o in r["overrides"].split()}
-    value = lambda r, k: next((o for o in r["overrides"].split() if _key(o) == k), "")
+    keys = {_key(o) for r in rows for o in override_list(r)}
+    value = lambda r, k: next((o for o in override_list(r) if _key(o) == k), "")
     return sorted(k for k in keys if len({value(r, k) for r in rows}) > 1)
 
 
 def _series_label(row: dict[str, Any], swept: list[str]) -> str:
     """The job's values of the swept group choices and keys other than ``lr0`` (one curve each)."""
-    parts = [o for o in row["overrides"].split() if _key(o) in swept]
+    parts = [o for o in override_list(row) if _key(o) in swept]
     return " ".join(parts) or "all jobs"
 
 
@@ -259,11 +277,14 @@ def write_report(sweep_dir: str | Path) -> dict[str, Any]:
         sweep_dir: a multirun folder (``outputs/multirun/<date>/<time>``), finished or not.
 
     Returns:
-        ``{"rows": [...], "bad": number of jobs not completed, "files": [...]}``.
+        ``{"rows": [...], "bad": number of jobs not completed (pruned ones aside), "files": [...],
+        "search": search.json's content}``.
 
     Raises:
         FileNotFoundError: no job folder (with ``.hydra/config.yaml``) under ``sweep_dir``.
     """
+    from framework import report_search
+
     sweep_dir = Path(sweep_dir)
     rows = collect(sweep_dir)
     if not rows:
@@ -275,23 +296,28 @@ def write_report(sweep_dir: str | Path) -> dict[str, Any]:
         writer.writeheader()
         writer.writerows({**{header[c]: r.get(c) for c in COLUMNS}, "error": r.get("error")} for r in rows)
     files = plot(rows, sweep_dir)
+    files.insert(1, report_search.plot_curves(rows, sweep_dir))
+    search_lines, search = report_search.header_lines(sweep_dir, rows)
+    report_search.write_search_json(sweep_dir, search)
     bad = [r for r in rows if r["status"] in BAD_STATUSES]
     swept = swept_keys(rows)
-    common = [o for o in rows[0]["overrides"].split() if _key(o) not in swept]
+    common = [o for o in override_list(rows[0]) if _key(o) not in swept]
     metric = objective_label(rows)
     modes = {r.get("objective_mode", "max") for r in rows}
     order = ("higher" if modes == {"max"} else "lower" if modes == {"min"} else "each job's task.mode") + " is better"
     lines = [f"# Sweep report: {sweep_dir}", "",
              f"{len(rows)} jobs: " + ", ".join(f"{n} {s}" for s, n in _counts(rows)) + f". Best first by {metric} "
-             f"({order}); **bold** status = not completed.", "",
+             f"({order}); **bold** status = not completed"
+             + (" (pruned: stopped by the search's pruner, on purpose)." if search["n_pruned"] else "."), "",
+             *search_lines,
              f"Overrides common to every job: `{' '.join(common) or '(none)'}`", "",
              f"| rank | job | swept overrides | status | best {metric} | final {metric} | final train/loss | "
              "wall time (s) | steps |",
              "|---:|---:|---|---|---:|---:|---:|---:|---:|"]
     for r in rows:
-        status = r["status"] if r["status"] == "completed" else f"**{r['status']}**"
         steps = f"{r['steps']}/{r['planned_steps']}" if r["planned_steps"] else str(r["steps"])
-        lines.append(f"| {r['rank']} | {r['job']} | `{_series_label(r, swept)}` | {status} | {_fmt(r['best'])} | "
+        lines.append(f"| {r['rank']} | {r['job']} | `{_series_label(r, swept)}` | {report_search.status_cell(r)} | "
+                     f"{_fmt(r['best'])} | "
                      f"{_fmt(r['final'])} | {_fmt(r['final_train_loss'])} | {_fmt(r['wall_time_s'], 3)} | {steps} |")
     errors = [r for r in rows if r["error"]]
     if errors:
@@ -306,7 +332,7 @@ def write_report(sweep_dir: str | Path) -> dict[str, Any]:
         lines.append("None: every job has the same config.")
     lines += ["", "## Figures", ""] + [f"![{p.stem}]({p.name})" for p in files]
     (sweep_dir / "report.md").write_text("\n".join(lines) + "\n")
-    return {"rows": rows, "bad": len(bad), "files": files}
+    return {"rows": rows, "bad": len(bad), "files": files, "search": search}
 
 
 def _counts(rows: list[dict[str, Any]]) -> list[tuple[str, int]]:
@@ -342,10 +368,12 @@ class SweepReport(Callback):
                   f"try python -m framework.report {sweep_dir}", file=sys.stderr)
             return
         LAST_SWEEP = (len(result["rows"]), result["bad"])
-        best = result["rows"][0]
-        print(f"sweep report: {sweep_dir / 'report.md'} ({len(result['rows'])} jobs, {result['bad']} not completed; "
-              f"best: job {best['job']} {_series_label(best, swept_keys(result['rows']))} "
-              f"{best.get('objective_name', 'val/acc')} {_fmt(best['best'])})", file=sys.stderr)
+        search = result["search"]
+        pruned = f", {search['n_pruned']} pruned" if search["n_pruned"] else ""
+        best = (f"best: job {search['best_job']} {search['objective_name']} {_fmt(search['best_value'])}: "
+                f"{search['best_command']}" if search["best_job"] is not None else "no best job")
+        print(f"sweep report: {sweep_dir / 'report.md'} ({len(result['rows'])} jobs, {result['bad']} not completed"
+              f"{pruned}; {best})", file=sys.stderr)
 
 
 def main(argv: Optional[list[str]] = None) -> int:

@@ -169,8 +169,8 @@ def test_optuna_search_maximises_the_returned_accuracy(tmp_path):
     import yaml
 
     sweep = tmp_path / "s"
-    proc = multirun(sweep, *SWEEP, "epochs=1", "hparams_search=lr_optuna", "hydra.sweeper.n_trials=3",
-                    "~hydra.sweeper.params.scheduler")
+    proc = multirun(sweep, *SWEEP, "epochs=1", "hparams_search=lr_tpe", "hydra.sweeper.n_trials=3",
+                    "hydra/sweeper/pruner=none")
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = read_csv(sweep / "report.csv")
     assert len(rows) == 3 and {r["status"] for r in rows} == {"completed"}
@@ -204,3 +204,148 @@ def test_a_requeued_job_resumes_its_stopped_run(tmp_path):
     assert again.returncode == 0, again.stderr[-3000:]
     assert "resuming it" in (tmp_path / "cut" / "0" / "train.log").read_text()
     assert read_csv(tmp_path / "cut" / "0" / "steps.csv") == read_csv(tmp_path / "full" / "0" / "steps.csv")
+
+
+# --- LR search (hydra/sweeper=lr_search) folders, built by hand: every figure below is worked out in the comments
+
+
+def fake_trial(sweep, job, status, steps, wall_s, curve, lr0, planned_steps=32, epochs=4, pruned=None, search=True):
+    """A finished job folder as a sweep leaves it: .hydra/{config,overrides}.yaml, summary.json and
+    epochs.csv (``curve``: val/acc of epochs 0, 1, ...), trained ``steps`` of ``planned_steps``."""
+    folder = sweep / str(job)
+    (folder / ".hydra").mkdir(parents=True)
+    link = f"search={{_target_:framework.search.study.OptunaTrial,study:{sweep}/study.json,trial:{job}}}"
+    overrides = ["+debug=tiny", f"epochs={epochs}", f"lr0={lr0}", "+note=two words", *([link] if search else [])]
+    (folder / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
+    trial = f"search: {{_target_: framework.search.study.OptunaTrial, trial: {job}}}\n" if search else ""
+    (folder / ".hydra" / "config.yaml").write_text(f"lr0: {lr0}\nepochs: {epochs}\nnote: two words\n{trial}")
+    columns = ("epoch", "train/loss", "val/loss", "val/acc", "lr", "time_s")
+    rows = [dict(zip(columns, (e, 2.0 - v, 2.0 - v, v, lr0, 0.1))) for e, v in enumerate(curve)]
+    (folder / "epochs.csv").write_text(",".join(columns) + "\n" + "".join(
+        ",".join(str(r[c]) for c in columns) + "\n" for r in rows))
+    best = max(rows, key=lambda r: r["val/acc"])
+    summary = {"status": status, "objective_name": "val/acc", "objective_mode": "max", "objective": best["val/acc"],
+               "lr0": lr0, "best": best, "final": rows[-1], "steps": steps, "planned_steps": planned_steps,
+               "epochs": len(curve), "planned_epochs": epochs, "wall_time_s": wall_s, "pruned": pruned}
+    if status == "diverged":
+        summary["error"] = f"loss is nan at step {steps}"
+    (folder / "summary.json").write_text(json.dumps(summary))
+
+
+@pytest.fixture
+def search_sweep(tmp_path):
+    """4 trials of 4 epochs x 8 steps (T = 32): two completed, one pruned after its first epoch (8
+    steps), one diverged at step 12; study.json says the grid has 8 points."""
+    sweep = tmp_path / "search"
+    fake_trial(sweep, 0, "completed", 32, 10.0, [0.3, 0.5, 0.6, 0.55], 0.001)
+    fake_trial(sweep, 1, "pruned", 8, 3.0, [0.2], 1.0,
+               pruned={"epoch": 0, "step": 8, "trial": 1, "pruner": "MedianPruner", "value": 0.2})
+    fake_trial(sweep, 2, "diverged", 12, 4.5, [0.1], 10.0)
+    fake_trial(sweep, 3, "completed", 32, 12.0, [0.4, 0.6, 0.7, 0.65], 0.01)
+    study = {"study_name": "lr_search", "storage": f"journal:{sweep}/optuna_journal.log", "direction": "maximize",
+             "pruner": {"_target_": "optuna.pruners.MedianPruner", "n_startup_trials": 2, "n_warmup_steps": 0},
+             "n_trials": 4, "grid_size": 8}
+    (sweep / "study.json").write_text(json.dumps(study))
+    (sweep / "multirun.yaml").write_text("hydra:\n  sweeper:\n"
+                                         "    _target_: hydra_plugins.lrframe_search.LRSearchSweeper\n"
+                                         "    sampler:\n      _target_: optuna.samplers.GridSampler\n")
+    return sweep
+
+
+def test_search_report_shows_pruned_trials_the_best_command_and_the_compute(search_sweep):
+    sweep = search_sweep
+    result = write_report(sweep)
+    assert [r["job"] for r in result["rows"]] == ["3", "0", "1", "2"]  # 0.7 > 0.6, then pruned, then diverged
+    assert result["bad"] == 1  # the diverged job; a pruned one is not a problem
+    md = (sweep / "report.md").read_text()
+    assert "4 jobs: 2 completed, 1 diverged, 1 pruned." in md
+    assert "| 3 | 1 | `lr0=1.0` | pruned (epoch 1 of 4, 8 of 32 steps) | 0.2 |" in md  # not bold
+    assert "```bash\nlrframe +debug=tiny epochs=4 lr0=0.01 '+note=two words'\n```" in md
+    assert "Best configuration (job 3, best val/acc 0.7)" in md
+    # steps: 32 + 8 + 12 + 32 = 84 of 8 points x 32 = 256 -> 32.8%; wall: 10 + 3 + 4.5 + 12 = 29.5 s; at full budget
+    # each: 10, 3 x 32/8 = 12, 4.5 x 32/12 = 12, 12 -> mean 11.5 s x 8 points = 92 s -> 29.5/92 = 32.1%
+    assert ("Compute: 84 of 256 optimizer steps (32.8%) of a full grid of 8 points (the grid_size of study.json) at 32 "
+            "steps each; wall time 29.5 s of an estimated 92 s (32.1%) for that grid") in md
+    assert ("Search: study `lr_search` (maximize, 4 trials asked), sampler GridSampler, pruner "
+            f"MedianPruner(n_startup_trials=2, n_warmup_steps=0), storage `journal:{sweep}/optuna_journal.log`.") in md
+    assert "search=" not in md and "OptunaTrial" not in md and "search.trial" not in md  # plumbing: never shown
+    assert "| job | lr0 |" in md  # the config differences: lr0 only
+    assert "![curves](curves.png)" in md and (sweep / "curves.png").stat().st_size > 10_000
+    rows = {r["job"]: r for r in read_csv(sweep / "report.csv")}
+    assert (rows["1"]["status"], rows["1"]["epochs"], rows["1"]["planned_epochs"], rows["1"]["steps"]) == (
+        "pruned", "1", "4", "8")
+    assert "search=" not in rows["1"]["overrides"]
+    search = json.loads((sweep / "search.json").read_text())
+    assert {k: search[k] for k in ("steps_spent", "steps_full_grid", "grid_points", "grid_points_from", "fraction",
+                                   "wall_s", "wall_full_grid_est_s", "n_trials", "n_pruned", "best_job", "best_value",
+                                   "sampler", "pruner")} == {
+        "steps_spent": 84, "steps_full_grid": 256, "grid_points": 8, "grid_points_from": "grid_size",
+        "fraction": 84 / 256, "wall_s": 29.5, "wall_full_grid_est_s": 92.0, "n_trials": 4, "n_pruned": 1,
+        "best_job": "3", "best_value": 0.7, "sampler": "GridSampler", "pruner": "MedianPruner"}
+    assert search["best_overrides"] == ["+debug=tiny", "epochs=4", "lr0=0.01", "+note=two words"]
+    assert search["best_command"] == "lrframe +debug=tiny epochs=4 lr0=0.01 '+note=two words'"
+
+
+def test_search_without_a_grid_size_compares_with_one_point_per_job(search_sweep):
+    """A continuous search (TPE): grid_size null, so the grid has one point per trial: 4 x 32 = 128
+    steps, 84/128 = 65.625%; wall 11.5 s x 4 = 46 s."""
+    study = json.loads((search_sweep / "study.json").read_text())
+    (search_sweep / "study.json").write_text(json.dumps({**study, "grid_size": None, "pruner": None}))
+    search = write_report(search_sweep)["search"]
+    assert (search["steps_full_grid"], search["fraction"], search["wall_full_grid_est_s"]) == (128, 0.65625, 46.0)
+    md = (search_sweep / "report.md").read_text()
+    assert "of a full grid of 4 points (one per job)" in md and "(65.6%)" in md and "pruner none" in md
+
+
+def test_the_end_of_sweep_line_names_the_best_command(search_sweep, capsys, monkeypatch):
+    from omegaconf import OmegaConf
+
+    from framework import report
+
+    monkeypatch.setattr(report, "LAST_SWEEP", None)  # restored after: in-process CLIs read it for their exit status
+    report.SweepReport().on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(search_sweep)}}}))
+    err = capsys.readouterr().err
+    assert ("(4 jobs, 1 not completed, 1 pruned; best: job 3 val/acc 0.7: lrframe +debug=tiny epochs=4 lr0=0.01 "
+            "'+note=two words')") in err
+    assert "search=" not in err and report.LAST_SWEEP == (4, 1)
+
+
+def test_a_grid_sweep_without_study_json_reports_its_full_compute(tmp_path):
+    """Two completed grid jobs (no study.json, no search= override): 64 of 64 steps, 100%."""
+    sweep = tmp_path / "grid"
+    fake_trial(sweep, 0, "completed", 32, 8.0, [0.3, 0.5, 0.6, 0.55], 0.1, search=False)
+    fake_trial(sweep, 1, "completed", 32, 12.0, [0.4, 0.6, 0.7, 0.65], 0.01, search=False)
+    result = write_report(sweep)
+    assert result["bad"] == 0 and [r["job"] for r in result["rows"]] == ["1", "0"]
+    md = (sweep / "report.md").read_text()
+    assert ("Compute: 64 of 64 optimizer steps (100.0%) of a full grid of 2 points (one per job) at 32 steps each; "
+            "wall time 20 s of an estimated 20 s (100.0%) for that grid") in md
+    assert "Search:" not in md and "| 1 | 1 | `lr0=0.01` | completed | 0.7 |" in md
+    search = json.loads((sweep / "search.json").read_text())
+    assert (search["fraction"], search["n_pruned"], search["sampler"], search["pruner"]) == (1.0, 0, None, None)
+    assert search["best_command"] == "lrframe +debug=tiny epochs=4 lr0=0.01 '+note=two words'"
+    assert (sweep / "curves.png").is_file()
+
+
+def test_the_best_command_leaves_out_overrides_that_only_configure_the_sweep(tmp_path):
+    """hparams_search=lr_tpe (framework/conf: @package _global_, sets hydra.sweeper only) is left
+    out; optimizer=sgd and a user's global group file that sets epochs are kept."""
+    from framework.report_search import best_command
+
+    conf = tmp_path / "myconf"
+    (conf / "mysearch").mkdir(parents=True)
+    (conf / "mysearch" / "both.yaml").write_text(
+        "# @package _global_\nepochs: 3\nhydra:\n  sweeper:\n    n_trials: 2\n")
+    (conf / "mysearch" / "sweep_only.yaml").write_text(
+        "# @package _global_\ndefaults:\n  - override /hydra/sweeper: lr_search\nhydra:\n  sweeper:\n    n_trials: 2\n")
+    job = tmp_path / "0"
+    (job / ".hydra").mkdir(parents=True)
+    (job / ".hydra" / "hydra.yaml").write_text(
+        "hydra:\n  runtime:\n    config_sources:\n"
+        "    - {path: hydra.conf, schema: pkg, provider: hydra}\n"
+        "    - {path: framework.conf, schema: pkg, provider: main}\n"
+        f"    - {{path: {conf}, schema: file, provider: command-line}}\n")
+    overrides = ["hparams_search=lr_tpe", "optimizer=sgd", "+mysearch=both", "+mysearch=sweep_only", "lr0=0.1",
+                 "hydra.sweeper.n_trials=3"]
+    row = {"folder": job, "override_list": overrides, "overrides": " ".join(overrides)}
+    assert best_command(row) == "lrframe optimizer=sgd +mysearch=both lr0=0.1"
