@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from framework.loggers import read_json
-from framework.report import _float, _fmt, _series_label, objective_label, override_list, swept_keys
+from framework.report_rows import _float, _fmt, _series_label, objective_label, override_list, swept_keys
 
 #: Statuses whose best monitored value can name the best configuration.
 SCORED_STATUSES = ("completed", "stopped", "pruned", "incomplete")

@@ -11,7 +11,7 @@ from framework.errors import ConfigError
 from framework.optim import build_optimizer
 from framework.schedules.plan import build_plan
 from framework.schema import TrainConfig
-from tests.helpers import (HANG_GUARD_S, TINY, compose_cfg, lines as stderr_lines, run_cli, run_cli_in_process,
+from tests.helpers import (HANG_GUARD_S, ROOT, TINY, compose_cfg, lines as stderr_lines, run_cli, run_cli_in_process,
                            write_csv_images, write_imagefolder, write_torchvision_files)
 
 GROUP_FILES = sorted(p for g in GROUPS for p in (registry.CONF_DIR / g).rglob("*.yaml"))
@@ -86,10 +86,12 @@ def test_every_key_has_a_comment():
                 assert " # " in line, f"{path.name}: {line.strip()}"
 
 
-#: What a group file that names no callable of its own (``_target_: ???``) is tested with.
+#: What a group file that names no callable of its own (``_target_: ???``), or no file of its own
+#: (``path: ???``: a schedule replayed from a file), is tested with.
 OWN_TARGETS = {"model/custom": ["model._target_=tests.helpers.nets.StrictCNN"],
                "dataset/custom": ["dataset._target_=framework.data.synthetic"],
-               "task/custom": ["task._target_=framework.tasks.Regression", "dataset=synthetic"]}
+               "task/custom": ["task._target_=framework.tasks.Regression", "dataset=synthetic"],
+               "scheduler/piecewise": [f"scheduler.path={ROOT / 'examples/schedules/warmup_hold_decay.yaml'}"]}
 
 
 @pytest.mark.parametrize("path", GROUP_FILES, ids=lambda p: f"{p.parent.name}/{p.stem}")
@@ -123,8 +125,9 @@ def test_every_group_file_composes_validates_and_instantiates(path, tmp_path, mo
         expected = 1.0 if path.stem == "prodigy" else 0.01  # lr0 = 0.01; Prodigy's LR multiplies its own d
         assert scaling == 1.0 and [g["name"] for g in opt.param_groups] == ["decay", "no_decay"]
         assert all(g["lr"] == g["initial_lr"] == expected for g in opt.param_groups)
-    elif group == "scheduler":  # 10 epochs of 20 steps, 10 warmup steps
-        plan = build_plan(validate(compose_cfg(f"scheduler={path.stem}", "warmup_steps=10")), num_batches=20)
+    elif group == "scheduler":  # 10 epochs of 20 steps, 10 warmup steps (none for a replayed trace: it holds its own)
+        own, warmup = OWN_TARGETS.get(f"scheduler/{path.stem}", []), [] if path.stem == "piecewise" else ["warmup_steps=10"]
+        plan = build_plan(validate(compose_cfg(f"scheduler={path.stem}", *warmup, *own)), num_batches=20)
         assert plan.total_steps == 200 and all(0 < m <= 1 for m in plan.multipliers())
     elif group == "task":  # 10 outputs: a finite loss on labels of its label_type, its monitor among its metrics
         from framework.tasks import check_task, label_type_of, metric_names

@@ -9,10 +9,11 @@ import torch
 from torch.optim import lr_scheduler as tls
 
 from framework import registry, schedules
+from framework.config import validate
 from framework.errors import ConfigError
 from framework.schedules import LRPlan
 from framework.schedules.plan import build_plan, plan_from
-from tests.helpers import compose_cfg
+from tests.helpers import ROOT, compose_cfg
 
 LR0, LRF = 0.1, 0.01
 
@@ -192,6 +193,10 @@ def test_warmup_covering_the_run_is_refused(W, T):
 SCHEDULER_FILES = sorted((registry.CONF_DIR / "scheduler").rglob("*.yaml"))
 
 
+#: What a schedule file that replays a file of its own (``path: ???``) is tested with.
+FILE_INPUTS = {"piecewise": [f"scheduler.path={ROOT / 'examples/schedules/warmup_hold_decay.yaml'}"]}
+
+
 def test_scheduler_files_found():
     assert len(SCHEDULER_FILES) >= 6
 
@@ -202,12 +207,20 @@ def test_every_schedule_invariants(path, interval):
     """Finite, positive, never above lr0, warmup rising, step W = the schedule's first value,
     last step = lr0*lrf where lrf applies."""
     spe, epochs, W = 10, 12, 10
+    own = FILE_INPUTS.get(path.stem, [])
+    if own:  # absolute LRs replayed from a file, step by step: its own warmup, no other (tests/test_piecewise.py)
+        with pytest.raises(ConfigError, match="scheduler.interval=epoch" if interval == "epoch" else "warmup_steps"):
+            build_plan(validate(compose_cfg(f"scheduler={path.stem}", f"scheduler.interval={interval}",
+                                            f"warmup_steps={W}", *own)), num_batches=spe)
+        if interval == "epoch":
+            return
+        W = 0
     last = {}
     for lrf in (0.01, 0.05):
         cfg = compose_cfg(f"scheduler={path.stem}", f"scheduler.interval={interval}", "lr0=0.1", f"lrf={lrf}",
-                          f"epochs={epochs}", f"warmup_steps={W}")
+                          f"epochs={epochs}", f"warmup_steps={W}", *own)
         plan = build_plan(cfg, num_batches=spe)
-        assert (plan.total_steps, plan.warmup_steps, plan.steps_per_epoch) == (120, 10, 10)
+        assert (plan.total_steps, plan.warmup_steps, plan.steps_per_epoch) == (120, W, 10)
         lrs = [cfg.lr0 * m for m in plan.multipliers()]
         assert all(math.isfinite(v) and 0 < v <= cfg.lr0 * (1 + 1e-12) for v in lrs)
         assert all(a < b for a, b in zip(lrs[: W - 1], lrs[1:W]))

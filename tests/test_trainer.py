@@ -11,7 +11,7 @@ from torch.optim import lr_scheduler as tls
 from framework.checkpoint import load_checkpoint
 from framework.trainer import group_sizes
 from tests.helpers import TINY, build_run, read_csv, train_in_process
-from tests.test_schedules import assert_close, torch_lrs
+from tests.test_schedules import FILE_INPUTS, assert_close, torch_lrs
 
 LR0, LRF = 0.1, 0.01
 
@@ -280,7 +280,7 @@ def test_cyclic_adam_issue_example_table(tmp_path):
 def test_every_scheduler_trains_one_epoch(tmp_path, name):
     """The sweep `-m scheduler=glob(*) dataset=synthetic epochs=1` (512 samples: 8 steps), job by job."""
     train_in_process(tmp_path, *TINY, "dataset.train_size=512", f"scheduler={name}", "epochs=1",
-                     "trainer.save_checkpoints=false")
+                     "trainer.save_checkpoints=false", *FILE_INPUTS.get(name, []))  # (piecewise: its example file)
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["steps"] == 8
 

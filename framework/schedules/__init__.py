@@ -9,7 +9,8 @@ A schedule holds no state (plateau, driven by a metric, is the one exception): t
 ``k`` and has :class:`LRPlan` apply the LR of step ``k`` before the step (``plan.py``: the LR
 contract). Config files name the classes as ``framework.schedules.<Class>``; PyTorch's scheduler
 classes (and a user's own ``LRScheduler`` subclass) enter through :class:`TorchScheduler`
-(``adapter.py``), which computes their multiplier of every unit ahead.
+(``adapter.py``), which computes their multiplier of every unit ahead. :class:`Piecewise`
+(``piecewise/``) replays a recorded LR trace, such as one a search found, exported from a run folder.
 """
 from framework.schedules.adapter import TorchScheduler
 from framework.schedules.base import Decay, Schedule
@@ -27,11 +28,12 @@ from framework.schedules.decay import (
     Step,
     Ultralytics,
 )
+from framework.schedules.piecewise import Piecewise
 from framework.schedules.plan import LRPlan
 from framework.schedules.plateau import Plateau
 
 __all__ = [
     "Schedule", "Decay", "LRPlan", "Constant", "NoSchedule", "Step", "MultiStep", "Exponential",
     "Cosine", "Linear", "Poly", "InverseSqrt", "WSD", "OneCycle", "Cyclic", "CosineRestarts", "Plateau",
-    "Ultralytics", "TorchScheduler",
+    "Ultralytics", "TorchScheduler", "Piecewise",
 ]
