@@ -116,13 +116,40 @@ def _train(cfg: DictConfig, run_dir: Path, resume_state: Optional[dict[str, Any]
         resume_trainer(trainer, resume_state)
     _log_lr_facts(cfg, built)
     summary = start_summary(cfg, built, run_dir, overrides, lr0_auto, resumed=resume_state is not None)
+    if cfg.get("search") is not None:  # before the trackers: a study out of reach opens no tracker run
+        trainer.trial = _start_search(cfg, run_dir, summary, resume_state is not None)
     if trackers:
         summary["trackers"] = tracking.start_trackers(cfg, built, summary, run_dir)
-    if cfg.get("search") is not None:  # rank 0 talks to the study; the others follow its decisions
-        from framework.search import start_trial
-
-        trainer.trial = start_trial(cfg, run_dir, summary, resume_state is not None) if distributed.is_main() else True
     return _fit(trainer, summary, cfg, overrides, start)
+
+
+def _start_search(cfg: DictConfig, run_dir: Path, summary: dict[str, Any], resumed: bool) -> Any:
+    """The run's search trial hook (:func:`framework.search.start_trial`) on rank 0; True on the
+    other ranks (they follow rank 0's decisions). Every rank learns whether it started.
+
+    Raises:
+        ConfigError: the hook could not start (on every rank, with rank 0's message).
+    """
+    from framework.search import start_trial
+
+    hook: Any = True
+    refusal: Optional[ConfigError] = None
+
+    def start() -> str:
+        nonlocal hook, refusal
+        try:
+            hook = start_trial(cfg, run_dir, summary, resumed)
+        except ConfigError as exc:
+            refusal = exc
+            return "\n".join(exc.messages)
+        return ""
+
+    said = distributed.rank_zero_value("search/start", start)
+    if refusal is not None:
+        raise refusal
+    if said:
+        raise ConfigError(said.splitlines())
+    return hook
 
 
 def _log_lr_facts(cfg: DictConfig, built: Any) -> None:

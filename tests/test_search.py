@@ -46,6 +46,10 @@ def test_the_space_reads_hydra_sweep_syntax():
     assert [override_value(v) for v in (None, True, "a b", "1e-3", "null")] == ["null", "true", "'a b'", "'1e-3'",
                                                                                  "'null'"]
     assert parse_space({}, ["epochs=3", "lr0=1e-3,1e-2"]).fixed == ["epochs=3"]
+    assert parse_space({}, ["epochs=int(interval(2, 8))"]).distributions == {"epochs": IntDistribution(2, 8)}
+    assert parse_space({}, ["lr0=1e-3,1e-2", "lrf=interval(0.1, 0.5)"]).probe() == {"lr0": 1e-3, "lrf": 0.1}
+    with pytest.raises(ConfigError, match="optimizer.betas: a choice of lists or dicts is not supported"):
+        parse_space({}, ["optimizer.betas=choice([0.9,0.99],[0.8,0.9])"])
     for bad, says in ((["lr0=interval(1, 0.1)"], "lr0=interval(1.0, 0.1): needs two numbers, low < high"),
                       (["lr0=tag(log, interval(0, 1))"], "(and low > 0 with tag(log, ...))"),
                       (["lr0=1e-3,1e-3"], "lr0: a value is listed twice"),
@@ -132,11 +136,13 @@ def test_a_sweep_resumes_its_study_and_reruns_an_interrupted_trial(tmp_path):
     # a trial an interrupted sweep left running (asked, never told)
     study = _study(sweep)
     lost = study.ask({"lr0": optuna.distributions.FloatDistribution(1e-3, 0.1, log=True)})
-    proc = multirun(sweep, *args, "hydra.sweeper.n_trials=3")
+    proc = multirun(sweep, *args, "hydra.sweeper.n_trials=4")
     assert proc.returncode == 0, proc.stderr[-3000:]
     trials = sorted(_study(sweep).get_trials(), key=lambda t: t.number)
     states = [t.state.name for t in trials]
-    assert states == ["COMPLETE", "COMPLETE", "FAIL", "COMPLETE"]  # 2 kept + the lost one run again = 3
+    assert states == ["COMPLETE", "COMPLETE", "FAIL", "COMPLETE", "COMPLETE"]  # 2 kept + the lost one again + 1 new
+    # the resumed sampler is reseeded (seed + trials held): its first draw is not the first sweep's first draw
+    assert trials[4].params["lr0"] not in (trials[0].params["lr0"], trials[1].params["lr0"])
     assert trials[2].user_attrs["interrupted"] is True and trials[3].params == lost.params == trials[2].params
     assert {n: (sweep / str(n) / "summary.json").read_text() for n in (0, 1)} == kept  # not run again
     assert not (sweep / "2").exists() and json.loads((sweep / "3" / "summary.json").read_text())["lr0"] == lost.params["lr0"]
@@ -165,12 +171,56 @@ def test_presets_compose_a_sampler_and_pruner(preset, sampler, pruner):
     assert space.distributions["lr0"] == optuna.distributions.FloatDistribution(1e-4, 1.0, log=True)
 
 
+def test_a_grid_trial_left_running_is_requeued_without_the_grid_stopping_the_sweep():
+    from framework.search.sweeper import LRSearchSweeperImpl
+
+    study = optuna.create_study(sampler=optuna.samplers.GridSampler({"lr0": [0.1, 0.01]}, seed=0))
+    dist = {"lr0": optuna.distributions.CategoricalDistribution([0.1, 0.01])}
+    asked = [study.ask(dist) for _ in range(2)]  # the whole grid, both left running by a killed sweep
+    assert LRSearchSweeperImpl._requeue_interrupted(study) == 2  # GridSampler's Study.stop() did not escape
+    assert [t.state.name for t in study.trials] == ["FAIL", "FAIL", "WAITING", "WAITING"]
+    assert [study.ask(dist).params for _ in range(2)] == [t.params for t in asked]  # the next asks rerun them
+    assert LRSearchSweeperImpl.counted(study) == 0  # interrupted trials do not count towards n_trials
+
+
+def test_a_trial_is_reported_every_epoch_and_never_pruned_at_its_last(tmp_path):
+    """OptunaTrial with a pruner that prunes every value it is asked about (ThresholdPruner,
+    lower=2 > any accuracy): a 2-epoch run is pruned after its first epoch; a 1-epoch run reports
+    its only epoch (the last) and completes: a run that reached step T is complete."""
+    from framework.run import train
+    from framework.search.study import OptunaTrial
+    from tests.helpers import compose_cfg
+
+    spec = {"study_name": "s", "storage": f"journal:{tmp_path / 'j.log'}", "direction": "maximize",
+            "pruner": {"_target_": "optuna.pruners.ThresholdPruner", "lower": 2.0}}
+    (tmp_path / "study.json").write_text(json.dumps(spec))
+    from framework.search.study import open_storage
+
+    study = optuna.create_study(study_name="s", storage=open_storage(spec["storage"]), direction="maximize")
+    for epochs, status, steps in ((2, "pruned", 4), (1, "completed", 4)):  # tiny: 4 steps per epoch
+        number = study.ask().number
+        run = tmp_path / f"e{epochs}"
+        hook = f"search={{_target_:{OptunaTrial.__module__}.OptunaTrial,study:'{tmp_path / 'study.json'}',trial:{number}}}"
+        train(compose_cfg(*TINY, f"epochs={epochs}", "device=cpu", hook), run_dir=run)
+        summary = json.loads((run / "summary.json").read_text())
+        acc = float(read_csv(run / "epochs.csv")[0]["val/acc"])
+        assert summary["status"] == status and summary["steps"] == steps
+        trial = study.trials[number]
+        assert trial.intermediate_values == pytest.approx({1: acc})  # step = epochs trained
+        assert trial.state.name == ("PRUNED" if status == "pruned" else "RUNNING")  # the sweeper tells a completed one
+        assert trial.user_attrs["status"] == status and trial.user_attrs["run_dir"] == str(run)
+    assert json.loads((tmp_path / "e2" / "summary.json").read_text())["pruned"] == {
+        "epoch": 0, "step": 4, "trial": 0, "pruner": "ThresholdPruner", "value": pytest.approx(
+            float(read_csv(tmp_path / "e2" / "epochs.csv")[0]["val/acc"]))}
+
+
 @pytest.mark.parametrize("args, says", [
     (["hydra.sweeper.n_trials=0"], "error: hydra.sweeper.n_trials=0: must be an integer >= 1"),
     (["hydra.sweeper.direction=up"], "error: hydra.sweeper.direction=up: use maximize or minimize"),
     (["hydra/sweeper/sampler=grid"], "error: hydra.sweeper.params.lr0: the grid sampler needs listed values"),
     (["hydra.sweeper.storage=nowhere"], "error: hydra.sweeper.storage=nowhere: not a database URL nor a journal file"),
     (["hydra.sweeper.storage=postgresql://u@127.0.0.1:9/db"], "error: hydra.sweeper.storage=postgresql://u@127.0.0.1:9/db:"),
+    (["lr00=1e-3,1e-2"], "error: lr00=0.001: unknown key 'lr00' (did you mean lr0?)"),
 ])
 def test_bad_sweeper_settings_are_one_line_before_any_job(tmp_path, args, says):
     sweep = tmp_path / "s"

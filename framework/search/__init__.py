@@ -14,8 +14,10 @@ a plain run): a ``_target_`` config of a *trial hook*, an object with
 
 - ``start(run_dir: Path, summary: dict, resumed: bool) -> None``: before training;
 - ``should_prune(epoch: int, metrics: dict, value: float | None) -> bool``: after each validated
-  epoch (0-based) once its checkpoint is saved; ``value`` is the task's monitored value as the
-  best epoch takes it; True stops the run with ``status: pruned`` (resumable with ``resume=``);
+  epoch (0-based) once its checkpoint is saved, the last one included (its value is a result
+  too); ``value`` is the task's monitored value as the best epoch takes it; True stops the run
+  with ``status: pruned`` (resumable with ``resume=``). A hook never prunes at the run's last
+  epoch (``summary["planned_epochs"]``, known at ``start``): such a run is complete;
 - ``report() -> dict``: what ``summary.json``'s ``pruned`` block adds;
 - ``finish(summary: dict) -> None``: after ``summary.json`` is written, however the run ended.
 """

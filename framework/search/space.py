@@ -4,8 +4,8 @@ distributions, and a sampled value turned back into a command-line override.
 The syntax is that of Hydra's Optuna sweeper (``hydra.sweeper.params`` or the command line):
 
 - ``interval(a, b)``: uniform on ``[a, b]`` (``FloatDistribution``); ``tag(log, interval(a, b))``:
-  log-uniform; ``tag(int, interval(a, b))`` (or ``tag(int, log, ...)``): whole numbers
-  (``IntDistribution``);
+  log-uniform; ``int(interval(a, b))`` (Hydra's cast, as with its Optuna sweeper) or
+  ``tag(int, interval(a, b))``: whole numbers (``IntDistribution``, log with ``tag(log, ...)``);
 - ``choice(x, y, ...)`` or ``x,y,...``: one of the values (``CategoricalDistribution``);
 - ``range(start, stop[, step])``: integers ``start, start + step, ... < stop``
   (``IntDistribution`` with that step); floats: one of the values (categorical);
@@ -36,6 +36,11 @@ class SearchSpace:
     def overrides(self, params: Mapping[str, Any]) -> list[str]:
         """A trial's command-line overrides: the fixed ones, then ``key=value`` per sampled key."""
         return [*self.fixed, *(f"{self.prefixes.get(k, '')}{k}={override_value(v)}" for k, v in params.items())]
+
+    def probe(self) -> dict[str, Any]:
+        """One point of the space (the first choice, or the low end, of each key): what
+        composing a job's config is checked with before the study exists."""
+        return {k: d.choices[0] if hasattr(d, "choices") else d.low for k, d in self.distributions.items()}
 
     def grid(self) -> dict[str, list[Any]]:
         """The values of every key, for ``GridSampler(search_space=...)``.
@@ -84,7 +89,7 @@ def _distribution(override: Any) -> Any:
         if not (_number(low) and _number(high)) or not low < high or (log and low <= 0):
             raise ConfigError(f"{key}=interval({low}, {high}): needs two numbers, low < high (and low > 0 with "
                               f"tag(log, ...)), e.g. {key}='tag(log, interval(1e-4, 1))'")
-        if "int" in value.tags:
+        if "int" in value.tags or (isinstance(low, int) and isinstance(high, int)):
             if low != int(low) or high != int(high):
                 raise ConfigError(f"{key}=tag(int, interval({low}, {high})): the ends must be whole numbers")
             return IntDistribution(int(low), int(high), log=log)
@@ -99,6 +104,9 @@ def _distribution(override: Any) -> Any:
         return CategoricalDistribution(values)
     if isinstance(value, ChoiceSweep):
         values = list(override.sweep_iterator())
+        if any(isinstance(v, (list, dict)) for v in values):
+            raise ConfigError(f"{key}: a choice of lists or dicts is not supported by hydra/sweeper=lr_search; "
+                              "choose between numbers, strings or booleans (e.g. config names)")
         if len(set(map(repr, values))) != len(values):
             raise ConfigError(f"{key}: a value is listed twice in {','.join(map(str, values))}; list each once")
         return CategoricalDistribution(values)

@@ -31,7 +31,11 @@ def storage_url(storage: Optional[str], sweep_dir: Path) -> str:
     """The storage as stored in ``study.json``: ``journal:<absolute path>`` for a journal file (the
     default, ``<sweep_dir>/optuna_journal.log``; or ``journal:<path>``, or a path ending in
     ``.log``/``.journal``), else the database URL as given (``sqlite:///...``,
-    ``postgresql://...``, ``mysql://...``)."""
+    ``postgresql://...``, ``mysql://...``).
+
+    Raises:
+        ConfigError: neither a URL nor a journal file (names ``hydra.sweeper.storage``).
+    """
     if storage is None or str(storage).strip() == "":
         return f"journal:{(sweep_dir / JOURNAL_NAME).resolve()}"
     text = str(storage)
@@ -87,7 +91,12 @@ def read_spec(path: str | Path) -> dict[str, Any]:
 
 
 def build_pruner(config: Optional[dict[str, Any]]) -> Any:
-    """The Optuna pruner of ``hydra.sweeper.pruner`` (a ``_target_`` config; null = none)."""
+    """The Optuna pruner of ``hydra.sweeper.pruner`` (a ``_target_`` config; null = none).
+
+    Raises:
+        hydra.errors.InstantiationException: the config does not build (the sweeper turns it
+            into a one-line ``ConfigError`` before any job).
+    """
     import optuna
     from hydra.utils import instantiate
 
@@ -112,6 +121,7 @@ class OptunaTrial:
         self.trial: Any = None
         self.reported: dict[int, float] = {}
         self.pruned: Optional[dict[str, Any]] = None
+        self.planned_epochs = math.inf  # the run's last epoch is reported, never pruned
 
     def start(self, run_dir: Path, summary: dict[str, Any], resumed: bool = False) -> None:
         """Open the study and the trial before training. A trial that has already ended (a
@@ -120,6 +130,7 @@ class OptunaTrial:
         import optuna
         from optuna.trial import TrialState
 
+        self.planned_epochs = summary.get("planned_epochs") or math.inf
         spec = read_spec(self.spec_path)
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         storage = open_storage(spec["storage"])
@@ -134,6 +145,8 @@ class OptunaTrial:
             log.warning("trial %d of study %s has ended (%s): this run is not reported to the study", self.number,
                         spec["study_name"], frozen.state.name.lower())
             return
+        # a Trial for a trial asked by another process (the sweeper): Optuna's public class, built
+        # from the storage's id, as the ask-and-tell interface does internally
         self.trial = optuna.trial.Trial(self.study, frozen._trial_id)
         self.reported = dict(frozen.intermediate_values)  # a requeued job resumes after these
         self.trial.set_user_attr("run_dir", str(run_dir))
@@ -142,20 +155,27 @@ class OptunaTrial:
         """Report ``value`` (the run's monitored value after validated ``epoch``, 0-based) at step
         ``epoch + 1`` (the pruners' step is the resource spent: epochs trained, so ASHA's rungs
         1, 3, 9 mean after 1, 3, 9 epochs) and ask the pruner. True: the study has been told the
-        trial is pruned."""
+        trial is pruned. Never raises: a study that cannot be told (the trial ended elsewhere, the
+        storage is gone) is logged once and the run trains on without it."""
         if self.trial is None or value is None or not math.isfinite(value):
-            return False
-        step = epoch + 1
-        if step not in self.reported:  # a requeued job re-reaching a reported epoch reports nothing twice
-            self.trial.report(float(value), step)
-            self.reported[step] = float(value)
-        if not self.trial.should_prune():
             return False
         from optuna.trial import TrialState
 
+        step = epoch + 1
+        try:
+            if step not in self.reported:  # a requeued job re-reaching a reported epoch reports nothing twice
+                self.trial.report(float(value), step)
+                self.reported[step] = float(value)
+            if step >= self.planned_epochs or not self.trial.should_prune():  # at its end a run is complete
+                return False
+            self.trial.set_user_attr("status", "pruned")
+            self.study.tell(self.number, state=TrialState.PRUNED, skip_if_finished=True)
+        except Exception as exc:  # the trial ended elsewhere, the storage went away: train on, unreported
+            log.warning("trial %d: the study cannot be told epoch %d (%s: %s); the run goes on without it",
+                        self.number, epoch + 1, type(exc).__name__, exc)
+            self.trial = None
+            return False
         self.pruned = {"trial": self.number, "pruner": type(self.study.pruner).__name__, "value": float(value)}
-        self.trial.set_user_attr("status", "pruned")
-        self.study.tell(self.number, state=TrialState.PRUNED, skip_if_finished=True)
         return True
 
     def report(self) -> dict[str, Any]:

@@ -99,10 +99,15 @@ class LRSearchSweeperImpl(Sweeper):
         if errors:
             raise ConfigError(errors)
 
-    def _sampler(self, space: Any) -> Any:
+    def _sampler(self, space: Any, seed_offset: int = 0) -> Any:
+        """The sampler of ``hydra.sweeper.sampler``; ``seed_offset`` (the trials a resumed study
+        holds) is added to its seed, so a resumed sweep does not draw the first sweep's values
+        again, and a rerun of the same resume draws the same ones."""
         from hydra.utils import instantiate
 
         cfg = dict(self.sampler_cfg or {"_target_": "optuna.samplers.TPESampler"})
+        if seed_offset and cfg.get("seed") is not None:
+            cfg["seed"] = int(cfg["seed"]) + seed_offset
         if str(cfg.get("_target_", "")).endswith("GridSampler") and not cfg.get("search_space"):
             cfg["search_space"] = space.grid()
         try:
@@ -134,6 +139,8 @@ class LRSearchSweeperImpl(Sweeper):
         except ValueError as exc:  # e.g. an existing study with another direction
             raise ConfigError(f"hydra.sweeper.study_name={self.study_name}: {exc}; use another study_name or "
                               "sweep folder") from None
+        if study.trials and (self.sampler_cfg or {}).get("seed") is not None:  # a resumed study: new draws
+            study.sampler = self._sampler(space, seed_offset=len(study.trials))
         if study.direction.name.lower() != self.direction:
             raise ConfigError(f"hydra.sweeper.direction={self.direction}: study {self.study_name} in {url} was "
                               f"created to {study.direction.name.lower()}; use another study_name")
@@ -146,9 +153,9 @@ class LRSearchSweeperImpl(Sweeper):
         from optuna.trial import TrialState
 
         running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-        for trial in running:
+        for trial in running:  # the storage sets a user attribute of a trial by id (no Trial object here)
             study._storage.set_trial_user_attr(trial._trial_id, "interrupted", True)
-            study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
+            LRSearchSweeperImpl._tell_state(study, trial.number, state=TrialState.FAIL)
             study.enqueue_trial(trial.params, user_attrs={"rerun_of": trial.number})
         if running:
             log.warning("%d trial(s) left running by an earlier sweep: marked failed, queued to run again (%s)",
@@ -186,14 +193,16 @@ class LRSearchSweeperImpl(Sweeper):
         space = parse_space(self.params, arguments)
         if not space.distributions:
             raise ConfigError("hydra.sweeper.params: nothing to search; give a key a range, e.g. "
-                              "hydra.sweeper.params.lr0='tag(log, interval(1e-4, 1))' or use a preset "
+                              "'lr0=tag(log, interval(1e-4, 1))' on the command line, or use a preset "
                               "(hparams_search=lr_asha|lr_tpe|lr_evolve)")
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
+        spec_path = sweep_dir / SPEC_NAME
+        # a key Hydra cannot compose fails here, before the study or the folder exist
+        self.validate_batch_is_legal([[*space.overrides(space.probe()), self._search_override(spec_path, 0)]])
         study, url = self._open_study(sweep_dir, space)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
         spec = {"study_name": self.study_name, "storage": url, "pruner": self.pruner_cfg, "direction": self.direction,
                 "n_trials": self.n_trials, "grid_size": space.size()}
-        spec_path = sweep_dir / SPEC_NAME
         spec_path.write_text(json.dumps(spec, indent=1) + "\n")
         self._requeue_interrupted(study)
         target = self.n_trials
@@ -206,19 +215,34 @@ class LRSearchSweeperImpl(Sweeper):
         returns = []
         while done < target:
             trials = [study.ask(space.distributions) for _ in range(min(self.n_jobs, target - done))]
-            batch = [[*space.overrides(t.params), self._search_override(spec_path, t.number)] for t in trials]
-            self.validate_batch_is_legal(batch)
-            results = self.launcher.launch(batch, initial_job_idx=trials[0].number)
-            for trial, result in zip(trials, results):
-                try:
-                    self._tell(study, trial, result)
-                except RuntimeError as exc:  # GridSampler.after_trial calls Study.stop() once the grid is done:
-                    if "Study.stop" not in str(exc):  # meant for optimize(); the trial's state is already told
-                        raise
-            returns.append(results)
+            numbers = [t.number for t in trials]
+            # job n = trial n; trials numbered apart (another sweeper on the same study) go one by one
+            groups = [trials] if numbers == list(range(numbers[0], numbers[0] + len(numbers))) else [[t] for t in trials]
+            stopped = False
+            for group in groups:
+                batch = [[*space.overrides(t.params), self._search_override(spec_path, t.number)] for t in group]
+                results = self.launcher.launch(batch, initial_job_idx=group[0].number)
+                for trial, result in zip(group, results):
+                    stopped |= self._tell(study, trial, result) == "stopped"
+                returns.append(results)
             done = self.counted(study)
+            if stopped:  # a job stopped on SIGTERM / Ctrl-C: the sweep stops too (rerun the command to resume it)
+                log.warning("a trial was stopped: the sweep stops; the same command with hydra.sweep.dir=%s resumes it",
+                            sweep_dir)
+                break
         self._write_best(study, sweep_dir)
         return returns
+
+    @staticmethod
+    def _tell_state(study: Any, trial: Any, value: Optional[float] = None, state: Any = None) -> None:
+        """``study.tell``, except that a grid sampler's ``Study.stop()`` (its ``after_trial`` calls
+        it once every point was asked; meant for ``optimize()``) does not end the sweep: the
+        trial's state is already stored by then."""
+        try:
+            study.tell(trial, value, state=state, skip_if_finished=True)
+        except RuntimeError as exc:
+            if "Study.stop" not in str(exc):
+                raise
 
     @staticmethod
     def _search_override(spec_path: Path, number: int) -> str:
@@ -227,16 +251,15 @@ class LRSearchSweeperImpl(Sweeper):
         return (f"search={{_target_:framework.search.study.OptunaTrial,"
                 f"study:{override_value(str(spec_path.resolve()))},trial:{number}}}")
 
-    def _tell(self, study: Any, trial: Any, result: Any) -> None:
-        """Tell the study how a job ended, unless the job already did (pruned, diverged)."""
+    def _tell(self, study: Any, trial: Any, result: Any) -> Optional[str]:
+        """Tell the study how a job ended, unless the job already did (pruned, diverged): its
+        objective (completed), pruned (diverged), failed (failed; stopped on a signal: failed and
+        marked ``interrupted``, its parameters queued to run again). Returns the job's status."""
         from hydra.core.utils import JobStatus
         from optuna.trial import TrialState
 
         from framework.loggers import read_summary
 
-        frozen = study._storage.get_trial(trial._trial_id)
-        if frozen.state != TrialState.RUNNING:
-            return
         run_dir = None
         try:
             run_dir = Path(str(result.hydra_cfg.hydra.runtime.output_dir))
@@ -244,20 +267,26 @@ class LRSearchSweeperImpl(Sweeper):
             pass
         summary = read_summary(run_dir) if run_dir is not None else {}
         status = summary.get("status") or ("failed" if result.status == JobStatus.FAILED else None)
+        if study._storage.get_trial(trial._trial_id).state != TrialState.RUNNING:
+            return status  # the job told it (pruned, diverged)
         if run_dir is not None:
             trial.set_user_attr("run_dir", str(run_dir))
         if status is not None:
             trial.set_user_attr("status", status)
         value = result._return_value if result.status == JobStatus.COMPLETED else None
         if status == "diverged":
-            study.tell(trial, state=TrialState.PRUNED)
+            self._tell_state(study, trial, state=TrialState.PRUNED)
         elif result.status == JobStatus.COMPLETED and status in ("completed", None) and isinstance(value, (int, float)) \
                 and math.isfinite(value):
-            study.tell(trial, float(value))
+            self._tell_state(study, trial, float(value))
         else:
             if result.status == JobStatus.FAILED:
                 log.warning("trial %d failed: %s", trial.number, result._return_value)
-            study.tell(trial, state=TrialState.FAIL)
+            if status == "stopped":  # resumable, not a result: it does not count, and runs again
+                trial.set_user_attr("interrupted", True)
+                study.enqueue_trial(trial.params, user_attrs={"rerun_of": trial.number})
+            self._tell_state(study, trial, state=TrialState.FAIL)
+        return status
 
     def _write_best(self, study: Any, sweep_dir: Path) -> None:
         """Log the best trial and write ``optimization_results.yaml`` (``name``, ``best_params``,

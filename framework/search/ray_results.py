@@ -1,0 +1,175 @@
+"""The end of ``python -m framework.tune``: every trial folder made whole, the sweep report, the
+best trial and, after Population Based Training, its LR trace as a replayable schedule.
+
+A trial that erred before its run wrote ``summary.json`` (a crash in the worker, a lost node) gets
+one here (``status: failed`` with Ray's error), trials a Ctrl-C left running say ``stopped``; the
+report is :func:`framework.report.write_report` on the tune folder; the best trial is the one
+with the best objective (the best epoch's monitored value) among the completed trials (else
+among all).
+"""
+from __future__ import annotations
+
+import math
+import shlex
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+from framework.errors import first_line
+
+__all__ = ["finish", "best_trial", "SCHEDULE_NAME"]
+
+#: The file PBT's best LR trace is exported to, in the tune folder.
+SCHEDULE_NAME = "best_schedule.yaml"
+
+
+def _trial_folders(tune_dir: Path) -> list[Path]:
+    return sorted((p for p in tune_dir.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name))
+
+
+def _run_dir(tune_dir: Path, result: Any) -> Optional[Path]:
+    """The run folder of a Ray result: ``<tune_dir>/<index>`` from its Ray folder ``trial_<index>``
+    (the driver's ``trial_dirname_creator``); None for a folder not named so."""
+    tail = Path(str(result.path)).name.rsplit("_", 1)[-1]
+    return tune_dir / str(int(tail)) if tail.isdigit() else None
+
+
+def _mend_failed(tune_dir: Path, results: Any, spec: Any, base: Any) -> int:
+    """Write ``summary.json`` (and ``.hydra/``) of trials Ray reports as errors whose run wrote
+    none; the number of errored trials."""
+    from omegaconf import OmegaConf
+
+    from framework.search.ray_trainable import trial_overrides
+    from framework.summary import write_untrained_summary
+
+    errors = 0
+    for result in results:
+        if result.error is None:
+            continue
+        errors += 1
+        run_dir = _run_dir(tune_dir, result)
+        if run_dir is None:
+            continue
+        overrides = trial_overrides(spec, dict(result.config or {}))
+        if not (run_dir / ".hydra" / "config.yaml").is_file():
+            (run_dir / ".hydra").mkdir(parents=True, exist_ok=True)
+            OmegaConf.save(base, run_dir / ".hydra" / "config.yaml")
+            OmegaConf.save(OmegaConf.create(overrides), run_dir / ".hydra" / "overrides.yaml")
+        if not (run_dir / "summary.json").is_file():
+            write_untrained_summary(run_dir, "failed", error=f"{type(result.error).__name__}: "
+                                    f"{first_line(result.error)}", overrides=overrides,
+                                    objective_name=spec.monitor, objective_mode=spec.mode)
+    return errors
+
+
+def _mend_interrupted(tune_dir: Path, results: Any) -> int:
+    """Trials the search left unfinished (Ctrl-C: Ray stops them as a scheduler would, so their
+    run says ``pruned``): ``status: stopped``, ``stop_reason: tune interrupted``, resumable. Tune
+    marks every trial it ended itself ``done`` in its last result. Returns their number."""
+    from framework.loggers import read_summary, write_json
+
+    count = 0
+    for result in results:
+        run_dir = _run_dir(tune_dir, result)
+        if result.error is not None or (result.metrics or {}).get("done") or run_dir is None:
+            continue
+        summary = read_summary(run_dir)
+        if summary.get("status") == "pruned":
+            summary.pop("pruned", None)
+            summary.update(status="stopped", stop_reason="tune interrupted", resume_with=f"resume={run_dir}")
+            write_json(summary, run_dir / "summary.json")
+            count += 1
+    return count
+
+
+def best_trial(tune_dir: Path) -> Optional[tuple[Path, dict[str, Any]]]:
+    """``(run folder, summary)`` of the trial with the best objective under its
+    ``objective_mode``: among the completed trials, else among all that have one; the lower index
+    on a tie. None when no trial has an objective."""
+    from framework.loggers import read_summary
+
+    rows = [(p, read_summary(p)) for p in _trial_folders(tune_dir)]
+    rows = [(p, s) for p, s in rows if isinstance(s.get("objective"), (int, float)) and math.isfinite(s["objective"])]
+    done = [(p, s) for p, s in rows if s.get("status") == "completed"] or rows
+    if not done:
+        return None
+    sign = lambda s: -1.0 if s.get("objective_mode", "max") == "max" else 1.0  # noqa: E731
+    return min(done, key=lambda r: (sign(r[1]) * r[1]["objective"], int(r[0].name)))
+
+
+def _replay(best: Path, summary: dict[str, Any], out: Path) -> str:
+    """The ``lrframe`` command that replays ``out``
+    (:func:`framework.schedules.piecewise.export.replay_command`, named as the installed command)."""
+    from framework.schedules.piecewise.export import recorded, replay_command
+
+    command = replay_command(summary, recorded(best)[1], out)
+    return "lrframe" + command[len("python train.py"):] if command.startswith("python train.py") else command
+
+
+def _changed_besides_lr(summary: dict[str, Any]) -> list[str]:
+    """Searched keys other than ``lr0`` whose value changed along the trial's lineage (PBT)."""
+    lineage = (summary.get("tune") or {}).get("lineage") or []
+    keys = {k for seg in lineage for k in (seg.get("params") or {}) if k != "lr0"}
+    return sorted(k for k in keys if len({repr((seg.get("params") or {}).get(k)) for seg in lineage}) > 1)
+
+
+def finish(tune_dir: Path, results: Any, spec: Any, base: Any) -> int:
+    """Mend failed and interrupted trials, write the report, name the best trial, export PBT's
+    best schedule, print what was done; the exit status (130 after a Ctrl-C, else 1 when a trial
+    erred, else 0)."""
+    from framework.report import write_report
+
+    errors = _mend_failed(tune_dir, results, spec, base)
+    interrupted = _mend_interrupted(tune_dir, results)
+    if interrupted:
+        print("tune: interrupted; trials that were running say status stopped (lrframe <their overrides> "
+              "resume=<their folder> continues one)", file=sys.stderr)
+    statuses: dict[str, int] = {}
+    from framework.loggers import read_summary
+
+    for folder in _trial_folders(tune_dir):
+        status = read_summary(folder).get("status", "incomplete")
+        statuses[status] = statuses.get(status, 0) + 1
+    counts = ", ".join(f"{n} {s}" for s, n in sorted(statuses.items()))
+    print(f"tune: {sum(statuses.values())} trials ({counts}) in {tune_dir}", file=sys.stderr)
+    try:
+        write_report(tune_dir)
+        print(f"tune report: {tune_dir / 'report.md'}", file=sys.stderr)
+    except Exception as exc:  # the trials' folders are the record; the report can be written again
+        print(f"tune report: not written ({type(exc).__name__}: {first_line(exc)}); try python -m framework.report "
+              f"{tune_dir}", file=sys.stderr)
+    found = best_trial(tune_dir)
+    if found is None:
+        print("tune: no trial has a result", file=sys.stderr)
+        return 1
+    folder, summary = found
+    value = summary.get("objective")
+    print(f"best: trial {folder.name} {summary.get('objective_name')} {value:.6g} ({summary.get('status')}): "
+          f"{' '.join(map(shlex.quote, summary.get('overrides') or []))}", file=sys.stderr)
+    if spec.search == "pbt":
+        _export(tune_dir, folder, summary)
+    return 130 if interrupted else 1 if errors else 0
+
+
+def _export(tune_dir: Path, folder: Path, summary: dict[str, Any]) -> None:
+    """Export the best PBT trial's applied LR trace and print how to replay it."""
+    from framework.errors import ConfigError
+    from framework.schedules.piecewise import export_schedule
+
+    out = tune_dir / SCHEDULE_NAME
+    try:
+        export_schedule(folder, out)
+    except (ConfigError, OSError) as exc:
+        print(f"best schedule: not written ({first_line(exc)}); try python -m framework.schedules.piecewise {folder} "
+              f"-o {out}", file=sys.stderr)
+        return
+    lineage = (summary.get("tune") or {}).get("lineage") or []
+    path = " -> ".join(f"trial {seg['trial']} (steps {seg['from_step']}..{seg.get('to_step') or 'end'}, "
+                       f"lr0 {seg['params'].get('lr0', '?'):.4g})" if isinstance(seg['params'].get('lr0'), float)
+                       else f"trial {seg['trial']}" for seg in lineage)
+    print(f"best schedule: {out} (the LR applied at every step of trial {folder.name}: {path})", file=sys.stderr)
+    print(f"replay: {_replay(folder, summary, out)}", file=sys.stderr)
+    changed = _changed_besides_lr(summary)
+    if changed:
+        print(f"note: PBT also changed {', '.join(changed)} along the way; the schedule replays the LR only (the "
+              "command above has their final values)", file=sys.stderr)

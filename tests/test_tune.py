@@ -1,0 +1,233 @@
+"""``python -m framework.tune``: Ray Tune's ASHA decisions against its rule on the values the runs
+logged, pruned trials' folders, PBT's exploit continuing from the donor's exact checkpoint with the
+new lr0 (the LR contract along each trial's lineage), the exported best schedule, and the one-line
+errors (Ray missing, a bad ``tune.`` key)."""
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from tests.helpers import HANG_GUARD_S, ROOT, TINY, read_csv
+
+#: +debug=tiny: 256 training images, batch 64 -> 4 optimizer steps per epoch (conf/dataset/tiny.yaml).
+STEPS_PER_EPOCH = 256 // 64
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    """One local Ray (2 CPUs) for the module's searches (``main`` joins a running Ray)."""
+    ray = pytest.importorskip("ray")
+    pytest.importorskip("ray.tune")
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    yield ray
+    ray.shutdown()
+
+
+def run_tune(argv, cwd, monkeypatch):
+    """``python -m framework.tune <argv>`` in this process, from ``cwd``; its exit status."""
+    from framework.tune import main
+
+    monkeypatch.chdir(cwd)
+    try:
+        return main(list(argv))
+    except SystemExit as exc:
+        return exc.code
+
+
+def results_in_order(tune_dir):
+    """``results.jsonl``: every result, in the order Tune's scheduler judged them."""
+    return [json.loads(line) for line in (tune_dir / "results.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.slow  # a Ray search (end-to-end)
+def test_asha_stops_trials_by_its_rule_and_leaves_pruned_folders(ray_local, tmp_path, monkeypatch):
+    # the user's config folder composes (--config-dir): a task monitoring val/loss (min), so the
+    # search's metric is the task's, not val/acc, and the values are continuous (no ties)
+    task_dir = tmp_path / "conf" / "task"
+    task_dir.mkdir(parents=True)
+    (task_dir / "loss_min.yaml").write_text(
+        "# Classification judged by its validation loss.\n_target_: framework.tasks.Classification\n"
+        "_partial_: true\nmonitor: val/loss  # (metric)\nmode: min  # (direction)\n")
+    tune_dir = tmp_path / "tune"
+    code = run_tune(["--config-dir", str(tmp_path / "conf"), *TINY, "task=loss_min", "epochs=3",
+                     "lr0=tag(log, interval(1e-4, 1))", "tune.num_samples=4", "tune.max_concurrent_trials=2",
+                     "tune.cpus_per_trial=1", "tune.grace_period=1", "tune.reduction_factor=2",
+                     f"tune.dir={tune_dir}"], tmp_path, monkeypatch)
+    assert code == 0
+    summaries = {i: json.loads((tune_dir / str(i) / "summary.json").read_text()) for i in range(4)}
+    epochs = {i: read_csv(tune_dir / str(i) / "epochs.csv") for i in range(4)}
+    # ASHA by hand (ray.tune.schedulers.async_hyperband._Bracket, one bracket, s = 0): rungs at
+    # grace * rf^k for k < int(log(max_t / grace) / log(rf) + 1) = int(log2(3) + 1) = 2: epochs 1 and 2;
+    # a result at max_t = 3 epochs ends the trial. At a rung, a trial is stopped when its reward
+    # (-val/loss: mode min) is below the (1 - 1/rf) = 50% percentile of the rewards recorded there
+    # before it, then its reward is recorded.
+    recorded = {2: {}, 1: {}}
+    stopped_at = {}
+    for row in results_in_order(tune_dir):
+        trial, t = row["trial"], row["epochs_trained"]
+        assert trial not in stopped_at, "a stopped trial reported again"
+        logged = float(epochs[trial][t - 1]["val/loss"])  # the value the run wrote, not the reported copy
+        assert row["val/loss"] == logged and int(epochs[trial][t - 1]["epoch"]) == t - 1
+        if t >= 3:
+            continue
+        for milestone in (2, 1):
+            if t < milestone or trial in recorded[milestone]:
+                continue
+            rewards = list(recorded[milestone].values())
+            if rewards and -logged < np.percentile(rewards, 50):
+                stopped_at[trial] = t
+            recorded[milestone][trial] = -logged
+            break
+    assert stopped_at, "the first two trials' order makes ASHA stop at least one of the last two"
+    for i, summary in summaries.items():
+        assert summary["objective_name"] == "val/loss" and "task=loss_min" in summary["overrides"]
+        if i in stopped_at:
+            t = stopped_at[i]
+            assert summary["status"] == "pruned", (i, summary["status"])
+            assert summary["pruned"]["epoch"] == t - 1 and summary["pruned"]["scheduler"] == "ASHA"
+            assert summary["pruned"]["step"] == summary["steps"] == t * STEPS_PER_EPOCH
+            assert len(epochs[i]) == t and (tune_dir / str(i) / "checkpoints" / "last.pt").is_file()
+        else:
+            assert summary["status"] == "completed" and len(epochs[i]) == 3
+    report = (tune_dir / "report.md").read_text()
+    assert "pruned" in report and all(f"lr0={summaries[i]['lr0']!r}" in report for i in range(4))
+
+
+def cosine_lr(lr0, k, total, lrf=0.01):
+    """Cosine's LR of step k (README, the LR contract): lr0 * (lrf + (1 - lrf) * (1 + cos(pi k / (T-1))) / 2)."""
+    return lr0 * (lrf + (1 - lrf) * (1 + math.cos(math.pi * k / (total - 1))) / 2)
+
+
+@pytest.mark.slow  # a Ray search (end-to-end)
+def test_pbt_exploits_exact_checkpoints_and_exports_the_best_schedule(ray_local, tmp_path, monkeypatch):
+    import yaml
+
+    tune_dir = tmp_path / "tune"
+    code = run_tune([*TINY, "epochs=3", "task.monitor=val/loss", "task.mode=min", "tune.search=pbt",
+                     "tune.num_samples=2", "tune.perturbation_interval=1", "tune.cpus_per_trial=2",
+                     f"tune.dir={tune_dir}"], tmp_path, monkeypatch)
+    assert code == 0
+    total = 3 * STEPS_PER_EPOCH  # T = 12
+    restored = 0
+    for i in (0, 1):
+        summary = json.loads((tune_dir / str(i) / "summary.json").read_text())
+        assert summary["status"] == "completed" and summary["planned_steps"] == total
+        rows = read_csv(tune_dir / str(i) / "steps.csv")
+        assert [int(r["step"]) for r in rows] == list(range(total))
+        lineage = summary["tune"]["lineage"]
+        assert lineage[0]["from_step"] == 0 and lineage[-1]["to_step"] is None and lineage[-1]["trial"] == i
+        restored += len(lineage) > 1
+        for seg, nxt in zip(lineage, lineage[1:] + [None]):
+            end = total if nxt is None else seg["to_step"]
+            assert nxt is None or nxt["from_step"] == seg["to_step"]
+            for k in range(seg["from_step"], end):  # each segment follows its own lr0 from the step it took over
+                assert float(rows[k]["lr"]) == pytest.approx(cosine_lr(seg["params"]["lr0"], k, total), rel=1e-12)
+    # one trial at a time (2 CPUs each of 2): PBT pauses a trial after each epoch while the other waits
+    # (it then continues from its own checkpoint: one lineage segment) and the worse one at a
+    # perturbation continues from the better one's checkpoint with a perturbed lr0 (a new segment);
+    # lr0 is seeded (tune.seed=0) and CPU training deterministic, so the order of results is too
+    assert restored, "no trial continued from another trial's checkpoint"
+    done = {i: json.loads((tune_dir / str(i) / "summary.json").read_text()) for i in (0, 1)}
+    best = min(done, key=lambda i: (done[i]["objective"], i))  # val/loss: lower is better
+    exported = yaml.safe_load((tune_dir / "best_schedule.yaml").read_text())["lr"]
+    assert exported == [float(r["lr"]) for r in read_csv(tune_dir / str(best) / "steps.csv")]
+    assert len(exported) == total
+
+
+def test_missing_ray_is_one_line(monkeypatch, capsys):
+    from framework.tune import main
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray now raises ImportError
+    assert main(["epochs=1"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "error: python -m framework.tune needs Ray; pip install 'lrframe[ray]'"]
+
+
+def test_a_bad_tune_key_is_one_line_naming_it():
+    pytest.importorskip("ray")
+    proc = subprocess.run([sys.executable, "-m", "framework.tune", *TINY, "tune.serach=pbt", "tune.num_samples=0"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=HANG_GUARD_S)
+    assert proc.returncode == 2
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert lines[0].startswith("error: tune.serach=pbt: unknown key 'tune.serach' (did you mean search?); tune keys")
+    assert lines[1] == "error: tune.num_samples=0: must be a whole number >= 1 (trials), e.g. tune.num_samples=16"
+    assert len(lines) == 2 and "Traceback" not in proc.stderr
+
+
+def test_hydra_sweep_syntax_becomes_ray_distributions():
+    pytest.importorskip("ray")
+    from ray.tune.search.sample import Categorical, Float, Integer
+
+    from framework.search.ray_tune import ray_domain
+    from framework.search.space import parse_space
+
+    space = parse_space({"optimizer.momentum": "interval(0.8, 0.99)"},
+                        ["lr0=tag(log, interval(1e-4, 1))", "batch_size=range(16, 80, 16)",
+                         "warmup_steps=range(0, 6)", "scheduler=cosine,step", "epochs=3"])
+    domains = {k: ray_domain(d) for k, d in space.distributions.items()}
+    assert space.fixed == ["epochs=3"]
+    lr0, mom, batch, warm, sched = (domains[k] for k in ("lr0", "optimizer.momentum", "batch_size", "warmup_steps",
+                                                          "scheduler"))
+    assert isinstance(lr0, Float) and (lr0.lower, lr0.upper) == (1e-4, 1.0)
+    assert isinstance(mom, Float) and (mom.lower, mom.upper) == (0.8, 0.99)
+    assert isinstance(sched, Categorical) and list(sched.categories) == ["cosine", "step"]
+    rng = np.random.default_rng(0)
+    # log-uniform on [1e-4, 1]: half the draws below the log midpoint 1e-2 (a uniform draw: 1%);
+    # uniform on [0.8, 0.99]: half below 0.895 (4000 draws: standard error 0.008)
+    lrs, moms = np.array(lr0.sample(size=4000, random_state=rng)), np.array(mom.sample(size=4000, random_state=rng))
+    assert lrs.min() >= 1e-4 and lrs.max() <= 1 and 0.46 < (lrs < 1e-2).mean() < 0.54
+    assert moms.min() >= 0.8 and moms.max() <= 0.99 and 0.46 < (moms < 0.895).mean() < 0.54
+    # range(16, 80, 16) = 16, 32, 48, 64 and range(0, 6) = 0..5 (Hydra's stop is exclusive; Ray's
+    # randint's upper bound too, its qrandint's is inclusive)
+    assert isinstance(batch, Integer) and set(batch.sample(size=400, random_state=rng)) == {16, 32, 48, 64}
+    assert isinstance(warm, Integer) and set(warm.sample(size=400, random_state=rng)) == {0, 1, 2, 3, 4, 5}
+
+
+def test_the_trial_hook_reports_each_epoch_and_stops_only_before_the_last(tmp_path):
+    from framework.search.ray_trial import CHANNELS, Channel, RayTrial, steps_done
+
+    (tmp_path / "steps.csv").write_text("step,epoch,lr,loss\n" + "".join(f"{k},{k // 4},0.1,2.0\n" for k in range(8)))
+    assert steps_done(tmp_path) == 8  # rows of steps 0..7
+    channel = Channel({"trial": 7}, ["epochs=3"], "ASHA", "val/loss", "min")
+    CHANNELS[7] = channel
+    try:
+        summary = {"planned_epochs": 3, "planned_steps": 12}
+        hook = RayTrial(7)
+        hook.start(tmp_path, summary, resumed=False)
+        assert summary["tune"] == {"trial": 7} and summary["overrides"] == ["epochs=3"]
+        channel.decisions.put("stop")  # Tune's answer to the result the hook is about to hand over
+        assert hook.should_prune(1, {"epoch": 1, "val/loss": 2.25, "lr": 0.1}, 2.25) is True
+        kind, result = channel.results.get_nowait()
+        assert kind == "epoch" and result["val/loss"] == 2.25 and result["epochs_trained"] == 2 and result["step"] == 8
+        assert hook.report() == {"scheduler": "ASHA", "trial": 7, "value": 2.25}
+        last = RayTrial(7)
+        last.start(tmp_path, {"planned_epochs": 3, "planned_steps": 12}, resumed=False)
+        channel.decisions.put("stop")  # a stop after the last epoch: the run ends by itself, completed
+        assert last.should_prune(2, {"epoch": 2, "val/loss": float("nan")}, None) is False
+        assert channel.results.get_nowait()[1]["val/loss"] == math.inf  # no value: the worst for min
+        assert last.report() == {}
+    finally:
+        CHANNELS.pop(7, None)
+
+
+def test_a_ctrl_c_leaves_running_trials_stopped_not_pruned(tmp_path):
+    from types import SimpleNamespace
+
+    from framework.search.ray_results import _mend_interrupted
+
+    for i in (0, 1):
+        (tmp_path / str(i)).mkdir()
+        (tmp_path / str(i) / "summary.json").write_text(json.dumps(
+            {"status": "pruned", "pruned": {"epoch": 4, "step": 20, "scheduler": "ASHA"}, "steps": 20}))
+    results = [SimpleNamespace(path=str(tmp_path / "ray" / "trial_0"), error=None, metrics={"done": True}),
+               SimpleNamespace(path=str(tmp_path / "ray" / "trial_1"), error=None, metrics={"epoch": 4})]
+    assert _mend_interrupted(tmp_path, results) == 1
+    kept, stopped = (json.loads((tmp_path / str(i) / "summary.json").read_text()) for i in (0, 1))
+    assert kept["status"] == "pruned" and kept["pruned"]["scheduler"] == "ASHA"  # Tune ended it: done
+    assert stopped["status"] == "stopped" and stopped["stop_reason"] == "tune interrupted" and "pruned" not in stopped
+    assert stopped["resume_with"] == f"resume={tmp_path / '1'}" and stopped["steps"] == 20
