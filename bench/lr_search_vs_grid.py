@@ -7,8 +7,10 @@ For each model / optimizer pair on digits, a full-budget grid (``hparams_search=
 - ``tpe``: ``hparams_search=lr_tpe`` (TPE over lr0 and lrf, the median pruner);
 - ``evolve``: ``hparams_search=lr_evolve`` (NSGA-II as a GA over lr0, lrf, momentum, warmup,
   weight decay; the median pruner);
-- ``ray_asha``: ``python -m framework.tune tune.search=asha`` (Ray Tune's ASHA, local Ray);
-- ``pbt``: ``python -m framework.tune tune.search=pbt``, then its exported schedule
+- ``ray_asha``: ``python -m framework.tune tune.search=asha tune.num_samples=9`` (Ray Tune's
+  ASHA, a local Ray, ``--jobs`` trials at a time);
+- ``pbt``: ``python -m framework.tune tune.search=pbt tune.num_samples=4`` (4 trials together,
+  one core each, lr0/momentum/weight decay perturbed every epoch), then its exported schedule
   (``best_schedule.yaml``) replayed from scratch with ``scheduler=piecewise``.
 
 Prints and writes (``--out``/results.json) per pair and search: the best validation accuracy
@@ -25,12 +27,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shlex
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+CORES = os.cpu_count() or 1
 PAIRS = {
     "sgd": ["model=resnet10t", "optimizer=sgd"],
     "adamw": ["model=resnet10t", "optimizer=adamw"],
@@ -95,20 +100,23 @@ def main() -> None:
             if search in ("asha", "tpe", "evolve"):
                 wall = run([py, "train.py", "-m", *pair, f"hparams_search=lr_{search}", *parallel,
                             f"hydra.sweep.dir={out}"], base / f"{search}.log")
-            else:
-                kind = "asha" if search == "ray_asha" else "pbt"
-                wall = run([py, "-m", "framework.tune", *pair, f"tune.search={kind}", f"tune.dir={out}",
-                            f"tune.max_concurrent_trials={args.jobs}"], base / f"{search}.log")
+            elif search == "ray_asha":  # as many trials as the grid has points, args.jobs at a time on the cores
+                wall = run([py, "-m", "framework.tune", *pair, "tune.search=asha", "tune.num_samples=9",
+                            f"tune.cpus_per_trial={max(1, CORES // args.jobs)}", f"tune.dir={out}"], base / f"{search}.log")
+            else:  # PBT: a population of 4 trained together (one core each), lr0 perturbed every epoch
+                wall = run([py, "-m", "framework.tune", *pair, "tune.search=pbt", "tune.num_samples=4",
+                            "tune.cpus_per_trial=1", f"tune.dir={out}"], base / f"{search}.log")
             rows = trials(out)
             best, run_ = best_of(rows)
             steps = sum(r["steps"] for r in rows)
             entry = {"best": best, "of_grid": best / grid_best, "steps": steps, "steps_frac": steps / grid_steps,
                      "wall_s": wall, "wall_frac": wall / res["grid"]["wall_s"], "trials": len(rows),
                      "pruned": sum(r["status"] == "pruned" for r in rows), "best_lr0": run_.get("lr0")}
-            if search == "pbt" and (out / "best_schedule.yaml").is_file():
+            said = [line for line in (base / f"{search}.log").read_text().splitlines() if line.startswith("replay: ")]
+            if search == "pbt" and said:  # the command framework.tune printed (the best trial's keys, its schedule)
                 replay = base / "pbt_replay"
-                run([py, "train.py", *pair, "scheduler=piecewise", f"scheduler.path={out / 'best_schedule.yaml'}",
-                     f"hydra.run.dir={replay}"], base / "pbt_replay.log")
+                command = shlex.split(said[-1][len("replay: "):])[1:]  # without "lrframe"
+                run([py, "train.py", *command, f"hydra.run.dir={replay}"], base / "pbt_replay.log")
                 summary = json.loads((replay / "summary.json").read_text())
                 entry.update(replay_best=summary["objective"], replay_of_grid=summary["objective"] / grid_best,
                              replay_steps=summary["steps"])

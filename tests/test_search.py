@@ -150,7 +150,7 @@ def test_a_sweep_resumes_its_study_and_reruns_an_interrupted_trial(tmp_path):
 
 @pytest.mark.parametrize("preset, sampler, pruner", [("lr_asha", "RandomSampler", "SuccessiveHalvingPruner"),
                                                      ("lr_tpe", "TPESampler", "MedianPruner"),
-                                                     ("lr_evolve", "NSGAIISampler", "MedianPruner")])
+                                                     ("lr_evolve", "MutationSampler", "SuccessiveHalvingPruner")])
 def test_presets_compose_a_sampler_and_pruner(preset, sampler, pruner):
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
@@ -212,6 +212,43 @@ def test_a_trial_is_reported_every_epoch_and_never_pruned_at_its_last(tmp_path):
     assert json.loads((tmp_path / "e2" / "summary.json").read_text())["pruned"] == {
         "epoch": 0, "step": 4, "trial": 0, "pruner": "ThresholdPruner", "value": pytest.approx(
             float(read_csv(tmp_path / "e2" / "epochs.csv")[0]["val/acc"]))}
+
+
+def test_the_mutation_sampler_mutates_one_of_the_best_trials_as_ultralytics_tuner_does():
+    import numpy as np
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    from framework.search.evolve import MutationSampler
+
+    dists = {"lr0": FloatDistribution(1e-4, 1.0, log=True), "epochs": IntDistribution(1, 9),
+             "optimizer": CategoricalDistribution(["sgd", "adamw"])}
+    study = optuna.create_study(direction="maximize",
+                                sampler=MutationSampler(parents=2, mutation_prob=1.0, sigma=0.2, seed=3))
+    made = {"A": ({"lr0": 0.01, "epochs": 5, "optimizer": "sgd"}, 0.90, "COMPLETE", {1: 0.5, 5: 0.9}),
+            "B": ({"lr0": 0.02, "epochs": 4, "optimizer": "adamw"}, 0.95, "COMPLETE", {1: 0.6, 4: 0.95}),
+            "C": ({"lr0": 0.5, "epochs": 9, "optimizer": "sgd"}, None, "PRUNED", {1: 0.99, 3: 0.99}),
+            "D": ({"lr0": 0.9, "epochs": 9, "optimizer": "sgd"}, None, "PRUNED", {1: 0.999})}
+    for params, value, state, curve in made.values():
+        study.add_trial(optuna.trial.create_trial(params=params, distributions=dists, value=value,
+                                                  state=getattr(optuna.trial.TrialState, state),
+                                                  intermediate_values=curve))
+    new = study.ask(dists).params
+    # by hand: ranked B (0.95), A (0.90), then the pruned (C reached step 3, D step 1); parents = top 2,
+    # weights 2:1; gains clip(1 + z * u * 0.2, 0.3, 3) for lr0 and epochs; the categorical flips (p = 1)
+    rng = np.random.RandomState(3)
+    parent = [made["B"][0], made["A"][0]][rng.choice(2, p=[2 / 3, 1 / 3])]
+    rng.random_sample(2)  # the mutation mask: all True at mutation_prob 1
+    z, u = rng.randn(2), rng.random_sample()
+    gains = np.clip(1 + z * u * 0.2, 0.3, 3.0)
+    rng.random_sample()  # the categorical's flip: True
+    expected = {"lr0": min(max(parent["lr0"] * gains[0], 1e-4), 1.0),
+                "epochs": min(max(int(round(parent["epochs"] * gains[1])), 1), 9),
+                "optimizer": ["sgd", "adamw"][rng.randint(2)]}
+    assert new == pytest.approx(expected) and new != parent
+    # a fresh study starts from x0 (the configured values), then draws at random until a trial ends
+    fresh = optuna.create_study(sampler=MutationSampler(x0={"lr0": 0.01, "epochs": 99}, seed=0))
+    first = fresh.ask(dists).params
+    assert first["lr0"] == 0.01 and 1 <= first["epochs"] <= 9  # 99 is out of bounds: drawn instead
 
 
 @pytest.mark.parametrize("args, says", [

@@ -8,6 +8,10 @@
 - :mod:`framework.search.study`: the job's side: the trial a run reports its monitored
   validation value to, after every validated epoch.
 - :mod:`framework.search.space`: Hydra's sweep syntax as Optuna distributions.
+- :mod:`framework.search.ray_tune` (``python -m framework.tune``): Ray Tune's ASHA, HyperBand
+  and Population Based Training over the same syntax, each trial a run in a Ray worker
+  (:mod:`~framework.search.ray_trainable`, :mod:`~framework.search.ray_trial`); the best PBT
+  trial's applied LR exported for ``scheduler=piecewise`` (:mod:`~framework.search.ray_results`).
 
 A run takes part in a search through the top-level ``search`` key (set by the sweeper; null in
 a plain run): a ``_target_`` config of a *trial hook*, an object with

@@ -48,8 +48,9 @@ class LRSearchSweeperImpl(Sweeper):
 
     Args:
         sampler: ``_target_`` config of an Optuna sampler (``hydra/sweeper/sampler=tpe|cmaes|
-            random|grid|nsgaii``); a grid sampler without ``search_space`` gets the listed values
-            of ``params``.
+            random|grid|nsgaii|mutation``); a grid sampler without ``search_space`` gets the
+            listed values of ``params``; the mutation sampler without ``x0`` starts from the
+            composed config's values.
         pruner: ``_target_`` config of an Optuna pruner (``hydra/sweeper/pruner=median|
             successive_halving|hyperband|none``); rebuilt by every job from ``study.json``.
         direction: ``maximize`` | ``minimize`` (default: the task's ``mode``; the objective is
@@ -110,6 +111,8 @@ class LRSearchSweeperImpl(Sweeper):
             cfg["seed"] = int(cfg["seed"]) + seed_offset
         if str(cfg.get("_target_", "")).endswith("GridSampler") and not cfg.get("search_space"):
             cfg["search_space"] = space.grid()
+        if str(cfg.get("_target_", "")).endswith("MutationSampler") and cfg.get("x0") is None and self.config is not None:
+            cfg["x0"] = {k: OmegaConf.select(self.config, k, default=None) for k in space.distributions}
         try:
             return instantiate(cfg)
         except Exception as exc:
