@@ -31,6 +31,7 @@ def test_the_wheel_holds_every_config_file_and_the_command(wheel):
     packaged = {n for n in names if n.startswith("framework/conf/") and n.endswith(".yaml")}
     in_checkout = {f"framework/conf/{p.relative_to(CONF_DIR).as_posix()}" for p in CONF_DIR.rglob("*.yaml")}
     assert len(in_checkout) > 40 and packaged == in_checkout
+    assert "hydra_plugins/lrframe_search/__init__.py" in names  # Hydra finds hydra/sweeper=lr_search there
     (entry_points,) = [n for n in names if n.endswith("entry_points.txt")]
     text = zipfile.ZipFile(wheel).read(entry_points).decode()
     assert "[console_scripts]" in text and "lrframe = framework.__main__:cli" in text
