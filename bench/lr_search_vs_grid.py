@@ -29,6 +29,7 @@ import argparse
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -76,6 +77,7 @@ def main() -> None:
     parser.add_argument("--searches", nargs="+", default=list(SEARCHES), choices=SEARCHES)
     parser.add_argument("--jobs", type=int, default=1, help="trials at a time (joblib launcher / Ray)")
     parser.add_argument("--out", type=Path, default=Path("/tmp/lr_search_bench"))
+    parser.add_argument("--reuse-grid", action="store_true", help="take the grid from an earlier run into --out")
     args = parser.parse_args()
     py = sys.executable
     common = [f"epochs={args.epochs}", "trainer.progress_bar=false", "warmup_epochs=0"]
@@ -86,8 +88,12 @@ def main() -> None:
         pair, base = [*PAIRS[name], *common], args.out / name
         base.mkdir(parents=True, exist_ok=True)
         grid_dir = base / "grid"
-        wall = run([py, "train.py", "-m", *pair, "hparams_search=lr_grid", "trainer.save_checkpoints=false",
-                    f"hydra.sweep.dir={grid_dir}"], base / "grid.log")
+        if args.reuse_grid and (base / "grid_wall_s.txt").is_file():  # the grid of an earlier run of this bench
+            wall = float((base / "grid_wall_s.txt").read_text())
+        else:
+            wall = run([py, "train.py", "-m", *pair, "hparams_search=lr_grid", "trainer.save_checkpoints=false",
+                        f"hydra.sweep.dir={grid_dir}"], base / "grid.log")
+            (base / "grid_wall_s.txt").write_text(f"{wall}\n")
         grid = trials(grid_dir)
         grid_best, grid_run = best_of(grid)
         grid_steps = sum(r["steps"] for r in grid)
@@ -97,6 +103,8 @@ def main() -> None:
               flush=True)
         for search in args.searches:
             out = base / search
+            if out.exists():  # a search run again replaces its folder
+                shutil.rmtree(out)
             if search in ("asha", "tpe", "evolve"):
                 wall = run([py, "train.py", "-m", *pair, f"hparams_search=lr_{search}", *parallel,
                             f"hydra.sweep.dir={out}"], base / f"{search}.log")
@@ -126,7 +134,9 @@ def main() -> None:
                   f"pruned" + (f", replay {entry['replay_of_grid']:.3f} of grid" if "replay_best" in entry else ""),
                   flush=True)
         results[name] = res
-        (args.out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+        done = json.loads((args.out / "results.json").read_text()) if (args.out / "results.json").is_file() else {}
+        done.setdefault(name, {}).update(res)  # searches of an earlier run of this bench are kept
+        (args.out / "results.json").write_text(json.dumps(done, indent=1) + "\n")
 
 
 if __name__ == "__main__":

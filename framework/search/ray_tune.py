@@ -40,7 +40,7 @@ __all__ = ["OPTIONS", "SEARCHES", "parse_args", "ray_domain", "task_objective", 
 #: ``tune.<key>`` defaults (units in the README's "Ray Tune" section).
 OPTIONS: dict[str, Any] = {"search": "asha", "num_samples": 8, "address": None, "cpus_per_trial": 1,
                            "gpus_per_trial": 0, "max_concurrent_trials": None, "grace_period": 1,
-                           "reduction_factor": 3, "perturbation_interval": 1, "seed": 0, "params": {}, "dir": None}
+                           "reduction_factor": 4, "perturbation_interval": 1, "seed": 0, "params": {}, "dir": None}
 #: ``tune.search`` values and the name of their scheduler in a pruned run's summary.
 SEARCHES = {"asha": "ASHA", "hyperband": "HyperBand", "pbt": "PBT"}
 #: The default search space: lr0 log-uniform on [1e-4, 1].

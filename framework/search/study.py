@@ -154,7 +154,7 @@ class OptunaTrial:
     def should_prune(self, epoch: int, metrics: dict[str, Any], value: Optional[float]) -> bool:
         """Report ``value`` (the run's monitored value after validated ``epoch``, 0-based) at step
         ``epoch + 1`` (the pruners' step is the resource spent: epochs trained, so ASHA's rungs
-        1, 3, 9 mean after 1, 3, 9 epochs) and ask the pruner. True: the study has been told the
+        1, 4, 16 mean after 1, 4, 16 epochs) and ask the pruner. True: the study has been told the
         trial is pruned. Never raises: a study that cannot be told (the trial ended elsewhere, the
         storage is gone) is logged once and the run trains on without it."""
         if self.trial is None or value is None or not math.isfinite(value):
