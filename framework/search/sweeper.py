@@ -193,7 +193,7 @@ class LRSearchSweeperImpl(Sweeper):
             raise ConfigError(f"hydra/sweeper=lr_search: needs Optuna >= 4, found {optuna.__version__}; "
                               "pip install -U 'optuna>=4'")
         self._check()
-        space = parse_space(self.params, arguments)
+        space = parse_space(self._known_params(arguments), arguments)
         if not space.distributions:
             raise ConfigError("hydra.sweeper.params: nothing to search; give a key a range, e.g. "
                               "'lr0=tag(log, interval(1e-4, 1))' on the command line, or use a preset "
@@ -235,6 +235,21 @@ class LRSearchSweeperImpl(Sweeper):
                 break
         self._write_best(study, sweep_dir)
         return returns
+
+    def _known_params(self, arguments: list[str]) -> dict[str, Any]:
+        """``params`` without the keys this run's config lacks (a preset's ``optimizer.momentum``
+        under ``optimizer=adamw``), each dropped with a warning; keys given on the command line,
+        and ``+key`` additions, are kept (a misspelling there is the user's, and is refused)."""
+        given = {a.split("=", 1)[0].lstrip("+~") for a in arguments}
+        absent = object()
+        kept = {}
+        for key, value in self.params.items():
+            name = str(key)
+            if name in given or name.startswith("+") or OmegaConf.select(self.config, name, default=absent) is not absent:
+                kept[key] = value
+            else:
+                log.warning("hydra.sweeper.params.%s: not a key of this run's config; not searched", name)
+        return kept
 
     @staticmethod
     def _tell_state(study: Any, trial: Any, value: Optional[float] = None, state: Any = None) -> None:
