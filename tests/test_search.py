@@ -13,7 +13,7 @@ optuna = pytest.importorskip("optuna")
 
 pytestmark = pytest.mark.slow
 
-DIGITS = ["dataset=digits", "model=test_resnet", "trainer.progress_bar=false", "device=cpu", "epochs=3"]
+DIGITS = ["dataset=digits", "model=test_resnet", "trainer.progress_bar=false", "device=cpu", "epochs=2"]
 
 
 def _study(sweep):
@@ -104,7 +104,7 @@ def test_pruned_trials_stop_where_optunas_pruner_says_with_two_parallel_workers(
         replay.tell(probe, state=optuna.trial.TrialState.FAIL)  # not a completed trial of the replay
         summary = json.loads((sweep / str(t.number) / "summary.json").read_text())
         if decided is None:
-            assert summary["status"] == "completed" and len(curves[t.number]) == 3
+            assert summary["status"] == "completed" and len(curves[t.number]) == 2
             continue
         pruned += 1
         assert summary["status"] == "pruned" and summary["pruned"]["epoch"] == decided == len(curves[t.number]) - 1
@@ -121,7 +121,7 @@ def test_pruned_trials_stop_where_optunas_pruner_says_with_two_parallel_workers(
     told = json.loads((job / "summary.json").read_text())["overrides"]
     train_in_process(job, *[o for o in told if not o.startswith("search=")], f"resume={job}")
     summary = json.loads((job / "summary.json").read_text())
-    assert summary["status"] == "completed" and summary["steps"] == 69
+    assert summary["status"] == "completed" and summary["steps"] == 46
     again = _study(sweep).trials[second[0].number]
     assert again.state == optuna.trial.TrialState.PRUNED and len(again.intermediate_values) == 1
 
@@ -245,10 +245,35 @@ def test_the_mutation_sampler_mutates_one_of_the_best_trials_as_ultralytics_tune
                 "epochs": min(max(int(round(parent["epochs"] * gains[1])), 1), 9),
                 "optimizer": ["sgd", "adamw"][rng.randint(2)]}
     assert new == pytest.approx(expected) and new != parent
+    # a key at 0 (warmup_epochs) moves by |g - 1| of its range instead of staying 0
+    zero = optuna.create_study(sampler=MutationSampler(mutation_prob=1.0, seed=1))
+    warm = {"warmup_epochs": FloatDistribution(0.0, 1.0)}
+    zero.add_trial(optuna.trial.create_trial(params={"warmup_epochs": 0.0}, distributions=warm, value=0.5))
+    rng = np.random.RandomState(1)
+    rng.choice(1, p=[1.0]), rng.random_sample(1)
+    z, u = rng.randn(1), rng.random_sample()
+    assert zero.ask(warm).params["warmup_epochs"] == pytest.approx(min(abs(np.clip(1 + z * u * 0.2, 0.3, 3)[0] - 1), 1))
     # a fresh study starts from x0 (the configured values), then draws at random until a trial ends
     fresh = optuna.create_study(sampler=MutationSampler(x0={"lr0": 0.01, "epochs": 99}, seed=0))
     first = fresh.ask(dists).params
     assert first["lr0"] == 0.01 and 1 <= first["epochs"] <= 9  # 99 is out of bounds: drawn instead
+
+
+def test_a_presets_key_the_config_lacks_is_not_searched():
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from framework.registry import CONF_DIR
+    from framework.search.sweeper import LRSearchSweeperImpl
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=["hparams_search=lr_evolve", "optimizer=adamw"], return_hydra_config=True)
+    node = OmegaConf.to_container(cfg.hydra.sweeper, resolve=True)
+    sweeper = LRSearchSweeperImpl(**{k: v for k, v in node.items() if not k.startswith("_")})
+    sweeper.config = cfg
+    assert set(sweeper._known_params([])) == {"lr0", "lrf", "warmup_epochs", "optimizer.weight_decay"}  # no momentum
+    kept = sweeper._known_params(["optimizer.momentum=interval(0.8, 0.9)"])  # typed by the user: theirs to fix
+    assert "optimizer.momentum" in kept
 
 
 @pytest.mark.parametrize("args, says", [
@@ -265,6 +290,24 @@ def test_bad_sweeper_settings_are_one_line_before_any_job(tmp_path, args, says):
     assert proc.returncode == 2 and proc.stderr.startswith(says), proc.stderr[-2000:]
     assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
     assert not sweep.exists()  # no job ran, no folder made
+
+
+def test_a_folder_of_another_study_is_refused_and_left_as_it_was(tmp_path):
+    from tests.helpers import folder_bytes
+
+    sweep = tmp_path / "s"
+    args = [*TINY, "epochs=1", "device=cpu", "lr0=tag(log, interval(1e-3, 0.1))", "hydra.sweeper.n_trials=1"]
+    assert multirun(sweep, *args, "hydra/sweeper=lr_search").returncode == 0
+    before = folder_bytes(sweep)
+    proc = multirun(sweep, *args, "hparams_search=lr_tpe")  # another study name: lr_tpe
+    assert proc.returncode == 2 and proc.stderr.strip() == (
+        f"error: hydra.sweep.dir={sweep}: holds study lr_search, not lr_tpe; resume it with "
+        "hydra.sweeper.study_name=lr_search (or its preset), or choose a new folder")
+    assert folder_bytes(sweep) == before
+    empty = tmp_path / "reserved"  # a folder reserved for the sweep (as ${unique_dir:...} does) and left empty
+    empty.mkdir()
+    assert multirun(empty, *args, "hydra/sweeper=lr_search", "hydra.sweeper.n_trials=0").returncode == 2
+    assert not empty.exists()
 
 
 def test_missing_optuna_is_one_line(tmp_path, monkeypatch):

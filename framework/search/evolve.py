@@ -14,7 +14,8 @@ Algorithm (Ultralytics ``ultralytics/engine/tuner.py``, ``Tuner._mutate``):
 3. Multiply each numeric key by a gain ``g = clip(1 + m * z * u * sigma, 0.3, 3.0)`` where
    ``m`` is 1 with probability ``mutation_prob`` (else 0), ``z ~ N(0, 1)`` per key and ``u ~
    U(0, 1)`` per trial; draw again until some gain differs from 1. Clip to the key's bounds
-   (whole numbers rounded). A categorical key takes a random choice with probability
+   (whole numbers rounded); a key at 0 (e.g. ``warmup_epochs``), which a product would keep at
+   0, moves to ``low + |g - 1| * (high - low)`` instead. A categorical key takes a random choice with probability
    ``mutation_prob``, else the parent's.
 4. Before any trial has ended (the first ``n_startup_trials`` asks, or while none ended):
    ``x0`` (the composed config's values, as Ultralytics starts from the current
@@ -108,7 +109,11 @@ class MutationSampler(BaseSampler):
                 continue
             if value is None:
                 continue  # left to sample_independent
-            params[key] = self._clip(dist, float(value) * gains[numeric.index(key)])
+            gain = gains[numeric.index(key)]
+            if value == 0:  # a product stays 0: move by the same relative amount of the key's range instead
+                params[key] = self._clip(dist, abs(gain - 1) * (dist.high - dist.low) + dist.low)
+            else:
+                params[key] = self._clip(dist, float(value) * gain)
         return params
 
     @staticmethod

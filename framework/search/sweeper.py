@@ -180,7 +180,39 @@ class LRSearchSweeperImpl(Sweeper):
 
         Returns:
             The launcher's job returns, one list per batch (Hydra's convention).
+
+        Raises:
+            ConfigError: a mistake found before any job (see the class); the sweep folder, when
+                this sweep reserved it and left it empty, is removed.
         """
+        sweep_dir = Path(str(self.config.hydra.sweep.dir)) if self.config is not None else None
+        try:
+            return self._sweep(arguments)
+        except ConfigError:
+            if sweep_dir is not None and sweep_dir.is_dir() and not any(sweep_dir.iterdir()):
+                sweep_dir.rmdir()  # reserved by ${unique_dir:...} for this sweep; nothing was run
+            raise
+
+    def _refuse_other_sweeps(self, sweep_dir: Path) -> None:
+        """A sweep folder that holds another study's trials, or a sweep of another kind, is not
+        written over (its job folders would be replaced)."""
+        from framework.loggers import read_json
+        from framework.search.study import SPEC_NAME
+
+        if not sweep_dir.is_dir():
+            return
+        spec = read_json(sweep_dir / SPEC_NAME)
+        jobs = [p for p in sweep_dir.iterdir() if p.is_dir() and p.name.isdigit()]
+        if spec and spec.get("study_name") != self.study_name:
+            raise ConfigError(f"hydra.sweep.dir={sweep_dir}: holds study {spec.get('study_name')}, not "
+                              f"{self.study_name}; resume it with hydra.sweeper.study_name={spec.get('study_name')} "
+                              "(or its preset), or choose a new folder")
+        if not spec and jobs:
+            raise ConfigError(f"hydra.sweep.dir={sweep_dir}: holds {len(jobs)} job folders of another sweep; "
+                              "choose a new folder")
+
+    def _sweep(self, arguments: list[str]) -> list[Sequence[Any]]:
+        """:meth:`sweep`'s body."""
         from framework.search.space import parse_space
         from framework.search.study import SPEC_NAME
 
@@ -199,6 +231,7 @@ class LRSearchSweeperImpl(Sweeper):
                               "'lr0=tag(log, interval(1e-4, 1))' on the command line, or use a preset "
                               "(hparams_search=lr_asha|lr_tpe|lr_evolve)")
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
+        self._refuse_other_sweeps(sweep_dir)
         spec_path = sweep_dir / SPEC_NAME
         # a key Hydra cannot compose fails here, before the study or the folder exist
         self.validate_batch_is_legal([[*space.overrides(space.probe()), self._search_override(spec_path, 0)]])
