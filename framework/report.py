@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 from typing import Any, Optional
 
-from framework.report_rows import (BAD_STATUSES, COLUMNS, _float, _fmt, _key, _series_label, collect, csv_header,
+from framework.report_rows import (BAD_STATUSES, COLUMNS, as_float, fmt, _key, series_label, collect, csv_header,
                                    objective_label, override_list, swept_keys, varying_keys)
 
 try:  # Hydra's callback base class; the report also works without Hydra's experimental API
@@ -51,7 +51,7 @@ def plot(rows: list[dict[str, Any]], out_dir: Path) -> list[Path]:
     series: dict[str, list[tuple[float, Optional[float], str]]] = {}
     for r in rows:
         if r["lr0"] is not None:
-            series.setdefault(_series_label(r, others), []).append((r["lr0"], r["best"], r["status"]))
+            series.setdefault(series_label(r, others), []).append((r["lr0"], r["best"], r["status"]))
     if len(series) > 8:  # continuous keys (Optuna): one point per job, drawn as one scatter
         series = {"all jobs": [p for points in series.values() for p in points]}
     minimise = bool(rows) and all(r.get("objective_mode") == "min" for r in rows)
@@ -82,10 +82,10 @@ def plot(rows: list[dict[str, Any]], out_dir: Path) -> list[Path]:
     for column, name, ylabel in (("loss", "loss.png", "train loss (per step)"), ("lr", "lr.png", "applied LR (group 0)")):
         fig, ax = plt.subplots(figsize=(7, 4.5))
         for r in sorted(rows, key=lambda r: r["job"]):
-            pts = [(int(s["step"]), _float(s.get(column))) for s in r["steps_rows"]]
+            pts = [(int(s["step"]), as_float(s.get(column))) for s in r["steps_rows"]]
             pts = [(k, v) for k, v in pts if v is not None and v > 0]
             if pts:
-                ax.plot(*zip(*pts), lw=1, label=f"{r['job']}: {_series_label(r, swept)}")
+                ax.plot(*zip(*pts), lw=1, label=f"{r['job']}: {series_label(r, swept)}")
         ax.set_yscale("log")
         ax.set_xlabel("optimizer step k")
         ax.set_ylabel(ylabel)
@@ -144,9 +144,9 @@ def write_report(sweep_dir: str | Path) -> dict[str, Any]:
              "|---:|---:|---|---|---:|---:|---:|---:|---:|"]
     for r in rows:
         steps = f"{r['steps']}/{r['planned_steps']}" if r["planned_steps"] else str(r["steps"])
-        lines.append(f"| {r['rank']} | {r['job']} | `{_series_label(r, swept)}` | {report_search.status_cell(r)} | "
-                     f"{_fmt(r['best'])} | "
-                     f"{_fmt(r['final'])} | {_fmt(r['final_train_loss'])} | {_fmt(r['wall_time_s'], 3)} | {steps} |")
+        lines.append(f"| {r['rank']} | {r['job']} | `{series_label(r, swept)}` | {report_search.status_cell(r)} | "
+                     f"{fmt(r['best'])} | "
+                     f"{fmt(r['final'])} | {fmt(r['final_train_loss'])} | {fmt(r['wall_time_s'], 3)} | {steps} |")
     errors = [r for r in rows if r["error"]]
     if errors:
         lines += ["", "## Errors", ""] + [f"- job {r['job']} ({r['status']}): {r['error']}" for r in errors]
@@ -155,7 +155,7 @@ def write_report(sweep_dir: str | Path) -> dict[str, Any]:
     if diffs:
         lines += ["| job | " + " | ".join(diffs) + " |", "|---:|" + "---|" * len(diffs)]
         for r in sorted(rows, key=lambda r: (not r["job"].isdigit(), int(r["job"]) if r["job"].isdigit() else r["job"])):
-            lines.append(f"| {r['job']} | " + " | ".join(_fmt(r["config"].get(k)) for k in diffs) + " |")
+            lines.append(f"| {r['job']} | " + " | ".join(fmt(r["config"].get(k)) for k in diffs) + " |")
     else:
         lines.append("None: every job has the same config.")
     lines += ["", "## Figures", ""] + [f"![{p.stem}]({p.name})" for p in files]
@@ -198,7 +198,7 @@ class SweepReport(Callback):
         LAST_SWEEP = (len(result["rows"]), result["bad"])
         search = result["search"]
         pruned = f", {search['n_pruned']} pruned" if search["n_pruned"] else ""
-        best = (f"best: job {search['best_job']} {search['objective_name']} {_fmt(search['best_value'])}: "
+        best = (f"best: job {search['best_job']} {search['objective_name']} {fmt(search['best_value'])}: "
                 f"{search['best_command']}" if search["best_job"] is not None else "no best job")
         print(f"sweep report: {sweep_dir / 'report.md'} ({len(result['rows'])} jobs, {result['bad']} not completed"
               f"{pruned}; {best})", file=sys.stderr)

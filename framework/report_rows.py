@@ -10,6 +10,7 @@ from typing import Any, Optional
 
 from framework.config import flatten
 from framework.errors import first_line
+from framework.search import SEARCH_KEY
 
 #: Columns of ``report.csv``; ``best`` and ``final`` (the monitored metric of the best and of the last
 #: epoch) are written as ``best_<metric>`` / ``final_<metric>`` (``best_val_acc``), or
@@ -19,7 +20,7 @@ COLUMNS = ["rank", "job", "overrides", "status", "best", "final", "final_train_l
 #: Statuses that count as a problem for the sweep's exit status (``pruned``: the search at work, not one).
 BAD_STATUSES = ("failed", "diverged", "stopped", "incomplete")
 #: Override key of a job's link to its search trial (``search={_target_:...,trial:3}``): never shown.
-PLUMBING_KEY = "search"
+PLUMBING_KEY = SEARCH_KEY
 
 
 def _read_csv(path: Path) -> list[dict[str, str]]:
@@ -29,7 +30,7 @@ def _read_csv(path: Path) -> list[dict[str, str]]:
         return [r for r in csv.DictReader(f) if None not in r.values()]  # a row cut by a kill is dropped
 
 
-def _float(value: Any) -> Optional[float]:
+def as_float(value: Any) -> Optional[float]:
     try:
         out = float(value)
     except (TypeError, ValueError):
@@ -77,7 +78,7 @@ def read_job(folder: Path) -> dict[str, Any]:
     task = config.get("task") if isinstance(config.get("task"), dict) else {}
     monitor = summary.get("objective_name") or task.get("monitor") or "val/acc"
     mode = summary.get("objective_mode") or task.get("mode") or "max"
-    values = [v for v in (_float(r.get(monitor)) for r in epochs) if v is not None]
+    values = [v for v in (as_float(r.get(monitor)) for r in epochs) if v is not None]
     return {
         "job": folder.name,
         "folder": folder,
@@ -86,13 +87,13 @@ def read_job(folder: Path) -> dict[str, Any]:
         "status": summary.get("status", "incomplete"),
         "objective_name": monitor,
         "objective_mode": mode,
-        "best": _float(best_value(best, monitor)) if summary else (
+        "best": as_float(best_value(best, monitor)) if summary else (
             (max if mode == "max" else min)(values) if values else None),
-        "final": _float(final.get(monitor)) if summary else (values[-1] if values else None),
-        "final_train_loss": _float(final.get("train/loss")) if summary else (
-            _float(epochs[-1].get("train/loss")) if epochs else None),
-        "lr0": _float(summary.get("lr0", config.get("lr0"))),
-        "wall_time_s": _float(summary.get("wall_time_s")),
+        "final": as_float(final.get(monitor)) if summary else (values[-1] if values else None),
+        "final_train_loss": as_float(final.get("train/loss")) if summary else (
+            as_float(epochs[-1].get("train/loss")) if epochs else None),
+        "lr0": as_float(summary.get("lr0", config.get("lr0"))),
+        "wall_time_s": as_float(summary.get("wall_time_s")),
         "steps": summary.get("steps", len(steps)),
         "planned_steps": summary.get("planned_steps"),
         "epochs": summary.get("epochs", len(epochs)),
@@ -153,7 +154,7 @@ def varying_keys(rows: list[dict[str, Any]]) -> list[str]:
     return [k for k in keys if len({repr(r["config"].get(k)) for r in rows}) > 1]
 
 
-def _fmt(value: Any, digits: int = 4) -> str:
+def fmt(value: Any, digits: int = 4) -> str:
     if value is None:
         return ""
     if isinstance(value, float):
@@ -177,7 +178,7 @@ def swept_keys(rows: list[dict[str, Any]]) -> list[str]:
     return sorted(k for k in keys if len({value(r, k) for r in rows}) > 1)
 
 
-def _series_label(row: dict[str, Any], swept: list[str]) -> str:
+def series_label(row: dict[str, Any], swept: list[str]) -> str:
     """The job's values of the swept group choices and keys other than ``lr0`` (one curve each)."""
     parts = [o for o in override_list(row) if _key(o) in swept]
     return " ".join(parts) or "all jobs"

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from framework.loggers import read_json
-from framework.report_rows import _float, _fmt, _series_label, objective_label, override_list, swept_keys
+from framework.report_rows import as_float, fmt, series_label, objective_label, override_list, swept_keys
 
 #: Statuses whose best monitored value can name the best configuration.
 SCORED_STATUSES = ("completed", "stopped", "pruned", "incomplete")
@@ -179,12 +179,12 @@ def compute_line(c: dict[str, Any], planned: list[int]) -> str:
     ``planned_steps``)."""
     if c["steps_full_grid"] is None:
         return f"Compute: {c['steps_spent']} optimizer steps (no job knows its planned steps: no full grid to compare)."
-    each = planned[0] if len(set(planned)) == 1 else f"a mean of {_fmt(sum(planned) / len(planned))}"
+    each = planned[0] if len(set(planned)) == 1 else f"a mean of {fmt(sum(planned) / len(planned))}"
     source = "the grid_size of study.json" if c["grid_points_from"] == "grid_size" else "one per job"
     line = (f"Compute: {c['steps_spent']} of {c['steps_full_grid']} optimizer steps ({100 * c['fraction']:.1f}%) of a "
             f"full grid of {c['grid_points']} points ({source}) at {each} steps each")
     if c["wall_full_grid_est_s"] is not None:
-        line += (f"; wall time {_fmt(c['wall_s'], 3)} s of an estimated {_fmt(c['wall_full_grid_est_s'], 3)} s "
+        line += (f"; wall time {fmt(c['wall_s'], 3)} s of an estimated {fmt(c['wall_full_grid_est_s'], 3)} s "
                  f"({100 * c['wall_fraction']:.1f}%) for that grid (estimate: each job's wall time x planned_steps "
                  "/ steps)")
     return line + "."
@@ -206,7 +206,7 @@ def header_lines(sweep_dir: Path, rows: list[dict[str, Any]]) -> tuple[list[str]
                   + (f"{names['pruner']}({args})" if names["pruner"] else "none")
                   + f", storage `{study.get('storage')}`.", ""]
     if best is not None:
-        lines += [f"Best configuration (job {best['job']}, best {best['objective_name']} {_fmt(best['best'])}):", "",
+        lines += [f"Best configuration (job {best['job']}, best {best['objective_name']} {fmt(best['best'])}):", "",
                   "```bash", best_command(best), "```", ""]
     lines += [compute_line(c, [int(r["planned_steps"]) for r in rows if r.get("planned_steps")]), ""]
     data = {**c, "n_trials": len(rows), "n_pruned": sum(r["status"] == "pruned" for r in rows),
@@ -241,13 +241,13 @@ def plot_curves(rows: list[dict[str, Any]], out_dir: Path) -> Path:
     for r in sorted(rows, key=lambda r: (r is best, int(r["job"]) if r["job"].isdigit() else 0)):  # best on top
         values = {}
         for e in r.get("epochs_rows") or []:
-            epoch, value = _float(e.get("epoch")), _float(e.get(r.get("objective_name") or "val/acc"))
+            epoch, value = as_float(e.get("epoch")), as_float(e.get(r.get("objective_name") or "val/acc"))
             if epoch is not None and value is not None:
                 values[int(epoch) + 1] = value  # an epoch validated again (after a rollback): its last value
         if not values:
             continue
         xs, ys = zip(*sorted(values.items()))
-        label = f"{r['job']}: {_series_label(r, swept)}" + (" (best)" if r is best else "")
+        label = f"{r['job']}: {series_label(r, swept)}" + (" (best)" if r is best else "")
         style = {"color": "black", "lw": 2.5, "zorder": 3} if r is best else {"lw": 1, "alpha": 0.8}
         (line,) = ax.plot(xs, ys, marker="." if len(xs) < 30 else None, label=label if len(rows) <= 12 or r is best
                           else None, **style)

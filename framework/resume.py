@@ -13,6 +13,7 @@ from omegaconf import DictConfig
 from framework import distributed
 from framework.config import plain_config, with_values
 from framework.errors import ConfigError
+from framework.search import SEARCH_KEY
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +25,7 @@ STATE_SHAPING_KEYS = ("amsgrad", "centered")
 #: Keys that may change between a run and its resume without being reported.
 RESUME_FREE_KEYS = ("resume", "resume_allow_changes", "device", "mode", "trainer.stop_after_steps",
                     "trainer.progress_bar", "trainer.log_every_n_steps", "loader", "num_workers", "lr_finder",
-                    "logger", "search")  # trackers record; they change nothing trained
+                    "logger", SEARCH_KEY)  # trackers and the search trial record; they change nothing trained
 
 
 class NothingToResume(Exception):
@@ -200,7 +201,7 @@ def rerun_overrides(overrides: list[str]) -> list[str]:
     folder (a resume writes into the run's own folder), nor the search trial it reported to (a
     continued pruned trial trains on alone): what continues it."""
     return [o for o in overrides if not o.startswith(("resume=", "trainer.stop_after_steps=", "hydra.run.dir=",
-                                                      "hydra.output_subdir=", "search="))]
+                                                      "hydra.output_subdir=", f"{SEARCH_KEY}="))]
 
 
 def continue_command(overrides: list[str], run_dir: Path) -> str:

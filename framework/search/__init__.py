@@ -33,7 +33,11 @@ from typing import Any, Optional
 
 from framework.errors import ConfigError
 
-__all__ = ["start_trial"]
+__all__ = ["start_trial", "SEARCH_KEY"]
+
+#: The top-level key that links a run to its search trial: plumbing set by the sweeper or
+#: ``framework.tune``, left out of every command that re-creates or continues a run.
+SEARCH_KEY = "search"
 
 
 def start_trial(cfg: Any, run_dir: Path, summary: dict[str, Any], resumed: bool) -> Optional[Any]:
@@ -43,7 +47,7 @@ def start_trial(cfg: Any, run_dir: Path, summary: dict[str, Any], resumed: bool)
         ConfigError: ``search`` is not a ``_target_`` mapping, its target cannot be built, or
             the hook cannot reach its study (one line, before training).
     """
-    node = cfg.get("search")
+    node = cfg.get(SEARCH_KEY)
     if node is None:
         return None
     if not isinstance(node, Mapping) or "_target_" not in node:

@@ -156,10 +156,8 @@ class LRSearchSweeperImpl(Sweeper):
         from optuna.trial import TrialState
 
         running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-        for trial in running:  # the storage sets a user attribute of a trial by id (no Trial object here)
-            study._storage.set_trial_user_attr(trial._trial_id, "interrupted", True)
-            LRSearchSweeperImpl._tell_state(study, trial.number, state=TrialState.FAIL)
-            study.enqueue_trial(trial.params, user_attrs={"rerun_of": trial.number})
+        for trial in running:
+            LRSearchSweeperImpl._interrupted(study, trial)
         if running:
             log.warning("%d trial(s) left running by an earlier sweep: marked failed, queued to run again (%s)",
                         len(running), ", ".join(str(t.number) for t in running))
@@ -334,10 +332,22 @@ class LRSearchSweeperImpl(Sweeper):
             if result.status == JobStatus.FAILED:
                 log.warning("trial %d failed: %s", trial.number, result._return_value)
             if status == "stopped":  # resumable, not a result: it does not count, and runs again
-                trial.set_user_attr("interrupted", True)
-                study.enqueue_trial(trial.params, user_attrs={"rerun_of": trial.number})
-            self._tell_state(study, trial, state=TrialState.FAIL)
+                self._interrupted(study, trial)
+            else:
+                self._tell_state(study, trial, state=TrialState.FAIL)
         return status
+
+    @staticmethod
+    def _interrupted(study: Any, trial: Any) -> None:
+        """A trial that ended without a result (a sweep killed around it, a job stopped on a
+        signal): failed and marked ``interrupted`` (it does not count towards ``n_trials``), and
+        its parameters queued to run again."""
+        from optuna.trial import TrialState
+
+        # the storage sets a user attribute by the trial's id: a FrozenTrial has no setter
+        study._storage.set_trial_user_attr(trial._trial_id, "interrupted", True)
+        LRSearchSweeperImpl._tell_state(study, trial.number, state=TrialState.FAIL)
+        study.enqueue_trial(trial.params, user_attrs={"rerun_of": trial.number})
 
     def _write_best(self, study: Any, sweep_dir: Path) -> None:
         """Log the best trial and write ``optimization_results.yaml`` (``name``, ``best_params``,

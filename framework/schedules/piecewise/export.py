@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from framework.errors import ConfigError
+from framework.search import SEARCH_KEY
 
 
 def _yaml_float(value: float) -> str:
@@ -99,7 +100,7 @@ def _value(config: Any, key: str) -> str:
 
 #: Overrides of the recorded run that a replay leaves out (what the trace replaces or the run's own place).
 DROPPED = ("scheduler", "warmup_epochs", "warmup_steps", "warmup_start_factor", "lr0", "lr_scaling", "resume", "mode",
-           "hydra", "search", "hparams_search")
+           "hydra", SEARCH_KEY, "hparams_search")
 
 
 def replay_command(summary: dict[str, Any], config: Any, out_path: Any) -> str:
