@@ -5,8 +5,8 @@ For each model / optimizer pair on digits, a full-budget grid (``hparams_search=
 
 - ``asha``: ``hparams_search=lr_asha`` (random lr0, Optuna's successive-halving pruner);
 - ``tpe``: ``hparams_search=lr_tpe`` (TPE over lr0 and lrf, the median pruner);
-- ``evolve``: ``hparams_search=lr_evolve`` (NSGA-II as a GA over lr0, lrf, momentum, warmup,
-  weight decay; the median pruner);
+- ``evolve``: ``hparams_search=lr_evolve`` (Ultralytics' Tuner's mutation over lr0, lrf,
+  momentum, warmup, weight decay, starting from the configured values; successive halving);
 - ``ray_asha``: ``python -m framework.tune tune.search=asha tune.num_samples=9`` (Ray Tune's
   ASHA, a local Ray, ``--jobs`` trials at a time);
 - ``pbt``: ``python -m framework.tune tune.search=pbt tune.num_samples=4`` (4 trials together,
@@ -18,7 +18,7 @@ Prints and writes (``--out``/results.json) per pair and search: the best validat
 trials as a fraction of the grid's, and the wall time of each (the whole command: start-up,
 every trial, the report).
 
-    python bench/lr_search_vs_grid.py --out /tmp/lsb                 # both pairs, every search
+    python bench/lr_search_vs_grid.py --out /tmp/lsb --epochs 16     # both pairs, every search
     python bench/lr_search_vs_grid.py --pairs sgd --searches asha tpe --epochs 9
 
 One job after another on this machine's default device (``--jobs 2``: two trials at a time).

@@ -139,14 +139,16 @@ def write_report(sweep_dir: str | Path) -> dict[str, Any]:
              + (" (pruned: stopped by the search's pruner, on purpose)." if search["n_pruned"] else "."), "",
              *search_lines,
              f"Overrides common to every job: `{' '.join(common) or '(none)'}`", "",
+             *_doctor_lines(rows),
              f"| rank | job | swept overrides | status | best {metric} | final {metric} | final train/loss | "
-             "wall time (s) | steps |",
-             "|---:|---:|---|---|---:|---:|---:|---:|---:|"]
+             "wall time (s) | steps | LR doctor |",
+             "|---:|---:|---|---|---:|---:|---:|---:|---:|---|"]
     for r in rows:
         steps = f"{r['steps']}/{r['planned_steps']}" if r["planned_steps"] else str(r["steps"])
         lines.append(f"| {r['rank']} | {r['job']} | `{series_label(r, swept)}` | {report_search.status_cell(r)} | "
                      f"{fmt(r['best'])} | "
-                     f"{fmt(r['final'])} | {fmt(r['final_train_loss'])} | {fmt(r['wall_time_s'], 3)} | {steps} |")
+                     f"{fmt(r['final'])} | {fmt(r['final_train_loss'])} | {fmt(r['wall_time_s'], 3)} | {steps} | "
+                     f"{_verdict_cell(r)} |")
     errors = [r for r in rows if r["error"]]
     if errors:
         lines += ["", "## Errors", ""] + [f"- job {r['job']} ({r['status']}): {r['error']}" for r in errors]
@@ -161,6 +163,24 @@ def write_report(sweep_dir: str | Path) -> dict[str, Any]:
     lines += ["", "## Figures", ""] + [f"![{p.stem}]({p.name})" for p in files]
     (sweep_dir / "report.md").write_text("\n".join(lines) + "\n")
     return {"rows": rows, "bad": len(bad), "files": files, "search": search}
+
+
+def _verdict_cell(row: dict[str, Any]) -> str:
+    """report.md's LR doctor cell: the verdict and the suggested lr0 factor (``too_high x0.3``)."""
+    if not row.get("lr_verdict"):
+        return "-"
+    return row["lr_verdict"] + (f" x{row['lr0_factor']:g}" if row.get("lr0_factor") else "")
+
+
+def _doctor_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """report.md's line on the lr0 range the jobs' LR doctor verdicts bracket (jobs that differ
+    in lr0 only; :func:`framework.doctor.sweep.bracket`), or nothing."""
+    from framework.doctor.sweep import bracket, bracket_line
+
+    if "lr0" not in swept_keys(rows) or not any(r.get("lr_verdict") for r in rows):
+        return []
+    return [f"LR doctor (`python -m framework.doctor <job folder>` for the evidence): "
+            f"{bracket_line(bracket([(r['lr0'], r.get('lr_verdict')) for r in rows]))}", ""]
 
 
 def _counts(rows: list[dict[str, Any]]) -> list[tuple[str, int]]:

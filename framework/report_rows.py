@@ -16,7 +16,8 @@ from framework.search import SEARCH_KEY
 #: epoch) are written as ``best_<metric>`` / ``final_<metric>`` (``best_val_acc``), or
 #: ``best_objective`` / ``final_objective`` when the jobs monitor different metrics (:func:`csv_header`).
 COLUMNS = ["rank", "job", "overrides", "status", "best", "final", "final_train_loss", "lr0",
-           "wall_time_s", "steps", "planned_steps", "objective_name", "objective_mode", "epochs", "planned_epochs"]
+           "wall_time_s", "steps", "planned_steps", "objective_name", "objective_mode", "epochs", "planned_epochs",
+           "lr_verdict", "lr0_factor"]
 #: Statuses that count as a problem for the sweep's exit status (``pruned``: the search at work, not one).
 BAD_STATUSES = ("failed", "diverged", "stopped", "incomplete")
 #: Override key of a job's link to its search trial (``search={_target_:...,trial:3}``): never shown.
@@ -54,7 +55,8 @@ def read_job(folder: Path) -> dict[str, Any]:
     killed before it wrote its summary), else ``val/acc``, ``max`` (jobs older than tasks).
 
     Returns:
-        The :data:`COLUMNS` values plus ``override_list`` (``search=`` left out; ``overrides``
+        The :data:`COLUMNS` values (``lr_verdict``, ``lr0_factor``: the LR doctor's, from
+        ``summary.json``'s ``lr_diagnosis`` or made from ``steps.csv``) plus ``override_list`` (``search=`` left out; ``overrides``
         joins them), ``pruned`` (``summary.json``'s), ``config`` (the flattened composed config),
         ``steps_rows`` (``steps.csv``), ``epochs_rows`` (``epochs.csv``) and ``error``.
     """
@@ -99,11 +101,28 @@ def read_job(folder: Path) -> dict[str, Any]:
         "epochs": summary.get("epochs", len(epochs)),
         "planned_epochs": summary.get("planned_epochs", config.get("epochs")),
         "pruned": summary.get("pruned"),
+        **_verdict(summary, steps),
         "error": summary.get("error", ""),
         "config": flatten(config),
         "steps_rows": steps,
         "epochs_rows": epochs,
     }
+
+
+def _verdict(summary: dict[str, Any], steps: list[dict[str, str]]) -> dict[str, Any]:
+    """The LR doctor's verdict and lr0 factor of a job (``lr_verdict``, ``lr0_factor``; None
+    without steps)."""
+    from framework.doctor import diagnose
+
+    diagnosis = summary.get("lr_diagnosis")
+    if not diagnosis and steps:
+        try:
+            diagnosis = diagnose(steps, int(summary.get("planned_steps") or len(steps)),
+                                 str(summary.get("status", "completed")))
+        except (ValueError, KeyError):
+            diagnosis = None
+    return {"lr_verdict": diagnosis["verdict"] if diagnosis else None,
+            "lr0_factor": diagnosis["factor"] if diagnosis else None}
 
 
 def collect(sweep_dir: str | Path) -> list[dict[str, Any]]:

@@ -112,6 +112,8 @@ def _train(cfg: DictConfig, run_dir: Path, resume_state: Optional[dict[str, Any]
 
         return write_plan(built, run_dir, " ".join(overrides)) if distributed.is_main() else 0.0
     trainer = built.trainer
+    if trainer.doctor is not None and lr0_auto:  # a too-high warning names the range test's other suggestions
+        trainer.doctor.lr0_auto = lr0_auto
     if resume_state is not None:
         resume_trainer(trainer, resume_state)
     _log_lr_facts(cfg, built)

@@ -143,11 +143,20 @@ def print_table(summary: dict[str, Any]) -> None:
         ("batch", f"{summary['global_batch']} global ({summary['world_size']} process(es))"),
         ("device", summary["device"]),
         ("wall time", f"{summary['wall_time_s']:.1f} s"),
+        *([("LR doctor", _verdict_cell(summary["lr_diagnosis"]))] if summary.get("lr_diagnosis") else []),
     ]
     for name, value in rows:
         table.add_row(name, str(value))
     Console().print(table)
+    if summary.get("lr_diagnosis"):
+        print(f"LR doctor: {summary['lr_diagnosis']['reason']}")
     print(f"run folder: {summary['run_dir']}")  # whole, never cut to the table's width
+
+
+def _verdict_cell(diagnosis: dict[str, Any]) -> str:
+    """The results table's LR doctor cell: the verdict and the suggested lr0 factor."""
+    factor = diagnosis.get("factor")
+    return diagnosis["verdict"] + (f" (lr0 x{factor:g})" if factor else "")
 
 
 def _early_stop_line(block: dict[str, Any]) -> str:
@@ -204,6 +213,8 @@ def finish(trainer: Any, summary: dict[str, Any], start: float, cfg: Any) -> Opt
         wall_time_s=time.time() - start,
         train_time_s=trainer.train_time_s,
     )
+    if getattr(trainer, "lr_doctor", None) is not None and history["step"]:
+        summary["lr_diagnosis"] = lr_diagnosis(trainer.run_dir, summary)
     try:
         write_json(summary, trainer.run_dir / "summary.json")
     except OSError as exc:
@@ -220,6 +231,26 @@ def finish(trainer: Any, summary: dict[str, Any], start: float, cfg: Any) -> Opt
         except OSError as exc:
             log.error("could not write lr.png: %s", exc)
     return None
+
+
+def lr_diagnosis(run_dir: Path, summary: dict[str, Any]) -> Optional[dict[str, Any]]:
+    """``summary.json``'s ``lr_diagnosis``: :func:`framework.doctor.diagnose_run` on the run's
+    ``steps.csv``, with the range test's other suggestions when ``lr0=auto`` chose lr0 and the
+    verdict is too high, and the live warnings the run logged; None when it cannot be made (it
+    never fails the run)."""
+    from framework.doctor import diagnose_run
+    from framework.doctor.live import alternatives_line
+
+    try:
+        diagnosis = diagnose_run(run_dir, summary=summary)
+    except (OSError, ValueError, KeyError) as exc:
+        log.error("LR doctor: no diagnosis: %s", exc)
+        return None
+    if summary.get("lr0_auto") and diagnosis["verdict"] in ("too_high", "diverged"):
+        said = alternatives_line(summary["lr0_auto"])
+        if said:
+            diagnosis["reason"] += said
+    return diagnosis
 
 
 def plan_title(plan: Any, cfg: Any) -> str:

@@ -95,6 +95,7 @@ def test_two_ranks_one_folder_same_lrs_as_one_process(ddp_run, tmp_path):
     assert [float(r["lr"]) for r in rows] == pytest.approx(expected, rel=1e-12)
 
 
+@pytest.mark.long
 def test_rank_stop_resume_equals_uninterrupted_run(ddp_run, tmp_path):
     cwd, folders, _ = ddp_run
     run_dir = tmp_path / "run"
@@ -120,6 +121,7 @@ def test_rank_stop_resume_equals_uninterrupted_run(ddp_run, tmp_path):
     assert drop_time == [{k: v for k, v in r.items() if k != "time_s"} for r in read_csv(full / "epochs.csv")]
 
 
+@pytest.mark.long
 def test_nan_on_one_rank_rolls_back_every_rank(tmp_path):
     run_dir = tmp_path / "run"
     result = torchrun([*RUN, "epochs=1", "trainer.on_divergence=rollback", "trainer.log_every_n_steps=2",
@@ -138,6 +140,7 @@ def test_nan_on_one_rank_rolls_back_every_rank(tmp_path):
     assert all(torch.isfinite(v).all() for v in weights[0].values() if v.is_floating_point())
 
 
+@pytest.mark.long
 def test_an_error_on_one_rank_ends_the_run_without_hanging(tmp_path):
     """Rank 1 raises at step 10 (epoch 2; epoch 1's checkpoint exists): rank 0 records the failure,
     names the checkpoint to resume from, and torchrun ends with an error instead of waiting."""

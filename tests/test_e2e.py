@@ -59,6 +59,7 @@ def test_help_and_cfg_do_not_import_torch(tmp_path):
     assert "  warmup_bias_lr        null    (LR) the biases' LR at warmup step 0" in help_text
 
 
+@pytest.mark.long
 def test_default_run_reaches_97_percent_on_digits(tmp_path):
     """The main job, no arguments: resnet10t + SGD + cosine, 10 epochs on the real digits."""
     run_dir = tmp_path / "run"

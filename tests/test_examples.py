@@ -53,6 +53,7 @@ def expected_lrs(lr0: float, steps_per_epoch: int, epochs: int, gamma: float) ->
     return lrs
 
 
+@pytest.mark.long
 @pytest.mark.slow
 def test_the_worked_example_trains_tests_and_predicts_outside_the_checkout(tmp_path):
     project = tmp_path / "digit_attributes"  # the user's own folder, nowhere near the checkout

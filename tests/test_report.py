@@ -117,6 +117,7 @@ def test_report_command_line(lr_sweep, tmp_path, capsys):
     assert "no job folders" in capsys.readouterr().err
 
 
+@pytest.mark.long
 def test_two_sweeps_started_together_never_share_a_folder(tmp_path):
     """Same sweep folder asked for by two processes at once: each gets its own."""
     cmd = [sys.executable, str(ROOT / "train.py"), "-m", *SWEEP, "epochs=1", "lr0=0.01",  # one job: the race is the folder
@@ -132,6 +133,7 @@ def test_two_sweeps_started_together_never_share_a_folder(tmp_path):
         assert sorted(p.name for p in (tmp_path / folder).iterdir() if p.is_dir()) == ["0"]
 
 
+@pytest.mark.long
 def test_joblib_launcher_shares_the_cores(tmp_path):
     import os
 
@@ -147,6 +149,7 @@ def test_joblib_launcher_shares_the_cores(tmp_path):
     assert [r["status"] for r in read_csv(sweep / "report.csv")] == ["completed", "completed"]
 
 
+@pytest.mark.long
 def test_submitit_local_launcher_runs_each_job_on_two_processes(tmp_path):
     """Each job is a 2-process data-parallel job (submitit tasks joined by framework.distributed),
     as on SLURM with tasks_per_node = GPUs per node."""

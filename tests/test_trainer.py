@@ -98,8 +98,10 @@ def test_run_folder_contents(tmp_path):
     objective = train_in_process(tmp_path, *TINY, "epochs=2", "trainer.gradient_clip_val=1.0")
     assert {"steps.csv", "epochs.csv", "summary.json", "lr.png", "checkpoints"} <= {p.name for p in tmp_path.iterdir()}
     steps = read_csv(tmp_path / "steps.csv")
-    assert list(steps[0]) == ["step", "epoch", "lr", "lr/no_decay", "momentum", "loss", "grad_norm", "clipped"]
+    assert list(steps[0]) == ["step", "epoch", "lr", "lr/no_decay", "momentum", "loss", "grad_norm", "clipped",
+                              "update_ratio", "update_ratio/no_decay"]  # the LR doctor's, every 10th step
     assert len(steps) == 8 and all(math.isfinite(float(r["loss"])) for r in steps)
+    assert float(steps[0]["update_ratio"]) > 0 and all(r["update_ratio"] == "" for r in steps[1:])
     epochs = read_csv(tmp_path / "epochs.csv")
     assert list(epochs[0]) == ["epoch", "train/loss", "val/loss", "val/acc", "val/acc_top5", "lr", "time_s"]  # 10 classes
     assert len(epochs) == 2

@@ -22,6 +22,9 @@ from framework.trainer.rollback import Rollbacks
 from framework.trainer.signals import EarlyStops, StopSignals
 from framework.trainer.state import RunState
 from framework.trainer.steplog import StepLog, csv_log
+from framework.trainer.update_ratio import UpdateRatios, ratio_columns
+from framework.doctor.config import settings
+from framework.doctor.live import LiveDoctor
 from framework.trainer.validation import Validation
 
 log = logging.getLogger(__name__)
@@ -102,6 +105,11 @@ class Trainer(Rollbacks, EarlyStops, StepEngine):
             None = classification over the model's outputs (:func:`~framework.tasks.default_task`).
         trackers: the ``logger`` group's trackers (runtime; :class:`~framework.tracking.Trackers`): they get
             the rows ``steps.csv`` gets, when it gets them, and each ``epochs.csv`` row; None = CSVs only.
+        lr_doctor: ``{update_ratio_every_n_steps, warn}``: the update-to-weight ratio of every
+            group on every n-th step (:class:`~framework.trainer.update_ratio.UpdateRatios`;
+            ``update_ratio``, ``update_ratio/<group>`` columns) and, with ``warn``, a one-line
+            warning once the LR doctor (:mod:`framework.doctor`) finds the LR too high or too low
+            during training; None = neither.
 
     Data-parallel runs (``torchrun``, see :mod:`framework.distributed`): the model is wrapped in
     ``DistributedDataParallel`` (gradients averaged over the ranks after each optimizer step's
@@ -161,6 +169,7 @@ class Trainer(Rollbacks, EarlyStops, StepEngine):
         early_stopping: Optional[dict[str, Any]] = None,
         task: Optional[Any] = None,
         trackers: Optional[Any] = None,
+        lr_doctor: Optional[dict[str, Any]] = None,
     ):
         super().__init__(model, optimizer, data, device, accumulate_grad_batches, gradient_clip_val, precision,
                          channels_last, compile, cudnn_benchmark, sync_batchnorm, task, gradient_clip_algorithm)
@@ -191,15 +200,26 @@ class Trainer(Rollbacks, EarlyStops, StepEngine):
                                                   "classes": getattr(self.task, "classes", None)}, ema=self.ema,
                                             early_stopping=self.early_stopping if self.early_stopping.enabled else None)
         group0 = optimizer.param_groups[0]
+        self.lr_doctor = settings(lr_doctor)  # trainer.lr_doctor with its defaults; None = off
+        self.update_ratios = UpdateRatios(optimizer, (self.lr_doctor or {}).get("update_ratio_every_n_steps", 0))
+        warn = self.lr_doctor is not None and self.lr_doctor["warn"] and self.is_main
+        self.doctor = LiveDoctor() if warn else None  # run.py gives it lr0=auto's record
         columns = ["step", "epoch", "lr", *[f"lr/{n}" for n in self.group_names[1:]],
                    *(["momentum"] if momentum_key(group0) else []), *(["d"] if "d" in group0 else []), "loss", "grad_norm",
-                   *(["clipped"] if self.clip is not None else [])]
+                   *(["clipped"] if self.clip is not None else []),
+                   *(ratio_columns(self.group_names) if self.update_ratios.every else [])]
         self.trackers = trackers if self.is_main else None  # rank 0 logs, as it writes the files
         self.steplog = StepLog(self.run_dir / "steps.csv", columns, self.guard, self.world_size, self.is_main,
                                self.trackers)
-        self.steplog.on_read = self.run_state.count_clipped
+        self.steplog.on_read = self._rows_read
         self._d: Optional[float] = None  # Prodigy's d of group 0 for the step being taken (applied LR = d*lr)
         self._bar: Any = None  # the tqdm progress bar while fit() runs
+
+    def _rows_read(self, rows: list[dict[str, Any]]) -> None:
+        """Step rows just read from the device: clipped steps counted, the live LR doctor told."""
+        self.run_state.count_clipped(rows)
+        if self.doctor is not None:
+            self.doctor.observe(rows)
 
     def _apply_lr(self) -> list[float]:
         """Set every group's LR (and momentum) for step ``k`` through the plan, with the rollbacks'
@@ -268,6 +288,8 @@ class Trainer(Rollbacks, EarlyStops, StepEngine):
         epochs = self.plan.total_epochs
         resuming = rs.global_step > 0
         self.steplog.open(append=resuming)
+        if self.doctor is not None:  # a resume: the rows before step k are its history
+            self.doctor.start(T, self.run_dir if resuming else None, rs.global_step)
         epochs_csv = csv_log(self.run_dir / "epochs.csv",
                              ["epoch", "train/loss", "val/loss", *(f"val/{m}" for m in self.metric_names),
                               *self.validation.columns, "lr", "time_s"],
@@ -363,14 +385,16 @@ class Trainer(Rollbacks, EarlyStops, StepEngine):
             group_loss += self.micro_step(x, y, len(y) / samples, closes)
             if not closes:
                 continue
+            self.update_ratios.before_step(rs.global_step)
             applied, norm, clipped = self.optimizer_step()
+            ratios = self.update_ratios.after_step()
             epoch_loss += group_loss * samples
             rs.epoch_samples += samples
             rs.batch = i + 1
             if applied:
                 if self.ema is not None:  # update n = k + 1 (1-based), before a restore point is taken
                     self.ema.update(self.model, rs.global_step + 1)
-                self._record(epoch, lrs, group_loss, norm, clipped)
+                self._record(epoch, lrs, group_loss, norm, clipped, ratios)
             else:
                 rs.skipped_steps += 1
             group_loss = torch.zeros((), device=self.device)
@@ -390,13 +414,13 @@ class Trainer(Rollbacks, EarlyStops, StepEngine):
         return mean
 
     def _record(self, epoch: int, lrs: list[float], loss: torch.Tensor, norm: torch.Tensor,
-                clipped: Optional[torch.Tensor] = None) -> None:
-        """Log applied step ``k`` (its LRs now; its loss, gradient norm and clip flag at the next
-        check) and advance ``k``."""
+                clipped: Optional[torch.Tensor] = None, ratios: Optional[torch.Tensor] = None) -> None:
+        """Log applied step ``k`` (its LRs now; its loss, gradient norm, clip flag and update
+        ratios at the next check) and advance ``k``."""
         k = self.run_state.global_step
         row = {"step": k, "epoch": epoch, "lr": lrs[0], "momentum": group_momentum(self.optimizer.param_groups[0]),
                "d": self._d, **{f"lr/{n}": v for n, v in zip(self.group_names[1:], lrs[1:])}}
-        self.steplog.add(row, loss, norm, clipped)
+        self.steplog.add(row, loss, norm, clipped, ratios)
         self.history["step"].append(k)
         for name, value in zip(self.group_names, lrs):
             self.history[name].append(value)

@@ -41,7 +41,8 @@ class StepLog:
     Args:
         path: ``steps.csv`` of the run folder.
         columns: its header (``step``, ``epoch``, ``lr``, ``lr/<group>``, ``momentum``, ``d``,
-            ``loss``, ``grad_norm``, ``clipped`` with clipping on).
+            ``loss``, ``grad_norm``, ``clipped`` with clipping on, ``update_ratio`` and
+            ``update_ratio/<group>`` with the LR doctor's ratios on).
         guard: the divergence guard that judges each step's loss and gradient norm.
         world_size: processes of the run (losses are averaged over them).
         write: this process writes files (rank 0).
@@ -60,8 +61,10 @@ class StepLog:
                  write: bool = True, trackers: Optional[Any] = None):
         self.path, self.columns, self.guard = Path(path), list(columns), guard
         self.world_size, self.write, self.trackers = world_size, write, trackers
-        # rows not read yet: (row, loss, grad norm, clip flag or None)
-        self.pending: list[tuple[dict[str, Any], torch.Tensor, torch.Tensor, Optional[torch.Tensor]]] = []
+        # rows not read yet: (row, loss, grad norm, clip flag or None, update ratios (G,) or None)
+        self.pending: list[tuple[dict[str, Any], torch.Tensor, torch.Tensor, Optional[torch.Tensor],
+                                 Optional[torch.Tensor]]] = []
+        self.ratio_columns = [c for c in self.columns if c == "update_ratio" or c.startswith("update_ratio/")]
         self.checked: list[dict[str, Any]] = []  # rows read and checked, not written yet
         self.last_loss: Optional[float] = None
         self.on_read: Optional[Callable[[list[dict[str, Any]]], None]] = None
@@ -74,11 +77,13 @@ class StepLog:
         self._file = csv_log(self.path, self.columns, append, self.write)
 
     def add(self, row: dict[str, Any], loss: torch.Tensor, norm: torch.Tensor,
-            clipped: Optional[torch.Tensor] = None) -> None:
+            clipped: Optional[torch.Tensor] = None, ratios: Optional[torch.Tensor] = None) -> None:
         """Buffer an applied step's row (``step``, ``epoch``, LRs, ...) with its loss, gradient
-        norm and, with clipping on, whether it was clipped (bool), 0-dim tensors on the device
-        (not read now; the flag becomes the row's ``clipped``, 0 or 1)."""
-        self.pending.append((row, loss, norm, clipped))
+        norm and, with clipping on, whether it was clipped (bool), 0-dim tensors on the device,
+        and on a sampled step its update ratios ``(G,)`` (one per group, the
+        ``update_ratio...`` columns in order); nothing is read now (the flag becomes the row's
+        ``clipped``, 0 or 1)."""
+        self.pending.append((row, loss, norm, clipped, ratios))
 
     def clear(self) -> None:
         """Drop every row not written yet and every tracker call not made yet (a rollback: they
@@ -133,9 +138,18 @@ class StepLog:
         flagged = pending[0][3] is not None  # clipping on: every row has its flag
         if flagged:
             columns.append(torch.stack([p[3].float() for p in pending]))
-        values = torch.stack(columns, 1).tolist()  # (n, 2), or (n, 3) with the flags
+        sampled = [i for i, p in enumerate(pending) if p[4] is not None]  # steps with update ratios
+        width = len(columns)
+        flat = torch.stack(columns, 1).flatten()  # (n * width,)
+        if sampled:
+            flat = torch.cat([flat, torch.stack([pending[i][4].to(flat.device) for i in sampled]).flatten()])
+        everything = flat.tolist()  # one transfer
+        values = [everything[i * width:(i + 1) * width] for i in range(len(pending))]  # (n, 2), (n, 3) with flags
         losses, norms = [v[0] for v in values], [v[1] for v in values]
         rows = [{**p[0], "clipped": int(v[2])} if flagged else p[0] for p, v in zip(pending, values)]
+        ratios, at = everything[len(pending) * width:], len(self.ratio_columns)
+        for j, i in enumerate(sampled):
+            rows[i] = {**rows[i], **dict(zip(self.ratio_columns, ratios[j * at:(j + 1) * at]))}
         pending.clear()
         bad = self.guard.check([r["step"] for r in rows], losses, norms)
         end = len(rows) if bad is None else bad[0] + 1  # rows after a diverging step are dropped
@@ -165,8 +179,9 @@ class StepLog:
             if reduce:
                 self.check()
             else:  # this rank's loss is not the step's (the mean over the ranks): left blank
-                self._read([{**row, "grad_norm": norm.item(), **({} if flag is None else {"clipped": int(flag.item())})}
-                            for row, _, norm, flag in self.pending])
+                self._read([{**row, "grad_norm": norm.item(), **({} if flag is None else {"clipped": int(flag.item())}),
+                             **({} if ratios is None else dict(zip(self.ratio_columns, ratios.tolist())))}
+                            for row, _, norm, flag, ratios in self.pending])
                 self.pending.clear()
         finally:
             if self.checked:

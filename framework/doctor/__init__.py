@@ -1,0 +1,56 @@
+"""The LR doctor: reads a run's steps and says whether its learning rate was too high, too low or right.
+
+- :mod:`framework.doctor.signals`: the per-interval signals (smoothed loss, its noise, gradient
+  spikes, update ratios) from ``steps.csv``;
+- :mod:`framework.doctor.verdict`: :func:`diagnose`, the verdict, the lr0 factor and the evidence;
+- :mod:`framework.doctor.live`: the trainer's live warning;
+- ``python -m framework.doctor <run or sweep folder>``: the diagnosis with a figure, or every
+  job's verdict and the LR range they bracket.
+"""
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+from typing import Any, Optional
+
+from framework.doctor.verdict import VERDICTS, diagnose
+
+__all__ = ["VERDICTS", "diagnose", "diagnose_run", "read_steps"]
+
+
+def read_steps(run_dir: str | Path) -> list[dict[str, str]]:
+    """``steps.csv`` of a run folder as dicts of strings (empty when there is none; a row cut by
+    a kill is dropped)."""
+    path = Path(run_dir) / "steps.csv"
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        return [r for r in csv.DictReader(f) if None not in r.values()]
+
+
+def diagnose_run(run_dir: str | Path, upto_frac: Optional[float] = None,
+                 summary: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+    """:func:`diagnose` a run folder from its ``steps.csv`` and ``summary.json`` (its planned
+    steps ``T`` and status).
+
+    Args:
+        run_dir: the run folder.
+        upto_frac: judge only the first ``ceil(upto_frac x T)`` steps (what a live doctor knew
+            then); None = every step.
+        summary: the run's summary dict when it is at hand (not yet written); None = read
+            ``summary.json`` (its ``planned_steps``, ``status`` and ``base_lrs``).
+
+    Raises:
+        FileNotFoundError: the folder has no ``steps.csv`` rows.
+    """
+    from framework.loggers import read_summary
+
+    rows = read_steps(run_dir)
+    if not rows:
+        raise FileNotFoundError(f"{run_dir}: no steps.csv rows to diagnose")
+    summary = summary if summary is not None else read_summary(run_dir)
+    total = int(summary.get("planned_steps") or len(rows))
+    upto = None if upto_frac is None else math.ceil(upto_frac * total)
+    return diagnose(rows, total, str(summary.get("status", "completed")), upto=upto,
+                    base_lrs=summary.get("base_lrs"))

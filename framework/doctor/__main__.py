@@ -1,0 +1,77 @@
+"""``python -m framework.doctor <run folder | sweep folder>``: was the learning rate too high, too low or right?
+
+A run folder: its diagnosis (verdict, suggested lr0 factor, the evidence), printed, and
+``lr_doctor.png`` in the folder (loss and its trend, applied LR, update ratios per group).
+A sweep folder (``multirun.yaml``): every job's verdict and the lr0 range the verdicts bracket
+(``too low at and below 0.003; right from 0.01 to 0.1; too high at and above 0.3``).
+Exit status 0, or 2 with one line when the folder holds neither.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+
+def _run(folder: Path, out: Optional[Path]) -> int:
+    from framework.doctor import diagnose_run, read_steps
+    from framework.doctor.figure import plot_diagnosis
+    from framework.loggers import read_summary
+
+    summary = read_summary(folder)
+    diagnosis = diagnose_run(folder, summary=summary)
+    factor = f" (lr0 x{diagnosis['factor']:g})" if diagnosis["factor"] else ""
+    print(f"{folder}: {diagnosis['verdict']}{factor}")
+    print(f"  {diagnosis['reason']}")
+    for name, group in diagnosis["groups"].items():
+        print(f"  group {name} (lr {group['lr']:.3g}): {group['verdict']}, update ratio {group['update_ratio']:.2g}")
+    shown = {k: v for k, v in diagnosis["evidence"].items() if v is not None}
+    for key, value in shown.items():
+        text = (", ".join(f"{k} {v:.3g}" for k, v in value.items()) if isinstance(value, dict) else
+                ", ".join(f"{v:.3g}" for v in value) if isinstance(value, list) else
+                f"{value:.4g}" if isinstance(value, float) else str(value))
+        print(f"  {key:18s} {text}")
+    path = out or folder / "lr_doctor.png"
+    plot_diagnosis(read_steps(folder), diagnosis, path, title=f"{folder.name}: {diagnosis['verdict']}{factor}")
+    print(f"figure: {path}")
+    return 0
+
+
+def _sweep(folder: Path) -> int:
+    from framework.doctor.sweep import bracket, bracket_line, job_diagnosis
+    from framework.loggers import read_summary
+    from framework.report_rows import job_folders
+
+    jobs: list[tuple[Any, Any]] = []
+    print(f"{'job':>4}  {'lr0':>10}  {'status':10}  {'verdict':9}  {'factor':>6}  reason")
+    for job in job_folders(folder):
+        summary = read_summary(job)
+        diagnosis = job_diagnosis(job, summary) if summary else None
+        verdict = diagnosis["verdict"] if diagnosis else None
+        lr0 = summary.get("lr0") if summary else None
+        jobs.append((lr0 if isinstance(lr0, (int, float)) else None, verdict))
+        factor = f"x{diagnosis['factor']:g}" if diagnosis and diagnosis["factor"] else ""
+        print(f"{job.name:>4}  {lr0 if lr0 is not None else '-':>10}  {summary.get('status', '-'):10}  "
+              f"{verdict or '-':9}  {factor:>6}  {diagnosis['reason'] if diagnosis else 'no steps.csv'}")
+    print(bracket_line(bracket(jobs)))
+    return 0
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m framework.doctor", description=__doc__.split("\n\n")[0])
+    parser.add_argument("folder", help="a run folder (steps.csv) or a sweep folder (multirun.yaml)")
+    parser.add_argument("-o", "--out", type=Path, help="the run's figure (default: <run folder>/lr_doctor.png)")
+    args = parser.parse_args(argv)
+    folder = Path(args.folder)
+    if (folder / "multirun.yaml").is_file():
+        return _sweep(folder)
+    if (folder / "steps.csv").is_file():
+        return _run(folder, args.out)
+    print(f"error: {folder}: neither a run folder (steps.csv) nor a sweep folder (multirun.yaml); pass e.g. "
+          "outputs/runs/<date>/<time> or outputs/multirun/<date>/<time>", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

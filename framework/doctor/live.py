@@ -1,0 +1,85 @@
+"""The LR doctor during training: one warning line as soon as the evidence says the LR is off."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Optional
+
+from framework.doctor.signals import interval_steps
+from framework.doctor.verdict import diagnose
+
+log = logging.getLogger("framework.doctor")
+
+
+class LiveDoctor:
+    """Watches the step rows as the trainer reads them (:attr:`StepLog.on_read
+    <framework.trainer.steplog.StepLog.on_read>`: host values, no device synchronisation of its
+    own) and, at the end of each of the doctor's intervals, runs :func:`~framework.doctor.diagnose`
+    on the rows so far; once two judgements in a row say ``too_high`` (or ``too_low``), or one
+    says ``diverged``, it logs one warning line with the reason and the suggested lr0, once per
+    verdict.
+
+    Args:
+        lr0_auto: ``summary.json``'s ``lr0_auto`` record when ``lr0=auto`` chose lr0 (the range
+            test's other suggestions are added to a too-high warning); None otherwise.
+
+    Attributes:
+        warnings: the lines logged so far.
+    """
+
+    def __init__(self, lr0_auto: Optional[dict[str, Any]] = None):
+        self.lr0_auto = lr0_auto
+        self.total_steps, self.every = 0, 1
+        self.rows: dict[int, dict[str, Any]] = {}  # by step: a step redone after a rollback replaces its row
+        self.warnings: list[str] = []
+        self._last: Optional[str] = None  # the previous judgement's verdict
+        self._said: set[str] = set()
+        self._next = 1
+
+    def start(self, total_steps: int, run_dir: Optional[Path] = None, upto: int = 0) -> None:
+        """Before training a run of ``total_steps`` planned steps (``T``); on a resume, the
+        folder's ``steps.csv`` rows before step ``upto`` are the history the doctor judges with."""
+        from framework.doctor import read_steps
+
+        self.total_steps, self.every = int(total_steps), interval_steps(total_steps)
+        self.rows = {}
+        if run_dir is not None and upto > 0:
+            self.rows = {int(r["step"]): r for r in read_steps(run_dir) if int(r["step"]) < upto}
+        self._next = (upto // self.every + 1) * self.every
+
+    def observe(self, rows: list[dict[str, Any]]) -> None:
+        """Rows just read (``step``, ``lr``..., ``loss``, ``update_ratio``...); judges at each
+        interval's end."""
+        for row in rows:
+            self.rows[int(row["step"])] = row
+        if not rows:
+            return
+        done = int(rows[-1]["step"]) + 1
+        if done < self._next:
+            return
+        self._next = (done // self.every + 1) * self.every
+        result = diagnose([self.rows[k] for k in sorted(self.rows)], self.total_steps)
+        verdict = result["verdict"]
+        strong = verdict == "diverged" or (verdict in ("too_high", "too_low") and verdict == self._last)
+        self._last = verdict
+        if strong and verdict not in self._said:
+            self._said.add(verdict)
+            line = f"LR doctor at step {done}: {result['reason']}" + self._alternatives(verdict)
+            self.warnings.append(line)
+            log.warning("%s", line)
+
+    def _alternatives(self, verdict: str) -> str:
+        """After lr0=auto, the range test's other suggestions for a too-high verdict."""
+        if verdict not in ("too_high", "diverged") or not self.lr0_auto:
+            return ""
+        return alternatives_line(self.lr0_auto)
+
+
+def alternatives_line(lr0_auto: dict[str, Any]) -> str:
+    """``"; lr0=auto chose <name> <lr>: the range test also suggested <name> <lr>, ..."``, or ""."""
+    chosen = lr0_auto.get("chosen")
+    others = [f"{name} {lr:.3g}" for name, lr in (lr0_auto.get("suggestions") or {}).items()
+              if name != chosen and isinstance(lr, (int, float)) and lr < (lr0_auto.get("lr0") or float("inf"))]
+    if not others:
+        return ""
+    return f"; lr0=auto chose {chosen} {lr0_auto.get('lr0'):.3g}: the range test also suggested {', '.join(others)}"

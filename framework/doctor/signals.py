@@ -1,0 +1,135 @@
+"""The LR doctor's signals: what ``steps.csv`` says about a run's learning rate, interval by interval.
+
+Pure functions of the step rows (no torch): the trainer feeds them live, ``python -m
+framework.doctor`` and the run's summary read them from ``steps.csv`` after the run.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from statistics import median
+from typing import Any, Iterable, Optional, Sequence
+
+#: Intervals the planned run is cut into (an interval is ``ceil(T / INTERVALS)`` steps, at least
+#: :data:`MIN_INTERVAL_STEPS`): the unit of "the smoothed loss rose".
+INTERVALS = 20
+#: (steps) the shortest interval: below it the mean of an interval's losses is too noisy to compare.
+MIN_INTERVAL_STEPS = 5
+#: A gradient-norm spike: a step's norm above this multiple of the median norm of the steps before
+#: it (a factor of 10: an order of magnitude, the scale Adam's instability reports use,
+#: e.g. Molybog et al. 2023, "A Theory on Adam Instability in Large-Scale Machine Learning").
+SPIKE_MULT = 10.0
+
+
+def interval_steps(total_steps: int) -> int:
+    """(steps) length of the doctor's intervals for a run of ``total_steps`` optimizer steps:
+    ``max(MIN_INTERVAL_STEPS, ceil(total_steps / INTERVALS))``."""
+    return max(MIN_INTERVAL_STEPS, math.ceil(max(int(total_steps), 1) / INTERVALS))
+
+
+def _float(value: Any) -> Optional[float]:
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        return None
+    return out if not math.isnan(out) else None  # inf is kept: a loss that overflowed
+
+
+@dataclass
+class Interval:
+    """One interval of ``steps`` consecutive optimizer steps.
+
+    Attributes:
+        first, last: its first and last step ``k``.
+        loss: mean step loss (the smoothed loss; the task's loss units, nats for cross-entropy).
+        noise: spread of the step losses around the interval's least-squares line, over ``loss``
+            (a fraction; 0 = every loss on the trend).
+        lr: mean applied LR of each group (group name -> LR).
+        lr_steps: sum of group 0's applied LR over the interval (LR x steps).
+        spikes: steps whose gradient norm exceeded :data:`SPIKE_MULT` x the median norm before them.
+        update_ratio: median sampled ``‖Δw‖/‖w‖`` of each group (group name -> ratio; a group
+            without a sample in the interval is absent).
+    """
+
+    first: int
+    last: int
+    loss: float
+    noise: float
+    lr: dict[str, float]
+    lr_steps: float
+    spikes: int = 0
+    update_ratio: dict[str, float] = field(default_factory=dict)
+
+
+def _noise(losses: Sequence[float]) -> float:
+    """Residual standard deviation of ``losses`` around their least-squares line, over their mean."""
+    n = len(losses)
+    mean = sum(losses) / n
+    if n < 3 or mean == 0:
+        return 0.0
+    xs = range(n)
+    xm = (n - 1) / 2
+    sxx = sum((x - xm) ** 2 for x in xs)
+    slope = sum((x - xm) * (y - mean) for x, y in zip(xs, losses)) / sxx
+    residuals = [y - (mean + slope * (x - xm)) for x, y in zip(xs, losses)]
+    return math.sqrt(sum(r * r for r in residuals) / (n - 2)) / abs(mean)
+
+
+def group_names(columns: Iterable[str]) -> list[str]:
+    """The groups a ``steps.csv`` header names: group 0 (``lr``) is ``"0"`` unless named by its
+    ratio column; ``lr/<name>`` columns add the others."""
+    names = ["0"]
+    names += [c[3:] for c in columns if c.startswith("lr/")]
+    return names
+
+
+def _column(group: int, name: str, base: str) -> str:
+    return base if group == 0 else f"{base}/{name}"
+
+
+def intervals(rows: Sequence[dict[str, Any]], total_steps: int, groups: Optional[list[str]] = None) -> list[Interval]:
+    """Cut ``steps.csv`` rows (dicts with ``step``, ``lr``, ``lr/<group>``, ``loss``,
+    ``grad_norm``, ``update_ratio``...) into consecutive :class:`Interval` s of
+    :func:`interval_steps` (``total_steps``) steps; a last, unfinished interval is left out.
+
+    Args:
+        rows: the step rows in step order (values as numbers or CSV strings; a row repeated after
+            a rollback: the last one counts).
+        total_steps: (steps) the run's planned ``T`` (sets the interval length).
+        groups: the param groups' names (group 0 first); None = from the rows' keys.
+    """
+    if not rows:
+        return []
+    groups = groups or group_names(rows[0].keys())
+    by_step = {int(float(r["step"])): r for r in rows}  # a step redone after a rollback: its last row
+    steps = sorted(by_step)
+    m = interval_steps(total_steps)
+    out: list[Interval] = []
+    norms_before: list[float] = []
+    for start in range(0, len(steps) - m + 1, m):
+        chunk = [by_step[k] for k in steps[start:start + m]]
+        losses = [_float(r.get("loss")) for r in chunk]
+        losses = [v for v in losses if v is not None]
+        if not losses:
+            continue
+        lrs = {name: [_float(r.get(_column(g, name, "lr"))) or 0.0 for r in chunk] for g, name in enumerate(groups)}
+        spikes = 0
+        for r in chunk:
+            norm = _float(r.get("grad_norm"))
+            if norm is None:
+                continue
+            if norms_before and norm > SPIKE_MULT * median(norms_before):
+                spikes += 1
+            norms_before.append(norm)
+        ratios = {}
+        for g, name in enumerate(groups):
+            sampled = [v for v in (_float(r.get(_column(g, name, "update_ratio"))) for r in chunk) if v is not None]
+            if sampled:
+                ratios[name] = median(sampled)
+        finite = [v for v in losses if math.isfinite(v)]
+        out.append(Interval(first=int(float(chunk[0]["step"])), last=int(float(chunk[-1]["step"])),
+                            loss=sum(losses) / len(losses) if len(finite) == len(losses) else math.inf,
+                            noise=_noise(finite) if len(finite) == len(losses) else math.inf,
+                            lr={name: sum(v) / len(v) for name, v in lrs.items()},
+                            lr_steps=sum(lrs[groups[0]]), spikes=spikes, update_ratio=ratios))
+    return out

@@ -1,0 +1,222 @@
+"""The LR doctor's verdict: too_high | too_low | ok | diverged | unsure, a factor for lr0, the evidence.
+
+Pure functions of the rows of ``steps.csv`` (:mod:`framework.doctor.signals`); thresholds are
+module constants, each with where it comes from.
+"""
+from __future__ import annotations
+
+import math
+from statistics import median
+from typing import Any, Optional, Sequence
+
+from framework.doctor.signals import Interval, group_names, interval_steps, intervals
+
+#: The healthy band of the update-to-weight ratio ``‖Δw‖/‖w‖`` of the first optimizer step, at
+#: lr0, in log10 units. The first step's ratio is exactly proportional to the LR for SGD (with or
+#: without momentum) and Adam-type optimizers alike, before the training dynamics (weights
+#: growing under normalisation layers, gradients shrinking) change it; it is lr0 measured in the
+#: model's own units. Centre 10^-1.5 (3%): Adam's first step moves every weight by about lr
+#: (Kingma & Ba 2015, section 2.1), so its paper default lr 1e-3 moves weights initialised with
+#: rms 1/sqrt(fan_in) ~ 0.03 (fan_in ~ 1000; He et al. 2015) by 3% of their norm. Half-width 0.75
+#: decade: half-way between the best LR's half-decade neighbours (+-0.5) and the LRs ten times
+#: off (+-1), the boundary between "right" and "off by 10x".
+RATIO_CENTER_LOG10 = -1.5
+RATIO_HALF_WIDTH_LOG10 = 0.75
+#: (fraction) the smoothed loss fell by less than this share of the step-0 loss: it has not
+#: learned (flat: the LR too low when the flat loss is quiet, too high when it is noisy).
+STALL_FRAC = 0.1
+#: (fraction) relative spread of the step losses around an interval's trend above which a flat
+#: loss counts as noisy: several times the spread of a batch mean of tens of samples (a few %).
+NOISE_HIGH = 0.25
+#: (fraction) the smoothed loss rose in more than this share of the intervals: it is not
+#: descending (more rises than falls: a sign test, no tuned figure).
+RISE_FRAC = 0.5
+#: Intervals needed before any verdict (fewer: unsure).
+MIN_INTERVALS = 2
+
+VERDICTS = ("too_high", "too_low", "ok", "diverged", "unsure")
+
+
+def _num(value: Any) -> Optional[float]:
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(out) else out
+
+
+def first_ratio(rows: Sequence[dict[str, Any]], column: str, lr_column: str,
+                peak_lr: Optional[float] = None) -> Optional[float]:
+    """The update ratio of the first sampled step, scaled to the group's peak LR:
+    ``ratio_k x peak_lr / lr_k`` (the first step's ratio is proportional to its LR); None when no
+    step has a ratio.
+
+    Args:
+        rows: ``steps.csv`` rows in step order.
+        column, lr_column: the group's ratio and LR columns (``update_ratio``, ``lr``, or
+            ``update_ratio/<group>``, ``lr/<group>``).
+        peak_lr: the group's base LR (lr0 x its multipliers; ``summary.json``'s ``base_lrs``);
+            None = the highest LR in ``rows``.
+    """
+    peak = peak_lr or max((_num(r.get(lr_column)) or 0.0 for r in rows), default=0.0)
+    for r in rows:
+        ratio, lr = _num(r.get(column)), _num(r.get(lr_column))
+        if ratio is not None and math.isfinite(ratio) and lr and lr > 0:
+            return ratio * peak / lr
+    return None
+
+
+def _band(ratio: Optional[float]) -> tuple[Optional[str], Optional[float]]:
+    """(too_high | too_low | ok, lr0 factor) of a first-step update ratio at lr0; (None, None)
+    without one. The factor moves the ratio to the band's centre in half-decade steps."""
+    if ratio is None or ratio <= 0:
+        return None, None
+    off = math.log10(ratio) - RATIO_CENTER_LOG10  # decades from the band's centre
+    if abs(off) <= RATIO_HALF_WIDTH_LOG10:
+        return "ok", None
+    return ("too_high" if off > 0 else "too_low"), _factor(-round(off / 0.5))
+
+
+def _factor(half_decades: int) -> float:
+    """10^(n/2) as people write it (x3, x10, x0.3, x0.1 ...), n clipped to +-4 (x100, x0.01)."""
+    return {-4: 0.01, -3: 0.03, -2: 0.1, -1: 0.3, 0: 1.0, 1: 3.0, 2: 10.0, 3: 30.0, 4: 100.0}[max(-4, min(4, half_decades))]
+
+
+def diagnose(rows: Sequence[dict[str, Any]], total_steps: int, status: str = "completed",
+             upto: Optional[int] = None, base_lrs: Optional[dict[str, float]] = None) -> dict[str, Any]:
+    """The LR doctor's verdict on a run from its ``steps.csv`` rows.
+
+    Rules, in order (the first that applies):
+
+    1. ``diverged``: the run's status is ``diverged`` or a logged loss is not finite (lr0 x0.1).
+    2. ``too_high`` from the loss: the smoothed loss (interval means, :mod:`~framework.doctor.signals`)
+       ended above the step-0 loss, or rose in more than :data:`RISE_FRAC` of the intervals, or
+       fell by less than :data:`STALL_FRAC` of the step-0 loss while noisy (median relative
+       spread > :data:`NOISE_HIGH`) (lr0 x0.3, or the ratio's factor when it says more).
+    3. ``too_low`` from the loss: it fell by less than :data:`STALL_FRAC`, quietly (x3, or more).
+    4. Group 0's update ratio of the first step at lr0 against the healthy band
+       ``10^(RATIO_CENTER_LOG10 ± RATIO_HALF_WIDTH_LOG10)``: above it ``too_high``, below it
+       ``too_low``, inside it ``ok``; the factor brings the ratio to the band's centre in
+       half-decade steps (x0.3, x0.1, x3, x10 ...).
+    5. ``unsure``: fewer than :data:`MIN_INTERVALS` intervals, or no ratios (sampling off) and no
+       loss rule applied.
+
+    Groups whose base LR differs from group 0's (a head at 10x) get their own verdict from their
+    own first-step ratio (rule 4) in ``groups``.
+
+    Args:
+        rows: ``steps.csv`` rows (``step``, ``lr``, ``lr/<group>``, ``loss``, ``grad_norm``,
+            ``update_ratio``, ``update_ratio/<group>``; numbers or CSV strings) in step order.
+        total_steps: (steps) the run's planned ``T`` (sets the interval length).
+        status: the run's ``summary.json`` status (``diverged`` is a verdict by itself).
+        upto: judge only the steps before this one (what was known then); None = every row.
+        base_lrs: group name -> base LR (``summary.json``'s ``base_lrs``); None = the highest LR
+            of each group in ``rows``.
+
+    Returns:
+        ``{"verdict", "factor", "reason", "at_step", "evidence", "groups"}``: ``factor`` the
+        suggested multiplier for lr0 (None for ok / unsure), ``reason`` one line, ``at_step``
+        the last step judged, ``evidence`` the figures behind it (``loss_start`` (step 0),
+        ``loss_end``, ``loss_max`` (smoothed), ``loss_drop_frac``, ``rose`` / ``judged_rises``
+        (intervals whose smoothed loss rose, of those compared), ``noise`` (median relative
+        spread around the trend), ``grad_spikes``, ``loss_drop_per_lr`` (smoothed-loss drop per
+        unit of LR x steps), ``update_ratio`` (first step at lr0, by group), ``ratio_band``,
+        ``intervals``, ``interval_steps``, ``total_steps``).
+    """
+    rows = [r for r in rows if upto is None or int(float(r["step"])) < upto]
+    names = group_names(rows[0].keys()) if rows else ["0"]
+    ivs = intervals(rows, total_steps, names)
+    losses = [_num(r.get("loss")) for r in rows]
+    evidence = _evidence(rows, ivs, names, total_steps, losses, base_lrs or {})
+    lr0 = (base_lrs or {}).get(names[0]) or max((_num(r.get("lr")) or 0.0 for r in rows), default=0.0)
+    out = {"verdict": "unsure", "factor": None, "reason": "",
+           "at_step": int(float(rows[-1]["step"])) if rows else None, "evidence": evidence, "groups": {}}
+    if status == "diverged" or any(v is not None and not math.isfinite(v) for v in losses):
+        return {**out, "verdict": "diverged", "factor": 0.1,
+                "reason": f"the loss became non-finite at lr0 {lr0:.3g}: the LR is far too high; "
+                          f"consider lr0≈{lr0 * 0.1:.3g}"}
+    if len(ivs) < MIN_INTERVALS:
+        return {**out, "reason": f"{len(ivs)} interval(s) of {evidence['interval_steps']} steps: too early to judge"}
+    ratio = evidence["update_ratio"].get(names[0])
+    band, factor = _band(ratio)
+    verdict, reason = _loss_verdict(evidence)
+    if verdict == "too_high":
+        factor = min(factor or 1.0, 0.3) if band == "too_high" else 0.3
+    elif verdict == "too_low":
+        factor = max(factor or 1.0, 3.0) if band == "too_low" else 3.0
+    elif band is None:
+        reason = "no update ratios in steps.csv (trainer.lr_doctor.update_ratio_every_n_steps=0) and the loss fell"
+    else:
+        verdict = band
+        low, high = evidence["ratio_band"]
+        reason = f"the first step's update ratio at lr0 {lr0:.3g} is {ratio:.2g} (healthy {low:.2g}-{high:.2g})"
+    if verdict in ("too_high", "too_low"):
+        reason += f": the LR looks {verdict.replace('_', ' ')}; consider lr0≈{lr0 * factor:.3g}"
+    elif verdict == "ok":
+        reason += ": the LR looks right"
+    out.update(verdict=verdict, factor=factor if verdict in ("too_high", "too_low") else None, reason=reason,
+               groups=_group_verdicts(rows, names, evidence, base_lrs or {}))
+    return out
+
+
+def _loss_verdict(evidence: dict[str, Any]) -> tuple[str, str]:
+    """Rules 2 and 3 of :func:`diagnose`: (too_high | too_low, what the loss did), or ("unsure", "")."""
+    start, end, drop = evidence["loss_start"], evidence["loss_end"], evidence["loss_drop_frac"]
+    rose, judged = evidence["rose"], evidence["judged_rises"]
+    if start is None or end is None:
+        return "unsure", ""
+    if end > start:
+        return "too_high", f"the smoothed loss ended at {end:.3g}, above its start {start:.3g}"
+    if judged and rose / judged > RISE_FRAC:
+        return "too_high", f"the smoothed loss rose in {rose} of {judged} intervals"
+    if drop < STALL_FRAC:
+        if evidence["noise"] > NOISE_HIGH:
+            return "too_high", (f"the loss is flat ({drop:.0%} below its start) and noisy "
+                                f"(spread {evidence['noise']:.2f} of its level)")
+        return "too_low", f"the loss is flat ({drop:.0%} below its start) and quiet (spread {evidence['noise']:.2f})"
+    return "unsure", ""
+
+
+def _group_verdicts(rows: Sequence[dict[str, Any]], names: list[str], evidence: dict[str, Any],
+                    base_lrs: dict[str, float]) -> dict[str, Any]:
+    """Verdicts of the groups whose base LR differs from group 0's, from their own first-step ratios."""
+    if len(names) < 2 or not rows:
+        return {}
+    peak = {n: base_lrs.get(n) or max((_num(r.get("lr" if i == 0 else f"lr/{n}")) or 0.0) for r in rows)
+            for i, n in enumerate(names)}
+    out = {}
+    for name in names[1:]:
+        if math.isclose(peak[name], peak[names[0]], rel_tol=1e-9):
+            continue
+        band, factor = _band(evidence["update_ratio"].get(name))
+        if band is not None:
+            out[name] = {"verdict": band, "factor": factor, "lr": peak[name],
+                         "update_ratio": evidence["update_ratio"][name]}
+    return out
+
+
+def _evidence(rows: Sequence[dict[str, Any]], ivs: list[Interval], names: list[str], total_steps: int,
+              losses: list[Optional[float]], base_lrs: dict[str, float]) -> dict[str, Any]:
+    """The figures :func:`diagnose` judges by (its ``evidence``)."""
+    start = losses[0] if losses and losses[0] is not None and math.isfinite(losses[0]) else None
+    rises = [b.loss > a.loss for a, b in zip(ivs, ivs[1:])]
+    ratios = {}
+    for i, name in enumerate(names):
+        ratio = first_ratio(rows, "update_ratio" if i == 0 else f"update_ratio/{name}",
+                            "lr" if i == 0 else f"lr/{name}", base_lrs.get(name))
+        if ratio is not None:
+            ratios[name] = ratio
+    end = ivs[-1].loss if ivs else None
+    lr_steps = sum(iv.lr_steps for iv in ivs[1:])
+    return {
+        "loss_start": start, "loss_end": end, "loss_max": max((iv.loss for iv in ivs), default=None),
+        "loss_drop_frac": (1 - end / start) if start and end is not None and math.isfinite(end) else None,
+        "rose": sum(rises), "judged_rises": len(rises),
+        "noise": median(iv.noise for iv in ivs) if ivs else None,
+        "grad_spikes": sum(iv.spikes for iv in ivs),
+        "loss_drop_per_lr": (ivs[0].loss - ivs[-1].loss) / lr_steps if len(ivs) > 1 and lr_steps > 0 else None,
+        "update_ratio": ratios,
+        "ratio_band": [10 ** (RATIO_CENTER_LOG10 - RATIO_HALF_WIDTH_LOG10),
+                       10 ** (RATIO_CENTER_LOG10 + RATIO_HALF_WIDTH_LOG10)],
+        "intervals": len(ivs), "interval_steps": interval_steps(total_steps), "total_steps": int(total_steps),
+    }

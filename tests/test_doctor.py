@@ -1,0 +1,254 @@
+"""The LR doctor (framework.doctor): update ratios measured by the trainer, verdicts on hand-built
+runs worked out from the documented rules, the live warning, the summary, the CLI and the sweep
+bracket."""
+from __future__ import annotations
+
+import json
+import logging
+import math
+
+import pytest
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from framework.doctor import diagnose
+from framework.doctor.config import check_lr_doctor_args
+from framework.doctor.live import LiveDoctor
+from framework.doctor.signals import interval_steps
+from framework.doctor.sweep import bracket, bracket_line
+from tests.helpers import TINY, read_csv, train_in_process
+
+# -- update ratios, measured by the trainer --------------------------------------------------------
+
+
+def two_group_trainer(run_dir, every):
+    """nn.Linear(2, 1) (weight [0.1, -0.2], bias 0.05), plain SGD lr 0.1 with the weight and the
+    bias in two groups (``decay``, ``bias``), mean squared error, batches of one sample:
+    x = (1, 2), (0, 1), (2, -1); y = 1, 0, 2 (T = 3 steps)."""
+    from framework.schedules import Constant, LRPlan
+    from framework.tasks import Regression
+    from framework.trainer import Trainer
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    model = torch.nn.Linear(2, 1)
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([[0.1, -0.2]]))
+        model.bias.fill_(0.05)
+    opt = torch.optim.SGD([{"params": [model.weight], "name": "decay"}, {"params": [model.bias], "name": "bias"}],
+                          lr=0.1)
+    x, y = torch.tensor([[1.0, 2.0], [0.0, 1.0], [2.0, -1.0]]), torch.tensor([1.0, 0.0, 2.0])
+    loaders = (DataLoader(TensorDataset(x, y), batch_size=1), DataLoader(TensorDataset(x, y), batch_size=3))
+    return Trainer(model, opt, LRPlan(Constant(3), 3, 3), loaders, run_dir, torch.device("cpu"),
+                   task=Regression(num_classes=1), progress_bar=False,
+                   lr_doctor={"update_ratio_every_n_steps": every, "warn": False})
+
+
+def hand_ratios():
+    """‖w_(k+1) - w_k‖ / ‖w_k‖ of each group at each of the 3 SGD steps, by hand:
+    w <- w - 0.1 * 2 * (w.x + b - y) * x, b <- b - 0.1 * 2 * (w.x + b - y)."""
+    w, b = [0.1, -0.2], 0.05
+    out = []
+    for x, y in (([1.0, 2.0], 1.0), ([0.0, 1.0], 0.0), ([2.0, -1.0], 2.0)):
+        r = w[0] * x[0] + w[1] * x[1] + b - y
+        dw, db = [-0.2 * r * x[0], -0.2 * r * x[1]], -0.2 * r
+        out.append((math.hypot(*dw) / math.hypot(*w), abs(db) / abs(b)))
+        w, b = [w[0] + dw[0], w[1] + dw[1]], b + db
+    return out
+
+
+def test_hand_ratios_of_the_first_step():
+    # step 0: residual -0.25 - 1 = -1.25, so dw = 0.25 * (1, 2), db = 0.25: ratios 2.5 and 5
+    assert hand_ratios()[0] == pytest.approx((0.25 * math.sqrt(5) / math.sqrt(0.05), 0.25 / 0.05))
+    assert hand_ratios()[0] == pytest.approx((2.5, 5.0))
+
+
+@pytest.mark.parametrize("every", [1, 2])
+def test_update_ratios_in_steps_csv_equal_the_hand_values(tmp_path, every):
+    trainer = two_group_trainer(tmp_path, every)
+    trainer.fit()
+    rows = read_csv(tmp_path / "steps.csv")
+    assert list(rows[0])[-2:] == ["update_ratio", "update_ratio/bias"]
+    for k, (row, (weight, bias)) in enumerate(zip(rows, hand_ratios())):
+        if k % every:
+            assert row["update_ratio"] == row["update_ratio/bias"] == ""  # not sampled
+        else:
+            assert float(row["update_ratio"]) == pytest.approx(weight, rel=1e-5)
+            assert float(row["update_ratio/bias"]) == pytest.approx(bias, rel=1e-5)
+
+
+def test_ratios_off_leave_steps_csv_as_it_was(tmp_path):
+    trainer = two_group_trainer(tmp_path, 0)
+    trainer.fit()
+    assert "update_ratio" not in read_csv(tmp_path / "steps.csv")[0]
+
+
+# -- verdicts on hand-built runs -------------------------------------------------------------------
+# T = 20 steps: intervals of max(5, ceil(20 / 20)) = 5 steps, 4 of them. Group 0's first-step update
+# ratio at lr0 (lr 0.1 here) is given per case; the healthy band is 10^(-1.5 +- 0.75) = 0.0056-0.18.
+
+
+def rows_of(losses, ratio0=None, lr=0.1, **extra):
+    """steps.csv-like rows: constant LR, the given losses, ``ratio0`` on step 0 only."""
+    rows = [{"step": k, "lr": lr, "loss": v, "grad_norm": 1.0, "update_ratio": ""} for k, v in enumerate(losses)]
+    if ratio0 is not None:
+        rows[0]["update_ratio"] = ratio0
+    for k, values in extra.items():
+        for row, value in zip(rows, values):
+            row[k] = value
+    return rows
+
+
+def test_the_interval_length():
+    assert interval_steps(20) == 5 and interval_steps(100) == 5 and interval_steps(368) == 19  # ceil(368 / 20)
+
+
+def test_a_steadily_falling_loss_with_a_healthy_first_step_is_ok():
+    losses = [2.3 * 0.9 ** k for k in range(20)]
+    result = diagnose(rows_of(losses, ratio0=0.03), 20)
+    # no loss rule: it fell in every interval, by 1 - mean(0.9^15..0.9^19) = 80%; ratio 0.03 = 10^-1.52: in the band
+    assert result["evidence"]["loss_drop_frac"] == pytest.approx(1 - sum(0.9 ** k for k in range(15, 20)) / 5)
+    assert (result["verdict"], result["factor"]) == ("ok", None)
+    assert result["evidence"]["rose"] == 0 and result["evidence"]["judged_rises"] == 3
+
+
+def test_a_noisy_flat_loss_is_too_high():
+    # every interval: 2.0, 2.6, 1.4, 2.6, 1.4 (mean 2.0 = the start: drop 0 < 10%); around its least-squares
+    # line (slope -0.12) the residuals are -0.24, 0.48, -0.6, 0.72, -0.36: spread sqrt(1.296 / 3) / 2.0 = 0.329 > 0.25
+    losses = [2.0, 2.6, 1.4, 2.6, 1.4] * 4
+    result = diagnose(rows_of(losses, ratio0=0.03), 20)
+    assert result["evidence"]["noise"] == pytest.approx(math.sqrt(1.296 / 3) / 2.0)
+    assert (result["verdict"], result["factor"]) == ("too_high", 0.3)
+    assert "flat" in result["reason"] and "consider lr0≈0.03" in result["reason"]
+
+
+def test_an_oscillating_rising_loss_is_too_high():
+    # interval means 2.0, 2.2, 2.1, 2.4 from a start of 3.0: it rose in 2 of the 3 intervals compared (> 1/2)
+    losses = [3.0, 1.7, 2.3, 1.7, 1.3] + [2.5, 1.9, 2.5, 1.9, 2.2] + [2.4, 1.8, 2.4, 1.8, 2.1] + [2.7, 2.1, 2.7, 2.1, 2.4]
+    result = diagnose(rows_of(losses, ratio0=0.03), 20)
+    assert [round(v, 6) for v in (result["evidence"]["loss_start"], result["evidence"]["loss_end"])] == [3.0, 2.4]
+    assert (result["evidence"]["rose"], result["evidence"]["judged_rises"]) == (2, 3)
+    assert (result["verdict"], result["factor"]) == ("too_high", 0.3)
+    assert "rose in 2 of 3 intervals" in result["reason"]
+    # the same with a first-step ratio of 1.0, 1.5 decades over the band's centre (3 half-decades): x0.03
+    assert diagnose(rows_of(losses, ratio0=1.0), 20)["factor"] == 0.03
+
+
+def test_a_diverging_loss_is_diverged():
+    losses = [2.3, 2.5, 3.1, 5.0, 9.7, 30.0, 1e3, math.inf] + [math.nan] * 12
+    result = diagnose(rows_of(losses, ratio0=0.03), 20)
+    assert (result["verdict"], result["factor"]) == ("diverged", 0.1)
+    assert diagnose(rows_of([2.3] * 20, ratio0=0.03), 20, status="diverged")["verdict"] == "diverged"  # the guard's
+
+
+def test_a_slow_quiet_loss_is_too_low():
+    # 2.3 - 0.005 k: the last interval's mean 2.3 - 0.005 * 17 = 2.215, 3.7% below the start; on its line: spread 0
+    losses = [2.3 - 0.005 * k for k in range(20)]
+    result = diagnose(rows_of(losses), 20)
+    assert result["evidence"]["loss_drop_frac"] == pytest.approx(0.085 / 2.3)
+    assert (result["verdict"], result["factor"]) == ("too_low", 3.0)
+    # with a first-step ratio of 1e-4 (2.5 decades under the centre): x10^2.5 rounds to 5 half-decades, clipped to x100
+    assert diagnose(rows_of(losses, ratio0=1e-4), 20)["factor"] == 100.0
+
+
+@pytest.mark.parametrize("ratio, verdict, factor", [
+    (0.5, "too_high", 0.1),  # log10 0.5 = -0.30: 1.2 decades over the centre, 2 half-decades -> x0.1
+    (0.15, "ok", None),  # -0.82: 0.68 decade over, inside the half-width 0.75
+    (0.005, "too_low", 10.0),  # -2.30: 0.8 under -> 2 half-decades (1.6 rounds to 2) -> x10
+    (0.002, "too_low", 10.0),  # -2.70: 1.2 under -> 2.4 rounds to 2 -> x10
+])
+def test_a_falling_loss_is_judged_by_the_first_steps_ratio(ratio, verdict, factor):
+    losses = [2.3 * 0.9 ** k for k in range(20)]
+    result = diagnose(rows_of(losses, ratio0=ratio), 20)
+    assert (result["verdict"], result["factor"]) == (verdict, factor)
+
+
+def test_the_first_ratio_is_scaled_to_the_peak_lr():
+    # warmup: step 0 at lr 0.01 of a peak 0.1 had ratio 0.02 -> 0.2 at lr0: too high (log -0.70, 0.8 over)
+    losses = [2.3 * 0.9 ** k for k in range(20)]
+    rows = rows_of(losses, ratio0=0.02, lr=0.1)
+    rows[0]["lr"] = 0.01
+    result = diagnose(rows, 20)
+    assert result["evidence"]["update_ratio"]["0"] == pytest.approx(0.2)
+    assert result["verdict"] == "too_high"
+    assert diagnose(rows, 20, base_lrs={"0": 0.05})["evidence"]["update_ratio"]["0"] == pytest.approx(0.1)
+
+
+def test_a_head_at_ten_times_the_body_lr_gets_its_own_verdict():
+    losses = [2.3 * 0.9 ** k for k in range(20)]
+    rows = rows_of(losses, ratio0=0.03, **{"lr/head": [1.0] * 20, "update_ratio/head": [0.5] + [""] * 19,
+                                           "lr/no_decay": [0.1] * 20, "update_ratio/no_decay": [0.001] + [""] * 19})
+    result = diagnose(rows, 20)
+    assert result["verdict"] == "ok"  # the body
+    assert result["groups"] == {"head": {"verdict": "too_high", "factor": 0.1, "lr": 1.0, "update_ratio": 0.5}}
+    # no_decay shares the body's LR: not judged apart (its small ratio is that of biases and norms)
+
+
+def test_too_few_intervals_is_unsure_and_upto_judges_what_was_known():
+    losses = [2.3 * 0.9 ** k for k in range(20)]
+    assert diagnose(rows_of(losses, ratio0=0.03)[:9], 20)["verdict"] == "unsure"  # one full interval
+    assert diagnose(rows_of(losses, ratio0=0.5), 20, upto=10)["verdict"] == "too_high"  # 2 intervals: enough
+    assert diagnose(rows_of(losses, ratio0=0.5), 20, upto=10)["at_step"] == 9
+
+
+# -- live warning ----------------------------------------------------------------------------------
+
+
+def test_the_live_doctor_warns_once_after_two_too_high_judgements(caplog):
+    # judged at steps 5 (one interval: unsure), 10 (too high), 15 (too high again: the warning), 20 (said already)
+    doctor = LiveDoctor()
+    doctor.start(20)
+    losses = [2.0, 2.6, 1.4, 2.6, 1.4] * 4  # flat and noisy
+    with caplog.at_level(logging.WARNING, logger="framework.doctor"):
+        for row in rows_of(losses, ratio0=0.03):
+            doctor.observe([row])
+    assert len(doctor.warnings) == 1 and doctor.warnings[0].startswith("LR doctor at step 15: the loss is flat")
+    assert "consider lr0≈0.03" in doctor.warnings[0]
+    assert [r.getMessage() for r in caplog.records] == doctor.warnings
+
+
+def test_after_lr0_auto_a_too_high_warning_names_the_range_tests_other_suggestions():
+    doctor = LiveDoctor(lr0_auto={"chosen": "steepest", "lr0": 0.1,
+                                  "suggestions": {"steepest": 0.1, "valley": 0.02, "minimum": 0.5}})
+    doctor.start(20)
+    for row in rows_of([2.0, 2.6, 1.4, 2.6, 1.4] * 4, ratio0=0.03):
+        doctor.observe([row])
+    assert doctor.warnings[0].endswith("; lr0=auto chose steepest 0.1: the range test also suggested valley 0.02")
+
+
+def test_a_run_records_its_diagnosis_and_prints_it(tmp_path, capsys):
+    train_in_process(tmp_path, *TINY, "epochs=4", "lr0=3")
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    diagnosis = summary["lr_diagnosis"]
+    steps = read_csv(tmp_path / "steps.csv")
+    assert diagnosis["at_step"] == int(steps[-1]["step"]) == 15 and diagnosis["evidence"]["total_steps"] == 16
+    assert diagnosis["evidence"]["loss_start"] == pytest.approx(float(steps[0]["loss"]))
+    # the first step's ratio at lr0, from the file: step 0 ran at lr0 (no warmup)
+    assert float(steps[0]["lr"]) == 3.0
+    assert diagnosis["evidence"]["update_ratio"]["0"] == pytest.approx(float(steps[0]["update_ratio"]))
+    assert diagnosis == diagnose(steps, 16, summary["status"], base_lrs=summary["base_lrs"])
+    out = capsys.readouterr().out
+    assert f"LR doctor: {diagnosis['reason']}" in out
+
+
+# -- config, sweep bracket --------------------------------------------------------------------------
+
+
+def test_bad_lr_doctor_keys_are_one_line_each():
+    assert check_lr_doctor_args(None) == [] and check_lr_doctor_args({"update_ratio_every_n_steps": 0}) == []
+    assert check_lr_doctor_args(5) == ["trainer.lr_doctor=5: must be a mapping {update_ratio_every_n_steps, warn} or "
+                                       "null (off), e.g. trainer.lr_doctor.update_ratio_every_n_steps=10"]
+    errors = check_lr_doctor_args({"update_ratio_every_n_steps": -1, "warm": True})
+    assert errors[0].startswith("trainer.lr_doctor.warm: not a key of the LR doctor (did you mean warn?)")
+    assert errors[1] == ("trainer.lr_doctor.update_ratio_every_n_steps=-1: must be an integer >= 0 (steps between "
+                         "measured update ratios; 0 = never)")
+    assert check_lr_doctor_args({"warn": "yes"}) == ["trainer.lr_doctor.warn=yes: must be true or false"]
+
+
+def test_the_sweep_bracket():
+    jobs = [(1e-4, "too_low"), (1e-3, "too_low"), (1e-2, "ok"), (3e-2, "ok"), (0.1, "too_high"), (1.0, "diverged"),
+            (None, "ok"), (0.3, None)]
+    found = bracket(jobs)
+    assert found == {"too_low_upto": 1e-3, "too_high_from": 0.1, "ok": [1e-2, 3e-2], "conflicting": []}
+    assert bracket_line(found) == "lr0: too low at and below 0.001; right from 0.01 to 0.03; too high at and above 0.1"
+    mixed = bracket([(1e-3, "too_high"), (1e-2, "too_low"), (0.1, "too_high")])
+    assert mixed["conflicting"] == [1e-3, 1e-2] and mixed["too_high_from"] == 0.1 and mixed["too_low_upto"] is None
