@@ -13,7 +13,9 @@ cross-entropy, backward, ``SGD.step`` with the same Nesterov momentum and weight
 back-to-back pairs (alternating which goes first); the ratio is the median of the pairs' ratios,
 which a machine whose speed drifts between runs disturbs least. Each row also times, on its
 own, the one piece of tensor work the trainer adds per step (the total gradient norm of the
-divergence guard), as a share of a plain step: a figure the drift does not blur. Also prints the start-up
+divergence guard), as a share of a plain step: a figure the drift does not blur; and the LR doctor's
+work (the update ratios of a sampled step, one judgement of the run's rows) per step on average.
+Also prints the start-up
 time of ``python train.py --cfg job``, import-to-first-step of a run, and peak memory.
 """
 from __future__ import annotations
@@ -148,6 +150,31 @@ def grad_norm_ms(trainer, repeats: int = 30) -> float:
     return (time.perf_counter() - t) / repeats * 1e3
 
 
+def doctor_ms(trainer, repeats: int = 30) -> tuple[float, float]:
+    """Milliseconds of the LR doctor's work on the trainer's weights: the update ratios of one
+    sampled step (copy before the step, difference and two norms after it; the weights are left
+    as they are, which costs the same), and its judgement of a whole run's rows (``diagnose`` on
+    the rows the trainer wrote; the live doctor runs it once per interval, 20 times a run)."""
+    from framework.doctor import diagnose, read_steps
+    from framework.trainer.update_ratio import UpdateRatios
+
+    ratios = UpdateRatios(trainer.optimizer, 1)
+    for _ in range(3):
+        ratios.before_step(0)
+        ratios.after_step()
+    sync(trainer.device)
+    t = time.perf_counter()
+    for _ in range(repeats):
+        ratios.before_step(0)
+        ratios.after_step()
+    sync(trainer.device)
+    sampled = (time.perf_counter() - t) / repeats * 1e3
+    rows = read_steps(trainer.run_dir)
+    t = time.perf_counter()
+    diagnose(rows, len(rows))
+    return sampled, (time.perf_counter() - t) * 1e3
+
+
 def sync(device) -> None:
     import torch
 
@@ -200,10 +227,16 @@ def main() -> None:
             ratios.append(fw[-1] / plain[-1])
         step_ms = args.batch / statistics.median(plain) * 1e3
         norm_ms = grad_norm_ms(trainer)
+        every = trainer.update_ratios.every
+        sampled_ms, judge_ms = doctor_ms(trainer)
+        steps = max(len(trainer.history["step"]), 1)
+        per_step = (sampled_ms / every if every else 0.0) + judge_ms * 20 / steps  # 20 judgements per run
         print(f"{name:<18} {statistics.median(fw):>20.1f} {statistics.median(plain):>16.1f} "
               f"{statistics.median(ratios):>6.3f}   (pairs: {', '.join(f'{v:.0f}/{p:.0f}' for v, p in zip(fw, plain))}; "
               f"ratio of the best runs {max(fw) / max(plain):.3f}; grad norm {norm_ms:.2f} ms of a "
-              f"{step_ms:.1f} ms plain step = {norm_ms / step_ms:.1%})")
+              f"{step_ms:.1f} ms plain step = {norm_ms / step_ms:.1%}; LR doctor: update ratios {sampled_ms:.2f} ms "
+              f"per sampled step (1 in {every}), judging {steps} rows {judge_ms:.1f} ms (20 a run): "
+              f"{per_step:.2f} ms a step = {per_step / step_ms:.2%})")
     if args.loggers:
         print(f"trackers {' '.join(args.loggers)}: opening a run {statistics.median(TRACKER_S['start']):.2f} s, "
               f"closing it {statistics.median(TRACKER_S['finish']):.2f} s (medians, once per run, not in samples/s)")

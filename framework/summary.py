@@ -235,14 +235,14 @@ def finish(trainer: Any, summary: dict[str, Any], start: float, cfg: Any) -> Opt
 
 def lr_diagnosis(run_dir: Path, summary: dict[str, Any]) -> Optional[dict[str, Any]]:
     """``summary.json``'s ``lr_diagnosis``: :func:`framework.doctor.diagnose_run` on the run's
-    ``steps.csv``, with the range test's other suggestions when ``lr0=auto`` chose lr0 and the
-    verdict is too high, and the live warnings the run logged; None when it cannot be made (it
-    never fails the run)."""
+    ``steps.csv`` (its per-interval signals written as ``lr_doctor.csv``), with the range test's
+    lower suggestions in the reason when ``lr0=auto`` chose lr0 and the verdict is too high; None
+    when it cannot be made (it never fails the run)."""
     from framework.doctor import diagnose_run
     from framework.doctor.live import alternatives_line
 
     try:
-        diagnosis = diagnose_run(run_dir, summary=summary)
+        diagnosis = diagnose_run(run_dir, summary=summary, write=True)
     except (OSError, ValueError, KeyError) as exc:
         log.error("LR doctor: no diagnosis: %s", exc)
         return None

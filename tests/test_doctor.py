@@ -224,7 +224,7 @@ def test_a_run_records_its_diagnosis_and_prints_it(tmp_path, capsys):
     assert diagnosis["evidence"]["loss_start"] == pytest.approx(float(steps[0]["loss"]))
     # the first step's ratio at lr0, from the file: step 0 ran at lr0 (no warmup)
     assert float(steps[0]["lr"]) == 3.0
-    assert diagnosis["evidence"]["update_ratio"]["0"] == pytest.approx(float(steps[0]["update_ratio"]))
+    assert diagnosis["evidence"]["update_ratio"]["decay"] == pytest.approx(float(steps[0]["update_ratio"]))  # group 0
     assert diagnosis == diagnose(steps, 16, summary["status"], base_lrs=summary["base_lrs"])
     out = capsys.readouterr().out
     assert f"LR doctor: {diagnosis['reason']}" in out

@@ -30,7 +30,7 @@ def read_steps(run_dir: str | Path) -> list[dict[str, str]]:
 
 
 def diagnose_run(run_dir: str | Path, upto_frac: Optional[float] = None,
-                 summary: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+                 summary: Optional[dict[str, Any]] = None, write: bool = False) -> dict[str, Any]:
     """:func:`diagnose` a run folder from its ``steps.csv`` and ``summary.json`` (its planned
     steps ``T`` and status).
 
@@ -40,6 +40,8 @@ def diagnose_run(run_dir: str | Path, upto_frac: Optional[float] = None,
             then); None = every step.
         summary: the run's summary dict when it is at hand (not yet written); None = read
             ``summary.json`` (its ``planned_steps``, ``status`` and ``base_lrs``).
+        write: also write the per-interval signals as ``lr_doctor.csv`` in the folder
+            (:func:`framework.doctor.signals.interval_rows`).
 
     Raises:
         FileNotFoundError: the folder has no ``steps.csv`` rows.
@@ -52,5 +54,15 @@ def diagnose_run(run_dir: str | Path, upto_frac: Optional[float] = None,
     summary = summary if summary is not None else read_summary(run_dir)
     total = int(summary.get("planned_steps") or len(rows))
     upto = None if upto_frac is None else math.ceil(upto_frac * total)
+    if write:
+        from framework.doctor.signals import group_names, interval_rows, intervals
+        from framework.loggers import atomic_file
+
+        table = interval_rows(intervals(rows, total, group_names(rows[0].keys())))
+        if table:
+            with atomic_file(Path(run_dir) / "lr_doctor.csv", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=list(table[0]))
+                writer.writeheader()
+                writer.writerows(table)
     return diagnose(rows, total, str(summary.get("status", "completed")), upto=upto,
                     base_lrs=summary.get("base_lrs"))

@@ -1,7 +1,8 @@
 """``python -m framework.doctor <run folder | sweep folder>``: was the learning rate too high, too low or right?
 
-A run folder: its diagnosis (verdict, suggested lr0 factor, the evidence), printed, and
-``lr_doctor.png`` in the folder (loss and its trend, applied LR, update ratios per group).
+A run folder: its diagnosis (verdict, suggested lr0 factor, the evidence), printed, and in the
+folder ``lr_doctor.png`` (loss and its trend, applied LR, update ratios per group) and
+``lr_doctor.csv`` (the signals of each interval).
 A sweep folder (``multirun.yaml``): every job's verdict and the lr0 range the verdicts bracket
 (``too low at and below 0.003; right from 0.01 to 0.1; too high at and above 0.3``).
 Exit status 0, or 2 with one line when the folder holds neither.
@@ -20,7 +21,7 @@ def _run(folder: Path, out: Optional[Path]) -> int:
     from framework.loggers import read_summary
 
     summary = read_summary(folder)
-    diagnosis = diagnose_run(folder, summary=summary)
+    diagnosis = diagnose_run(folder, summary=summary, write=True)
     factor = f" (lr0 x{diagnosis['factor']:g})" if diagnosis["factor"] else ""
     print(f"{folder}: {diagnosis['verdict']}{factor}")
     print(f"  {diagnosis['reason']}")

@@ -5,14 +5,13 @@ import math
 from pathlib import Path
 from typing import Any, Sequence
 
-from framework.doctor.signals import group_names, intervals
+from framework.doctor.signals import group_names, intervals, number
 
 
 def _num(value: Any) -> float:
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return math.nan
+    """A cell as a float for plotting: NaN (a gap) when empty."""
+    out = number(value)
+    return math.nan if out is None else out
 
 
 def plot_diagnosis(rows: Sequence[dict[str, Any]], diagnosis: dict[str, Any], path: str | Path,

@@ -27,7 +27,9 @@ def interval_steps(total_steps: int) -> int:
     return max(MIN_INTERVAL_STEPS, math.ceil(max(int(total_steps), 1) / INTERVALS))
 
 
-def _float(value: Any) -> Optional[float]:
+def number(value: Any) -> Optional[float]:
+    """A CSV cell or a number as a float; None for an empty cell or NaN (inf is kept: a loss that
+    overflowed)."""
     try:
         out = float(value)
     except (TypeError, ValueError):
@@ -76,8 +78,8 @@ def _noise(losses: Sequence[float]) -> float:
 
 
 def group_names(columns: Iterable[str]) -> list[str]:
-    """The groups a ``steps.csv`` header names: group 0 (``lr``) is ``"0"`` unless named by its
-    ratio column; ``lr/<name>`` columns add the others."""
+    """The groups a ``steps.csv`` header names: group 0 (``lr``) as ``"0"`` (the file does not
+    name it), then one per ``lr/<name>`` column."""
     names = ["0"]
     names += [c[3:] for c in columns if c.startswith("lr/")]
     return names
@@ -108,14 +110,14 @@ def intervals(rows: Sequence[dict[str, Any]], total_steps: int, groups: Optional
     norms_before: list[float] = []
     for start in range(0, len(steps) - m + 1, m):
         chunk = [by_step[k] for k in steps[start:start + m]]
-        losses = [_float(r.get("loss")) for r in chunk]
+        losses = [number(r.get("loss")) for r in chunk]
         losses = [v for v in losses if v is not None]
         if not losses:
             continue
-        lrs = {name: [_float(r.get(_column(g, name, "lr"))) or 0.0 for r in chunk] for g, name in enumerate(groups)}
+        lrs = {name: [number(r.get(_column(g, name, "lr"))) or 0.0 for r in chunk] for g, name in enumerate(groups)}
         spikes = 0
         for r in chunk:
-            norm = _float(r.get("grad_norm"))
+            norm = number(r.get("grad_norm"))
             if norm is None:
                 continue
             if norms_before and norm > SPIKE_MULT * median(norms_before):
@@ -123,7 +125,7 @@ def intervals(rows: Sequence[dict[str, Any]], total_steps: int, groups: Optional
             norms_before.append(norm)
         ratios = {}
         for g, name in enumerate(groups):
-            sampled = [v for v in (_float(r.get(_column(g, name, "update_ratio"))) for r in chunk) if v is not None]
+            sampled = [v for v in (number(r.get(_column(g, name, "update_ratio"))) for r in chunk) if v is not None]
             if sampled:
                 ratios[name] = median(sampled)
         finite = [v for v in losses if math.isfinite(v)]
@@ -132,4 +134,24 @@ def intervals(rows: Sequence[dict[str, Any]], total_steps: int, groups: Optional
                             noise=_noise(finite) if len(finite) == len(losses) else math.inf,
                             lr={name: sum(v) / len(v) for name, v in lrs.items()},
                             lr_steps=sum(lrs[groups[0]]), spikes=spikes, update_ratio=ratios))
+    return out
+
+
+def interval_rows(ivs: Sequence[Interval]) -> list[dict[str, Any]]:
+    """``lr_doctor.csv``'s rows, one per interval: ``first``, ``last`` (steps), ``loss`` (smoothed),
+    ``noise``, ``rose`` (1: its smoothed loss is above the previous interval's), ``lr`` (group 0's
+    mean), ``lr_steps``, ``loss_drop_per_lr`` (the drop from the previous interval over this one's
+    LR x steps), ``grad_spikes``, ``update_ratio`` / ``update_ratio/<group>`` (median sampled)."""
+    out = []
+    for i, iv in enumerate(ivs):
+        before = ivs[i - 1] if i else None
+        first_group = next(iter(iv.lr))
+        row = {"first": iv.first, "last": iv.last, "loss": iv.loss, "noise": iv.noise,
+               "rose": "" if before is None else int(iv.loss > before.loss), "lr": iv.lr[first_group],
+               "lr_steps": iv.lr_steps,
+               "loss_drop_per_lr": "" if before is None or not iv.lr_steps else (before.loss - iv.loss) / iv.lr_steps,
+               "grad_spikes": iv.spikes}
+        for j, name in enumerate(iv.lr):
+            row["update_ratio" if j == 0 else f"update_ratio/{name}"] = iv.update_ratio.get(name, "")
+        out.append(row)
     return out

@@ -9,7 +9,7 @@ import math
 from statistics import median
 from typing import Any, Optional, Sequence
 
-from framework.doctor.signals import Interval, group_names, interval_steps, intervals
+from framework.doctor.signals import Interval, group_names, interval_steps, intervals, number
 
 #: The healthy band of the update-to-weight ratio ``‖Δw‖/‖w‖`` of the first optimizer step, at
 #: lr0, in log10 units. The first step's ratio is exactly proportional to the LR for SGD (with or
@@ -37,14 +37,6 @@ MIN_INTERVALS = 2
 VERDICTS = ("too_high", "too_low", "ok", "diverged", "unsure")
 
 
-def _num(value: Any) -> Optional[float]:
-    try:
-        out = float(value)
-    except (TypeError, ValueError):
-        return None
-    return None if math.isnan(out) else out
-
-
 def first_ratio(rows: Sequence[dict[str, Any]], column: str, lr_column: str,
                 peak_lr: Optional[float] = None) -> Optional[float]:
     """The update ratio of the first sampled step, scaled to the group's peak LR:
@@ -58,9 +50,9 @@ def first_ratio(rows: Sequence[dict[str, Any]], column: str, lr_column: str,
         peak_lr: the group's base LR (lr0 x its multipliers; ``summary.json``'s ``base_lrs``);
             None = the highest LR in ``rows``.
     """
-    peak = peak_lr or max((_num(r.get(lr_column)) or 0.0 for r in rows), default=0.0)
+    peak = peak_lr or max((number(r.get(lr_column)) or 0.0 for r in rows), default=0.0)
     for r in rows:
-        ratio, lr = _num(r.get(column)), _num(r.get(lr_column))
+        ratio, lr = number(r.get(column)), number(r.get(lr_column))
         if ratio is not None and math.isfinite(ratio) and lr and lr > 0:
             return ratio * peak / lr
     return None
@@ -125,10 +117,12 @@ def diagnose(rows: Sequence[dict[str, Any]], total_steps: int, status: str = "co
     """
     rows = [r for r in rows if upto is None or int(float(r["step"])) < upto]
     names = group_names(rows[0].keys()) if rows else ["0"]
+    if base_lrs:  # group 0 by its name (steps.csv's lr column does not say it)
+        names[0] = next(iter(base_lrs))
     ivs = intervals(rows, total_steps, names)
-    losses = [_num(r.get("loss")) for r in rows]
+    losses = [number(r.get("loss")) for r in rows]
     evidence = _evidence(rows, ivs, names, total_steps, losses, base_lrs or {})
-    lr0 = (base_lrs or {}).get(names[0]) or max((_num(r.get("lr")) or 0.0 for r in rows), default=0.0)
+    lr0 = (base_lrs or {}).get(names[0]) or max((number(r.get("lr")) or 0.0 for r in rows), default=0.0)
     out = {"verdict": "unsure", "factor": None, "reason": "",
            "at_step": int(float(rows[-1]["step"])) if rows else None, "evidence": evidence, "groups": {}}
     if status == "diverged" or any(v is not None and not math.isfinite(v) for v in losses):
@@ -182,7 +176,7 @@ def _group_verdicts(rows: Sequence[dict[str, Any]], names: list[str], evidence: 
     """Verdicts of the groups whose base LR differs from group 0's, from their own first-step ratios."""
     if len(names) < 2 or not rows:
         return {}
-    peak = {n: base_lrs.get(n) or max((_num(r.get("lr" if i == 0 else f"lr/{n}")) or 0.0) for r in rows)
+    peak = {n: base_lrs.get(n) or max((number(r.get("lr" if i == 0 else f"lr/{n}")) or 0.0) for r in rows)
             for i, n in enumerate(names)}
     out = {}
     for name in names[1:]:
