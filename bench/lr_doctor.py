@@ -7,8 +7,8 @@ For each model / optimizer / dataset combination, a grid of lr0 = 1e-4, 3e-4, ..
 
 A run is judged against the grid's best lr0 (best validation ``task.monitor``, ties broken by
 the lower best ``val/loss``): at >= 10x the best lr0 the verdict must be ``too_high`` or
-``diverged``, at <= 1/10 of it ``too_low``, within 3x of it (the best and its two neighbours)
-``ok``; the others (none on this grid: its neighbours are 3.16x apart) are free.
+``diverged``, at <= 1/10 of it ``too_low``, the best and its two neighbours (3x or 3.33x away
+on this grid: 1e-3, 3e-3, 1e-2) ``ok``; no other run is free on this grid.
 
 Prints, and writes to ``--out``/results.json and confusion.md, the confusion table of each
 combination (expected class x verdict), the share of judged runs called right, whether any best
@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -53,7 +54,7 @@ def expected(lr0: float, best: float) -> str | None:
         return "too_high"
     if ratio <= 0.1 + 1e-12:
         return "too_low"
-    if 1 / 3.2 <= ratio <= 3.2:
+    if 1 / 3.4 <= ratio <= 3.4:  # the grid's neighbours: 3x or 3.33x away (1e-3, 3e-3, 1e-2 ...)
         return "ok"
     return None
 
@@ -91,7 +92,7 @@ def main() -> None:
                         help="take a combination's grid from a finished sweep folder (same overrides and epochs)")
     args = parser.parse_args()
     reuse = dict(item.split("=", 1) for item in args.reuse)
-    results, lines = {}, []
+    grids = {}
     for name in args.combos:
         overrides, epochs = COMBOS[name]
         grid = Path(reuse[name]) if name in reuse else args.out / name / "grid"
@@ -105,46 +106,72 @@ def main() -> None:
             if proc.returncode not in (0, 1):
                 sys.exit(f"{name}: the grid failed ({proc.returncode}); see {grid.parent / 'grid.log'}")
         rows = jobs(grid)
-        best = best_lr0(rows)
-        table = {c: {v: 0 for v in VERDICTS} for c in CLASSES}
-        runs, judged, good, early_good, best_wrong = [], 0, 0, 0, False
-        for job, summary in rows:
-            whole = diagnose_run(job)
-            early = diagnose_run(job, upto_frac=EARLY_FRAC)
-            want = expected(summary["lr0"], best)
-            runs.append({"lr0": summary["lr0"], "objective": summary.get("objective"), "status": summary["status"],
-                         "expected": want, "verdict": whole["verdict"], "factor": whole.get("factor"),
-                         "early_verdict": early["verdict"], "reason": whole.get("reason")})
-            if want is None:
-                continue
-            judged += 1
-            table[want][whole["verdict"]] += 1
-            good += right(whole["verdict"], want)
-            early_good += right(early["verdict"], want)
-            if summary["lr0"] == best and whole["verdict"] in ("too_high", "too_low", "diverged"):
-                best_wrong = True
-        results[name] = {"best_lr0": best, "judged": judged, "right": good, "early_right": early_good,
-                         "best_called_wrong": best_wrong, "table": table, "runs": runs}
-        lines += [f"### {name} ({' '.join(overrides)} epochs={epochs}; best lr0 {best:g})", "",
-                  "| lr0 | val acc | expected | verdict (whole run) | lr0 factor | verdict (first 30%) |",
-                  "|---:|---:|---|---|---:|---|"]
-        lines += [f"| {r['lr0']:g} | {r['objective'] if r['objective'] is None else round(r['objective'], 4)} | "
-                  f"{r['expected'] or '(free)'} | {r['verdict']} | {r['factor'] or ''} | {r['early_verdict']} |"
-                  for r in runs]
-        lines += ["", "| expected \\ verdict | " + " | ".join(VERDICTS) + " |", "|---|" + "---:|" * len(VERDICTS)]
-        lines += [f"| {c} | " + " | ".join(str(table[c][v]) for v in VERDICTS) + " |" for c in CLASSES]
-        lines += ["", f"right: {good}/{judged}; from the first 30%: {early_good}/{judged}; "
-                      f"best run called too high/low: {'yes' if best_wrong else 'no'}", ""]
-        print("\n".join(lines[-12 - len(runs):]), flush=True)
+        grids[name] = (rows, best_lr0(rows))
+    # the shipped band, then each combination judged with the band's centre placed where the
+    # other combinations' best runs put it (leave one out): how the band carries to a new one
+    best_ratio = {name: math.log10(diagnose_run(job)["evidence"]["update_ratio"][next(iter(s["base_lrs"]))])
+                  for name, (rows, best) in grids.items() for job, s in rows if s["lr0"] == best}
+    results = {name: score(name, *grids[name]) for name in grids}
+    lines = [line for name in grids for line in table_lines(name, results[name])]
     total = sum(r["judged"] for r in results.values())
-    if total:
-        summary_line = (f"all: {sum(r['right'] for r in results.values())}/{total} right, "
-                        f"{sum(r['early_right'] for r in results.values())}/{total} from the first 30%")
-        lines.append(summary_line)
-        print(summary_line)
+    summary_line = (f"all: {sum(r['right'] for r in results.values())}/{total} right, "
+                    f"{sum(r['early_right'] for r in results.values())}/{total} from the first 30%, best runs "
+                    f"called too high/low: {sum(r['best_called_wrong'] for r in results.values())}")
+    lines += [summary_line, "", "First-step update ratio (log10) of each grid's best run: "
+              + ", ".join(f"{name} {v:.2f}" for name, v in best_ratio.items())]
+    if len(grids) > 1:
+        loo = {}
+        for name in grids:
+            center = statistics.mean(v for other, v in best_ratio.items() if other != name)
+            loo[name] = score(name, *grids[name], center=center)
+            lines.append(f"leave one out: {name} with the centre at {center:.2f} (the others' mean): "
+                         f"{loo[name]['right']}/{loo[name]['judged']} right, {loo[name]['early_right']} from the first 30%")
+        results["leave_one_out"] = {n: {k: r[k] for k in ("right", "judged", "early_right")} for n, r in loo.items()}
+    results["best_ratio_log10"] = best_ratio
+    print("\n".join(lines))
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
     (args.out / "confusion.md").write_text("\n".join(lines) + "\n")
+
+
+def score(name: str, rows: list, best: float, center: float | None = None) -> dict:
+    """Every run of a grid diagnosed (whole run and first 30%) and judged against ``best``."""
+    table = {c: {v: 0 for v in VERDICTS} for c in CLASSES}
+    runs, judged, good, early_good, best_wrong = [], 0, 0, 0, False
+    for job, summary in rows:
+        whole = diagnose_run(job, ratio_center_log10=center)
+        early = diagnose_run(job, upto_frac=EARLY_FRAC, ratio_center_log10=center)
+        want = expected(summary["lr0"], best)
+        runs.append({"lr0": summary["lr0"], "objective": summary.get("objective"), "status": summary["status"],
+                     "expected": want, "verdict": whole["verdict"], "factor": whole.get("factor"),
+                     "early_verdict": early["verdict"], "reason": whole.get("reason")})
+        if want is None:
+            continue
+        judged += 1
+        table[want][whole["verdict"]] += 1
+        good += right(whole["verdict"], want)
+        early_good += right(early["verdict"], want)
+        best_wrong |= summary["lr0"] == best and whole["verdict"] in ("too_high", "too_low", "diverged")
+    return {"combo": name, "best_lr0": best, "judged": judged, "right": good, "early_right": early_good,
+            "best_called_wrong": best_wrong, "table": table, "runs": runs}
+
+
+def table_lines(name: str, result: dict) -> list[str]:
+    """The markdown of one combination: every run, then the confusion table."""
+    overrides, epochs = COMBOS[name]
+    runs, table = result["runs"], result["table"]
+    lines = [f"### {name} ({' '.join(overrides)} epochs={epochs}; best lr0 {result['best_lr0']:g})", "",
+             "| lr0 | val acc | expected | verdict (whole run) | lr0 factor | verdict (first 30%) |",
+             "|---:|---:|---|---|---:|---|"]
+    lines += [f"| {r['lr0']:g} | {r['objective'] if r['objective'] is None else round(r['objective'], 4)} | "
+              f"{r['expected'] or '(free)'} | {r['verdict']} | {r['factor'] or ''} | {r['early_verdict']} |"
+              for r in runs]
+    lines += ["", "| expected \\ verdict | " + " | ".join(VERDICTS) + " |", "|---|" + "---:|" * len(VERDICTS)]
+    lines += [f"| {c} | " + " | ".join(str(table[c][v]) for v in VERDICTS) + " |" for c in CLASSES]
+    lines += ["", f"right: {result['right']}/{result['judged']}; from the first 30%: {result['early_right']}/"
+                  f"{result['judged']}; best run called too high/low: {'yes' if result['best_called_wrong'] else 'no'}",
+              ""]
+    return lines
 
 
 if __name__ == "__main__":

@@ -150,6 +150,14 @@ def test_a_slow_quiet_loss_is_too_low():
     assert diagnose(rows_of(losses, ratio0=1e-4), 20)["factor"] == 100.0
 
 
+def test_a_flat_quiet_loss_after_a_huge_first_step_is_stuck_not_slow():
+    # the loss sits at 2.3 (drop 0, spread 0) after a first step with ratio 1.0 (1.5 decades over the centre):
+    # too high, x0.03 (3 half-decades), not too low
+    result = diagnose(rows_of([2.3] * 20, ratio0=1.0), 20)
+    assert (result["verdict"], result["factor"]) == ("too_high", 0.03) and "stuck" in result["reason"]
+    assert diagnose(rows_of([2.3] * 20, ratio0=0.03), 20)["verdict"] == "too_low"  # the same loss, a healthy step
+
+
 @pytest.mark.parametrize("ratio, verdict, factor", [
     (0.5, "too_high", 0.1),  # log10 0.5 = -0.30: 1.2 decades over the centre, 2 half-decades -> x0.1
     (0.15, "ok", None),  # -0.82: 0.68 decade over, inside the half-width 0.75

@@ -30,7 +30,7 @@ def read_steps(run_dir: str | Path) -> list[dict[str, str]]:
 
 
 def diagnose_run(run_dir: str | Path, upto_frac: Optional[float] = None,
-                 summary: Optional[dict[str, Any]] = None, write: bool = False) -> dict[str, Any]:
+                 summary: Optional[dict[str, Any]] = None, write: bool = False, **options: Any) -> dict[str, Any]:
     """:func:`diagnose` a run folder from its ``steps.csv`` and ``summary.json`` (its planned
     steps ``T`` and status).
 
@@ -42,6 +42,7 @@ def diagnose_run(run_dir: str | Path, upto_frac: Optional[float] = None,
             ``summary.json`` (its ``planned_steps``, ``status`` and ``base_lrs``).
         write: also write the per-interval signals as ``lr_doctor.csv`` in the folder
             (:func:`framework.doctor.signals.interval_rows`).
+        options: passed to :func:`diagnose` (``ratio_center_log10``).
 
     Raises:
         FileNotFoundError: the folder has no ``steps.csv`` rows.
@@ -65,4 +66,4 @@ def diagnose_run(run_dir: str | Path, upto_frac: Optional[float] = None,
                 writer.writeheader()
                 writer.writerows(table)
     return diagnose(rows, total, str(summary.get("status", "completed")), upto=upto,
-                    base_lrs=summary.get("base_lrs"))
+                    base_lrs=summary.get("base_lrs"), **options)

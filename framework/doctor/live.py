@@ -9,6 +9,8 @@ from framework.doctor.signals import interval_steps
 from framework.doctor.verdict import diagnose
 
 log = logging.getLogger("framework.doctor")
+_KEPT = ("step", "loss", "grad_norm")
+_PREFIXES = ("lr", "update_ratio")
 
 
 class LiveDoctor:
@@ -50,8 +52,8 @@ class LiveDoctor:
     def observe(self, rows: list[dict[str, Any]]) -> None:
         """Rows just read (``step``, ``lr``..., ``loss``, ``update_ratio``...); judges at each
         interval's end."""
-        for row in rows:
-            self.rows[int(row["step"])] = row
+        for row in rows:  # only what the verdict reads (a long run keeps T of these)
+            self.rows[int(row["step"])] = {k: v for k, v in row.items() if k in _KEPT or k.startswith(_PREFIXES)}
         if not rows:
             return
         done = int(rows[-1]["step"]) + 1

@@ -58,12 +58,12 @@ def first_ratio(rows: Sequence[dict[str, Any]], column: str, lr_column: str,
     return None
 
 
-def _band(ratio: Optional[float]) -> tuple[Optional[str], Optional[float]]:
+def _band(ratio: Optional[float], center: float) -> tuple[Optional[str], Optional[float]]:
     """(too_high | too_low | ok, lr0 factor) of a first-step update ratio at lr0; (None, None)
     without one. The factor moves the ratio to the band's centre in half-decade steps."""
     if ratio is None or ratio <= 0:
         return None, None
-    off = math.log10(ratio) - RATIO_CENTER_LOG10  # decades from the band's centre
+    off = math.log10(ratio) - center  # decades from the band's centre
     if abs(off) <= RATIO_HALF_WIDTH_LOG10:
         return "ok", None
     return ("too_high" if off > 0 else "too_low"), _factor(-round(off / 0.5))
@@ -75,7 +75,8 @@ def _factor(half_decades: int) -> float:
 
 
 def diagnose(rows: Sequence[dict[str, Any]], total_steps: int, status: str = "completed",
-             upto: Optional[int] = None, base_lrs: Optional[dict[str, float]] = None) -> dict[str, Any]:
+             upto: Optional[int] = None, base_lrs: Optional[dict[str, float]] = None,
+             ratio_center_log10: Optional[float] = None) -> dict[str, Any]:
     """The LR doctor's verdict on a run from its ``steps.csv`` rows.
 
     Rules, in order (the first that applies):
@@ -85,7 +86,9 @@ def diagnose(rows: Sequence[dict[str, Any]], total_steps: int, status: str = "co
        ended above the step-0 loss, or rose in more than :data:`RISE_FRAC` of the intervals, or
        fell by less than :data:`STALL_FRAC` of the step-0 loss while noisy (median relative
        spread > :data:`NOISE_HIGH`) (lr0 x0.3, or the ratio's factor when it says more).
-    3. ``too_low`` from the loss: it fell by less than :data:`STALL_FRAC`, quietly (x3, or more).
+    3. ``too_low`` from the loss: it fell by less than :data:`STALL_FRAC`, quietly (x3, or more),
+       unless the first step's ratio is above the band (rule 4): then ``too_high`` (a network
+       stuck after its first, too large steps).
     4. Group 0's update ratio of the first step at lr0 against the healthy band
        ``10^(RATIO_CENTER_LOG10 ± RATIO_HALF_WIDTH_LOG10)``: above it ``too_high``, below it
        ``too_low``, inside it ``ok``; the factor brings the ratio to the band's centre in
@@ -104,6 +107,8 @@ def diagnose(rows: Sequence[dict[str, Any]], total_steps: int, status: str = "co
         upto: judge only the steps before this one (what was known then); None = every row.
         base_lrs: group name -> base LR (``summary.json``'s ``base_lrs``); None = the highest LR
             of each group in ``rows``.
+        ratio_center_log10: the healthy band's centre (log10); None = :data:`RATIO_CENTER_LOG10`
+            (another value: calibrating the band, ``bench/lr_doctor.py``).
 
     Returns:
         ``{"verdict", "factor", "reason", "at_step", "evidence", "groups"}``: ``factor`` the
@@ -121,7 +126,8 @@ def diagnose(rows: Sequence[dict[str, Any]], total_steps: int, status: str = "co
         names[0] = next(iter(base_lrs))
     ivs = intervals(rows, total_steps, names)
     losses = [number(r.get("loss")) for r in rows]
-    evidence = _evidence(rows, ivs, names, total_steps, losses, base_lrs or {})
+    center = RATIO_CENTER_LOG10 if ratio_center_log10 is None else ratio_center_log10
+    evidence = _evidence(rows, ivs, names, total_steps, losses, base_lrs or {}, center)
     lr0 = (base_lrs or {}).get(names[0]) or max((number(r.get("lr")) or 0.0 for r in rows), default=0.0)
     out = {"verdict": "unsure", "factor": None, "reason": "",
            "at_step": int(float(rows[-1]["step"])) if rows else None, "evidence": evidence, "groups": {}}
@@ -132,8 +138,8 @@ def diagnose(rows: Sequence[dict[str, Any]], total_steps: int, status: str = "co
     if len(ivs) < MIN_INTERVALS:
         return {**out, "reason": f"{len(ivs)} interval(s) of {evidence['interval_steps']} steps: too early to judge"}
     ratio = evidence["update_ratio"].get(names[0])
-    band, factor = _band(ratio)
-    verdict, reason = _loss_verdict(evidence)
+    band, factor = _band(ratio, center)
+    verdict, reason = _loss_verdict(evidence, band, ratio)
     if verdict == "too_high":
         factor = min(factor or 1.0, 0.3) if band == "too_high" else 0.3
     elif verdict == "too_low":
@@ -149,12 +155,14 @@ def diagnose(rows: Sequence[dict[str, Any]], total_steps: int, status: str = "co
     elif verdict == "ok":
         reason += ": the LR looks right"
     out.update(verdict=verdict, factor=factor if verdict in ("too_high", "too_low") else None, reason=reason,
-               groups=_group_verdicts(rows, names, evidence, base_lrs or {}))
+               groups=_group_verdicts(rows, names, evidence, base_lrs or {}, center))
     return out
 
 
-def _loss_verdict(evidence: dict[str, Any]) -> tuple[str, str]:
-    """Rules 2 and 3 of :func:`diagnose`: (too_high | too_low, what the loss did), or ("unsure", "")."""
+def _loss_verdict(evidence: dict[str, Any], band: Optional[str], ratio: Optional[float]) -> tuple[str, str]:
+    """Rules 2 and 3 of :func:`diagnose`: (too_high | too_low, what the loss did), or ("unsure", "").
+    A flat, quiet loss after a first step above the band is a stuck network (too high), not slow
+    learning."""
     start, end, drop = evidence["loss_start"], evidence["loss_end"], evidence["loss_drop_frac"]
     rose, judged = evidence["rose"], evidence["judged_rises"]
     if start is None or end is None:
@@ -167,12 +175,15 @@ def _loss_verdict(evidence: dict[str, Any]) -> tuple[str, str]:
         if evidence["noise"] > NOISE_HIGH:
             return "too_high", (f"the loss is flat ({drop:.0%} below its start) and noisy "
                                 f"(spread {evidence['noise']:.2f} of its level)")
+        if band == "too_high":
+            return "too_high", (f"the loss is flat ({drop:.0%} below its start) after a first step of update ratio "
+                                f"{ratio:.2g}: stuck")
         return "too_low", f"the loss is flat ({drop:.0%} below its start) and quiet (spread {evidence['noise']:.2f})"
     return "unsure", ""
 
 
 def _group_verdicts(rows: Sequence[dict[str, Any]], names: list[str], evidence: dict[str, Any],
-                    base_lrs: dict[str, float]) -> dict[str, Any]:
+                    base_lrs: dict[str, float], center: float) -> dict[str, Any]:
     """Verdicts of the groups whose base LR differs from group 0's, from their own first-step ratios."""
     if len(names) < 2 or not rows:
         return {}
@@ -182,7 +193,7 @@ def _group_verdicts(rows: Sequence[dict[str, Any]], names: list[str], evidence: 
     for name in names[1:]:
         if math.isclose(peak[name], peak[names[0]], rel_tol=1e-9):
             continue
-        band, factor = _band(evidence["update_ratio"].get(name))
+        band, factor = _band(evidence["update_ratio"].get(name), center)
         if band is not None:
             out[name] = {"verdict": band, "factor": factor, "lr": peak[name],
                          "update_ratio": evidence["update_ratio"][name]}
@@ -190,7 +201,7 @@ def _group_verdicts(rows: Sequence[dict[str, Any]], names: list[str], evidence: 
 
 
 def _evidence(rows: Sequence[dict[str, Any]], ivs: list[Interval], names: list[str], total_steps: int,
-              losses: list[Optional[float]], base_lrs: dict[str, float]) -> dict[str, Any]:
+              losses: list[Optional[float]], base_lrs: dict[str, float], center: float) -> dict[str, Any]:
     """The figures :func:`diagnose` judges by (its ``evidence``)."""
     start = losses[0] if losses and losses[0] is not None and math.isfinite(losses[0]) else None
     rises = [b.loss > a.loss for a, b in zip(ivs, ivs[1:])]
@@ -210,7 +221,6 @@ def _evidence(rows: Sequence[dict[str, Any]], ivs: list[Interval], names: list[s
         "grad_spikes": sum(iv.spikes for iv in ivs),
         "loss_drop_per_lr": (ivs[0].loss - ivs[-1].loss) / lr_steps if len(ivs) > 1 and lr_steps > 0 else None,
         "update_ratio": ratios,
-        "ratio_band": [10 ** (RATIO_CENTER_LOG10 - RATIO_HALF_WIDTH_LOG10),
-                       10 ** (RATIO_CENTER_LOG10 + RATIO_HALF_WIDTH_LOG10)],
+        "ratio_band": [10 ** (center - RATIO_HALF_WIDTH_LOG10), 10 ** (center + RATIO_HALF_WIDTH_LOG10)],
         "intervals": len(ivs), "interval_steps": interval_steps(total_steps), "total_steps": int(total_steps),
     }
