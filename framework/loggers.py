@@ -87,6 +87,16 @@ def _fmt(value: Any) -> Any:
     return repr(value) if isinstance(value, float) else value
 
 
+def read_rows(path: str | Path) -> list[dict[str, str]]:
+    """The rows of a CSV file as dicts of strings (empty when there is no file); a row cut by a
+    kill (fewer cells than the header) is dropped."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        return [r for r in csv.DictReader(f) if None not in r.values()]
+
+
 def write_json(data: dict[str, Any], path: str | Path) -> None:
     """Write ``data`` as indented JSON atomically (temporary file, then rename)."""
     with atomic_file(path) as f:

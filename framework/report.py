@@ -112,6 +112,7 @@ def write_report(sweep_dir: str | Path) -> dict[str, Any]:
         FileNotFoundError: no job folder (with ``.hydra/config.yaml``) under ``sweep_dir``.
     """
     from framework import report_search
+    from framework.doctor.sweep import verdict_cell
 
     sweep_dir = Path(sweep_dir)
     rows = collect(sweep_dir)
@@ -148,7 +149,7 @@ def write_report(sweep_dir: str | Path) -> dict[str, Any]:
         lines.append(f"| {r['rank']} | {r['job']} | `{series_label(r, swept)}` | {report_search.status_cell(r)} | "
                      f"{fmt(r['best'])} | "
                      f"{fmt(r['final'])} | {fmt(r['final_train_loss'])} | {fmt(r['wall_time_s'], 3)} | {steps} | "
-                     f"{_verdict_cell(r)} |")
+                     f"{verdict_cell(r.get('lr_verdict'), r.get('lr0_factor'))} |")
     errors = [r for r in rows if r["error"]]
     if errors:
         lines += ["", "## Errors", ""] + [f"- job {r['job']} ({r['status']}): {r['error']}" for r in errors]
@@ -165,19 +166,12 @@ def write_report(sweep_dir: str | Path) -> dict[str, Any]:
     return {"rows": rows, "bad": len(bad), "files": files, "search": search}
 
 
-def _verdict_cell(row: dict[str, Any]) -> str:
-    """report.md's LR doctor cell: the verdict and the suggested lr0 factor (``too_high x0.3``)."""
-    if not row.get("lr_verdict"):
-        return "-"
-    return row["lr_verdict"] + (f" x{row['lr0_factor']:g}" if row.get("lr0_factor") else "")
-
-
 def _doctor_lines(rows: list[dict[str, Any]]) -> list[str]:
-    """report.md's line on the lr0 range the jobs' LR doctor verdicts bracket (jobs that differ
-    in lr0 only; :func:`framework.doctor.sweep.bracket`), or nothing."""
+    """report.md's line on the lr0 range the jobs' LR doctor verdicts bracket, when lr0 is the only
+    swept key (:func:`framework.doctor.sweep.bracket`), or nothing."""
     from framework.doctor.sweep import bracket, bracket_line
 
-    if "lr0" not in swept_keys(rows) or not any(r.get("lr_verdict") for r in rows):
+    if swept_keys(rows) != ["lr0"] or not any(r.get("lr_verdict") for r in rows):
         return []
     return [f"LR doctor (`python -m framework.doctor <job folder>` for the evidence): "
             f"{bracket_line(bracket([(r['lr0'], r.get('lr_verdict')) for r in rows]))}", ""]

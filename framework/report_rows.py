@@ -3,12 +3,12 @@ best and final monitored metric, steps, wall time), read from the folder's ``sum
 CSVs and ``.hydra/``; shared by :mod:`framework.report` and :mod:`framework.report_search`."""
 from __future__ import annotations
 
-import csv
 import math
 from pathlib import Path
 from typing import Any, Optional
 
 from framework.config import flatten
+from framework.loggers import read_rows
 from framework.errors import first_line
 from framework.search import SEARCH_KEY
 
@@ -22,13 +22,6 @@ COLUMNS = ["rank", "job", "overrides", "status", "best", "final", "final_train_l
 BAD_STATUSES = ("failed", "diverged", "stopped", "incomplete")
 #: Override key of a job's link to its search trial (``search={_target_:...,trial:3}``): never shown.
 PLUMBING_KEY = SEARCH_KEY
-
-
-def _read_csv(path: Path) -> list[dict[str, str]]:
-    if not path.is_file():
-        return []
-    with open(path, newline="") as f:
-        return [r for r in csv.DictReader(f) if None not in r.values()]  # a row cut by a kill is dropped
 
 
 def as_float(value: Any) -> Optional[float]:
@@ -74,8 +67,8 @@ def read_job(folder: Path) -> dict[str, Any]:
         config = OmegaConf.to_container(loaded, resolve=False)
     overrides = [str(o) for o in OmegaConf.load(hydra_dir / "overrides.yaml")] if (hydra_dir / "overrides.yaml").is_file() else []
     overrides = [o for o in overrides if _key(o).split(".")[0] != PLUMBING_KEY]
-    steps = _read_csv(folder / "steps.csv")
-    epochs = _read_csv(folder / "epochs.csv")
+    steps = read_rows(folder / "steps.csv")
+    epochs = read_rows(folder / "epochs.csv")
     best, final = summary.get("best") or {}, summary.get("final") or {}
     task = config.get("task") if isinstance(config.get("task"), dict) else {}
     monitor = summary.get("objective_name") or task.get("monitor") or "val/acc"
@@ -101,7 +94,7 @@ def read_job(folder: Path) -> dict[str, Any]:
         "epochs": summary.get("epochs", len(epochs)),
         "planned_epochs": summary.get("planned_epochs", config.get("epochs")),
         "pruned": summary.get("pruned"),
-        **_verdict(summary, steps),
+        **_verdict(folder, summary, steps),
         "error": summary.get("error", ""),
         "config": flatten(config),
         "steps_rows": steps,
@@ -109,18 +102,12 @@ def read_job(folder: Path) -> dict[str, Any]:
     }
 
 
-def _verdict(summary: dict[str, Any], steps: list[dict[str, str]]) -> dict[str, Any]:
-    """The LR doctor's verdict and lr0 factor of a job (``lr_verdict``, ``lr0_factor``; None
-    without steps)."""
-    from framework.doctor import diagnose
+def _verdict(folder: Path, summary: dict[str, Any], steps: list[dict[str, str]]) -> dict[str, Any]:
+    """The LR doctor's verdict and lr0 factor of a job (``lr_verdict``, ``lr0_factor``;
+    :func:`framework.doctor.sweep.job_diagnosis`; None without steps)."""
+    from framework.doctor.sweep import job_diagnosis
 
-    diagnosis = summary.get("lr_diagnosis")
-    if not diagnosis and steps:
-        try:
-            diagnosis = diagnose(steps, int(summary.get("planned_steps") or len(steps)),
-                                 str(summary.get("status", "completed")))
-        except (ValueError, KeyError):
-            diagnosis = None
+    diagnosis = job_diagnosis(folder, summary, steps)
     return {"lr_verdict": diagnosis["verdict"] if diagnosis else None,
             "lr0_factor": diagnosis["factor"] if diagnosis else None}
 

@@ -122,6 +122,7 @@ def print_table(summary: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from framework.doctor.sweep import verdict_cell
     from framework.trainer.ema import best_value as value_of
 
     best, final = summary["best"], summary["final"]
@@ -143,7 +144,8 @@ def print_table(summary: dict[str, Any]) -> None:
         ("batch", f"{summary['global_batch']} global ({summary['world_size']} process(es))"),
         ("device", summary["device"]),
         ("wall time", f"{summary['wall_time_s']:.1f} s"),
-        *([("LR doctor", _verdict_cell(summary["lr_diagnosis"]))] if summary.get("lr_diagnosis") else []),
+        *([("LR doctor", verdict_cell(summary["lr_diagnosis"]["verdict"], summary["lr_diagnosis"]["factor"]))]
+          if summary.get("lr_diagnosis") else []),
     ]
     for name, value in rows:
         table.add_row(name, str(value))
@@ -151,12 +153,6 @@ def print_table(summary: dict[str, Any]) -> None:
     if summary.get("lr_diagnosis"):
         print(f"LR doctor: {summary['lr_diagnosis']['reason']}")
     print(f"run folder: {summary['run_dir']}")  # whole, never cut to the table's width
-
-
-def _verdict_cell(diagnosis: dict[str, Any]) -> str:
-    """The results table's LR doctor cell: the verdict and the suggested lr0 factor."""
-    factor = diagnosis.get("factor")
-    return diagnosis["verdict"] + (f" (lr0 x{factor:g})" if factor else "")
 
 
 def _early_stop_line(block: dict[str, Any]) -> str:
@@ -243,8 +239,8 @@ def lr_diagnosis(run_dir: Path, summary: dict[str, Any]) -> Optional[dict[str, A
 
     try:
         diagnosis = diagnose_run(run_dir, summary=summary, write=True)
-    except (OSError, ValueError, KeyError) as exc:
-        log.error("LR doctor: no diagnosis: %s", exc)
+    except Exception as exc:  # a diagnosis is never worth the run's record
+        log.error("LR doctor: no diagnosis: %s: %s", type(exc).__name__, exc)
         return None
     if summary.get("lr0_auto") and diagnosis["verdict"] in ("too_high", "diverged"):
         said = alternatives_line(summary["lr0_auto"])

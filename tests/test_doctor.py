@@ -16,7 +16,7 @@ from framework.doctor.config import check_lr_doctor_args
 from framework.doctor.live import LiveDoctor
 from framework.doctor.signals import interval_steps
 from framework.doctor.sweep import bracket, bracket_line
-from tests.helpers import TINY, read_csv, train_in_process
+from tests.helpers import TINY, lines, read_csv, train_in_process
 
 # -- update ratios, measured by the trainer --------------------------------------------------------
 
@@ -84,7 +84,7 @@ def test_ratios_off_leave_steps_csv_as_it_was(tmp_path):
 
 # -- verdicts on hand-built runs -------------------------------------------------------------------
 # T = 20 steps: intervals of max(5, ceil(20 / 20)) = 5 steps, 4 of them. Group 0's first-step update
-# ratio at lr0 (lr 0.1 here) is given per case; the healthy band is 10^(-1.5 +- 0.75) = 0.0056-0.18.
+# ratio at lr0 (lr 0.1 here) is given per case; the healthy band is 10^(-1.25 +- 0.75) = 0.01-0.32.
 
 
 def rows_of(losses, ratio0=None, lr=0.1, **extra):
@@ -129,8 +129,24 @@ def test_an_oscillating_rising_loss_is_too_high():
     assert (result["evidence"]["rose"], result["evidence"]["judged_rises"]) == (2, 3)
     assert (result["verdict"], result["factor"]) == ("too_high", 0.3)
     assert "rose in 2 of 3 intervals" in result["reason"]
-    # the same with a first-step ratio of 1.0, 1.5 decades over the band's centre (3 half-decades): x0.03
-    assert diagnose(rows_of(losses, ratio0=1.0), 20)["factor"] == 0.03
+    # the same with a first-step ratio of 3.0 (log 0.48), 1.73 decades over the band's centre (3.45 half-decades,
+    # 3 to bring it back): x0.03
+    assert diagnose(rows_of(losses, ratio0=3.0), 20)["factor"] == 0.03
+
+
+def test_a_nan_loss_is_diverged_and_a_loss_at_or_below_zero_is_judged_by_the_ratio_only():
+    losses = [2.3 * 0.9 ** k for k in range(8)] + [math.nan] * 12  # "nan" cells, as the CSV holds them
+    assert diagnose(rows_of([str(v) for v in losses], ratio0=0.03), 20)["verdict"] == "diverged"
+    # a loss that starts at 0 (or goes negative: a log-likelihood) has no relative drop: the ratio decides
+    assert diagnose(rows_of([0.0] * 20, ratio0=0.03), 20)["verdict"] == "ok"
+    assert diagnose(rows_of([-1.0 - 0.1 * k for k in range(20)], ratio0=1e-4), 20)["verdict"] == "too_low"
+
+
+def test_prodigy_runs_are_not_judged_by_their_ratio():
+    # Prodigy's step is d x lr (steps.csv's d column): lr0 is not its knob; a falling loss is then unsure
+    losses = [2.3 * 0.9 ** k for k in range(20)]
+    result = diagnose(rows_of(losses, ratio0=1e-6, d=[1e-6] * 20), 20)
+    assert result["verdict"] == "unsure" and "Prodigy" in result["reason"]
 
 
 def test_a_diverging_loss_is_diverged():
@@ -146,23 +162,23 @@ def test_a_slow_quiet_loss_is_too_low():
     result = diagnose(rows_of(losses), 20)
     assert result["evidence"]["loss_drop_frac"] == pytest.approx(0.085 / 2.3)
     assert (result["verdict"], result["factor"]) == ("too_low", 3.0)
-    # with a first-step ratio of 1e-4 (2.5 decades under the centre): x10^2.5 rounds to 5 half-decades, clipped to x100
+    # with a first-step ratio of 1e-4 (2.75 decades under the centre): 5.5 half-decades, clipped to 4: x100
     assert diagnose(rows_of(losses, ratio0=1e-4), 20)["factor"] == 100.0
 
 
 def test_a_flat_quiet_loss_after_a_huge_first_step_is_stuck_not_slow():
-    # the loss sits at 2.3 (drop 0, spread 0) after a first step with ratio 1.0 (1.5 decades over the centre):
+    # the loss sits at 2.3 (drop 0, spread 0) after a first step with ratio 3.0 (1.73 decades over the centre):
     # too high, x0.03 (3 half-decades), not too low
-    result = diagnose(rows_of([2.3] * 20, ratio0=1.0), 20)
+    result = diagnose(rows_of([2.3] * 20, ratio0=3.0), 20)
     assert (result["verdict"], result["factor"]) == ("too_high", 0.03) and "stuck" in result["reason"]
     assert diagnose(rows_of([2.3] * 20, ratio0=0.03), 20)["verdict"] == "too_low"  # the same loss, a healthy step
 
 
 @pytest.mark.parametrize("ratio, verdict, factor", [
-    (0.5, "too_high", 0.1),  # log10 0.5 = -0.30: 1.2 decades over the centre, 2 half-decades -> x0.1
-    (0.15, "ok", None),  # -0.82: 0.68 decade over, inside the half-width 0.75
-    (0.005, "too_low", 10.0),  # -2.30: 0.8 under -> 2 half-decades (1.6 rounds to 2) -> x10
-    (0.002, "too_low", 10.0),  # -2.70: 1.2 under -> 2.4 rounds to 2 -> x10
+    (0.5, "too_high", 0.1),  # log10 0.5 = -0.30: 0.95 decade over the centre -1.25, 1.9 -> 2 half-decades -> x0.1
+    (0.15, "ok", None),  # -0.82: 0.43 decade over, inside the half-width 0.75
+    (0.005, "too_low", 10.0),  # -2.30: 1.05 under -> 2.1 -> 2 half-decades -> x10
+    (0.002, "too_low", 30.0),  # -2.70: 1.45 under -> 2.9 -> 3 half-decades -> x30
 ])
 def test_a_falling_loss_is_judged_by_the_first_steps_ratio(ratio, verdict, factor):
     losses = [2.3 * 0.9 ** k for k in range(20)]
@@ -171,14 +187,15 @@ def test_a_falling_loss_is_judged_by_the_first_steps_ratio(ratio, verdict, facto
 
 
 def test_the_first_ratio_is_scaled_to_the_peak_lr():
-    # warmup: step 0 at lr 0.01 of a peak 0.1 had ratio 0.02 -> 0.2 at lr0: too high (log -0.70, 0.8 over)
+    # warmup: step 0 at lr 0.01 of a peak 0.1 had ratio 0.05 -> 0.5 at lr0: too high (log -0.30, 0.95 over)
     losses = [2.3 * 0.9 ** k for k in range(20)]
-    rows = rows_of(losses, ratio0=0.02, lr=0.1)
+    rows = rows_of(losses, ratio0=0.05, lr=0.1)
     rows[0]["lr"] = 0.01
     result = diagnose(rows, 20)
-    assert result["evidence"]["update_ratio"]["0"] == pytest.approx(0.2)
+    assert result["evidence"]["update_ratio"]["0"] == pytest.approx(0.5)
     assert result["verdict"] == "too_high"
-    assert diagnose(rows, 20, base_lrs={"0": 0.05})["evidence"]["update_ratio"]["0"] == pytest.approx(0.1)
+    at_base = diagnose(rows, 20, base_lrs={"decay": 0.05})  # the run's own base LR: 0.05 * 0.05 / 0.01 = 0.25
+    assert at_base["evidence"]["update_ratio"]["decay"] == pytest.approx(0.25) and at_base["verdict"] == "ok"
 
 
 def test_a_head_at_ten_times_the_body_lr_gets_its_own_verdict():
@@ -214,6 +231,21 @@ def test_the_live_doctor_warns_once_after_two_too_high_judgements(caplog):
     assert [r.getMessage() for r in caplog.records] == doctor.warnings
 
 
+def test_the_live_doctor_judges_at_the_base_lr_and_forgets_rolled_back_steps():
+    # warmup: step 0 at lr 0.01 with ratio 0.004; judged at the base LR 0.1: 0.04, healthy. Judged at the highest
+    # LR seen (0.01 for the first 10 steps) it would be 0.004: too low
+    doctor = LiveDoctor()
+    doctor.start(20, {"decay": 0.1})
+    rows = rows_of([2.3 * 0.9 ** k for k in range(20)], ratio0=0.004, lr=0.1)
+    for k, row in enumerate(rows[:10]):
+        row["lr"] = 0.01 * (k + 1)
+        doctor.observe([row])
+    assert doctor.warnings == [] and doctor._last == "ok"
+    doctor.observe([{"step": 10, "lr": 0.1, "loss": math.inf}])  # a diverging step, then a rollback to step 8
+    doctor.forget_from(8)
+    assert sorted(doctor.rows) == list(range(8)) and doctor._next == 10
+
+
 def test_after_lr0_auto_a_too_high_warning_names_the_range_tests_other_suggestions():
     doctor = LiveDoctor(lr0_auto={"chosen": "steepest", "lr0": 0.1,
                                   "suggestions": {"steepest": 0.1, "valley": 0.02, "minimum": 0.5}})
@@ -233,9 +265,16 @@ def test_a_run_records_its_diagnosis_and_prints_it(tmp_path, capsys):
     # the first step's ratio at lr0, from the file: step 0 ran at lr0 (no warmup)
     assert float(steps[0]["lr"]) == 3.0
     assert diagnosis["evidence"]["update_ratio"]["decay"] == pytest.approx(float(steps[0]["update_ratio"]))  # group 0
-    assert diagnosis == diagnose(steps, 16, summary["status"], base_lrs=summary["base_lrs"])
+    # by hand from the file: the step-0 ratio at lr0 3 against the band 10^(-1.25 +- 0.75); SGD's first step at lr
+    # 3 moves the weights by far more than a third of their norm: too high
+    ratio = float(steps[0]["update_ratio"]) * 3.0 / float(steps[0]["lr"])
+    assert math.log10(ratio) > -1.25 + 0.75
+    assert diagnosis["verdict"] in ("too_high", "diverged") and diagnosis["factor"] <= 0.3
     out = capsys.readouterr().out
     assert f"LR doctor: {diagnosis['reason']}" in out
+    table = read_csv(tmp_path / "lr_doctor.csv")  # T = 16: intervals of 5 steps, 3 of them
+    assert [(int(r["first"]), int(r["last"])) for r in table] == [(0, 4), (5, 9), (10, 14)]
+    assert float(table[1]["loss"]) == pytest.approx(sum(float(r["loss"]) for r in steps[5:10]) / 5)
 
 
 # -- config, sweep bracket --------------------------------------------------------------------------
@@ -244,7 +283,7 @@ def test_a_run_records_its_diagnosis_and_prints_it(tmp_path, capsys):
 def test_bad_lr_doctor_keys_are_one_line_each():
     assert check_lr_doctor_args(None) == [] and check_lr_doctor_args({"update_ratio_every_n_steps": 0}) == []
     assert check_lr_doctor_args(5) == ["trainer.lr_doctor=5: must be a mapping {update_ratio_every_n_steps, warn} or "
-                                       "null (off), e.g. trainer.lr_doctor.update_ratio_every_n_steps=10"]
+                                       "null (off), e.g. trainer.lr_doctor.update_ratio_every_n_steps=25"]
     errors = check_lr_doctor_args({"update_ratio_every_n_steps": -1, "warm": True})
     assert errors[0].startswith("trainer.lr_doctor.warm: not a key of the LR doctor (did you mean warn?)")
     assert errors[1] == ("trainer.lr_doctor.update_ratio_every_n_steps=-1: must be an integer >= 0 (steps between "
@@ -260,3 +299,24 @@ def test_the_sweep_bracket():
     assert bracket_line(found) == "lr0: too low at and below 0.001; right from 0.01 to 0.03; too high at and above 0.1"
     mixed = bracket([(1e-3, "too_high"), (1e-2, "too_low"), (0.1, "too_high")])
     assert mixed["conflicting"] == [1e-3, 1e-2] and mixed["too_high_from"] == 0.1 and mixed["too_low_upto"] is None
+
+
+def test_the_command_line_diagnoses_a_run_and_a_sweep(tmp_path, capsys):
+    from framework.doctor.__main__ import main
+
+    run = tmp_path / "sweep" / "0"
+    train_in_process(run, *TINY, "epochs=4", "lr0=3")
+    (tmp_path / "sweep" / "multirun.yaml").write_text("hydra: {}\n")
+    (run / ".hydra").mkdir()
+    (run / ".hydra" / "config.yaml").write_text("lr0: 3.0\n")  # what makes it a job folder of the sweep
+    capsys.readouterr()
+    assert main([str(run)]) == 0
+    out = lines(capsys.readouterr().out)
+    summary = json.loads((run / "summary.json").read_text())
+    assert out[0] == f"{run}: {summary['lr_diagnosis']['verdict']} (lr0 x{summary['lr_diagnosis']['factor']:g})"
+    assert (run / "lr_doctor.png").stat().st_size > 0 and (run / "lr_doctor.csv").is_file()
+    assert main([str(tmp_path / "sweep")]) == 0
+    out = lines(capsys.readouterr().out)
+    assert out[1].split()[:3] == ["0", "3", "completed"] and out[-1].startswith("lr0: too high at and above 3")
+    assert main([str(tmp_path)]) == 2
+    assert capsys.readouterr().err.startswith(f"error: {tmp_path}: neither a run folder (steps.csv) nor a sweep folder")

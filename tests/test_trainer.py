@@ -99,7 +99,7 @@ def test_run_folder_contents(tmp_path):
     assert {"steps.csv", "epochs.csv", "summary.json", "lr.png", "checkpoints"} <= {p.name for p in tmp_path.iterdir()}
     steps = read_csv(tmp_path / "steps.csv")
     assert list(steps[0]) == ["step", "epoch", "lr", "lr/no_decay", "momentum", "loss", "grad_norm", "clipped",
-                              "update_ratio", "update_ratio/no_decay"]  # the LR doctor's, every 10th step
+                              "update_ratio", "update_ratio/no_decay"]  # the LR doctor's, every 25th step
     assert len(steps) == 8 and all(math.isfinite(float(r["loss"])) for r in steps)
     assert float(steps[0]["update_ratio"]) > 0 and all(r["update_ratio"] == "" for r in steps[1:])
     epochs = read_csv(tmp_path / "epochs.csv")

@@ -20,13 +20,11 @@ __all__ = ["VERDICTS", "diagnose", "diagnose_run", "read_steps"]
 
 
 def read_steps(run_dir: str | Path) -> list[dict[str, str]]:
-    """``steps.csv`` of a run folder as dicts of strings (empty when there is none; a row cut by
-    a kill is dropped)."""
-    path = Path(run_dir) / "steps.csv"
-    if not path.is_file():
-        return []
-    with open(path, newline="") as f:
-        return [r for r in csv.DictReader(f) if None not in r.values()]
+    """``steps.csv`` of a run folder as dicts of strings (:func:`framework.loggers.read_rows`:
+    empty when there is none; a row cut by a kill is dropped)."""
+    from framework.loggers import read_rows
+
+    return read_rows(Path(run_dir) / "steps.csv")
 
 
 def diagnose_run(run_dir: str | Path, upto_frac: Optional[float] = None,

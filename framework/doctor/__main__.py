@@ -18,12 +18,17 @@ from typing import Any, Optional
 def _run(folder: Path, out: Optional[Path]) -> int:
     from framework.doctor import diagnose_run, read_steps
     from framework.doctor.figure import plot_diagnosis
+    from framework.doctor.sweep import verdict_cell
     from framework.loggers import read_summary
 
     summary = read_summary(folder)
-    diagnosis = diagnose_run(folder, summary=summary, write=True)
-    factor = f" (lr0 x{diagnosis['factor']:g})" if diagnosis["factor"] else ""
-    print(f"{folder}: {diagnosis['verdict']}{factor}")
+    try:
+        diagnosis = diagnose_run(folder, summary=summary, write=True)
+    except FileNotFoundError as exc:  # a header and no row yet
+        print(f"error: {exc}; diagnose it once it has trained a step", file=sys.stderr)
+        return 2
+    cell = verdict_cell(diagnosis["verdict"], diagnosis["factor"])
+    print(f"{folder}: {cell}")
     print(f"  {diagnosis['reason']}")
     for name, group in diagnosis["groups"].items():
         print(f"  group {name} (lr {group['lr']:.3g}): {group['verdict']}, update ratio {group['update_ratio']:.2g}")
@@ -34,27 +39,27 @@ def _run(folder: Path, out: Optional[Path]) -> int:
                 f"{value:.4g}" if isinstance(value, float) else str(value))
         print(f"  {key:18s} {text}")
     path = out or folder / "lr_doctor.png"
-    plot_diagnosis(read_steps(folder), diagnosis, path, title=f"{folder.name}: {diagnosis['verdict']}{factor}")
+    plot_diagnosis(read_steps(folder), diagnosis, path, title=f"{folder.name}: {cell}")
     print(f"figure: {path}")
     return 0
 
 
 def _sweep(folder: Path) -> int:
-    from framework.doctor.sweep import bracket, bracket_line, job_diagnosis
+    from framework.doctor.sweep import bracket, bracket_line, job_diagnosis, verdict_cell
     from framework.loggers import read_summary
     from framework.report_rows import job_folders
 
     jobs: list[tuple[Any, Any]] = []
-    print(f"{'job':>4}  {'lr0':>10}  {'status':10}  {'verdict':9}  {'factor':>6}  reason")
+    print(f"{'job':>4}  {'lr0':>10}  {'status':10}  {'verdict':20}  reason")
     for job in job_folders(folder):
         summary = read_summary(job)
-        diagnosis = job_diagnosis(job, summary) if summary else None
+        diagnosis = job_diagnosis(job, {**summary, "lr_diagnosis": None}) if summary else None  # judged afresh
         verdict = diagnosis["verdict"] if diagnosis else None
         lr0 = summary.get("lr0") if summary else None
         jobs.append((lr0 if isinstance(lr0, (int, float)) else None, verdict))
-        factor = f"x{diagnosis['factor']:g}" if diagnosis and diagnosis["factor"] else ""
+        cell = verdict_cell(verdict, diagnosis["factor"] if diagnosis else None)
         print(f"{job.name:>4}  {lr0 if lr0 is not None else '-':>10}  {summary.get('status', '-'):10}  "
-              f"{verdict or '-':9}  {factor:>6}  {diagnosis['reason'] if diagnosis else 'no steps.csv'}")
+              f"{cell:20}  {diagnosis['reason'] if diagnosis else 'no steps.csv'}")
     print(bracket_line(bracket(jobs)))
     return 0
 

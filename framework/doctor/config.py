@@ -7,7 +7,7 @@ from typing import Any
 from framework.errors import suggest
 
 #: The keys of ``trainer.lr_doctor`` and their defaults.
-DEFAULTS = {"update_ratio_every_n_steps": 10, "warn": True}
+DEFAULTS = {"update_ratio_every_n_steps": 25, "warn": True}
 _KEY = "trainer.lr_doctor"
 
 
@@ -24,7 +24,7 @@ def check_lr_doctor_args(node: Any) -> list[str]:
         return []
     if not isinstance(node, Mapping):
         return [f"{_KEY}={node}: must be a mapping {{{', '.join(DEFAULTS)}}} or null (off), "
-                f"e.g. {_KEY}.update_ratio_every_n_steps=10"]
+                f"e.g. {_KEY}.update_ratio_every_n_steps=25"]
     errors = [f"{_KEY}.{k}: not a key of the LR doctor{suggest(k, DEFAULTS)}; use {', '.join(DEFAULTS)}"
               for k in node if k not in DEFAULTS]
     every = node.get("update_ratio_every_n_steps", DEFAULTS["update_ratio_every_n_steps"])

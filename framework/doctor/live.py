@@ -31,18 +31,22 @@ class LiveDoctor:
 
     def __init__(self, lr0_auto: Optional[dict[str, Any]] = None):
         self.lr0_auto = lr0_auto
-        self.total_steps, self.every = 0, 1
+        self.total_steps, self.every, self.base_lrs = 0, 1, {}
         self.rows: dict[int, dict[str, Any]] = {}  # by step: a step redone after a rollback replaces its row
         self.warnings: list[str] = []
         self._last: Optional[str] = None  # the previous judgement's verdict
         self._said: set[str] = set()
         self._next = 1
 
-    def start(self, total_steps: int, run_dir: Optional[Path] = None, upto: int = 0) -> None:
-        """Before training a run of ``total_steps`` planned steps (``T``); on a resume, the
+    def start(self, total_steps: int, base_lrs: Optional[dict[str, float]] = None, run_dir: Optional[Path] = None,
+              upto: int = 0) -> None:
+        """Before training a run of ``total_steps`` planned steps (``T``) whose groups have the
+        base LRs ``base_lrs`` (name -> LR, in group order: the first step's ratio is judged at
+        them, not at the highest LR seen so far, which a warmup keeps low); on a resume, the
         folder's ``steps.csv`` rows before step ``upto`` are the history the doctor judges with."""
         from framework.doctor import read_steps
 
+        self.base_lrs = dict(base_lrs or {})
         self.total_steps, self.every = int(total_steps), interval_steps(total_steps)
         self.rows = {}
         if run_dir is not None and upto > 0:
@@ -60,7 +64,7 @@ class LiveDoctor:
         if done < self._next:
             return
         self._next = (done // self.every + 1) * self.every
-        result = diagnose([self.rows[k] for k in sorted(self.rows)], self.total_steps)
+        result = diagnose([self.rows[k] for k in sorted(self.rows)], self.total_steps, base_lrs=self.base_lrs or None)
         verdict = result["verdict"]
         strong = verdict == "diverged" or (verdict in ("too_high", "too_low") and verdict == self._last)
         self._last = verdict
@@ -69,6 +73,11 @@ class LiveDoctor:
             line = f"LR doctor at step {done}: {result['reason']}" + self._alternatives(verdict)
             self.warnings.append(line)
             log.warning("%s", line)
+
+    def forget_from(self, step: int) -> None:
+        """A rollback to step ``step``: the rows from it on are undone (they come again)."""
+        self.rows = {k: r for k, r in self.rows.items() if k < step}
+        self._next = (step // self.every + 1) * self.every
 
     def _alternatives(self, verdict: str) -> str:
         """After lr0=auto, the range test's other suggestions for a too-high verdict."""

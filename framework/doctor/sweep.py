@@ -37,6 +37,13 @@ def bracket(jobs: Sequence[tuple[Optional[float], Optional[str]]]) -> dict[str, 
             "conflicting": conflicting}
 
 
+def verdict_cell(verdict: Optional[str], factor: Optional[float]) -> str:
+    """A verdict with its suggested lr0 factor, as tables show it: ``too_high (lr0 x0.3)``, ``ok``, ``-``."""
+    if not verdict:
+        return "-"
+    return verdict + (f" (lr0 x{factor:g})" if factor else "")
+
+
 def bracket_line(found: dict[str, Any]) -> str:
     """One line: ``too low at and below 0.003, right 0.01-0.1, too high at and above 0.3``."""
     parts = []
@@ -52,15 +59,20 @@ def bracket_line(found: dict[str, Any]) -> str:
     return "lr0: " + ("; ".join(parts) if parts else "no verdicts")
 
 
-def job_diagnosis(folder: Any, summary: dict[str, Any]) -> Optional[dict[str, Any]]:
+def job_diagnosis(folder: Any, summary: dict[str, Any],
+                  rows: Optional[list[dict[str, Any]]] = None) -> Optional[dict[str, Any]]:
     """A job's diagnosis: ``summary.json``'s ``lr_diagnosis``, else made from its ``steps.csv``
-    (a run of a version without the doctor, or with ``trainer.lr_doctor=null``); None without
-    steps."""
-    from framework.doctor import diagnose_run
+    rows (``rows`` when read already; a run of a version without the doctor, or with
+    ``trainer.lr_doctor=null``); None without steps or when they cannot be judged."""
+    from framework.doctor import diagnose, read_steps
 
     if summary.get("lr_diagnosis"):
         return summary["lr_diagnosis"]
+    rows = read_steps(folder) if rows is None else rows
+    if not rows:
+        return None
     try:
-        return diagnose_run(folder, summary=summary)
-    except (OSError, ValueError, KeyError):
+        return diagnose(rows, int(summary.get("planned_steps") or len(rows)), str(summary.get("status", "completed")),
+                        base_lrs=summary.get("base_lrs"))
+    except Exception:  # a folder the doctor cannot read is shown without a verdict, never an error
         return None

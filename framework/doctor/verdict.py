@@ -14,16 +14,19 @@ from framework.doctor.signals import Interval, group_names, interval_steps, inte
 #: The healthy band of the update-to-weight ratio ``‖Δw‖/‖w‖`` of the first optimizer step, at
 #: lr0, in log10 units. The first step's ratio is exactly proportional to the LR for SGD (with or
 #: without momentum) and Adam-type optimizers alike, before the training dynamics (weights
-#: growing under normalisation layers, gradients shrinking) change it; it is lr0 measured in the
-#: model's own units. Centre 10^-1.5 (3%): Adam's first step moves every weight by about lr
-#: (Kingma & Ba 2015, section 2.1), so its paper default lr 1e-3 moves weights initialised with
-#: rms 1/sqrt(fan_in) ~ 0.03 (fan_in ~ 1000; He et al. 2015) by 3% of their norm. Half-width 0.75
-#: decade: half-way between the best LR's half-decade neighbours (+-0.5) and the LRs ten times
-#: off (+-1), the boundary between "right" and "off by 10x".
-RATIO_CENTER_LOG10 = -1.5
+#: growing under normalisation layers, gradients shrinking) change it: it is lr0 measured in the
+#: model's own units. Centre 10^-1.25 (5.6%): the mean of the first-step ratios of the best runs
+#: of the three lr0 grids of ``bench/lr_doctor.py`` (10^-1.49 resnet10t + SGD, 10^-1.15
+#: resnet10t + AdamW, 10^-1.05 mobilenetv3 + AdamW), rounded to 0.05 decade: calibrated on all
+#: three, none alone (each grid judged with the centre the other two give: BENCHMARKS.md); for
+#: comparison, Adam's paper default lr 1e-3 (Kingma & Ba 2015: a first step of about lr per
+#: weight) on weights of rms 1/sqrt(fan_in) ~ 0.03 gives 10^-1.5. Half-width 0.75 decade:
+#: half-way between the best LR's half-decade neighbours (+-0.5) and LRs ten times off (+-1).
+RATIO_CENTER_LOG10 = -1.25
 RATIO_HALF_WIDTH_LOG10 = 0.75
 #: (fraction) the smoothed loss fell by less than this share of the step-0 loss: it has not
-#: learned (flat: the LR too low when the flat loss is quiet, too high when it is noisy).
+#: learned (flat: the LR too low when the flat loss is quiet, too high when it is noisy); a
+#: round figure, set before any benchmark run.
 STALL_FRAC = 0.1
 #: (fraction) relative spread of the step losses around an interval's trend above which a flat
 #: loss counts as noisy: several times the spread of a batch mean of tens of samples (a few %).
@@ -31,10 +34,19 @@ NOISE_HIGH = 0.25
 #: (fraction) the smoothed loss rose in more than this share of the intervals: it is not
 #: descending (more rises than falls: a sign test, no tuned figure).
 RISE_FRAC = 0.5
-#: Intervals needed before any verdict (fewer: unsure).
+#: Intervals needed before any verdict (fewer: unsure): one rise or fall to compare, the least
+#: the loss rules need.
 MIN_INTERVALS = 2
 
 VERDICTS = ("too_high", "too_low", "ok", "diverged", "unsure")
+
+
+def _nonfinite(value: Any) -> bool:
+    """A loss cell that holds NaN or inf (an empty cell is not)."""
+    try:
+        return not math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return False
 
 
 def first_ratio(rows: Sequence[dict[str, Any]], column: str, lr_column: str,
@@ -93,8 +105,9 @@ def diagnose(rows: Sequence[dict[str, Any]], total_steps: int, status: str = "co
        ``10^(RATIO_CENTER_LOG10 ± RATIO_HALF_WIDTH_LOG10)``: above it ``too_high``, below it
        ``too_low``, inside it ``ok``; the factor brings the ratio to the band's centre in
        half-decade steps (x0.3, x0.1, x3, x10 ...).
-    5. ``unsure``: fewer than :data:`MIN_INTERVALS` intervals, or no ratios (sampling off) and no
-       loss rule applied.
+    5. ``unsure``: fewer than :data:`MIN_INTERVALS` intervals, or no ratio to judge (sampling
+       off, group 0 frozen, Prodigy: its step is ``d x lr``) and no loss rule applied. The loss
+       rules need a positive step-0 loss (a loss that can be <= 0 is judged by the ratio only).
 
     Groups whose base LR differs from group 0's (a head at 10x) get their own verdict from their
     own first-step ratio (rule 4) in ``groups``.
@@ -109,6 +122,9 @@ def diagnose(rows: Sequence[dict[str, Any]], total_steps: int, status: str = "co
             of each group in ``rows``.
         ratio_center_log10: the healthy band's centre (log10); None = :data:`RATIO_CENTER_LOG10`
             (another value: calibrating the band, ``bench/lr_doctor.py``).
+
+    Raises:
+        KeyError: a row without ``step`` (not a ``steps.csv`` row).
 
     Returns:
         ``{"verdict", "factor", "reason", "at_step", "evidence", "groups"}``: ``factor`` the
@@ -131,13 +147,15 @@ def diagnose(rows: Sequence[dict[str, Any]], total_steps: int, status: str = "co
     lr0 = (base_lrs or {}).get(names[0]) or max((number(r.get("lr")) or 0.0 for r in rows), default=0.0)
     out = {"verdict": "unsure", "factor": None, "reason": "",
            "at_step": int(float(rows[-1]["step"])) if rows else None, "evidence": evidence, "groups": {}}
-    if status == "diverged" or any(v is not None and not math.isfinite(v) for v in losses):
+    if status == "diverged" or any(_nonfinite(r.get("loss")) for r in rows):
         return {**out, "verdict": "diverged", "factor": 0.1,
                 "reason": f"the loss became non-finite at lr0 {lr0:.3g}: the LR is far too high; "
                           f"consider lr0≈{lr0 * 0.1:.3g}"}
     if len(ivs) < MIN_INTERVALS:
         return {**out, "reason": f"{len(ivs)} interval(s) of {evidence['interval_steps']} steps: too early to judge"}
     ratio = evidence["update_ratio"].get(names[0])
+    if rows and "d" in rows[0]:  # Prodigy: its step is d x lr, with d estimated as it goes; lr0 is not its knob
+        ratio = None
     band, factor = _band(ratio, center)
     verdict, reason = _loss_verdict(evidence, band, ratio)
     if verdict == "too_high":
@@ -145,7 +163,10 @@ def diagnose(rows: Sequence[dict[str, Any]], total_steps: int, status: str = "co
     elif verdict == "too_low":
         factor = max(factor or 1.0, 3.0) if band == "too_low" else 3.0
     elif band is None:
-        reason = "no update ratios in steps.csv (trainer.lr_doctor.update_ratio_every_n_steps=0) and the loss fell"
+        reason = ("the loss fell; the first step's update ratio is not judged (Prodigy sets its own step size)"
+                  if rows and "d" in rows[0] else
+                  "the loss fell; no update ratio of the first step (trainer.lr_doctor.update_ratio_every_n_steps=0, "
+                  "or frozen or all-zero weights in group 0)")
     else:
         verdict = band
         low, high = evidence["ratio_band"]
@@ -165,7 +186,7 @@ def _loss_verdict(evidence: dict[str, Any], band: Optional[str], ratio: Optional
     learning."""
     start, end, drop = evidence["loss_start"], evidence["loss_end"], evidence["loss_drop_frac"]
     rose, judged = evidence["rose"], evidence["judged_rises"]
-    if start is None or end is None:
+    if start is None or end is None or drop is None or start <= 0:  # a loss that can be <= 0: no relative drop
         return "unsure", ""
     if end > start:
         return "too_high", f"the smoothed loss ended at {end:.3g}, above its start {start:.3g}"
@@ -215,7 +236,7 @@ def _evidence(rows: Sequence[dict[str, Any]], ivs: list[Interval], names: list[s
     lr_steps = sum(iv.lr_steps for iv in ivs[1:])
     return {
         "loss_start": start, "loss_end": end, "loss_max": max((iv.loss for iv in ivs), default=None),
-        "loss_drop_frac": (1 - end / start) if start and end is not None and math.isfinite(end) else None,
+        "loss_drop_frac": (1 - end / start) if start and start > 0 and end is not None and math.isfinite(end) else None,
         "rose": sum(rises), "judged_rises": len(rises),
         "noise": median(iv.noise for iv in ivs) if ivs else None,
         "grad_spikes": sum(iv.spikes for iv in ivs),

@@ -289,7 +289,8 @@ class Trainer(Rollbacks, EarlyStops, StepEngine):
         resuming = rs.global_step > 0
         self.steplog.open(append=resuming)
         if self.doctor is not None:  # a resume: the rows before step k are its history
-            self.doctor.start(T, self.run_dir if resuming else None, rs.global_step)
+            self.doctor.start(T, {n: g.get("initial_lr", g["lr"]) for n, g in zip(self.group_names, self.optimizer.param_groups)},
+                              self.run_dir if resuming else None, rs.global_step)
         epochs_csv = csv_log(self.run_dir / "epochs.csv",
                              ["epoch", "train/loss", "val/loss", *(f"val/{m}" for m in self.metric_names),
                               *self.validation.columns, "lr", "time_s"],

@@ -49,6 +49,8 @@ class Rollbacks:
         self.load_state_dict(state)
         rs.lr_backoff, rs.earlier_time_s = backoff, earlier
         self._drop_history(rs.global_step)
+        if self.doctor is not None:  # the live LR doctor forgets the undone steps too
+            self.doctor.forget_from(rs.global_step)
         self.guard.rollbacks.append({"diverged_step": exc.step, "reason": exc.reason, "lr": exc.lr,
                                      "restored_step": rs.global_step, "lr_backoff": backoff})
         self._bar.n = rs.global_step

@@ -13,11 +13,10 @@ class UpdateRatios:
     (L2 norms over all the group's trainable tensors together), on every ``every_n_steps``-th
     step ``k`` (``k % every_n_steps == 0``).
 
-    About 1e-3 is the usual healthy figure for SGD-trained networks (A. Karpathy, "Building
-    makemore Part 3", 2022: the update:data ratio plotted on a log scale, ~-3); a group far
-    above it takes steps that are large against its weights (the LR is high for it), far below
-    it barely moves. The framework's LR doctor (:mod:`framework.doctor`) reads the ratios from
-    ``steps.csv`` (``update_ratio`` for group 0, ``update_ratio/<group>`` for the others).
+    The LR doctor (:mod:`framework.doctor`) judges lr0 by the first step's ratio at lr0 (a
+    healthy band around 10^-1.25) and draws the others; it reads them from ``steps.csv``
+    (``update_ratio`` for group 0, ``update_ratio/<group>`` for the others). A. Karpathy's
+    "update:data ratio" (~1e-3 in training, "Building makemore Part 3", 2022) is the same figure.
 
     Cost: on a sampled step a copy of the weights before the step, then one subtraction and two
     norms after it (about five passes over the weights' memory, on the device, no host
@@ -48,16 +47,16 @@ class UpdateRatios:
         if self._before is None:
             return None
         ratios = []
+        device = next((t.device for group in self._before for t in group), torch.device("cpu"))
         for now, before in zip(self._groups(), self._before):
             if not now:
-                ratios.append(torch.full((), float("nan")))
+                ratios.append(torch.full((), float("nan"), device=device))
                 continue
             delta = torch._foreach_sub(now, before)
             weight = total_norm(before)
             ratios.append(total_norm(delta) / torch.where(weight > 0, weight, torch.full_like(weight, float("nan"))))
         self._before = None
-        device = ratios[0].device if ratios else None
-        return torch.stack([r.to(device) for r in ratios]).float()
+        return torch.stack(ratios).float()
 
 
 def ratio_columns(group_names: list[str]) -> list[str]:
