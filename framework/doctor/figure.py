@@ -25,6 +25,9 @@ def plot_diagnosis(rows: Sequence[dict[str, Any]], diagnosis: dict[str, Any], pa
         diagnosis: :func:`framework.doctor.diagnose`'s result for them.
         path: the PNG to write.
         title: the figure's title.
+
+    Raises:
+        OSError: ``path`` cannot be written.
     """
     from framework.loggers import pyplot
 

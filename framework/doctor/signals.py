@@ -101,6 +101,9 @@ def intervals(rows: Sequence[dict[str, Any]], total_steps: int, groups: Optional
             a rollback: the last one counts).
         total_steps: (steps) the run's planned ``T`` (sets the interval length).
         groups: the param groups' names (group 0 first); None = from the rows' keys.
+
+    Raises:
+        KeyError: a row without ``step`` (not a ``steps.csv`` row).
     """
     if not rows:
         return []
