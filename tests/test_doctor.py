@@ -166,6 +166,15 @@ def test_a_slow_quiet_loss_is_too_low():
     assert diagnose(rows_of(losses, ratio0=1e-4), 20)["factor"] == 100.0
 
 
+def test_one_uptick_of_a_flat_loss_is_not_a_rise():
+    # lr0 1e-5 on a tiny run (found by a user): two intervals, means 2.35902 then 2.3604 (up 0.06%, one comparison);
+    # the loss is flat (within 10% of its start) and quiet, the first step 1.1e-6: too low x100, not too high
+    losses = [2.3593, 2.3590, 2.3588, 2.3591, 2.3589, 2.3600, 2.3606, 2.3604, 2.3608, 2.3602]
+    result = diagnose(rows_of(losses, ratio0=1.1e-6), 10)
+    assert (result["evidence"]["rose"], result["evidence"]["judged_rises"]) == (1, 1)
+    assert (result["verdict"], result["factor"]) == ("too_low", 100.0)
+
+
 def test_a_flat_quiet_loss_after_a_huge_first_step_is_stuck_not_slow():
     # the loss sits at 2.3 (drop 0, spread 0) after a first step with ratio 3.0 (1.73 decades over the centre):
     # too high, x0.03 (3 half-decades), not too low

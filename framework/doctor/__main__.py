@@ -65,7 +65,7 @@ def _sweep(folder: Path) -> int:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m framework.doctor", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m framework.doctor", description=__doc__.split("\n\n")[0].replace("``", ""))
     parser.add_argument("folder", help="a run folder (steps.csv) or a sweep folder (multirun.yaml)")
     parser.add_argument("-o", "--out", type=Path, help="the run's figure (default: <run folder>/lr_doctor.png)")
     args = parser.parse_args(argv)

@@ -33,6 +33,9 @@ def plot_diagnosis(rows: Sequence[dict[str, Any]], diagnosis: dict[str, Any], pa
 
     plt = pyplot()
     names = group_names(rows[0].keys()) if rows else ["0"]
+    named = list(diagnosis.get("evidence", {}).get("update_ratio", {}))
+    if named and named[0] not in names:  # group 0 by the name the diagnosis knows it by (base_lrs)
+        names[0] = named[0]
     steps = [int(_num(r["step"])) for r in rows]
     fig, (ax_loss, ax_lr, ax_ratio) = plt.subplots(3, 1, figsize=(7, 8), sharex=True)
     ax_loss.plot(steps, [_num(r.get("loss")) for r in rows], lw=0.6, color="0.6", label="step loss")
@@ -56,7 +59,7 @@ def plot_diagnosis(rows: Sequence[dict[str, Any]], diagnosis: dict[str, Any], pa
     ax_lr.legend(fontsize=8)
     band = evidence.get("ratio_band")
     if band:
-        ax_ratio.axhspan(band[0], band[1], color="C2", alpha=0.12, label="healthy at lr0")
+        ax_ratio.axhspan(band[0], band[1], color="C2", alpha=0.12, label="healthy first step at lr0")
     ax_ratio.set_yscale("log")
     ax_ratio.set_ylabel("update ratio ‖Δw‖/‖w‖")
     ax_ratio.set_xlabel("optimizer step k")

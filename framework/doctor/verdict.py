@@ -34,8 +34,10 @@ NOISE_HIGH = 0.25
 #: (fraction) the smoothed loss rose in more than this share of the intervals: it is not
 #: descending (more rises than falls: a sign test, no tuned figure).
 RISE_FRAC = 0.5
-#: Intervals needed before any verdict (fewer: unsure): one rise or fall to compare, the least
-#: the loss rules need.
+#: Rises or falls compared before the rise rule judges (a sign test over fewer than 3 says
+#: nothing: one uptick of a flat loss would decide it).
+MIN_RISES_JUDGED = 3
+#: Intervals needed before any verdict (fewer: unsure): one rise or fall to compare.
 MIN_INTERVALS = 2
 
 VERDICTS = ("too_high", "too_low", "ok", "diverged", "unsure")
@@ -94,13 +96,13 @@ def diagnose(rows: Sequence[dict[str, Any]], total_steps: int, status: str = "co
     Rules, in order (the first that applies):
 
     1. ``diverged``: the run's status is ``diverged`` or a logged loss is not finite (lr0 x0.1).
-    2. ``too_high`` from the loss: the smoothed loss (interval means, :mod:`~framework.doctor.signals`)
-       ended above the step-0 loss, or rose in more than :data:`RISE_FRAC` of the intervals, or
-       fell by less than :data:`STALL_FRAC` of the step-0 loss while noisy (median relative
-       spread > :data:`NOISE_HIGH`) (lr0 x0.3, or the ratio's factor when it says more).
-    3. ``too_low`` from the loss: it fell by less than :data:`STALL_FRAC`, quietly (x3, or more),
-       unless the first step's ratio is above the band (rule 4): then ``too_high`` (a network
-       stuck after its first, too large steps).
+    2. ``too_high`` from the loss: the last smoothed loss (interval means,
+       :mod:`~framework.doctor.signals`) is more than :data:`STALL_FRAC` above the step-0 loss;
+       or it is flat (less than :data:`STALL_FRAC` below it) and noisy (median relative spread >
+       :data:`NOISE_HIGH`); or, not flat, it rose in more than :data:`RISE_FRAC` of at least
+       :data:`MIN_RISES_JUDGED` intervals compared (lr0 x0.3, or the ratio's factor when it says more).
+    3. ``too_low`` from the loss: flat and quiet (x3, or more), unless the first step's ratio is
+       above the band (rule 4): then ``too_high`` (a network stuck after its first, too large steps).
     4. Group 0's update ratio of the first step at lr0 against the healthy band
        ``10^(RATIO_CENTER_LOG10 ± RATIO_HALF_WIDTH_LOG10)``: above it ``too_high``, below it
        ``too_low``, inside it ``ok``; the factor brings the ratio to the band's centre in
@@ -188,11 +190,9 @@ def _loss_verdict(evidence: dict[str, Any], band: Optional[str], ratio: Optional
     rose, judged = evidence["rose"], evidence["judged_rises"]
     if start is None or end is None or drop is None or start <= 0:  # a loss that can be <= 0: no relative drop
         return "unsure", ""
-    if end > start:
-        return "too_high", f"the smoothed loss ended at {end:.3g}, above its start {start:.3g}"
-    if judged and rose / judged > RISE_FRAC:
-        return "too_high", f"the smoothed loss rose in {rose} of {judged} intervals"
-    if drop < STALL_FRAC:
+    if end > start * (1 + STALL_FRAC):  # more than the flat band above the step-0 loss
+        return "too_high", f"the smoothed loss is at {end:.3g}, above the step-0 loss {start:.3g}"
+    if drop < STALL_FRAC:  # flat: within STALL_FRAC of the step-0 loss, whichever way it wobbled
         if evidence["noise"] > NOISE_HIGH:
             return "too_high", (f"the loss is flat ({drop:.0%} below its start) and noisy "
                                 f"(spread {evidence['noise']:.2f} of its level)")
@@ -200,6 +200,8 @@ def _loss_verdict(evidence: dict[str, Any], band: Optional[str], ratio: Optional
             return "too_high", (f"the loss is flat ({drop:.0%} below its start) after a first step of update ratio "
                                 f"{ratio:.2g}: stuck")
         return "too_low", f"the loss is flat ({drop:.0%} below its start) and quiet (spread {evidence['noise']:.2f})"
+    if judged >= MIN_RISES_JUDGED and rose / judged > RISE_FRAC:
+        return "too_high", f"the smoothed loss rose in {rose} of {judged} intervals"
     return "unsure", ""
 
 
