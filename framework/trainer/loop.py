@@ -13,7 +13,6 @@ from torch.utils.data import DataLoader
 
 from framework import distributed, tasks
 from framework.schedules import LRPlan
-from framework.schedules.plan import group_momentum, momentum_key
 from framework.trainer.checkpointing import TrainerCheckpoint
 from framework.trainer.engine import StepEngine
 from framework.trainer.guard import Diverged, DivergenceGuard
@@ -22,9 +21,7 @@ from framework.trainer.rollback import Rollbacks
 from framework.trainer.signals import EarlyStops, StopSignals
 from framework.trainer.state import RunState
 from framework.trainer.steplog import StepLog, csv_log
-from framework.trainer.update_ratio import UpdateRatios, ratio_columns
-from framework.doctor.config import settings
-from framework.doctor.live import LiveDoctor
+from framework.trainer.records import StepRecords
 from framework.trainer.validation import Validation
 
 log = logging.getLogger(__name__)
@@ -35,7 +32,7 @@ def _run_state_view(name: str, doc: str) -> property:
     return property(lambda self: getattr(self.run_state, name), doc=doc)
 
 
-class Trainer(Rollbacks, EarlyStops, StepEngine):
+class Trainer(StepRecords, Rollbacks, EarlyStops, StepEngine):
     """Trains a model on its task (:mod:`framework.tasks`) with an exact, step-indexed LR plan.
 
     The steps themselves (accumulation, precision, clipping, Mixup / CutMix, data parallelism) are those of its
@@ -199,33 +196,12 @@ class Trainer(Rollbacks, EarlyStops, StepEngine):
                                             meta={"task": tasks.describe(self.task),
                                                   "classes": getattr(self.task, "classes", None)}, ema=self.ema,
                                             early_stopping=self.early_stopping if self.early_stopping.enabled else None)
-        group0 = optimizer.param_groups[0]
-        self.lr_doctor = settings(lr_doctor)  # trainer.lr_doctor with its defaults; None = off
-        self.update_ratios = UpdateRatios(optimizer, (self.lr_doctor or {}).get("update_ratio_every_n_steps", 0))
-        warn = self.lr_doctor is not None and self.lr_doctor["warn"] and self.is_main
-        self.doctor = LiveDoctor() if warn else None  # run.py gives it lr0=auto's record
-        columns = ["step", "epoch", "lr", *[f"lr/{n}" for n in self.group_names[1:]],
-                   *(["momentum"] if momentum_key(group0) else []), *(["d"] if "d" in group0 else []), "loss", "grad_norm",
-                   *(["clipped"] if self.clip is not None else []),
-                   *(ratio_columns(self.group_names) if self.update_ratios.every else [])]
         self.trackers = trackers if self.is_main else None  # rank 0 logs, as it writes the files
-        self.steplog = StepLog(self.run_dir / "steps.csv", columns, self.guard, self.world_size, self.is_main,
-                               self.trackers)
+        self.steplog = StepLog(self.run_dir / "steps.csv", self._step_columns(optimizer, lr_doctor), self.guard,
+                               self.world_size, self.is_main, self.trackers)
         self.steplog.on_read = self._rows_read
         self._d: Optional[float] = None  # Prodigy's d of group 0 for the step being taken (applied LR = d*lr)
         self._bar: Any = None  # the tqdm progress bar while fit() runs
-
-    def _rows_read(self, rows: list[dict[str, Any]]) -> None:
-        """Step rows just read from the device: clipped steps counted, the live LR doctor told."""
-        self.run_state.count_clipped(rows)
-        if self.doctor is not None:
-            self.doctor.observe(rows)
-
-    def _apply_lr(self) -> list[float]:
-        """Set every group's LR (and momentum) for step ``k`` through the plan, with the rollbacks'
-        back-off; returns the LRs. Prodigy's ``d`` of group 0 is read first: this step uses it."""
-        self._d = self.optimizer.param_groups[0].get("d")
-        return self.plan.apply(self.optimizer, self.run_state.global_step, self.run_state.lr_backoff)
 
     # -- checkpoints, stop signals ---------------------------------------------------------------
 
@@ -413,24 +389,3 @@ class Trainer(Rollbacks, EarlyStops, StepEngine):
         mean = (distributed.all_reduce_sum(epoch_loss) / max(rs.epoch_samples * self.world_size, 1)).item()
         rs.end_epoch()
         return mean
-
-    def _record(self, epoch: int, lrs: list[float], loss: torch.Tensor, norm: torch.Tensor,
-                clipped: Optional[torch.Tensor] = None, ratios: Optional[torch.Tensor] = None) -> None:
-        """Log applied step ``k`` (its LRs now; its loss, gradient norm, clip flag and update
-        ratios at the next check) and advance ``k``."""
-        k = self.run_state.global_step
-        row = {"step": k, "epoch": epoch, "lr": lrs[0], "momentum": group_momentum(self.optimizer.param_groups[0]),
-               "d": self._d, **{f"lr/{n}": v for n, v in zip(self.group_names[1:], lrs[1:])}}
-        self.steplog.add(row, loss, norm, clipped, ratios)
-        self.history["step"].append(k)
-        for name, value in zip(self.group_names, lrs):
-            self.history[name].append(value)
-        self.run_state.global_step = k = k + 1
-        last = self.steplog.last_loss
-        self._bar.set_postfix(({} if last is None else {"loss": f"{last:.4f}"}) | {"lr": f"{lrs[0]:.3g}"}, refresh=False)
-        self._bar.update(1)
-        if k % self.log_every == 0:
-            self.steplog.flush()
-            self._keep()
-        elif self.device.type == "cpu":  # no device to wait for: check every step (no file I/O), stop at once
-            self.steplog.check()
