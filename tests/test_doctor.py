@@ -329,3 +329,6 @@ def test_the_command_line_diagnoses_a_run_and_a_sweep(tmp_path, capsys):
     assert out[1].split()[:3] == ["0", "3", "completed"] and out[-1].startswith("lr0: too high at and above 3")
     assert main([str(tmp_path)]) == 2
     assert capsys.readouterr().err.startswith(f"error: {tmp_path}: neither a run folder (steps.csv) nor a sweep folder")
+    assert main([str(tmp_path / "gone")]) == 2
+    assert capsys.readouterr().err.startswith(f"error: {tmp_path / 'gone'}: no such folder; pass a run folder")
+    assert main([str(run / "steps.csv")]) == 0  # the file itself: its run folder

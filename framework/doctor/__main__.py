@@ -70,6 +70,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("-o", "--out", type=Path, help="the run's figure (default: <run folder>/lr_doctor.png)")
     args = parser.parse_args(argv)
     folder = Path(args.folder)
+    if folder.name == "steps.csv" and folder.is_file():  # the run's steps.csv itself: its folder
+        folder = folder.parent
+    if not folder.is_dir():
+        print(f"error: {folder}: no such folder; pass a run folder (with steps.csv) or a sweep folder "
+              "(with multirun.yaml)", file=sys.stderr)
+        return 2
     if (folder / "multirun.yaml").is_file():
         return _sweep(folder)
     if (folder / "steps.csv").is_file():
