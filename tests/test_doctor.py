@@ -56,18 +56,15 @@ def hand_ratios():
     return out
 
 
-def test_hand_ratios_of_the_first_step():
-    # step 0: residual -0.25 - 1 = -1.25, so dw = 0.25 * (1, 2), db = 0.25: ratios 2.5 and 5
-    assert hand_ratios()[0] == pytest.approx((0.25 * math.sqrt(5) / math.sqrt(0.05), 0.25 / 0.05))
-    assert hand_ratios()[0] == pytest.approx((2.5, 5.0))
-
-
 @pytest.mark.parametrize("every", [1, 2])
 def test_update_ratios_in_steps_csv_equal_the_hand_values(tmp_path, every):
     trainer = two_group_trainer(tmp_path, every)
     trainer.fit()
     rows = read_csv(tmp_path / "steps.csv")
     assert list(rows[0])[-2:] == ["update_ratio", "update_ratio/bias"]
+    # step 0 by hand: residual 0.1 - 0.4 + 0.05 - 1 = -1.25, so dw = 0.25 (1, 2), db = 0.25: ratios
+    # 0.25 sqrt(5) / sqrt(0.05) = 2.5 (weight) and 0.25 / 0.05 = 5 (bias)
+    assert (float(rows[0]["update_ratio"]), float(rows[0]["update_ratio/bias"])) == pytest.approx((2.5, 5.0), rel=1e-5)
     for k, (row, (weight, bias)) in enumerate(zip(rows, hand_ratios())):
         if k % every:
             assert row["update_ratio"] == row["update_ratio/bias"] == ""  # not sampled
@@ -332,3 +329,9 @@ def test_the_command_line_diagnoses_a_run_and_a_sweep(tmp_path, capsys):
     assert main([str(tmp_path / "gone")]) == 2
     assert capsys.readouterr().err.startswith(f"error: {tmp_path / 'gone'}: no such folder; pass a run folder")
     assert main([str(run / "steps.csv")]) == 0  # the file itself: its run folder
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "steps.csv").write_text("a,b\n1,2\n")
+    capsys.readouterr()
+    assert main([str(foreign)]) == 2
+    assert capsys.readouterr().err.startswith(f"error: {foreign / 'steps.csv'}: not a run's step log")

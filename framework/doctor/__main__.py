@@ -27,6 +27,10 @@ def _run(folder: Path, out: Optional[Path]) -> int:
     except FileNotFoundError as exc:  # a header and no row yet
         print(f"error: {exc}; diagnose it once it has trained a step", file=sys.stderr)
         return 2
+    except (KeyError, ValueError) as exc:  # not a steps.csv the framework wrote
+        print(f"error: {folder / 'steps.csv'}: not a run's step log (no readable {exc} column); pass a run folder "
+              "the framework wrote", file=sys.stderr)
+        return 2
     cell = verdict_cell(diagnosis["verdict"], diagnosis["factor"])
     print(f"{folder}: {cell}")
     print(f"  {diagnosis['reason']}")

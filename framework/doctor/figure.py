@@ -5,7 +5,7 @@ import math
 from pathlib import Path
 from typing import Any, Sequence
 
-from framework.doctor.signals import group_names, intervals, number
+from framework.doctor.signals import column, group_names, intervals, number
 
 
 def _num(value: Any) -> float:
@@ -48,10 +48,8 @@ def plot_diagnosis(rows: Sequence[dict[str, Any]], diagnosis: dict[str, Any], pa
     ax_loss.set_ylabel("train loss")
     ax_loss.legend(fontsize=8)
     for i, name in enumerate(names):
-        column = "lr" if i == 0 else f"lr/{name}"
-        ax_lr.plot(steps, [_num(r.get(column)) for r in rows], lw=1.2, label=name)
-        column = "update_ratio" if i == 0 else f"update_ratio/{name}"
-        sampled = [(k, _num(r.get(column))) for k, r in zip(steps, rows)]
+        ax_lr.plot(steps, [_num(r.get(column("lr", i, name))) for r in rows], lw=1.2, label=name)
+        sampled = [(k, _num(r.get(column("update_ratio", i, name)))) for k, r in zip(steps, rows)]
         sampled = [(k, v) for k, v in sampled if v > 0]
         if sampled:
             ax_ratio.plot(*zip(*sampled), marker=".", lw=0.8, label=name)

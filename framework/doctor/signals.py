@@ -87,7 +87,10 @@ def group_names(columns: Iterable[str]) -> list[str]:
     return names
 
 
-def _column(group: int, name: str, base: str) -> str:
+def column(base: str, group: int, name: str) -> str:
+    """``steps.csv``'s column of ``base`` (``lr``, ``update_ratio``) for param group number
+    ``group`` named ``name``: ``base`` for group 0 (the file does not name it), ``base/<name>``
+    for the others."""
     return base if group == 0 else f"{base}/{name}"
 
 
@@ -120,13 +123,13 @@ def intervals(rows: Sequence[dict[str, Any]], total_steps: int, groups: Optional
         losses = [v for v in losses if v is not None]
         if not losses:
             continue
-        lrs = {name: [number(r.get(_column(g, name, "lr"))) or 0.0 for r in chunk] for g, name in enumerate(groups)}
+        lrs = {name: [number(r.get(column("lr", g, name))) or 0.0 for r in chunk] for g, name in enumerate(groups)}
         norms = [v for v in (number(r.get("grad_norm")) for r in chunk) if v is not None]
         spikes = sum(reference is not None and v > SPIKE_MULT * reference for v in norms)
         norms_before += norms
         ratios = {}
         for g, name in enumerate(groups):
-            sampled = [v for v in (number(r.get(_column(g, name, "update_ratio"))) for r in chunk) if v is not None]
+            sampled = [v for v in (number(r.get(column("update_ratio", g, name))) for r in chunk) if v is not None]
             if sampled:
                 ratios[name] = median(sampled)
         finite = [v for v in losses if math.isfinite(v)]
@@ -153,6 +156,6 @@ def interval_rows(ivs: Sequence[Interval]) -> list[dict[str, Any]]:
                "loss_drop_per_lr": "" if before is None or not iv.lr_steps else (before.loss - iv.loss) / iv.lr_steps,
                "grad_spikes": iv.spikes}
         for j, name in enumerate(iv.lr):
-            row["update_ratio" if j == 0 else f"update_ratio/{name}"] = iv.update_ratio.get(name, "")
+            row[column("update_ratio", j, name)] = iv.update_ratio.get(name, "")
         out.append(row)
     return out

@@ -9,7 +9,7 @@ import math
 from statistics import median
 from typing import Any, Optional, Sequence
 
-from framework.doctor.signals import Interval, group_names, interval_steps, intervals, number
+from framework.doctor.signals import Interval, column, group_names, interval_steps, intervals, number
 
 #: The healthy band of the update-to-weight ratio ``‖Δw‖/‖w‖`` of the first optimizer step, at
 #: lr0, in log10 units. The first step's ratio is exactly proportional to the LR for SGD (with or
@@ -210,7 +210,7 @@ def _group_verdicts(rows: Sequence[dict[str, Any]], names: list[str], evidence: 
     """Verdicts of the groups whose base LR differs from group 0's, from their own first-step ratios."""
     if len(names) < 2 or not rows:
         return {}
-    peak = {n: base_lrs.get(n) or max((number(r.get("lr" if i == 0 else f"lr/{n}")) or 0.0) for r in rows)
+    peak = {n: base_lrs.get(n) or max((number(r.get(column("lr", i, n))) or 0.0) for r in rows)
             for i, n in enumerate(names)}
     out = {}
     for name in names[1:]:
@@ -230,8 +230,7 @@ def _evidence(rows: Sequence[dict[str, Any]], ivs: list[Interval], names: list[s
     rises = [b.loss > a.loss for a, b in zip(ivs, ivs[1:])]
     ratios = {}
     for i, name in enumerate(names):
-        ratio = first_ratio(rows, "update_ratio" if i == 0 else f"update_ratio/{name}",
-                            "lr" if i == 0 else f"lr/{name}", base_lrs.get(name))
+        ratio = first_ratio(rows, column("update_ratio", i, name), column("lr", i, name), base_lrs.get(name))
         if ratio is not None:
             ratios[name] = ratio
     end = ivs[-1].loss if ivs else None

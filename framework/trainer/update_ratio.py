@@ -5,6 +5,7 @@ from typing import Optional
 
 import torch
 
+from framework.doctor.signals import column
 from framework.trainer.steps import total_norm
 
 
@@ -62,4 +63,4 @@ class UpdateRatios:
 def ratio_columns(group_names: list[str]) -> list[str]:
     """``steps.csv``'s ratio columns: ``update_ratio`` (group 0), ``update_ratio/<group>`` (the
     others), as the ``lr`` columns are named."""
-    return ["update_ratio", *(f"update_ratio/{n}" for n in group_names[1:])]
+    return [column("update_ratio", i, n) for i, n in enumerate(group_names)]
