@@ -11,7 +11,8 @@ cross-entropy, backward, ``SGD.step`` with the same Nesterov momentum and weight
 ``conf/optimizer/sgd.yaml``). Samples per second exclude the framework's end-of-epoch evaluation
 (timed and subtracted); a 5-step warm-up run of each precedes the timed ones. Runs go in
 back-to-back pairs (alternating which goes first); the ratio is the median of the pairs' ratios,
-which a machine whose speed drifts between runs disturbs least. Each row also times, on its
+which a machine whose speed drifts between runs disturbs least; Python's garbage of the runs
+before is collected (``gc.collect()``) before each timed run, so that no run pays for another's. Each row also times, on its
 own, the one piece of tensor work the trainer adds per step (the total gradient norm of the
 divergence guard), as a share of a plain step: a figure the drift does not blur; and the LR doctor's
 work (the update ratios of a sampled step, one judgement of the run's rows) per step on average.
@@ -21,6 +22,7 @@ time of ``python train.py --cfg job``, import-to-first-step of a run, and peak m
 from __future__ import annotations
 
 import argparse
+import gc
 import resource
 import statistics
 import subprocess
@@ -33,9 +35,10 @@ sys.path.insert(0, str(ROOT))
 
 ROWS = {  # name: overrides (dataset and model)
     "small_cnn_digits": ["dataset=digits", "model=resnet10t"],
-    # 4096 synthetic images: the timed steps fall in one epoch, as in the plain loop (no evaluation between)
-    "resnet18": ["dataset=synthetic", "model=resnet18", "dataset.img_size=32", "dataset.train_size=4096"],
-    "vit_tiny": ["dataset=synthetic", "model=vit_tiny_patch16", "dataset.img_size=32", "dataset.train_size=4096"],
+    # synthetic images: as many as the timed steps take (at least 4096; framework_run sets dataset.train_size), so
+    # they fall in one epoch, as in the plain loop (no evaluation between)
+    "resnet18": ["dataset=synthetic", "model=resnet18", "dataset.img_size=32"],
+    "vit_tiny": ["dataset=synthetic", "model=vit_tiny_patch16", "dataset.img_size=32"],
 }
 
 
@@ -54,6 +57,8 @@ def framework_run(overrides: list[str], steps: int, batch: int, out: Path,
     args = (*overrides, f"batch_size={batch}", f"max_steps={steps}", "epochs=1000", "device=auto",
             "trainer.progress_bar=false", "trainer.save_checkpoints=false", "warmup_epochs=0",
             "trainer.log_every_n_steps=50")
+    if "dataset=synthetic" in overrides:  # one epoch holds every timed step: no evaluation between them
+        args += (f"dataset.train_size={max(4096, steps * batch)}",)
     if loggers:
         args += (f"logger=[csv,{','.join(loggers)}]",)
     if "mlflow" in loggers:
@@ -219,10 +224,13 @@ def main() -> None:
         plain_run(trainer, 5, args.batch)
         for r in range(args.repeats):  # back-to-back pairs, alternating which goes first: drifts hit both
             if r % 2:
+                gc.collect()  # the garbage of earlier runs is collected before a timed run, not in it
                 plain.append(plain_run(trainer, args.steps, args.batch))
+            gc.collect()
             speed, trainer = framework_run(ROWS[name], args.steps, args.batch, out / f"{name}_{r}", loggers)
             fw.append(speed)
             if not r % 2:
+                gc.collect()
                 plain.append(plain_run(trainer, args.steps, args.batch))
             ratios.append(fw[-1] / plain[-1])
         step_ms = args.batch / statistics.median(plain) * 1e3

@@ -20,6 +20,11 @@ every trial, the report).
 
     python bench/lr_search_vs_grid.py --out /tmp/lsb --epochs 16     # both pairs, every search
     python bench/lr_search_vs_grid.py --pairs sgd --searches asha tpe --epochs 9
+    python bench/lr_search_vs_grid.py --out /tmp/lsb16 --epochs 16 --reuse-grid --searches ray_asha --seed 1
+
+``--seed N`` (default 0, the presets' and ``tune.seed``'s) reseeds every search's sampler
+(``hydra.sweeper.sampler.seed``, ``tune.seed``); a seed other than 0 keeps its results apart
+(``<search>_s<N>`` in the folder and in results.json), so the spread over seeds can be shown.
 
 One job after another on this machine's default device (``--jobs 2``: two trials at a time).
 """
@@ -78,6 +83,7 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=1, help="trials at a time (joblib launcher / Ray)")
     parser.add_argument("--out", type=Path, default=Path("/tmp/lr_search_bench"))
     parser.add_argument("--reuse-grid", action="store_true", help="take the grid from an earlier run into --out")
+    parser.add_argument("--seed", type=int, default=0, help="seed of every search's sampler (0: the presets')")
     args = parser.parse_args()
     py = sys.executable
     common = [f"epochs={args.epochs}", "trainer.progress_bar=false", "warmup_epochs=0"]
@@ -102,34 +108,36 @@ def main() -> None:
         print(f"{name} grid: best {grid_best:.4f} (lr0 {grid_run.get('lr0')}), {grid_steps} steps, {wall:.0f} s",
               flush=True)
         for search in args.searches:
-            out = base / search
+            tag = search if args.seed == 0 else f"{search}_s{args.seed}"
+            out = base / tag
             if out.exists():  # a search run again replaces its folder
                 shutil.rmtree(out)
             if search in ("asha", "tpe", "evolve"):
                 wall = run([py, "train.py", "-m", *pair, f"hparams_search=lr_{search}", *parallel,
-                            f"hydra.sweep.dir={out}"], base / f"{search}.log")
+                            f"hydra.sweeper.sampler.seed={args.seed}", f"hydra.sweep.dir={out}"], base / f"{tag}.log")
             elif search == "ray_asha":  # as many trials as the grid has points, args.jobs at a time on the cores
                 wall = run([py, "-m", "framework.tune", *pair, "tune.search=asha", "tune.num_samples=9",
-                            f"tune.cpus_per_trial={max(1, CORES // args.jobs)}", f"tune.dir={out}"], base / f"{search}.log")
+                            f"tune.cpus_per_trial={max(1, CORES // args.jobs)}", f"tune.seed={args.seed}",
+                            f"tune.dir={out}"], base / f"{tag}.log")
             else:  # PBT: a population of 4 trained together (one core each), lr0 perturbed every epoch
                 wall = run([py, "-m", "framework.tune", *pair, "tune.search=pbt", "tune.num_samples=4",
-                            "tune.cpus_per_trial=1", f"tune.dir={out}"], base / f"{search}.log")
+                            "tune.cpus_per_trial=1", f"tune.seed={args.seed}", f"tune.dir={out}"], base / f"{tag}.log")
             rows = trials(out)
             best, run_ = best_of(rows)
             steps = sum(r["steps"] for r in rows)
             entry = {"best": best, "of_grid": best / grid_best, "steps": steps, "steps_frac": steps / grid_steps,
                      "wall_s": wall, "wall_frac": wall / res["grid"]["wall_s"], "trials": len(rows),
                      "pruned": sum(r["status"] == "pruned" for r in rows), "best_lr0": run_.get("lr0")}
-            said = [line for line in (base / f"{search}.log").read_text().splitlines() if line.startswith("replay: ")]
+            said = [line for line in (base / f"{tag}.log").read_text().splitlines() if line.startswith("replay: ")]
             if search == "pbt" and said:  # the command framework.tune printed (the best trial's keys, its schedule)
-                replay = base / "pbt_replay"
+                replay = base / f"{tag}_replay"
                 command = shlex.split(said[-1][len("replay: "):])[1:]  # without "lrframe"
-                run([py, "train.py", *command, f"hydra.run.dir={replay}"], base / "pbt_replay.log")
+                run([py, "train.py", *command, f"hydra.run.dir={replay}"], base / f"{tag}_replay.log")
                 summary = json.loads((replay / "summary.json").read_text())
                 entry.update(replay_best=summary["objective"], replay_of_grid=summary["objective"] / grid_best,
                              replay_steps=summary["steps"])
-            res[search] = entry
-            print(f"{name} {search}: best {best:.4f} = {entry['of_grid']:.3f} of grid, {steps} steps = "
+            res[tag] = entry
+            print(f"{name} {tag}: best {best:.4f} = {entry['of_grid']:.3f} of grid, {steps} steps = "
                   f"{entry['steps_frac']:.1%}, {wall:.0f} s = {entry['wall_frac']:.1%}, {entry['pruned']}/{len(rows)} "
                   f"pruned" + (f", replay {entry['replay_of_grid']:.3f} of grid" if "replay_best" in entry else ""),
                   flush=True)

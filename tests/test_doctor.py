@@ -283,6 +283,48 @@ def test_a_run_records_its_diagnosis_and_prints_it(tmp_path, capsys):
     assert float(table[1]["loss"]) == pytest.approx(sum(float(r["loss"]) for r in steps[5:10]) / 5)
 
 
+def test_after_a_real_lr0_auto_run_the_live_warning_names_the_other_suggestions(tmp_path, monkeypatch, caplog):
+    # the whole path: the range test of lr0=auto, the run, the live doctor. The band's centre is moved to 10^-3
+    # (healthy 10^-3.75 .. 10^-2.25) so that the chosen lr0 on this tiny task reads as too high
+    import functools
+
+    from framework.doctor import live, verdict
+
+    monkeypatch.setattr(live, "diagnose", functools.partial(verdict.diagnose, ratio_center_log10=-3.0))
+    with caplog.at_level(logging.WARNING, logger="framework.doctor"):
+        train_in_process(tmp_path, *TINY, "device=cpu", "epochs=4", "warmup_epochs=0", "lr_finder.num_steps=30",
+                         "lr_finder.start_lr=0.01", "lr_finder.end_lr=100", "lr0=auto")
+    record = json.loads((tmp_path / "summary.json").read_text())["lr0_auto"]
+    steps = read_csv(tmp_path / "steps.csv")
+    assert float(steps[0]["lr"]) == record["lr0"] == record["suggestions"][record["chosen"]]
+    ratio = float(steps[0]["update_ratio"])  # step 0 runs at lr0: its ratio is the one judged
+    assert math.log10(ratio) > -3.0 + 0.75  # above the moved band: too high
+    lower = [f"{name} {lr:.3g}" for name, lr in record["suggestions"].items() if lr < record["lr0"]]
+    assert lower  # the range test suggested something lower than what it chose
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("LR doctor at step")]
+    assert len(said) == 1 and "the LR looks too high" in said[0]
+    assert said[0].endswith(f"; lr0=auto chose {record['chosen']} {record['lr0']:.3g}: the range test also "
+                            f"suggested {', '.join(lower)}")
+
+
+def test_the_live_warning_is_a_line_of_its_own_above_the_progress_bar(tmp_path):
+    # stdout (log lines) and stderr (the tqdm bar) into one stream, as a terminal shows them: the warning is
+    # written after the bar's line is cleared, never glued to its end ("...lr=0.521][2026-... LR doctor at")
+    import subprocess
+    import sys
+
+    from tests.helpers import HANG_GUARD_S, ROOT
+
+    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), *TINY, "epochs=4", "lr0=3",
+                           "trainer.progress_bar=true", f"hydra.run.dir={tmp_path}"], cwd=ROOT,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=HANG_GUARD_S)
+    assert proc.returncode == 0, proc.stdout[-2000:]
+    assert "step/s" in proc.stdout  # the bar was drawn
+    at = proc.stdout.index("LR doctor at step")
+    line_start = proc.stdout.rindex("[20", 0, at)  # the log line's timestamp
+    assert proc.stdout[line_start - 1] in "\r\n", repr(proc.stdout[line_start - 80:at])
+
+
 # -- config, sweep bracket --------------------------------------------------------------------------
 
 

@@ -33,6 +33,24 @@ SCHED_ARGS = {
 }
 
 
+def test_total_norm_hand_worked_and_against_vector_norm():
+    from framework.trainer.steps import total_norm
+
+    # by hand: |(3, 4)| = 5 with a second tensor (12,) -> sqrt(9 + 16 + 144) = 13
+    assert total_norm([torch.tensor([3.0, 4.0]), torch.tensor([[12.0]])]).item() == pytest.approx(13.0, rel=1e-7)
+    assert total_norm([torch.tensor([3.0, -4.0])], math.inf).item() == 4.0
+    assert total_norm([]).item() == 0.0
+    g = torch.Generator().manual_seed(0)
+    grads = [torch.randn(64, 3, 7, 7, generator=g), torch.randn(10, generator=g, dtype=torch.float64).float(),
+             torch.randn(8, 4, 3, 3, generator=g).to(memory_format=torch.channels_last)]  # the last one not contiguous
+    reference = torch.linalg.vector_norm(torch.cat([t.reshape(-1).double() for t in grads]))
+    assert total_norm(grads).item() == pytest.approx(reference.item(), rel=1e-6)
+    assert total_norm(grads[:2]).item() == pytest.approx(torch.linalg.vector_norm(
+        torch.cat([t.reshape(-1).double() for t in grads[:2]])).item(), rel=1e-6)
+    for bad in (float("nan"), float("inf")):
+        assert not math.isfinite(total_norm([grads[0], torch.tensor([1.0, bad])]).item())
+
+
 def test_group_sizes_hand_worked():
     assert group_sizes(1000, 64, 4) == [256, 256, 256, 232]
     assert group_sizes(256, 8, 4) == [32] * 8

@@ -63,9 +63,9 @@ def test_asha_stops_trials_by_its_rule_and_leaves_pruned_folders(ray_local, tmp_
     epochs = {i: read_csv(tune_dir / str(i) / "epochs.csv") for i in range(4)}
     # ASHA by hand (ray.tune.schedulers.async_hyperband._Bracket, one bracket, s = 0): rungs at
     # grace * rf^k for k < int(log(max_t / grace) / log(rf) + 1) = int(log2(3) + 1) = 2: epochs 1 and 2;
-    # a result at max_t = 3 epochs ends the trial. At a rung, a trial is stopped when its reward
-    # (-val/loss: mode min) is below the (1 - 1/rf) = 50% percentile of the rewards recorded there
-    # before it, then its reward is recorded.
+    # a result at max_t = 3 epochs ends the trial. At a rung (tune.asha_rule=top_k, the default), the
+    # (n+1)-th trial to get there goes on when at most k - 1 of the n rewards recorded before it beat its
+    # reward (-val/loss: mode min), k = max(1, floor((n + 1) / rf)); then its reward is recorded.
     recorded = {2: {}, 1: {}}
     stopped_at = {}
     for row in results_in_order(tune_dir):
@@ -79,7 +79,8 @@ def test_asha_stops_trials_by_its_rule_and_leaves_pruned_folders(ray_local, tmp_
             if t < milestone or trial in recorded[milestone]:
                 continue
             rewards = list(recorded[milestone].values())
-            if rewards and -logged < np.percentile(rewards, 50):
+            k = max(1, (len(rewards) + 1) // 2)
+            if sum(r > -logged for r in rewards) >= k:
                 stopped_at[trial] = t
             recorded[milestone][trial] = -logged
             break
@@ -96,6 +97,24 @@ def test_asha_stops_trials_by_its_rule_and_leaves_pruned_folders(ray_local, tmp_
             assert summary["status"] == "completed" and len(epochs[i]) == 3
     report = (tune_dir / "report.md").read_text()
     assert "pruned" in report and all(f"lr0={summaries[i]['lr0']!r}" in report for i in range(4))
+
+
+def test_the_top_k_asha_rule_by_hand_and_rays_own_percentile_rule():
+    from framework.search.ray_asha import asha_scheduler, top_k_cutoff
+
+    # eta = 4: the 5th trial at a rung must be the best of 5 (k = floor(5/4) = 1), the 8th among the best 2
+    assert top_k_cutoff([0.1, 0.1, 0.106, 0.272], 4) == 0.272
+    assert top_k_cutoff([0.5, 0.9, 0.7, 0.2, 0.8, 0.1, 0.6], 4) == 0.8  # k = floor(8/4) = 2: the second largest
+    assert top_k_cutoff([], 4) is None and top_k_cutoff([float("nan")], 4) is None  # the first goes on
+    assert top_k_cutoff([-2.0, -1.0], 2) == -1.0  # 3rd of rf 2: k = 1; rewards of mode min are negated losses
+    pytest.importorskip("ray.tune")
+    # Ray's percentile by hand: numpy's linear 75th percentile of (0.1, 0.1, 0.106, 0.272) sits at position
+    # 0.75 * 3 = 2.25 of the sorted values: 0.106 + 0.25 * (0.272 - 0.106) = 0.1475
+    for rule, expected in (("top_k", 0.272), ("percentile", 0.1475)):
+        scheduler = asha_scheduler(rule, time_attr="epochs_trained", max_t=16, grace_period=1, reduction_factor=4)
+        (bracket,) = scheduler._brackets
+        assert bracket.cutoff({"a": 0.1, "b": 0.1, "c": 0.106, "d": 0.272}) == pytest.approx(expected)
+        assert [m for m, _ in bracket._rungs] == [16, 4, 1]  # int(log(16 / 1) / log(4) + 1) = 3 rungs: 4^2, 4^1, 4^0
 
 
 def cosine_lr(lr0, k, total, lrf=0.01):

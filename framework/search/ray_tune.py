@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from framework.errors import ConfigError, exit_on_user_error, first_line, suggest
+from framework.search.ray_asha import ASHA_RULES
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,8 @@ __all__ = ["OPTIONS", "SEARCHES", "parse_args", "ray_domain", "task_objective", 
 #: ``tune.<key>`` defaults (units in the README's "Ray Tune" section).
 OPTIONS: dict[str, Any] = {"search": "asha", "num_samples": 8, "address": None, "cpus_per_trial": 1,
                            "gpus_per_trial": 0, "max_concurrent_trials": None, "grace_period": 1,
-                           "reduction_factor": 4, "perturbation_interval": 1, "seed": 0, "params": {}, "dir": None}
+                           "reduction_factor": 4, "asha_rule": "top_k", "perturbation_interval": 1, "seed": 0,
+                           "params": {}, "dir": None}
 #: ``tune.search`` values and the name of their scheduler in a pruned run's summary.
 SEARCHES = {"asha": "ASHA", "hyperband": "HyperBand", "pbt": "PBT"}
 #: The default search space: lr0 log-uniform on [1e-4, 1].
@@ -85,6 +87,8 @@ def _check(opts: dict[str, Any]) -> list[str]:
                          "must be a whole number of epochs >= 1, e.g. tune.grace_period=1"),
         "reduction_factor": (isinstance(opts["reduction_factor"], (int, float)) and opts["reduction_factor"] > 1,
                              "must be a number > 1 (keep 1/reduction_factor of the trials at each rung), e.g. 3"),
+        "asha_rule": (opts["asha_rule"] in ASHA_RULES, "use top_k (the best 1/reduction_factor of the trials at a "
+                                                     "rung go on: the ASHA paper, Optuna) or percentile (Ray's own)"),
         "perturbation_interval": (_whole(opts["perturbation_interval"], 1),
                                   "must be a whole number of epochs >= 1, e.g. tune.perturbation_interval=2"),
         "seed": (opts["seed"] is None or _whole(opts["seed"], 0), "must be a whole number >= 0 or null"),
@@ -231,14 +235,15 @@ def _scheduler(opts: dict[str, Any], space: Any, base: Any, epochs: int) -> tupl
     """Ray's scheduler for ``tune.search`` and the param space (Ray distributions, plus the
     starting values of the keys PBT perturbs that the space does not hold)."""
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler, HyperBandScheduler, PopulationBasedTraining
+    from ray.tune.schedulers import HyperBandScheduler, PopulationBasedTraining
 
+    from framework.search.ray_asha import asha_scheduler
     from framework.search.ray_trial import TIME_ATTR
 
     param_space = {k: ray_domain(d) for k, d in space.distributions.items()}
     if opts["search"] == "asha":
-        return ASHAScheduler(time_attr=TIME_ATTR, max_t=epochs, grace_period=opts["grace_period"],
-                             reduction_factor=opts["reduction_factor"]), param_space
+        return asha_scheduler(opts["asha_rule"], time_attr=TIME_ATTR, max_t=epochs, grace_period=opts["grace_period"],
+                              reduction_factor=opts["reduction_factor"]), param_space
     if opts["search"] == "hyperband":
         return HyperBandScheduler(time_attr=TIME_ATTR, max_t=epochs,
                                   reduction_factor=opts["reduction_factor"]), param_space

@@ -1,6 +1,7 @@
 """The training loop: owns the step index ``k`` and applies the LR plan before every step."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import sys
@@ -258,6 +259,7 @@ class Trainer(StepRecords, Rollbacks, EarlyStops, StepEngine):
                 it are written and no checkpoint is saved after it.
         """
         from tqdm.auto import tqdm
+        from tqdm.contrib.logging import logging_redirect_tqdm
 
         rs = self.run_state
         T = self.plan.total_steps
@@ -282,6 +284,9 @@ class Trainer(StepRecords, Rollbacks, EarlyStops, StepEngine):
         if self.guard.policy == "rollback" and rs.global_step == 0:  # snapshots copy the weights: only when used
             self.guard.keep(self.state_dict(), trusted=True)
         together = True  # every rank reaches the final flush at the same step (no error on one rank)
+        console = contextlib.ExitStack()
+        if not self._bar.disable:  # log lines (the LR doctor's warning...) go above the bar, not into its line
+            console.enter_context(logging_redirect_tqdm())
         try:
             while True:
                 try:
@@ -305,6 +310,7 @@ class Trainer(StepRecords, Rollbacks, EarlyStops, StepEngine):
                 self.steplog.release(everything=True)  # the run is over: no rollback can undo a step
             finally:
                 self._bar.close()
+                console.close()
         self.signals.settle(self.stopped)
         if rs.skipped_steps:
             log.warning("%d optimizer steps skipped by the fp16 grad scaler: the LR plan stopped at step %d of %d",

@@ -19,10 +19,12 @@ class UpdateRatios:
     (``update_ratio`` for group 0, ``update_ratio/<group>`` for the others). A. Karpathy's
     "update:data ratio" (~1e-3 in training, "Building makemore Part 3", 2022) is the same figure.
 
-    Cost: on a sampled step a copy of the weights before the step, then one subtraction and two
-    norms after it (about five passes over the weights' memory, on the device, no host
-    synchronisation); nothing on the other steps. Every 10th step costs about half a gradient
-    norm per step on average.
+    Cost: on a sampled step a copy of the weights before the step, then one in-place subtraction
+    and two norms after it (about five passes over the weights' memory, on the device, no host
+    synchronisation); nothing on the other steps. The copy goes into buffers allocated at the first
+    sample and kept (memory: one copy of the trainable weights, the peak a fresh copy per sample
+    would reach anyway); a fresh 45 MB copy costs the CPU about 6x a copy into kept memory (page
+    faults: 11.5 ms against 1.9 ms, resnet18 on 2 cores).
 
     Args:
         optimizer: the run's optimizer (its ``param_groups``, in order).
@@ -31,7 +33,8 @@ class UpdateRatios:
 
     def __init__(self, optimizer: torch.optim.Optimizer, every_n_steps: int):
         self.optimizer, self.every = optimizer, int(every_n_steps)
-        self._before: Optional[list[list[torch.Tensor]]] = None
+        self._before: Optional[list[list[torch.Tensor]]] = None  # the copies of a sampled step
+        self._kept: Optional[list[list[torch.Tensor]]] = None  # the buffers, kept between samples
 
     def _groups(self) -> list[list[torch.Tensor]]:
         return [[p.detach() for p in g["params"] if p.requires_grad] for g in self.optimizer.param_groups]
@@ -40,7 +43,14 @@ class UpdateRatios:
         """Copy the weights when step ``k`` is sampled (call before ``optimizer.step()``)."""
         self._before = None
         if self.every > 0 and k % self.every == 0:
-            self._before = [[p.clone() for p in group] for group in self._groups()]
+            groups = self._groups()
+            if self._kept is None or [[(t.shape, t.dtype, t.device) for t in g] for g in self._kept] != \
+                    [[(p.shape, p.dtype, p.device) for p in g] for g in groups]:
+                self._kept = [[torch.empty_like(p) for p in group] for group in groups]
+            for copies, group in zip(self._kept, groups):
+                if group:
+                    torch._foreach_copy_(copies, group)
+            self._before = self._kept
 
     def after_step(self) -> Optional[torch.Tensor]:
         """The sampled step's ratios, shape ``(G,)`` on the device (NaN for a group without a
@@ -53,9 +63,9 @@ class UpdateRatios:
             if not now:
                 ratios.append(torch.full((), float("nan"), device=device))
                 continue
-            delta = torch._foreach_sub(now, before)
             weight = total_norm(before)
-            ratios.append(total_norm(delta) / torch.where(weight > 0, weight, torch.full_like(weight, float("nan"))))
+            torch._foreach_sub_(before, now)  # the copy becomes -delta: no second allocation
+            ratios.append(total_norm(before) / torch.where(weight > 0, weight, torch.full_like(weight, float("nan"))))
         self._before = None
         return torch.stack(ratios).float()
 
