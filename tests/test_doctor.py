@@ -308,8 +308,9 @@ def test_after_a_real_lr0_auto_run_the_live_warning_names_the_other_suggestions(
 
 
 def test_the_live_warning_is_a_line_of_its_own_above_the_progress_bar(tmp_path):
-    # stdout (log lines) and stderr (the tqdm bar) into one stream, as a terminal shows them: the warning is
-    # written after the bar's line is cleared, never glued to its end ("...lr=0.521][2026-... LR doctor at")
+    # stdout (log lines) and stderr (the tqdm bar) into one stream, unbuffered as a terminal shows them: the
+    # warning is written after the bar's line is cleared, never glued to its end ("...lr=0.521][2026-... LR doctor")
+    import os
     import subprocess
     import sys
 
@@ -317,6 +318,7 @@ def test_the_live_warning_is_a_line_of_its_own_above_the_progress_bar(tmp_path):
 
     proc = subprocess.run([sys.executable, str(ROOT / "train.py"), *TINY, "epochs=4", "lr0=3",
                            "trainer.progress_bar=true", f"hydra.run.dir={tmp_path}"], cwd=ROOT,
+                          env={**os.environ, "PYTHONUNBUFFERED": "1"},  # a terminal's stdout is line-buffered
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=HANG_GUARD_S)
     assert proc.returncode == 0, proc.stdout[-2000:]
     assert "step/s" in proc.stdout  # the bar was drawn

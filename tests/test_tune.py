@@ -107,14 +107,32 @@ def test_the_top_k_asha_rule_by_hand_and_rays_own_percentile_rule():
     assert top_k_cutoff([0.5, 0.9, 0.7, 0.2, 0.8, 0.1, 0.6], 4) == 0.8  # k = floor(8/4) = 2: the second largest
     assert top_k_cutoff([], 4) is None and top_k_cutoff([float("nan")], 4) is None  # the first goes on
     assert top_k_cutoff([-2.0, -1.0], 2) == -1.0  # 3rd of rf 2: k = 1; rewards of mode min are negated losses
+    nan = float("nan")  # NaN counts in n (7: the 8th trial, k = 2) and ranks below every number
+    assert top_k_cutoff([nan, nan, nan, nan, 0.2, 0.5, 0.9], 4) == 0.5
     pytest.importorskip("ray.tune")
+    from types import SimpleNamespace
+
     # Ray's percentile by hand: numpy's linear 75th percentile of (0.1, 0.1, 0.106, 0.272) sits at position
-    # 0.75 * 3 = 2.25 of the sorted values: 0.106 + 0.25 * (0.272 - 0.106) = 0.1475
-    for rule, expected in (("top_k", 0.272), ("percentile", 0.1475)):
+    # 0.75 * 3 = 2.25 of the sorted values: 0.106 + 0.25 * (0.272 - 0.106) = 0.1475. Then through Ray's own
+    # bookkeeping (_Bracket.on_result at the rung of 1 epoch): the first four go on under both rules (each at
+    # least as good as every one before it; ties go on), the fifth at 0.15 is stopped by top_k only
+
+    for rule, expected, fifth in (("top_k", 0.272, "STOP"), ("percentile", 0.1475, "CONTINUE")):
         scheduler = asha_scheduler(rule, time_attr="epochs_trained", max_t=16, grace_period=1, reduction_factor=4)
         (bracket,) = scheduler._brackets
         assert bracket.cutoff({"a": 0.1, "b": 0.1, "c": 0.106, "d": 0.272}) == pytest.approx(expected)
-        assert [m for m, _ in bracket._rungs] == [16, 4, 1]  # int(log(16 / 1) / log(4) + 1) = 3 rungs: 4^2, 4^1, 4^0
+        first = [bracket.on_result(SimpleNamespace(trial_id=t), 1, r) for t, r in zip("abcd", (0.1, 0.1, 0.106, 0.272))]
+        assert first == ["CONTINUE"] * 4
+        assert bracket.on_result(SimpleNamespace(trial_id="e"), 1, 0.15) == fifth
+    assert [m for m, _ in bracket._rungs] == [16, 4, 1]  # int(log(16 / 1) / log(4) + 1) = 3 rungs: 4^2, 4^1, 4^0
+
+
+def test_a_bad_asha_rule_is_one_line():
+    from framework.search.ray_tune import OPTIONS, _check
+
+    assert _check({**OPTIONS, "asha_rule": "median"}) == [
+        "tune.asha_rule=median: use top_k (the best 1/reduction_factor of the trials at a rung go on, as Optuna's) "
+        "or percentile (Ray's), e.g. tune.asha_rule=top_k"]
 
 
 def cosine_lr(lr0, k, total, lrf=0.01):

@@ -9,6 +9,7 @@ among all).
 """
 from __future__ import annotations
 
+import json
 import math
 import shlex
 import sys
@@ -17,7 +18,7 @@ from typing import Any, Optional
 
 from framework.errors import first_line
 
-__all__ = ["finish", "best_trial", "SCHEDULE_NAME"]
+__all__ = ["finish", "best_trial", "result_log", "SCHEDULE_NAME"]
 
 #: The file PBT's best LR trace is exported to, in the tune folder.
 SCHEDULE_NAME = "best_schedule.yaml"
@@ -173,3 +174,20 @@ def _export(tune_dir: Path, folder: Path, summary: dict[str, Any]) -> None:
     if changed:
         print(f"note: PBT also changed {', '.join(changed)} along the way; the schedule replays the LR only (the "
               "command above has their final values)", file=sys.stderr)
+
+
+def result_log(path: Path) -> Any:
+    """A Tune callback that appends each result, in the order the scheduler judged them, to
+    ``results.jsonl``: trial, epoch, epochs_trained, step and the reported metrics."""
+    from ray import tune
+
+    from framework.search.ray_trainable import trial_index
+
+    class ResultLog(tune.Callback):
+        def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+            keep = {k: v for k, v in result.items() if isinstance(v, (int, float, str)) and k not in ("config",)}
+            row = {"trial": trial_index(trial.trial_id), **{k: keep[k] for k in sorted(keep)}}
+            with open(path, "a") as f:
+                f.write(json.dumps(row, default=str) + "\n")
+
+    return ResultLog()

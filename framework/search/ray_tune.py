@@ -23,7 +23,6 @@ Tuning" (ASHA); Jaderberg et al. 2017, "Population Based Training of Neural Netw
 from __future__ import annotations
 
 import datetime
-import json
 import logging
 import os
 import random
@@ -87,8 +86,8 @@ def _check(opts: dict[str, Any]) -> list[str]:
                          "must be a whole number of epochs >= 1, e.g. tune.grace_period=1"),
         "reduction_factor": (isinstance(opts["reduction_factor"], (int, float)) and opts["reduction_factor"] > 1,
                              "must be a number > 1 (keep 1/reduction_factor of the trials at each rung), e.g. 3"),
-        "asha_rule": (opts["asha_rule"] in ASHA_RULES, "use top_k (the best 1/reduction_factor of the trials at a "
-                                                     "rung go on: the ASHA paper, Optuna) or percentile (Ray's own)"),
+        "asha_rule": (opts["asha_rule"] in ASHA_RULES, "use top_k (the best 1/reduction_factor of the trials at a rung "
+                                                     "go on, as Optuna's) or percentile (Ray's), e.g. tune.asha_rule=top_k"),
         "perturbation_interval": (_whole(opts["perturbation_interval"], 1),
                                   "must be a whole number of epochs >= 1, e.g. tune.perturbation_interval=2"),
         "seed": (opts["seed"] is None or _whole(opts["seed"], 0), "must be a whole number >= 0 or null"),
@@ -311,23 +310,6 @@ def _start_ray(opts: dict[str, Any]) -> bool:
     return started
 
 
-def _result_log(path: Path) -> Any:
-    """A Tune callback that appends each result, in the order the scheduler judged them, to
-    ``results.jsonl``: trial, epoch, epochs_trained, step and the reported metrics."""
-    from ray import tune
-
-    from framework.search.ray_trainable import trial_index
-
-    class ResultLog(tune.Callback):
-        def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
-            keep = {k: v for k, v in result.items() if isinstance(v, (int, float, str)) and k not in ("config",)}
-            row = {"trial": trial_index(trial.trial_id), **{k: keep[k] for k in sorted(keep)}}
-            with open(path, "a") as f:
-                f.write(json.dumps(row, default=str) + "\n")
-
-    return ResultLog()
-
-
 def main(argv: Optional[list[str]] = None) -> int:
     """``python -m framework.tune``: check the command line, run the search, report; the exit
     status: 0, 1 when some trial failed (an error, not a pruned or diverged run), 2 for a
@@ -347,7 +329,7 @@ def _run(opts: dict[str, Any], space: Any, base: Any, epochs: int, config_dir: O
     from ray import tune
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
-    from framework.search.ray_results import finish
+    from framework.search.ray_results import finish, result_log
     from framework.search.ray_trainable import LRTrainable, TrialSpec, trial_index
 
     monitor, mode = task_objective(base)
@@ -390,7 +372,7 @@ def _run(opts: dict[str, Any], space: Any, base: Any, epochs: int, config_dir: O
             run_config=tune.RunConfig(
                 name="ray", storage_path=str(tune_dir), verbose=1,
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=keep, checkpoint_at_end=False),
-                callbacks=[_result_log(tune_dir / "results.jsonl")]))
+                callbacks=[result_log(tune_dir / "results.jsonl")]))
         results = tuner.fit()
     finally:
         if started:

@@ -284,9 +284,10 @@ class Trainer(StepRecords, Rollbacks, EarlyStops, StepEngine):
         if self.guard.policy == "rollback" and rs.global_step == 0:  # snapshots copy the weights: only when used
             self.guard.keep(self.state_dict(), trusted=True)
         together = True  # every rank reaches the final flush at the same step (no error on one rank)
-        console = contextlib.ExitStack()
+        console = contextlib.ExitStack()  # undone last: the bar closes first, then the log handlers are back
         if not self._bar.disable:  # log lines (the LR doctor's warning...) go above the bar, not into its line
-            console.enter_context(logging_redirect_tqdm())
+            console.enter_context(logging_redirect_tqdm(tqdm_class=tqdm))
+        console.callback(self._bar.close)
         try:
             while True:
                 try:
@@ -309,7 +310,6 @@ class Trainer(StepRecords, Rollbacks, EarlyStops, StepEngine):
                 self.steplog.flush(reduce=together or self.world_size == 1)
                 self.steplog.release(everything=True)  # the run is over: no rollback can undo a step
             finally:
-                self._bar.close()
                 console.close()
         self.signals.settle(self.stopped)
         if rs.skipped_steps:
