@@ -204,15 +204,16 @@ def rerun_overrides(overrides: list[str]) -> list[str]:
                                                       "hydra.output_subdir=", f"{SEARCH_KEY}="))]
 
 
-def continue_command(overrides: list[str], run_dir: Path) -> str:
+def continue_command(overrides: list[str], run_dir: Path, installed: bool = False) -> str:
     """The command that continues this run: ``python <this script>`` (as run, relative to the
     current folder when it lies below it), ``lrframe`` (the installed command; ``python -m
-    framework`` as such), or torchrun with the same processes (``--standalone`` on one machine;
+    framework`` as such, and ``installed=True``: a process some other program started, such as a
+    Ray Tune worker), or torchrun with the same processes (``--standalone`` on one machine;
     several machines: the same ``--nnodes`` plus the user's own rendezvous arguments), the run's
     overrides (quoted for the shell where needed: ``'logger=[csv,mlflow]'``) and ``resume=<run_dir>``."""
     import shlex
 
-    argv0 = sys.argv[0] if sys.argv else ""
+    argv0 = "" if installed or not sys.argv else sys.argv[0]
     script: Optional[Path] = Path(argv0) if argv0.endswith(".py") and Path(argv0).name != "__main__.py" else None
     if script is not None and script.is_absolute() and script.resolve().is_relative_to(Path.cwd().resolve()):
         script = script.resolve().relative_to(Path.cwd().resolve())  # as typed from here: train.py

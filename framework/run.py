@@ -177,6 +177,14 @@ def _log_lr_facts(cfg: DictConfig, built: Any) -> None:
         log.info("base LR per group: %s", ", ".join(f"{n} {v:.4g}" for n, v in built.base_lrs.items()))
 
 
+def _continue(summary: dict[str, Any], overrides: list[str], run_dir: Path) -> str:
+    """:func:`~framework.resume.continue_command` of this run: a Ray Tune trial (its summary has a
+    ``tune`` block) runs in Ray's worker process with its overrides in the summary, so its command is
+    ``lrframe <the trial's overrides> resume=<folder>``."""
+    trial = summary.get("tune") is not None
+    return continue_command(list(summary.get("overrides") or []) if trial else overrides, run_dir, installed=trial)
+
+
 def _fit(trainer: Any, summary: dict[str, Any], cfg: DictConfig, overrides: list[str], start: float) -> float:
     """Train, then complete ``summary.json`` however it ended and say so; the objective."""
     from framework.trainer import Diverged
@@ -218,14 +226,14 @@ def _fit(trainer: Any, summary: dict[str, Any], cfg: DictConfig, overrides: list
             if trainer.trackers:  # after summary.json and lr.png exist: they are artifacts
                 trainer.trackers.finish(summary)
             if ended is not None:
-                say_how_it_ended(ended, summary, unwritten is None, trainer, continue_command(overrides, run_dir))
+                say_how_it_ended(ended, summary, unwritten is None, trainer, _continue(summary, overrides, run_dir))
     if unwritten is not None:  # trained, but its record is missing: not a success
         raise unwritten
     if distributed.is_main():
         print_table(summary)
         if summary["status"] in ("stopped", "pruned"):
             print(f"{summary['status']} at step {summary['steps']} of {summary['planned_steps']}; continue with: "
-                  f"{continue_command(overrides, run_dir)}")
+                  f"{_continue(summary, overrides, run_dir)}")
     late = interrupts.take_pending() or trainer.late_signal
     if summary.get("stop_reason") in ("SIGTERM", "SIGINT") and _in_sweep():
         interrupts.hold(summary["stop_reason"])  # the sweep's next job does not start

@@ -172,3 +172,15 @@ def test_the_continue_command_names_the_program_that_ran_and_quotes_for_the_shel
     monkeypatch.setattr(sys, "argv", [argv0])
     assert continue_command(["logger=[csv,mlflow]", "lr0=0.1", "trainer.stop_after_steps=5"], Path("/runs/a b")) == (
         f"{start} 'logger=[csv,mlflow]' lr0=0.1 'resume=/runs/a b'")
+
+
+def test_a_ray_trials_continue_command_is_lrframe_with_the_trials_own_overrides(monkeypatch):
+    # a Ray Tune trial runs in Ray's worker process (argv[0] is Ray's script) and Hydra gave it no overrides:
+    # the command is the installed one with the trial's overrides from its summary
+    from framework.run import _continue
+
+    monkeypatch.setattr(sys, "argv", ["/venv/lib/python3.11/site-packages/ray/_private/workers/default_worker.py"])
+    summary = {"tune": {"trial": 3}, "overrides": ["+debug=tiny", "epochs=3", "lr0=0.0001164"]}
+    assert _continue(summary, [], Path("/t/3")) == "lrframe +debug=tiny epochs=3 lr0=0.0001164 resume=/t/3"
+    monkeypatch.setattr(sys, "argv", ["train.py"])  # not a trial: the program that ran, Hydra's overrides
+    assert _continue({"overrides": ["lr0=0.1"]}, ["lr0=0.1"], Path("/r")) == "python train.py lr0=0.1 resume=/r"
