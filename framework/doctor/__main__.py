@@ -62,7 +62,8 @@ def _sweep(folder: Path) -> int:
         lr0 = summary.get("lr0") if summary else None
         jobs.append((lr0 if isinstance(lr0, (int, float)) else None, verdict))
         cell = verdict_cell(verdict, diagnosis["factor"] if diagnosis else None)
-        print(f"{job.name:>4}  {lr0 if lr0 is not None else '-':>10}  {summary.get('status', '-'):10}  "
+        shown = f"{lr0:.4g}" if isinstance(lr0, (int, float)) else "-"  # 0.0001164422375176788 would overflow
+        print(f"{job.name:>4}  {shown:>10}  {summary.get('status', '-'):10}  "
               f"{cell:20}  {diagnosis['reason'] if diagnosis else 'no steps.csv'}")
     print(bracket_line(bracket(jobs)))
     return 0
