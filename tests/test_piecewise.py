@@ -78,6 +78,60 @@ def test_breakpoints_interpolate_linearly_and_hold_the_last_lr_in_every_group(tm
             assert lrs[name][k] == pytest.approx(ratio * value, rel=1e-12, abs=0), (k, name)
 
 
+#: 2 epochs of 4 steps (T = 8): the LR held, the momentum per step, the weight decay from steps 0, 3, 6.
+MOMENTA = [0.9, 0.9, 0.85, 0.85, 0.8, 0.8, 0.95, 0.95]
+WITH_MOMENTUM = ("lr: [" + ", ".join(["0.05"] * 8) + "]\nmomentum: [" + ", ".join(map(str, MOMENTA)) + "]\n"
+                 "weight_decay: [[0, 0.0005], [3, 0.002], [6, 0.0]]\n")
+#: The weight decay of the groups that decay at each step k = 0..7, by hand from the pairs.
+DECAY_BY_HAND = [0.0005] * 3 + [0.002] * 3 + [0.0] * 2
+
+
+def test_the_files_momentum_and_weight_decay_apply_step_by_step(tmp_path):
+    """The plan sets every group's momentum to momentum[k] and the decaying groups' weight decay
+    to the pair in force at k (the no-decay groups keep 0); a run logs both in steps.csv."""
+    path = write(tmp_path / "m.yaml", WITH_MOMENTUM)
+    built = build_run(tmp_path / "run", *TINY, *GROUPS, "epochs=2", "scheduler=piecewise", f"scheduler.path={path}")
+    optimizer = built.trainer.optimizer
+    assert built.plan.sets_momentum and built.plan.sets_weight_decay
+    for k in range(8):
+        built.plan.apply(optimizer, k)
+        for group in optimizer.param_groups:
+            assert group["momentum"] == MOMENTA[k], (k, group["name"])
+            decays = group["name"] in ("decay", "head")
+            assert group["weight_decay"] == (DECAY_BY_HAND[k] if decays else 0.0), (k, group["name"])
+    train_in_process(tmp_path / "replay", *TINY, *GROUPS, "epochs=2", "scheduler=piecewise", f"scheduler.path={path}")
+    rows = read_csv(tmp_path / "replay" / "steps.csv")
+    assert [float(r["momentum"]) for r in rows] == MOMENTA
+    assert [float(r["weight_decay"]) for r in rows] == DECAY_BY_HAND
+    assert [float(r["lr"]) for r in rows] == [0.05] * 8
+
+
+def test_a_momentum_trace_shorter_than_the_run_is_refused(tmp_path):
+    path = write(tmp_path / "m.yaml", "lr: [" + ", ".join(["0.05"] * 8) + "]\nmomentum: [0.9, 0.8]\n")
+    with pytest.raises(ConfigError, match="holds the momentum of 2 optimizer steps, but this run has 8"):
+        build_plan(validate(compose_cfg(*TINY, "epochs=2", "scheduler=piecewise", f"scheduler.path={path}")), 4)
+
+
+def test_the_exporter_writes_a_changed_momentum_and_the_lineages_weight_decay(tmp_path):
+    """steps.csv's momentum varies: written per step; summary.json's PBT lineage has weight decay
+    5e-4 from step 0, 5e-4 from step 2 (the same: no new pair) and 1e-3 from step 3."""
+    write(tmp_path / "steps.csv", "step,epoch,lr,momentum,loss\n0,0,0.1,0.9,2\n1,0,0.1,0.9,2\n2,0,0.08,0.72,2\n"
+                                  "3,1,0.08,0.864,2\n4,1,0.07,0.864,2\n")
+    lineage = [{"trial": 0, "from_step": 0, "to_step": 2, "params": {"lr0": 0.1, "optimizer.weight_decay": 5e-4}},
+               {"trial": 1, "from_step": 2, "to_step": 3, "params": {"lr0": 0.08, "optimizer.weight_decay": 5e-4}},
+               {"trial": 0, "from_step": 3, "to_step": None, "params": {"lr0": 0.08, "optimizer.weight_decay": 1e-3}}]
+    write(tmp_path / "summary.json", json.dumps({"status": "completed", "tune": {"lineage": lineage}}))
+    trace = load_trace(export_schedule(tmp_path, tmp_path / "s.yaml"))
+    assert trace.momenta == (0.9, 0.9, 0.72, 0.864, 0.864)
+    assert trace.weight_decays == ((0, 5e-4), (3, 1e-3))
+    assert [trace.weight_decay(k) for k in range(5)] == [5e-4, 5e-4, 5e-4, 1e-3, 1e-3]
+    # a momentum that never changed and no lineage: neither is written (the optimizer's own applies)
+    write(tmp_path / "steps.csv", "step,epoch,lr,momentum,loss\n0,0,0.1,0.9,2\n1,0,0.1,0.9,2\n")
+    (tmp_path / "summary.json").unlink()
+    text = export_schedule(tmp_path, tmp_path / "s2.yaml").read_text()
+    assert "\nmomentum:" not in text and "\nweight_decay:" not in text
+
+
 def test_a_json_list_longer_than_the_run_replays_its_first_steps(tmp_path, caplog):
     path = write(tmp_path / "trace.json", json.dumps({"lr": [0.1 / (k + 1) for k in range(10)]}))
     plan = build_plan(validate(compose_cfg(*TINY, "epochs=2", "scheduler=piecewise", f"scheduler.path={path}")), 4)
@@ -114,6 +168,12 @@ FILE_ERRORS = [
     ("breakpoints: [[0, 0.1, 3]]\n", "breakpoints[0] = [0, 0.1, 3]: each breakpoint is [step, lr]"),
     ("breakpoints: [[0.5, 0.1]]\n", "breakpoints[0] = [0.5, 0.1]: each breakpoint is [step, lr]"),
     ("breakpoints: [[0, -1]]\n", "breakpoints[0] LR = -1: an LR must be finite and >= 0"),
+    ("lr: [0.1]\nmomentum: [1.2]\n", "momentum[0] = 1.2: a momentum must be in [0, 1); fix that value"),
+    ("lr: [0.1]\nmomentum: 0.9\n", "momentum must be a non-empty list (the momentum of every optimizer step)"),
+    ("lr: [0.1]\nweight_decay: [[2, 0.1]]\n", "the first weight_decay pair is at step 2; it must be at step 0"),
+    ("lr: [0.1]\nweight_decay: [[0, -1]]\n", "weight_decay[0] value = -1: a weight decay must be finite and >= 0"),
+    ("lr: [0.1]\nweight_decay: [[0, 0.1], [0, 0.2]]\n", "weight_decay pair steps must be strictly increasing"),
+    ("lr: [0.1]\nmomentun: [0.9]\n", "unknown key momentun (did you mean momentum?)"),
 ]
 
 

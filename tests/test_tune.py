@@ -171,9 +171,32 @@ def test_pbt_exploits_exact_checkpoints_and_exports_the_best_schedule(ray_local,
     assert restored, "no trial continued from another trial's checkpoint"
     done = {i: json.loads((tune_dir / str(i) / "summary.json").read_text()) for i in (0, 1)}
     best = min(done, key=lambda i: (done[i]["objective"], i))  # val/loss: lower is better
-    exported = yaml.safe_load((tune_dir / "best_schedule.yaml").read_text())["lr"]
-    assert exported == [float(r["lr"]) for r in read_csv(tune_dir / str(best) / "steps.csv")]
-    assert len(exported) == total
+    data = yaml.safe_load((tune_dir / "best_schedule.yaml").read_text())
+    rows = read_csv(tune_dir / str(best) / "steps.csv")
+    assert data["lr"] == [float(r["lr"]) for r in rows] and len(data["lr"]) == total
+    # PBT perturbed SGD's momentum and weight decay too: a restored trial's schedule holds the
+    # momentum of every step (steps.csv's column) and the weight decay from each lineage segment
+    # where it changed, and a replay from scratch applies the same LR, momentum and weight decay
+    from framework.schedules.piecewise import export_schedule, replay_command
+    from tests.helpers import train_in_process
+
+    moved = next(i for i in (0, 1) if len(done[i]["tune"]["lineage"]) > 1)
+    rows = read_csv(tune_dir / str(moved) / "steps.csv")
+    data = yaml.safe_load(export_schedule(tune_dir / str(moved), tmp_path / "moved.yaml").read_text())
+    momenta = [float(r["momentum"]) for r in rows]
+    pairs: list[list] = []
+    for seg in done[moved]["tune"]["lineage"]:
+        if not pairs or seg["params"]["optimizer.weight_decay"] != pairs[-1][1]:
+            pairs.append([seg["from_step"], seg["params"]["optimizer.weight_decay"]])
+    assert len(set(momenta)) > 1 and len(pairs) > 1, (momenta, pairs)  # (both perturbed at the exploit)
+    assert data["momentum"] == momenta and data["weight_decay"] == pairs
+    command = replay_command(done[moved], None, tmp_path / "moved.yaml").split()[2:]
+    train_in_process(tmp_path / "replay", *command)
+    again = read_csv(tmp_path / "replay" / "steps.csv")
+    assert [float(r["lr"]) for r in again] == pytest.approx(data["lr"], rel=1e-12, abs=0)
+    assert [float(r["momentum"]) for r in again] == momenta
+    assert [float(r["weight_decay"]) for r in again] == [next(wd for step, wd in reversed(pairs) if step <= k)
+                                                           for k in range(total)]
 
 
 def test_missing_ray_is_one_line(monkeypatch, capsys):

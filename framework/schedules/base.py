@@ -89,6 +89,10 @@ class Schedule:
         """Momentum (or beta1) to apply at unit ``t``; None = leave the optimizer's own."""
         return None
 
+    def weight_decay(self, t: int) -> Optional[float]:
+        """Weight decay to apply at unit ``t`` to the groups that decay; None = leave the optimizer's own."""
+        return None
+
 
 class Decay(Schedule):
     """Base of schedules that run once over the main phase and end at ``lrf`` exactly.

@@ -186,6 +186,8 @@ class LRPlan:
         self.offset = 0 if schedule.counts_warmup else W if interval == "step" else W // spe
         #: True when the plan prescribes the momentum (momentum warmup or a cycling schedule).
         self.sets_momentum = warmup_momentum is not None or schedule.momentum(0) is not None
+        #: True when the schedule prescribes the weight decay (a replayed PBT trace).
+        self.sets_weight_decay = schedule.weight_decay(0) is not None
 
     def unit(self, k: int) -> int:
         """Index ``t`` of step ``k`` in the main schedule (steps or epochs since warmup ended, or
@@ -243,10 +245,12 @@ class LRPlan:
         return target
 
     def apply(self, optimizer: Any, k: int, lr_backoff: float = 1.0) -> list[float]:
-        """Set every param group's LR (and momentum, when the plan prescribes it) for step ``k``.
+        """Set every param group's LR (and momentum, and weight decay, when the plan prescribes
+        them) for step ``k``.
 
         A group's base LR is its ``initial_lr`` (set from its ``lr`` the first time, as
-        PyTorch's ``LRScheduler`` does), its base momentum ``initial_momentum`` likewise.
+        PyTorch's ``LRScheduler`` does), its base momentum ``initial_momentum`` likewise. A
+        prescribed weight decay goes to the groups whose ``initial_weight_decay`` is > 0.
 
         Args:
             optimizer: a ``torch.optim.Optimizer``.
@@ -257,8 +261,11 @@ class LRPlan:
             The LR set in each group, in ``optimizer.param_groups`` order.
         """
         lrs = []
+        decay = self.schedule.weight_decay(self.unit(max(k, self.warmup_steps))) if self.sets_weight_decay else None
         for group in optimizer.param_groups:
             group.setdefault("initial_lr", group["lr"])
+            if decay is not None and group.setdefault("initial_weight_decay", group.get("weight_decay", 0.0)) > 0:
+                group["weight_decay"] = decay
             group["lr"] = self.group_lr(k, group, lr_backoff)
             lrs.append(group["lr"])
             key = momentum_key(group)
@@ -283,11 +290,16 @@ class LRPlan:
         """Refuse a plan that sets the momentum for an optimizer without one.
 
         Raises:
-            ConfigError: naming ``warmup_momentum`` (when set) or ``scheduler.cycle_momentum``.
+            ConfigError: naming ``warmup_momentum`` (when set), ``scheduler.path`` (a replayed
+                file with a momentum trace) or ``scheduler.cycle_momentum``.
         """
         if self.sets_momentum and momentum_key(optimizer.param_groups[0]) is None:
+            name = type(optimizer).__name__
+            if self.warmup_momentum is None and hasattr(self.schedule, "trace"):  # scheduler=piecewise
+                raise ConfigError(f"scheduler.path={self.schedule.path}: holds a momentum trace, but {name} has no "
+                                  "momentum or beta1 to set; replay it with the recorded optimizer, or remove momentum:")
             key = "warmup_momentum" if self.warmup_momentum is not None else "scheduler.cycle_momentum"
-            raise ConfigError(f"{key}: {type(optimizer).__name__} has no momentum or beta1 to set; use "
+            raise ConfigError(f"{key}: {name} has no momentum or beta1 to set; use "
                               "scheduler.cycle_momentum=false and warmup_momentum=null, or an optimizer with momentum")
 
     @property

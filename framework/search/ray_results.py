@@ -107,10 +107,14 @@ def _replay(best: Path, summary: dict[str, Any], out: Path) -> str:
     return "lrframe" + command[len("python train.py"):] if command.startswith("python train.py") else command
 
 
+#: Searched keys whose changes the exported schedule replays (the LR, its momentum and weight decay).
+REPLAYED = ("lr0", "optimizer.momentum", "optimizer.weight_decay")
+
+
 def _changed_besides_lr(summary: dict[str, Any]) -> list[str]:
-    """Searched keys other than ``lr0`` whose value changed along the trial's lineage (PBT)."""
+    """Searched keys other than :data:`REPLAYED` whose value changed along the trial's lineage (PBT)."""
     lineage = (summary.get("tune") or {}).get("lineage") or []
-    keys = {k for seg in lineage for k in (seg.get("params") or {}) if k != "lr0"}
+    keys = {k for seg in lineage for k in (seg.get("params") or {}) if k not in REPLAYED}
     return sorted(k for k in keys if len({repr((seg.get("params") or {}).get(k)) for seg in lineage}) > 1)
 
 
@@ -168,12 +172,17 @@ def _export(tune_dir: Path, folder: Path, summary: dict[str, Any]) -> None:
     path = " -> ".join(f"trial {seg['trial']} (steps {seg['from_step']}..{seg.get('to_step') or 'end'}, "
                        f"lr0 {seg['params'].get('lr0', '?'):.4g})" if isinstance(seg['params'].get('lr0'), float)
                        else f"trial {seg['trial']}" for seg in lineage)
-    print(f"best schedule: {out} (the LR applied at every step of trial {folder.name}: {path})", file=sys.stderr)
+    from framework.schedules.piecewise import load_trace
+
+    trace = load_trace(out)
+    extra = "".join(f", {name}" for name, held in (("momentum", trace.momenta), ("weight decay", trace.weight_decays))
+                    if held is not None)
+    print(f"best schedule: {out} (the LR{extra} applied at every step of trial {folder.name}: {path})", file=sys.stderr)
     print(f"replay: {_replay(folder, summary, out)}", file=sys.stderr)
     changed = _changed_besides_lr(summary)
     if changed:
-        print(f"note: PBT also changed {', '.join(changed)} along the way; the schedule replays the LR only (the "
-              "command above has their final values)", file=sys.stderr)
+        print(f"note: PBT also changed {', '.join(changed)} along the way; the schedule replays the LR, momentum and "
+              "weight decay only (the command above has their final values)", file=sys.stderr)
 
 
 def result_log(path: Path) -> Any:

@@ -21,15 +21,17 @@ class StepRecords:
     def _step_columns(self, optimizer: torch.optim.Optimizer, lr_doctor: Optional[dict[str, Any]]) -> list[str]:
         """Set up the LR doctor (``trainer.lr_doctor``: :attr:`lr_doctor` with its defaults,
         :attr:`update_ratios`, :attr:`doctor` on rank 0 with ``warn``) and return ``steps.csv``'s
-        header: ``step``, ``epoch``, ``lr``, ``lr/<group>``, ``momentum``, ``d`` (Prodigy),
-        ``loss``, ``grad_norm``, ``clipped`` (with clipping), ``update_ratio``... (with the ratios)."""
+        header: ``step``, ``epoch``, ``lr``, ``lr/<group>``, ``momentum``, ``weight_decay`` (when
+        the schedule sets it: a replayed PBT trace), ``d`` (Prodigy), ``loss``, ``grad_norm``,
+        ``clipped`` (with clipping), ``update_ratio``... (with the ratios)."""
         group0 = optimizer.param_groups[0]
         self.lr_doctor = settings(lr_doctor)  # None = off
         self.update_ratios = UpdateRatios(optimizer, (self.lr_doctor or {}).get("update_ratio_every_n_steps", 0))
         warn = self.lr_doctor is not None and self.lr_doctor["warn"] and self.is_main
         self.doctor = LiveDoctor() if warn else None  # run.py gives it lr0=auto's record
         return ["step", "epoch", "lr", *[f"lr/{n}" for n in self.group_names[1:]],
-                *(["momentum"] if momentum_key(group0) else []), *(["d"] if "d" in group0 else []), "loss",
+                *(["momentum"] if momentum_key(group0) else []),
+                *(["weight_decay"] if self.plan.sets_weight_decay else []), *(["d"] if "d" in group0 else []), "loss",
                 "grad_norm", *(["clipped"] if self.clip is not None else []),
                 *(ratio_columns(self.group_names) if self.update_ratios.every else [])]
 
@@ -50,8 +52,9 @@ class StepRecords:
         """Log applied step ``k`` (its LRs now; its loss, gradient norm, clip flag and update
         ratios at the next check) and advance ``k``."""
         k = self.run_state.global_step
-        row = {"step": k, "epoch": epoch, "lr": lrs[0], "momentum": group_momentum(self.optimizer.param_groups[0]),
-               "d": self._d, **{f"lr/{n}": v for n, v in zip(self.group_names[1:], lrs[1:])}}
+        group0 = self.optimizer.param_groups[0]
+        row = {"step": k, "epoch": epoch, "lr": lrs[0], "momentum": group_momentum(group0), "d": self._d,
+               "weight_decay": group0.get("weight_decay"), **{f"lr/{n}": v for n, v in zip(self.group_names[1:], lrs[1:])}}
         self.steplog.add(row, loss, norm, clipped, ratios)
         self.history["step"].append(k)
         for name, value in zip(self.group_names, lrs):

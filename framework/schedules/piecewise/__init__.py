@@ -5,7 +5,10 @@ formula gives. ``python -m framework.schedules.piecewise <run folder> -o best_sc
 writes the LR its first param group had at every optimizer step (``steps.csv``'s ``lr`` column),
 and ``python train.py scheduler=piecewise scheduler.path=best_schedule.yaml`` replays it, step for
 step (to float rounding, ~1e-16 relative), from scratch. A file may also hold
-``breakpoints: [[step, lr], ...]``, linear between them.
+``breakpoints: [[step, lr], ...]``, linear between them. Beside the LR it may hold the momentum
+of every step (``momentum: [m0, m1, ...]``, SGD ``momentum`` or Adam ``beta1``) and the weight
+decay (``weight_decay: [[step, wd], ...]``, each held until the next): the exporter writes them
+when the recorded run changed them (a PBT trial whose momentum and weight decay were perturbed).
 
 The file's LRs are absolute and apply as they are: the schedule divides them by the first
 group's base LR (``base_lr: ${optimizer.lr}``, i.e. ``lr0``), so ``lr0`` changes nothing and the
@@ -38,16 +41,29 @@ log = logging.getLogger(__name__)
 KEY = "scheduler.path"
 #: The two forms of a schedule file, as an example for messages.
 FORMS = "lr: [v0, v1, ...] (the LR of every optimizer step) or breakpoints: [[0, 0.1], [1000, 0.001]]"
+#: Keys a file may hold beside the LR.
+OPTIONAL = ("momentum", "weight_decay")
 _META = ("_target_", "_partial_", "_recursive_", "_convert_", "_args_")
 
 
 @dataclass(frozen=True)
 class Trace:
     """A schedule file's content: ``lrs[i]`` is the LR (absolute) of step ``steps[i]``; ``steps``
-    is None for a per-step list (``lrs[k]`` is step ``k``'s LR)."""
+    is None for a per-step list (``lrs[k]`` is step ``k``'s LR). ``momenta[k]`` is step ``k``'s
+    momentum (None: the optimizer's own); ``weight_decays`` holds ``(step, wd)`` pairs, each wd
+    applying from its step until the next pair's (None: the optimizer's own)."""
 
     lrs: tuple[float, ...]
     steps: Optional[tuple[int, ...]] = None
+    momenta: Optional[tuple[float, ...]] = None
+    weight_decays: Optional[tuple[tuple[int, float], ...]] = None
+
+    def weight_decay(self, k: int) -> Optional[float]:
+        """Weight decay of step ``k``: that of the last pair at or before ``k`` (None without pairs)."""
+        if self.weight_decays is None:
+            return None
+        i = bisect.bisect_right([s for s, _ in self.weight_decays], k) - 1
+        return self.weight_decays[max(i, 0)][1]
 
     def lr(self, k: int) -> float:
         """LR of optimizer step ``k``: ``lrs[k]``, or linear between the breakpoints around ``k``
@@ -93,47 +109,74 @@ def _parse(text: str, path: Path, shown: str) -> Any:
         raise ConfigError(f"{KEY}={shown}: YAML syntax error{where}: {problem}; fix that line") from None
 
 
-def _lr(value: Any, where: str, shown: str) -> float:
-    """``value`` as an LR: a finite number >= 0. Raises ConfigError naming ``where`` (``lr[3]``)."""
+def _lr(value: Any, where: str, shown: str, what: str = "an LR", high: float = math.inf,
+        example: str = "0.01") -> float:
+    """``value`` as an LR (or ``what``): a finite number in ``[0, high)``. Raises ConfigError naming
+    ``where`` (``lr[3]``)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigError(f"{KEY}={shown}: {where} = {value!r} is not a number; an LR is a number >= 0, e.g. 0.01")
-    if not (math.isfinite(value) and value >= 0):
-        raise ConfigError(f"{KEY}={shown}: {where} = {value!r}: an LR must be finite and >= 0; fix that value")
+        raise ConfigError(f"{KEY}={shown}: {where} = {value!r} is not a number; {what} is a number >= 0, e.g. {example}")
+    if not (math.isfinite(value) and 0 <= value < high):
+        bound = "finite and >= 0" if high == math.inf else f"in [0, {high:g})"
+        raise ConfigError(f"{KEY}={shown}: {where} = {value!r}: {what} must be {bound}; fix that value")
     return float(value)
 
 
-def _trace(data: Any, shown: str) -> Trace:
-    """Check a schedule file's data (:data:`FORMS`) and return its :class:`Trace`."""
-    if not isinstance(data, dict):
-        what = "nothing" if data is None else f"a {type(data).__name__}, {str(data)[:40]!r}"
-        raise ConfigError(f"{KEY}={shown}: holds {what}; it must hold exactly one of {FORMS}")
-    unknown = [str(k) for k in data if k not in ("lr", "breakpoints")]
-    if unknown:
-        raise ConfigError(f"{KEY}={shown}: unknown key {unknown[0]}{suggest(unknown[0], ['lr', 'breakpoints'])}; "
-                          f"it must hold exactly one of {FORMS}")
-    if len(data) != 1:
-        raise ConfigError(f"{KEY}={shown}: holds {'both lr and breakpoints' if data else 'neither lr nor breakpoints'}; "
-                          f"it must hold exactly one of {FORMS}")
-    (name, values), = data.items()
+def _pairs(values: Any, name: str, shown: str, check: Any, noun: str = "pair",
+           form: str = "[step, value]") -> tuple[list[int], list[float]]:
+    """``[[step, value], ...]`` checked: whole steps >= 0, strictly increasing, the first 0;
+    each value through ``check(value, where)``. Raises ConfigError naming ``name[i]``."""
     if not isinstance(values, list) or not values:
-        raise ConfigError(f"{KEY}={shown}: {name} must be a non-empty list; write {FORMS}")
-    if name == "lr":
-        return Trace(tuple(_lr(v, f"lr[{k}]", shown) for k, v in enumerate(values)))
-    steps, lrs = [], []
+        raise ConfigError(f"{KEY}={shown}: {name} must be a non-empty list of {form} pairs, e.g. [[0, 0.1]]")
+    steps, out = [], []
     for i, pair in enumerate(values):
         if not (isinstance(pair, list) and len(pair) == 2 and isinstance(pair[0], int)
                 and not isinstance(pair[0], bool) and pair[0] >= 0):
-            raise ConfigError(f"{KEY}={shown}: breakpoints[{i}] = {pair!r}: each breakpoint is [step, lr] with a whole "
+            raise ConfigError(f"{KEY}={shown}: {name}[{i}] = {pair!r}: each {noun} is {form} with a whole "
                               "step >= 0, e.g. [500, 0.01]")
         if steps and pair[0] <= steps[-1]:
-            raise ConfigError(f"{KEY}={shown}: breakpoint steps must be strictly increasing, but breakpoints[{i}] is at "
+            raise ConfigError(f"{KEY}={shown}: {noun} steps must be strictly increasing, but {name}[{i}] is at "
                               f"step {pair[0]} after step {steps[-1]}; fix the order")
         steps.append(pair[0])
-        lrs.append(_lr(pair[1], f"breakpoints[{i}] LR", shown))
+        out.append(check(pair[1], f"{name}[{i}] value"))
     if steps[0] != 0:
-        raise ConfigError(f"{KEY}={shown}: the first breakpoint is at step {steps[0]}; it must be at step 0 (the LR the "
-                          f"run starts with), e.g. [[0, {lrs[0]!r}], [{steps[0]}, {lrs[0]!r}], ...]")
-    return Trace(tuple(lrs), tuple(steps))
+        raise ConfigError(f"{KEY}={shown}: the first {noun} is at step {steps[0]}; it must be at step 0 (the "
+                          f"value the run starts with), e.g. [[0, {out[0]!r}], [{steps[0]}, {out[0]!r}], ...]")
+    return steps, out
+
+
+def _trace(data: Any, shown: str) -> Trace:
+    """Check a schedule file's data (:data:`FORMS`, and :data:`OPTIONAL`) and return its :class:`Trace`."""
+    if not isinstance(data, dict):
+        what = "nothing" if data is None else f"a {type(data).__name__}, {str(data)[:40]!r}"
+        raise ConfigError(f"{KEY}={shown}: holds {what}; it must hold exactly one of {FORMS}")
+    known = ["lr", "breakpoints", *OPTIONAL]
+    unknown = [str(k) for k in data if k not in known]
+    if unknown:
+        raise ConfigError(f"{KEY}={shown}: unknown key {unknown[0]}{suggest(unknown[0], known)}; "
+                          f"it must hold exactly one of {FORMS} (and may hold {', '.join(OPTIONAL)})")
+    forms = [k for k in data if k in ("lr", "breakpoints")]
+    if len(forms) != 1:
+        raise ConfigError(f"{KEY}={shown}: holds {'both lr and breakpoints' if forms else 'neither lr nor breakpoints'}; "
+                          f"it must hold exactly one of {FORMS}")
+    name, values = forms[0], data[forms[0]]
+    momenta = data.get("momentum")
+    if momenta is not None:
+        if not isinstance(momenta, list) or not momenta:
+            raise ConfigError(f"{KEY}={shown}: momentum must be a non-empty list (the momentum of every optimizer "
+                              "step), e.g. momentum: [0.9, 0.9, 0.85]")
+        momenta = tuple(_lr(v, f"momentum[{k}]", shown, "a momentum", 1.0, "0.9") for k, v in enumerate(momenta))
+    decays = data.get("weight_decay")
+    if decays is not None:
+        decays = tuple(zip(*_pairs(decays, "weight_decay", shown,
+                                   lambda v, where: _lr(v, where, shown, "a weight decay", example="0.0005"),
+                                   "weight_decay pair", "[step, wd]")))
+    if not isinstance(values, list) or not values:
+        raise ConfigError(f"{KEY}={shown}: {name} must be a non-empty list; write {FORMS}")
+    if name == "lr":
+        return Trace(tuple(_lr(v, f"lr[{k}]", shown) for k, v in enumerate(values)), None, momenta, decays)
+    steps, lrs = _pairs(values, "breakpoints", shown, lambda v, where: _lr(v, where.replace("value", "LR"), shown),
+                        "breakpoint", "[step, lr]")
+    return Trace(tuple(lrs), tuple(steps), momenta, decays)
 
 
 def load_trace(path: Any) -> Trace:
@@ -204,6 +247,9 @@ class Piecewise(Schedule):
     file's LR exactly (``base_lr * lr(t) / base_lr``, ~1e-16 relative) whatever ``lr0`` is, and
     every other group keeps its ratio to it (``optimizer.head_lr_mult``), as in the recorded run.
     Units are optimizer steps (``scheduler.interval=step``); the trace holds its own warmup.
+    A file's ``momentum`` (per step) and ``weight_decay`` (``[step, wd]`` pairs, held) are applied
+    as they are: the momentum (beta1) of every group, the weight decay of every group whose
+    configured weight decay is > 0 (the no-decay groups keep 0).
     Source: the run's ``steps.csv`` (:func:`export_schedule`), or breakpoints written by hand.
 
     Formula: m(t) = lr(t) / base_lr, lr(t) = lr[t] (per-step list), or v_i + (v_{i+1} - v_i) * (t - s_i) / (s_{i+1} - s_i) between breakpoints (s_i, v_i) and (s_{i+1}, v_{i+1}), v_last after the last
@@ -217,8 +263,8 @@ class Piecewise(Schedule):
         warmup_units: warmup steps (runtime); must be 0.
 
     Raises:
-        ConfigError: a bad file (:func:`load_trace`), a per-step list shorter than the run
-            (shorten it: ``max_steps``, ``epochs``; or give a longer trace), a warmup (set
+        ConfigError: a bad file (:func:`load_trace`), a per-step LR or momentum list shorter than
+            the run (shorten it: ``max_steps``, ``epochs``; or give a longer trace), a warmup (set
             ``warmup_epochs=0 warmup_steps=null``), or :func:`input_errors`.
     """
 
@@ -239,12 +285,24 @@ class Piecewise(Schedule):
                               f"shorten the run (max_steps={len(trace.lrs)}, or fewer epochs) or give a longer trace")
         if trace.steps is None and len(trace.lrs) > T:
             log.warning("%s=%s: holds %d steps; this run of %d replays the first %d", KEY, path, len(trace.lrs), T, T)
+        if trace.momenta is not None and len(trace.momenta) < T:
+            raise ConfigError(f"{KEY}={path}: holds the momentum of {len(trace.momenta)} optimizer steps, but this run "
+                              f"has {T}; give one per step (or remove momentum: the optimizer's own then applies)")
         self.path, self.base_lr = str(path), float(base_lr)
         #: The absolute LR of the first param group at every step of the run.
         self.lrs = [trace.lr(k) for k in range(T)]
+        self.trace = trace
 
     def __call__(self, t: int) -> float:
         return self.lrs[t] / self.base_lr
+
+    def momentum(self, t: int) -> Optional[float]:
+        """The file's momentum (or beta1) of step ``t``; None when it holds none."""
+        return None if self.trace.momenta is None else self.trace.momenta[t]
+
+    def weight_decay(self, t: int) -> Optional[float]:
+        """The file's weight decay of step ``t`` (held from its pair's step); None when it holds none."""
+        return self.trace.weight_decay(t)
 
     def __repr__(self) -> str:
         return f"Piecewise({self.path})"

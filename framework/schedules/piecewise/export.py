@@ -11,7 +11,7 @@ import math
 import re
 import shlex
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from framework.errors import ConfigError
 from framework.search import SEARCH_KEY
@@ -24,15 +24,20 @@ def _yaml_float(value: float) -> str:
     return text.replace("e", ".0e") if "e" in text and "." not in text else text
 
 
+#: ``steps.csv`` columns read besides the LRs: what a replay may also apply.
+EXTRA = ("momentum", "weight_decay")
+
+
 def read_steps(folder: Path) -> tuple[list[float], dict[str, list[float]], int]:
-    """The ``lr`` of every step of a run folder's ``steps.csv`` and of its other groups (``lr/<name>``).
+    """The ``lr`` of every step of a run folder's ``steps.csv``, of its other groups
+    (``lr/<name>``) and its ``momentum`` and ``weight_decay`` where it has those columns.
 
     Rows are keyed by ``step``; a step logged twice (a resume after a crash runs it again) keeps
     its last row. The steps must then be ``0 … T-1``, every one.
 
     Returns:
-        ``(lr, groups, replaced)``: the LR of step ``k`` at ``lr[k]``; each other group's LRs by
-        column name; how many rows a later row of the same step replaced.
+        ``(lr, columns, replaced)``: the LR of step ``k`` at ``lr[k]``; each other column's values
+        (``lr/<name>``, :data:`EXTRA`) by name; how many rows a later row of the same step replaced.
 
     Raises:
         ConfigError: no ``steps.csv``, no ``step`` / ``lr`` column, a value that is not a number
@@ -43,7 +48,7 @@ def read_steps(folder: Path) -> tuple[list[float], dict[str, list[float]], int]:
         raise ConfigError(f"{folder}: no steps.csv there; give a run folder (outputs/runs/<date>/<time>)")
     with open(path, newline="") as f:
         reader = csv.DictReader(f)
-        columns = [c for c in reader.fieldnames or [] if c == "lr" or c.startswith("lr/")]
+        columns = [c for c in reader.fieldnames or [] if c == "lr" or c.startswith("lr/") or c in EXTRA]
         if "step" not in (reader.fieldnames or []) or "lr" not in columns:
             raise ConfigError(f"{path}: has no step and lr columns; give the steps.csv of a run of this framework")
         rows: dict[int, dict[str, float]] = {}
@@ -130,6 +135,33 @@ def _ratios(lr: list[float], groups: dict[str, list[float]]) -> str:
     return ", ".join(parts) or "none (one param group)"
 
 
+def _momentum(values: Optional[list[float]]) -> Optional[list[float]]:
+    """The momentum of every step when it changed during the run (else None: the replay's
+    optimizer then keeps its configured one, which the replay command holds)."""
+    if not values or any(not math.isfinite(v) for v in values) or len(set(values)) == 1:
+        return None
+    return values
+
+
+def _weight_decays(values: Optional[list[float]], summary: dict[str, Any]) -> Optional[list[tuple[int, float]]]:
+    """``[(step, wd), ...]``, each weight decay from its step on, when it changed during the run:
+    from a ``weight_decay`` column (a replayed trace), else from a PBT trial's lineage
+    (``summary.json``'s ``tune.lineage``: the ``optimizer.weight_decay`` of each segment from its
+    ``from_step``). None when it stayed the same."""
+    if values and all(math.isfinite(v) for v in values):
+        pairs = [(k, v) for k, v in enumerate(values) if k == 0 or v != values[k - 1]]
+    else:
+        lineage = (summary.get("tune") or {}).get("lineage") or []
+        pairs = []
+        for seg in lineage:
+            value = (seg.get("params") or {}).get("optimizer.weight_decay")
+            if not isinstance(value, (int, float)) or isinstance(value, bool):
+                return None  # a segment without it: the trace would be incomplete
+            if not pairs or float(value) != pairs[-1][1]:
+                pairs.append((int(seg.get("from_step") or 0), float(value)))
+    return pairs if len(pairs) > 1 else None
+
+
 def export_schedule(source: Any, out_path: Any) -> Path:
     """Write the LR trace of a run folder as a schedule file that ``scheduler=piecewise`` replays.
 
@@ -138,6 +170,9 @@ def export_schedule(source: Any, out_path: Any) -> Path:
     reads back bit-identical), under a comment header: where it came from, the command that
     replays it, and the recorded config keys a replay must share (optimizer, batch size, param
     group ratios such as ``optimizer.head_lr_mult``, epochs: they fix ``T`` and the groups).
+    When the momentum changed during the run it also holds ``momentum:`` (``steps.csv``'s
+    ``momentum`` of every step), and when the weight decay did, ``weight_decay:`` (``[step, wd]``
+    pairs, :func:`_weight_decays`): a PBT trial's perturbed momentum and weight decay replay too.
 
     Args:
         source: the run folder (holds ``steps.csv``; ``summary.json`` and ``.hydra/`` are read
@@ -159,6 +194,7 @@ def export_schedule(source: Any, out_path: Any) -> Path:
                           "name the file .yaml, e.g. -o best_schedule.yaml")
     lr, groups, replaced = read_steps(folder)
     summary, config = recorded(folder)
+    momentum, decays = _momentum(groups.pop("momentum", None)), _weight_decays(groups.pop("weight_decay", None), summary)
     keys = " ".join(f"{k}={_value(config, k)}" for k in (
         "optimizer._target_", "optimizer.opt", "optimizer.head_lr_mult", "optimizer.head_prefix", "batch_size",
         "trainer.accumulate_grad_batches", "epochs", "max_steps", "dataset._target_", "model.name")
@@ -180,12 +216,20 @@ def export_schedule(source: Any, out_path: Any) -> Path:
         "# trainer.accumulate_grad_batches, processes, epochs / max_steps (or fewer steps), optimizer.head_lr_mult.",
         f"#   recorded: {keys or '(no .hydra/config.yaml)'}",
         f"#   overrides: {' '.join(summary.get('overrides') or []) or '(none recorded)'}",
+        *(["# momentum[k]: the momentum (beta1) applied at step k, as it changed during the run (steps.csv)."]
+          if momentum is not None else []),
+        *(["# weight_decay: [step, wd] from which each weight decay applied, as it changed during the run "
+           "(PBT's lineage)."] if decays is not None else []),
         "# Written by python -m framework.schedules.piecewise (framework.schedules.piecewise.export_schedule).",
     ]
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_file(out) as f:
         f.write("".join(" ".join(line.split("\n")) + "\n" for line in header))  # (an override with a newline: one line)
         f.write("lr:\n" + "".join(f"- {_yaml_float(v)}\n" for v in lr))
+        if momentum is not None:
+            f.write("momentum:\n" + "".join(f"- {_yaml_float(v)}\n" for v in momentum))
+        if decays is not None:
+            f.write("weight_decay:\n" + "".join(f"- [{k}, {_yaml_float(v)}]\n" for k, v in decays))
     return out
 
 
