@@ -44,6 +44,33 @@ def results_in_order(tune_dir):
     return [json.loads(line) for line in (tune_dir / "results.jsonl").read_text().splitlines()]
 
 
+def asha_stops(rows, epochs, monitor, sign, milestones, rf, max_t):
+    """ASHA's decisions worked out from the results in the order judged: ``{trial: epochs
+    trained when stopped}``. At a rung (the milestones in descending order, the first one reached
+    and not yet recorded), the (n+1)-th trial to get there goes on when at most k - 1 of the n
+    rewards recorded before it beat its reward (``sign * value``), k = max(1, floor((n + 1) / rf));
+    then its reward is recorded. Each reported value is checked against the run's ``epochs.csv``."""
+    recorded = {m: {} for m in milestones}
+    stopped_at = {}
+    for row in rows:
+        trial, t = row["trial"], row["epochs_trained"]
+        assert trial not in stopped_at, "a stopped trial reported again"
+        logged = float(epochs[trial][t - 1][monitor])  # the value the run wrote, not the reported copy
+        assert row[monitor] == logged and int(epochs[trial][t - 1]["epoch"]) == t - 1
+        if t >= max_t:
+            continue
+        for milestone in milestones:
+            if t < milestone or trial in recorded[milestone]:
+                continue
+            rewards = list(recorded[milestone].values())
+            k = max(1, (len(rewards) + 1) // rf)
+            if sum(r > sign * logged for r in rewards) >= k:
+                stopped_at[trial] = t
+            recorded[milestone][trial] = sign * logged
+            break
+    return stopped_at
+
+
 @pytest.mark.slow  # a Ray search (end-to-end)
 def test_asha_stops_trials_by_its_rule_and_leaves_pruned_folders(ray_local, tmp_path, monkeypatch):
     # the user's config folder composes (--config-dir): a task monitoring val/loss (min), so the
@@ -66,24 +93,7 @@ def test_asha_stops_trials_by_its_rule_and_leaves_pruned_folders(ray_local, tmp_
     # a result at max_t = 3 epochs ends the trial. At a rung (tune.asha_rule=top_k, the default), the
     # (n+1)-th trial to get there goes on when at most k - 1 of the n rewards recorded before it beat its
     # reward (-val/loss: mode min), k = max(1, floor((n + 1) / rf)); then its reward is recorded.
-    recorded = {2: {}, 1: {}}
-    stopped_at = {}
-    for row in results_in_order(tune_dir):
-        trial, t = row["trial"], row["epochs_trained"]
-        assert trial not in stopped_at, "a stopped trial reported again"
-        logged = float(epochs[trial][t - 1]["val/loss"])  # the value the run wrote, not the reported copy
-        assert row["val/loss"] == logged and int(epochs[trial][t - 1]["epoch"]) == t - 1
-        if t >= 3:
-            continue
-        for milestone in (2, 1):
-            if t < milestone or trial in recorded[milestone]:
-                continue
-            rewards = list(recorded[milestone].values())
-            k = max(1, (len(rewards) + 1) // 2)
-            if sum(r > -logged for r in rewards) >= k:
-                stopped_at[trial] = t
-            recorded[milestone][trial] = -logged
-            break
+    stopped_at = asha_stops(results_in_order(tune_dir), epochs, "val/loss", -1.0, milestones=(2, 1), rf=2, max_t=3)
     assert stopped_at, "the first two trials' order makes ASHA stop at least one of the last two"
     for i, summary in summaries.items():
         assert summary["objective_name"] == "val/loss" and "task=loss_min" in summary["overrides"]
@@ -291,3 +301,116 @@ def test_a_ctrl_c_leaves_running_trials_stopped_not_pruned(tmp_path):
     assert kept["status"] == "pruned" and kept["pruned"]["scheduler"] == "ASHA"  # Tune ended it: done
     assert stopped["status"] == "stopped" and stopped["stop_reason"] == "tune interrupted" and "pruned" not in stopped
     assert stopped["resume_with"] == f"resume={tmp_path / '1'}" and stopped["steps"] == 20
+
+
+# ---- tune.resume: the rest of an interrupted search ----
+
+def test_asha_rungs_are_refilled_from_results_jsonl():
+    """Rungs after 1, 2 and 4 epochs (max_t 4, grace 1, rf 2: k < int(log2(4) + 1)). By hand: rung 1 records a 0.5, b 0.4,
+    c 0.7 (b went on or not, it is recorded); rung 2 records a 0.6. A cut line and a row without
+    trial_id are skipped. Then b at 2 epochs with 0.55: k = max(1, floor(2 / 2)) = 1, a's 0.6 beats
+    it: STOP; with 0.65: CONTINUE."""
+    pytest.importorskip("ray")
+    from ray.tune.schedulers import TrialScheduler
+
+    from framework.search.ray_asha import asha_scheduler
+    from framework.search.ray_resume import _Seen, seed_asha
+
+    rows = [{"trial": 0, "trial_id": "a", "epochs_trained": 1, "val/acc": 0.5},
+            {"trial": 0, "trial_id": "a", "epochs_trained": 2, "val/acc": 0.6},
+            {"trial": 1, "trial_id": "b", "epochs_trained": 1, "val/acc": 0.4},
+            {"trial": 9, "epochs_trained": 1, "val/acc": 0.99},
+            {"trial": 2, "trial_id": "c", "epochs_trained": 1, "val/acc": 0.7}]
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "results.jsonl"
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"trial": 3, "trial_id": "d", "epo')
+
+        def seeded(mode):
+            scheduler = asha_scheduler("top_k", time_attr="epochs_trained", max_t=4, grace_period=1,
+                                       reduction_factor=2, metric="val/acc", mode=mode)
+            return scheduler, seed_asha(scheduler, path, "val/acc", mode, "epochs_trained")
+
+        scheduler, count = seeded("max")
+        assert count == 4
+        rungs = dict(scheduler._brackets[0]._rungs)
+        assert rungs == {4: {}, 2: {"a": 0.6}, 1: {"a": 0.5, "b": 0.4, "c": 0.7}}
+        assert scheduler._brackets[0].on_result(_Seen("b"), 2, 0.55) == TrialScheduler.STOP
+        assert seeded("max")[0]._brackets[0].on_result(_Seen("b"), 2, 0.65) == TrialScheduler.CONTINUE
+        # a metric to minimise is negated, as Ray's scheduler does
+        assert dict(seeded("min")[0]._brackets[0]._rungs)[2] == {"a": -0.6}
+        assert seed_asha(scheduler, Path(tmp) / "none.jsonl", "val/acc", "max", "epochs_trained") == 0
+
+
+def test_tune_resume_takes_the_recorded_command_and_refuses_in_one_line(tmp_path):
+    from framework.errors import ConfigError
+    from framework.search.ray_resume import resumed_command
+
+    folder = tmp_path / "t"
+    with pytest.raises(ConfigError, match=r"tune.resume=.*: continues the recorded search as it was; drop epochs=3"):
+        resumed_command([f"tune.resume={folder}", "epochs=3"], folder)
+    folder.mkdir()
+    with pytest.raises(ConfigError, match="no multirun.yaml there"):
+        resumed_command([f"tune.resume={folder}"], folder)
+    (folder / "multirun.yaml").write_text("epochs: 3\ntune:\n  search: asha\n")
+    with pytest.raises(ConfigError, match=r"does not hold the command line \(tune.argv\)"):
+        resumed_command([f"tune.resume={folder}"], folder)
+    (folder / "multirun.yaml").write_text(
+        "tune:\n  argv: ['+debug=tiny', 'lr0=tag(log, interval(1e-4, 1))', 'tune.dir=/old/place', "
+        f"'tune.address=auto', 'tune.num_samples=6']\n  cwd: {tmp_path}\n")
+    pytest.importorskip("ray")
+    with pytest.raises(ConfigError, match=r"Ray's state \(ray/tuner.pkl\) is not there"):
+        resumed_command([f"tune.resume={folder}"], folder)
+    (folder / "ray").mkdir()
+    (folder / "ray" / "tuner.pkl").write_bytes(b"")
+    argv, cwd = resumed_command([f"tune.resume={folder}", "tune.address=ray://head:10001"], folder)
+    assert argv == ["+debug=tiny", "lr0=tag(log, interval(1e-4, 1))", "tune.num_samples=6",
+                    "tune.address=ray://head:10001", f"tune.dir={folder}", f"tune.resume={folder}"]
+    assert cwd == str(tmp_path)
+    assert resumed_command([f"tune.resume={folder}"], folder)[0][3] == "tune.address=auto"
+
+
+@pytest.mark.long  # two Ray searches in subprocesses (about a minute)
+def test_an_interrupted_asha_search_resumes_where_it_stopped(tmp_path):
+    """Ctrl-C while the second of 4 trials trains (one at a time), then tune.resume: the first
+    trial's folder is untouched, the second continues from its last epoch, the others run, and
+    every ASHA decision, over the results of both parts, follows the top-k rule."""
+    import signal
+    import time
+
+    tune_dir = tmp_path / "t"
+    argv = [*TINY, "epochs=4", "tune.num_samples=4", "tune.reduction_factor=2", "tune.cpus_per_trial=2",
+            f"tune.dir={tune_dir}"]
+    proc = subprocess.Popen([sys.executable, "-m", "framework.tune", *argv], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + HANG_GUARD_S
+    while not (tune_dir / "1" / "checkpoints" / "last.pt").is_file():  # trial 1 has finished an epoch
+        assert proc.poll() is None and time.monotonic() < deadline, "the search ended before trial 1 trained"
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    out = proc.communicate(timeout=HANG_GUARD_S)[0]
+    assert proc.returncode == 130, out[-3000:]
+    assert f"Continue the search: python -m framework.tune tune.resume={tune_dir}" in out
+    first = (tune_dir / "0" / "summary.json").read_bytes()
+    assert json.loads(first)["status"] in ("completed", "pruned")
+    stopped = json.loads((tune_dir / "1" / "summary.json").read_text())
+    assert stopped["status"] == "stopped", stopped
+    done_steps = stopped["steps"]
+    judged = len(results_in_order(tune_dir))  # the results Tune judged before the interruption
+
+    proc = subprocess.run([sys.executable, "-m", "framework.tune", f"tune.resume={tune_dir}"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=HANG_GUARD_S)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "tune: resuming asha" in proc.stderr and f"ASHA's rungs refilled with the {judged} results" in proc.stderr
+    assert sorted(int(p.name) for p in tune_dir.iterdir() if p.name.isdigit()) == [0, 1, 2, 3]
+    assert (tune_dir / "0" / "summary.json").read_bytes() == first
+    summaries = {i: json.loads((tune_dir / str(i) / "summary.json").read_text()) for i in range(4)}
+    assert all(s["status"] in ("completed", "pruned") for s in summaries.values()), summaries
+    rows = read_csv(tune_dir / "1" / "steps.csv")
+    assert [int(r["step"]) for r in rows] == list(range(summaries[1]["steps"])) and summaries[1]["steps"] > done_steps
+    epochs = {i: read_csv(tune_dir / str(i) / "epochs.csv") for i in range(4)}
+    stopped_at = asha_stops(results_in_order(tune_dir), epochs, "val/acc", 1.0, milestones=(2, 1), rf=2, max_t=4)
+    for i, summary in summaries.items():
+        assert summary["status"] == ("pruned" if i in stopped_at else "completed"), (i, stopped_at)

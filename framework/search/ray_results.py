@@ -127,8 +127,9 @@ def finish(tune_dir: Path, results: Any, spec: Any, base: Any) -> int:
     errors = _mend_failed(tune_dir, results, spec, base)
     interrupted = _mend_interrupted(tune_dir, results)
     if interrupted:
-        print("tune: interrupted; trials that were running say status stopped (lrframe <their overrides> "
-              "resume=<their folder> continues one)", file=sys.stderr)
+        print(f"tune: interrupted; trials that were running say status stopped. Continue the search: python -m "
+              f"framework.tune tune.resume={tune_dir} (or one trial: lrframe <its overrides> resume=<its folder>)",
+              file=sys.stderr)
     statuses: dict[str, int] = {}
     from framework.loggers import read_summary
 
@@ -187,7 +188,8 @@ def _export(tune_dir: Path, folder: Path, summary: dict[str, Any]) -> None:
 
 def result_log(path: Path) -> Any:
     """A Tune callback that appends each result, in the order the scheduler judged them, to
-    ``results.jsonl``: trial, epoch, epochs_trained, step and the reported metrics."""
+    ``results.jsonl``: trial, Ray's trial_id, epoch, epochs_trained, step and the reported metrics
+    (``tune.resume`` refills ASHA's rungs from them)."""
     from ray import tune
 
     from framework.search.ray_trainable import trial_index
@@ -195,7 +197,7 @@ def result_log(path: Path) -> Any:
     class ResultLog(tune.Callback):
         def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
             keep = {k: v for k, v in result.items() if isinstance(v, (int, float, str)) and k not in ("config",)}
-            row = {"trial": trial_index(trial.trial_id), **{k: keep[k] for k in sorted(keep)}}
+            row = {"trial": trial_index(trial.trial_id), "trial_id": trial.trial_id, **{k: keep[k] for k in sorted(keep)}}
             with open(path, "a") as f:
                 f.write(json.dumps(row, default=str) + "\n")
 

@@ -149,7 +149,8 @@ class LRTrainable(tune.Trainable):
         OmegaConf.save(cfg, hydra_dir / "config.yaml")  # as the report reads a job: its config, its overrides
         OmegaConf.save(OmegaConf.create(overrides), hydra_dir / "overrides.yaml")
         resume = bool(self.restored and self.restored.get("has_checkpoint"))
-        if resume:
+        own = self.restored is None and (self.run_dir / "checkpoints" / "last.pt").is_file()  # tune.resume
+        if resume or own:  # (own: an interrupted trial, continued from its last epoch)
             cfg = with_values(cfg, resume=str(self.run_dir), resume_allow_changes=True)
         cfg = with_values(cfg, search={"_target_": "framework.search.ray_trial.RayTrial", "trial": self.index})
         restored = {k: self.restored[k] for k in ("trial", "epoch", "step")} if resume else None

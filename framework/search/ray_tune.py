@@ -41,7 +41,7 @@ __all__ = ["OPTIONS", "SEARCHES", "parse_args", "ray_domain", "task_objective", 
 OPTIONS: dict[str, Any] = {"search": "asha", "num_samples": 8, "address": None, "cpus_per_trial": 1,
                            "gpus_per_trial": 0, "max_concurrent_trials": None, "grace_period": 1,
                            "reduction_factor": 4, "asha_rule": "top_k", "perturbation_interval": 1, "seed": 0,
-                           "params": {}, "dir": None}
+                           "params": {}, "dir": None, "resume": None}
 #: ``tune.search`` values and the name of their scheduler in a pruned run's summary.
 SEARCHES = {"asha": "ASHA", "hyperband": "HyperBand", "pbt": "PBT"}
 #: The default search space: lr0 log-uniform on [1e-4, 1].
@@ -91,6 +91,8 @@ def _check(opts: dict[str, Any]) -> list[str]:
         "perturbation_interval": (_whole(opts["perturbation_interval"], 1),
                                   "must be a whole number of epochs >= 1, e.g. tune.perturbation_interval=2"),
         "seed": (opts["seed"] is None or _whole(opts["seed"], 0), "must be a whole number >= 0 or null"),
+        "resume": (opts["resume"] is None or isinstance(opts["resume"], str),
+                   "give the tune folder of the search to continue, e.g. tune.resume=outputs/tune/<date>/<time>"),
     }
     if opts["search"] == "pbt" and opts["max_concurrent_trials"] is not None:  # Ray's cap counts paused trials
         checks["max_concurrent_trials"] = (False, "PBT needs its whole population (tune.num_samples) alive at once; "
@@ -270,9 +272,12 @@ def _explore(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def _tune_dir(opts: dict[str, Any]) -> Path:
-    """The tune folder: ``tune.dir`` (new or empty), else ``outputs/tune/<date>/<HH-MM-SS-ffffff>``."""
+    """The tune folder: ``tune.dir`` (new or empty; with ``tune.resume`` the search's own), else
+    ``outputs/tune/<date>/<HH-MM-SS-ffffff>``."""
     from framework.config import unique_dir
 
+    if opts["resume"] is not None:
+        return Path(str(opts["resume"])).resolve()
     if opts["dir"] is None:
         now = datetime.datetime.now()
         return Path(unique_dir(f"outputs/tune/{now:%Y-%m-%d}/{now:%H-%M-%S-%f}")).resolve()
@@ -317,12 +322,21 @@ def main(argv: Optional[list[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     with exit_on_user_error():
         opts, train_args, config_dir = parse_args(argv)
+        if opts["resume"] is not None:  # the recorded command again, in its folder
+            from framework.search.ray_resume import resumed_command
+
+            argv, cwd = resumed_command(argv, opts["resume"])
+            os.chdir(cwd)  # where the search ran: its relative paths and the user's modules
+            opts, train_args, config_dir = parse_args(argv)
         space, base, epochs = _checked_space(opts, train_args, config_dir)
-    return _run(opts, space, base, epochs, config_dir)
+    return _run(opts, space, base, epochs, config_dir, argv)
 
 
-def _run(opts: dict[str, Any], space: Any, base: Any, epochs: int, config_dir: Optional[str]) -> int:
-    """Start Ray, run the trials, finish the tune folder (:func:`framework.search.ray_results.finish`)."""
+def _run(opts: dict[str, Any], space: Any, base: Any, epochs: int, config_dir: Optional[str],
+         argv: Optional[list[str]] = None) -> int:
+    """Start Ray, run the trials (or, with ``tune.resume``, the rest of them:
+    :mod:`framework.search.ray_resume`), finish the tune folder
+    (:func:`framework.search.ray_results.finish`)."""
     import numpy as np
     import ray
     from omegaconf import OmegaConf
@@ -330,6 +344,7 @@ def _run(opts: dict[str, Any], space: Any, base: Any, epochs: int, config_dir: O
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
     from framework.search.ray_results import finish, result_log
+    from framework.search.ray_resume import restore
     from framework.search.ray_trainable import LRTrainable, TrialSpec, trial_index
 
     monitor, mode = task_objective(base)
@@ -345,8 +360,11 @@ def _run(opts: dict[str, Any], space: Any, base: Any, epochs: int, config_dir: O
     searched = {k: repr(d) for k, d in space.distributions.items()}  # (Optuna's repr: low, high, log, step)
     record = OmegaConf.create({**OmegaConf.to_container(base), "tune": {**opts, "params": opts["params"], "space": {
         **searched, **{k: v for k, v in param_space.items() if k not in searched}}, "overrides": space.fixed,
-        "config_dir": config_dir, "monitor": monitor, "mode": mode}})
-    OmegaConf.save(record, tune_dir / "multirun.yaml")  # the folder is a sweep: python -m framework.report reads it
+        "config_dir": config_dir, "monitor": monitor, "mode": mode, "argv": list(argv or []),
+        "cwd": os.getcwd()}})
+    resuming = opts["resume"] is not None
+    if not resuming:  # the folder is a sweep: python -m framework.report reads it; tune.resume its argv
+        OmegaConf.save(record, tune_dir / "multirun.yaml")
     if opts["seed"] is not None:  # PBT's perturbations and ASHA's brackets draw from these
         random.seed(opts["seed"])
         np.random.seed(opts["seed"])
@@ -358,10 +376,12 @@ def _run(opts: dict[str, Any], space: Any, base: Any, epochs: int, config_dir: O
     trainable = tune.with_resources(tune.with_parameters(LRTrainable, spec=spec),
                                     {"cpu": opts["cpus_per_trial"], "gpu": opts["gpus_per_trial"]})
     keep = {"asha": None, "hyperband": 2, "pbt": 3}[opts["search"]]  # PBT and HyperBand restore trials from them
-    print(f"tune: {opts['search']} over {', '.join(param_space) or '(nothing)'}, {opts['num_samples']} trials, "
-          f"{monitor} ({mode}); folder {tune_dir}", file=sys.stderr)
+    print(f"tune: {'resuming ' if resuming else ''}{opts['search']} over {', '.join(param_space) or '(nothing)'}, "
+          f"{opts['num_samples']} trials, {monitor} ({mode}); folder {tune_dir}", file=sys.stderr)
+    callbacks = [result_log(tune_dir / "results.jsonl")]
     try:
-        tuner = tune.Tuner(
+        tuner = restore(tune_dir, trainable, param_space, scheduler, callbacks, opts["search"], monitor, mode) \
+            if resuming else tune.Tuner(
             trainable, param_space=param_space,
             tune_config=tune.TuneConfig(
                 metric=monitor, mode=mode, num_samples=opts["num_samples"], scheduler=scheduler,
@@ -372,7 +392,7 @@ def _run(opts: dict[str, Any], space: Any, base: Any, epochs: int, config_dir: O
             run_config=tune.RunConfig(
                 name="ray", storage_path=str(tune_dir), verbose=1,
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=keep, checkpoint_at_end=False),
-                callbacks=[result_log(tune_dir / "results.jsonl")]))
+                callbacks=callbacks))
         results = tuner.fit()
     finally:
         if started:

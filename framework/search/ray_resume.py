@@ -1,0 +1,138 @@
+"""Continue an interrupted ``python -m framework.tune`` run: ``tune.resume=<tune folder>``.
+
+The tune folder's ``multirun.yaml`` holds the command line it ran (``tune.argv``); the search is
+that command again, in the same folder, through Ray's ``Tuner.restore`` on ``<folder>/ray``:
+trials that ended (completed, pruned, diverged) stay as they are, unfinished ones continue and
+the trials not started yet start. An unfinished trial continues from its own
+``checkpoints/last.pt`` (a paused PBT or HyperBand trial from Ray's checkpoint of it), so its
+``steps.csv`` goes on from the step it had reached.
+
+Ray does not save a scheduler's state with the experiment. ASHA's is rebuilt here: the rewards
+recorded at each rung are replayed, in the order the scheduler judged them, from the folder's
+``results.jsonl`` (:func:`seed_asha`), so the resumed search judges its trials against every
+result judged before. A result in flight at the interruption (an epoch the run finished but Tune
+had not judged) is lost: that trial is judged at its next epoch, against the rung it passed.
+HyperBand and PBT restart their bookkeeping from the trials' next results (Ray's own behaviour).
+
+Source: Ray Tune 2.x ``Tuner.restore`` / ``Tuner.can_restore``; ``ray.tune.schedulers.
+async_hyperband._Bracket.on_result`` (what records a reward at a rung).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Optional
+
+from framework.errors import ConfigError
+
+__all__ = ["resumed_command", "seed_asha", "restore"]
+
+#: Keys a resume may give besides ``tune.resume``: where the Ray cluster is now.
+RESUME_KEYS = ("tune.resume", "tune.address")
+
+
+def resumed_command(argv: list[str], folder: Any) -> tuple[list[str], str]:
+    """The recorded command line of the tune folder ``folder``, with ``tune.dir`` and
+    ``tune.resume`` set to it and ``tune.address`` as given now (else as recorded), and the
+    folder it ran in (``tune.cwd``; this one when that is gone).
+
+    Args:
+        argv: this command line (``tune.resume=<folder>``, optionally ``tune.address=...``).
+        folder: the tune folder (``tune.resume``'s value).
+
+    Raises:
+        ConfigError: another key given with ``tune.resume``; not a tune folder (no
+            ``multirun.yaml`` with ``tune.argv``, or no Ray state in ``ray/``); each in one line.
+    """
+    from omegaconf import OmegaConf
+
+    shown = f"tune.resume={folder}"
+    extra = [a for a in argv if a.lstrip("+~").partition("=")[0] not in RESUME_KEYS]
+    if extra:
+        raise ConfigError(f"{shown}: continues the recorded search as it was; drop {' '.join(extra)} (a new "
+                          "search in a new tune.dir can change them)")
+    path = Path(str(folder)).expanduser().resolve()
+    record = path / "multirun.yaml"
+    if not record.is_file():
+        raise ConfigError(f"{shown}: no multirun.yaml there; give the folder a python -m framework.tune run printed "
+                          "(tune: ... folder <tune folder>)")
+    node = OmegaConf.load(record)
+    recorded = OmegaConf.select(node, "tune.argv", default=None)
+    if recorded is None:
+        raise ConfigError(f"{shown}: its multirun.yaml does not hold the command line (tune.argv): not a "
+                          "python -m framework.tune folder, or one written by an earlier version; run the search again")
+    from ray import tune
+
+    if not tune.Tuner.can_restore(str(path / "ray")):
+        raise ConfigError(f"{shown}: Ray's state (ray/tuner.pkl) is not there: the search ended before its first "
+                          "trial; run the search again")
+    address = [a for a in argv if a.startswith("tune.address=")]
+    kept = [a for a in recorded if not a.lstrip("+~").startswith(("tune.dir=", "tune.resume=", "tune.address="))]
+    recorded_address = [a for a in recorded if a.startswith("tune.address=")]
+    cwd = str(OmegaConf.select(node, "tune.cwd", default=None) or ".")
+    return ([*kept, *(address or recorded_address), f"tune.dir={path}", f"tune.resume={path}"],
+            cwd if Path(cwd).is_dir() else str(Path.cwd()))
+
+
+class _Seen:
+    """What ``_Bracket.on_result`` reads of a trial: its id."""
+
+    def __init__(self, trial_id: str):
+        self.trial_id = trial_id
+
+
+def seed_asha(scheduler: Any, results: Path, monitor: str, mode: str, time_attr: str) -> int:
+    """Record in ASHA's rungs the rewards of an earlier part of the search: every row of
+    ``results.jsonl`` (``trial_id``, ``time_attr``, ``monitor``), in the file's order, through
+    the bracket's own ``on_result`` (its decisions are dropped: they were taken then).
+
+    Args:
+        scheduler: Ray's ``AsyncHyperBandScheduler`` (fresh: its rungs empty).
+        results: the tune folder's ``results.jsonl``.
+        monitor, mode: the task's monitored metric and ``max`` | ``min`` (a ``min`` metric is
+            negated, as Ray's scheduler does).
+        time_attr: the scheduler's time attribute (``epochs_trained``).
+
+    Returns:
+        The number of rows replayed (0 when the file is missing).
+    """
+    if not results.is_file():
+        return 0
+    sign = 1.0 if mode == "max" else -1.0
+    bracket = scheduler._brackets[0]  # one bracket (brackets=1): every trial's
+    count = 0
+    for line in results.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:  # a line cut by a killed driver
+            continue
+        if "trial_id" in row and isinstance(row.get(monitor), (int, float)) and time_attr in row:
+            bracket.on_result(_Seen(row["trial_id"]), row[time_attr], sign * float(row[monitor]))
+            count += 1
+    return count
+
+
+def restore(tune_dir: Path, trainable: Any, param_space: dict[str, Any], scheduler: Any, callbacks: list[Any],
+            search: str, monitor: str, mode: str) -> Any:
+    """Ray's ``Tuner`` of the interrupted search in ``tune_dir`` (``Tuner.restore`` on
+    ``<tune_dir>/ray``: unfinished trials continued, errored ones left as they ended), with
+    ``scheduler`` and ``callbacks`` in place of the pickled ones (the scheduler's state is not in
+    Ray's record; ``results.jsonl`` is written where the folder is now); for ``search`` ``asha``
+    the scheduler's rungs refilled first (:func:`seed_asha`)."""
+    import sys
+
+    from ray import tune
+
+    from framework.search.ray_trial import TIME_ATTR
+
+    if search == "asha":
+        count = seed_asha(scheduler, tune_dir / "results.jsonl", monitor, mode, TIME_ATTR)
+        print(f"tune: ASHA's rungs refilled with the {count} results judged before the interruption", file=sys.stderr)
+
+    tuner = tune.Tuner.restore(str(tune_dir / "ray"), trainable, resume_unfinished=True, param_space=param_space)
+    inner: Optional[Any] = getattr(tuner, "_local_tuner", None)
+    if inner is not None:
+        inner._tune_config.scheduler = scheduler
+        inner._run_config.callbacks = callbacks
+    return tuner
+
