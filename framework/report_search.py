@@ -190,6 +190,29 @@ def compute_line(c: dict[str, Any], planned: list[int]) -> str:
     return line + "."
 
 
+#: ``tune.<key>`` values the report names, by ``tune.search`` (``python -m framework.tune``).
+TUNE_KEYS = {"asha": ("grace_period", "reduction_factor", "asha_rule"), "hyperband": ("reduction_factor",),
+             "pbt": ("perturbation_interval",)}
+
+
+def tune_line(sweep_dir: Path) -> Optional[str]:
+    """``Search: Ray Tune ASHA (grace_period=1, ...), 9 trials, seed 0.`` for a
+    ``python -m framework.tune`` folder (its ``multirun.yaml`` holds a ``tune`` node), else None."""
+    import yaml
+
+    try:
+        tune = (yaml.safe_load((sweep_dir / "multirun.yaml").read_text()) or {}).get("tune")
+    except (OSError, yaml.YAMLError, AttributeError):
+        return None
+    if not isinstance(tune, dict) or tune.get("search") not in TUNE_KEYS:
+        return None
+    search = tune["search"]
+    args = ", ".join(f"{k}={tune.get(k)}" for k in TUNE_KEYS[search])
+    return (f"Search: Ray Tune {'PBT' if search == 'pbt' else 'ASHA' if search == 'asha' else 'HyperBand'} ({args}), "
+            f"{tune.get('num_samples')} trials, seed {tune.get('seed')}, space "
+            + ", ".join(f"`{k}`" for k in (tune.get("space") or {})) + ".")
+
+
 def header_lines(sweep_dir: Path, rows: list[dict[str, Any]]) -> tuple[list[str], dict[str, Any]]:
     """report.md's search lines (the study when there is one, the best command, the compute)
     and ``search.json``'s content (:func:`write_search_json`)."""
@@ -205,6 +228,9 @@ def header_lines(sweep_dir: Path, rows: list[dict[str, Any]]) -> tuple[list[str]
                   f"trials asked), sampler {names['sampler'] or 'unknown'}, pruner "
                   + (f"{names['pruner']}({args})" if names["pruner"] else "none")
                   + f", storage `{study.get('storage')}`.", ""]
+    ray = tune_line(sweep_dir) if study is None else None
+    if ray is not None:
+        lines += [ray, ""]
     if best is not None:
         lines += [f"Best configuration (job {best['job']}, best {best['objective_name']} {fmt(best['best'])}):", "",
                   "```bash", best_command(best), "```", ""]

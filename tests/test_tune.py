@@ -107,6 +107,8 @@ def test_asha_stops_trials_by_its_rule_and_leaves_pruned_folders(ray_local, tmp_
             assert summary["status"] == "completed" and len(epochs[i]) == 3
     report = (tune_dir / "report.md").read_text()
     assert "pruned" in report and all(f"lr0={summaries[i]['lr0']!r}" in report for i in range(4))
+    assert "\nSearch: Ray Tune ASHA (grace_period=1, reduction_factor=2, asha_rule=top_k), 4 trials, seed 0, " \
+           "space `lr0`.\n" in report
 
 
 def test_the_top_k_asha_rule_by_hand_and_rays_own_percentile_rule():

@@ -3,6 +3,7 @@
     python -m framework.tune 'lr0=tag(log, interval(1e-4, 1))' epochs=10 tune.search=asha tune.num_samples=16
     python -m framework.tune epochs=20 tune.search=pbt tune.num_samples=4 tune.perturbation_interval=2
     python -m framework.tune ... tune.address=auto          # a running cluster (ray start --head / ray up)
+    python -m framework.tune tune.resume=<tune folder>      # the rest of an interrupted search
 
 The command line is ``lrframe``'s (``--config-dir <dir>`` too): keys swept in Hydra's syntax
 (``tag(log, interval(a, b))``, ``interval(a, b)``, ``choice(a, b)``, ``a,b,c``, ``range(...)``, or
