@@ -365,6 +365,9 @@ def test_the_command_line_diagnoses_a_run_and_a_sweep(tmp_path, capsys):
     summary = json.loads((run / "summary.json").read_text())
     assert out[0] == f"{run}: {summary['lr_diagnosis']['verdict']} (lr0 x{summary['lr_diagnosis']['factor']:g})"
     assert (run / "lr_doctor.png").stat().st_size > 0 and (run / "lr_doctor.csv").is_file()
+    start = summary["lr_diagnosis"]["evidence"]["loss_start"]
+    assert f"  loss_start         {start:.4g}  (loss of step 0)" in out  # what each figure is, said
+    assert any(line.startswith("  loss_max") and line.endswith("(highest interval mean loss)") for line in out)
     assert main([str(tmp_path / "sweep")]) == 0
     out = lines(capsys.readouterr().out)
     assert out[1].split()[:3] == ["0", "3", "completed"] and out[-1].startswith("lr0: too high at and above 3")

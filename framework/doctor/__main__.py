@@ -41,7 +41,7 @@ def _run(folder: Path, out: Optional[Path]) -> int:
         text = (", ".join(f"{k} {v:.3g}" for k, v in value.items()) if isinstance(value, dict) else
                 ", ".join(f"{v:.3g}" for v in value) if isinstance(value, list) else
                 f"{value:.4g}" if isinstance(value, float) else str(value))
-        print(f"  {key:18s} {text}")
+        print(f"  {key:18s} {text}{MEANING.get(key, '')}")
     path = out or folder / "lr_doctor.png"
     plot_diagnosis(read_steps(folder), diagnosis, path, title=f"{folder.name}: {cell}")
     print(f"figure: {path}")
@@ -67,6 +67,15 @@ def _sweep(folder: Path) -> int:
               f"{cell:20}  {diagnosis['reason'] if diagnosis else 'no steps.csv'}")
     print(bracket_line(bracket(jobs)))
     return 0
+
+
+#: What an evidence figure is, where its key alone does not say (printed after its value).
+MEANING = {"loss_start": "  (loss of step 0)", "loss_end": "  (mean loss of the last interval)",
+           "loss_max": "  (highest interval mean loss)", "loss_drop_frac": "  (1 - loss_end / loss_start)",
+           "rose": "  (intervals whose mean loss rose)", "judged_rises": "  (intervals compared)",
+           "noise": "  (median relative spread around the trend)",
+           "loss_drop_per_lr": "  (interval-mean loss drop per unit of LR x steps)",
+           "update_ratio": "  (||dw||/||w|| of the first step, by group)"}
 
 
 def main(argv: Optional[list[str]] = None) -> int:
