@@ -28,17 +28,34 @@ import random
 from pathlib import Path
 
 
+def _number(text: str) -> float:
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        return math.nan
+    return value if math.isfinite(value) else math.nan
+
+
 def grid_curves(folder: Path, monitor: str) -> tuple[list[float], list[list[float]]]:
     """``(log10 lr0 ascending, curves)`` of a grid sweep folder's jobs (``summary.json`` lr0,
-    ``epochs.csv`` ``monitor`` per epoch)."""
+    ``epochs.csv`` ``monitor`` per epoch). A run cut short (diverged) keeps its last value for
+    the epochs it did not train; an empty or non-finite value counts as the grid's lowest."""
     rows = []
     for job in folder.iterdir():
         if job.is_dir() and job.name.isdigit() and (job / "epochs.csv").is_file():
             lr0 = json.loads((job / "summary.json").read_text())["lr0"]
             with open(job / "epochs.csv", newline="") as f:
-                rows.append((math.log10(lr0), [float(r[monitor]) for r in csv.DictReader(f)]))
+                rows.append((math.log10(lr0), [_number(r.get(monitor, "")) for r in csv.DictReader(f)]))
+    if len(rows) < 2:
+        raise SystemExit(f"{folder}: needs a grid of at least 2 runs with epochs.csv")
     rows.sort()
-    return [x for x, _ in rows], [c for _, c in rows]
+    lowest = min((v for _, c in rows for v in c if not math.isnan(v)), default=0.0)
+    epochs = max(len(c) for _, c in rows)
+    curves = []
+    for _, c in rows:
+        c = [lowest if math.isnan(v) else v for v in c] or [lowest]
+        curves.append(c + [c[-1]] * (epochs - len(c)))
+    return [x for x, _ in rows], curves
 
 
 def curve_at(x: float, xs: list[float], curves: list[list[float]]) -> list[float]:

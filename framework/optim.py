@@ -194,8 +194,9 @@ def build_optimizer(cfg: Any, model: torch.nn.Module) -> tuple[torch.optim.Optim
     is ``${lr0}``, or the optimizer's own multiplier for Prodigy; ``lr_scale_g`` its head /
     layer-decay ratio; ``scaling`` the batch-size rule :func:`lr_scale_factor`), and the bias
     group ``warmup_start_lr = warmup_bias_lr`` when that is set; ``initial_momentum`` is each
-    group's momentum (or Adam beta1) as configured. The LR plan multiplies ``initial_lr`` at
-    every step; nothing corrects these values afterwards.
+    group's momentum (or Adam beta1) as configured, ``initial_weight_decay`` its weight decay
+    (0 for the no-decay groups). The LR plan multiplies ``initial_lr`` at every step; nothing
+    corrects these values afterwards.
 
     Args:
         cfg: a validated config (reads ``optimizer``, ``lr_scaling``, ``lr_base_size``,
@@ -230,6 +231,7 @@ def build_optimizer(cfg: Any, model: torch.nn.Module) -> tuple[torch.optim.Optim
     for group in optimizer.param_groups:  # the base the plan's momentum schedules start from (the optimizer's default)
         if group_momentum(group) is not None:
             group["initial_momentum"] = group_momentum(group)
+        group["initial_weight_decay"] = float(group.get("weight_decay", 0.0) or 0.0)  # (a replayed trace's groups)
     return optimizer, scaling
 
 

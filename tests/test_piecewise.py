@@ -104,6 +104,25 @@ def test_the_files_momentum_and_weight_decay_apply_step_by_step(tmp_path):
     assert [float(r["momentum"]) for r in rows] == MOMENTA
     assert [float(r["weight_decay"]) for r in rows] == DECAY_BY_HAND
     assert [float(r["lr"]) for r in rows] == [0.05] * 8
+    # stopped after 5 steps (in the 0.002 stretch) and resumed: the same momentum and weight decay
+    part = tmp_path / "part"
+    args = [*TINY, *GROUPS, "epochs=2", "scheduler=piecewise", f"scheduler.path={path}", "trainer.save_checkpoints=true"]
+    assert run_cli_in_process([*args, "trainer.stop_after_steps=5"], part) == 0
+    assert run_cli_in_process([*args, f"resume={part}"], None, cwd=tmp_path) == 0
+    again = read_csv(part / "steps.csv")
+    assert [int(r["step"]) for r in again] == list(range(8))
+    assert [float(r["momentum"]) for r in again] == MOMENTA
+    assert [float(r["weight_decay"]) for r in again] == DECAY_BY_HAND
+
+
+def test_a_weight_decay_trace_without_a_decaying_group_is_one_line(tmp_path):
+    path = write(tmp_path / "m.yaml", WITH_MOMENTUM)
+    with pytest.raises(ConfigError) as info:
+        build_run(tmp_path / "run", *TINY, "epochs=2", "scheduler=piecewise", f"scheduler.path={path}",
+                  "optimizer.weight_decay=0")
+    assert info.value.messages == [
+        f"scheduler.path={path}: holds a weight_decay trace, but no param group of SGD decays "
+        "(optimizer.weight_decay=0); set optimizer.weight_decay to the recorded run's (> 0), or remove weight_decay:"]
 
 
 def test_a_momentum_trace_shorter_than_the_run_is_refused(tmp_path):
@@ -268,7 +287,7 @@ def test_a_step_logged_again_after_a_resume_keeps_its_last_row(tmp_path):
     ("0,0,0.1,1,2\n1,0,0.1,1,2\n3,0,0.1,1,2\n", "steps 0..3 are not all there (missing 2)"),
     ("2,0,0.1,1,2\n3,0,0.1,1,2\n", "steps 0..3 are not all there (missing 0, 1)"),
     ("", "holds no steps"),
-    ("0,0,0.1,1,2\n1,0,abc,1,2\n", "line 3: step and lr must be numbers"),
+    ("0,0,0.1,1,2\n1,0,abc,1,2\n", "line 3: step, lr, lr/head must be numbers"),
     ("0,0,0.1,1,2\n1,0,-0.1,1,2\n", "line 3: step 1 has lr '-0.1'; a step needs a finite lr >= 0"),
     ("0,0,0.1,1,2\n1,0,0.0\n", "line 3: does not hold one value per column"),
 ])

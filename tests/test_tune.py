@@ -307,11 +307,11 @@ def test_a_ctrl_c_leaves_running_trials_stopped_not_pruned(tmp_path):
 
 # ---- tune.resume: the rest of an interrupted search ----
 
-def test_asha_rungs_are_refilled_from_results_jsonl():
-    """Rungs after 1, 2 and 4 epochs (max_t 4, grace 1, rf 2: k < int(log2(4) + 1)). By hand: rung 1 records a 0.5, b 0.4,
-    c 0.7 (b went on or not, it is recorded); rung 2 records a 0.6. A cut line and a row without
-    trial_id are skipped. Then b at 2 epochs with 0.55: k = max(1, floor(2 / 2)) = 1, a's 0.6 beats
-    it: STOP; with 0.65: CONTINUE."""
+def test_asha_rungs_are_refilled_from_results_jsonl(tmp_path):
+    """Rungs after 1, 2 and 4 epochs (max_t 4, grace 1, rf 2: k < int(log2(4) + 1)). By hand: rung 1
+    records a 0.5, b 0.4, c 0.7 (b went on or not, it is recorded); rung 2 records a 0.6; a's result
+    at max_t ends it (Ray records none). A cut line and a row without trial_id are skipped. Then b
+    at 2 epochs with 0.55: k = max(1, floor(2 / 2)) = 1, a's 0.6 beats it: STOP; 0.65: CONTINUE."""
     pytest.importorskip("ray")
     from ray.tune.schedulers import TrialScheduler
 
@@ -322,28 +322,25 @@ def test_asha_rungs_are_refilled_from_results_jsonl():
             {"trial": 0, "trial_id": "a", "epochs_trained": 2, "val/acc": 0.6},
             {"trial": 1, "trial_id": "b", "epochs_trained": 1, "val/acc": 0.4},
             {"trial": 9, "epochs_trained": 1, "val/acc": 0.99},
-            {"trial": 2, "trial_id": "c", "epochs_trained": 1, "val/acc": 0.7}]
-    import tempfile
-    from pathlib import Path
+            {"trial": 2, "trial_id": "c", "epochs_trained": 1, "val/acc": 0.7},
+            {"trial": 0, "trial_id": "a", "epochs_trained": 4, "val/acc": 0.9}]  # max_t: the end, no rung
+    path = tmp_path / "results.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"trial": 3, "trial_id": "d", "epo')
 
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "results.jsonl"
-        path.write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"trial": 3, "trial_id": "d", "epo')
+    def seeded(mode):
+        scheduler = asha_scheduler("top_k", time_attr="epochs_trained", max_t=4, grace_period=1,
+                                   reduction_factor=2, metric="val/acc", mode=mode)
+        return scheduler, seed_asha(scheduler, path, "val/acc", mode, "epochs_trained")
 
-        def seeded(mode):
-            scheduler = asha_scheduler("top_k", time_attr="epochs_trained", max_t=4, grace_period=1,
-                                       reduction_factor=2, metric="val/acc", mode=mode)
-            return scheduler, seed_asha(scheduler, path, "val/acc", mode, "epochs_trained")
-
-        scheduler, count = seeded("max")
-        assert count == 4
-        rungs = dict(scheduler._brackets[0]._rungs)
-        assert rungs == {4: {}, 2: {"a": 0.6}, 1: {"a": 0.5, "b": 0.4, "c": 0.7}}
-        assert scheduler._brackets[0].on_result(_Seen("b"), 2, 0.55) == TrialScheduler.STOP
-        assert seeded("max")[0]._brackets[0].on_result(_Seen("b"), 2, 0.65) == TrialScheduler.CONTINUE
-        # a metric to minimise is negated, as Ray's scheduler does
-        assert dict(seeded("min")[0]._brackets[0]._rungs)[2] == {"a": -0.6}
-        assert seed_asha(scheduler, Path(tmp) / "none.jsonl", "val/acc", "max", "epochs_trained") == 0
+    scheduler, count = seeded("max")
+    assert count == 4
+    rungs = dict(scheduler._brackets[0]._rungs)
+    assert rungs == {4: {}, 2: {"a": 0.6}, 1: {"a": 0.5, "b": 0.4, "c": 0.7}}
+    assert scheduler._brackets[0].on_result(_Seen("b"), 2, 0.55) == TrialScheduler.STOP
+    assert seeded("max")[0]._brackets[0].on_result(_Seen("b"), 2, 0.65) == TrialScheduler.CONTINUE
+    # a metric to minimise is negated, as Ray's scheduler does
+    assert dict(seeded("min")[0]._brackets[0]._rungs)[2] == {"a": -0.6}
+    assert seed_asha(scheduler, tmp_path / "none.jsonl", "val/acc", "max", "epochs_trained") == 0
 
 
 def test_tune_resume_takes_the_recorded_command_and_refuses_in_one_line(tmp_path):

@@ -75,7 +75,7 @@ MEANING = {"loss_start": "  (loss of step 0)", "loss_end": "  (mean loss of the 
            "rose": "  (intervals whose mean loss rose)", "judged_rises": "  (intervals compared)",
            "noise": "  (median relative spread around the trend)",
            "loss_drop_per_lr": "  (interval-mean loss drop per unit of LR x steps)",
-           "update_ratio": "  (||dw||/||w|| of the first step, by group)"}
+           "update_ratio": "  (||dw||/||w|| of the first sampled step, scaled to the base LR, by group)"}
 
 
 def main(argv: Optional[list[str]] = None) -> int:

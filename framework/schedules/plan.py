@@ -149,7 +149,8 @@ def group_momentum(group: dict[str, Any]) -> Optional[float]:
 
 
 class LRPlan:
-    """The LR multiplier (and momentum) of every optimizer step ``k`` of a run.
+    """The LR multiplier (and momentum, and weight decay when the schedule sets them) of every
+    optimizer step ``k`` of a run.
 
     Warmup (``k < W``): ``m = s + (1 - s) * k / W``, as ``LinearLR(start_factor=s,
     total_iters=W)``; step ``W`` is the main schedule's first unit. After warmup the main
@@ -264,7 +265,7 @@ class LRPlan:
         decay = self.schedule.weight_decay(self.unit(max(k, self.warmup_steps))) if self.sets_weight_decay else None
         for group in optimizer.param_groups:
             group.setdefault("initial_lr", group["lr"])
-            if decay is not None and group.setdefault("initial_weight_decay", group.get("weight_decay", 0.0)) > 0:
+            if decay is not None and (group.setdefault("initial_weight_decay", group.get("weight_decay", 0.0)) or 0) > 0:
                 group["weight_decay"] = decay
             group["lr"] = self.group_lr(k, group, lr_backoff)
             lrs.append(group["lr"])
@@ -287,15 +288,23 @@ class LRPlan:
         return self.momentum(k, base) if self.sets_momentum else base
 
     def check_optimizer(self, optimizer: Any) -> None:
-        """Refuse a plan that sets the momentum for an optimizer without one.
+        """Refuse a plan that sets the momentum for an optimizer without one, or the weight decay
+        of an optimizer none of whose groups decays.
 
         Raises:
             ConfigError: naming ``warmup_momentum`` (when set), ``scheduler.path`` (a replayed
-                file with a momentum trace) or ``scheduler.cycle_momentum``.
+                file with a momentum or weight decay trace) or ``scheduler.cycle_momentum``.
         """
+        from framework.schedules.piecewise import Piecewise
+
+        name = type(optimizer).__name__
+        if self.sets_weight_decay and not any(
+                g.get("initial_weight_decay", g.get("weight_decay", 0.0)) or 0.0 for g in optimizer.param_groups):
+            raise ConfigError(f"scheduler.path={getattr(self.schedule, 'path', '?')}: holds a weight_decay trace, but no "
+                              f"param group of {name} decays (optimizer.weight_decay=0); set optimizer.weight_decay "
+                              "to the recorded run's (> 0), or remove weight_decay:")
         if self.sets_momentum and momentum_key(optimizer.param_groups[0]) is None:
-            name = type(optimizer).__name__
-            if self.warmup_momentum is None and hasattr(self.schedule, "trace"):  # scheduler=piecewise
+            if self.warmup_momentum is None and isinstance(self.schedule, Piecewise):
                 raise ConfigError(f"scheduler.path={self.schedule.path}: holds a momentum trace, but {name} has no "
                                   "momentum or beta1 to set; replay it with the recorded optimizer, or remove momentum:")
             key = "warmup_momentum" if self.warmup_momentum is not None else "scheduler.cycle_momentum"

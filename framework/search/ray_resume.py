@@ -3,9 +3,10 @@
 The tune folder's ``multirun.yaml`` holds the command line it ran (``tune.argv``); the search is
 that command again, in the same folder, through Ray's ``Tuner.restore`` on ``<folder>/ray``:
 trials that ended (completed, pruned, diverged) stay as they are, unfinished ones continue and
-the trials not started yet start. An unfinished trial continues from its own
-``checkpoints/last.pt`` (a paused PBT or HyperBand trial from Ray's checkpoint of it), so its
-``steps.csv`` goes on from the step it had reached.
+the trials not started yet start. An unfinished ASHA trial continues from its own
+``checkpoints/last.pt``, so its ``steps.csv`` goes on from the step it had reached; a PBT or
+HyperBand trial for which Ray holds a checkpoint (taken at a pause or a perturbation) continues
+from Ray's latest one, and the epochs it trained after that are trained again.
 
 Ray does not save a scheduler's state with the experiment. ASHA's is rebuilt here: the rewards
 recorded at each rung are replayed, in the order the scheduler judged them, from the folder's
@@ -20,6 +21,7 @@ async_hyperband._Bracket.on_result`` (what records a reward at a rung).
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any, Optional
 
@@ -70,8 +72,13 @@ def resumed_command(argv: list[str], folder: Any) -> tuple[list[str], str]:
     kept = [a for a in recorded if not a.lstrip("+~").startswith(("tune.dir=", "tune.resume=", "tune.address="))]
     recorded_address = [a for a in recorded if a.startswith("tune.address=")]
     cwd = str(OmegaConf.select(node, "tune.cwd", default=None) or ".")
-    return ([*kept, *(address or recorded_address), f"tune.dir={path}", f"tune.resume={path}"],
-            cwd if Path(cwd).is_dir() else str(Path.cwd()))
+    if not Path(cwd).is_dir():
+        import logging
+
+        logging.getLogger(__name__).warning("tune.resume: the folder the search ran in (%s) is gone; trials run in %s, "
+                                            "where its relative paths now resolve", cwd, Path.cwd())
+        cwd = str(Path.cwd())
+    return [*kept, *(address or recorded_address), f"tune.dir={path}", f"tune.resume={path}"], cwd
 
 
 class _Seen:
@@ -99,6 +106,7 @@ def seed_asha(scheduler: Any, results: Path, monitor: str, mode: str, time_attr:
     if not results.is_file():
         return 0
     sign = 1.0 if mode == "max" else -1.0
+    max_t = getattr(scheduler, "_max_t", math.inf)  # a result at max_t ends the trial: Ray records none
     bracket = scheduler._brackets[0]  # one bracket (brackets=1): every trial's
     count = 0
     for line in results.read_text().splitlines():
@@ -106,7 +114,7 @@ def seed_asha(scheduler: Any, results: Path, monitor: str, mode: str, time_attr:
             row = json.loads(line)
         except json.JSONDecodeError:  # a line cut by a killed driver
             continue
-        if "trial_id" in row and isinstance(row.get(monitor), (int, float)) and time_attr in row:
+        if "trial_id" in row and isinstance(row.get(monitor), (int, float)) and row.get(time_attr, max_t) < max_t:
             bracket.on_result(_Seen(row["trial_id"]), row[time_attr], sign * float(row[monitor]))
             count += 1
     return count
@@ -118,21 +126,27 @@ def restore(tune_dir: Path, trainable: Any, param_space: dict[str, Any], schedul
     ``<tune_dir>/ray``: unfinished trials continued, errored ones left as they ended), with
     ``scheduler`` and ``callbacks`` in place of the pickled ones (the scheduler's state is not in
     Ray's record; ``results.jsonl`` is written where the folder is now); for ``search`` ``asha``
-    the scheduler's rungs refilled first (:func:`seed_asha`)."""
+    the scheduler's rungs refilled first (:func:`seed_asha`).
+
+    Raises:
+        ConfigError: a Ray Client driver (``tune.address=ray://...``), whose Tuner runs on the
+            cluster where its scheduler cannot be replaced.
+    """
     import sys
 
     from ray import tune
 
     from framework.search.ray_trial import TIME_ATTR
 
-    if search == "asha":
-        count = seed_asha(scheduler, tune_dir / "results.jsonl", monitor, mode, TIME_ATTR)
-        print(f"tune: ASHA's rungs refilled with the {count} results judged before the interruption", file=sys.stderr)
-
+    count = seed_asha(scheduler, tune_dir / "results.jsonl", monitor, mode, TIME_ATTR) if search == "asha" else 0
     tuner = tune.Tuner.restore(str(tune_dir / "ray"), trainable, resume_unfinished=True, param_space=param_space)
     inner: Optional[Any] = getattr(tuner, "_local_tuner", None)
-    if inner is not None:
-        inner._tune_config.scheduler = scheduler
-        inner._run_config.callbacks = callbacks
+    if inner is None:  # a Ray Client driver (ray://): the Tuner runs on the cluster, out of reach
+        raise ConfigError(f"tune.resume={tune_dir}: a search cannot be resumed through Ray Client (tune.address=ray://"
+                          "...); run the command on the head node with tune.address=auto")
+    inner._tune_config.scheduler = scheduler
+    inner._run_config.callbacks = callbacks
+    if search == "asha":
+        print(f"tune: ASHA's rungs refilled with the {count} results judged before the interruption", file=sys.stderr)
     return tuner
 

@@ -33,6 +33,7 @@ from typing import Any, Optional
 
 from framework.errors import ConfigError, exit_on_user_error, first_line, suggest
 from framework.search.ray_asha import ASHA_RULES
+from framework.search.space import ray_domain
 
 log = logging.getLogger(__name__)
 
@@ -147,32 +148,6 @@ def parse_args(argv: list[str]) -> tuple[dict[str, Any], list[str], Optional[str
     if errors:
         raise ConfigError(errors)
     return opts, train_args, config_dir
-
-
-def ray_domain(dist: Any) -> Any:
-    """Ray Tune's distribution for an Optuna one (:func:`~framework.search.space.parse_space`):
-    log-uniform -> ``tune.loguniform(low, high)``, uniform -> ``tune.uniform`` (``tune.quniform``
-    with a step), integers -> ``tune.randint(low, high + 1)`` (Ray's upper bound is exclusive),
-    ``tune.lograndint(low, high + 1)`` or, with a step, ``tune.qrandint(low, high, step)`` (inclusive),
-    a categorical -> ``tune.choice(values)``.
-
-    Raises:
-        TypeError: ``dist`` is not one of Optuna's distributions (a programming error).
-    """
-    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
-    from ray import tune
-
-    if isinstance(dist, CategoricalDistribution):
-        return tune.choice(list(dist.choices))
-    if isinstance(dist, FloatDistribution):
-        if dist.log:
-            return tune.loguniform(dist.low, dist.high)
-        return tune.quniform(dist.low, dist.high, dist.step) if dist.step else tune.uniform(dist.low, dist.high)
-    if isinstance(dist, IntDistribution):
-        if dist.log:
-            return tune.lograndint(dist.low, dist.high + 1)
-        return tune.qrandint(dist.low, dist.high, dist.step) if dist.step > 1 else tune.randint(dist.low, dist.high + 1)
-    raise TypeError(f"not a search distribution: {dist!r}")
 
 
 def task_objective(cfg: Any) -> tuple[str, str]:

@@ -1,5 +1,6 @@
 """The search space of ``hydra/sweeper=lr_search``: Hydra's sweep syntax turned into Optuna
-distributions, and a sampled value turned back into a command-line override.
+distributions, a sampled value turned back into a command-line override, and the same
+distributions as Ray Tune's (:func:`ray_domain`, for ``python -m framework.tune``).
 
 The syntax is that of Hydra's Optuna sweeper (``hydra.sweeper.params`` or the command line):
 
@@ -22,7 +23,7 @@ from typing import Any, Mapping, Optional, Sequence
 
 from framework.errors import ConfigError
 
-__all__ = ["SearchSpace", "parse_space", "override_value"]
+__all__ = ["SearchSpace", "parse_space", "override_value", "ray_domain"]
 
 
 class SearchSpace:
@@ -172,3 +173,29 @@ def _looks_numeric(text: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def ray_domain(dist: Any) -> Any:
+    """Ray Tune's distribution for an Optuna one (:func:`~framework.search.space.parse_space`):
+    log-uniform -> ``tune.loguniform(low, high)``, uniform -> ``tune.uniform`` (``tune.quniform``
+    with a step), integers -> ``tune.randint(low, high + 1)`` (Ray's upper bound is exclusive),
+    ``tune.lograndint(low, high + 1)`` or, with a step, ``tune.qrandint(low, high, step)`` (inclusive),
+    a categorical -> ``tune.choice(values)``.
+
+    Raises:
+        TypeError: ``dist`` is not one of Optuna's distributions (a programming error).
+    """
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+    from ray import tune
+
+    if isinstance(dist, CategoricalDistribution):
+        return tune.choice(list(dist.choices))
+    if isinstance(dist, FloatDistribution):
+        if dist.log:
+            return tune.loguniform(dist.low, dist.high)
+        return tune.quniform(dist.low, dist.high, dist.step) if dist.step else tune.uniform(dist.low, dist.high)
+    if isinstance(dist, IntDistribution):
+        if dist.log:
+            return tune.lograndint(dist.low, dist.high + 1)
+        return tune.qrandint(dist.low, dist.high, dist.step) if dist.step > 1 else tune.randint(dist.low, dist.high + 1)
+    raise TypeError(f"not a search distribution: {dist!r}")

@@ -93,7 +93,7 @@ class TrainerCheckpoint:
             raise ConfigError(f"resume: the checkpoint holds a different model ({first_line(exc, 120)}); "
                               "resume with the run's own model config")
         # this config's hyperparameters win over the checkpoint's (a resume may change them)
-        hyper = {"initial_lr", "initial_momentum", *self._optimizer_keys()}
+        hyper = {"initial_lr", "initial_momentum", "initial_weight_decay", *self._optimizer_keys()}
         keep = [{k: g[k] for k in hyper if k in g} for g in self.optimizer.param_groups]
         try:
             self.optimizer.load_state_dict(state["optimizer"])

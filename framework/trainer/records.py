@@ -54,7 +54,8 @@ class StepRecords:
         k = self.run_state.global_step
         group0 = self.optimizer.param_groups[0]
         row = {"step": k, "epoch": epoch, "lr": lrs[0], "momentum": group_momentum(group0), "d": self._d,
-               "weight_decay": group0.get("weight_decay"), **{f"lr/{n}": v for n, v in zip(self.group_names[1:], lrs[1:])}}
+               **({"weight_decay": group0.get("weight_decay")} if self.plan.sets_weight_decay else {}),
+               **{f"lr/{n}": v for n, v in zip(self.group_names[1:], lrs[1:])}}
         self.steplog.add(row, loss, norm, clipped, ratios)
         self.history["step"].append(k)
         for name, value in zip(self.group_names, lrs):

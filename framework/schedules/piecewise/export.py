@@ -61,7 +61,8 @@ def read_steps(folder: Path) -> tuple[list[float], dict[str, list[float]], int]:
                 values = {c: float(row[c]) for c in columns if row.get(c) not in (None, "")}
                 step = int(row["step"])
             except (TypeError, ValueError):
-                raise ConfigError(f"{path}, line {line}: step and lr must be numbers; fix or remove that row") from None
+                raise ConfigError(f"{path}, line {line}: step, {', '.join(columns)} must be numbers; fix or remove "
+                                  "that row") from None
             if not (math.isfinite(values.get("lr", math.nan)) and values["lr"] >= 0 and step >= 0):
                 raise ConfigError(f"{path}, line {line}: step {row['step']} has lr {row.get('lr')!r}; a step needs a "
                                   "finite lr >= 0")
@@ -219,7 +220,7 @@ def export_schedule(source: Any, out_path: Any) -> Path:
         *(["# momentum[k]: the momentum (beta1) applied at step k, as it changed during the run (steps.csv)."]
           if momentum is not None else []),
         *(["# weight_decay: [step, wd] from which each weight decay applied, as it changed during the run "
-           "(PBT's lineage)."] if decays is not None else []),
+           "(a weight_decay column, else PBT's lineage)."] if decays is not None else []),
         "# Written by python -m framework.schedules.piecewise (framework.schedules.piecewise.export_schedule).",
     ]
     out.parent.mkdir(parents=True, exist_ok=True)
