@@ -181,6 +181,9 @@ def test_pbt_exploits_exact_checkpoints_and_exports_the_best_schedule(ray_local,
     # perturbation continues from the better one's checkpoint with a perturbed lr0 (a new segment);
     # lr0 is seeded (tune.seed=0) and CPU training deterministic, so the order of results is too
     assert restored, "no trial continued from another trial's checkpoint"
+    # the last epoch's result ends each trial (done): no exploit at the end, no last epoch trained again
+    last = [r for r in results_in_order(tune_dir) if r["epochs_trained"] == 3]
+    assert sorted(r["trial"] for r in last) == [0, 1] and all(r["done"] for r in last), last
     done = {i: json.loads((tune_dir / str(i) / "summary.json").read_text()) for i in (0, 1)}
     best = min(done, key=lambda i: (done[i]["objective"], i))  # val/loss: lower is better
     data = yaml.safe_load((tune_dir / "best_schedule.yaml").read_text())
@@ -350,7 +353,14 @@ def test_tune_resume_takes_the_recorded_command_and_refuses_in_one_line(tmp_path
     folder = tmp_path / "t"
     with pytest.raises(ConfigError, match=r"tune.resume=.*: continues the recorded search as it was; drop epochs=3"):
         resumed_command([f"tune.resume={folder}", "epochs=3"], folder)
+    with pytest.raises(ConfigError, match="no such folder"):
+        resumed_command([f"tune.resume={folder}"], folder)
     folder.mkdir()
+    (folder / "summary.json").write_text("{}")
+    with pytest.raises(ConfigError, match=f"a run folder, not a tune folder; continue one run with lrframe <its "
+                                          f"overrides> resume={folder}"):
+        resumed_command([f"tune.resume={folder}"], folder)
+    (folder / "summary.json").unlink()
     with pytest.raises(ConfigError, match="no multirun.yaml there"):
         resumed_command([f"tune.resume={folder}"], folder)
     (folder / "multirun.yaml").write_text("epochs: 3\ntune:\n  search: asha\n")
@@ -360,13 +370,15 @@ def test_tune_resume_takes_the_recorded_command_and_refuses_in_one_line(tmp_path
         "tune:\n  argv: ['+debug=tiny', 'lr0=tag(log, interval(1e-4, 1))', 'tune.dir=/old/place', "
         f"'tune.address=auto', 'tune.num_samples=6']\n  cwd: {tmp_path}\n")
     pytest.importorskip("ray")
+    with pytest.raises(ConfigError, match=r"cannot be resumed through Ray Client \(tune.address=ray://h:10001\)"):
+        resumed_command([f"tune.resume={folder}", "tune.address=ray://h:10001"], folder)
     with pytest.raises(ConfigError, match=r"Ray's state \(ray/tuner.pkl\) is not there"):
         resumed_command([f"tune.resume={folder}"], folder)
     (folder / "ray").mkdir()
     (folder / "ray" / "tuner.pkl").write_bytes(b"")
-    argv, cwd = resumed_command([f"tune.resume={folder}", "tune.address=ray://head:10001"], folder)
+    argv, cwd = resumed_command([f"tune.resume={folder}", "tune.address=head:6379"], folder)
     assert argv == ["+debug=tiny", "lr0=tag(log, interval(1e-4, 1))", "tune.num_samples=6",
-                    "tune.address=ray://head:10001", f"tune.dir={folder}", f"tune.resume={folder}"]
+                    "tune.address=head:6379", f"tune.dir={folder}", f"tune.resume={folder}"]
     assert cwd == str(tmp_path)
     assert resumed_command([f"tune.resume={folder}"], folder)[0][3] == "tune.address=auto"
 

@@ -180,6 +180,9 @@ def _export(tune_dir: Path, folder: Path, summary: dict[str, Any]) -> None:
                     if held is not None)
     print(f"best schedule: {out} (the LR{extra} applied at every step of trial {folder.name}: {path})", file=sys.stderr)
     print(f"replay: {_replay(folder, summary, out)}", file=sys.stderr)
+    if len(lineage) <= 1:
+        print(f"note: trial {folder.name} never continued from another trial's checkpoint (no exploit reached it): "
+              "the schedule is its own plan, unperturbed", file=sys.stderr)
     changed = _changed_besides_lr(summary)
     if changed:
         print(f"note: PBT also changed {', '.join(changed)} along the way; the schedule replays the LR, momentum and "

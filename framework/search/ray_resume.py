@@ -43,8 +43,9 @@ def resumed_command(argv: list[str], folder: Any) -> tuple[list[str], str]:
         folder: the tune folder (``tune.resume``'s value).
 
     Raises:
-        ConfigError: another key given with ``tune.resume``; not a tune folder (no
-            ``multirun.yaml`` with ``tune.argv``, or no Ray state in ``ray/``); each in one line.
+        ConfigError: another key given with ``tune.resume``; no such folder, a run folder, not a
+            tune folder (no ``multirun.yaml`` with ``tune.argv``, or no Ray state in ``ray/``); a Ray
+            Client address (``ray://``); each in one line.
     """
     from omegaconf import OmegaConf
 
@@ -55,6 +56,12 @@ def resumed_command(argv: list[str], folder: Any) -> tuple[list[str], str]:
                           "search in a new tune.dir can change them)")
     path = Path(str(folder)).expanduser().resolve()
     record = path / "multirun.yaml"
+    if not path.is_dir():
+        raise ConfigError(f"{shown}: no such folder; give the tune folder a python -m framework.tune run printed "
+                          "(tune: ... folder <tune folder>)")
+    if (path / "steps.csv").is_file() or (path / "summary.json").is_file():
+        raise ConfigError(f"{shown}: a run folder, not a tune folder; continue one run with lrframe <its overrides> "
+                          f"resume={path}")
     if not record.is_file():
         raise ConfigError(f"{shown}: no multirun.yaml there; give the folder a python -m framework.tune run printed "
                           "(tune: ... folder <tune folder>)")
@@ -63,12 +70,16 @@ def resumed_command(argv: list[str], folder: Any) -> tuple[list[str], str]:
     if recorded is None:
         raise ConfigError(f"{shown}: its multirun.yaml does not hold the command line (tune.argv): not a "
                           "python -m framework.tune folder, or one written by an earlier version; run the search again")
+    address = [a for a in argv if a.startswith("tune.address=")]
+    for given in address or [a for a in recorded if a.startswith("tune.address=")]:
+        if given.split("=", 1)[1].strip().strip("'\"").startswith("ray://"):
+            raise ConfigError(f"{shown}: a search cannot be resumed through Ray Client ({given}); run the command on "
+                              "the head node with tune.address=auto")
     from ray import tune
 
     if not tune.Tuner.can_restore(str(path / "ray")):
         raise ConfigError(f"{shown}: Ray's state (ray/tuner.pkl) is not there: the search ended before its first "
                           "trial; run the search again")
-    address = [a for a in argv if a.startswith("tune.address=")]
     kept = [a for a in recorded if not a.lstrip("+~").startswith(("tune.dir=", "tune.resume=", "tune.address="))]
     recorded_address = [a for a in recorded if a.startswith("tune.address=")]
     cwd = str(OmegaConf.select(node, "tune.cwd", default=None) or ".")

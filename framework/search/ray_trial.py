@@ -134,6 +134,8 @@ class RayTrial:
         result = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)}
         result.update({ch.monitor: float(value) if good else worst(ch.mode), "epoch": epoch, TIME_ATTR: epoch + 1,
                        "step": step, "trial": self.trial, "run_dir": str(self.run_dir)})
+        if epoch + 1 >= self.planned[0] or step >= self.planned[1]:  # the run's last epoch: Tune ends the trial
+            result["done"] = True  # (no scheduler judges it: PBT would otherwise exploit at the end, again and again)
         ch.results.put(("epoch", result))
         decision = ch.decisions.get()
         if decision != "stop" or epoch + 1 >= self.planned[0] or step >= self.planned[1]:
