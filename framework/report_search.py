@@ -206,12 +206,12 @@ def tune_line(sweep_dir: Path) -> Optional[str]:
         return None
     if not isinstance(tune, dict) or tune.get("search") not in TUNE_KEYS:
         return None
-    from framework.search.ray_tune import SEARCHES
+    from framework.search import RAY_SEARCHES
 
     search = tune["search"]
     args = ", ".join(f"{k}={tune.get(k)}" for k in TUNE_KEYS[search])
     seed = "random" if tune.get("seed") is None else tune["seed"]
-    return (f"Search: Ray Tune {SEARCHES[search]} ({args}), {tune.get('num_samples')} trials, seed {seed}, space "
+    return (f"Search: Ray Tune {RAY_SEARCHES[search]} ({args}), {tune.get('num_samples')} trials, seed {seed}, space "
             + ", ".join(f"`{k}`" for k in (tune.get("space") or {})) + ".")
 
 

@@ -76,6 +76,8 @@ class Schedule:
     #: True when ``t`` counts from step 0, warmup included, and warmup rises toward ``m(t)``
     #: instead of 1 (Ultralytics); False: ``t`` starts after warmup, which rises to 1.
     counts_warmup = False
+    #: True for a schedule that replays a file (``scheduler.path``): its errors name that key.
+    replays_file = False
 
     def __init__(self, total_units: int):
         if total_units < 1:

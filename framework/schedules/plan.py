@@ -295,8 +295,6 @@ class LRPlan:
             ConfigError: naming ``warmup_momentum`` (when set), ``scheduler.path`` (a replayed
                 file with a momentum or weight decay trace) or ``scheduler.cycle_momentum``.
         """
-        from framework.schedules.piecewise import Piecewise
-
         name = type(optimizer).__name__
         if self.sets_weight_decay and not any(
                 g.get("initial_weight_decay", g.get("weight_decay", 0.0)) or 0.0 for g in optimizer.param_groups):
@@ -304,7 +302,7 @@ class LRPlan:
                               f"param group of {name} decays (optimizer.weight_decay=0); set optimizer.weight_decay "
                               "to the recorded run's (> 0), or remove weight_decay:")
         if self.sets_momentum and momentum_key(optimizer.param_groups[0]) is None:
-            if self.warmup_momentum is None and isinstance(self.schedule, Piecewise):
+            if self.warmup_momentum is None and self.schedule.replays_file:  # scheduler=piecewise
                 raise ConfigError(f"scheduler.path={self.schedule.path}: holds a momentum trace, but {name} has no "
                                   "momentum or beta1 to set; replay it with the recorded optimizer, or remove momentum:")
             key = "warmup_momentum" if self.warmup_momentum is not None else "scheduler.cycle_momentum"

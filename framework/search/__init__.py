@@ -33,11 +33,13 @@ from typing import Any, Optional
 
 from framework.errors import ConfigError
 
-__all__ = ["start_trial", "SEARCH_KEY"]
+__all__ = ["start_trial", "SEARCH_KEY", "RAY_SEARCHES"]
 
 #: The top-level key that links a run to its search trial: plumbing set by the sweeper or
 #: ``framework.tune``, left out of every command that re-creates or continues a run.
 SEARCH_KEY = "search"
+#: ``python -m framework.tune``'s ``tune.search`` values and their scheduler's name (summaries, reports).
+RAY_SEARCHES = {"asha": "ASHA", "hyperband": "HyperBand", "pbt": "PBT"}
 
 
 def start_trial(cfg: Any, run_dir: Path, summary: dict[str, Any], resumed: bool) -> Optional[Any]:

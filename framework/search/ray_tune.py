@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from framework.errors import ConfigError, exit_on_user_error, first_line, suggest
+from framework.search import RAY_SEARCHES
 from framework.search.ray_asha import ASHA_RULES
 from framework.search.space import ray_domain
 
@@ -45,7 +46,7 @@ OPTIONS: dict[str, Any] = {"search": "asha", "num_samples": 8, "address": None, 
                            "reduction_factor": 4, "asha_rule": "top_k", "perturbation_interval": 1, "seed": 0,
                            "params": {}, "dir": None, "resume": None}
 #: ``tune.search`` values and the name of their scheduler in a pruned run's summary.
-SEARCHES = {"asha": "ASHA", "hyperband": "HyperBand", "pbt": "PBT"}
+SEARCHES = RAY_SEARCHES
 #: The default search space: lr0 log-uniform on [1e-4, 1].
 DEFAULT_SPACE = {"lr0": "tag(log, interval(1e-4, 1))"}
 #: Optimizer keys PBT perturbs besides lr0 (when the optimizer has them, > 0), and the range it

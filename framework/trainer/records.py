@@ -29,9 +29,10 @@ class StepRecords:
         self.update_ratios = UpdateRatios(optimizer, (self.lr_doctor or {}).get("update_ratio_every_n_steps", 0))
         warn = self.lr_doctor is not None and self.lr_doctor["warn"] and self.is_main
         self.doctor = LiveDoctor() if warn else None  # run.py gives it lr0=auto's record
+        self._logs_weight_decay = bool(getattr(self.plan, "sets_weight_decay", False))  # a replayed trace sets it
         return ["step", "epoch", "lr", *[f"lr/{n}" for n in self.group_names[1:]],
                 *(["momentum"] if momentum_key(group0) else []),
-                *(["weight_decay"] if self.plan.sets_weight_decay else []), *(["d"] if "d" in group0 else []), "loss",
+                *(["weight_decay"] if self._logs_weight_decay else []), *(["d"] if "d" in group0 else []), "loss",
                 "grad_norm", *(["clipped"] if self.clip is not None else []),
                 *(ratio_columns(self.group_names) if self.update_ratios.every else [])]
 
@@ -54,7 +55,7 @@ class StepRecords:
         k = self.run_state.global_step
         group0 = self.optimizer.param_groups[0]
         row = {"step": k, "epoch": epoch, "lr": lrs[0], "momentum": group_momentum(group0), "d": self._d,
-               **({"weight_decay": group0.get("weight_decay")} if self.plan.sets_weight_decay else {}),
+               **({"weight_decay": group0.get("weight_decay")} if self._logs_weight_decay else {}),
                **{f"lr/{n}": v for n, v in zip(self.group_names[1:], lrs[1:])}}
         self.steplog.add(row, loss, norm, clipped, ratios)
         self.history["step"].append(k)

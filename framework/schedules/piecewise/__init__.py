@@ -268,6 +268,8 @@ class Piecewise(Schedule):
             ``warmup_epochs=0 warmup_steps=null``), or :func:`input_errors`.
     """
 
+    replays_file = True
+
     def __init__(self, total_units: int, path: str, base_lr: float, lr_scaling: str = "none",
                  layer_decay: Optional[float] = None, warmup_units: int = 0):
         super().__init__(total_units)
