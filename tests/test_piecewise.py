@@ -188,6 +188,9 @@ FILE_ERRORS = [
     ("breakpoints: [[0.5, 0.1]]\n", "breakpoints[0] = [0.5, 0.1]: each breakpoint is [step, lr]"),
     ("breakpoints: [[0, -1]]\n", "breakpoints[0] LR = -1: an LR must be finite and >= 0"),
     ("lr: [0.1]\nmomentum: [1.2]\n", "momentum[0] = 1.2: a momentum must be in [0, 1); fix that value"),
+    ("lr: [0.1]\nmomentum: [abc]\n", "momentum[0] = 'abc' is not a number; a momentum is a number in [0, 1), e.g. 0.9"),
+    ("lr: [[0, 0.1], [8, 0.01]]\n", "lr[0] = [0, 0.1] is not a number; an LR is a number >= 0, e.g. 0.01; [step, lr] "
+                                     "pairs go under breakpoints:"),
     ("lr: [0.1]\nmomentum: 0.9\n", "momentum must be a non-empty list (the momentum of every optimizer step)"),
     ("lr: [0.1]\nweight_decay: [[2, 0.1]]\n", "the first weight_decay pair is at step 2; it must be at step 0"),
     ("lr: [0.1]\nweight_decay: [[0, -1]]\n", "weight_decay[0] value = -1: a weight decay must be finite and >= 0"),

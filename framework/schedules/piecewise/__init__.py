@@ -113,10 +113,12 @@ def _lr(value: Any, where: str, shown: str, what: str = "an LR", high: float = m
         example: str = "0.01") -> float:
     """``value`` as an LR (or ``what``): a finite number in ``[0, high)``. Raises ConfigError naming
     ``where`` (``lr[3]``)."""
+    bound = "finite and >= 0" if high == math.inf else f"in [0, {high:g})"
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigError(f"{KEY}={shown}: {where} = {value!r} is not a number; {what} is a number >= 0, e.g. {example}")
+        hint = "; [step, lr] pairs go under breakpoints:" if where.startswith("lr[") and isinstance(value, list) else ""
+        raise ConfigError(f"{KEY}={shown}: {where} = {value!r} is not a number; {what} is a number "
+                          f"{'>= 0' if high == math.inf else bound}, e.g. {example}{hint}")
     if not (math.isfinite(value) and 0 <= value < high):
-        bound = "finite and >= 0" if high == math.inf else f"in [0, {high:g})"
         raise ConfigError(f"{KEY}={shown}: {where} = {value!r}: {what} must be {bound}; fix that value")
     return float(value)
 
