@@ -16,6 +16,7 @@ Source: the class API of Ray Tune 2.x (``ray.tune.Trainable``: ``setup``, ``step
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import threading
 from dataclasses import dataclass, field
@@ -144,12 +145,16 @@ class LRTrainable(tune.Trainable):
 
         overrides = trial_overrides(self.spec, dict(self.config))
         cfg = compose_config(overrides, self.spec.config_dir)
+        resume = bool(self.restored and self.restored.get("has_checkpoint"))
+        own = self.restored is None and (self.run_dir / "checkpoints" / "last.pt").is_file()  # tune.resume
+        if not (resume or own) and self.run_dir.is_dir():  # an attempt cut before its first checkpoint: start afresh
+            for leftover in self.run_dir.iterdir():
+                if leftover.name != ".hydra":
+                    shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
         hydra_dir = self.run_dir / ".hydra"
         hydra_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(cfg, hydra_dir / "config.yaml")  # as the report reads a job: its config, its overrides
         OmegaConf.save(OmegaConf.create(overrides), hydra_dir / "overrides.yaml")
-        resume = bool(self.restored and self.restored.get("has_checkpoint"))
-        own = self.restored is None and (self.run_dir / "checkpoints" / "last.pt").is_file()  # tune.resume
         if resume or own:  # (own: an interrupted trial, continued from its last epoch)
             cfg = with_values(cfg, resume=str(self.run_dir), resume_allow_changes=True)
         cfg = with_values(cfg, search={"_target_": "framework.search.ray_trial.RayTrial", "trial": self.index})
