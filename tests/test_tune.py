@@ -410,7 +410,9 @@ def test_an_interrupted_asha_search_resumes_where_it_stopped(tmp_path):
     first = (tune_dir / "0" / "summary.json").read_bytes()
     assert json.loads(first)["status"] in ("completed", "pruned")
     stopped = json.loads((tune_dir / "1" / "summary.json").read_text())
-    assert stopped["status"] == "stopped", stopped  # (from its last epoch, or afresh when it had none)
+    # trial 1 was running (stopped), unless ASHA judged it at its next rung before the interrupt took
+    # effect; trials 2 and 3 had not started: either way the search is interrupted (exit 130)
+    assert stopped["status"] in ("stopped", "pruned"), stopped
     judged = sum(r["epochs_trained"] < 6 for r in results_in_order(tune_dir))  # judged at a rung before (not the end)
 
     proc = subprocess.run([sys.executable, "-m", "framework.tune", f"tune.resume={tune_dir}"], cwd=tmp_path,

@@ -118,14 +118,16 @@ def _changed_besides_lr(summary: dict[str, Any]) -> list[str]:
     return sorted(k for k in keys if len({repr((seg.get("params") or {}).get(k)) for seg in lineage}) > 1)
 
 
-def finish(tune_dir: Path, results: Any, spec: Any, base: Any) -> int:
+def finish(tune_dir: Path, results: Any, spec: Any, base: Any, expected: int = 0) -> int:
     """Mend failed and interrupted trials, write the report, name the best trial, export PBT's
-    best schedule, print what was done; the exit status (130 after a Ctrl-C, else 1 when a trial
-    erred, else 0)."""
+    best schedule, print what was done; the exit status (130 after a Ctrl-C, or when fewer than
+    ``expected`` trials (``tune.num_samples``) ran, else 1 when a trial erred, else 0)."""
     from framework.report import write_report
 
     errors = _mend_failed(tune_dir, results, spec, base)
     interrupted = _mend_interrupted(tune_dir, results)
+    ran = sum((folder / "summary.json").is_file() for folder in _trial_folders(tune_dir))
+    interrupted += max(0, expected - ran)  # trials an interruption left unstarted: the search is not over
     if interrupted:
         print(f"tune: interrupted; trials that were running say status stopped. Continue the search: python -m "
               f"framework.tune tune.resume={tune_dir} (or one trial: lrframe <its overrides> resume=<its folder>)",

@@ -374,7 +374,7 @@ def _run(opts: dict[str, Any], space: Any, base: Any, epochs: int, config_dir: O
     finally:
         if started:
             ray.shutdown()
-    return finish(tune_dir, results, spec, base)
+    return finish(tune_dir, results, spec, base, expected=opts["num_samples"])
 
 
 if __name__ == "__main__":  # pragma: no cover - python -m framework.tune is the entry
