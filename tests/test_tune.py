@@ -366,6 +366,9 @@ def test_tune_resume_takes_the_recorded_command_and_refuses_in_one_line(tmp_path
     (folder / "multirun.yaml").write_text("epochs: 3\ntune:\n  search: asha\n")
     with pytest.raises(ConfigError, match=r"does not hold the command line \(tune.argv\)"):
         resumed_command([f"tune.resume={folder}"], folder)
+    (folder / "multirun.yaml").write_text("tune: [unclosed\n")
+    with pytest.raises(ConfigError, match=r"its multirun.yaml cannot be read \(.*\); restore it, or run the search"):
+        resumed_command([f"tune.resume={folder}"], folder)
     (folder / "multirun.yaml").write_text(
         "tune:\n  argv: ['+debug=tiny', 'lr0=tag(log, interval(1e-4, 1))', 'tune.dir=/old/place', "
         f"'tune.address=auto', 'tune.num_samples=6']\n  cwd: {tmp_path}\n")

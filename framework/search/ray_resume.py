@@ -65,7 +65,11 @@ def resumed_command(argv: list[str], folder: Any) -> tuple[list[str], str]:
     if not record.is_file():
         raise ConfigError(f"{shown}: no multirun.yaml there; give the folder a python -m framework.tune run printed "
                           "(tune: ... folder <tune folder>)")
-    node = OmegaConf.load(record)
+    try:
+        node = OmegaConf.load(record)
+    except Exception as exc:  # a YAML error, a file cut short
+        raise ConfigError(f"{shown}: its multirun.yaml cannot be read ({type(exc).__name__}: "
+                          f"{str(exc).splitlines()[0] if str(exc) else ''}); restore it, or run the search again") from None
     recorded = OmegaConf.select(node, "tune.argv", default=None)
     if recorded is None:
         raise ConfigError(f"{shown}: its multirun.yaml does not hold the command line (tune.argv): not a "
@@ -152,9 +156,10 @@ def restore(tune_dir: Path, trainable: Any, param_space: dict[str, Any], schedul
     count = seed_asha(scheduler, tune_dir / "results.jsonl", monitor, mode, TIME_ATTR) if search == "asha" else 0
     tuner = tune.Tuner.restore(str(tune_dir / "ray"), trainable, resume_unfinished=True, param_space=param_space)
     inner: Optional[Any] = getattr(tuner, "_local_tuner", None)
-    if inner is None:  # a Ray Client driver (ray://): the Tuner runs on the cluster, out of reach
-        raise ConfigError(f"tune.resume={tune_dir}: a search cannot be resumed through Ray Client (tune.address=ray://"
-                          "...); run the command on the head node with tune.address=auto")
+    if inner is None:  # a Ray Client driver, or a Ray whose Tuner keeps no local driver: nothing to refill
+        raise ConfigError(f"tune.resume={tune_dir}: this Ray's Tuner has no local driver here (Ray Client, or another "
+                          "Ray version), so ASHA's state cannot be restored; run the command on the head node with "
+                          "tune.address=auto")
     inner._tune_config.scheduler = scheduler
     inner._run_config.callbacks = callbacks
     if search == "asha":

@@ -149,8 +149,10 @@ class LRTrainable(tune.Trainable):
         own = self.restored is None and (self.run_dir / "checkpoints" / "last.pt").is_file()  # tune.resume
         if not (resume or own) and self.run_dir.is_dir():  # an attempt cut before its first checkpoint: start afresh
             for leftover in self.run_dir.iterdir():
-                if leftover.name != ".hydra":
-                    shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
+                if leftover.is_dir() and leftover.name != ".hydra":
+                    shutil.rmtree(leftover)
+                elif not leftover.is_dir():
+                    leftover.unlink()
         hydra_dir = self.run_dir / ".hydra"
         hydra_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(cfg, hydra_dir / "config.yaml")  # as the report reads a job: its config, its overrides

@@ -296,6 +296,8 @@ class Piecewise(Schedule):
         #: The absolute LR of the first param group at every step of the run.
         self.lrs = [trace.lr(k) for k in range(T)]
         self.trace = trace
+        #: The weight decay of every step (looked up once here, not at every step), or None.
+        self.decays = None if trace.weight_decays is None else [trace.weight_decay(k) for k in range(T)]
 
     def __call__(self, t: int) -> float:
         return self.lrs[t] / self.base_lr
@@ -306,7 +308,7 @@ class Piecewise(Schedule):
 
     def weight_decay(self, t: int) -> Optional[float]:
         """The file's weight decay of step ``t`` (held from its pair's step); None when it holds none."""
-        return self.trace.weight_decay(t)
+        return None if self.decays is None else self.decays[t]
 
     def __repr__(self) -> str:
         return f"Piecewise({self.path})"
