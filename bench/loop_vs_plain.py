@@ -180,6 +180,79 @@ def doctor_ms(trainer, repeats: int = 30) -> tuple[float, float]:
     return sampled, (time.perf_counter() - t) * 1e3
 
 
+def breakdown(overrides: list[str], steps: int, batch: int, out: Path,
+              loggers: tuple[str, ...] = ()) -> dict[str, float]:
+    """Milliseconds per optimizer step of each piece of one framework run, timed in place (one
+    extra run, outside the pairs): the forward and backward passes (``micro_step``), the
+    optimizer's ``step``, what a plain loop also does (``zero_grad``, cutting the batches), and
+    the trainer's added work: the gradient norm as the loop computes it (right after the backward
+    pass, its gradients no longer in the CPU's caches), the LR doctor's update ratios (a sampled
+    step's copy, difference and norms, averaged over all steps) and recording the step (the row,
+    the divergence check); ``other`` = the run's time per step minus the pieces (the loop's own
+    Python). On the CPU the timers need no synchronisation; on a GPU they would time the launches,
+    so the breakdown is printed for the CPU only."""
+    import collections
+
+    import framework.build as build_module
+    from framework.trainer import engine
+
+    spent: dict[str, float] = collections.defaultdict(float)
+
+    def timed(owner, name, key):
+        inner = getattr(owner, name)
+
+        def wrapper(*a, **k):
+            t = time.perf_counter()
+            try:
+                return inner(*a, **k)
+            finally:
+                spent[key] += time.perf_counter() - t
+        setattr(owner, name, wrapper)
+        return inner
+
+    def instrumented_build(*a, **k):
+        built = original_build(*a, **k)
+        tr = built.trainer
+        for owner, name, key in ((tr, "micro_step", "forward+backward"), (tr.optimizer, "step", "optimizer.step"),
+                                 (tr.optimizer, "zero_grad", "zero_grad"),
+                                 (tr.update_ratios, "before_step", "update ratios"),
+                                 (tr.update_ratios, "after_step", "update ratios"), (tr, "_record", "record step")):
+            timed(owner, name, key)
+        batches = tr.micro_batches
+
+        def timed_batches(*a, **k):
+            it = batches(*a, **k)
+            while True:
+                t = time.perf_counter()
+                item = next(it, None)
+                spent["batches"] += time.perf_counter() - t
+                if item is None:
+                    return
+                yield item
+        tr.micro_batches = timed_batches
+        return built
+
+    original_build, original_norm = build_module.build, engine.total_norm
+    build_module.build = instrumented_build
+    engine.total_norm = lambda *a, **k: _timed_call(spent, "grad norm", original_norm, *a, **k)
+    try:
+        speed, _ = framework_run(overrides, steps, batch, out, loggers)
+    finally:
+        build_module.build, engine.total_norm = original_build, original_norm
+    per_step = {k: v / steps * 1e3 for k, v in spent.items()}
+    per_step["other"] = batch / speed * 1e3 - sum(per_step.values())
+    per_step["total"] = batch / speed * 1e3
+    return per_step
+
+
+def _timed_call(spent: dict[str, float], key: str, fn, *args, **kwargs):
+    t = time.perf_counter()
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        spent[key] += time.perf_counter() - t
+
+
 def sync(device) -> None:
     import torch
 
@@ -245,6 +318,11 @@ def main() -> None:
               f"{step_ms:.1f} ms plain step = {norm_ms / step_ms:.1%}; LR doctor: update ratios {sampled_ms:.2f} ms "
               f"per sampled step (1 in {every}), judging {steps} rows {judge_ms:.1f} ms (20 a run): "
               f"{per_step:.2f} ms a step = {per_step / step_ms:.2%})")
+        if trainer.device.type == "cpu":
+            parts = breakdown(ROWS[name], args.steps, args.batch, out / f"{name}_breakdown", loggers)
+            total = parts.pop("total")
+            print(f"{name:<18} one run timed in place, ms per step of {total:.1f}: " + ", ".join(
+                f"{k} {v:.2f} ({v / total:.1%})" for k, v in sorted(parts.items(), key=lambda kv: -kv[1])))
     if args.loggers:
         print(f"trackers {' '.join(args.loggers)}: opening a run {statistics.median(TRACKER_S['start']):.2f} s, "
               f"closing it {statistics.median(TRACKER_S['finish']):.2f} s (medians, once per run, not in samples/s)")

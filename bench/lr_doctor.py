@@ -43,6 +43,7 @@ COMBOS = {
                                      "dataset.img_size=32"], 4),
     # held out: not among the grids the band's centre was calibrated on
     "resnet10t_sgd_mnist5k": (["model=resnet10t", "optimizer=sgd", "dataset=mnist5k"], 4),
+    "mobilenetv3_sgd_mnist5k": (["model=mobilenetv3_small_100", "optimizer=sgd", "dataset=mnist5k"], 4),
 }
 CLASSES = ("too_low", "ok", "too_high")
 VERDICTS = ("too_low", "ok", "too_high", "diverged", "unsure")

@@ -195,16 +195,23 @@ TUNE_KEYS = {"asha": ("grace_period", "reduction_factor", "asha_rule"), "hyperba
              "pbt": ("perturbation_interval",)}
 
 
-def tune_line(sweep_dir: Path) -> Optional[str]:
-    """``Search: Ray Tune ASHA (grace_period=1, ...), 9 trials, seed 0.`` for a
-    ``python -m framework.tune`` folder (its ``multirun.yaml`` holds a ``tune`` node), else None."""
+def read_tune(sweep_dir: Path) -> Optional[dict[str, Any]]:
+    """The ``tune`` node of a ``python -m framework.tune`` folder's ``multirun.yaml`` (``search``
+    one of :data:`TUNE_KEYS`), else None."""
     import yaml
 
     try:
         tune = (yaml.safe_load((sweep_dir / "multirun.yaml").read_text()) or {}).get("tune")
     except (OSError, yaml.YAMLError, AttributeError):
         return None
-    if not isinstance(tune, dict) or tune.get("search") not in TUNE_KEYS:
+    return tune if isinstance(tune, dict) and tune.get("search") in TUNE_KEYS else None
+
+
+def tune_line(sweep_dir: Path) -> Optional[str]:
+    """``Search: Ray Tune ASHA (grace_period=1, ...), 9 trials, seed 0.`` for a
+    ``python -m framework.tune`` folder (:func:`read_tune`), else None."""
+    tune = read_tune(sweep_dir)
+    if tune is None:
         return None
     from framework.search import RAY_SEARCHES
 
@@ -237,6 +244,10 @@ def header_lines(sweep_dir: Path, rows: list[dict[str, Any]]) -> tuple[list[str]
         lines += [f"Best configuration (job {best['job']}, best {best['objective_name']} {fmt(best['best'])}):", "",
                   "```bash", best_command(best), "```", ""]
     lines += [compute_line(c, [int(r["planned_steps"]) for r in rows if r.get("planned_steps")]), ""]
+    if ray is not None and read_tune(sweep_dir)["search"] == "pbt":  # the best trial's schedule and lineage
+        from framework.search.ray_results import pbt_section
+
+        lines += pbt_section(sweep_dir)
     data = {**c, "n_trials": len(rows), "n_pruned": sum(r["status"] == "pruned" for r in rows),
             "best_job": best["job"] if best else None,
             "best_overrides": config_overrides(best) if best else None,

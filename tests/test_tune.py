@@ -189,6 +189,15 @@ def test_pbt_exploits_exact_checkpoints_and_exports_the_best_schedule(ray_local,
     data = yaml.safe_load((tune_dir / "best_schedule.yaml").read_text())
     rows = read_csv(tune_dir / str(best) / "steps.csv")
     assert data["lr"] == [float(r["lr"]) for r in rows] and len(data["lr"]) == total
+    # report.md shows the schedule's replay command and the best trial's lineage, segment by segment
+    report = (tune_dir / "report.md").read_text()
+    assert "## PBT: the best trial's schedule" in report
+    assert f"scheduler=piecewise scheduler.path={tune_dir / 'best_schedule.yaml'}\n" in report
+    lineage = done[best]["tune"]["lineage"]
+    for i, seg in enumerate(lineage, 1):
+        last = (total if seg["to_step"] is None else seg["to_step"]) - 1
+        assert (f"| {i} | trial {seg['trial']} | {seg['from_step']}-{last} | "
+                in report) == (len(lineage) > 1), (i, seg)
     # PBT perturbed SGD's momentum and weight decay too: a restored trial's schedule holds the
     # momentum of every step (steps.csv's column) and the weight decay from each lineage segment
     # where it changed, and a replay from scratch applies the same LR, momentum and weight decay
@@ -432,3 +441,31 @@ def test_an_interrupted_asha_search_resumes_where_it_stopped(tmp_path):
     stopped_at = asha_stops(results_in_order(tune_dir), epochs, "val/acc", 1.0, milestones=(4, 1), rf=4, max_t=6)
     for i, summary in summaries.items():
         assert summary["status"] == ("pruned" if i in stopped_at else "completed"), (i, stopped_at)
+
+
+def test_the_pbt_report_section_gives_the_replay_and_the_best_trials_lineage(tmp_path):
+    """Two hand-made PBT trials: trial 1 (val/loss 0.2, the best: lower is better) trained steps
+    0-3 itself, then continued from trial 0's checkpoint at step 4 with lr0 0.05 and ran to step 9;
+    trial 0 never left its own line."""
+    from framework.search.ray_results import SCHEDULE_NAME, pbt_section
+
+    lineage = [{"trial": 1, "from_step": 0, "to_step": 4, "params": {"lr0": 0.1, "optimizer.momentum": 0.9}},
+               {"trial": 0, "from_step": 4, "to_step": None, "params": {"lr0": 0.05, "optimizer.momentum": 0.85}}]
+    for i, (objective, trail) in enumerate([(0.3, [{"trial": 0, "from_step": 0, "to_step": None, "params": {}}]),
+                                            (0.2, lineage)]):
+        (tmp_path / str(i)).mkdir()
+        (tmp_path / str(i) / "summary.json").write_text(json.dumps({
+            "status": "completed", "objective": objective, "objective_mode": "min", "steps": 10,
+            "overrides": ["epochs=2", "lr0=0.05", "warmup_epochs=0"], "tune": {"lineage": trail}}))
+    assert pbt_section(tmp_path)[2] == (f"`{SCHEDULE_NAME}` was not written; export trial 1's schedule with "
+                                        f"`python -m framework.schedules.piecewise {tmp_path / '1'} -o "
+                                        f"{tmp_path / SCHEDULE_NAME}`.")
+    (tmp_path / SCHEDULE_NAME).write_text("lr: [0.1]\n")
+    lines = pbt_section(tmp_path)
+    assert lines[lines.index("```bash") + 1] == ("lrframe epochs=2 scheduler=piecewise "
+                                                 f"scheduler.path={tmp_path / SCHEDULE_NAME} warmup_epochs=0 "
+                                                 "warmup_steps=null")
+    assert lines[-5:] == ["| segment | trained by | steps | `lr0` | `optimizer.momentum` |",
+                          "|---:|---|---|---:|---:|",
+                          "| 1 | trial 1 | 0-3 | 0.1 | 0.9 |",
+                          "| 2 | trial 0 | 4-9 | 0.05 | 0.85 |", ""]

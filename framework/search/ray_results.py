@@ -118,6 +118,44 @@ def _changed_besides_lr(summary: dict[str, Any]) -> list[str]:
     return sorted(k for k in keys if len({repr((seg.get("params") or {}).get(k)) for seg in lineage}) > 1)
 
 
+def pbt_section(tune_dir: Path) -> list[str]:
+    """report.md's section on a PBT search's best trial (:func:`best_trial`): the exported
+    :data:`SCHEDULE_NAME` and the command that replays it, then the trial's lineage, one row per
+    segment: the trial that trained it, its optimizer steps ``k`` (first..last, 0-based) and the
+    searched values it trained with (a segment continued from the checkpoint of the one before
+    it: PBT's exploit). Empty when no trial has an objective."""
+    found = best_trial(tune_dir)
+    if found is None:
+        return []
+    folder, summary = found
+    lineage = (summary.get("tune") or {}).get("lineage") or []
+    out = tune_dir / SCHEDULE_NAME
+    lines = ["## PBT: the best trial's schedule", ""]
+    if out.is_file():
+        lines += [f"`{SCHEDULE_NAME}` holds what trial {folder.name} applied at every one of its {summary.get('steps')} "
+                  "steps (the LR, and the momentum and weight decay when they changed); the best configuration above "
+                  "has only its last values. Replay it from scratch:", "", "```bash", _replay(folder, summary, out),
+                  "```", ""]
+    else:
+        lines += [f"`{SCHEDULE_NAME}` was not written; export trial {folder.name}'s schedule with "
+                  f"`python -m framework.schedules.piecewise {folder} -o {out}`.", ""]
+    if len(lineage) <= 1:
+        return lines + [f"Trial {folder.name} never continued from another trial's checkpoint: its schedule is its "
+                        "own plan.", ""]
+    keys = sorted({k for seg in lineage for k in (seg.get("params") or {})})
+    last = int(summary.get("steps") or 0) - 1
+    lines += [f"Trial {folder.name}'s lineage ({len(lineage) - 1} exploit(s): each segment continued from the "
+              "checkpoint the one before it left):", "",
+              "| segment | trained by | steps | " + " | ".join(f"`{k}`" for k in keys) + " |",
+              "|---:|---|---|" + "---:|" * len(keys)]
+    for i, seg in enumerate(lineage, 1):
+        end = seg["to_step"] - 1 if seg.get("to_step") is not None else last
+        values = " | ".join(f"{v:.4g}" if isinstance(v := (seg.get("params") or {}).get(k), float) else str(v)
+                            for k in keys)
+        lines.append(f"| {i} | trial {seg['trial']} | {seg['from_step']}-{end} | {values} |")
+    return lines + [""]
+
+
 def finish(tune_dir: Path, results: Any, spec: Any, base: Any, expected: int = 0) -> int:
     """Mend failed and interrupted trials, write the report, name the best trial, export PBT's
     best schedule, print what was done; the exit status (130 after a Ctrl-C, or when fewer than
@@ -140,13 +178,14 @@ def finish(tune_dir: Path, results: Any, spec: Any, base: Any, expected: int = 0
         statuses[status] = statuses.get(status, 0) + 1
     counts = ", ".join(f"{n} {s}" for s, n in sorted(statuses.items()))
     print(f"tune: {sum(statuses.values())} trials ({counts}) in {tune_dir}", file=sys.stderr)
+    found = best_trial(tune_dir)
+    exported = _export(tune_dir, *found) if found is not None and spec.search == "pbt" else []  # the report shows it
     try:
         write_report(tune_dir)
         print(f"tune report: {tune_dir / 'report.md'}", file=sys.stderr)
     except Exception as exc:  # the trials' folders are the record; the report can be written again
         print(f"tune report: not written ({type(exc).__name__}: {first_line(exc)}); try python -m framework.report "
               f"{tune_dir}", file=sys.stderr)
-    found = best_trial(tune_dir)
     if found is None:
         print("tune: no trial has a result", file=sys.stderr)
         return 1
@@ -154,13 +193,14 @@ def finish(tune_dir: Path, results: Any, spec: Any, base: Any, expected: int = 0
     value = summary.get("objective")
     print(f"best: trial {folder.name} {summary.get('objective_name')} {value:.6g} ({summary.get('status')}): "
           f"{' '.join(map(shlex.quote, summary.get('overrides') or []))}", file=sys.stderr)
-    if spec.search == "pbt":
-        _export(tune_dir, folder, summary)
+    for line in exported:
+        print(line, file=sys.stderr)
     return 130 if interrupted else 1 if errors else 0
 
 
-def _export(tune_dir: Path, folder: Path, summary: dict[str, Any]) -> None:
-    """Export the best PBT trial's applied LR trace and print how to replay it."""
+def _export(tune_dir: Path, folder: Path, summary: dict[str, Any]) -> list[str]:
+    """Export the best PBT trial's applied LR trace; the lines that say what was written and how
+    to replay it."""
     from framework.errors import ConfigError
     from framework.schedules.piecewise import export_schedule
 
@@ -168,9 +208,8 @@ def _export(tune_dir: Path, folder: Path, summary: dict[str, Any]) -> None:
     try:
         export_schedule(folder, out)
     except (ConfigError, OSError) as exc:
-        print(f"best schedule: not written ({first_line(exc)}); try python -m framework.schedules.piecewise {folder} "
-              f"-o {out}", file=sys.stderr)
-        return
+        return [f"best schedule: not written ({first_line(exc)}); try python -m framework.schedules.piecewise {folder} "
+                f"-o {out}"]
     lineage = (summary.get("tune") or {}).get("lineage") or []
     path = " -> ".join(f"trial {seg['trial']} (steps {seg['from_step']}..{seg.get('to_step') or 'end'}, "
                        f"lr0 {seg['params'].get('lr0', '?'):.4g})" if isinstance(seg['params'].get('lr0'), float)
@@ -180,15 +219,16 @@ def _export(tune_dir: Path, folder: Path, summary: dict[str, Any]) -> None:
     trace = load_trace(out)
     extra = "".join(f", {name}" for name, held in (("momentum", trace.momenta), ("weight decay", trace.weight_decays))
                     if held is not None)
-    print(f"best schedule: {out} (the LR{extra} applied at every step of trial {folder.name}: {path})", file=sys.stderr)
-    print(f"replay: {_replay(folder, summary, out)}", file=sys.stderr)
+    lines = [f"best schedule: {out} (the LR{extra} applied at every step of trial {folder.name}: {path})",
+             f"replay: {_replay(folder, summary, out)}"]
     if len(lineage) <= 1:
-        print(f"note: trial {folder.name} never continued from another trial's checkpoint (no exploit reached it): "
-              "the schedule is its own plan, unperturbed", file=sys.stderr)
+        lines.append(f"note: trial {folder.name} never continued from another trial's checkpoint (no exploit reached "
+                     "it): the schedule is its own plan, unperturbed")
     changed = _changed_besides_lr(summary)
     if changed:
-        print(f"note: PBT also changed {', '.join(changed)} along the way; the schedule replays the LR, momentum and "
-              "weight decay only (the command above has their final values)", file=sys.stderr)
+        lines.append(f"note: PBT also changed {', '.join(changed)} along the way; the schedule replays the LR, momentum "
+                     "and weight decay only (the command above has their final values)")
+    return lines
 
 
 def result_log(path: Path) -> Any:
