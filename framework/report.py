@@ -149,7 +149,7 @@ def write_report(sweep_dir: str | Path) -> dict[str, Any]:
         lines.append(f"| {r['rank']} | {r['job']} | `{series_label(r, swept)}` | {report_search.status_cell(r)} | "
                      f"{fmt(r['best'])} | "
                      f"{fmt(r['final'])} | {fmt(r['final_train_loss'])} | {fmt(r['wall_time_s'], 3)} | {steps} | "
-                     f"{verdict_cell(r.get('lr_verdict'), r.get('lr0_factor'))} |")
+                     f"{verdict_cell(r.get('lr_verdict'), r.get('lr0_factor'), r.get('lr_factor_of', 'lr0'))} |")
     errors = [r for r in rows if r["error"]]
     if errors:
         lines += ["", "## Errors", ""] + [f"- job {r['job']} ({r['status']}): {r['error']}" for r in errors]

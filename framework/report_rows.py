@@ -109,7 +109,8 @@ def _verdict(folder: Path, summary: dict[str, Any], steps: list[dict[str, str]])
 
     diagnosis = job_diagnosis(folder, summary, steps)
     return {"lr_verdict": diagnosis["verdict"] if diagnosis else None,
-            "lr0_factor": diagnosis["factor"] if diagnosis else None}
+            "lr0_factor": diagnosis["factor"] if diagnosis else None,
+            "lr_factor_of": diagnosis.get("factor_of", "lr0") if diagnosis else "lr0"}
 
 
 def collect(sweep_dir: str | Path) -> list[dict[str, Any]]:

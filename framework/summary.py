@@ -71,6 +71,7 @@ def start_summary(cfg: Any, built: Any, run_dir: Path, overrides: list[str], lr0
         "lr0_effective": built.lr0_effective,
         "lr_scaling": cfg.lr_scaling,
         "base_lrs": built.base_lrs,
+        **({"schedule_file": plan.schedule_file} if plan.schedule_file else {}),
         "planned_steps": plan.total_steps,
         "planned_epochs": plan.total_epochs,
         "global_batch": built.global_batch,
@@ -144,7 +145,8 @@ def print_table(summary: dict[str, Any]) -> None:
         ("batch", f"{summary['global_batch']} global ({summary['world_size']} process(es))"),
         ("device", summary["device"]),
         ("wall time", f"{summary['wall_time_s']:.1f} s"),
-        *([("LR doctor", verdict_cell(summary["lr_diagnosis"]["verdict"], summary["lr_diagnosis"]["factor"]))]
+        *([("LR doctor", verdict_cell(summary["lr_diagnosis"]["verdict"], summary["lr_diagnosis"]["factor"],
+                                   summary["lr_diagnosis"].get("factor_of", "lr0")))]
           if summary.get("lr_diagnosis") else []),
     ]
     for name, value in rows:

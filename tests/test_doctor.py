@@ -283,6 +283,28 @@ def test_a_run_records_its_diagnosis_and_prints_it(tmp_path, capsys):
     assert float(table[1]["loss"]) == pytest.approx(sum(float(r["loss"]) for r in steps[5:10]) / 5)
 
 
+def test_a_replayed_schedule_is_advised_by_scaling_its_lrs_not_lr0(tmp_path, capsys):
+    """scheduler=piecewise replays the file's LR at every step whatever lr0 is: the advice scales the
+    file's LRs (x the factor), the table says ``LRs x``, summary.json names the file."""
+    trace = tmp_path / "high.yaml"
+    trace.write_text("lr: [" + ", ".join(["3.0"] * 16) + "]\n")  # as the lr0=3 run above: too high
+    run = tmp_path / "run"
+    train_in_process(run, *TINY, "epochs=4", "scheduler=piecewise", f"scheduler.path={trace}", "warmup_epochs=0",
+                     "warmup_steps=null")
+    summary = json.loads((run / "summary.json").read_text())
+    diagnosis = summary["lr_diagnosis"]
+    assert summary["schedule_file"] == str(trace.resolve())
+    assert [float(r["lr"]) for r in read_csv(run / "steps.csv")] == [3.0] * 16
+    assert diagnosis["verdict"] in ("too_high", "diverged") and diagnosis["factor_of"] == "scheduler.path"
+    assert diagnosis["reason"].endswith(f"consider the LRs of {trace.resolve()} x{diagnosis['factor']:g} "
+                                        "(lr0 does not change a replay)")
+    assert "lr0≈" not in diagnosis["reason"]
+    assert f"({'LRs'} x{diagnosis['factor']:g})" in capsys.readouterr().out
+    # an ordinary run keeps advising lr0
+    plain = diagnose(rows_of([2.3 * 0.9 ** k for k in range(20)], ratio0=0.5), 20)
+    assert plain["factor_of"] == "lr0" and "consider lr0≈" in plain["reason"]
+
+
 def test_after_a_real_lr0_auto_run_the_live_warning_names_the_other_suggestions(tmp_path, monkeypatch, caplog):
     # the whole path: the range test of lr0=auto, the run, the live doctor. The band's centre is moved to 10^-3
     # (healthy 10^-3.75 .. 10^-2.25) so that the chosen lr0 on this tiny task reads as too high

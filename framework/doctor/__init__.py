@@ -37,7 +37,7 @@ def diagnose_run(run_dir: str | Path, upto_frac: Optional[float] = None,
         upto_frac: judge only the first ``ceil(upto_frac x T)`` steps (what a live doctor knew
             then); None = every step.
         summary: the run's summary dict when it is at hand (not yet written); None = read
-            ``summary.json`` (its ``planned_steps``, ``status`` and ``base_lrs``).
+            ``summary.json`` (its ``planned_steps``, ``status``, ``base_lrs`` and ``schedule_file``).
         write: also write the per-interval signals as ``lr_doctor.csv`` in the folder
             (:func:`framework.doctor.signals.interval_rows`).
         options: passed to :func:`diagnose` (``ratio_center_log10``).
@@ -64,4 +64,4 @@ def diagnose_run(run_dir: str | Path, upto_frac: Optional[float] = None,
                 writer.writeheader()
                 writer.writerows(table)
     return diagnose(rows, total, str(summary.get("status", "completed")), upto=upto,
-                    base_lrs=summary.get("base_lrs"), **options)
+                    base_lrs=summary.get("base_lrs"), schedule_file=summary.get("schedule_file"), **options)

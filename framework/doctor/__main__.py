@@ -31,7 +31,7 @@ def _run(folder: Path, out: Optional[Path]) -> int:
         print(f"error: {folder / 'steps.csv'}: not a run's step log (no readable {exc} column); pass a run folder "
               "the framework wrote", file=sys.stderr)
         return 2
-    cell = verdict_cell(diagnosis["verdict"], diagnosis["factor"])
+    cell = verdict_cell(diagnosis["verdict"], diagnosis["factor"], diagnosis.get("factor_of", "lr0"))
     print(f"{folder}: {cell}")
     print(f"  {diagnosis['reason']}")
     for name, group in diagnosis["groups"].items():
@@ -61,7 +61,8 @@ def _sweep(folder: Path) -> int:
         verdict = diagnosis["verdict"] if diagnosis else None
         lr0 = summary.get("lr0") if summary else None
         jobs.append((lr0 if isinstance(lr0, (int, float)) else None, verdict))
-        cell = verdict_cell(verdict, diagnosis["factor"] if diagnosis else None)
+        cell = verdict_cell(verdict, diagnosis["factor"] if diagnosis else None,
+                            diagnosis.get("factor_of", "lr0") if diagnosis else "lr0")
         shown = f"{lr0:.4g}" if isinstance(lr0, (int, float)) else "-"  # 0.0001164422375176788 would overflow
         print(f"{job.name:>4}  {shown:>10}  {summary.get('status', '-'):10}  "
               f"{cell:20}  {diagnosis['reason'] if diagnosis else 'no steps.csv'}")

@@ -37,11 +37,13 @@ def bracket(jobs: Sequence[tuple[Optional[float], Optional[str]]]) -> dict[str, 
             "conflicting": conflicting}
 
 
-def verdict_cell(verdict: Optional[str], factor: Optional[float]) -> str:
-    """A verdict with its suggested lr0 factor, as tables show it: ``too_high (lr0 x0.3)``, ``ok``, ``-``."""
+def verdict_cell(verdict: Optional[str], factor: Optional[float], factor_of: str = "lr0") -> str:
+    """A verdict with its suggested factor, as tables show it: ``too_high (lr0 x0.3)``, ``ok``,
+    ``-``; ``too_high (LRs x0.3)`` when the factor is ``of`` a replayed file's LRs
+    (``factor_of="scheduler.path"``)."""
     if not verdict:
         return "-"
-    return verdict + (f" (lr0 x{factor:g})" if factor else "")
+    return verdict + (f" ({'lr0' if factor_of == 'lr0' else 'LRs'} x{factor:g})" if factor else "")
 
 
 def bracket_line(found: dict[str, Any]) -> str:

@@ -90,7 +90,7 @@ def _factor(half_decades: int) -> float:
 
 def diagnose(rows: Sequence[dict[str, Any]], total_steps: int, status: str = "completed",
              upto: Optional[int] = None, base_lrs: Optional[dict[str, float]] = None,
-             ratio_center_log10: Optional[float] = None) -> dict[str, Any]:
+             ratio_center_log10: Optional[float] = None, schedule_file: Optional[str] = None) -> dict[str, Any]:
     """The LR doctor's verdict on a run from its ``steps.csv`` rows.
 
     Rules, in order (the first that applies):
@@ -124,13 +124,17 @@ def diagnose(rows: Sequence[dict[str, Any]], total_steps: int, status: str = "co
             of each group in ``rows``.
         ratio_center_log10: the healthy band's centre (log10); None = :data:`RATIO_CENTER_LOG10`
             (another value: calibrating the band, ``bench/lr_doctor.py``).
+        schedule_file: the file a ``scheduler=piecewise`` run replayed (``summary.json``'s
+            ``schedule_file``): its LRs set the run's LR, lr0 does not, so the advice is to scale
+            them; None = the advice is a new lr0.
 
     Raises:
         KeyError: a row without ``step`` (not a ``steps.csv`` row).
 
     Returns:
-        ``{"verdict", "factor", "reason", "at_step", "evidence", "groups"}``: ``factor`` the
-        suggested multiplier for lr0 (None for ok / unsure), ``reason`` one line, ``at_step``
+        ``{"verdict", "factor", "factor_of", "reason", "at_step", "evidence", "groups"}``:
+        ``factor`` the suggested multiplier (None for ok / unsure) of ``factor_of``: ``lr0``, or
+        ``scheduler.path`` (every LR of the replayed file), ``reason`` one line, ``at_step``
         the last step judged, ``evidence`` the figures behind it (``loss_start`` (step 0),
         ``loss_end``, ``loss_max`` (smoothed), ``loss_drop_frac``, ``rose`` / ``judged_rises``
         (intervals whose smoothed loss rose, of those compared), ``noise`` (median relative
@@ -147,12 +151,12 @@ def diagnose(rows: Sequence[dict[str, Any]], total_steps: int, status: str = "co
     center = RATIO_CENTER_LOG10 if ratio_center_log10 is None else ratio_center_log10
     evidence = _evidence(rows, ivs, names, total_steps, losses, base_lrs or {}, center)
     lr0 = (base_lrs or {}).get(names[0]) or max((number(r.get("lr")) or 0.0 for r in rows), default=0.0)
-    out = {"verdict": "unsure", "factor": None, "reason": "",
+    out = {"verdict": "unsure", "factor": None, "factor_of": "scheduler.path" if schedule_file else "lr0", "reason": "",
            "at_step": int(float(rows[-1]["step"])) if rows else None, "evidence": evidence, "groups": {}}
     if status == "diverged" or any(_nonfinite(r.get("loss")) for r in rows):
         return {**out, "verdict": "diverged", "factor": 0.1,
                 "reason": f"the loss became non-finite at lr0 {lr0:.3g}: the LR is far too high; "
-                          f"consider lr0≈{lr0 * 0.1:.3g}"}
+                          + advice(lr0, 0.1, schedule_file)}
     if len(ivs) < MIN_INTERVALS:
         return {**out, "reason": f"{len(ivs)} interval(s) of {evidence['interval_steps']} steps: too early to judge"}
     ratio = evidence["update_ratio"].get(names[0])
@@ -174,12 +178,20 @@ def diagnose(rows: Sequence[dict[str, Any]], total_steps: int, status: str = "co
         low, high = evidence["ratio_band"]
         reason = f"the first step's update ratio at lr0 {lr0:.3g} is {ratio:.2g} (healthy {low:.2g}-{high:.2g})"
     if verdict in ("too_high", "too_low"):
-        reason += f": the LR looks {verdict.replace('_', ' ')}; consider lr0≈{lr0 * factor:.3g}"
+        reason += f": the LR looks {verdict.replace('_', ' ')}; " + advice(lr0, factor, schedule_file)
     elif verdict == "ok":
         reason += ": the LR looks right"
     out.update(verdict=verdict, factor=factor if verdict in ("too_high", "too_low") else None, reason=reason,
                groups=_group_verdicts(rows, names, evidence, base_lrs or {}, center))
     return out
+
+
+def advice(lr0: float, factor: float, schedule_file: Optional[str] = None) -> str:
+    """``consider lr0≈0.03``; for a run that replayed ``schedule_file`` (whose LRs lr0 does not
+    change), ``consider the LRs of <file> x0.3 (lr0 does not change a replay)``."""
+    if schedule_file:
+        return f"consider the LRs of {schedule_file} x{factor:g} (lr0 does not change a replay)"
+    return f"consider lr0≈{lr0 * factor:.3g}"
 
 
 def _loss_verdict(evidence: dict[str, Any], band: Optional[str], ratio: Optional[float]) -> tuple[str, str]:

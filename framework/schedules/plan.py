@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import functools
 import math
+import os
+from pathlib import Path
 from typing import Any, Callable, Optional
 
 from framework import registry
@@ -308,6 +310,14 @@ class LRPlan:
             key = "warmup_momentum" if self.warmup_momentum is not None else "scheduler.cycle_momentum"
             raise ConfigError(f"{key}: {name} has no momentum or beta1 to set; use "
                               "scheduler.cycle_momentum=false and warmup_momentum=null, or an optimizer with momentum")
+
+    @property
+    def schedule_file(self) -> Optional[str]:
+        """The file a ``scheduler=piecewise`` plan replays (absolute path), else None: its LRs, not
+        lr0, set the run's LR (the LR doctor's advice names it)."""
+        if not getattr(self.schedule, "replays_file", False):
+            return None
+        return str(Path(os.path.expanduser(self.schedule.path)).resolve())
 
     @property
     def total_epochs(self) -> int:
