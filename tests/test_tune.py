@@ -443,6 +443,51 @@ def test_an_interrupted_asha_search_resumes_where_it_stopped(tmp_path):
         assert summary["status"] == ("pruned" if i in stopped_at else "completed"), (i, stopped_at)
 
 
+@pytest.mark.long  # two Ray searches in subprocesses (about a minute)
+def test_an_interrupted_pbt_search_resumes_and_keeps_the_lr_contract_along_each_lineage(tmp_path):
+    """Ctrl-C once PBT has judged 3 results of 2 trials (one at a time, 4 epochs each), then
+    tune.resume: both trials end completed, each step once in their steps.csv, every step's LR the
+    cosine of the lr0 of the lineage segment it belongs to, and the exported schedule is the best
+    trial's applied LR."""
+    import signal
+    import time
+
+    import yaml
+
+    tune_dir = tmp_path / "t"
+    argv = [*TINY, "epochs=4", "task.monitor=val/loss", "task.mode=min", "tune.search=pbt", "tune.num_samples=2",
+            "tune.perturbation_interval=1", "tune.cpus_per_trial=2", f"tune.dir={tune_dir}"]
+    proc = subprocess.Popen([sys.executable, "-m", "framework.tune", *argv], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + HANG_GUARD_S
+    while not ((tune_dir / "results.jsonl").is_file() and len(results_in_order(tune_dir)) >= 3):
+        assert proc.poll() is None and time.monotonic() < deadline, "the search ended before 3 results"
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    out = proc.communicate(timeout=HANG_GUARD_S)[0]
+    assert proc.returncode == 130, out[-3000:]
+    assert f"Continue the search: python -m framework.tune tune.resume={tune_dir}" in out
+
+    proc = subprocess.run([sys.executable, "-m", "framework.tune", f"tune.resume={tune_dir}"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=HANG_GUARD_S)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "tune: resuming pbt" in proc.stderr
+    total = 4 * STEPS_PER_EPOCH
+    done = {i: json.loads((tune_dir / str(i) / "summary.json").read_text()) for i in (0, 1)}
+    for i, summary in done.items():
+        assert summary["status"] == "completed" and summary["steps"] == total, summary
+        rows = read_csv(tune_dir / str(i) / "steps.csv")
+        assert [int(r["step"]) for r in rows] == list(range(total))  # each step once, across the interruption
+        lineage = summary["tune"]["lineage"]
+        for seg, nxt in zip(lineage, lineage[1:] + [None]):
+            end = total if nxt is None else seg["to_step"]
+            for k in range(seg["from_step"], end):
+                assert float(rows[k]["lr"]) == pytest.approx(cosine_lr(seg["params"]["lr0"], k, total), rel=1e-12)
+    best = min(done, key=lambda i: (done[i]["objective"], i))
+    schedule = yaml.safe_load((tune_dir / "best_schedule.yaml").read_text())
+    assert schedule["lr"] == [float(r["lr"]) for r in read_csv(tune_dir / str(best) / "steps.csv")]
+
+
 def test_the_pbt_report_section_gives_the_replay_and_the_best_trials_lineage(tmp_path):
     """Two hand-made PBT trials: trial 1 (val/loss 0.2, the best: lower is better) trained steps
     0-3 itself, then continued from trial 0's checkpoint at step 4 with lr0 0.05 and ran to step 9;
