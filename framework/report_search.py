@@ -245,7 +245,7 @@ def header_lines(sweep_dir: Path, rows: list[dict[str, Any]]) -> tuple[list[str]
                   "```bash", best_command(best), "```", ""]
     lines += [compute_line(c, [int(r["planned_steps"]) for r in rows if r.get("planned_steps")]), ""]
     if ray is not None and read_tune(sweep_dir)["search"] == "pbt":  # the best trial's schedule and lineage
-        from framework.search.ray_results import pbt_section
+        from framework.search.best import pbt_section
 
         lines += pbt_section(sweep_dir)
     data = {**c, "n_trials": len(rows), "n_pruned": sum(r["status"] == "pruned" for r in rows),

@@ -492,7 +492,7 @@ def test_the_pbt_report_section_gives_the_replay_and_the_best_trials_lineage(tmp
     """Two hand-made PBT trials: trial 1 (val/loss 0.2, the best: lower is better) trained steps
     0-3 itself, then continued from trial 0's checkpoint at step 4 with lr0 0.05 and ran to step 9;
     trial 0 never left its own line."""
-    from framework.search.ray_results import SCHEDULE_NAME, pbt_section
+    from framework.search.best import SCHEDULE_NAME, pbt_section
 
     lineage = [{"trial": 1, "from_step": 0, "to_step": 4, "params": {"lr0": 0.1, "optimizer.momentum": 0.9}},
                {"trial": 0, "from_step": 4, "to_step": None, "params": {"lr0": 0.05, "optimizer.momentum": 0.85}}]

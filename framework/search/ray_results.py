@@ -3,30 +3,23 @@ best trial and, after Population Based Training, its LR trace as a replayable sc
 
 A trial that erred before its run wrote ``summary.json`` (a crash in the worker, a lost node) gets
 one here (``status: failed`` with Ray's error), trials a Ctrl-C left running say ``stopped``; the
-report is :func:`framework.report.write_report` on the tune folder; the best trial is the one
+report is :func:`framework.report.write_report` on the tune folder; the best trial
+(:func:`framework.search.best.best_trial`) is the one
 with the best objective (the best epoch's monitored value) among the completed trials (else
 among all).
 """
 from __future__ import annotations
 
 import json
-import math
 import shlex
 import sys
 from pathlib import Path
 from typing import Any, Optional
 
 from framework.errors import first_line
+from framework.search.best import SCHEDULE_NAME, best_trial, replay_line, trial_folders
 
-__all__ = ["finish", "best_trial", "result_log", "SCHEDULE_NAME"]
-
-#: The file PBT's best LR trace is exported to, in the tune folder.
-SCHEDULE_NAME = "best_schedule.yaml"
-
-
-def _trial_folders(tune_dir: Path) -> list[Path]:
-    return sorted((p for p in tune_dir.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name))
-
+__all__ = ["finish", "result_log"]
 
 def _run_dir(tune_dir: Path, result: Any) -> Optional[Path]:
     """The run folder of a Ray result: ``<tune_dir>/<index>`` from its Ray folder ``trial_<index>``
@@ -83,30 +76,6 @@ def _mend_interrupted(tune_dir: Path, results: Any) -> int:
     return count
 
 
-def best_trial(tune_dir: Path) -> Optional[tuple[Path, dict[str, Any]]]:
-    """``(run folder, summary)`` of the trial with the best objective under its
-    ``objective_mode``: among the completed trials, else among all that have one; the lower index
-    on a tie. None when no trial has an objective."""
-    from framework.loggers import read_summary
-
-    rows = [(p, read_summary(p)) for p in _trial_folders(tune_dir)]
-    rows = [(p, s) for p, s in rows if isinstance(s.get("objective"), (int, float)) and math.isfinite(s["objective"])]
-    done = [(p, s) for p, s in rows if s.get("status") == "completed"] or rows
-    if not done:
-        return None
-    sign = lambda s: -1.0 if s.get("objective_mode", "max") == "max" else 1.0  # noqa: E731
-    return min(done, key=lambda r: (sign(r[1]) * r[1]["objective"], int(r[0].name)))
-
-
-def _replay(best: Path, summary: dict[str, Any], out: Path) -> str:
-    """The ``lrframe`` command that replays ``out``
-    (:func:`framework.schedules.piecewise.export.replay_command`, named as the installed command)."""
-    from framework.schedules.piecewise.export import recorded, replay_command
-
-    command = replay_command(summary, recorded(best)[1], out)
-    return "lrframe" + command[len("python train.py"):] if command.startswith("python train.py") else command
-
-
 #: Searched keys whose changes the exported schedule replays (the LR, its momentum and weight decay).
 REPLAYED = ("lr0", "optimizer.momentum", "optimizer.weight_decay")
 
@@ -118,44 +87,6 @@ def _changed_besides_lr(summary: dict[str, Any]) -> list[str]:
     return sorted(k for k in keys if len({repr((seg.get("params") or {}).get(k)) for seg in lineage}) > 1)
 
 
-def pbt_section(tune_dir: Path) -> list[str]:
-    """report.md's section on a PBT search's best trial (:func:`best_trial`): the exported
-    :data:`SCHEDULE_NAME` and the command that replays it, then the trial's lineage, one row per
-    segment: the trial that trained it, its optimizer steps ``k`` (first..last, 0-based) and the
-    searched values it trained with (a segment continued from the checkpoint of the one before
-    it: PBT's exploit). Empty when no trial has an objective."""
-    found = best_trial(tune_dir)
-    if found is None:
-        return []
-    folder, summary = found
-    lineage = (summary.get("tune") or {}).get("lineage") or []
-    out = tune_dir / SCHEDULE_NAME
-    lines = ["## PBT: the best trial's schedule", ""]
-    if out.is_file():
-        lines += [f"`{SCHEDULE_NAME}` holds what trial {folder.name} applied at every one of its {summary.get('steps')} "
-                  "steps (the LR, and the momentum and weight decay when they changed); the best configuration above "
-                  "has only its last values. Replay it from scratch:", "", "```bash", _replay(folder, summary, out),
-                  "```", ""]
-    else:
-        lines += [f"`{SCHEDULE_NAME}` was not written; export trial {folder.name}'s schedule with "
-                  f"`python -m framework.schedules.piecewise {folder} -o {out}`.", ""]
-    if len(lineage) <= 1:
-        return lines + [f"Trial {folder.name} never continued from another trial's checkpoint: its schedule is its "
-                        "own plan.", ""]
-    keys = sorted({k for seg in lineage for k in (seg.get("params") or {})})
-    last = int(summary.get("steps") or 0) - 1
-    lines += [f"Trial {folder.name}'s lineage ({len(lineage) - 1} exploit(s): each segment continued from the "
-              "checkpoint the one before it left):", "",
-              "| segment | trained by | steps | " + " | ".join(f"`{k}`" for k in keys) + " |",
-              "|---:|---|---|" + "---:|" * len(keys)]
-    for i, seg in enumerate(lineage, 1):
-        end = seg["to_step"] - 1 if seg.get("to_step") is not None else last
-        values = " | ".join(f"{v:.4g}" if isinstance(v := (seg.get("params") or {}).get(k), float) else str(v)
-                            for k in keys)
-        lines.append(f"| {i} | trial {seg['trial']} | {seg['from_step']}-{end} | {values} |")
-    return lines + [""]
-
-
 def finish(tune_dir: Path, results: Any, spec: Any, base: Any, expected: int = 0) -> int:
     """Mend failed and interrupted trials, write the report, name the best trial, export PBT's
     best schedule, print what was done; the exit status (130 after a Ctrl-C, or when fewer than
@@ -164,7 +95,7 @@ def finish(tune_dir: Path, results: Any, spec: Any, base: Any, expected: int = 0
 
     errors = _mend_failed(tune_dir, results, spec, base)
     interrupted = _mend_interrupted(tune_dir, results)
-    ran = sum((folder / "summary.json").is_file() for folder in _trial_folders(tune_dir))
+    ran = sum((folder / "summary.json").is_file() for folder in trial_folders(tune_dir))
     interrupted += max(0, expected - ran)  # trials an interruption left unstarted: the search is not over
     if interrupted:
         print(f"tune: interrupted; trials that were running say status stopped. Continue the search: python -m "
@@ -173,7 +104,7 @@ def finish(tune_dir: Path, results: Any, spec: Any, base: Any, expected: int = 0
     statuses: dict[str, int] = {}
     from framework.loggers import read_summary
 
-    for folder in _trial_folders(tune_dir):
+    for folder in trial_folders(tune_dir):
         status = read_summary(folder).get("status", "incomplete")
         statuses[status] = statuses.get(status, 0) + 1
     counts = ", ".join(f"{n} {s}" for s, n in sorted(statuses.items()))
@@ -220,7 +151,7 @@ def _export(tune_dir: Path, folder: Path, summary: dict[str, Any]) -> list[str]:
     extra = "".join(f", {name}" for name, held in (("momentum", trace.momenta), ("weight decay", trace.weight_decays))
                     if held is not None)
     lines = [f"best schedule: {out} (the LR{extra} applied at every step of trial {folder.name}: {path})",
-             f"replay: {_replay(folder, summary, out)}"]
+             f"replay: {replay_line(folder, summary, out)}"]
     if len(lineage) <= 1:
         lines.append(f"note: trial {folder.name} never continued from another trial's checkpoint (no exploit reached "
                      "it): the schedule is its own plan, unperturbed")
