@@ -34,14 +34,15 @@ sys.path.insert(0, str(ROOT))
 from framework.doctor import diagnose_run  # noqa: E402
 
 #: name -> (overrides, epochs): about the default job's length (10 epochs of digits: T = 230 steps;
-#: 4 epochs of mnist5k: 252), its cosine schedule to lrf 0.01 and no warmup
+#: 4 epochs of mnist5k: 252), its cosine schedule to lrf 0.01 and no warmup; three per optimizer
+#: family (SGD, AdamW): the grids the LR doctor's bands are calibrated on
+#: (framework.doctor.verdict.RATIO_CENTER_LOG10)
 COMBOS = {
     "resnet10t_sgd_digits": (["model=resnet10t", "optimizer=sgd", "dataset=digits"], 10),
     "resnet10t_adamw_digits": (["model=resnet10t", "optimizer=adamw", "dataset=digits"], 10),
     "mobilenetv3_adamw_mnist5k": (["model=mobilenetv3_small_100", "optimizer=adamw", "dataset=mnist5k"], 4),
     "convnext_atto_adamw_mnist5k": (["model=convnext_atto", "optimizer=adamw", "dataset=mnist5k",
                                      "dataset.img_size=32"], 4),
-    # held out: not among the grids the band's centre was calibrated on
     "resnet10t_sgd_mnist5k": (["model=resnet10t", "optimizer=sgd", "dataset=mnist5k"], 4),
     "mobilenetv3_sgd_mnist5k": (["model=mobilenetv3_small_100", "optimizer=sgd", "dataset=mnist5k"], 4),
 }
@@ -89,7 +90,7 @@ def best_lr0(rows: list[tuple[Path, dict]]) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--combos", nargs="+", default=list(COMBOS)[:3], choices=list(COMBOS))
+    parser.add_argument("--combos", nargs="+", default=list(COMBOS), choices=list(COMBOS))
     parser.add_argument("--out", type=Path, default=Path("/tmp/lr_doctor"))
     parser.add_argument("--reuse", nargs="*", default=[], metavar="COMBO=FOLDER",
                         help="take a combination's grid from a finished sweep folder (same overrides and epochs)")
@@ -111,9 +112,10 @@ def main() -> None:
         rows = jobs(grid)
         grids[name] = (rows, best_lr0(rows))
     # the shipped band, then each combination judged with the band's centre placed where the
-    # other combinations' best runs put it (leave one out): how the band carries to a new one
-    best_ratio = {name: math.log10(diagnose_run(job)["evidence"]["update_ratio"][next(iter(s["base_lrs"]))])
-                  for name, (rows, best) in grids.items() for job, s in rows if s["lr0"] == best}
+    # other combinations of its optimizer family put it (leave one out): how the band carries to a new one
+    best_runs = {name: diagnose_run(job) for name, (rows, best) in grids.items() for job, s in rows if s["lr0"] == best}
+    best_ratio = {name: math.log10(next(iter(d["evidence"]["update_ratio"].values()))) for name, d in best_runs.items()}
+    family = {name: d["evidence"]["optimizer_family"] for name, d in best_runs.items()}
     results = {name: score(name, *grids[name]) for name in grids}
     lines = [line for name in grids for line in table_lines(name, results[name])]
     total = sum(r["judged"] for r in results.values())
@@ -121,14 +123,21 @@ def main() -> None:
                     f"{sum(r['early_right'] for r in results.values())}/{total} from the first 30%, best runs "
                     f"called too high/low: {sum(r['best_called_wrong'] for r in results.values())}")
     lines += [summary_line, "", "First-step update ratio (log10) of each grid's best run: "
-              + ", ".join(f"{name} {v:.2f}" for name, v in best_ratio.items())]
-    if len(grids) > 1:
-        loo = {}
-        for name in grids:
-            center = statistics.mean(v for other, v in best_ratio.items() if other != name)
-            loo[name] = score(name, *grids[name], center=center)
-            lines.append(f"leave one out: {name} with the centre at {center:.2f} (the others' mean): "
-                         f"{loo[name]['right']}/{loo[name]['judged']} right, {loo[name]['early_right']} from the first 30%")
+              + ", ".join(f"{name} ({family[name]}) {v:.2f}" for name, v in best_ratio.items())]
+    loo = {}
+    for name in grids:
+        others = [v for other, v in best_ratio.items() if other != name and family[other] == family[name]]
+        if not others:
+            continue
+        center = statistics.mean(others)
+        loo[name] = score(name, *grids[name], center=center)
+        lines.append(f"leave one out: {name} with the centre at {center:.2f} (the mean of its family's other "
+                     f"{len(others)}): {loo[name]['right']}/{loo[name]['judged']} right, {loo[name]['early_right']} "
+                     "from the first 30%")
+    if loo:
+        lines.append(f"leave one out, all: {sum(r['right'] for r in loo.values())}/"
+                     f"{sum(r['judged'] for r in loo.values())} right, best runs called too high/low: "
+                     f"{sum(r['best_called_wrong'] for r in loo.values())}")
         results["leave_one_out"] = {n: {k: r[k] for k in ("right", "judged", "early_right")} for n, r in loo.items()}
     results["best_ratio_log10"] = best_ratio
     print("\n".join(lines))

@@ -71,6 +71,7 @@ def start_summary(cfg: Any, built: Any, run_dir: Path, overrides: list[str], lr0
         "lr0_effective": built.lr0_effective,
         "lr_scaling": cfg.lr_scaling,
         "base_lrs": built.base_lrs,
+        "optimizer": type(built.trainer.optimizer).__name__,  # its class: the LR doctor's band is its family's
         **({"schedule_file": plan.schedule_file} if plan.schedule_file else {}),
         "planned_steps": plan.total_steps,
         "planned_epochs": plan.total_epochs,

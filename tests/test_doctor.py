@@ -3,6 +3,7 @@ runs worked out from the documented rules, the live warning, the summary, the CL
 bracket."""
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -81,7 +82,10 @@ def test_ratios_off_leave_steps_csv_as_it_was(tmp_path):
 
 # -- verdicts on hand-built runs -------------------------------------------------------------------
 # T = 20 steps: intervals of max(5, ceil(20 / 20)) = 5 steps, 4 of them. Group 0's first-step update
-# ratio at lr0 (lr 0.1 here) is given per case; the healthy band is 10^(-1.25 +- 0.75) = 0.01-0.32.
+# ratio at lr0 (lr 0.1 here) is given per case; judged as AdamW runs (judge): the adaptive family's
+# healthy band 10^(-1.20 +- 0.75) = 0.011-0.35.
+
+judge = functools.partial(diagnose, optimizer="AdamW")
 
 
 def rows_of(losses, ratio0=None, lr=0.1, **extra):
@@ -101,7 +105,7 @@ def test_the_interval_length():
 
 def test_a_steadily_falling_loss_with_a_healthy_first_step_is_ok():
     losses = [2.3 * 0.9 ** k for k in range(20)]
-    result = diagnose(rows_of(losses, ratio0=0.03), 20)
+    result = judge(rows_of(losses, ratio0=0.03), 20)
     # no loss rule: it fell in every interval, by 1 - mean(0.9^15..0.9^19) = 80%; ratio 0.03 = 10^-1.52: in the band
     assert result["evidence"]["loss_drop_frac"] == pytest.approx(1 - sum(0.9 ** k for k in range(15, 20)) / 5)
     assert (result["verdict"], result["factor"]) == ("ok", None)
@@ -112,7 +116,7 @@ def test_a_noisy_flat_loss_is_too_high():
     # every interval: 2.0, 2.6, 1.4, 2.6, 1.4 (mean 2.0 = the start: drop 0 < 10%); around its least-squares
     # line (slope -0.12) the residuals are -0.24, 0.48, -0.6, 0.72, -0.36: spread sqrt(1.296 / 3) / 2.0 = 0.329 > 0.25
     losses = [2.0, 2.6, 1.4, 2.6, 1.4] * 4
-    result = diagnose(rows_of(losses, ratio0=0.03), 20)
+    result = judge(rows_of(losses, ratio0=0.03), 20)
     assert result["evidence"]["noise"] == pytest.approx(math.sqrt(1.296 / 3) / 2.0)
     assert (result["verdict"], result["factor"]) == ("too_high", 0.3)
     assert "flat" in result["reason"] and "consider lr0≈0.03" in result["reason"]
@@ -121,86 +125,86 @@ def test_a_noisy_flat_loss_is_too_high():
 def test_an_oscillating_rising_loss_is_too_high():
     # interval means 2.0, 2.2, 2.1, 2.4 from a start of 3.0: it rose in 2 of the 3 intervals compared (> 1/2)
     losses = [3.0, 1.7, 2.3, 1.7, 1.3] + [2.5, 1.9, 2.5, 1.9, 2.2] + [2.4, 1.8, 2.4, 1.8, 2.1] + [2.7, 2.1, 2.7, 2.1, 2.4]
-    result = diagnose(rows_of(losses, ratio0=0.03), 20)
+    result = judge(rows_of(losses, ratio0=0.03), 20)
     assert [round(v, 6) for v in (result["evidence"]["loss_start"], result["evidence"]["loss_end"])] == [3.0, 2.4]
     assert (result["evidence"]["rose"], result["evidence"]["judged_rises"]) == (2, 3)
     assert (result["verdict"], result["factor"]) == ("too_high", 0.3)
     assert "rose in 2 of 3 intervals" in result["reason"]
-    # the same with a first-step ratio of 3.0 (log 0.48), 1.73 decades over the band's centre (3.45 half-decades,
+    # the same with a first-step ratio of 3.0 (log 0.48), 1.68 decades over the band's centre (3.36 half-decades,
     # 3 to bring it back): x0.03
-    assert diagnose(rows_of(losses, ratio0=3.0), 20)["factor"] == 0.03
+    assert judge(rows_of(losses, ratio0=3.0), 20)["factor"] == 0.03
 
 
 def test_a_nan_loss_is_diverged_and_a_loss_at_or_below_zero_is_judged_by_the_ratio_only():
     losses = [2.3 * 0.9 ** k for k in range(8)] + [math.nan] * 12  # "nan" cells, as the CSV holds them
-    assert diagnose(rows_of([str(v) for v in losses], ratio0=0.03), 20)["verdict"] == "diverged"
+    assert judge(rows_of([str(v) for v in losses], ratio0=0.03), 20)["verdict"] == "diverged"
     # a loss that starts at 0 (or goes negative: a log-likelihood) has no relative drop: the ratio decides
-    assert diagnose(rows_of([0.0] * 20, ratio0=0.03), 20)["verdict"] == "ok"
-    assert diagnose(rows_of([-1.0 - 0.1 * k for k in range(20)], ratio0=1e-4), 20)["verdict"] == "too_low"
+    assert judge(rows_of([0.0] * 20, ratio0=0.03), 20)["verdict"] == "ok"
+    assert judge(rows_of([-1.0 - 0.1 * k for k in range(20)], ratio0=1e-4), 20)["verdict"] == "too_low"
 
 
 def test_prodigy_runs_are_not_judged_by_their_ratio():
     # Prodigy's step is d x lr (steps.csv's d column): lr0 is not its knob; a falling loss is then unsure
     losses = [2.3 * 0.9 ** k for k in range(20)]
-    result = diagnose(rows_of(losses, ratio0=1e-6, d=[1e-6] * 20), 20)
+    result = judge(rows_of(losses, ratio0=1e-6, d=[1e-6] * 20), 20)
     assert result["verdict"] == "unsure" and "Prodigy" in result["reason"]
 
 
 def test_a_diverging_loss_is_diverged():
     losses = [2.3, 2.5, 3.1, 5.0, 9.7, 30.0, 1e3, math.inf] + [math.nan] * 12
-    result = diagnose(rows_of(losses, ratio0=0.03), 20)
+    result = judge(rows_of(losses, ratio0=0.03), 20)
     assert (result["verdict"], result["factor"]) == ("diverged", 0.1)
-    assert diagnose(rows_of([2.3] * 20, ratio0=0.03), 20, status="diverged")["verdict"] == "diverged"  # the guard's
+    assert judge(rows_of([2.3] * 20, ratio0=0.03), 20, status="diverged")["verdict"] == "diverged"  # the guard's
 
 
 def test_a_slow_quiet_loss_is_too_low():
     # 2.3 - 0.005 k: the last interval's mean 2.3 - 0.005 * 17 = 2.215, 3.7% below the start; on its line: spread 0
     losses = [2.3 - 0.005 * k for k in range(20)]
-    result = diagnose(rows_of(losses), 20)
+    result = judge(rows_of(losses), 20)
     assert result["evidence"]["loss_drop_frac"] == pytest.approx(0.085 / 2.3)
     assert (result["verdict"], result["factor"]) == ("too_low", 3.0)
-    # with a first-step ratio of 1e-4 (2.75 decades under the centre): 5.5 half-decades, clipped to 4: x100
-    assert diagnose(rows_of(losses, ratio0=1e-4), 20)["factor"] == 100.0
+    # with a first-step ratio of 1e-4 (2.8 decades under the centre): 5.6 half-decades, clipped to 4: x100
+    assert judge(rows_of(losses, ratio0=1e-4), 20)["factor"] == 100.0
 
 
 def test_one_uptick_of_a_flat_loss_is_not_a_rise():
     # lr0 1e-5 on a tiny run (found by a user): two intervals, means 2.35902 then 2.3604 (up 0.06%, one comparison);
     # the loss is flat (within 10% of its start) and quiet, the first step 1.1e-6: too low x100, not too high
     losses = [2.3593, 2.3590, 2.3588, 2.3591, 2.3589, 2.3600, 2.3606, 2.3604, 2.3608, 2.3602]
-    result = diagnose(rows_of(losses, ratio0=1.1e-6), 10)
+    result = judge(rows_of(losses, ratio0=1.1e-6), 10)
     assert (result["evidence"]["rose"], result["evidence"]["judged_rises"]) == (1, 1)
     assert (result["verdict"], result["factor"]) == ("too_low", 100.0)
 
 
 def test_a_flat_quiet_loss_after_a_huge_first_step_is_stuck_not_slow():
-    # the loss sits at 2.3 (drop 0, spread 0) after a first step with ratio 3.0 (1.73 decades over the centre):
+    # the loss sits at 2.3 (drop 0, spread 0) after a first step with ratio 3.0 (1.68 decades over the centre):
     # too high, x0.03 (3 half-decades), not too low
-    result = diagnose(rows_of([2.3] * 20, ratio0=3.0), 20)
+    result = judge(rows_of([2.3] * 20, ratio0=3.0), 20)
     assert (result["verdict"], result["factor"]) == ("too_high", 0.03) and "stuck" in result["reason"]
-    assert diagnose(rows_of([2.3] * 20, ratio0=0.03), 20)["verdict"] == "too_low"  # the same loss, a healthy step
+    assert judge(rows_of([2.3] * 20, ratio0=0.03), 20)["verdict"] == "too_low"  # the same loss, a healthy step
 
 
 @pytest.mark.parametrize("ratio, verdict, factor", [
-    (0.5, "too_high", 0.1),  # log10 0.5 = -0.30: 0.95 decade over the centre -1.25, 1.9 -> 2 half-decades -> x0.1
-    (0.15, "ok", None),  # -0.82: 0.43 decade over, inside the half-width 0.75
-    (0.005, "too_low", 10.0),  # -2.30: 1.05 under -> 2.1 -> 2 half-decades -> x10
-    (0.002, "too_low", 30.0),  # -2.70: 1.45 under -> 2.9 -> 3 half-decades -> x30
+    (0.5, "too_high", 0.1),  # log10 0.5 = -0.30: 0.90 decade over the centre -1.20, 1.8 -> 2 half-decades -> x0.1
+    (0.15, "ok", None),  # -0.82: 0.38 decade over, inside the half-width 0.75
+    (0.005, "too_low", 10.0),  # -2.30: 1.10 under -> 2.2 -> 2 half-decades -> x10
+    (0.002, "too_low", 30.0),  # -2.699: 1.499 under -> 2.998 -> 3 half-decades -> x30
 ])
 def test_a_falling_loss_is_judged_by_the_first_steps_ratio(ratio, verdict, factor):
     losses = [2.3 * 0.9 ** k for k in range(20)]
-    result = diagnose(rows_of(losses, ratio0=ratio), 20)
+    result = judge(rows_of(losses, ratio0=ratio), 20)
     assert (result["verdict"], result["factor"]) == (verdict, factor)
 
 
 def test_the_first_ratio_is_scaled_to_the_peak_lr():
-    # warmup: step 0 at lr 0.01 of a peak 0.1 had ratio 0.05 -> 0.5 at lr0: too high (log -0.30, 0.95 over)
+    # warmup: step 0 at lr 0.01 of a peak 0.1 had ratio 0.05 -> 0.5 at lr0: too high (log -0.30, 0.90 over)
     losses = [2.3 * 0.9 ** k for k in range(20)]
     rows = rows_of(losses, ratio0=0.05, lr=0.1)
     rows[0]["lr"] = 0.01
-    result = diagnose(rows, 20)
+    result = judge(rows, 20)
     assert result["evidence"]["update_ratio"]["0"] == pytest.approx(0.5)
     assert result["verdict"] == "too_high"
-    at_base = diagnose(rows, 20, base_lrs={"decay": 0.05})  # the run's own base LR: 0.05 * 0.05 / 0.01 = 0.25
+    at_base = judge(rows, 20, base_lrs={"decay": 0.05})  # the run's own base LR: 0.05 * 0.05 / 0.01 = 0.25
     assert at_base["evidence"]["update_ratio"]["decay"] == pytest.approx(0.25) and at_base["verdict"] == "ok"
 
 
@@ -208,7 +212,7 @@ def test_a_head_at_ten_times_the_body_lr_gets_its_own_verdict():
     losses = [2.3 * 0.9 ** k for k in range(20)]
     rows = rows_of(losses, ratio0=0.03, **{"lr/head": [1.0] * 20, "update_ratio/head": [0.5] + [""] * 19,
                                            "lr/no_decay": [0.1] * 20, "update_ratio/no_decay": [0.001] + [""] * 19})
-    result = diagnose(rows, 20)
+    result = judge(rows, 20)
     assert result["verdict"] == "ok"  # the body
     assert result["groups"] == {"head": {"verdict": "too_high", "factor": 0.1, "lr": 1.0, "update_ratio": 0.5}}
     # no_decay shares the body's LR: not judged apart (its small ratio is that of biases and norms)
@@ -216,9 +220,26 @@ def test_a_head_at_ten_times_the_body_lr_gets_its_own_verdict():
 
 def test_too_few_intervals_is_unsure_and_upto_judges_what_was_known():
     losses = [2.3 * 0.9 ** k for k in range(20)]
-    assert diagnose(rows_of(losses, ratio0=0.03)[:9], 20)["verdict"] == "unsure"  # one full interval
-    assert diagnose(rows_of(losses, ratio0=0.5), 20, upto=10)["verdict"] == "too_high"  # 2 intervals: enough
-    assert diagnose(rows_of(losses, ratio0=0.5), 20, upto=10)["at_step"] == 9
+    assert judge(rows_of(losses, ratio0=0.03)[:9], 20)["verdict"] == "unsure"  # one full interval
+    assert judge(rows_of(losses, ratio0=0.5), 20, upto=10)["verdict"] == "too_high"  # 2 intervals: enough
+    assert judge(rows_of(losses, ratio0=0.5), 20, upto=10)["at_step"] == 9
+
+
+def test_the_band_is_the_optimizer_familys():
+    """The same falling loss and first-step ratio judged for SGD (centre 10^-1.85), AdamW (10^-1.20)
+    and an optimizer of neither family (RAdam, or none named: 10^-1.50); half-width 0.75."""
+    losses = [2.3 * 0.9 ** k for k in range(20)]
+    # 0.005 = 10^-2.30: SGD 0.45 under (ok); AdamW 1.10 under (2.2 -> x10); other 0.80 under (1.6 -> x10)
+    low = {name: diagnose(rows_of(losses, ratio0=0.005), 20, optimizer=name) for name in ("SGD", "AdamW", "RAdam", None)}
+    assert {n: (r["verdict"], r["factor"]) for n, r in low.items()} == {
+        "SGD": ("ok", None), "AdamW": ("too_low", 10.0), "RAdam": ("too_low", 10.0), None: ("too_low", 10.0)}
+    assert {n: r["evidence"]["optimizer_family"] for n, r in low.items()} == {
+        "SGD": "sgd", "AdamW": "adaptive", "RAdam": None, None: None}
+    assert low["SGD"]["evidence"]["ratio_band"] == pytest.approx([10 ** -2.6, 10 ** -1.1])
+    # 0.2 = 10^-0.70: SGD 1.15 over (2.3 -> x0.1); AdamW 0.50 over (ok); other 0.80 over (1.6 -> x0.1)
+    high = {name: diagnose(rows_of(losses, ratio0=0.2), 20, optimizer=name) for name in ("SGD", "AdamW", "Lion", None)}
+    assert {n: (r["verdict"], r["factor"]) for n, r in high.items()} == {
+        "SGD": ("too_high", 0.1), "AdamW": ("ok", None), "Lion": ("ok", None), None: ("too_high", 0.1)}
 
 
 # -- live warning ----------------------------------------------------------------------------------
@@ -271,10 +292,11 @@ def test_a_run_records_its_diagnosis_and_prints_it(tmp_path, capsys):
     # the first step's ratio at lr0, from the file: step 0 ran at lr0 (no warmup)
     assert float(steps[0]["lr"]) == 3.0
     assert diagnosis["evidence"]["update_ratio"]["decay"] == pytest.approx(float(steps[0]["update_ratio"]))  # group 0
-    # by hand from the file: the step-0 ratio at lr0 3 against the band 10^(-1.25 +- 0.75); SGD's first step at lr
-    # 3 moves the weights by far more than a third of their norm: too high
+    # by hand from the file: the step-0 ratio at lr0 3 against SGD's band 10^(-1.85 +- 0.75) (the run's optimizer,
+    # recorded in summary.json); its first step at lr 3 moves the weights by far more than 1/10 of their norm: too high
+    assert summary["optimizer"] == "SGD" and diagnosis["evidence"]["optimizer_family"] == "sgd"
     ratio = float(steps[0]["update_ratio"]) * 3.0 / float(steps[0]["lr"])
-    assert math.log10(ratio) > -1.25 + 0.75
+    assert math.log10(ratio) > -1.85 + 0.75
     assert diagnosis["verdict"] in ("too_high", "diverged") and diagnosis["factor"] <= 0.3
     out = capsys.readouterr().out
     assert f"LR doctor: {diagnosis['reason']}" in out

@@ -16,7 +16,7 @@ from typing import Any, Optional
 
 from framework.doctor.verdict import VERDICTS, diagnose
 
-__all__ = ["VERDICTS", "diagnose", "diagnose_run", "read_steps"]
+__all__ = ["VERDICTS", "diagnose", "diagnose_run", "read_steps", "run_options"]
 
 
 def read_steps(run_dir: str | Path) -> list[dict[str, str]]:
@@ -37,7 +37,8 @@ def diagnose_run(run_dir: str | Path, upto_frac: Optional[float] = None,
         upto_frac: judge only the first ``ceil(upto_frac x T)`` steps (what a live doctor knew
             then); None = every step.
         summary: the run's summary dict when it is at hand (not yet written); None = read
-            ``summary.json`` (its ``planned_steps``, ``status``, ``base_lrs`` and ``schedule_file``).
+            ``summary.json`` (its ``planned_steps``, ``status``, ``base_lrs``, ``schedule_file`` and
+            ``optimizer``).
         write: also write the per-interval signals as ``lr_doctor.csv`` in the folder
             (:func:`framework.doctor.signals.interval_rows`).
         options: passed to :func:`diagnose` (``ratio_center_log10``).
@@ -64,4 +65,21 @@ def diagnose_run(run_dir: str | Path, upto_frac: Optional[float] = None,
                 writer.writeheader()
                 writer.writerows(table)
     return diagnose(rows, total, str(summary.get("status", "completed")), upto=upto,
-                    base_lrs=summary.get("base_lrs"), schedule_file=summary.get("schedule_file"), **options)
+                    **{**run_options(summary, run_dir), **options})
+
+
+def run_options(summary: dict[str, Any], run_dir: Optional[str | Path] = None) -> dict[str, Any]:
+    """What :func:`diagnose` takes from a run's ``summary.json``: ``base_lrs``, ``schedule_file``
+    (a replay's file) and ``optimizer`` (its class name: the band's family); for a run whose
+    summary does not name its optimizer (written by an earlier version), the class its
+    ``.hydra/config.yaml`` instantiates (``optimizer._target_``: ``torch.optim.SGD`` -> ``SGD``)."""
+    optimizer = summary.get("optimizer")
+    if optimizer is None and run_dir is not None:
+        import yaml
+
+        try:
+            config = yaml.safe_load((Path(run_dir) / ".hydra" / "config.yaml").read_text()) or {}
+            optimizer = str(config["optimizer"]["_target_"]).rsplit(".", 1)[-1]
+        except (OSError, yaml.YAMLError, KeyError, TypeError, AttributeError):
+            optimizer = None
+    return {"base_lrs": summary.get("base_lrs"), "schedule_file": summary.get("schedule_file"), "optimizer": optimizer}

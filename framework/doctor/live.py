@@ -33,6 +33,7 @@ class LiveDoctor:
         self.lr0_auto = lr0_auto
         self.total_steps, self.every, self.base_lrs = 0, 1, {}
         self.schedule_file: Optional[str] = None
+        self.optimizer: Optional[str] = None
         self.rows: dict[int, dict[str, Any]] = {}  # by step: a step redone after a rollback replaces its row
         self.warnings: list[str] = []
         self._last: Optional[str] = None  # the previous judgement's verdict
@@ -40,15 +41,16 @@ class LiveDoctor:
         self._next = 1
 
     def start(self, total_steps: int, base_lrs: Optional[dict[str, float]] = None, run_dir: Optional[Path] = None,
-              upto: int = 0, schedule_file: Optional[str] = None) -> None:
+              upto: int = 0, schedule_file: Optional[str] = None, optimizer: Optional[str] = None) -> None:
         """Before training a run of ``total_steps`` planned steps (``T``) whose groups have the
         base LRs ``base_lrs`` (name -> LR, in group order: the first step's ratio is judged at
         them, not at the highest LR seen so far, which a warmup keeps low); on a resume, the
         folder's ``steps.csv`` rows before step ``upto`` are the history the doctor judges with;
-        ``schedule_file``: the file a ``scheduler=piecewise`` run replays (the advice scales its LRs)."""
+        ``schedule_file``: the file a ``scheduler=piecewise`` run replays (the advice scales its LRs);
+        ``optimizer``: its class name (its family sets the healthy band)."""
         from framework.doctor import read_steps
 
-        self.base_lrs, self.schedule_file = dict(base_lrs or {}), schedule_file
+        self.base_lrs, self.schedule_file, self.optimizer = dict(base_lrs or {}), schedule_file, optimizer
         self.total_steps, self.every = int(total_steps), interval_steps(total_steps)
         self.rows = {}
         if run_dir is not None and upto > 0:
@@ -67,7 +69,7 @@ class LiveDoctor:
             return
         self._next = (done // self.every + 1) * self.every
         result = diagnose([self.rows[k] for k in sorted(self.rows)], self.total_steps, base_lrs=self.base_lrs or None,
-                          schedule_file=self.schedule_file)
+                          schedule_file=self.schedule_file, optimizer=self.optimizer)
         verdict = result["verdict"]
         strong = verdict == "diverged" or (verdict in ("too_high", "too_low") and verdict == self._last)
         self._last = verdict

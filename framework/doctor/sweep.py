@@ -66,7 +66,7 @@ def job_diagnosis(folder: Any, summary: dict[str, Any],
     """A job's diagnosis: ``summary.json``'s ``lr_diagnosis``, else made from its ``steps.csv``
     rows (``rows`` when read already; a run of a version without the doctor, or with
     ``trainer.lr_doctor=null``); None without steps or when they cannot be judged."""
-    from framework.doctor import diagnose, read_steps
+    from framework.doctor import diagnose, read_steps, run_options
 
     if summary.get("lr_diagnosis"):
         return summary["lr_diagnosis"]
@@ -75,6 +75,6 @@ def job_diagnosis(folder: Any, summary: dict[str, Any],
         return None
     try:
         return diagnose(rows, int(summary.get("planned_steps") or len(rows)), str(summary.get("status", "completed")),
-                        base_lrs=summary.get("base_lrs"))
+                        **run_options(summary, folder))
     except Exception:  # a folder the doctor cannot read is shown without a verdict, never an error
         return None

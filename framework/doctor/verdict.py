@@ -12,17 +12,29 @@ from typing import Any, Optional, Sequence
 from framework.doctor.signals import Interval, column, group_names, interval_steps, intervals, number
 
 #: The healthy band of the update-to-weight ratio ``‖Δw‖/‖w‖`` of the first optimizer step, at
-#: lr0, in log10 units. The first step's ratio is exactly proportional to the LR for SGD (with or
-#: without momentum) and Adam-type optimizers alike, before the training dynamics (weights
-#: growing under normalisation layers, gradients shrinking) change it: it is lr0 measured in the
-#: model's own units. Centre 10^-1.25 (5.6%): the mean of the first-step ratios of the best runs
-#: of the three lr0 grids of ``bench/lr_doctor.py`` (10^-1.49 resnet10t + SGD, 10^-1.15
-#: resnet10t + AdamW, 10^-1.05 mobilenetv3 + AdamW), rounded to 0.05 decade: calibrated on all
-#: three, none alone (each grid judged with the centre the other two give: BENCHMARKS.md); for
-#: comparison, Adam's paper default lr 1e-3 (Kingma & Ba 2015: a first step of about lr per
-#: weight) on weights of rms 1/sqrt(fan_in) ~ 0.03 gives 10^-1.5. Half-width 0.75 decade:
-#: half-way between the best LR's half-decade neighbours (+-0.5) and LRs ten times off (+-1).
-RATIO_CENTER_LOG10 = -1.25
+#: lr0, in log10 units, by optimizer family (:func:`optimizer_family`). The first step's ratio is
+#: exactly proportional to the LR, before the training dynamics (weights growing under
+#: normalisation layers, gradients shrinking) change it: it is lr0 measured in the model's own
+#: units. What it is proportional to depends on the family. An ``adaptive`` optimizer (Adam and
+#: its kin: Kingma & Ba 2015, a first step of lr per weight, whatever the gradient) moves every
+#: weight by about lr0, so its ratio is about lr0 / rms(w); an ``sgd`` step is lr0 x (1 + momentum
+#: for Nesterov) x the gradient, so its ratio also carries ‖g‖/‖w‖, and the best runs' ratios sit
+#: lower, by 0.3-1.1 decade on every pair of grids measured. Each centre is the mean of the
+#: first-step ratios of the best runs of the ``bench/lr_doctor.py`` grids of that family, rounded
+#: to 0.05 decade: sgd 10^-1.85 (resnet10t digits -1.49, resnet10t mnist5k -1.86, mobilenetv3
+#: mnist5k -2.17), adaptive (AdamW) 10^-1.20 (resnet10t digits -1.15, mobilenetv3 mnist5k -1.05,
+#: convnext_atto mnist5k -1.34); calibrated on three grids each, none alone (each grid judged with
+#: the centre its family's other grids give: BENCHMARKS.md). Another optimizer (RAdam, whose first
+#: steps are SGD-like; LAMB, LARS, Prodigy...) or an unknown one: the mean of all six, 10^-1.50.
+#: Half-width 0.75 decade: half-way between the best LR's half-decade neighbours (+-0.5) and LRs
+#: ten times off (+-1).
+RATIO_CENTER_LOG10 = {"sgd": -1.85, "adaptive": -1.20}
+RATIO_CENTER_OTHER_LOG10 = -1.50
+#: Optimizer classes (by name) of each family: ``adaptive`` = a per-weight step of about lr on
+#: the first step (the first moment over the root of the second: about sign(g)); ``sgd`` = a step
+#: proportional to the gradient.
+FAMILIES = {"adaptive": ("Adam", "AdamW", "NAdam", "NAdamW", "Adamax", "AdamP", "Lion"),
+            "sgd": ("SGD", "SGDP")}
 RATIO_HALF_WIDTH_LOG10 = 0.75
 #: (fraction) the smoothed loss fell by less than this share of the step-0 loss: it has not
 #: learned (flat: the LR too low when the flat loss is quiet, too high when it is noisy); a
@@ -72,6 +84,18 @@ def first_ratio(rows: Sequence[dict[str, Any]], column: str, lr_column: str,
     return None
 
 
+def optimizer_family(name: Optional[str]) -> Optional[str]:
+    """``adaptive``, ``sgd`` or None (another, or unknown) for an optimizer class name
+    (``AdamW``, ``SGD``; ``summary.json``'s ``optimizer``), by :data:`FAMILIES`."""
+    return next((family for family, names in FAMILIES.items() if name in names), None)
+
+
+def ratio_center(optimizer: Optional[str]) -> float:
+    """The healthy band's centre (log10) for an optimizer class name: its family's
+    :data:`RATIO_CENTER_LOG10`, else :data:`RATIO_CENTER_OTHER_LOG10`."""
+    return RATIO_CENTER_LOG10.get(optimizer_family(optimizer) or "", RATIO_CENTER_OTHER_LOG10)
+
+
 def _band(ratio: Optional[float], center: float) -> tuple[Optional[str], Optional[float]]:
     """(too_high | too_low | ok, lr0 factor) of a first-step update ratio at lr0; (None, None)
     without one. The factor moves the ratio to the band's centre in half-decade steps."""
@@ -90,7 +114,8 @@ def _factor(half_decades: int) -> float:
 
 def diagnose(rows: Sequence[dict[str, Any]], total_steps: int, status: str = "completed",
              upto: Optional[int] = None, base_lrs: Optional[dict[str, float]] = None,
-             ratio_center_log10: Optional[float] = None, schedule_file: Optional[str] = None) -> dict[str, Any]:
+             ratio_center_log10: Optional[float] = None, schedule_file: Optional[str] = None,
+             optimizer: Optional[str] = None) -> dict[str, Any]:
     """The LR doctor's verdict on a run from its ``steps.csv`` rows.
 
     Rules, in order (the first that applies):
@@ -104,7 +129,8 @@ def diagnose(rows: Sequence[dict[str, Any]], total_steps: int, status: str = "co
     3. ``too_low`` from the loss: flat and quiet (x3, or more), unless the first step's ratio is
        above the band (rule 4): then ``too_high`` (a network stuck after its first, too large steps).
     4. Group 0's update ratio of the first step at lr0 against the healthy band
-       ``10^(RATIO_CENTER_LOG10 ± RATIO_HALF_WIDTH_LOG10)``: above it ``too_high``, below it
+       ``10^(centre ± RATIO_HALF_WIDTH_LOG10)``, the centre the optimizer family's
+       (:func:`ratio_center`): above it ``too_high``, below it
        ``too_low``, inside it ``ok``; the factor brings the ratio to the band's centre in
        half-decade steps (x0.3, x0.1, x3, x10 ...).
     5. ``unsure``: fewer than :data:`MIN_INTERVALS` intervals, or no ratio to judge (sampling
@@ -122,11 +148,13 @@ def diagnose(rows: Sequence[dict[str, Any]], total_steps: int, status: str = "co
         upto: judge only the steps before this one (what was known then); None = every row.
         base_lrs: group name -> base LR (``summary.json``'s ``base_lrs``); None = the highest LR
             of each group in ``rows``.
-        ratio_center_log10: the healthy band's centre (log10); None = :data:`RATIO_CENTER_LOG10`
-            (another value: calibrating the band, ``bench/lr_doctor.py``).
+        ratio_center_log10: the healthy band's centre (log10); None = the optimizer's
+            (:func:`ratio_center`; another value: calibrating the band, ``bench/lr_doctor.py``).
         schedule_file: the file a ``scheduler=piecewise`` run replayed (``summary.json``'s
             ``schedule_file``): its LRs set the run's LR, lr0 does not, so the advice is to scale
             them; None = the advice is a new lr0.
+        optimizer: the optimizer's class name (``summary.json``'s ``optimizer``, e.g. ``AdamW``):
+            its family sets the band (:func:`ratio_center`); None = the band of other optimizers.
 
     Raises:
         KeyError: a row without ``step`` (not a ``steps.csv`` row).
@@ -140,6 +168,7 @@ def diagnose(rows: Sequence[dict[str, Any]], total_steps: int, status: str = "co
         (intervals whose smoothed loss rose, of those compared), ``noise`` (median relative
         spread around the trend), ``grad_spikes``, ``loss_drop_per_lr`` (smoothed-loss drop per
         unit of LR x steps), ``update_ratio`` (first step at lr0, by group), ``ratio_band``,
+        ``optimizer_family`` (``adaptive``, ``sgd`` or None),
         ``intervals``, ``interval_steps``, ``total_steps``).
     """
     rows = [r for r in rows if upto is None or int(float(r["step"])) < upto]
@@ -148,8 +177,9 @@ def diagnose(rows: Sequence[dict[str, Any]], total_steps: int, status: str = "co
         names[0] = next(iter(base_lrs))
     ivs = intervals(rows, total_steps, names)
     losses = [number(r.get("loss")) for r in rows]
-    center = RATIO_CENTER_LOG10 if ratio_center_log10 is None else ratio_center_log10
-    evidence = _evidence(rows, ivs, names, total_steps, losses, base_lrs or {}, center)
+    center = ratio_center(optimizer) if ratio_center_log10 is None else ratio_center_log10
+    evidence = {**_evidence(rows, ivs, names, total_steps, losses, base_lrs or {}, center),
+                "optimizer_family": optimizer_family(optimizer)}
     lr0 = (base_lrs or {}).get(names[0]) or max((number(r.get("lr")) or 0.0 for r in rows), default=0.0)
     out = {"verdict": "unsure", "factor": None, "factor_of": "scheduler.path" if schedule_file else "lr0", "reason": "",
            "at_step": int(float(rows[-1]["step"])) if rows else None, "evidence": evidence, "groups": {}}

@@ -268,7 +268,8 @@ class Trainer(StepRecords, Rollbacks, EarlyStops, StepEngine):
         self.steplog.open(append=resuming)
         if self.doctor is not None:  # a resume: the rows before step k are its history
             self.doctor.start(T, {n: g.get("initial_lr", g["lr"]) for n, g in zip(self.group_names, self.optimizer.param_groups)},
-                              self.run_dir if resuming else None, rs.global_step, self.plan.schedule_file)
+                              self.run_dir if resuming else None, rs.global_step, self.plan.schedule_file,
+                              type(self.optimizer).__name__)
         epochs_csv = csv_log(self.run_dir / "epochs.csv",
                              ["epoch", "train/loss", "val/loss", *(f"val/{m}" for m in self.metric_names),
                               *self.validation.columns, "lr", "time_s"],
