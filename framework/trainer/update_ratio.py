@@ -15,8 +15,9 @@ class UpdateRatios:
     step ``k`` (``k % every_n_steps == 0``).
 
     The LR doctor (:mod:`framework.doctor`) judges lr0 by the first step's ratio at lr0 (a
-    healthy band around 10^-1.25) and draws the others; it reads them from ``steps.csv``
-    (``update_ratio`` for group 0, ``update_ratio/<group>`` for the others). A. Karpathy's
+    healthy band around 10^-1.85 for SGD, 10^-1.20 for Adam-type optimizers) and draws the
+    others; it reads them from ``steps.csv`` (``update_ratio`` for group 0,
+    ``update_ratio/<group>`` for the others). A. Karpathy's
     "update:data ratio" (~1e-3 in training, "Building makemore Part 3", 2022) is the same figure.
 
     Cost: on a sampled step a copy of the weights before the step, then one in-place subtraction
