@@ -17,7 +17,7 @@ from framework.search import SEARCH_KEY
 #: ``best_objective`` / ``final_objective`` when the jobs monitor different metrics (:func:`csv_header`).
 COLUMNS = ["rank", "job", "overrides", "status", "best", "final", "final_train_loss", "lr0",
            "wall_time_s", "steps", "planned_steps", "objective_name", "objective_mode", "epochs", "planned_epochs",
-           "lr_verdict", "lr0_factor"]
+           "lr_verdict", "lr0_factor", "lr_factor_of"]
 #: Statuses that count as a problem for the sweep's exit status (``pruned``: the search at work, not one).
 BAD_STATUSES = ("failed", "diverged", "stopped", "incomplete")
 #: Override key of a job's link to its search trial (``search={_target_:...,trial:3}``): never shown.
@@ -48,7 +48,7 @@ def read_job(folder: Path) -> dict[str, Any]:
     killed before it wrote its summary), else ``val/acc``, ``max`` (jobs older than tasks).
 
     Returns:
-        The :data:`COLUMNS` values (``lr_verdict``, ``lr0_factor``: the LR doctor's, from
+        The :data:`COLUMNS` values (``lr_verdict``, ``lr0_factor``, ``lr_factor_of``: the LR doctor's, from
         ``summary.json``'s ``lr_diagnosis`` or made from ``steps.csv``) plus ``override_list`` (``search=`` left out; ``overrides``
         joins them), ``pruned`` (``summary.json``'s), ``config`` (the flattened composed config),
         ``steps_rows`` (``steps.csv``), ``epochs_rows`` (``epochs.csv``) and ``error``.
@@ -103,8 +103,9 @@ def read_job(folder: Path) -> dict[str, Any]:
 
 
 def _verdict(folder: Path, summary: dict[str, Any], steps: list[dict[str, str]]) -> dict[str, Any]:
-    """The LR doctor's verdict and lr0 factor of a job (``lr_verdict``, ``lr0_factor``;
-    :func:`framework.doctor.sweep.job_diagnosis`; None without steps)."""
+    """The LR doctor's verdict and suggested factor of a job (``lr_verdict``, ``lr0_factor``, None
+    without steps; ``lr_factor_of``: ``lr0``, or ``scheduler.path`` when the factor scales a
+    replayed file's LRs; :func:`framework.doctor.sweep.job_diagnosis`)."""
     from framework.doctor.sweep import job_diagnosis
 
     diagnosis = job_diagnosis(folder, summary, steps)

@@ -124,7 +124,7 @@ def print_table(summary: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from framework.doctor.sweep import verdict_cell
+    from framework.doctor.sweep import diagnosis_cell
     from framework.trainer.ema import best_value as value_of
 
     best, final = summary["best"], summary["final"]
@@ -146,9 +146,7 @@ def print_table(summary: dict[str, Any]) -> None:
         ("batch", f"{summary['global_batch']} global ({summary['world_size']} process(es))"),
         ("device", summary["device"]),
         ("wall time", f"{summary['wall_time_s']:.1f} s"),
-        *([("LR doctor", verdict_cell(summary["lr_diagnosis"]["verdict"], summary["lr_diagnosis"]["factor"],
-                                   summary["lr_diagnosis"].get("factor_of", "lr0")))]
-          if summary.get("lr_diagnosis") else []),
+        *([("LR doctor", diagnosis_cell(summary["lr_diagnosis"]))] if summary.get("lr_diagnosis") else []),
     ]
     for name, value in rows:
         table.add_row(name, str(value))

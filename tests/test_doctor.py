@@ -305,23 +305,34 @@ def test_a_run_records_its_diagnosis_and_prints_it(tmp_path, capsys):
     assert float(table[1]["loss"]) == pytest.approx(sum(float(r["loss"]) for r in steps[5:10]) / 5)
 
 
-def test_a_replayed_schedule_is_advised_by_scaling_its_lrs_not_lr0(tmp_path, capsys):
-    """scheduler=piecewise replays the file's LR at every step whatever lr0 is: the advice scales the
-    file's LRs (x the factor), the table says ``LRs x``, summary.json names the file."""
-    trace = tmp_path / "high.yaml"
-    trace.write_text("lr: [" + ", ".join(["3.0"] * 16) + "]\n")  # as the lr0=3 run above: too high
+def test_a_replayed_schedule_is_judged_at_its_own_lrs_and_advised_to_scale_them(tmp_path, capsys):
+    """A run at lr0 3e-4 exported (its applied LRs) and replayed with lr0 left at its default 0.01:
+    the replay applies the same LRs, so the doctor judges it as the recorded run (the same verdict
+    and factor, from the first step's ratio at the same peak LR, not at lr0); its advice scales the
+    file's LRs, the table says ``LRs x``, summary.json names the file."""
+    from framework.schedules.piecewise import export_schedule
+
+    recorded = tmp_path / "recorded"
+    train_in_process(recorded, *TINY, "epochs=4", "lr0=0.0003", "warmup_epochs=0", "warmup_steps=null")
+    reference = json.loads((recorded / "summary.json").read_text())["lr_diagnosis"]
+    trace = export_schedule(recorded, tmp_path / "trace.yaml")
+    capsys.readouterr()
     run = tmp_path / "run"
     train_in_process(run, *TINY, "epochs=4", "scheduler=piecewise", f"scheduler.path={trace}", "warmup_epochs=0",
                      "warmup_steps=null")
     summary = json.loads((run / "summary.json").read_text())
     diagnosis = summary["lr_diagnosis"]
-    assert summary["schedule_file"] == str(trace.resolve())
-    assert [float(r["lr"]) for r in read_csv(run / "steps.csv")] == [3.0] * 16
-    assert diagnosis["verdict"] in ("too_high", "diverged") and diagnosis["factor_of"] == "scheduler.path"
-    assert diagnosis["reason"].endswith(f"consider the LRs of {trace.resolve()} x{diagnosis['factor']:g} "
+    assert summary["lr0"] == 0.01 and summary["schedule_file"] == str(trace.resolve())
+    assert [float(r["lr"]) for r in read_csv(run / "steps.csv")] == pytest.approx(
+        [float(r["lr"]) for r in read_csv(recorded / "steps.csv")], rel=1e-12, abs=0)  # the replay's contract
+    assert reference["verdict"] == "too_low" and reference["factor"] >= 3 and reference["factor_of"] == "lr0"
+    assert (diagnosis["verdict"], diagnosis["factor"], diagnosis["factor_of"]) == (
+        "too_low", reference["factor"], "scheduler.path")
+    # the first step's ratio scaled to the peak LR the replay applied (3e-4), not to its lr0 (0.01: 33x more)
+    assert diagnosis["evidence"]["update_ratio"] == pytest.approx(reference["evidence"]["update_ratio"], rel=1e-9)
+    assert diagnosis["reason"].endswith(f"consider the LRs of {trace.resolve()} x{reference['factor']:g} "
                                         "(lr0 does not change a replay)")
-    assert "lr0≈" not in diagnosis["reason"]
-    assert f"({'LRs'} x{diagnosis['factor']:g})" in capsys.readouterr().out
+    assert f"too_low (LRs x{reference['factor']:g})" in capsys.readouterr().out
     # an ordinary run keeps advising lr0
     plain = diagnose(rows_of([2.3 * 0.9 ** k for k in range(20)], ratio0=0.5), 20)
     assert plain["factor_of"] == "lr0" and "consider lr0≈" in plain["reason"]

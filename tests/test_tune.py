@@ -489,28 +489,31 @@ def test_an_interrupted_pbt_search_resumes_and_keeps_the_lr_contract_along_each_
 
 
 def test_the_pbt_report_section_gives_the_replay_and_the_best_trials_lineage(tmp_path):
-    """Two hand-made PBT trials: trial 1 (val/loss 0.2, the best: lower is better) trained steps
-    0-3 itself, then continued from trial 0's checkpoint at step 4 with lr0 0.05 and ran to step 9;
-    trial 0 never left its own line."""
+    """Two hand-made PBT trials of 10 steps: trial 1 (val/loss 0.2, the best: lower is better)
+    continued from trial 0's checkpoint at step 4 with lr0 0.05, so trial 0 trained its steps 0-3
+    and trial 1 steps 4-9; trial 0 never left its own line."""
     from framework.search.best import SCHEDULE_NAME, pbt_section
 
-    lineage = [{"trial": 1, "from_step": 0, "to_step": 4, "params": {"lr0": 0.1, "optimizer.momentum": 0.9}},
-               {"trial": 0, "from_step": 4, "to_step": None, "params": {"lr0": 0.05, "optimizer.momentum": 0.85}}]
+    lineage = [{"trial": 0, "from_step": 0, "to_step": 4, "params": {"lr0": 0.1, "optimizer.momentum": 0.9}},
+               {"trial": 1, "from_step": 4, "to_step": None, "params": {"lr0": 0.05, "optimizer.momentum": 0.85}}]
     for i, (objective, trail) in enumerate([(0.3, [{"trial": 0, "from_step": 0, "to_step": None, "params": {}}]),
                                             (0.2, lineage)]):
         (tmp_path / str(i)).mkdir()
         (tmp_path / str(i) / "summary.json").write_text(json.dumps({
             "status": "completed", "objective": objective, "objective_mode": "min", "steps": 10,
             "overrides": ["epochs=2", "lr0=0.05", "warmup_epochs=0"], "tune": {"lineage": trail}}))
-    assert pbt_section(tmp_path)[2] == (f"`{SCHEDULE_NAME}` was not written; export trial 1's schedule with "
-                                        f"`python -m framework.schedules.piecewise {tmp_path / '1'} -o "
-                                        f"{tmp_path / SCHEDULE_NAME}`.")
-    (tmp_path / SCHEDULE_NAME).write_text("lr: [0.1]\n")
+    missing = (f"`{SCHEDULE_NAME}` was not written for it; export trial 1's schedule with "
+               f"`python -m framework.schedules.piecewise {tmp_path / '1'} -o {tmp_path / SCHEDULE_NAME}`.")
+    assert pbt_section(tmp_path)[2] == missing
+    # a file exported from another trial (an earlier best) is not this one's
+    (tmp_path / SCHEDULE_NAME).write_text(f"# Source: {tmp_path / '0'} (steps.csv: 10 steps)\nlr: [0.1]\n")
+    assert pbt_section(tmp_path)[2] == missing
+    (tmp_path / SCHEDULE_NAME).write_text(f"# Source: {tmp_path / '1'} (steps.csv: 10 steps)\nlr: [0.1]\n")
     lines = pbt_section(tmp_path)
     assert lines[lines.index("```bash") + 1] == ("lrframe epochs=2 scheduler=piecewise "
                                                  f"scheduler.path={tmp_path / SCHEDULE_NAME} warmup_epochs=0 "
                                                  "warmup_steps=null")
     assert lines[-5:] == ["| segment | trained by | steps | `lr0` | `optimizer.momentum` |",
                           "|---:|---|---|---:|---:|",
-                          "| 1 | trial 1 | 0-3 | 0.1 | 0.9 |",
-                          "| 2 | trial 0 | 4-9 | 0.05 | 0.85 |", ""]
+                          "| 1 | trial 0 | 0-3 | 0.1 | 0.9 |",
+                          "| 2 | trial 1 | 4-9 | 0.05 | 0.85 |", ""]

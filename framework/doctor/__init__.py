@@ -72,14 +72,17 @@ def run_options(summary: dict[str, Any], run_dir: Optional[str | Path] = None) -
     """What :func:`diagnose` takes from a run's ``summary.json``: ``base_lrs``, ``schedule_file``
     (a replay's file) and ``optimizer`` (its class name: the band's family); for a run whose
     summary does not name its optimizer (written by an earlier version), the class its
-    ``.hydra/config.yaml`` instantiates (``optimizer._target_``: ``torch.optim.SGD`` -> ``SGD``)."""
+    ``.hydra/config.yaml`` instantiates (``optimizer._target_``: ``torch.optim.SGD`` -> ``SGD``;
+    timm's by ``optimizer.opt``, e.g. ``nadamw``)."""
     optimizer = summary.get("optimizer")
     if optimizer is None and run_dir is not None:
         import yaml
 
         try:
-            config = yaml.safe_load((Path(run_dir) / ".hydra" / "config.yaml").read_text()) or {}
-            optimizer = str(config["optimizer"]["_target_"]).rsplit(".", 1)[-1]
+            node = (yaml.safe_load((Path(run_dir) / ".hydra" / "config.yaml").read_text()) or {})["optimizer"]
+            optimizer = str(node["_target_"]).rsplit(".", 1)[-1]
+            if optimizer == "timm_optimizer":  # timm's optimizer by its name (optimizer.opt: nadamw, sgdp ...)
+                optimizer = str(node["opt"])
         except (OSError, yaml.YAMLError, KeyError, TypeError, AttributeError):
             optimizer = None
     return {"base_lrs": summary.get("base_lrs"), "schedule_file": summary.get("schedule_file"), "optimizer": optimizer}

@@ -18,7 +18,7 @@ from typing import Any, Optional
 def _run(folder: Path, out: Optional[Path]) -> int:
     from framework.doctor import diagnose_run, read_steps
     from framework.doctor.figure import plot_diagnosis
-    from framework.doctor.sweep import verdict_cell
+    from framework.doctor.sweep import diagnosis_cell
     from framework.loggers import read_summary
 
     summary = read_summary(folder)
@@ -31,7 +31,7 @@ def _run(folder: Path, out: Optional[Path]) -> int:
         print(f"error: {folder / 'steps.csv'}: not a run's step log (no readable {exc} column); pass a run folder "
               "the framework wrote", file=sys.stderr)
         return 2
-    cell = verdict_cell(diagnosis["verdict"], diagnosis["factor"], diagnosis.get("factor_of", "lr0"))
+    cell = diagnosis_cell(diagnosis)
     print(f"{folder}: {cell}")
     print(f"  {diagnosis['reason']}")
     for name, group in diagnosis["groups"].items():
@@ -49,7 +49,7 @@ def _run(folder: Path, out: Optional[Path]) -> int:
 
 
 def _sweep(folder: Path) -> int:
-    from framework.doctor.sweep import bracket, bracket_line, job_diagnosis, verdict_cell
+    from framework.doctor.sweep import bracket, bracket_line, diagnosis_cell, job_diagnosis
     from framework.loggers import read_summary
     from framework.report_rows import job_folders
 
@@ -61,8 +61,7 @@ def _sweep(folder: Path) -> int:
         verdict = diagnosis["verdict"] if diagnosis else None
         lr0 = summary.get("lr0") if summary else None
         jobs.append((lr0 if isinstance(lr0, (int, float)) else None, verdict))
-        cell = verdict_cell(verdict, diagnosis["factor"] if diagnosis else None,
-                            diagnosis.get("factor_of", "lr0") if diagnosis else "lr0")
+        cell = diagnosis_cell(diagnosis)
         shown = f"{lr0:.4g}" if isinstance(lr0, (int, float)) else "-"  # 0.0001164422375176788 would overflow
         print(f"{job.name:>4}  {shown:>10}  {summary.get('status', '-'):10}  "
               f"{cell:20}  {diagnosis['reason'] if diagnosis else 'no steps.csv'}")

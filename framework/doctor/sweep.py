@@ -46,6 +46,13 @@ def verdict_cell(verdict: Optional[str], factor: Optional[float], factor_of: str
     return verdict + (f" ({'lr0' if factor_of == 'lr0' else 'LRs'} x{factor:g})" if factor else "")
 
 
+def diagnosis_cell(diagnosis: Optional[dict[str, Any]]) -> str:
+    """:func:`verdict_cell` of a diagnosis (:func:`framework.doctor.diagnose`'s dict, or None)."""
+    if not diagnosis:
+        return "-"
+    return verdict_cell(diagnosis["verdict"], diagnosis.get("factor"), diagnosis.get("factor_of", "lr0"))
+
+
 def bracket_line(found: dict[str, Any]) -> str:
     """One line: ``too low at and below 0.003, right 0.01-0.1, too high at and above 0.3``."""
     parts = []

@@ -35,6 +35,8 @@ RATIO_CENTER_OTHER_LOG10 = -1.50
 #: proportional to the gradient.
 FAMILIES = {"adaptive": ("Adam", "AdamW", "NAdam", "NAdamW", "Adamax", "AdamP", "Lion"),
             "sgd": ("SGD", "SGDP")}
+#: (Schedule-free optimizers, ``AdamWScheduleFree`` and ``SGDScheduleFree``, train at a point
+#: that moves by a fraction of their step: neither family's band; they get the other band.)
 RATIO_HALF_WIDTH_LOG10 = 0.75
 #: (fraction) the smoothed loss fell by less than this share of the step-0 loss: it has not
 #: learned (flat: the LR too low when the flat loss is quiet, too high when it is noisy); a
@@ -86,8 +88,10 @@ def first_ratio(rows: Sequence[dict[str, Any]], column: str, lr_column: str,
 
 def optimizer_family(name: Optional[str]) -> Optional[str]:
     """``adaptive``, ``sgd`` or None (another, or unknown) for an optimizer class name
-    (``AdamW``, ``SGD``; ``summary.json``'s ``optimizer``), by :data:`FAMILIES`."""
-    return next((family for family, names in FAMILIES.items() if name in names), None)
+    (``AdamW``, ``SGD``; ``summary.json``'s ``optimizer``) or timm's name for it (``nadamw``,
+    ``sgdp``), by :data:`FAMILIES`, whatever the case."""
+    key = (name or "").lower()
+    return next((family for family, names in FAMILIES.items() if key in {n.lower() for n in names}), None)
 
 
 def ratio_center(optimizer: Optional[str]) -> float:
@@ -151,8 +155,9 @@ def diagnose(rows: Sequence[dict[str, Any]], total_steps: int, status: str = "co
         ratio_center_log10: the healthy band's centre (log10); None = the optimizer's
             (:func:`ratio_center`; another value: calibrating the band, ``bench/lr_doctor.py``).
         schedule_file: the file a ``scheduler=piecewise`` run replayed (``summary.json``'s
-            ``schedule_file``): its LRs set the run's LR, lr0 does not, so the advice is to scale
-            them; None = the advice is a new lr0.
+            ``schedule_file``): its LRs set the run's LR, lr0 does not, so the first step's ratio
+            is judged at the highest LR the rows applied (not at ``base_lrs``) and the advice is
+            to scale the file's LRs; None = the advice is a new lr0.
         optimizer: the optimizer's class name (``summary.json``'s ``optimizer``, e.g. ``AdamW``):
             its family sets the band (:func:`ratio_center`); None = the band of other optimizers.
 
@@ -175,6 +180,9 @@ def diagnose(rows: Sequence[dict[str, Any]], total_steps: int, status: str = "co
     names = group_names(rows[0].keys()) if rows else ["0"]
     if base_lrs:  # group 0 by its name (steps.csv's lr column does not say it)
         names[0] = next(iter(base_lrs))
+    if schedule_file and base_lrs:  # a replay applies its file's LRs, not lr0: judged at the highest it applied
+        base_lrs = {name: None for name in base_lrs}
+    at = "the replayed peak LR" if schedule_file else "lr0"
     ivs = intervals(rows, total_steps, names)
     losses = [number(r.get("loss")) for r in rows]
     center = ratio_center(optimizer) if ratio_center_log10 is None else ratio_center_log10
@@ -185,7 +193,7 @@ def diagnose(rows: Sequence[dict[str, Any]], total_steps: int, status: str = "co
            "at_step": int(float(rows[-1]["step"])) if rows else None, "evidence": evidence, "groups": {}}
     if status == "diverged" or any(_nonfinite(r.get("loss")) for r in rows):
         return {**out, "verdict": "diverged", "factor": 0.1,
-                "reason": f"the loss became non-finite at lr0 {lr0:.3g}: the LR is far too high; "
+                "reason": f"the loss became non-finite at {at} {lr0:.3g}: the LR is far too high; "
                           + advice(lr0, 0.1, schedule_file)}
     if len(ivs) < MIN_INTERVALS:
         return {**out, "reason": f"{len(ivs)} interval(s) of {evidence['interval_steps']} steps: too early to judge"}
@@ -206,7 +214,7 @@ def diagnose(rows: Sequence[dict[str, Any]], total_steps: int, status: str = "co
     else:
         verdict = band
         low, high = evidence["ratio_band"]
-        reason = f"the first step's update ratio at lr0 {lr0:.3g} is {ratio:.2g} (healthy {low:.2g}-{high:.2g})"
+        reason = f"the first step's update ratio at {at} {lr0:.3g} is {ratio:.2g} (healthy {low:.2g}-{high:.2g})"
     if verdict in ("too_high", "too_low"):
         reason += f": the LR looks {verdict.replace('_', ' ')}; " + advice(lr0, factor, schedule_file)
     elif verdict == "ok":

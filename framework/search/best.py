@@ -8,7 +8,7 @@ import math
 from pathlib import Path
 from typing import Any, Optional
 
-__all__ = ["SCHEDULE_NAME", "best_trial", "pbt_section", "replay_line", "trial_folders"]
+__all__ = ["SCHEDULE_NAME", "best_trial", "own_plan_note", "pbt_section", "replay_line", "segments", "trial_folders"]
 
 #: The file PBT's best LR trace is exported to, in the tune folder.
 SCHEDULE_NAME = "best_schedule.yaml"
@@ -43,6 +43,36 @@ def replay_line(best: Path, summary: dict[str, Any], out: Path) -> str:
     return "lrframe" + command[len("python train.py"):] if command.startswith("python train.py") else command
 
 
+def segments(summary: dict[str, Any]) -> list[tuple[Any, int, int, dict[str, Any]]]:
+    """A PBT trial's lineage (``summary.json``'s ``tune.lineage``) as ``(trial, first step, last
+    step, searched values)``, steps ``k`` 0-based and inclusive (a segment ends where the next one
+    took over; the last at the run's last step)."""
+    lineage = (summary.get("tune") or {}).get("lineage") or []
+    last = int(summary.get("steps") or 0) - 1
+    return [(seg["trial"], int(seg["from_step"]), int(seg["to_step"]) - 1 if seg.get("to_step") is not None else last,
+             dict(seg.get("params") or {})) for seg in lineage]
+
+
+def own_plan_note(name: str) -> str:
+    """The note for a best trial that PBT never moved: its schedule is its own plan."""
+    return f"trial {name} never continued from another trial's checkpoint: its schedule is its own plan, unperturbed"
+
+
+def _exported_from(path: Path) -> Optional[str]:
+    """The name of the run folder an exported schedule file says it came from (its ``# Source:``
+    line, :func:`framework.schedules.piecewise.export_schedule`), None without one."""
+    try:
+        with open(path) as f:
+            for line in f:
+                if line.startswith("# Source: "):
+                    return Path(line[len("# Source: "):].split(" (steps.csv", 1)[0].strip()).name
+                if not line.startswith("#"):
+                    return None
+    except OSError:
+        return None
+    return None
+
+
 def pbt_section(tune_dir: Path) -> list[str]:
     """report.md's section on a PBT search's best trial (:func:`best_trial`): the exported
     :data:`SCHEDULE_NAME` and the command that replays it, then the trial's lineage, one row per
@@ -53,29 +83,26 @@ def pbt_section(tune_dir: Path) -> list[str]:
     if found is None:
         return []
     folder, summary = found
-    lineage = (summary.get("tune") or {}).get("lineage") or []
     out = tune_dir / SCHEDULE_NAME
     lines = ["## PBT: the best trial's schedule", ""]
-    if out.is_file():
+    if _exported_from(out) == folder.name:
         lines += [f"`{SCHEDULE_NAME}` holds what trial {folder.name} applied at every one of its {summary.get('steps')} "
                   "steps (the LR, and the momentum and weight decay when they changed); the best configuration above "
                   "has only its last values. Replay it from scratch:", "", "```bash", replay_line(folder, summary, out),
                   "```", ""]
-    else:
-        lines += [f"`{SCHEDULE_NAME}` was not written; export trial {folder.name}'s schedule with "
+    else:  # none, or one left from another trial (an earlier best) by a run whose export failed
+        lines += [f"`{SCHEDULE_NAME}` was not written for it; export trial {folder.name}'s schedule with "
                   f"`python -m framework.schedules.piecewise {folder} -o {out}`.", ""]
-    if len(lineage) <= 1:
-        return lines + [f"Trial {folder.name} never continued from another trial's checkpoint: its schedule is its "
-                        "own plan.", ""]
-    keys = sorted({k for seg in lineage for k in (seg.get("params") or {})})
-    last = int(summary.get("steps") or 0) - 1
-    lines += [f"Trial {folder.name}'s lineage ({len(lineage) - 1} exploit(s): each segment continued from the "
+    parts = segments(summary)
+    if len(parts) <= 1:
+        note = own_plan_note(folder.name)
+        return lines + [note[0].upper() + note[1:] + ".", ""]
+    keys = sorted({k for *_, params in parts for k in params})
+    lines += [f"Trial {folder.name}'s lineage ({len(parts) - 1} exploit(s): each segment continued from the "
               "checkpoint the one before it left):", "",
               "| segment | trained by | steps | " + " | ".join(f"`{k}`" for k in keys) + " |",
               "|---:|---|---|" + "---:|" * len(keys)]
-    for i, seg in enumerate(lineage, 1):
-        end = seg["to_step"] - 1 if seg.get("to_step") is not None else last
-        values = " | ".join(f"{v:.4g}" if isinstance(v := (seg.get("params") or {}).get(k), float) else str(v)
-                            for k in keys)
-        lines.append(f"| {i} | trial {seg['trial']} | {seg['from_step']}-{end} | {values} |")
+    for i, (trial, first, last, params) in enumerate(parts, 1):
+        values = " | ".join(f"{v:.4g}" if isinstance(v := params.get(k), float) else str(v) for k in keys)
+        lines.append(f"| {i} | trial {trial} | {first}-{last} | {values} |")
     return lines + [""]

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from framework.errors import first_line
-from framework.search.best import SCHEDULE_NAME, best_trial, replay_line, trial_folders
+from framework.search.best import SCHEDULE_NAME, best_trial, own_plan_note, replay_line, segments, trial_folders
 
 __all__ = ["finish", "result_log"]
 
@@ -141,10 +141,10 @@ def _export(tune_dir: Path, folder: Path, summary: dict[str, Any]) -> list[str]:
     except (ConfigError, OSError) as exc:
         return [f"best schedule: not written ({first_line(exc)}); try python -m framework.schedules.piecewise {folder} "
                 f"-o {out}"]
-    lineage = (summary.get("tune") or {}).get("lineage") or []
-    path = " -> ".join(f"trial {seg['trial']} (steps {seg['from_step']}..{seg.get('to_step') or 'end'}, "
-                       f"lr0 {seg['params'].get('lr0', '?'):.4g})" if isinstance(seg['params'].get('lr0'), float)
-                       else f"trial {seg['trial']}" for seg in lineage)
+    parts = segments(summary)
+    path = " -> ".join(f"trial {trial} (steps {first}-{last}"
+                       + (f", lr0 {params['lr0']:.4g})" if isinstance(params.get("lr0"), float) else ")")
+                       for trial, first, last, params in parts)
     from framework.schedules.piecewise import load_trace
 
     trace = load_trace(out)
@@ -152,9 +152,8 @@ def _export(tune_dir: Path, folder: Path, summary: dict[str, Any]) -> list[str]:
                     if held is not None)
     lines = [f"best schedule: {out} (the LR{extra} applied at every step of trial {folder.name}: {path})",
              f"replay: {replay_line(folder, summary, out)}"]
-    if len(lineage) <= 1:
-        lines.append(f"note: trial {folder.name} never continued from another trial's checkpoint (no exploit reached "
-                     "it): the schedule is its own plan, unperturbed")
+    if len(parts) <= 1:
+        lines.append(f"note: {own_plan_note(folder.name)}")
     changed = _changed_besides_lr(summary)
     if changed:
         lines.append(f"note: PBT also changed {', '.join(changed)} along the way; the schedule replays the LR, momentum "
