@@ -75,7 +75,9 @@ MEANING = {"loss_start": "  (loss of step 0)", "loss_end": "  (mean loss of the 
            "rose": "  (intervals whose mean loss rose)", "judged_rises": "  (intervals compared)",
            "noise": "  (median relative spread around the trend)",
            "loss_drop_per_lr": "  (interval-mean loss drop per unit of LR x steps)",
-           "update_ratio": "  (||dw||/||w|| of the first sampled step, scaled to the base LR, by group)"}
+           "update_ratio": "  (||dw||/||w|| of the first sampled step, scaled to the base LR, by group)",
+           "ratio_band": "  (the healthy update ratio, low and high, of the optimizer family)",
+           "optimizer_family": "  (sets the band: adaptive = Adam-type, sgd, or None = another optimizer)"}
 
 
 def main(argv: Optional[list[str]] = None) -> int:
