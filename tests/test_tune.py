@@ -223,6 +223,34 @@ def test_pbt_exploits_exact_checkpoints_and_exports_the_best_schedule(ray_local,
                                                            for k in range(total)]
 
 
+@pytest.mark.slow  # a Ray search (end-to-end)
+def test_hyperband_pauses_and_continues_trials_on_the_lr_plan(ray_local, tmp_path, monkeypatch):
+    """HyperBand (synchronous brackets: 9 trials, 9 epochs, reduction factor 3) pauses trials at
+    its rungs, continues some from their checkpoints and ends the others: the search is not called
+    interrupted (exit 0, no trial ``stopped``), every trial's steps.csv holds each step once at the
+    cosine LR of its lr0 (the LR contract across the pauses), and an ended trial is pruned at a
+    whole epoch."""
+    tune_dir = tmp_path / "tune"
+    code = run_tune([*TINY, "epochs=9", "lr0=tag(log, interval(1e-3, 1))", "tune.search=hyperband",
+                     "tune.num_samples=9", "tune.reduction_factor=3", "tune.cpus_per_trial=2", f"tune.dir={tune_dir}"],
+                    tmp_path, monkeypatch)
+    assert code == 0
+    total = 9 * STEPS_PER_EPOCH
+    summaries = {i: json.loads((tune_dir / str(i) / "summary.json").read_text()) for i in range(9)}
+    statuses = sorted(s["status"] for s in summaries.values())
+    assert set(statuses) == {"completed", "pruned"}, statuses  # halved, and not taken for a Ctrl-C
+    order = [row["trial"] for row in results_in_order(tune_dir)]
+    resumed = [t for t in set(order) if order.index(t) + order.count(t) - 1 != max(i for i, x in enumerate(order) if x == t)]
+    assert resumed, f"no trial was paused and continued: {order}"  # its results are not one run of rows
+    for i, summary in summaries.items():
+        rows = read_csv(tune_dir / str(i) / "steps.csv")
+        assert [int(r["step"]) for r in rows] == list(range(summary["steps"]))  # each step once
+        assert summary["steps"] == total if summary["status"] == "completed" else summary["steps"] < total
+        assert summary["steps"] % STEPS_PER_EPOCH == 0
+        for k, row in enumerate(rows):
+            assert float(row["lr"]) == pytest.approx(cosine_lr(summary["lr0"], k, total), rel=1e-12)
+
+
 def test_missing_ray_is_one_line(monkeypatch, capsys):
     from framework.tune import main
 

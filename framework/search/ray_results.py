@@ -57,9 +57,9 @@ def _mend_failed(tune_dir: Path, results: Any, spec: Any, base: Any) -> int:
 
 
 def _mend_interrupted(tune_dir: Path, results: Any) -> int:
-    """Trials the search left unfinished (Ctrl-C: Ray stops them as a scheduler would, so their
-    run says ``pruned``): ``status: stopped``, ``stop_reason: tune interrupted``, resumable. Tune
-    marks every trial it ended itself ``done`` in its last result. Returns their number."""
+    """After a Ctrl-C, the trials the search left unfinished (Ray stops them as a scheduler would,
+    so their run says ``pruned``): ``status: stopped``, ``stop_reason: tune interrupted``,
+    resumable. A trial whose last result Tune marked ``done`` had ended. Returns their number."""
     from framework.loggers import read_summary, write_json
 
     count = 0
@@ -87,17 +87,20 @@ def _changed_besides_lr(summary: dict[str, Any]) -> list[str]:
     return sorted(k for k in keys if len({repr((seg.get("params") or {}).get(k)) for seg in lineage}) > 1)
 
 
-def finish(tune_dir: Path, results: Any, spec: Any, base: Any, expected: int = 0) -> int:
+def finish(tune_dir: Path, results: Any, spec: Any, base: Any, expected: int = 0, interrupted: bool = False) -> int:
     """Mend failed and interrupted trials, write the report, name the best trial, export PBT's
     best schedule, print what was done; the exit status (130 after a Ctrl-C, or when fewer than
-    ``expected`` trials (``tune.num_samples``) ran, else 1 when a trial erred, else 0)."""
+    ``expected`` trials (``tune.num_samples``) ran, else 1 when a trial erred, else 0);
+    ``interrupted``: a Ctrl-C ended the search (:func:`framework.search.ray_tune.fit_watching_sigint`):
+    only then are trials left unfinished called ``stopped``, not those a scheduler ended."""
     from framework.report import write_report
 
     errors = _mend_failed(tune_dir, results, spec, base)
-    interrupted = _mend_interrupted(tune_dir, results)
     ran = sum((folder / "summary.json").is_file() for folder in trial_folders(tune_dir))
-    interrupted += max(0, expected - ran)  # trials an interruption left unstarted: the search is not over
+    # a Ctrl-C; or trials it left unstarted (it took effect once no trial was running): not over
+    interrupted = interrupted or ran < expected
     if interrupted:
+        _mend_interrupted(tune_dir, results)
         print(f"tune: interrupted; trials that were running say status stopped. Continue the search: python -m "
               f"framework.tune tune.resume={tune_dir} (or one trial: lrframe <its overrides> resume=<its folder>)",
               file=sys.stderr)

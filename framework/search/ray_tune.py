@@ -370,11 +370,39 @@ def _run(opts: dict[str, Any], space: Any, base: Any, epochs: int, config_dir: O
                 name="ray", storage_path=str(tune_dir), verbose=1,
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=keep, checkpoint_at_end=False),
                 callbacks=callbacks))
-        results = tuner.fit()
+        results, interrupted = fit_watching_sigint(tuner)
     finally:
         if started:
             ray.shutdown()
-    return finish(tune_dir, results, spec, base, expected=opts["num_samples"])
+    return finish(tune_dir, results, spec, base, expected=opts["num_samples"], interrupted=interrupted)
+
+
+def fit_watching_sigint(tuner: Any) -> tuple[Any, bool]:
+    """``tuner.fit()`` and whether a Ctrl-C (SIGINT) ended it early.
+
+    Tune's ``fit`` installs its own SIGINT handler, which on the first Ctrl-C stops the search
+    gracefully and puts back the handler it found: the one installed here. So after ``fit`` this
+    handler is in place again only if Tune took a Ctrl-C (``ray.tune.tune._setup_signal_catching``);
+    with ``TUNE_DISABLE_SIGINT_HANDLER=1`` a Ctrl-C reaches this handler itself (then a
+    ``KeyboardInterrupt``, as Python's own). Trials a scheduler stopped without a Ctrl-C (HyperBand
+    ends the paused trials its bracket does not continue) are then not taken for interrupted ones."""
+    import os
+    import signal
+
+    seen = {"sigint": False}
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        seen["sigint"] = True
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        results = tuner.fit()
+    finally:
+        current = signal.getsignal(signal.SIGINT)
+        signal.signal(signal.SIGINT, previous)
+    tune_catches = not int(os.getenv("TUNE_DISABLE_SIGINT_HANDLER", "0"))
+    return results, seen["sigint"] or (tune_catches and current is on_sigint)
 
 
 if __name__ == "__main__":  # pragma: no cover - python -m framework.tune is the entry
