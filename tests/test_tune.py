@@ -44,6 +44,24 @@ def results_in_order(tune_dir):
     return [json.loads(line) for line in (tune_dir / "results.jsonl").read_text().splitlines()]
 
 
+def interrupt_search(argv, cwd, tune_dir, ready):
+    """``python -m framework.tune <argv>`` in a subprocess, Ctrl-C (SIGINT) as soon as ``ready()``:
+    it must end with exit 130 and the line that says how to continue."""
+    import signal
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", "framework.tune", *argv], cwd=cwd,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + HANG_GUARD_S
+    while not ready():
+        assert proc.poll() is None and time.monotonic() < deadline, "the search ended before the moment to interrupt"
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    out = proc.communicate(timeout=HANG_GUARD_S)[0]
+    assert proc.returncode == 130, out[-3000:]
+    assert f"Continue the search: python -m framework.tune tune.resume={tune_dir}" in out
+
+
 def asha_stops(rows, epochs, monitor, sign, milestones, rf, max_t):
     """ASHA's decisions worked out from the results in the order judged: ``{trial: epochs
     trained when stopped}``. At a rung (the milestones in descending order, the first one reached
@@ -429,24 +447,13 @@ def test_an_interrupted_asha_search_resumes_where_it_stopped(tmp_path):
     trial's folder is untouched, the second continues (from its last epoch, or afresh when it
     had not finished one: each step once in its steps.csv), the others run, and
     every ASHA decision, over the results of both parts, follows the top-k rule."""
-    import signal
-    import time
-
     tune_dir = tmp_path / "t"
     # rungs after 1 and 4 epochs of 6 (rf 4): trial 1 goes on at the first (a tie) and has 3 epochs to
     # be interrupted in before the next
     argv = [*TINY, "epochs=6", "tune.num_samples=4", "tune.reduction_factor=4", "tune.cpus_per_trial=2",
             f"tune.dir={tune_dir}"]
-    proc = subprocess.Popen([sys.executable, "-m", "framework.tune", *argv], cwd=tmp_path,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.monotonic() + HANG_GUARD_S
-    while not (tune_dir / "1" / "checkpoints" / "last.pt").is_file():  # trial 1 has finished an epoch
-        assert proc.poll() is None and time.monotonic() < deadline, "the search ended before trial 1 trained"
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGINT)
-    out = proc.communicate(timeout=HANG_GUARD_S)[0]
-    assert proc.returncode == 130, out[-3000:]
-    assert f"Continue the search: python -m framework.tune tune.resume={tune_dir}" in out
+    # trial 1 has finished an epoch
+    interrupt_search(argv, tmp_path, tune_dir, lambda: (tune_dir / "1" / "checkpoints" / "last.pt").is_file())
     first = (tune_dir / "0" / "summary.json").read_bytes()
     assert json.loads(first)["status"] in ("completed", "pruned")
     stopped = json.loads((tune_dir / "1" / "summary.json").read_text())
@@ -477,24 +484,13 @@ def test_an_interrupted_pbt_search_resumes_and_keeps_the_lr_contract_along_each_
     tune.resume: both trials end completed, each step once in their steps.csv, every step's LR the
     cosine of the lr0 of the lineage segment it belongs to, and the exported schedule is the best
     trial's applied LR."""
-    import signal
-    import time
-
     import yaml
 
     tune_dir = tmp_path / "t"
     argv = [*TINY, "epochs=4", "task.monitor=val/loss", "task.mode=min", "tune.search=pbt", "tune.num_samples=2",
             "tune.perturbation_interval=1", "tune.cpus_per_trial=2", f"tune.dir={tune_dir}"]
-    proc = subprocess.Popen([sys.executable, "-m", "framework.tune", *argv], cwd=tmp_path,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.monotonic() + HANG_GUARD_S
-    while not ((tune_dir / "results.jsonl").is_file() and len(results_in_order(tune_dir)) >= 3):
-        assert proc.poll() is None and time.monotonic() < deadline, "the search ended before 3 results"
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGINT)
-    out = proc.communicate(timeout=HANG_GUARD_S)[0]
-    assert proc.returncode == 130, out[-3000:]
-    assert f"Continue the search: python -m framework.tune tune.resume={tune_dir}" in out
+    interrupt_search(argv, tmp_path, tune_dir,
+                     lambda: (tune_dir / "results.jsonl").is_file() and len(results_in_order(tune_dir)) >= 3)
 
     proc = subprocess.run([sys.executable, "-m", "framework.tune", f"tune.resume={tune_dir}"], cwd=tmp_path,
                           capture_output=True, text=True, timeout=HANG_GUARD_S)
