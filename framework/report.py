@@ -167,11 +167,11 @@ def write_report(sweep_dir: str | Path) -> dict[str, Any]:
 
 
 def _doctor_lines(rows: list[dict[str, Any]]) -> list[str]:
-    """report.md's line on the lr0 range the jobs' LR doctor verdicts bracket, when lr0 is the only
-    swept key (:func:`framework.doctor.sweep.bracket`), or nothing."""
+    """report.md's line on the lr0 range the jobs' LR doctor verdicts bracket, when no key but lr0
+    differs between the jobs (:func:`framework.doctor.sweep.bracket`), or nothing."""
     from framework.doctor.sweep import bracket, bracket_line
 
-    if swept_keys(rows) != ["lr0"] or not any(r.get("lr_verdict") for r in rows):
+    if not set(swept_keys(rows)) <= {"lr0"} or not any(r.get("lr_verdict") for r in rows):
         return []
     return [f"LR doctor (`python -m framework.doctor <job folder>` for the evidence): "
             f"{bracket_line(bracket([(r['lr0'], r.get('lr_verdict')) for r in rows]))}", ""]

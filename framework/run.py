@@ -120,6 +120,10 @@ def _train(cfg: DictConfig, run_dir: Path, resume_state: Optional[dict[str, Any]
     summary = start_summary(cfg, built, run_dir, overrides, lr0_auto, resumed=resume_state is not None)
     if cfg.get("search") is not None:  # before the trackers: a study out of reach opens no tracker run
         trainer.trial = _start_search(cfg, run_dir, summary, resume_state is not None)
+        if trainer.doctor is not None:  # a PBT trial that went on from another's run at another lr0
+            from framework.doctor import lr0_changes
+
+            trainer.doctor.lr0_changed = lr0_changes(summary)
     if trackers:
         summary["trackers"] = tracking.start_trackers(cfg, built, summary, run_dir)
     return _fit(trainer, summary, cfg, overrides, start)

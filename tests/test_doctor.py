@@ -225,6 +225,28 @@ def test_too_few_intervals_is_unsure_and_upto_judges_what_was_known():
     assert judge(rows_of(losses, ratio0=0.5), 20, upto=10)["at_step"] == 9
 
 
+def test_a_pbt_trial_whose_lr0_changed_is_not_judged_by_its_first_step():
+    """A PBT trial that went on from another trial's run at another lr0: its first step ran at the
+    first segment's lr0, so its ratio says nothing of the last one; a falling loss is then unsure."""
+    from framework.doctor import lr0_changes
+
+    lineage = [{"trial": 1, "from_step": 0, "to_step": 4, "params": {"lr0": 0.0012}},
+               {"trial": 0, "from_step": 4, "to_step": None, "params": {"lr0": 0.52}}]
+    note = lr0_changes({"tune": {"lineage": lineage}})
+    assert note == "PBT changed lr0 during the run (0.0012 from step 0, 0.52 from step 4)"
+    assert lr0_changes({"tune": {"lineage": lineage[:1]}}) is None  # its own line: one lr0
+    assert lr0_changes({"tune": {"lineage": [lineage[0], {**lineage[1], "params": {"lr0": 0.0012}}]}}) is None
+    assert lr0_changes({}) is None
+    losses = [2.3 * 0.9 ** k for k in range(20)]
+    result = diagnose(rows_of(losses, ratio0=0.5), 20, optimizer="SGD", lr0_changed=note)
+    assert (result["verdict"], result["factor"]) == ("unsure", None)
+    assert result["reason"] == f"the loss fell; the first step's update ratio is not judged ({note})"
+    # the loss rules still judge it: a noisy flat loss is too high
+    assert diagnose(rows_of([2.0, 2.6, 1.4, 2.6, 1.4] * 4, ratio0=0.03), 20, lr0_changed=note)["verdict"] == "too_high"
+    # a flat loss above its start says so
+    assert "(2% above its start)" in diagnose(rows_of([2.3] + [2.35] * 19), 20, lr0_changed=note)["reason"]
+
+
 def test_the_band_is_the_optimizer_familys():
     """The same falling loss and first-step ratio judged for SGD (centre 10^-1.85), AdamW (10^-1.20)
     and an optimizer of neither family (RAdam, or none named: 10^-1.50); half-width 0.75."""

@@ -16,7 +16,7 @@ from typing import Any, Optional
 
 from framework.doctor.verdict import VERDICTS, diagnose
 
-__all__ = ["VERDICTS", "diagnose", "diagnose_run", "read_steps", "run_options"]
+__all__ = ["VERDICTS", "diagnose", "diagnose_run", "lr0_changes", "read_steps", "run_options"]
 
 
 def read_steps(run_dir: str | Path) -> list[dict[str, str]]:
@@ -70,7 +70,8 @@ def diagnose_run(run_dir: str | Path, upto_frac: Optional[float] = None,
 
 def run_options(summary: dict[str, Any], run_dir: Optional[str | Path] = None) -> dict[str, Any]:
     """What :func:`diagnose` takes from a run's ``summary.json``: ``base_lrs``, ``schedule_file``
-    (a replay's file) and ``optimizer`` (its class name: the band's family); for a run whose
+    (a replay's file), ``optimizer`` (its class name: the band's family) and ``lr0_changed``
+    (:func:`lr0_changes`); for a run whose
     summary does not name its optimizer (written by an earlier version), the class its
     ``.hydra/config.yaml`` instantiates (``optimizer._target_``: ``torch.optim.SGD`` -> ``SGD``;
     timm's by ``optimizer.opt``, e.g. ``nadamw``)."""
@@ -85,4 +86,18 @@ def run_options(summary: dict[str, Any], run_dir: Optional[str | Path] = None) -
                 optimizer = str(node["opt"])
         except (OSError, yaml.YAMLError, KeyError, TypeError, AttributeError):
             optimizer = None
-    return {"base_lrs": summary.get("base_lrs"), "schedule_file": summary.get("schedule_file"), "optimizer": optimizer}
+    return {"base_lrs": summary.get("base_lrs"), "schedule_file": summary.get("schedule_file"), "optimizer": optimizer,
+            "lr0_changed": lr0_changes(summary)}
+
+
+def lr0_changes(summary: dict[str, Any]) -> Optional[str]:
+    """``PBT changed lr0 during the run (0.0012 from step 0, 0.52 from step 4)`` for a Ray Tune
+    trial whose lineage (``summary.json``'s ``tune.lineage``) trained at more than one lr0, else
+    None."""
+    lineage = (summary.get("tune") or {}).get("lineage") or []
+    values = [(seg.get("params") or {}).get("lr0") for seg in lineage]
+    if len({repr(v) for v in values}) < 2:
+        return None
+    return "PBT changed lr0 during the run (" + ", ".join(
+        f"{v:.3g} from step {seg.get('from_step')}" if isinstance(v, (int, float)) else f"? from step {seg.get('from_step')}"
+        for v, seg in zip(values, lineage)) + ")"

@@ -51,12 +51,14 @@ def _run(folder: Path, out: Optional[Path]) -> int:
 def _sweep(folder: Path) -> int:
     from framework.doctor.sweep import bracket, bracket_line, diagnosis_cell, job_diagnosis
     from framework.loggers import read_summary
-    from framework.report_rows import job_folders
+    from framework.report_rows import job_folders, swept_keys
 
     jobs: list[tuple[Any, Any]] = []
+    summaries: list[dict[str, Any]] = []
     print(f"{'job':>4}  {'lr0':>10}  {'status':10}  {'verdict':20}  reason")
     for job in job_folders(folder):
         summary = read_summary(job)
+        summaries.append(summary)
         diagnosis = job_diagnosis(job, {**summary, "lr_diagnosis": None}) if summary else None  # judged afresh
         verdict = diagnosis["verdict"] if diagnosis else None
         lr0 = summary.get("lr0") if summary else None
@@ -65,7 +67,12 @@ def _sweep(folder: Path) -> int:
         shown = f"{lr0:.4g}" if isinstance(lr0, (int, float)) else "-"  # 0.0001164422375176788 would overflow
         print(f"{job.name:>4}  {shown:>10}  {summary.get('status', '-'):10}  "
               f"{cell:20}  {diagnosis['reason'] if diagnosis else 'no steps.csv'}")
-    print(bracket_line(bracket(jobs)))
+    swept = swept_keys([{"override_list": summary.get("overrides") or []} for summary in summaries])
+    if set(swept) <= {"lr0"}:
+        print(bracket_line(bracket(jobs)))
+    else:  # as the sweep report: an lr0 range only when nothing but lr0 differs between the jobs
+        print(f"lr0: no range (the jobs differ in {', '.join(k for k in swept if k != 'lr0')}"
+              f"{' as well as lr0' if 'lr0' in swept else ''})")
     return 0
 
 

@@ -34,6 +34,8 @@ class LiveDoctor:
         self.total_steps, self.every, self.base_lrs = 0, 1, {}
         self.schedule_file: Optional[str] = None
         self.optimizer: Optional[str] = None
+        #: Why lr0 changed during the run (a PBT trial; :func:`framework.doctor.lr0_changes`), or None.
+        self.lr0_changed: Optional[str] = None
         self.rows: dict[int, dict[str, Any]] = {}  # by step: a step redone after a rollback replaces its row
         self.warnings: list[str] = []
         self._last: Optional[str] = None  # the previous judgement's verdict
@@ -69,7 +71,8 @@ class LiveDoctor:
             return
         self._next = (done // self.every + 1) * self.every
         result = diagnose([self.rows[k] for k in sorted(self.rows)], self.total_steps, base_lrs=self.base_lrs or None,
-                          schedule_file=self.schedule_file, optimizer=self.optimizer)
+                          schedule_file=self.schedule_file, optimizer=self.optimizer,
+                          lr0_changed=self.lr0_changed)
         verdict = result["verdict"]
         strong = verdict == "diverged" or (verdict in ("too_high", "too_low") and verdict == self._last)
         self._last = verdict

@@ -119,7 +119,7 @@ def _factor(half_decades: int) -> float:
 def diagnose(rows: Sequence[dict[str, Any]], total_steps: int, status: str = "completed",
              upto: Optional[int] = None, base_lrs: Optional[dict[str, float]] = None,
              ratio_center_log10: Optional[float] = None, schedule_file: Optional[str] = None,
-             optimizer: Optional[str] = None) -> dict[str, Any]:
+             optimizer: Optional[str] = None, lr0_changed: Optional[str] = None) -> dict[str, Any]:
     """The LR doctor's verdict on a run from its ``steps.csv`` rows.
 
     Rules, in order (the first that applies):
@@ -138,7 +138,8 @@ def diagnose(rows: Sequence[dict[str, Any]], total_steps: int, status: str = "co
        ``too_low``, inside it ``ok``; the factor brings the ratio to the band's centre in
        half-decade steps (x0.3, x0.1, x3, x10 ...).
     5. ``unsure``: fewer than :data:`MIN_INTERVALS` intervals, or no ratio to judge (sampling
-       off, group 0 frozen, Prodigy: its step is ``d x lr``) and no loss rule applied. The loss
+       off, group 0 frozen, Prodigy: its step is ``d x lr``; a PBT trial whose lr0 changed) and
+       no loss rule applied. The loss
        rules need a positive step-0 loss (a loss that can be <= 0 is judged by the ratio only).
 
     Groups whose base LR differs from group 0's (a head at 10x) get their own verdict from their
@@ -160,6 +161,9 @@ def diagnose(rows: Sequence[dict[str, Any]], total_steps: int, status: str = "co
             to scale the file's LRs; None = the advice is a new lr0.
         optimizer: the optimizer's class name (``summary.json``'s ``optimizer``, e.g. ``AdamW``):
             its family sets the band (:func:`ratio_center`); None = the band of other optimizers.
+        lr0_changed: why lr0 changed during the run (a PBT trial that continued another trial's
+            run at another lr0: :func:`framework.doctor.lr0_changes`): the first step's ratio
+            then says nothing of the last lr0 and is not judged (rule 5); None = one lr0.
 
     Raises:
         KeyError: a row without ``step`` (not a ``steps.csv`` row).
@@ -198,7 +202,7 @@ def diagnose(rows: Sequence[dict[str, Any]], total_steps: int, status: str = "co
     if len(ivs) < MIN_INTERVALS:
         return {**out, "reason": f"{len(ivs)} interval(s) of {evidence['interval_steps']} steps: too early to judge"}
     ratio = evidence["update_ratio"].get(names[0])
-    if rows and "d" in rows[0]:  # Prodigy: its step is d x lr, with d estimated as it goes; lr0 is not its knob
+    if (rows and "d" in rows[0]) or lr0_changed:  # Prodigy: its step is d x lr (lr0 is not its knob); PBT
         ratio = None
     band, factor = _band(ratio, center)
     verdict, reason = _loss_verdict(evidence, band, ratio)
@@ -207,7 +211,8 @@ def diagnose(rows: Sequence[dict[str, Any]], total_steps: int, status: str = "co
     elif verdict == "too_low":
         factor = max(factor or 1.0, 3.0) if band == "too_low" else 3.0
     elif band is None:
-        reason = ("the loss fell; the first step's update ratio is not judged (Prodigy sets its own step size)"
+        reason = (f"the loss fell; the first step's update ratio is not judged ({lr0_changed})" if lr0_changed else
+                  "the loss fell; the first step's update ratio is not judged (Prodigy sets its own step size)"
                   if rows and "d" in rows[0] else
                   "the loss fell; no update ratio of the first step (trainer.lr_doctor.update_ratio_every_n_steps=0, "
                   "or frozen or all-zero weights in group 0)")
@@ -243,13 +248,14 @@ def _loss_verdict(evidence: dict[str, Any], band: Optional[str], ratio: Optional
     if end > start * (1 + STALL_FRAC):  # more than the flat band above the step-0 loss
         return "too_high", f"the smoothed loss is at {end:.3g}, above the step-0 loss {start:.3g}"
     if drop < STALL_FRAC:  # flat: within STALL_FRAC of the step-0 loss, whichever way it wobbled
+        where = f"{abs(drop):.0%} {'below' if drop >= 0 else 'above'} its start"
         if evidence["noise"] > NOISE_HIGH:
-            return "too_high", (f"the loss is flat ({drop:.0%} below its start) and noisy "
+            return "too_high", (f"the loss is flat ({where}) and noisy "
                                 f"(spread {evidence['noise']:.2f} of its level)")
         if band == "too_high":
-            return "too_high", (f"the loss is flat ({drop:.0%} below its start) after a first step of update ratio "
+            return "too_high", (f"the loss is flat ({where}) after a first step of update ratio "
                                 f"{ratio:.2g}: stuck")
-        return "too_low", f"the loss is flat ({drop:.0%} below its start) and quiet (spread {evidence['noise']:.2f})"
+        return "too_low", f"the loss is flat ({where}) and quiet (spread {evidence['noise']:.2f})"
     if judged >= MIN_RISES_JUDGED and rose / judged > RISE_FRAC:
         return "too_high", f"the smoothed loss rose in {rose} of {judged} intervals"
     return "unsure", ""
