@@ -119,8 +119,8 @@ def write_untrained_summary(run_dir: Path, status: str, **fields: Any) -> None:
 
 def print_table(summary: dict[str, Any]) -> None:
     """Print a finished run's results as a rich table (the best epoch's monitored metric, the
-    final metrics, base -> last LR, epochs and steps against the plan, an early stop, batch,
-    device, wall time), then the whole run folder."""
+    final metrics, base -> last LR (a replay: its file -> last LR), epochs and steps against the
+    plan, an early stop, batch, device, wall time), then the whole run folder."""
     from rich.console import Console
     from rich.table import Table
 
@@ -139,7 +139,9 @@ def print_table(summary: dict[str, Any]) -> None:
     rows = [
         (f"best {monitor} ({summary.get('objective_mode', 'max')})", best_value),
         *((f"final {k}", f"{final[k]:.4f}" if k in final else "-") for k in (*shown, "val/loss", "train/loss")),
-        ("base lr -> last lr", f"{next(iter(summary['base_lrs'].values())):.4g} -> {summary['last_lr']:.4g}"),
+        (("replayed lr -> last lr", f"{Path(summary['schedule_file']).name} (not lr0) -> {summary['last_lr']:.4g}")
+         if summary.get("schedule_file") and summary.get("last_lr") is not None else
+         ("base lr -> last lr", f"{next(iter(summary['base_lrs'].values())):.4g} -> {summary['last_lr']:.4g}")),
         ("epochs / steps", f"{summary['epochs']} / {summary['steps']} of {summary['planned_epochs']} / "
                            f"{summary['planned_steps']}"),
         *([("early stopping", _early_stop_line(summary["early_stopping"]))] if "early_stopping" in summary else []),

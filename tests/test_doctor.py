@@ -354,7 +354,10 @@ def test_a_replayed_schedule_is_judged_at_its_own_lrs_and_advised_to_scale_them(
     assert diagnosis["evidence"]["update_ratio"] == pytest.approx(reference["evidence"]["update_ratio"], rel=1e-9)
     assert diagnosis["reason"].endswith(f"consider the LRs of {trace.resolve()} x{reference['factor']:g} "
                                         "(lr0 does not change a replay)")
-    assert f"too_low (LRs x{reference['factor']:g})" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"too_low (LRs x{reference['factor']:g})" in out
+    last = float(read_csv(run / "steps.csv")[-1]["lr"])
+    assert f"trace.yaml (not lr0) -> {last:.4g}" in out  # the results table's LR row names the file, not lr0 0.01
     # an ordinary run keeps advising lr0
     plain = diagnose(rows_of([2.3 * 0.9 ** k for k in range(20)], ratio0=0.5), 20)
     assert plain["factor_of"] == "lr0" and "consider lr0≈" in plain["reason"]
