@@ -207,12 +207,9 @@ def read_tune(sweep_dir: Path) -> Optional[dict[str, Any]]:
     return tune if isinstance(tune, dict) and tune.get("search") in TUNE_KEYS else None
 
 
-def tune_line(sweep_dir: Path) -> Optional[str]:
-    """``Search: Ray Tune ASHA (grace_period=1, ...), 9 trials, seed 0.`` for a
-    ``python -m framework.tune`` folder (:func:`read_tune`), else None."""
-    tune = read_tune(sweep_dir)
-    if tune is None:
-        return None
+def tune_line(tune: dict[str, Any]) -> str:
+    """``Search: Ray Tune ASHA (grace_period=1, ...), 9 trials, seed 0.`` from a
+    ``python -m framework.tune`` folder's ``tune`` node (:func:`read_tune`)."""
     from framework.search import RAY_SEARCHES
 
     search = tune["search"]
@@ -237,14 +234,14 @@ def header_lines(sweep_dir: Path, rows: list[dict[str, Any]]) -> tuple[list[str]
                   f"trials asked), sampler {names['sampler'] or 'unknown'}, pruner "
                   + (f"{names['pruner']}({args})" if names["pruner"] else "none")
                   + f", storage `{study.get('storage')}`.", ""]
-    ray = tune_line(sweep_dir) if study is None else None
-    if ray is not None:
-        lines += [ray, ""]
+    tune = read_tune(sweep_dir) if study is None else None
+    if tune is not None:
+        lines += [tune_line(tune), ""]
     if best is not None:
         lines += [f"Best configuration (job {best['job']}, best {best['objective_name']} {fmt(best['best'])}):", "",
                   "```bash", best_command(best), "```", ""]
     lines += [compute_line(c, [int(r["planned_steps"]) for r in rows if r.get("planned_steps")]), ""]
-    if ray is not None and read_tune(sweep_dir)["search"] == "pbt":  # the best trial's schedule and lineage
+    if tune is not None and tune["search"] == "pbt":  # the best trial's schedule and lineage
         from framework.search.best import pbt_section
 
         lines += pbt_section(sweep_dir)

@@ -345,6 +345,36 @@ def test_the_trial_hook_reports_each_epoch_and_stops_only_before_the_last(tmp_pa
         CHANNELS.pop(7, None)
 
 
+class TuneLikeTuner:
+    """A tuner whose ``fit`` handles SIGINT as Ray Tune's does (``ray.tune.tune._setup_signal_catching``):
+    it installs its own handler, which on a SIGINT ends the run and puts back the handler it found;
+    ``ctrl_c`` sends this process a SIGINT during the fit."""
+
+    def __init__(self, ctrl_c):
+        self.ctrl_c = ctrl_c
+
+    def fit(self):
+        import os
+        import signal
+
+        found = signal.getsignal(signal.SIGINT)
+        signal.signal(signal.SIGINT, lambda signum, frame: signal.signal(signal.SIGINT, found))
+        if self.ctrl_c:
+            os.kill(os.getpid(), signal.SIGINT)
+        return "results"
+
+
+@pytest.mark.parametrize("ctrl_c", [False, True])
+def test_a_search_is_interrupted_only_by_a_ctrl_c(ctrl_c):
+    import signal
+
+    from framework.search.ray_resume import fit_watching_sigint
+
+    before = signal.getsignal(signal.SIGINT)
+    assert fit_watching_sigint(TuneLikeTuner(ctrl_c)) == ("results", ctrl_c)
+    assert signal.getsignal(signal.SIGINT) is before  # the caller's handler is back either way
+
+
 def test_a_ctrl_c_leaves_running_trials_stopped_not_pruned(tmp_path):
     from types import SimpleNamespace
 
@@ -356,7 +386,7 @@ def test_a_ctrl_c_leaves_running_trials_stopped_not_pruned(tmp_path):
             {"status": "pruned", "pruned": {"epoch": 4, "step": 20, "scheduler": "ASHA"}, "steps": 20}))
     results = [SimpleNamespace(path=str(tmp_path / "ray" / "trial_0"), error=None, metrics={"done": True}),
                SimpleNamespace(path=str(tmp_path / "ray" / "trial_1"), error=None, metrics={"epoch": 4})]
-    assert _mend_interrupted(tmp_path, results) == 1
+    _mend_interrupted(tmp_path, results)
     kept, stopped = (json.loads((tmp_path / str(i) / "summary.json").read_text()) for i in (0, 1))
     assert kept["status"] == "pruned" and kept["pruned"]["scheduler"] == "ASHA"  # Tune ended it: done
     assert stopped["status"] == "stopped" and stopped["stop_reason"] == "tune interrupted" and "pruned" not in stopped

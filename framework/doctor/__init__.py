@@ -71,10 +71,9 @@ def diagnose_run(run_dir: str | Path, upto_frac: Optional[float] = None,
 def run_options(summary: dict[str, Any], run_dir: Optional[str | Path] = None) -> dict[str, Any]:
     """What :func:`diagnose` takes from a run's ``summary.json``: ``base_lrs``, ``schedule_file``
     (a replay's file), ``optimizer`` (its class name: the band's family) and ``lr0_changed``
-    (:func:`lr0_changes`); for a run whose
-    summary does not name its optimizer (written by an earlier version), the class its
-    ``.hydra/config.yaml`` instantiates (``optimizer._target_``: ``torch.optim.SGD`` -> ``SGD``;
-    timm's by ``optimizer.opt``, e.g. ``nadamw``)."""
+    (:func:`lr0_changes`). A summary written before it named the optimizer: the class its
+    ``run_dir``'s ``.hydra/config.yaml`` instantiates (``optimizer._target_``:
+    ``torch.optim.SGD`` -> ``SGD``; timm's by ``optimizer.opt``, e.g. ``nadamw``)."""
     optimizer = summary.get("optimizer")
     if optimizer is None and run_dir is not None:
         import yaml

@@ -56,13 +56,12 @@ def _mend_failed(tune_dir: Path, results: Any, spec: Any, base: Any) -> int:
     return errors
 
 
-def _mend_interrupted(tune_dir: Path, results: Any) -> int:
+def _mend_interrupted(tune_dir: Path, results: Any) -> None:
     """After a Ctrl-C, the trials the search left unfinished (Ray stops them as a scheduler would,
     so their run says ``pruned``): ``status: stopped``, ``stop_reason: tune interrupted``,
-    resumable. A trial whose last result Tune marked ``done`` had ended. Returns their number."""
+    resumable. A trial whose last result Tune marked ``done`` had ended."""
     from framework.loggers import read_summary, write_json
 
-    count = 0
     for result in results:
         run_dir = _run_dir(tune_dir, result)
         if result.error is not None or (result.metrics or {}).get("done") or run_dir is None:
@@ -72,8 +71,6 @@ def _mend_interrupted(tune_dir: Path, results: Any) -> int:
             summary.pop("pruned", None)
             summary.update(status="stopped", stop_reason="tune interrupted", resume_with=f"resume={run_dir}")
             write_json(summary, run_dir / "summary.json")
-            count += 1
-    return count
 
 
 #: Searched keys whose changes the exported schedule replays (the LR, its momentum and weight decay).
@@ -91,7 +88,7 @@ def finish(tune_dir: Path, results: Any, spec: Any, base: Any, expected: int = 0
     """Mend failed and interrupted trials, write the report, name the best trial, export PBT's
     best schedule, print what was done; the exit status (130 after a Ctrl-C, or when fewer than
     ``expected`` trials (``tune.num_samples``) ran, else 1 when a trial erred, else 0);
-    ``interrupted``: a Ctrl-C ended the search (:func:`framework.search.ray_tune.fit_watching_sigint`):
+    ``interrupted``: a Ctrl-C ended the search (:func:`framework.search.ray_resume.fit_watching_sigint`):
     only then are trials left unfinished called ``stopped``, not those a scheduler ended."""
     from framework.report import write_report
 

@@ -27,7 +27,7 @@ from typing import Any, Optional
 
 from framework.errors import ConfigError
 
-__all__ = ["resumed_command", "seed_asha", "restore"]
+__all__ = ["fit_watching_sigint", "resumed_command", "seed_asha", "restore"]
 
 #: Keys a resume may give besides ``tune.resume``: where the Ray cluster is now.
 RESUME_KEYS = ("tune.resume", "tune.address")
@@ -165,4 +165,32 @@ def restore(tune_dir: Path, trainable: Any, param_space: dict[str, Any], schedul
     if search == "asha":
         print(f"tune: ASHA's rungs refilled with the {count} results judged before the interruption", file=sys.stderr)
     return tuner
+
+
+def fit_watching_sigint(tuner: Any) -> tuple[Any, bool]:
+    """``tuner.fit()`` and whether a Ctrl-C (SIGINT) ended it early.
+
+    Tune's ``fit`` installs its own SIGINT handler, which on the first Ctrl-C stops the search
+    gracefully and puts back the handler it found: the one installed here. So after ``fit`` this
+    handler is in place again only if Tune took a Ctrl-C (``ray.tune.tune._setup_signal_catching``);
+    with ``TUNE_DISABLE_SIGINT_HANDLER=1`` a Ctrl-C reaches this handler itself (then a
+    ``KeyboardInterrupt``, as Python's own). Trials a scheduler stopped without a Ctrl-C (HyperBand
+    ends the paused trials its bracket does not continue) are then not taken for interrupted ones."""
+    import os
+    import signal
+
+    seen = {"sigint": False}
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        seen["sigint"] = True
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        results = tuner.fit()
+    finally:
+        current = signal.getsignal(signal.SIGINT)
+        signal.signal(signal.SIGINT, previous)
+    tune_catches = not int(os.getenv("TUNE_DISABLE_SIGINT_HANDLER", "0"))
+    return results, seen["sigint"] or (tune_catches and current is on_sigint)
 

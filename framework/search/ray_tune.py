@@ -321,7 +321,7 @@ def _run(opts: dict[str, Any], space: Any, base: Any, epochs: int, config_dir: O
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
     from framework.search.ray_results import finish, result_log
-    from framework.search.ray_resume import restore
+    from framework.search.ray_resume import fit_watching_sigint, restore
     from framework.search.ray_trainable import LRTrainable, TrialSpec, trial_index
 
     monitor, mode = task_objective(base)
@@ -375,34 +375,6 @@ def _run(opts: dict[str, Any], space: Any, base: Any, epochs: int, config_dir: O
         if started:
             ray.shutdown()
     return finish(tune_dir, results, spec, base, expected=opts["num_samples"], interrupted=interrupted)
-
-
-def fit_watching_sigint(tuner: Any) -> tuple[Any, bool]:
-    """``tuner.fit()`` and whether a Ctrl-C (SIGINT) ended it early.
-
-    Tune's ``fit`` installs its own SIGINT handler, which on the first Ctrl-C stops the search
-    gracefully and puts back the handler it found: the one installed here. So after ``fit`` this
-    handler is in place again only if Tune took a Ctrl-C (``ray.tune.tune._setup_signal_catching``);
-    with ``TUNE_DISABLE_SIGINT_HANDLER=1`` a Ctrl-C reaches this handler itself (then a
-    ``KeyboardInterrupt``, as Python's own). Trials a scheduler stopped without a Ctrl-C (HyperBand
-    ends the paused trials its bracket does not continue) are then not taken for interrupted ones."""
-    import os
-    import signal
-
-    seen = {"sigint": False}
-
-    def on_sigint(signum: int, frame: Any) -> None:
-        seen["sigint"] = True
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGINT, on_sigint)
-    try:
-        results = tuner.fit()
-    finally:
-        current = signal.getsignal(signal.SIGINT)
-        signal.signal(signal.SIGINT, previous)
-    tune_catches = not int(os.getenv("TUNE_DISABLE_SIGINT_HANDLER", "0"))
-    return results, seen["sigint"] or (tune_catches and current is on_sigint)
 
 
 if __name__ == "__main__":  # pragma: no cover - python -m framework.tune is the entry
