@@ -13,9 +13,10 @@ cross-entropy, backward, ``SGD.step`` with the same Nesterov momentum and weight
 back-to-back pairs (alternating which goes first); the ratio is the median of the pairs' ratios,
 which a machine whose speed drifts between runs disturbs least; Python's garbage of the runs
 before is collected (``gc.collect()``) before each timed run, so that no run pays for another's. Each row also times, on its
-own, the one piece of tensor work the trainer adds per step (the total gradient norm of the
-divergence guard), as a share of a plain step: a figure the drift does not blur; and the LR doctor's
-work (the update ratios of a sampled step, one judgement of the run's rows) per step on average.
+own, the tensor work the trainer adds: the total gradient norm (logged and checked by the
+divergence guard on every ``trainer.grad_norm_every_n_steps``-th step), per measured step and as a
+share of a plain step on average: a figure the drift does not blur; and the LR doctor's work (the
+update ratios of a sampled step, one judgement of the run's rows) per step on average.
 Also prints the start-up
 time of ``python train.py --cfg job``, import-to-first-step of a run, and peak memory.
 """
@@ -135,8 +136,8 @@ def plain_run(trainer, steps: int, batch: int) -> float:
 
 
 def grad_norm_ms(trainer, repeats: int = 30) -> float:
-    """Milliseconds of the trainer's one piece of per-step tensor work a plain loop does not do:
-    the total gradient norm read by the divergence guard (on gradients of one real batch)."""
+    """Milliseconds of the total gradient norm on one measured step (on the gradients of one real
+    batch), work a plain loop does not do."""
     import torch.nn.functional as F
 
     from framework.trainer.steps import total_norm
@@ -308,6 +309,8 @@ def main() -> None:
             ratios.append(fw[-1] / plain[-1])
         step_ms = args.batch / statistics.median(plain) * 1e3
         norm_ms = grad_norm_ms(trainer)
+        norm_every = trainer.norm_every  # trainer.grad_norm_every_n_steps (with clipping by norm: every step)
+        norm_share = (norm_ms / norm_every if norm_every else 0.0) / step_ms
         every = trainer.update_ratios.every
         sampled_ms, judge_ms = doctor_ms(trainer)
         steps = max(len(trainer.history["step"]), 1)
@@ -315,7 +318,7 @@ def main() -> None:
         print(f"{name:<18} {statistics.median(fw):>20.1f} {statistics.median(plain):>16.1f} "
               f"{statistics.median(ratios):>6.3f}   (pairs: {', '.join(f'{v:.0f}/{p:.0f}' for v, p in zip(fw, plain))}; "
               f"ratio of the best runs {max(fw) / max(plain):.3f}; grad norm {norm_ms:.2f} ms of a "
-              f"{step_ms:.1f} ms plain step = {norm_ms / step_ms:.1%}; LR doctor: update ratios {sampled_ms:.2f} ms "
+              f"{step_ms:.1f} ms plain step (1 step in {norm_every}) = {norm_share:.2%} a step; LR doctor: update ratios {sampled_ms:.2f} ms "
               f"per sampled step (1 in {every}), judging {steps} rows {judge_ms:.1f} ms (20 a run): "
               f"{per_step:.2f} ms a step = {per_step / step_ms:.2%})")
         if trainer.device.type == "cpu":

@@ -18,7 +18,7 @@ RUN = [*TINY, "epochs=3", "device=cpu"]  # 4 steps per epoch, T = 12
 
 def test_sgd_at_lr0_1000_stops_at_the_first_non_finite_step(tmp_path):
     with pytest.raises(Diverged) as info:
-        train_in_process(tmp_path, *RUN, "lr0=1000")
+        train_in_process(tmp_path, *RUN, "lr0=1000", "trainer.grad_norm_every_n_steps=1")
     rows = read_csv(tmp_path / "steps.csv")
     finite = [math.isfinite(float(r["loss"])) and math.isfinite(float(r["grad_norm"])) for r in rows]
     first_bad = len(rows) - 1  # the log ends at the diverging step: every row before it is finite
@@ -109,7 +109,7 @@ def test_a_nan_gradient_with_a_finite_loss_stops_at_its_step(monkeypatch, tmp_pa
         weight.register_hook(lambda g: calls.append(1) or (g * math.nan if len(calls) == 6 else g))
 
     with pytest.raises(Diverged) as info:
-        _train_with(monkeypatch, tmp_path, poison, "trainer.log_every_n_steps=4")
+        _train_with(monkeypatch, tmp_path, poison, "trainer.log_every_n_steps=4", "trainer.grad_norm_every_n_steps=1")
     assert (info.value.step, info.value.reason) == (5, "gradient norm is not finite")
     rows = read_csv(tmp_path / "steps.csv")
     assert [int(r["step"]) for r in rows] == [0, 1, 2, 3, 4, 5]
@@ -117,6 +117,28 @@ def test_a_nan_gradient_with_a_finite_loss_stops_at_its_step(monkeypatch, tmp_pa
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert (summary["status"], summary["diverged_step"]) == ("diverged", 5)
     assert load_checkpoint(tmp_path / "checkpoints" / "last.pt")["step"] == 4  # epoch 1's, all finite
+
+
+def test_a_nan_gradient_on_a_step_without_its_norm_stops_at_the_next_step(monkeypatch, tmp_path):
+    """The same NaN gradient at step 5 with the norm measured on steps 0 and 4 only (every 4th):
+    SGD writes it into the weights, so step 6's loss is NaN and the run stops there; step 5's row
+    has no norm, and the last checkpoint is still epoch 1's."""
+    calls = []
+
+    def poison(trainer):
+        weight = next(trainer.model.parameters())
+        weight.register_hook(lambda g: calls.append(1) or (g * math.nan if len(calls) == 6 else g))
+
+    with pytest.raises(Diverged) as info:
+        _train_with(monkeypatch, tmp_path, poison, "trainer.grad_norm_every_n_steps=4")
+    assert (info.value.step, info.value.reason) == (6, "loss is not finite")
+    rows = read_csv(tmp_path / "steps.csv")
+    assert [int(r["step"]) for r in rows] == [0, 1, 2, 3, 4, 5, 6]
+    assert [bool(r["grad_norm"]) for r in rows] == [True, False, False, False, True, False, False]
+    assert math.isfinite(float(rows[5]["loss"])) and math.isnan(float(rows[6]["loss"]))
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert (summary["status"], summary["diverged_step"]) == ("diverged", 6)
+    assert load_checkpoint(tmp_path / "checkpoints" / "last.pt")["step"] == 4
 
 
 def test_a_non_finite_validation_loss_is_divergence(monkeypatch, tmp_path):

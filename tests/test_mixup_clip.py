@@ -166,6 +166,7 @@ def test_odd_last_batch_is_trained_unmixed(tmp_path, lam_07):
     ({"mixup_alpha": 0.4, "mixup_off_epoch": 0}, "trainer.mixup_off_epoch=0: must be an integer >= 1"),
     ({"gradient_clip_val": 1.0, "gradient_clip_algorithm": "l2"}, "trainer.gradient_clip_algorithm=l2: use norm"),
     ({"gradient_clip_val": 0}, "trainer.gradient_clip_val=0: must be > 0 or null"),
+    ({"grad_norm_every_n_steps": 1.5}, "trainer.grad_norm_every_n_steps=1.5: must be an integer >= 0"),
     ({"mixup_alpha": 0.4, "task": "own_loss"}, OWN_LOSS_LINE),
 ])
 def test_refused_settings_name_the_key_and_the_fix(tmp_path, kwargs, message):
@@ -229,7 +230,7 @@ def test_clipping_by_norm_and_by_value_by_hand(tmp_path, algorithm):
     case = CLIP_CASES[algorithm]
     model = linear([[0.0, 0.0]])
     trainer = trainer_on(tmp_path, model, CLIP_X, CLIP_Y, batch_size=1, lr=1.0, task=Regression(1),
-                         gradient_clip_val=1.0, gradient_clip_algorithm=algorithm)
+                         gradient_clip_val=1.0, gradient_clip_algorithm=algorithm, grad_norm_every_n_steps=1)
     applied = []  # the gradient the optimizer applies (after clipping)
     trainer.optimizer.register_step_pre_hook(lambda opt, args, kw: applied.append(model.weight.grad[0].tolist()))
     trainer.fit()
@@ -242,6 +243,31 @@ def test_clipping_by_norm_and_by_value_by_hand(tmp_path, algorithm):
     assert [float(r["loss"]) for r in rows] == pytest.approx([0.0625, 4.0, 0.16], rel=1e-5)  # r^2
     assert trainer.clipped_steps == sum(case["clipped"])
     assert trainer.clipped_frac == pytest.approx(sum(case["clipped"]) / 3, abs=1e-15)  # 2/3 by norm, 1/3 by value
+
+
+# Without clipping, step 1 applies (0, 4): w = (-0.5, -4); step 2: r = -4.5 + 1.9 = -2.6, grad
+# 2 r x = (-5.2, -5.2), norm 5.2 sqrt 2. With clipping (value: (0, 1), norm: (0, 1)), step 2's norm is 0.8 sqrt 2.
+@pytest.mark.parametrize("clip, every, norms", [
+    (None, 2, [0.5, None, 5.2 * math.sqrt(2)]),  # steps 0 and 2 measured, step 1 empty
+    (None, 0, [None, None, None]),
+    ("value", 2, [0.5, None, 0.8 * math.sqrt(2)]),
+    ("norm", 0, [0.5, 4.0, 0.8 * math.sqrt(2)]),  # clip_grad_norm_ computes it: every step has it
+])
+def test_grad_norm_on_every_nth_step_by_hand(tmp_path, clip, every, norms):
+    clipping = {} if clip is None else {"gradient_clip_val": 1.0, "gradient_clip_algorithm": clip}
+    trainer = trainer_on(tmp_path, linear([[0.0, 0.0]]), CLIP_X, CLIP_Y, batch_size=1, lr=1.0, task=Regression(1),
+                         grad_norm_every_n_steps=every, **clipping)
+    trainer.fit()
+    got = [float(r["grad_norm"]) if r["grad_norm"] else None for r in read_csv(tmp_path / "steps.csv")]
+    assert got == [None if v is None else pytest.approx(v, rel=1e-5) for v in norms]
+
+
+def test_grad_norm_every_n_steps_below_0_exits_2_in_one_line(tmp_path, capfd):
+    code = run_cli_in_process([*TINY, "trainer.grad_norm_every_n_steps=-1"], tmp_path / "run")
+    said = [line for line in capfd.readouterr().err.splitlines() if line.strip()]
+    assert code == 2 and said == ["error: trainer.grad_norm_every_n_steps=-1: must be an integer >= 0 (1 = every "
+                                  "step, 0 = only when clipping by norm computes it)"]
+    assert not (tmp_path / "run").exists()
 
 
 def test_no_clipping_no_column_and_no_fraction(tmp_path):

@@ -274,7 +274,7 @@ def test_a_kill_during_a_rollback_resumes_exactly(tmp_path, monkeypatch, instant
         return built
 
     monkeypatch.setattr(framework.build, "build", build_with_nan_at_step_5)
-    args = [*RUN, "trainer.on_divergence=rollback", "trainer.log_every_n_steps=3"]
+    args = [*RUN, "trainer.on_divergence=rollback", "trainer.log_every_n_steps=3", "trainer.grad_norm_every_n_steps=1"]
     train_in_process(tmp_path / "full", *args)
     full = json.loads((tmp_path / "full" / "summary.json").read_text())
     assert full["status"] == "completed"
@@ -371,13 +371,14 @@ def test_resume_with_an_extra_column_keeps_the_rows(tmp_path):
     earlier version) keeps its rows; the new column is empty for them."""
     import csv
 
-    train_in_process(tmp_path, *RUN, "trainer.stop_after_steps=6")
+    every = "trainer.grad_norm_every_n_steps=1"
+    train_in_process(tmp_path, *RUN, every, "trainer.stop_after_steps=6")
     old = [{k: v for k, v in r.items() if k != "grad_norm"} for r in read_csv(tmp_path / "steps.csv")]
     with open(tmp_path / "steps.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(old[0]))
         writer.writeheader()
         writer.writerows(old)
-    train_in_process(tmp_path / "x", *RUN, f"resume={tmp_path}")
+    train_in_process(tmp_path / "x", *RUN, every, f"resume={tmp_path}")
     rows = read_csv(tmp_path / "steps.csv")
     assert [int(r["step"]) for r in rows] == list(range(12))
     assert all(r["grad_norm"] == "" for r in rows[:6]) and all(r["grad_norm"] for r in rows[6:])

@@ -326,10 +326,10 @@ def test_a_crash_after_the_checkpoint_and_a_resume_log_each_step_once(tmp_path, 
             f"logger.mlflow.tracking_uri=sqlite:///{mlflow_db}"]
     step = loop.Trainer.optimizer_step
 
-    def crash_at_6(self):
+    def crash_at_6(self, *args):
         if self.run_state.global_step == 6:
             raise RuntimeError("out of memory (simulated)")
-        return step(self)
+        return step(self, *args)
 
     monkeypatch.setattr(loop.Trainer, "optimizer_step", crash_at_6)
     with pytest.raises(RuntimeError):

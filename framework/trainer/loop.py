@@ -62,6 +62,8 @@ class Trainer(StepRecords, Rollbacks, EarlyStops, StepEngine):
             ``value`` (clamp every element to ``[-gradient_clip_val, gradient_clip_val]``;
             clipped = some ``|grad| > gradient_clip_val``); Lightning's names. ``grad_norm`` is
             logged before clipping either way.
+        grad_norm_every_n_steps: (steps) log (and guard) the total gradient norm of every n-th step
+            (every step when clipping by norm); 0 = never (:class:`~framework.trainer.engine.StepEngine`).
         precision: ``32``, ``bf16`` (autocast) or ``fp16`` (autocast + grad scaler, CUDA only).
         log_every_n_steps: steps between reads of the on-device loss buffer (CSV flush, the
             divergence check and, with ``on_divergence=rollback``, a restore point); on the
@@ -168,9 +170,11 @@ class Trainer(StepRecords, Rollbacks, EarlyStops, StepEngine):
         task: Optional[Any] = None,
         trackers: Optional[Any] = None,
         lr_doctor: Optional[dict[str, Any]] = None,
+        grad_norm_every_n_steps: int = 10,
     ):
         super().__init__(model, optimizer, data, device, accumulate_grad_batches, gradient_clip_val, precision,
-                         channels_last, compile, cudnn_benchmark, sync_batchnorm, task, gradient_clip_algorithm)
+                         channels_last, compile, cudnn_benchmark, sync_batchnorm, task, gradient_clip_algorithm,
+                         grad_norm_every_n_steps=grad_norm_every_n_steps)
         self.mixup = build_mixup(self.task, self.train_loader, mixup_alpha, cutmix_alpha, cutmix_minmax, mixup_prob,
                                  mixup_switch_prob, mixup_mode, mixup_off_epoch)
         self.mixup_off_epoch = mixup_off_epoch
@@ -370,7 +374,7 @@ class Trainer(StepRecords, Rollbacks, EarlyStops, StepEngine):
             if not closes:
                 continue
             self.update_ratios.before_step(rs.global_step)
-            applied, norm, clipped = self.optimizer_step()
+            applied, norm, clipped = self.optimizer_step(rs.global_step)
             ratios = self.update_ratios.after_step()
             epoch_loss += group_loss * samples
             rs.epoch_samples += samples

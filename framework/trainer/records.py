@@ -48,7 +48,7 @@ class StepRecords:
         self._d = self.optimizer.param_groups[0].get("d")
         return self.plan.apply(self.optimizer, self.run_state.global_step, self.run_state.lr_backoff)
 
-    def _record(self, epoch: int, lrs: list[float], loss: torch.Tensor, norm: torch.Tensor,
+    def _record(self, epoch: int, lrs: list[float], loss: torch.Tensor, norm: Optional[torch.Tensor],
                 clipped: Optional[torch.Tensor] = None, ratios: Optional[torch.Tensor] = None) -> None:
         """Log applied step ``k`` (its LRs now; its loss, gradient norm, clip flag and update
         ratios at the next check) and advance ``k``."""

@@ -61,8 +61,8 @@ class StepLog:
                  write: bool = True, trackers: Optional[Any] = None):
         self.path, self.columns, self.guard = Path(path), list(columns), guard
         self.world_size, self.write, self.trackers = world_size, write, trackers
-        # rows not read yet: (row, loss, grad norm, clip flag or None, update ratios (G,) or None)
-        self.pending: list[tuple[dict[str, Any], torch.Tensor, torch.Tensor, Optional[torch.Tensor],
+        # rows not read yet: (row, loss, grad norm or None, clip flag or None, update ratios (G,) or None)
+        self.pending: list[tuple[dict[str, Any], torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor],
                                  Optional[torch.Tensor]]] = []
         self.ratio_columns = [c for c in self.columns if c == "update_ratio" or c.startswith("update_ratio/")]
         self.checked: list[dict[str, Any]] = []  # rows read and checked, not written yet
@@ -76,10 +76,10 @@ class StepLog:
         self.clear()
         self._file = csv_log(self.path, self.columns, append, self.write)
 
-    def add(self, row: dict[str, Any], loss: torch.Tensor, norm: torch.Tensor,
+    def add(self, row: dict[str, Any], loss: torch.Tensor, norm: Optional[torch.Tensor],
             clipped: Optional[torch.Tensor] = None, ratios: Optional[torch.Tensor] = None) -> None:
         """Buffer an applied step's row (``step``, ``epoch``, LRs, ...) with its loss, gradient
-        norm and, with clipping on, whether it was clipped (bool), 0-dim tensors on the device,
+        norm (None on a step that did not measure it: an empty ``grad_norm``) and, with clipping on, whether it was clipped (bool), 0-dim tensors on the device,
         and on a sampled step its update ratios ``(G,)`` (one per group, the
         ``update_ratio...`` columns in order); nothing is read now (the flag becomes the row's
         ``clipped``, 0 or 1)."""
@@ -134,20 +134,24 @@ class StepLog:
         losses_t = torch.stack([p[1].float() for p in pending])  # (n,)
         if self.world_size > 1:  # the step loss of the global batch: mean over the ranks (norms agree already)
             losses_t = distributed.all_reduce_sum(losses_t) / self.world_size
-        columns = [losses_t, torch.stack([p[2].float() for p in pending])]
+        columns = [losses_t]
         flagged = pending[0][3] is not None  # clipping on: every row has its flag
         if flagged:
             columns.append(torch.stack([p[3].float() for p in pending]))
+        measured = [i for i, p in enumerate(pending) if p[2] is not None]  # steps with a gradient norm
         sampled = [i for i, p in enumerate(pending) if p[4] is not None]  # steps with update ratios
-        width = len(columns)
+        width, n = len(columns), len(pending)
         flat = torch.stack(columns, 1).flatten()  # (n * width,)
+        tail = [torch.stack([pending[i][2].float() for i in measured]).to(flat.device)] if measured else []
         if sampled:
-            flat = torch.cat([flat, torch.stack([pending[i][4].to(flat.device) for i in sampled]).flatten()])
-        everything = flat.tolist()  # one transfer
-        values = [everything[i * width:(i + 1) * width] for i in range(len(pending))]  # (n, 2), (n, 3) with flags
-        losses, norms = [v[0] for v in values], [v[1] for v in values]
-        rows = [{**p[0], "clipped": int(v[2])} if flagged else p[0] for p, v in zip(pending, values)]
-        ratios, at = everything[len(pending) * width:], len(self.ratio_columns)
+            tail.append(torch.stack([pending[i][4].to(flat.device) for i in sampled]).flatten())
+        everything = torch.cat([flat, *tail]).tolist() if tail else flat.tolist()  # one transfer
+        values = [everything[i * width:(i + 1) * width] for i in range(n)]  # (n, 1), (n, 2) with flags
+        losses, norms = [v[0] for v in values], [None] * n
+        for j, i in enumerate(measured):
+            norms[i] = everything[n * width + j]
+        rows = [{**p[0], "clipped": int(v[1])} if flagged else p[0] for p, v in zip(pending, values)]
+        ratios, at = everything[n * width + len(measured):], len(self.ratio_columns)
         for j, i in enumerate(sampled):
             rows[i] = {**rows[i], **dict(zip(self.ratio_columns, ratios[j * at:(j + 1) * at]))}
         pending.clear()
@@ -179,7 +183,8 @@ class StepLog:
             if reduce:
                 self.check()
             else:  # this rank's loss is not the step's (the mean over the ranks): left blank
-                self._read([{**row, "grad_norm": norm.item(), **({} if flag is None else {"clipped": int(flag.item())}),
+                self._read([{**row, "grad_norm": None if norm is None else norm.item(),
+                             **({} if flag is None else {"clipped": int(flag.item())}),
                              **({} if ratios is None else dict(zip(self.ratio_columns, ratios.tolist())))}
                             for row, _, norm, flag, ratios in self.pending])
                 self.pending.clear()
