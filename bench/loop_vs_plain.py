@@ -16,7 +16,10 @@ before is collected (``gc.collect()``) before each timed run, so that no run pay
 own, the tensor work the trainer adds: the total gradient norm (logged and checked by the
 divergence guard on every ``trainer.grad_norm_every_n_steps``-th step), per measured step and as a
 share of a plain step on average: a figure the drift does not blur; and the LR doctor's work (the
-update ratios of a sampled step, one judgement of the run's rows) per step on average.
+update ratios of a sampled step, one judgement of the run's rows) per step on average. On the CPU it
+also prints the same pairs per second of the process's CPU time (``time.process_time``: all its
+threads, the trackers' writer included; W&B's own service process is not), which time the VM loses
+to other machines on a shared host does not enter.
 Also prints the start-up
 time of ``python train.py --cfg job``, import-to-first-step of a run, and peak memory.
 """
@@ -76,22 +79,24 @@ def framework_run(overrides: list[str], steps: int, batch: int, out: Path,
         t = time.perf_counter()
         tracking.start_trackers(cfg, built, {"overrides": list(args)}, out)
         TRACKER_S["start"].append(time.perf_counter() - t)
-    spent = {"eval": 0.0}
+    spent = {"eval": 0.0, "eval_cpu": 0.0}
     evaluate = trainer.evaluate
 
     def timed_evaluate():
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         result = evaluate()
         spent["eval"] += time.perf_counter() - t
+        spent["eval_cpu"] += time.process_time() - c
         return result
 
     trainer.evaluate = timed_evaluate
     sync(trainer.device)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     result = trainer.fit()
     sync(trainer.device)
     trackers.wait()
     speed = steps * batch / (time.perf_counter() - t0 - spent["eval"])
+    CPU_SPEED["framework"].append(steps * batch / (time.process_time() - c0 - spent["eval_cpu"]))
     if trackers:
         t = time.perf_counter()
         trackers.finish({**result, "status": "completed"})
@@ -101,6 +106,9 @@ def framework_run(overrides: list[str], steps: int, batch: int, out: Path,
 
 #: Seconds the trackers took to open and to close each run (``--loggers``), outside the timed span.
 TRACKER_S: dict[str, list[float]] = {"start": [], "finish": []}
+#: Samples per second of the process's CPU time (all its threads; time the VM's CPUs were taken
+#: by other machines is not in it), of each timed run: a figure a loaded host disturbs less.
+CPU_SPEED: dict[str, list[float]] = {"framework": [], "plain": []}
 
 
 def plain_run(trainer, steps: int, batch: int) -> float:
@@ -118,7 +126,7 @@ def plain_run(trainer, steps: int, batch: int) -> float:
     x_all, y_all = loader.x, loader.y  # the device-resident tensors (same data)
     n = len(y_all)
     sync(device)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     done = 0
     while done < steps:
         order = torch.randperm(n, device=device)
@@ -132,6 +140,7 @@ def plain_run(trainer, steps: int, batch: int) -> float:
             if done == steps:
                 break
     sync(device)
+    CPU_SPEED["plain"].append(steps * batch / (time.process_time() - c0))
     return steps * batch / (time.perf_counter() - t0)
 
 
@@ -296,6 +305,8 @@ def main() -> None:
         loggers = tuple(args.loggers)
         _, trainer = framework_run(ROWS[name], 5, args.batch, out / f"{name}_warm", loggers)  # warm-up (allocator, threads, the store)
         plain_run(trainer, 5, args.batch)
+        for runs in CPU_SPEED.values():
+            runs.clear()
         for r in range(args.repeats):  # back-to-back pairs, alternating which goes first: drifts hit both
             if r % 2:
                 gc.collect()  # the garbage of earlier runs is collected before a timed run, not in it
@@ -322,6 +333,10 @@ def main() -> None:
               f"per sampled step (1 in {every}), judging {steps} rows {judge_ms:.1f} ms (20 a run): "
               f"{per_step:.2f} ms a step = {per_step / step_ms:.2%})")
         if trainer.device.type == "cpu":
+            cpu_ratios = [f / p for f, p in zip(CPU_SPEED["framework"], CPU_SPEED["plain"])]
+            print(f"{name:<18} per CPU-second of the process (samples / CPU s, medians): framework "
+                  f"{statistics.median(CPU_SPEED['framework']):.1f}, plain {statistics.median(CPU_SPEED['plain']):.1f}, "
+                  f"ratio {statistics.median(cpu_ratios):.3f} (pairs {min(cpu_ratios):.3f}-{max(cpu_ratios):.3f})")
             parts = breakdown(ROWS[name], args.steps, args.batch, out / f"{name}_breakdown", loggers)
             total = parts.pop("total")
             print(f"{name:<18} one run timed in place, ms per step of {total:.1f}: " + ", ".join(

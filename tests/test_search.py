@@ -292,6 +292,25 @@ def test_bad_sweeper_settings_are_one_line_before_any_job(tmp_path, args, says):
     assert not sweep.exists()  # no job ran, no folder made
 
 
+def test_a_missing_database_driver_names_the_package_to_install():
+    """SQLAlchemy imports the URL's driver: the line names the pip package (psycopg 3 for a plain
+    postgresql:// under SQLAlchemy >= 2.1, psycopg2-binary for postgresql+psycopg2://)."""
+    import importlib.util
+
+    from framework.errors import ConfigError
+    from framework.search.study import open_storage
+
+    for url, module, package in (("mysql+mysqldb://u@127.0.0.1:9/db", "MySQLdb", "mysqlclient"),
+                                 ("postgresql+psycopg2://u@127.0.0.1:9/db", "psycopg2", "psycopg2-binary"),
+                                 ("postgresql+pg8000://u@127.0.0.1:9/db", "pg8000", "pg8000")):
+        if importlib.util.find_spec(module) is not None:
+            continue  # installed here: the URL reaches the (absent) server instead
+        with pytest.raises(ConfigError) as info:
+            open_storage(url)
+        assert str(info.value).startswith(f"hydra.sweeper.storage={url}: needs the database driver {module} (")
+        assert str(info.value).endswith(f"pip install {package}, or use null (a journal file in the sweep folder)")
+
+
 def test_a_folder_of_another_study_is_refused_and_left_as_it_was(tmp_path):
     from tests.helpers import folder_bytes
 

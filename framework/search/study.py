@@ -27,6 +27,12 @@ JOURNAL_NAME = "optuna_journal.log"
 SPEC_NAME = "study.json"
 
 
+#: The pip package of each database driver SQLAlchemy may import for a storage URL (SQLAlchemy >= 2.1
+#: takes psycopg 3 for ``postgresql://``; ``postgresql+psycopg2://`` asks for psycopg2).
+DRIVERS = {"psycopg": "'psycopg[binary]'", "psycopg2": "psycopg2-binary", "pymysql": "pymysql",
+           "MySQLdb": "mysqlclient", "asyncpg": "asyncpg"}
+
+
 def storage_url(storage: Optional[str], sweep_dir: Path) -> str:
     """The storage as stored in ``study.json``: ``journal:<absolute path>`` for a journal file (the
     default, ``<sweep_dir>/optuna_journal.log``; or ``journal:<path>``, or a path ending in
@@ -66,9 +72,11 @@ def open_storage(url: str) -> Any:
         return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
     try:
         return optuna.storages.RDBStorage(url)
-    except (ImportError, ModuleNotFoundError) as exc:
-        raise ConfigError(f"hydra.sweeper.storage={url}: needs a database driver ({exc}); install it (e.g. pip install "
-                          "psycopg2-binary) or use null (a journal file in the sweep folder)") from None
+    except ImportError as exc:
+        module = (getattr(exc, "name", None) or "").split(".")[0]
+        package = DRIVERS.get(module, module or "the URL's driver")
+        raise ConfigError(f"hydra.sweeper.storage={url}: needs the database driver {module or '(unknown)'} ({exc}); "
+                          f"pip install {package}, or use null (a journal file in the sweep folder)") from None
     except Exception as exc:  # sqlalchemy.exc.OperationalError and the like
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ConfigError(f"hydra.sweeper.storage={url}: cannot open the database ({first}); check the URL and that "
