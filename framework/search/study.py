@@ -73,10 +73,14 @@ def open_storage(url: str) -> Any:
     try:
         return optuna.storages.RDBStorage(url)
     except ImportError as exc:
-        module = (getattr(exc, "name", None) or "").split(".")[0]
+        missing: Optional[BaseException] = exc  # Optuna re-raises SQLAlchemy's ModuleNotFoundError as its own
+        while missing is not None and not getattr(missing, "name", None):
+            missing = missing.__cause__ or missing.__context__
+        module = str(getattr(missing, "name", None) or "").split(".")[0]
         package = DRIVERS.get(module, module or "the URL's driver")
-        raise ConfigError(f"hydra.sweeper.storage={url}: needs the database driver {module or '(unknown)'} ({exc}); "
-                          f"pip install {package}, or use null (a journal file in the sweep folder)") from None
+        raise ConfigError(f"hydra.sweeper.storage={url}: needs the database driver {module or '(unknown)'} "
+                          f"({missing or exc}); pip install {package}, or use null (a journal file in the sweep "
+                          "folder)") from None
     except Exception as exc:  # sqlalchemy.exc.OperationalError and the like
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ConfigError(f"hydra.sweeper.storage={url}: cannot open the database ({first}); check the URL and that "
