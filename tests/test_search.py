@@ -329,6 +329,25 @@ def test_a_folder_of_another_study_is_refused_and_left_as_it_was(tmp_path):
     assert not empty.exists()
 
 
+def test_a_new_folder_does_not_join_a_shared_storages_study(tmp_path):
+    """Two sweeps of one preset (one study_name) on a storage they share (a team's database; here a
+    journal file outside both folders): the second folder is refused in one line, nothing is made,
+    and the first study keeps its one trial; resuming the first folder still works."""
+    shared = tmp_path / "team.journal"
+    args = [*TINY, "epochs=1", "device=cpu", "lr0=tag(log, interval(1e-3, 0.1))", "hydra/sweeper=lr_search",
+            f"hydra.sweeper.storage={shared}"]
+    first, second = tmp_path / "a", tmp_path / "b"
+    assert multirun(first, *args, "hydra.sweeper.n_trials=1").returncode == 0
+    proc = multirun(second, *args, "hydra.sweeper.n_trials=2")
+    assert proc.returncode == 2 and proc.stderr.strip() == (
+        f"error: hydra.sweeper.study_name=lr_search: journal:{shared} already holds this study (1 trials, of "
+        f"{first}); resume it with hydra.sweep.dir={first}, or start a new one with "
+        "hydra.sweeper.study_name=<another name>")
+    assert not second.exists()
+    assert multirun(first, *args, "hydra.sweeper.n_trials=2").returncode == 0
+    assert sorted(t.number for t in _study(first).trials) == [0, 1]
+
+
 def test_missing_optuna_is_one_line(tmp_path, monkeypatch):
     monkeypatch.setitem(__import__("sys").modules, "optuna", None)
     proc = multirun(tmp_path / "s", *TINY, "hydra/sweeper=lr_search", "lr0=tag(log, interval(1e-3, 0.1))")

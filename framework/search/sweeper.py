@@ -121,10 +121,12 @@ class LRSearchSweeperImpl(Sweeper):
 
     def _open_study(self, sweep_dir: Path, space: Any) -> tuple[Any, str]:
         """The study, created or loaded; the sweep folder is made only once the sampler, the
-        pruner and a database storage are known to work (a mistake leaves nothing behind)."""
+        pruner and a database storage are known to work (a mistake leaves nothing behind). A new
+        sweep folder does not join a study that already has trials (a database or journal shared
+        by several sweeps, whose presets share a ``study_name``): refused in one line."""
         import optuna
 
-        from framework.search.study import build_pruner, open_storage, storage_url
+        from framework.search.study import SPEC_NAME, build_pruner, open_storage, storage_url
 
         url = storage_url(self.storage, sweep_dir)
         optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -142,6 +144,12 @@ class LRSearchSweeperImpl(Sweeper):
         except ValueError as exc:  # e.g. an existing study with another direction
             raise ConfigError(f"hydra.sweeper.study_name={self.study_name}: {exc}; use another study_name or "
                               "sweep folder") from None
+        if study.trials and not (sweep_dir / SPEC_NAME).is_file():  # a shared storage: another folder's study
+            folders = sorted({str(Path(t.user_attrs["run_dir"]).parent) for t in study.trials if "run_dir" in t.user_attrs})
+            where = folders[0] if folders else "another sweep folder"
+            raise ConfigError(f"hydra.sweeper.study_name={self.study_name}: {url} already holds this study "
+                              f"({len(study.trials)} trials, of {where}); resume it with hydra.sweep.dir={where}, or "
+                              "start a new one with hydra.sweeper.study_name=<another name>")
         if study.trials and (self.sampler_cfg or {}).get("seed") is not None:  # a resumed study: new draws
             study.sampler = self._sampler(space, seed_offset=len(study.trials))
         if study.direction.name.lower() != self.direction:
