@@ -375,6 +375,41 @@ def test_a_search_is_interrupted_only_by_a_ctrl_c(ctrl_c):
     assert signal.getsignal(signal.SIGINT) is before  # the caller's handler is back either way
 
 
+class RemoteTuner:
+    """A tuner whose search runs on the cluster (Ray Client: Tune's ``fit`` is a remote call),
+    installing no SIGINT handler in this process; ``ctrl_c`` sends this process a SIGINT meanwhile."""
+
+    def __init__(self, ctrl_c):
+        self.ctrl_c = ctrl_c
+
+    def fit(self):
+        import os
+        import signal
+
+        if self.ctrl_c:
+            os.kill(os.getpid(), signal.SIGINT)
+        return "results"
+
+
+@pytest.mark.parametrize("ctrl_c", [False, True])
+def test_through_ray_client_only_a_ctrl_c_here_interrupts(monkeypatch, ctrl_c):
+    """A search through Ray Client that ended by itself is not taken for an interrupted one (the
+    handler left in place proves nothing there); a Ctrl-C here ends the fit as a KeyboardInterrupt."""
+    import signal
+
+    ray = pytest.importorskip("ray")
+    from framework.search.ray_resume import fit_watching_sigint
+
+    monkeypatch.setattr(ray.util.client.ray, "is_connected", lambda: True)
+    before = signal.getsignal(signal.SIGINT)
+    if ctrl_c:
+        with pytest.raises(KeyboardInterrupt):
+            fit_watching_sigint(RemoteTuner(True))
+    else:
+        assert fit_watching_sigint(RemoteTuner(False)) == ("results", False)
+    assert signal.getsignal(signal.SIGINT) is before
+
+
 def test_a_ctrl_c_leaves_running_trials_stopped_not_pruned(tmp_path):
     from types import SimpleNamespace
 

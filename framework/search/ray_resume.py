@@ -175,9 +175,13 @@ def fit_watching_sigint(tuner: Any) -> tuple[Any, bool]:
     handler is in place again only if Tune took a Ctrl-C (``ray.tune.tune._setup_signal_catching``);
     with ``TUNE_DISABLE_SIGINT_HANDLER=1`` a Ctrl-C reaches this handler itself (then a
     ``KeyboardInterrupt``, as Python's own). Trials a scheduler stopped without a Ctrl-C (HyperBand
-    ends the paused trials its bracket does not continue) are then not taken for interrupted ones."""
+    ends the paused trials its bracket does not continue) are then not taken for interrupted ones.
+    Through Ray Client (``tune.address=ray://...``) Tune runs the search on the cluster and installs
+    no handler here: only a Ctrl-C that reached this handler counts."""
     import os
     import signal
+
+    import ray
 
     seen = {"sigint": False}
 
@@ -191,6 +195,6 @@ def fit_watching_sigint(tuner: Any) -> tuple[Any, bool]:
     finally:
         current = signal.getsignal(signal.SIGINT)
         signal.signal(signal.SIGINT, previous)
-    tune_catches = not int(os.getenv("TUNE_DISABLE_SIGINT_HANDLER", "0"))
+    tune_catches = not int(os.getenv("TUNE_DISABLE_SIGINT_HANDLER", "0")) and not ray.util.client.ray.is_connected()
     return results, seen["sigint"] or (tune_catches and current is on_sigint)
 

@@ -370,7 +370,12 @@ def _run(opts: dict[str, Any], space: Any, base: Any, epochs: int, config_dir: O
                 name="ray", storage_path=str(tune_dir), verbose=1,
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=keep, checkpoint_at_end=False),
                 callbacks=callbacks))
-        results, interrupted = fit_watching_sigint(tuner)
+        try:
+            results, interrupted = fit_watching_sigint(tuner)
+        except KeyboardInterrupt:  # Ray Client (the only case that raises): the search ends with the connection
+            print(f"tune: interrupted; the search on the cluster ended with this connection. Continue it on the head "
+                  f"node: python -m framework.tune tune.resume={tune_dir} tune.address=auto", file=sys.stderr)
+            return 130
     finally:
         if started:
             ray.shutdown()
