@@ -320,7 +320,7 @@ def main() -> None:
             ratios.append(fw[-1] / plain[-1])
         step_ms = args.batch / statistics.median(plain) * 1e3
         norm_ms = grad_norm_ms(trainer)
-        norm_every = trainer.norm_every  # trainer.grad_norm_every_n_steps (with clipping by norm: every step)
+        norm_every = trainer.norm_every  # trainer.grad_norm_every_n_steps (these rows do not clip)
         norm_share = (norm_ms / norm_every if norm_every else 0.0) / step_ms
         every = trainer.update_ratios.every
         sampled_ms, judge_ms = doctor_ms(trainer)

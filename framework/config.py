@@ -293,7 +293,7 @@ def _group_errors(cfg: DictConfig) -> list[str]:
 
 def _trainer_errors(cfg: DictConfig) -> list[str]:
     """The trainer keys' mistakes that the config alone shows, every one: clipping
-    (:func:`~framework.trainer.engine.check_clip_args`), Mixup / CutMix
+    and the gradient norm's sampling (:func:`~framework.trainer.engine.check_grad_args`), Mixup / CutMix
     (:func:`~framework.trainer.mixing.check_mixup_args`, and the task's class when mixing is on,
     :func:`~framework.trainer.mixing.check_mixup_task`), validation, EMA and early stopping
     (:func:`~framework.trainer.validation.check_validation_args`), the LR doctor
@@ -313,7 +313,7 @@ def _trainer_errors(cfg: DictConfig) -> list[str]:
 
     mixup = keys(mixing.check_mixup_args)
     mixup_errors = mixing.check_mixup_args(**mixup)
-    errors = engine.check_clip_args(**keys(engine.check_clip_args)) + mixup_errors
+    errors = engine.check_grad_args(**keys(engine.check_grad_args)) + mixup_errors
     errors += validation.check_validation_args(**keys(validation.check_validation_args))
     errors += check_lr_doctor_args(node.get("lr_doctor"))
     active = None if mixup_errors else mixing.active_key(mixup.get("mixup_alpha", 0.0), mixup.get("cutmix_alpha", 0.0),

@@ -141,6 +141,45 @@ def test_a_nan_gradient_on_a_step_without_its_norm_stops_at_the_next_step(monkey
     assert load_checkpoint(tmp_path / "checkpoints" / "last.pt")["step"] == 4
 
 
+def test_a_nan_gradient_before_an_unvalidated_checkpoint_never_reaches_it(monkeypatch, tmp_path):
+    """The NaN gradient on step 3, epoch 0's last step (not measured: every 10th step), with
+    validation every 2 epochs: no later loss is read before epoch 0's last.pt would be written,
+    so the check of the weights before it stops the run at step 3 and no checkpoint exists."""
+    calls = []
+
+    def poison(trainer):
+        weight = next(trainer.model.parameters())
+        weight.register_hook(lambda g: calls.append(1) or (g * math.nan if len(calls) == 4 else g))
+
+    with pytest.raises(Diverged) as info:
+        _train_with(monkeypatch, tmp_path, poison, "trainer.val_every_n_epochs=2")
+    assert (info.value.step, info.value.reason) == (3, "the weights after it are not finite")
+    rows = read_csv(tmp_path / "steps.csv")
+    assert [int(r["step"]) for r in rows] == [0, 1, 2, 3] and all(math.isfinite(float(r["loss"])) for r in rows)
+    assert not (tmp_path / "checkpoints" / "last.pt").exists()
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert (summary["status"], summary["diverged_step"]) == ("diverged", 3)
+
+
+def test_a_rollback_after_an_unmeasured_nan_gradient_goes_back_to_a_proven_state(monkeypatch, tmp_path):
+    """The NaN gradient of step 5 (not measured) with the rollback policy: found at step 6 by its
+    loss. Restore points are offered at the start (trusted) and at epoch 0's end (k = 4), which
+    becomes the restore point only when the next one is offered (epoch 1's end, never reached): so
+    the run goes back to k = 0 once, and completes its 12 steps with finite weights."""
+    def poison(trainer):
+        weight = next(trainer.model.parameters())
+        weight.register_hook(lambda g: g * math.nan if trainer.global_step == 5 and not trainer.guard.rollbacks else g)
+
+    _train_with(monkeypatch, tmp_path, poison, "trainer.on_divergence=rollback")
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["status"] == "completed"
+    assert [(r["diverged_step"], r["restored_step"], r["reason"]) for r in summary["rollbacks"]] == [
+        (6, 0, "loss is not finite")]
+    assert [int(r["step"]) for r in read_csv(tmp_path / "steps.csv")] == list(range(12))
+    state = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
+    assert all(torch.isfinite(t).all() for t in state["model"].values() if t.is_floating_point())
+
+
 def test_a_non_finite_validation_loss_is_divergence(monkeypatch, tmp_path):
     """Finite training losses, but the weights after epoch 2's last step (k = 7) give an inf
     validation loss: diverged at step 7, and no checkpoint of that epoch is written."""

@@ -3,6 +3,7 @@ the values the jobs recorded, a resumed study, the presets and the one-line erro
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -292,23 +293,27 @@ def test_bad_sweeper_settings_are_one_line_before_any_job(tmp_path, args, says):
     assert not sweep.exists()  # no job ran, no folder made
 
 
-def test_a_missing_database_driver_names_the_package_to_install():
-    """SQLAlchemy imports the URL's driver: the line names the pip package (psycopg 3 for a plain
-    postgresql:// under SQLAlchemy >= 2.1, psycopg2-binary for postgresql+psycopg2://)."""
-    import importlib.util
+@pytest.mark.parametrize("url, module, package", [
+    ("postgresql://u@127.0.0.1:9/db", "psycopg", "'psycopg[binary]'"),  # SQLAlchemy >= 2.1: psycopg 3
+    ("postgresql+psycopg2://u@127.0.0.1:9/db", "psycopg2", "psycopg2-binary"),
+    ("mysql+mysqldb://u@127.0.0.1:9/db", "MySQLdb", "mysqlclient"),
+    ("postgresql+pg8000://u@127.0.0.1:9/db", "pg8000", "pg8000"),  # not in the table: the module's name
+])
+def test_a_missing_database_driver_names_the_package_to_install(monkeypatch, url, module, package):
+    """SQLAlchemy imports the URL's driver (made missing here, installed or not): the line names
+    the pip package."""
+    import sqlalchemy
 
     from framework.errors import ConfigError
     from framework.search.study import open_storage
 
-    for url, module, package in (("mysql+mysqldb://u@127.0.0.1:9/db", "MySQLdb", "mysqlclient"),
-                                 ("postgresql+psycopg2://u@127.0.0.1:9/db", "psycopg2", "psycopg2-binary"),
-                                 ("postgresql+pg8000://u@127.0.0.1:9/db", "pg8000", "pg8000")):
-        if importlib.util.find_spec(module) is not None:
-            continue  # installed here: the URL reaches the (absent) server instead
-        with pytest.raises(ConfigError) as info:
-            open_storage(url)
-        assert str(info.value).startswith(f"hydra.sweeper.storage={url}: needs the database driver {module} (")
-        assert str(info.value).endswith(f"pip install {package}, or use null (a journal file in the sweep folder)")
+    if url.startswith("postgresql://") and tuple(int(v) for v in sqlalchemy.__version__.split(".")[:2]) < (2, 1):
+        pytest.skip("SQLAlchemy < 2.1 reads postgresql:// with psycopg2")
+    monkeypatch.setitem(__import__("sys").modules, module, None)  # import fails: ModuleNotFoundError(name=module)
+    with pytest.raises(ConfigError) as info:
+        open_storage(url)
+    assert str(info.value).startswith(f"hydra.sweeper.storage={url}: needs the database driver {module} (")
+    assert str(info.value).endswith(f"pip install {package}, or use null (a journal file in the sweep folder)")
 
 
 def test_a_folder_of_another_study_is_refused_and_left_as_it_was(tmp_path):
@@ -340,7 +345,7 @@ def test_a_new_folder_does_not_join_a_shared_storages_study(tmp_path):
     assert multirun(first, *args, "hydra.sweeper.n_trials=1").returncode == 0
     proc = multirun(second, *args, "hydra.sweeper.n_trials=2")
     assert proc.returncode == 2 and proc.stderr.strip() == (
-        f"error: hydra.sweeper.study_name=lr_search: journal:{shared} already holds this study (1 trials, of "
+        f"error: hydra.sweeper.study_name=lr_search: journal:{shared} already holds this study (1 trial(s), of "
         f"{first}); resume it with hydra.sweep.dir={first}, or start a new one with "
         "hydra.sweeper.study_name=<another name>")
     assert not second.exists()
@@ -365,3 +370,84 @@ def test_storage_urls():
     assert storage_url("journal:/x/j.log", sweep) == "journal:/x/j.log"
     assert storage_url("/x/study.journal", sweep) == "journal:/x/study.journal"
     assert storage_url("sqlite:///x.db", sweep) == "sqlite:///x.db"
+
+
+@pytest.fixture
+def postgres_url(tmp_path_factory):
+    """A PostgreSQL server of its own (initdb, pg_ctl) on a free port, with a database ``optuna``,
+    for as long as the test runs; skipped where the server's binaries or psycopg 3 are missing."""
+    import importlib.util
+    import os
+    import pwd
+    import shutil
+    import socket
+    import subprocess
+    import tempfile
+
+    if not (shutil.which("initdb") and shutil.which("pg_ctl")) or importlib.util.find_spec("psycopg") is None:
+        pytest.skip("needs PostgreSQL's initdb and pg_ctl, and psycopg 3 (pip install 'psycopg[binary]')")
+    run_as: list[str] = []
+    if os.geteuid() == 0:  # the server refuses to run as root: as the postgres user, where there is one
+        try:
+            user = pwd.getpwnam("postgres")
+        except KeyError:
+            pytest.skip("running as root without a postgres user to run the server")
+        run_as = ["runuser", "-u", "postgres", "--"]
+    base = Path(tempfile.mkdtemp(prefix="lr_pg_"))  # outside pytest's 0700 folders, which that user cannot enter
+    data = base / "data"
+    data.mkdir()
+    if run_as:
+        for path in (base, data):
+            os.chown(path, user.pw_uid, user.pw_gid)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    subprocess.run([*run_as, "initdb", "-D", str(data), "-U", "lr", "--auth=trust"], check=True, capture_output=True)
+    subprocess.run([*run_as, "pg_ctl", "-D", str(data), "-w", "-l", str(base / "server.log"), "-o",
+                    f"-p {port} -k {base} -c listen_addresses=127.0.0.1", "start"], check=True, capture_output=True)
+    try:
+        subprocess.run([*run_as, "createdb", "-h", "127.0.0.1", "-p", str(port), "-U", "lr", "optuna"], check=True,
+                       capture_output=True)
+        yield f"postgresql://lr@127.0.0.1:{port}/optuna"
+    finally:
+        subprocess.run([*run_as, "pg_ctl", "-D", str(data), "-m", "fast", "stop"], capture_output=True)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.mark.long
+def test_a_study_on_postgresql_with_two_parallel_jobs_prunes_and_resumes(tmp_path, postgres_url):
+    """The cluster setup on one machine: the study in a PostgreSQL database, two jobs at a time
+    (joblib processes), ASHA (reduction factor 2: rungs after 1 and 2 epochs) over a 4-value grid
+    whose seed-0 order is 0.1, 0.3, then 1e-5, 3e-5. A first sweep of 2 trials, then the same
+    command with 4 resumes the study: the ended trials are kept as they were, the two low LRs are
+    pruned after their first epoch (each below the best value at that rung), and what the database
+    holds is what each job validated."""
+    sweep = tmp_path / "s"
+    args = [*DIGITS, "hydra/sweeper=lr_search", "hydra/sweeper/sampler=grid", "lr0=1e-5,3e-5,0.1,0.3",
+            "hydra/sweeper/pruner=successive_halving", "hydra.sweeper.pruner.reduction_factor=2",
+            f"hydra.sweeper.storage={postgres_url}", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+            "hydra.sweeper.n_jobs=2"]
+    proc = multirun(sweep, *args, "hydra.sweeper.n_trials=2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((sweep / "study.json").read_text())["storage"] == postgres_url
+    first = sorted(_study(sweep).trials, key=lambda t: t.number)
+    assert [(t.number, t.params["lr0"], t.state) for t in first] == [
+        (0, 0.1, optuna.trial.TrialState.COMPLETE), (1, 0.3, optuna.trial.TrialState.COMPLETE)]
+    proc = multirun(sweep, *args, "hydra.sweeper.n_trials=4")
+    assert proc.returncode == 0 and "2 trial(s) kept, 2 to run" in proc.stderr, proc.stderr[-3000:]
+    study = _study(sweep)
+    assert type(study._storage._backend).__name__ == "RDBStorage"
+    trials = sorted(study.trials, key=lambda t: t.number)
+    assert [(t.state, t.intermediate_values) for t in trials[:2]] == [(t.state, t.intermediate_values) for t in first]
+    curves = {}
+    for t in trials:
+        folder = sweep / str(t.number)
+        summary = json.loads((folder / "summary.json").read_text())
+        curves[t.number] = [float(r["val/acc"]) for r in read_csv(folder / "epochs.csv")]
+        assert summary["lr0"] == t.params["lr0"]
+        assert t.intermediate_values == pytest.approx(dict(enumerate(curves[t.number], start=1)), rel=1e-6)
+    for t in trials[2:]:
+        summary = json.loads((sweep / str(t.number) / "summary.json").read_text())
+        assert t.params["lr0"] in (1e-5, 3e-5) and t.state == optuna.trial.TrialState.PRUNED
+        assert summary["status"] == "pruned" and summary["pruned"]["epoch"] == 0 and len(curves[t.number]) == 1
+        assert curves[t.number][0] < max(curves[0][0], curves[1][0])  # not the best at the rung: the top-k rule

@@ -50,7 +50,8 @@ class Interval:
         lr: mean applied LR of each group (group name -> LR).
         lr_steps: sum of group 0's applied LR over the interval (LR x steps).
         spikes: steps whose gradient norm exceeded :data:`SPIKE_MULT` x the median norm of the
-            earlier intervals' steps.
+            earlier intervals' steps, among the steps that measured it
+            (``trainer.grad_norm_every_n_steps``; rows with an empty ``grad_norm`` are not counted).
         update_ratio: median sampled ``‖Δw‖/‖w‖`` of each group (group name -> ratio; a group
             without a sample in the interval is absent).
     """

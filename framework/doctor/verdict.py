@@ -175,8 +175,9 @@ def diagnose(rows: Sequence[dict[str, Any]], total_steps: int, status: str = "co
         the last step judged, ``evidence`` the figures behind it (``loss_start`` (step 0),
         ``loss_end``, ``loss_max`` (smoothed), ``loss_drop_frac``, ``rose`` / ``judged_rises``
         (intervals whose smoothed loss rose, of those compared), ``noise`` (median relative
-        spread around the trend), ``grad_spikes``, ``loss_drop_per_lr`` (smoothed-loss drop per
-        unit of LR x steps), ``update_ratio`` (first step at lr0, by group), ``ratio_band``,
+        spread around the trend), ``grad_spikes`` (among the steps that measured the norm),
+        ``loss_drop_per_lr`` (smoothed-loss drop per unit of LR x steps), ``update_ratio`` (first
+        step at lr0, by group), ``ratio_band``,
         ``optimizer_family`` (``adaptive``, ``sgd`` or None),
         ``intervals``, ``interval_steps``, ``total_steps``).
     """

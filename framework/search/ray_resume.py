@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from pathlib import Path
 from typing import Any, Optional
 
@@ -181,8 +182,6 @@ def fit_watching_sigint(tuner: Any) -> tuple[Any, bool]:
     import os
     import signal
 
-    import ray
-
     seen = {"sigint": False}
 
     def on_sigint(signum: int, frame: Any) -> None:
@@ -195,6 +194,8 @@ def fit_watching_sigint(tuner: Any) -> tuple[Any, bool]:
     finally:
         current = signal.getsignal(signal.SIGINT)
         signal.signal(signal.SIGINT, previous)
-    tune_catches = not int(os.getenv("TUNE_DISABLE_SIGINT_HANDLER", "0")) and not ray.util.client.ray.is_connected()
+    ray = sys.modules.get("ray")  # not imported: no Ray Client connection either
+    remote = ray is not None and ray.util.client.ray.is_connected()
+    tune_catches = not int(os.getenv("TUNE_DISABLE_SIGINT_HANDLER", "0")) and not remote
     return results, seen["sigint"] or (tune_catches and current is on_sigint)
 

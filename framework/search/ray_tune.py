@@ -372,8 +372,10 @@ def _run(opts: dict[str, Any], space: Any, base: Any, epochs: int, config_dir: O
                 callbacks=callbacks))
         try:
             results, interrupted = fit_watching_sigint(tuner)
-        except KeyboardInterrupt:  # Ray Client (the only case that raises): the search ends with the connection
-            print(f"tune: interrupted; the search on the cluster ended with this connection. Continue it on the head "
+        except KeyboardInterrupt:
+            if not ray.util.client.ray.is_connected():  # a second Ctrl-C here: as Python's own
+                raise
+            print(f"tune: interrupted; the search on the cluster ended with this Ray Client connection. Continue it on the head "
                   f"node: python -m framework.tune tune.resume={tune_dir} tune.address=auto", file=sys.stderr)
             return 130
     finally:

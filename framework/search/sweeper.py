@@ -148,7 +148,7 @@ class LRSearchSweeperImpl(Sweeper):
             folders = sorted({str(Path(t.user_attrs["run_dir"]).parent) for t in study.trials if "run_dir" in t.user_attrs})
             where = folders[0] if folders else "another sweep folder"
             raise ConfigError(f"hydra.sweeper.study_name={self.study_name}: {url} already holds this study "
-                              f"({len(study.trials)} trials, of {where}); resume it with hydra.sweep.dir={where}, or "
+                              f"({len(study.trials)} trial(s), of {where}); resume it with hydra.sweep.dir={where}, or "
                               "start a new one with hydra.sweeper.study_name=<another name>")
         if study.trials and (self.sampler_cfg or {}).get("seed") is not None:  # a resumed study: new draws
             study.sampler = self._sampler(space, seed_offset=len(study.trials))
@@ -258,7 +258,7 @@ class LRSearchSweeperImpl(Sweeper):
         while done < target:
             trials = [study.ask(space.distributions) for _ in range(min(self.n_jobs, target - done))]
             numbers = [t.number for t in trials]
-            # job n = trial n; trials numbered apart (another sweeper on the same study) go one by one
+            # job n = trial n; trials numbered apart (another sweeper on the study, from this folder) go one by one
             groups = [trials] if numbers == list(range(numbers[0], numbers[0] + len(numbers))) else [[t] for t in trials]
             stopped = False
             for group in groups:

@@ -19,10 +19,11 @@ from framework.trainer.steps import loader_group_sizes, total_norm
 CLIP_ALGORITHMS = ("norm", "value")
 
 
-def check_clip_args(gradient_clip_val: Optional[float] = None, gradient_clip_algorithm: str = "norm",
+def check_grad_args(gradient_clip_val: Optional[float] = None, gradient_clip_algorithm: str = "norm",
                     grad_norm_every_n_steps: int = 10) -> list[str]:
-    """The one-line messages of the gradient keys out of range (empty when all are fine); pure,
-    so :func:`framework.config.validate` reports them before anything is built.
+    """The one-line messages of the gradient keys (clipping, the norm's sampling) out of range
+    (empty when all are fine); pure, so :func:`framework.config.validate` reports them before
+    anything is built.
 
     Args:
         gradient_clip_val: (gradient units) the threshold, > 0, or None (no clipping).
@@ -89,7 +90,7 @@ class StepEngine:
 
     Raises:
         ConfigError: ``gradient_clip_val`` not > 0, ``gradient_clip_algorithm`` neither ``norm``
-            nor ``value``, or ``grad_norm_every_n_steps`` not an integer >= 0 (:func:`check_clip_args`).
+            nor ``value``, or ``grad_norm_every_n_steps`` not an integer >= 0 (:func:`check_grad_args`).
 
     In a data-parallel run (:mod:`framework.distributed`) the model is wrapped in
     ``DistributedDataParallel``: gradients are averaged over the ranks after each optimizer
@@ -102,7 +103,7 @@ class StepEngine:
                  cudnn_benchmark: bool = True, sync_batchnorm: bool = False, task: Optional[Any] = None,
                  gradient_clip_algorithm: str = "norm", mixup: Optional[Any] = None,
                  grad_norm_every_n_steps: int = 10):
-        errors = check_clip_args(gradient_clip_val, gradient_clip_algorithm, grad_norm_every_n_steps)
+        errors = check_grad_args(gradient_clip_val, gradient_clip_algorithm, grad_norm_every_n_steps)
         if errors:
             raise ConfigError(errors)
         self.channels_last = channels_last
@@ -221,8 +222,8 @@ class StepEngine:
             (overflow; ``k`` must not advance); the total gradient L2 norm before clipping, None
             when not measured; and
             whether this step was clipped (``norm``: total norm > ``clip``; ``value``: some
-            ``|grad| > clip``), a bool; both 0-dim tensors on the device (read later, no sync
-            here); ``clipped`` is None without clipping.
+            ``|grad| > clip``), a bool; the two as 0-dim tensors on the device (read later, no
+            sync here); ``clipped`` is None without clipping.
         """
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)

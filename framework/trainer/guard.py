@@ -26,8 +26,9 @@ class DivergenceGuard:
     A step diverges when its loss or gradient norm (on the steps that measure it) is NaN or inf,
     or when its loss exceeds ``loss_mult`` times the lowest smoothed loss seen so far (smoothing:
     bias-corrected EMA with ``beta``, as fastai's LR finder; judged after ``min_steps`` steps). A
-    non-finite gradient on a step that does not measure it makes the weights non-finite, so the
-    next step's loss is: that step is the one found.
+    non-finite gradient on a step that does not measure it makes the weights non-finite, so in
+    practice the next step's loss is (that step is the one found), and the trainer checks the
+    weights before writing any checkpoint.
     With ``policy="rollback"`` the trainer restores the last good state (weights, optimizer,
     schedule position, RNG streams), multiplies every group's LR by ``rollback_lr_factor`` for the
     rest of the run and retries, at most ``max_rollbacks`` times.

@@ -60,10 +60,10 @@ class Trainer(StepRecords, Rollbacks, EarlyStops, StepEngine):
         gradient_clip_algorithm: ``norm`` (scale every gradient by ``gradient_clip_val / total L2
             norm`` when the norm exceeds it; clipped = total norm > ``gradient_clip_val``) or
             ``value`` (clamp every element to ``[-gradient_clip_val, gradient_clip_val]``;
-            clipped = some ``|grad| > gradient_clip_val``); Lightning's names. ``grad_norm`` is
-            logged before clipping either way.
-        grad_norm_every_n_steps: (steps) log (and guard) the total gradient norm of every n-th step
-            (every step when clipping by norm); 0 = never (:class:`~framework.trainer.engine.StepEngine`).
+            clipped = some ``|grad| > gradient_clip_val``); Lightning's names. ``grad_norm`` is the
+            norm before clipping.
+        grad_norm_every_n_steps: (steps) log and guard the gradient norm of every n-th step (see
+            :class:`~framework.trainer.engine.StepEngine`).
         precision: ``32``, ``bf16`` (autocast) or ``fp16`` (autocast + grad scaler, CUDA only).
         log_every_n_steps: steps between reads of the on-device loss buffer (CSV flush, the
             divergence check and, with ``on_divergence=rollback``, a restore point); on the
@@ -172,9 +172,8 @@ class Trainer(StepRecords, Rollbacks, EarlyStops, StepEngine):
         lr_doctor: Optional[dict[str, Any]] = None,
         grad_norm_every_n_steps: int = 10,
     ):
-        super().__init__(model, optimizer, data, device, accumulate_grad_batches, gradient_clip_val, precision,
-                         channels_last, compile, cudnn_benchmark, sync_batchnorm, task, gradient_clip_algorithm,
-                         grad_norm_every_n_steps=grad_norm_every_n_steps)
+        super().__init__(model, optimizer, data, device, accumulate_grad_batches, gradient_clip_val, precision, channels_last,
+                         compile, cudnn_benchmark, sync_batchnorm, task, gradient_clip_algorithm, None, grad_norm_every_n_steps)
         self.mixup = build_mixup(self.task, self.train_loader, mixup_alpha, cutmix_alpha, cutmix_minmax, mixup_prob,
                                  mixup_switch_prob, mixup_mode, mixup_off_epoch)
         self.mixup_off_epoch = mixup_off_epoch
@@ -225,7 +224,8 @@ class Trainer(StepRecords, Rollbacks, EarlyStops, StepEngine):
 
     def _save(self, is_best: bool, best_weights: Optional[str] = None) -> None:
         """Write ``last.pt`` (and ``best.pt``, of ``best_weights`` with EMA on) on rank 0; every
-        rank takes the state."""
+        rank takes the state. Non-finite weights raise :class:`Diverged` first (:meth:`_check_weights`)."""
+        self._check_weights()
         if self.checkpoint.save(self.state_dict(), is_best, best_weights):
             self.saved_step = self.run_state.global_step
 
@@ -390,8 +390,8 @@ class Trainer(StepRecords, Rollbacks, EarlyStops, StepEngine):
                 break
             if self._should_stop():
                 self.steplog.flush()
-                self.stopped = self.signals.request or "stop_after_steps"
                 self._save(False)
+                self.stopped = self.signals.request or "stop_after_steps"
                 log.warning("stopped at step %d (%s); continue with resume=%s", rs.global_step, self.stopped,
                             self.run_dir)
                 return float("nan")

@@ -3,6 +3,9 @@ good state with a lower LR, and forget what came after it (in memory and in the 
 from __future__ import annotations
 
 import logging
+import math
+
+import torch
 
 from framework.trainer.guard import Diverged
 
@@ -11,7 +14,7 @@ log = logging.getLogger("framework.trainer.loop")
 
 class Rollbacks:
     """Rollback methods of :class:`~framework.trainer.Trainer` (a mixin: they use its
-    ``run_state``, ``guard``, ``steplog``, ``history``, checkpoints and run folder); the policy
+    ``run_state``, ``guard``, ``steplog``, ``history``, ``_params``, checkpoints and run folder); the policy
     itself is :class:`~framework.trainer.guard.DivergenceGuard`'s."""
 
     def _keep(self) -> None:
@@ -22,6 +25,19 @@ class Rollbacks:
         if self.guard.policy == "rollback" and self.guard.kept_step != self.run_state.global_step:
             self.guard.keep(self.state_dict())
             self.steplog.release()  # the restore point moved: the steps before it are final for the trackers
+
+    def _check_weights(self) -> None:
+        """Before a checkpoint is written: every weight is finite.
+
+        Raises:
+            Diverged: a weight is NaN or inf, blamed on the last step (a non-finite gradient on a
+                step whose norm was not measured, whose next loss has not been read yet), so that no
+                checkpoint holds such weights.
+        """
+        if not bool(torch.stack([torch.isfinite(p).all() for p in self._params]).all()):  # one sync
+            lrs = self.history[self.group_names[0]]
+            raise Diverged(self.run_state.global_step - 1, lrs[-1] if lrs else math.nan,
+                           "the weights after it are not finite")
 
     def _forget_after(self, step: int) -> None:
         """The run ends diverged at ``step``: the steps run after it (before the check read them)

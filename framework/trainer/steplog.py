@@ -32,8 +32,8 @@ def csv_log(path: Path, columns: Sequence[str], append: bool, write: bool) -> CS
 class StepLog:
     """One row per applied optimizer step, held until the next flush (one device sync).
 
-    A row is added with its step loss and total gradient norm (and, with clipping on, its
-    "clipped" flag) as 0-dim device tensors; a
+    A row is added with its step loss and total gradient norm (None on a step that does not
+    measure it) and, with clipping on, its "clipped" flag, as 0-dim device tensors; a
     :meth:`check` reads every pending one (one transfer), averages the losses over the ranks,
     runs the divergence guard and moves the rows up to a diverging one to the rows to write; a
     :meth:`flush` also appends them to ``steps.csv`` (one file write).
