@@ -99,14 +99,21 @@ def _train_with(monkeypatch, tmp_path, hook, *overrides):
     return train_in_process(tmp_path, *RUN, *overrides)
 
 
-def test_a_nan_gradient_with_a_finite_loss_stops_at_its_step(monkeypatch, tmp_path):
-    """Step 5's backward yields a NaN gradient while its loss is finite (log read every 4 steps):
-    the run stops at step 5, the log ends there and no later row is written."""
+def nan_gradient_on_backward(n):
+    """A build hook for :func:`_train_with`: the first weight's gradient is NaN on the ``n``-th
+    backward pass (1-based; one per step here), its loss finite."""
     calls = []
 
     def poison(trainer):
         weight = next(trainer.model.parameters())
-        weight.register_hook(lambda g: calls.append(1) or (g * math.nan if len(calls) == 6 else g))
+        weight.register_hook(lambda g: calls.append(1) or (g * math.nan if len(calls) == n else g))
+    return poison
+
+
+def test_a_nan_gradient_with_a_finite_loss_stops_at_its_step(monkeypatch, tmp_path):
+    """Step 5's backward yields a NaN gradient while its loss is finite (log read every 4 steps):
+    the run stops at step 5, the log ends there and no later row is written."""
+    poison = nan_gradient_on_backward(6)  # step 5's
 
     with pytest.raises(Diverged) as info:
         _train_with(monkeypatch, tmp_path, poison, "trainer.log_every_n_steps=4", "trainer.grad_norm_every_n_steps=1")
@@ -123,11 +130,7 @@ def test_a_nan_gradient_on_a_step_without_its_norm_stops_at_the_next_step(monkey
     """The same NaN gradient at step 5 with the norm measured on steps 0 and 4 only (every 4th):
     SGD writes it into the weights, so step 6's loss is NaN and the run stops there; step 5's row
     has no norm, and the last checkpoint is still epoch 1's."""
-    calls = []
-
-    def poison(trainer):
-        weight = next(trainer.model.parameters())
-        weight.register_hook(lambda g: calls.append(1) or (g * math.nan if len(calls) == 6 else g))
+    poison = nan_gradient_on_backward(6)  # step 5's
 
     with pytest.raises(Diverged) as info:
         _train_with(monkeypatch, tmp_path, poison, "trainer.grad_norm_every_n_steps=4")
@@ -145,11 +148,7 @@ def test_a_nan_gradient_before_an_unvalidated_checkpoint_never_reaches_it(monkey
     """The NaN gradient on step 3, epoch 0's last step (not measured: every 10th step), with
     validation every 2 epochs: no later loss is read before epoch 0's last.pt would be written,
     so the check of the weights before it stops the run at step 3 and no checkpoint exists."""
-    calls = []
-
-    def poison(trainer):
-        weight = next(trainer.model.parameters())
-        weight.register_hook(lambda g: calls.append(1) or (g * math.nan if len(calls) == 4 else g))
+    poison = nan_gradient_on_backward(4)  # step 3's
 
     with pytest.raises(Diverged) as info:
         _train_with(monkeypatch, tmp_path, poison, "trainer.val_every_n_epochs=2")

@@ -366,6 +366,16 @@ def test_rollback_run_stopped_and_resumed_equals_uninterrupted(tmp_path, stop, e
     same_run(tmp_path / "full", cut)
 
 
+def test_a_resume_may_change_how_often_the_gradient_norm_is_measured(tmp_path):
+    """Stopped at step 6 measuring every 10th step (step 0 only), resumed measuring every step:
+    not refused (nothing trained changes), and the norm is on step 0 and on steps 6-11."""
+    train_in_process(tmp_path, *RUN, "trainer.stop_after_steps=6")
+    train_in_process(tmp_path / "x", *RUN, "trainer.grad_norm_every_n_steps=1", f"resume={tmp_path}")
+    rows = read_csv(tmp_path / "steps.csv")
+    assert [int(r["step"]) for r in rows] == list(range(12))
+    assert [bool(r["grad_norm"]) for r in rows] == [True] + [False] * 5 + [True] * 6
+
+
 def test_resume_with_an_extra_column_keeps_the_rows(tmp_path):
     """A run folder whose steps.csv lacks a column the trainer now writes (grad_norm, from an
     earlier version) keeps its rows; the new column is empty for them."""

@@ -200,15 +200,20 @@ class LRSearchSweeperImpl(Sweeper):
             raise
 
     def _refuse_other_sweeps(self, sweep_dir: Path) -> None:
-        """A sweep folder that holds another study's trials, or a sweep of another kind, is not
-        written over (its job folders would be replaced)."""
+        """A sweep folder that holds another study's trials, or a sweep of another kind, or its
+        study in another storage than this command's (a resume that left out
+        ``hydra.sweeper.storage``), is not written over (its job folders would be replaced)."""
         from framework.loggers import read_json
-        from framework.search.study import SPEC_NAME
+        from framework.search.study import SPEC_NAME, storage_url
 
         if not sweep_dir.is_dir():
             return
         spec = read_json(sweep_dir / SPEC_NAME)
         jobs = [p for p in sweep_dir.iterdir() if p.is_dir() and p.name.isdigit()]
+        url = storage_url(self.storage, sweep_dir)
+        if spec and spec.get("study_name") == self.study_name and spec.get("storage") not in (None, url):
+            raise ConfigError(f"hydra.sweep.dir={sweep_dir}: its study {self.study_name} is in {spec['storage']}, not "
+                              f"{url}; resume it with hydra.sweeper.storage={spec['storage']}")
         if spec and spec.get("study_name") != self.study_name:
             raise ConfigError(f"hydra.sweep.dir={sweep_dir}: holds study {spec.get('study_name')}, not "
                               f"{self.study_name}; resume it with hydra.sweeper.study_name={spec.get('study_name')} "
