@@ -462,3 +462,27 @@ def test_the_command_line_diagnoses_a_run_and_a_sweep(tmp_path, capsys):
     capsys.readouterr()
     assert main([str(foreign)]) == 2
     assert capsys.readouterr().err.startswith(f"error: {foreign / 'steps.csv'}: not a run's step log")
+
+
+def test_gradient_spikes_are_counted_among_the_measured_steps():
+    """40 steps, intervals of max(5, ceil(40/20)) = 5 steps. Norms 1.0 with 20.0 at step 22 (above
+    10 x the median 1.0 of the earlier steps' norms: 1 spike, in interval 4) and 5.0 at step 31
+    (not above 10): 1 spike in all. Measured on every 10th step only (steps 0, 10, 20, 30; step 20
+    at 20.0): intervals 0, 2, 4, 6 have norms, interval 4 one spike, the others none (empty in
+    lr_doctor.csv). Never measured: no spike count at all."""
+    from framework.doctor.signals import interval_rows, intervals
+
+    losses = [2.3 - 0.01 * k for k in range(40)]
+    every = [1.0] * 40
+    every[22], every[31] = 20.0, 5.0
+    ivs = intervals(rows_of(losses, grad_norm=every), 40)
+    assert [iv.spikes for iv in ivs] == [0, 0, 0, 0, 1, 0, 0, 0]
+    assert judge(rows_of(losses, ratio0=0.05, grad_norm=every), 40)["evidence"]["grad_spikes"] == 1
+    sampled = [("" if k % 10 else 1.0) for k in range(40)]
+    sampled[20] = 20.0
+    ivs = intervals(rows_of(losses, grad_norm=sampled), 40)
+    assert [iv.spikes for iv in ivs] == [0, None, 0, None, 1, None, 0, None]
+    assert [r["grad_spikes"] for r in interval_rows(ivs)] == [0, "", 0, "", 1, "", 0, ""]
+    assert judge(rows_of(losses, ratio0=0.05, grad_norm=sampled), 40)["evidence"]["grad_spikes"] == 1
+    never = judge(rows_of(losses, ratio0=0.05, grad_norm=[""] * 40), 40)
+    assert never["evidence"]["grad_spikes"] is None

@@ -51,7 +51,8 @@ class Interval:
         lr_steps: sum of group 0's applied LR over the interval (LR x steps).
         spikes: steps whose gradient norm exceeded :data:`SPIKE_MULT` x the median norm of the
             earlier intervals' steps, among the steps that measured it
-            (``trainer.grad_norm_every_n_steps``; rows with an empty ``grad_norm`` are not counted).
+            (``trainer.grad_norm_every_n_steps``; rows with an empty ``grad_norm`` are not counted);
+            None when no step of the interval measured it.
         update_ratio: median sampled ``‖Δw‖/‖w‖`` of each group (group name -> ratio; a group
             without a sample in the interval is absent).
     """
@@ -62,7 +63,7 @@ class Interval:
     noise: float
     lr: dict[str, float]
     lr_steps: float
-    spikes: int = 0
+    spikes: Optional[int] = 0
     update_ratio: dict[str, float] = field(default_factory=dict)
 
 
@@ -126,7 +127,7 @@ def intervals(rows: Sequence[dict[str, Any]], total_steps: int, groups: Optional
             continue
         lrs = {name: [number(r.get(column("lr", g, name))) or 0.0 for r in chunk] for g, name in enumerate(groups)}
         norms = [v for v in (number(r.get("grad_norm")) for r in chunk) if v is not None]
-        spikes = sum(reference is not None and v > SPIKE_MULT * reference for v in norms)
+        spikes = sum(reference is not None and v > SPIKE_MULT * reference for v in norms) if norms else None
         norms_before += norms
         ratios = {}
         for g, name in enumerate(groups):
@@ -155,7 +156,7 @@ def interval_rows(ivs: Sequence[Interval]) -> list[dict[str, Any]]:
                "rose": "" if before is None else int(iv.loss > before.loss), "lr": iv.lr[first_group],
                "lr_steps": iv.lr_steps,
                "loss_drop_per_lr": "" if before is None or not iv.lr_steps else (before.loss - iv.loss) / iv.lr_steps,
-               "grad_spikes": iv.spikes}
+               "grad_spikes": "" if iv.spikes is None else iv.spikes}
         for j, name in enumerate(iv.lr):
             row[column("update_ratio", j, name)] = iv.update_ratio.get(name, "")
         out.append(row)

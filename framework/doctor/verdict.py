@@ -175,7 +175,7 @@ def diagnose(rows: Sequence[dict[str, Any]], total_steps: int, status: str = "co
         the last step judged, ``evidence`` the figures behind it (``loss_start`` (step 0),
         ``loss_end``, ``loss_max`` (smoothed), ``loss_drop_frac``, ``rose`` / ``judged_rises``
         (intervals whose smoothed loss rose, of those compared), ``noise`` (median relative
-        spread around the trend), ``grad_spikes`` (among the steps that measured the norm),
+        spread around the trend), ``grad_spikes`` (among the steps that measured the norm; None: none did),
         ``loss_drop_per_lr`` (smoothed-loss drop per unit of LR x steps), ``update_ratio`` (first
         step at lr0, by group), ``ratio_band``,
         ``optimizer_family`` (``adaptive``, ``sgd`` or None),
@@ -297,7 +297,7 @@ def _evidence(rows: Sequence[dict[str, Any]], ivs: list[Interval], names: list[s
         "loss_drop_frac": (1 - end / start) if start and start > 0 and end is not None and math.isfinite(end) else None,
         "rose": sum(rises), "judged_rises": len(rises),
         "noise": median(iv.noise for iv in ivs) if ivs else None,
-        "grad_spikes": sum(iv.spikes for iv in ivs),
+        "grad_spikes": None if all(iv.spikes is None for iv in ivs) else sum(iv.spikes or 0 for iv in ivs),
         "loss_drop_per_lr": (ivs[0].loss - ivs[-1].loss) / lr_steps if len(ivs) > 1 and lr_steps > 0 else None,
         "update_ratio": ratios,
         "ratio_band": [10 ** (center - RATIO_HALF_WIDTH_LOG10), 10 ** (center + RATIO_HALF_WIDTH_LOG10)],
