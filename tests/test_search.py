@@ -362,6 +362,24 @@ def test_a_new_folder_does_not_join_a_shared_storages_study(tmp_path):
     assert sorted(t.number for t in _study(first).trials) == [0, 1]
 
 
+def test_a_study_made_outside_any_sweep_folder_is_not_joined(tmp_path):
+    """A study of that name with a trial but no job folder (made by Optuna directly): refused, one
+    line, nothing made."""
+    from framework.search.study import open_storage
+
+    shared = tmp_path / "team.journal"
+    study = optuna.create_study(study_name="lr_search", storage=open_storage(f"journal:{shared}"), direction="maximize")
+    study.add_trial(optuna.trial.create_trial(value=0.5, params={}, distributions={}))
+    sweep = tmp_path / "s"
+    proc = multirun(sweep, *TINY, "epochs=1", "device=cpu", "lr0=tag(log, interval(1e-3, 0.1))",
+                    "hydra/sweeper=lr_search", f"hydra.sweeper.storage={shared}")
+    assert proc.returncode == 2 and proc.stderr.strip() == (
+        f"error: hydra.sweeper.study_name=lr_search: journal:{shared} already holds this study (1 trial(s), of "
+        "another sweep); resume it from that sweep's folder, or start a new one with "
+        "hydra.sweeper.study_name=<another name>")
+    assert not sweep.exists()
+
+
 def test_missing_optuna_is_one_line(tmp_path, monkeypatch):
     monkeypatch.setitem(__import__("sys").modules, "optuna", None)
     proc = multirun(tmp_path / "s", *TINY, "hydra/sweeper=lr_search", "lr0=tag(log, interval(1e-3, 0.1))")

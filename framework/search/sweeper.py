@@ -146,10 +146,11 @@ class LRSearchSweeperImpl(Sweeper):
                               "sweep folder") from None
         if study.trials and not (sweep_dir / SPEC_NAME).is_file():  # a shared storage: another folder's study
             folders = sorted({str(Path(t.user_attrs["run_dir"]).parent) for t in study.trials if "run_dir" in t.user_attrs})
-            where = folders[0] if folders else "another sweep folder"
+            resume = f"of {folders[0]}); resume it with hydra.sweep.dir={folders[0]}" if folders else \
+                "of another sweep); resume it from that sweep's folder"
             raise ConfigError(f"hydra.sweeper.study_name={self.study_name}: {url} already holds this study "
-                              f"({len(study.trials)} trial(s), of {where}); resume it with hydra.sweep.dir={where}, or "
-                              "start a new one with hydra.sweeper.study_name=<another name>")
+                              f"({len(study.trials)} trial(s), {resume}, or start a new one with "
+                              "hydra.sweeper.study_name=<another name>")
         if study.trials and (self.sampler_cfg or {}).get("seed") is not None:  # a resumed study: new draws
             study.sampler = self._sampler(space, seed_offset=len(study.trials))
         if study.direction.name.lower() != self.direction:
