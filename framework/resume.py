@@ -183,16 +183,23 @@ def resume_trainer(trainer: Any, state: dict[str, Any]) -> None:
 def resume_requeued_job(cfg: DictConfig, run_dir: Path, hc: Any) -> DictConfig:
     """A multirun job whose folder holds an unfinished run with a checkpoint (a SLURM job
     preempted, timed out or lost with its node, then requeued by the submitit launcher into the
-    same folder) resumes it instead of starting over. Completed, diverged and pruned runs are left alone."""
+    same folder) resumes it instead of starting over; so does a run paused at a rung of ASHA with
+    promotions (``pruned.rung`` in its summary), which the sweeper launches again to promote it.
+    Completed, diverged and other pruned runs are left alone."""
     from hydra.types import RunMode
 
     from framework.loggers import read_summary
 
     if hc.mode != RunMode.MULTIRUN or cfg.resume is not None or not (run_dir / "checkpoints" / "last.pt").is_file():
         return cfg
-    status = read_summary(run_dir).get("status")  # None: killed before it wrote its summary
-    if status in ("completed", "diverged", "pruned"):
+    summary = read_summary(run_dir)
+    status = summary.get("status")  # None: killed before it wrote its summary
+    paused = status == "pruned" and (summary.get("pruned") or {}).get("rung") is not None
+    if status in ("completed", "diverged", "pruned") and not paused:
         return cfg
+    if paused:  # waiting at a rung of ASHA with promotions, and now promoted by the sweeper
+        log.info("this job's folder holds its trial's run, paused after epoch %d: resuming it", summary["pruned"]["rung"])
+        return with_values(cfg, resume=str(run_dir))
     log.warning("this job's folder holds an unfinished run (status %s): resuming it (resume=%s)", status, run_dir)
     return with_values(cfg, resume=str(run_dir))
 

@@ -108,10 +108,15 @@ def build_pruner(config: Optional[dict[str, Any]]) -> Any:
     Raises:
         hydra.errors.InstantiationException: the config does not build (the sweeper turns it
             into a one-line ``ConfigError`` before any job).
+        ConfigError: a bad value of :class:`~framework.search.promotion.PromotionASHA`.
     """
     import optuna
     from hydra.utils import instantiate
 
+    from framework.search.promotion import PromotionASHA, is_promotion
+
+    if is_promotion(config):  # ours: its ConfigError as it is
+        return PromotionASHA(**{k: v for k, v in config.items() if k != "_target_"})
     return optuna.pruners.NopPruner() if not config else instantiate(config)
 
 
@@ -122,13 +127,19 @@ class OptunaTrial:
     Args:
         study: path of the sweep's ``study.json`` (written by the sweeper).
         trial: the trial's number in the study (its job number in the sweep).
+        pause_at: (epochs) with ASHA with promotions (:mod:`framework.search.promotion`), the rung
+            this job trains to: at the first validated epoch count >= ``pause_at`` short of the
+            run's end the run stops (status ``pruned``, ``pruned.rung`` = the epochs trained), its
+            trial still running in the study, waiting for the sweeper to promote (resume) it or
+            end it; None: the study's pruner decides.
 
     Raises:
         ConfigError: ``study.json`` unreadable, or its storage unreachable (at :meth:`start`).
     """
 
-    def __init__(self, study: str, trial: int):
+    def __init__(self, study: str, trial: int, pause_at: Optional[int] = None):
         self.spec_path, self.number = study, int(trial)
+        self.pause_at = None if pause_at is None else int(pause_at)
         self.study: Any = None
         self.trial: Any = None
         self.reported: dict[int, float] = {}
@@ -167,7 +178,7 @@ class OptunaTrial:
         """Report ``value`` (the run's monitored value after validated ``epoch``, 0-based) at step
         ``epoch + 1`` (the pruners' step is the resource spent: epochs trained, so ASHA's rungs
         1, 4, 16 mean after 1, 4, 16 epochs) and ask the pruner. True: the study has been told the
-        trial is pruned. Never raises: a study that cannot be told (the trial ended elsewhere, the
+        trial is pruned, or (``pause_at``) the run pauses at its rung, the study told nothing. Never raises: a study that cannot be told (the trial ended elsewhere, the
         storage is gone) is logged once and the run trains on without it."""
         if self.trial is None or value is None or not math.isfinite(value):
             return False
@@ -178,7 +189,15 @@ class OptunaTrial:
             if step not in self.reported:  # a requeued job re-reaching a reported epoch reports nothing twice
                 self.trial.report(float(value), step)
                 self.reported[step] = float(value)
-            if step >= self.planned_epochs or not self.trial.should_prune():  # at its end a run is complete
+            if step >= self.planned_epochs:  # at its end a run is complete
+                return False
+            if self.pause_at is not None:  # promotion ASHA: pause at the rung; the sweeper decides the rest
+                if step < self.pause_at:
+                    return False
+                self.pruned = {"trial": self.number, "pruner": type(self.study.pruner).__name__, "value": float(value),
+                               "rung": step}
+                return True
+            if not self.trial.should_prune():
                 return False
             self.trial.set_user_attr("status", "pruned")
             self.study.tell(self.number, state=TrialState.PRUNED, skip_if_finished=True)

@@ -132,6 +132,8 @@ class LRSearchSweeperImpl(Sweeper):
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         try:
             pruner = build_pruner(self.pruner_cfg)
+        except ConfigError:
+            raise
         except Exception as exc:
             raise ConfigError(f"hydra.sweeper.pruner: {(self.pruner_cfg or {}).get('_target_')} could not be built "
                               f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); check its keys") from None
@@ -164,7 +166,8 @@ class LRSearchSweeperImpl(Sweeper):
         parameters queued to run again. Returns their number."""
         from optuna.trial import TrialState
 
-        running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        running = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+                   if t.user_attrs.get("paused_at") is None]  # a trial waiting at a rung is not interrupted
         for trial in running:
             LRSearchSweeperImpl._interrupted(study, trial)
         if running:
@@ -236,6 +239,9 @@ class LRSearchSweeperImpl(Sweeper):
         if int(optuna.__version__.split(".")[0]) < 4:
             raise ConfigError(f"hydra/sweeper=lr_search: needs Optuna >= 4, found {optuna.__version__}; "
                               "pip install -U 'optuna>=4'")
+        from framework.search.promotion import is_promotion
+        from framework.search.promotion import run as run_promotions
+
         self._check()
         space = parse_space(self._known_params(arguments), arguments)
         if not space.distributions:
@@ -246,7 +252,7 @@ class LRSearchSweeperImpl(Sweeper):
         self._refuse_other_sweeps(sweep_dir)
         spec_path = sweep_dir / SPEC_NAME
         # a key Hydra cannot compose fails here, before the study or the folder exist
-        self.validate_batch_is_legal([[*space.overrides(space.probe()), self._search_override(spec_path, 0)]])
+        self.validate_batch_is_legal([[*space.overrides(space.probe()), self.search_override(spec_path, 0)]])
         study, url = self._open_study(sweep_dir, space)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
         spec = {"study_name": self.study_name, "storage": url, "pruner": self.pruner_cfg, "direction": self.direction,
@@ -260,26 +266,46 @@ class LRSearchSweeperImpl(Sweeper):
         if done:
             log.info("study %s resumed from %s: %d trial(s) kept, %d to run", self.study_name, url, done,
                      max(target - done, 0))
-        returns = []
-        while done < target:
-            trials = [study.ask(space.distributions) for _ in range(min(self.n_jobs, target - done))]
-            numbers = [t.number for t in trials]
-            # job n = trial n; trials numbered apart (another sweeper on the study, from this folder) go one by one
-            groups = [trials] if numbers == list(range(numbers[0], numbers[0] + len(numbers))) else [[t] for t in trials]
-            stopped = False
-            for group in groups:
-                batch = [[*space.overrides(t.params), self._search_override(spec_path, t.number)] for t in group]
-                results = self.launcher.launch(batch, initial_job_idx=group[0].number)
-                for trial, result in zip(group, results):
-                    stopped |= self._tell(study, trial, result) == "stopped"
-                returns.append(results)
-            done = self.counted(study)
-            if stopped:  # a job stopped on SIGTERM / Ctrl-C: the sweep stops too (rerun the command to resume it)
-                log.warning("a trial was stopped: the sweep stops; the same command with hydra.sweep.dir=%s resumes it",
-                            sweep_dir)
-                break
+        if is_promotion(self.pruner_cfg):
+            returns = run_promotions(self, study, space, spec_path, target)
+        else:
+            returns = []
+            while done < target:
+                trials = [study.ask(space.distributions) for _ in range(min(self.n_jobs, target - done))]
+                results, stopped = self.launch_trials(study, space, spec_path, [(t, None) for t in trials])
+                returns += results
+                done = self.counted(study)
+                if stopped:
+                    break
         self._write_best(study, sweep_dir)
         return returns
+
+    def launch_trials(self, study: Any, space: Any, spec_path: Path,
+                      trials: list[tuple[Any, Optional[int]]]) -> tuple[list[Any], bool]:
+        """Launch new trials (each with the rung it pauses at, or None) and tell the study how they
+        ended: one launch per run of consecutive numbers (job n = trial n, so ``<sweep folder>/<n>``
+        is trial n; trials numbered apart, another sweeper's on the same study, go one by one).
+
+        Returns:
+            The launches' job returns, one list per launch; whether a job was stopped on a signal
+            (SIGTERM / Ctrl-C: the sweep stops too; rerunning its command resumes it).
+        """
+        groups: list[list[tuple[Any, Optional[int]]]] = []
+        for item in trials:
+            if groups and item[0].number == groups[-1][-1][0].number + 1:
+                groups[-1].append(item)
+            else:
+                groups.append([item])
+        returns, stopped = [], False
+        for group in groups:
+            batch = [[*space.overrides(t.params), self.search_override(spec_path, t.number, until)] for t, until in group]
+            results = self.launcher.launch(batch, initial_job_idx=group[0][0].number)
+            stopped |= any([self.tell(study, t, r) == "stopped" for (t, _), r in zip(group, results)])
+            returns.append(results)
+        if stopped:
+            log.warning("a trial was stopped: the sweep stops; the same command with hydra.sweep.dir=%s resumes it",
+                        spec_path.parent)
+        return returns, stopped
 
     def _known_params(self, arguments: list[str]) -> dict[str, Any]:
         """``params`` without the keys this run's config lacks (a preset's ``optimizer.momentum``
@@ -297,24 +323,27 @@ class LRSearchSweeperImpl(Sweeper):
         return kept
 
     @staticmethod
-    def _tell_state(study: Any, trial: Any, value: Optional[float] = None, state: Any = None) -> None:
+    def tell_state(study: Any, trial: Any, value: Optional[float] = None, state: Any = None) -> None:
         """``study.tell``, except that a grid sampler's ``Study.stop()`` (its ``after_trial`` calls
         it once every point was asked; meant for ``optimize()``) does not end the sweep: the
         trial's state is already stored by then."""
         try:
-            study.tell(trial, value, state=state, skip_if_finished=True)
+            study.tell(getattr(trial, "number", trial), value, state=state, skip_if_finished=True)
         except RuntimeError as exc:
             if "Study.stop" not in str(exc):
                 raise
 
     @staticmethod
-    def _search_override(spec_path: Path, number: int) -> str:
+    def search_override(spec_path: Path, number: int, until: Optional[int] = None) -> str:
+        """The ``search=`` override of trial ``number``'s job; ``until`` (epochs): the rung it pauses
+        at (ASHA with promotions), None to train to its end."""
         from framework.search.space import override_value
 
+        pause = f",pause_at:{until}" if until is not None else ""
         return (f"search={{_target_:framework.search.study.OptunaTrial,"
-                f"study:{override_value(str(spec_path.resolve()))},trial:{number}}}")
+                f"study:{override_value(str(spec_path.resolve()))},trial:{number}{pause}}}")
 
-    def _tell(self, study: Any, trial: Any, result: Any) -> Optional[str]:
+    def tell(self, study: Any, trial: Any, result: Any) -> Optional[str]:
         """Tell the study how a job ended, unless the job already did (pruned, diverged): its
         objective (completed), pruned (diverged), failed (failed; stopped on a signal: failed and
         marked ``interrupted``, its parameters queued to run again). Returns the job's status."""
@@ -333,22 +362,26 @@ class LRSearchSweeperImpl(Sweeper):
         if study._storage.get_trial(trial._trial_id).state != TrialState.RUNNING:
             return status  # the job told it (pruned, diverged)
         if run_dir is not None:
-            trial.set_user_attr("run_dir", str(run_dir))
+            study._storage.set_trial_user_attr(trial._trial_id, "run_dir", str(run_dir))
+        rung = (summary.get("pruned") or {}).get("rung") if status == "pruned" else None
+        if rung is not None:  # paused at a rung (ASHA with promotions): it waits, still running
+            study._storage.set_trial_user_attr(trial._trial_id, "paused_at", int(rung))
+            return "paused"
         if status is not None:
-            trial.set_user_attr("status", status)
+            study._storage.set_trial_user_attr(trial._trial_id, "status", status)
         value = result._return_value if result.status == JobStatus.COMPLETED else None
         if status == "diverged":
-            self._tell_state(study, trial, state=TrialState.PRUNED)
+            self.tell_state(study, trial, state=TrialState.PRUNED)
         elif result.status == JobStatus.COMPLETED and status in ("completed", None) and isinstance(value, (int, float)) \
                 and math.isfinite(value):
-            self._tell_state(study, trial, float(value))
+            self.tell_state(study, trial, float(value))
         else:
             if result.status == JobStatus.FAILED:
                 log.warning("trial %d failed: %s", trial.number, result._return_value)
             if status == "stopped":  # resumable, not a result: it does not count, and runs again
                 self._interrupted(study, trial)
             else:
-                self._tell_state(study, trial, state=TrialState.FAIL)
+                self.tell_state(study, trial, state=TrialState.FAIL)
         return status
 
     @staticmethod
@@ -360,7 +393,7 @@ class LRSearchSweeperImpl(Sweeper):
 
         # the storage sets a user attribute by the trial's id: a FrozenTrial has no setter
         study._storage.set_trial_user_attr(trial._trial_id, "interrupted", True)
-        LRSearchSweeperImpl._tell_state(study, trial.number, state=TrialState.FAIL)
+        LRSearchSweeperImpl.tell_state(study, trial.number, state=TrialState.FAIL)
         study.enqueue_trial(trial.params, user_attrs={"rerun_of": trial.number})
 
     def _write_best(self, study: Any, sweep_dir: Path) -> None:
