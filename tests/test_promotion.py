@@ -1,0 +1,154 @@
+"""ASHA with promotions (hydra/sweeper/pruner=asha_promotion): its rungs, its choice of jobs worked
+out by hand (the budget bound included), and a real sweep whose pauses and promotions are checked
+against the values its jobs wrote, the promoted run equal to a run trained straight through."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.helpers import read_csv, train_in_process
+from tests.test_report import multirun
+
+optuna = pytest.importorskip("optuna")
+
+
+def _scheduler(**kw):
+    from framework.search.promotion import PromotionASHA
+
+    return PromotionASHA(**kw)
+
+
+def test_rungs_are_min_resource_times_eta_powers_then_the_full_budget():
+    assert _scheduler(min_resource=1, reduction_factor=4, max_resource=16).rungs == [1, 4, 16]
+    assert _scheduler(min_resource=1, reduction_factor=4, max_resource=9).rungs == [1, 4, 9]
+    assert _scheduler(min_resource=1, reduction_factor=3, max_resource=16).rungs == [1, 3, 9, 16]
+    assert _scheduler(min_resource=2, reduction_factor=2, max_resource=8).rungs == [2, 4, 8]
+    assert _scheduler(min_resource=4, reduction_factor=2, max_resource=4).rungs == [4]
+
+
+@pytest.mark.parametrize("kw, says", [
+    ({"reduction_factor": 1}, "hydra.sweeper.pruner.reduction_factor=1: must be an integer >= 2"),
+    ({"min_resource": 0}, "hydra.sweeper.pruner.min_resource=0: must be an integer >= 1"),
+    ({"min_resource": 5, "max_resource": 4}, "hydra.sweeper.pruner.max_resource=4: must be >= min_resource (5)"),
+    ({"max_resource": 2.5}, "hydra.sweeper.pruner.max_resource=2.5: must be an integer >= 1"),
+])
+def test_bad_values_are_one_line_naming_the_key(kw, says):
+    from framework.errors import ConfigError
+
+    with pytest.raises(ConfigError) as info:
+        _scheduler(**kw)
+    assert str(info.value) == says
+
+
+def _drive(scheduler, n_trials, value, maximize=True):
+    """Run the scheduler's jobs one at a time (n_jobs 1) on trials whose value after e epochs is
+    ``value(number, e)``; the jobs in order as (trial, until) and the epochs trained in all."""
+    from framework.search.promotion import Rung
+
+    trials: dict[int, Rung] = {}
+    jobs, epochs = [], 0
+    while True:
+        job = scheduler.next_job(list(trials.values()), len(trials), n_trials, {}, maximize)
+        if job is None:
+            return jobs, epochs
+        number = len(trials) if job.number is None else job.number
+        trial = trials.setdefault(number, Rung(number))
+        done = max(trial.values, default=0)
+        trial.values.update({e: value(number, e) for e in range(done + 1, job.until + 1)})
+        epochs += job.until - done
+        full = job.until >= scheduler.max_resource
+        trial.paused_at, trial.complete = (None, True) if full else (job.until, False)
+        jobs.append((number, job.until))
+
+
+def test_trials_that_improve_one_after_another_do_not_break_the_budget():
+    """Each trial better than every one before (what a sampler that learns proposes): the paper's
+    rule would promote each new leader; here at most floor(n/4) leave rung 1, then the best at
+    rung 4 trains to the end. By hand, rungs 1, 4, 16: trials 0-3, trial 3 (best of 4) to 4 epochs,
+    trials 4-7, trial 7 (best waiting in the top 2 of 8) to 4, trial 8, then the better of 3 and 7
+    at 4 epochs (7) to 16: 9 x 1 + 2 x 3 + 12 = 27 epochs."""
+    jobs, epochs = _drive(_scheduler(min_resource=1, reduction_factor=4, max_resource=16), 9,
+                          lambda n, e: n + e / 100)
+    assert jobs == [(0, 1), (1, 1), (2, 1), (3, 1), (3, 4), (4, 1), (5, 1), (6, 1), (7, 1), (7, 4), (8, 1), (7, 16)]
+    assert epochs == 27  # 18.75% of 9 x 16
+
+
+def test_worse_trials_later_and_minimizing():
+    """Each trial worse than the ones before, the objective minimized (value = n: trial 0 is best):
+    trial 0 (best of 0-3) goes to 4 epochs after trial 3, trial 1 (the only waiting one in the
+    top 2 of 8) after trial 7; trial 0 is better at 4 epochs, so it trains to 16."""
+    jobs, epochs = _drive(_scheduler(min_resource=1, reduction_factor=4, max_resource=16), 9,
+                          lambda n, e: n - e / 100, maximize=False)
+    assert jobs == [(0, 1), (1, 1), (2, 1), (3, 1), (0, 4), (4, 1), (5, 1), (6, 1), (7, 1), (1, 4), (8, 1), (0, 16)]
+    assert epochs == 27
+
+
+def test_a_rung_that_fills_promotes_its_top_quarter():
+    """16 trials alike except their number (higher better), rungs 1, 4, 16: floor(16/4) = 4 reach 4
+    epochs (trials 3, 7, 11, 15: each the best waiting in the top k when k grows), floor(4/4) = 1
+    of them reaches 16 by rule 1 (15, once 4 are at 4 epochs); no rule-3 job: 16 + 4 x 3 + 12 = 40."""
+    jobs, epochs = _drive(_scheduler(min_resource=1, reduction_factor=4, max_resource=16), 16,
+                          lambda n, e: n + e / 100)
+    assert [j for j in jobs if j[1] > 1] == [(3, 4), (7, 4), (11, 4), (15, 4), (15, 16)]
+    assert epochs == 40
+
+
+def test_promotions_rank_by_the_value_at_the_rung_not_the_trials_best():
+    """Trial 1 is better at 4 epochs (0.9 against 0.8) although trial 0 led at 1 epoch."""
+    from framework.search.promotion import Rung
+
+    scheduler = _scheduler(min_resource=1, reduction_factor=4, max_resource=16)
+    trials = [Rung(0, {1: 0.7, 2: 0.75, 3: 0.78, 4: 0.8}, paused_at=4), Rung(1, {1: 0.6, 4: 0.9}, paused_at=4),
+              Rung(2, {1: 0.5}, paused_at=1)]
+    job = scheduler.next_job(trials, 3, 3, {}, maximize=True)
+    assert (job.number, job.until) == (1, 16)
+    assert scheduler.next_job(trials, 3, 3, {2: 4}, maximize=True) is None  # a job still running: wait for it
+
+
+@pytest.mark.slow
+def test_a_sweep_pauses_and_promotes_trials_from_their_checkpoints(tmp_path):
+    """4 trials of a grid over lr0, 4 epochs, rungs 1, 2, 4 (eta 2), in batches of two jobs (Hydra's
+    basic launcher runs them in this process, one after the other, as the straight run below).
+    By hand from the rule and the values the jobs wrote (epochs.csv): trials 0 and 1; the better
+    at epoch 1 (A) to epoch 2 beside trial 2; trial 3; the best waiting trial among the top 2 at
+    epoch 1 (C) to epoch 2; the better of A and C at epoch 2 (D) to epoch 4. 8 of 16 epochs. The
+    promoted run, paused twice, has the losses of the same run trained straight through."""
+    sweep = tmp_path / "s"
+    proc = multirun(sweep, "dataset=digits", "model=test_resnet", "trainer.progress_bar=false", "device=cpu", "epochs=4",
+                    "hydra/sweeper=lr_search", "hydra/sweeper/sampler=grid", "hydra/sweeper/pruner=asha_promotion",
+                    "hydra.sweeper.pruner.reduction_factor=2", "lr0=0.003,0.01,0.03,0.1", "hydra.sweeper.n_trials=4",
+                    "hydra.sweeper.n_jobs=2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    curves = {n: [float(r["val/acc"]) for r in read_csv(sweep / str(n) / "epochs.csv")] for n in range(4)}
+
+    def best(numbers, epoch):  # highest value after `epoch` epochs; ties: the lower number
+        return max(numbers, key=lambda n: (curves[n][epoch - 1], -n))
+
+    a = best([0, 1], 1)
+    top2 = sorted(range(4), key=lambda n: (-curves[n][0], n))[:2]
+    c = best([n for n in top2 if n != a], 1)
+    d = best([a, c], 2)
+    trained = {n: 4 if n == d else 2 if n in (a, c) else 1 for n in range(4)}
+    assert {n: len(curves[n]) for n in range(4)} == trained
+    study = optuna.load_study(study_name="lr_search", storage=optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(sweep / "optuna_journal.log"))))
+    for t in study.get_trials():
+        summary = json.loads((sweep / str(t.number) / "summary.json").read_text())
+        assert summary["steps"] == 23 * trained[t.number]  # 1437 images / 64 -> 23 steps an epoch
+        assert t.intermediate_values == pytest.approx(dict(enumerate(curves[t.number], start=1)), rel=1e-6)
+        if t.number == d:
+            assert summary["status"] == "completed" and t.state == optuna.trial.TrialState.COMPLETE
+            assert t.value == pytest.approx(max(curves[d]), rel=1e-6)
+        else:
+            assert summary["status"] == "pruned" and t.state == optuna.trial.TrialState.PRUNED
+            assert summary["pruned"]["rung"] == trained[t.number] and summary["pruned"]["pruner"] == "PromotionASHA"
+    report = json.loads((sweep / "search.json").read_text())
+    assert report["steps_spent"] == 23 * 8 and report["steps_full_grid"] == 23 * 16
+
+    folder = sweep / str(d)
+    told = [o for o in json.loads((folder / "summary.json").read_text())["overrides"] if not o.startswith("search=")]
+    train_in_process(tmp_path / "straight", *told)
+    paused, straight = read_csv(folder / "steps.csv"), read_csv(tmp_path / "straight" / "steps.csv")
+    assert [int(r["step"]) for r in paused] == list(range(92))
+    assert [(r["lr"], r["loss"]) for r in paused] == [(r["lr"], r["loss"]) for r in straight]
