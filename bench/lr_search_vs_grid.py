@@ -4,6 +4,8 @@ For each model / optimizer pair on digits, a full-budget grid (``hparams_search=
 1e-4, 3e-4, ..., 1, every run to the last epoch) and then each search:
 
 - ``asha``: ``hparams_search=lr_asha`` (random lr0, Optuna's successive-halving pruner);
+- ``asha_promotion``: the same with ``hydra/sweeper/pruner=asha_promotion`` (trials paused at each
+  rung and resumed when promoted: the steps spent are bounded);
 - ``tpe``: ``hparams_search=lr_tpe`` (TPE over lr0 and lrf, the median pruner);
 - ``evolve``: ``hparams_search=lr_evolve`` (Ultralytics' Tuner's mutation over lr0, lrf,
   momentum, warmup, weight decay, starting from the configured values; successive halving);
@@ -47,7 +49,7 @@ PAIRS = {
     "adamw": ["model=resnet10t", "optimizer=adamw"],
     "convnext_adamw": ["model=convnext_atto", "optimizer=adamw"],
 }
-SEARCHES = ("asha", "tpe", "evolve", "ray_asha", "pbt")
+SEARCHES = ("asha", "asha_promotion", "tpe", "evolve", "ray_asha", "pbt")
 
 
 def run(argv: list[str], log: Path) -> float:
@@ -112,8 +114,10 @@ def main() -> None:
             out = base / tag
             if out.exists():  # a search run again replaces its folder
                 shutil.rmtree(out)
-            if search in ("asha", "tpe", "evolve"):
-                wall = run([py, "train.py", "-m", *pair, f"hparams_search=lr_{search}", *parallel,
+            if search in ("asha", "asha_promotion", "tpe", "evolve"):
+                preset = ["hparams_search=lr_asha", "hydra/sweeper/pruner=asha_promotion"] if search == "asha_promotion" \
+                    else [f"hparams_search=lr_{search}"]
+                wall = run([py, "train.py", "-m", *pair, *preset, *parallel,
                             f"hydra.sweeper.sampler.seed={args.seed}", f"hydra.sweep.dir={out}"], base / f"{tag}.log")
             elif search == "ray_asha":  # as many trials as the grid has points, args.jobs at a time on the cores
                 wall = run([py, "-m", "framework.tune", *pair, "tune.search=asha", "tune.num_samples=9",

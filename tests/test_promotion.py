@@ -152,3 +152,36 @@ def test_a_sweep_pauses_and_promotes_trials_from_their_checkpoints(tmp_path):
     paused, straight = read_csv(folder / "steps.csv"), read_csv(tmp_path / "straight" / "steps.csv")
     assert [int(r["step"]) for r in paused] == list(range(92))
     assert [(r["lr"], r["loss"]) for r in paused] == [(r["lr"], r["loss"]) for r in straight]
+
+
+@pytest.mark.slow
+def test_a_promoted_trial_stopped_mid_epoch_is_promoted_again_when_the_sweep_resumes(tmp_path):
+    """2 trials, rungs 1, 2, 4 (eta 2), every job stopped at step 30 (epoch 1 ends at step 23): both
+    pause at epoch 1, the better (by hand from epochs.csv) is promoted and stops at step 30, and the
+    sweep stops. The same command without the stop resumes the sweep: that trial is promoted again,
+    resumes from step 30 and, the better of one at epoch 2, trains to epoch 4. Its LR and losses are
+    those of the same run trained straight through; the other trial pauses once, then is pruned."""
+    sweep = tmp_path / "s"
+    args = ["dataset=digits", "model=test_resnet", "trainer.progress_bar=false", "device=cpu", "epochs=4",
+            "hydra/sweeper=lr_search", "hydra/sweeper/sampler=grid", "hydra/sweeper/pruner=asha_promotion",
+            "hydra.sweeper.pruner.reduction_factor=2", "lr0=0.01,0.1", "hydra.sweeper.n_trials=2"]
+    proc = multirun(sweep, *args, "trainer.stop_after_steps=30")
+    assert proc.returncode == 1, proc.stderr[-3000:]  # a job did not complete
+    assert "a trial was stopped: the sweep stops" in proc.stdout + proc.stderr
+    curves = {n: [float(r["val/acc"]) for r in read_csv(sweep / str(n) / "epochs.csv")] for n in (0, 1)}
+    best = max((0, 1), key=lambda n: (curves[n][0], -n))
+    summary = json.loads((sweep / str(best) / "summary.json").read_text())
+    assert summary["status"] == "stopped" and summary["steps"] == 30
+    assert json.loads((sweep / str(1 - best) / "summary.json").read_text())["pruned"]["rung"] == 1
+
+    proc = multirun(sweep, *args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    states = {t.number: t.state.name for t in optuna.load_study(study_name="lr_search", storage=optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(sweep / "optuna_journal.log")))).get_trials()}
+    assert states == {best: "COMPLETE", 1 - best: "PRUNED"}  # no trial run again
+    summary = json.loads((sweep / str(best) / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["steps"] == 92
+    told = [o for o in summary["overrides"] if not o.startswith("search=")]
+    train_in_process(tmp_path / "straight", *told)
+    paused, straight = read_csv(sweep / str(best) / "steps.csv"), read_csv(tmp_path / "straight" / "steps.csv")
+    assert [(r["step"], r["lr"], r["loss"]) for r in paused] == [(r["step"], r["lr"], r["loss"]) for r in straight]

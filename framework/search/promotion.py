@@ -216,6 +216,7 @@ def run(sweeper: Any, study: Any, space: Any, spec_path: Path, target: int) -> l
             if promoted and not stopped:
                 returns, stopped = _extend(returns, _launch(sweeper, study, space, spec_path, promoted))
         if stopped:
+            sweeper.say_stopped(spec_path.parent)
             return returns
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         if t.user_attrs.get("paused_at") is not None:  # never promoted: pruned at its rung
@@ -246,8 +247,7 @@ def _launch(sweeper: Any, study: Any, space: Any, spec_path: Path, jobs: list[tu
     batch = []
     for trial, until in jobs:
         folder = trial.user_attrs.get("run_dir")
-        if folder is not None:  # promoted: it waits at a rung
-            study._storage.set_trial_user_attr(trial._trial_id, "paused_at", None)
+        if folder is not None:  # promoted: it waits at a rung (and still does, for a resumed sweep, if stopped)
             log.info("trial %d promoted: resumed after epoch %d, to train until epoch %d", trial.number,
                      max(trial.intermediate_values, default=0), until)
         subdir = Path(folder).resolve().relative_to(sweep_dir) if folder is not None else trial.number

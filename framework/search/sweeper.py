@@ -276,6 +276,7 @@ class LRSearchSweeperImpl(Sweeper):
                 returns += results
                 done = self.counted(study)
                 if stopped:
+                    self.say_stopped(sweep_dir)
                     break
         self._write_best(study, sweep_dir)
         return returns
@@ -302,10 +303,13 @@ class LRSearchSweeperImpl(Sweeper):
             results = self.launcher.launch(batch, initial_job_idx=group[0][0].number)
             stopped |= any([self.tell(study, t, r) == "stopped" for (t, _), r in zip(group, results)])
             returns.append(results)
-        if stopped:
-            log.warning("a trial was stopped: the sweep stops; the same command with hydra.sweep.dir=%s resumes it",
-                        spec_path.parent)
         return returns, stopped
+
+    @staticmethod
+    def say_stopped(sweep_dir: Path) -> None:
+        """Log that a job stopped on a signal (SIGTERM / Ctrl-C), so the sweep stops too, and how to resume it."""
+        log.warning("a trial was stopped: the sweep stops; the same command with hydra.sweep.dir=%s resumes it",
+                    sweep_dir)
 
     def _known_params(self, arguments: list[str]) -> dict[str, Any]:
         """``params`` without the keys this run's config lacks (a preset's ``optimizer.momentum``
@@ -367,6 +371,8 @@ class LRSearchSweeperImpl(Sweeper):
         if rung is not None:  # paused at a rung (ASHA with promotions): it waits, still running
             study._storage.set_trial_user_attr(trial._trial_id, "paused_at", int(rung))
             return "paused"
+        if status == "stopped" and trial.user_attrs.get("paused_at") is not None:
+            return status  # promoted, then stopped on a signal: it waits at its rung; a resumed sweep promotes it again
         if status is not None:
             study._storage.set_trial_user_attr(trial._trial_id, "status", status)
         value = result._return_value if result.status == JobStatus.COMPLETED else None
