@@ -24,8 +24,8 @@ from __future__ import annotations
 import math
 from typing import Any, Optional, Sequence
 
-#: ``tune.asha_rule`` values.
-ASHA_RULES = ("top_k", "percentile")
+#: ``tune.asha_rule`` values (``promotion``: :mod:`framework.search.ray_promotion`).
+ASHA_RULES = ("top_k", "percentile", "promotion")
 
 
 def top_k_cutoff(recorded: Sequence[float], reduction_factor: float) -> Optional[float]:
@@ -59,7 +59,7 @@ def asha_scheduler(rule: str, **kwargs: Any) -> Any:
     """
     from ray.tune.schedulers import ASHAScheduler
 
-    if rule not in ASHA_RULES:
+    if rule not in ASHA_RULES or rule == "promotion":
         raise ValueError(f"tune.asha_rule={rule}: use {' or '.join(ASHA_RULES)}")
     scheduler = ASHAScheduler(**kwargs)
     if rule == "top_k":

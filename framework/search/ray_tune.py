@@ -90,13 +90,16 @@ def _check(opts: dict[str, Any]) -> list[str]:
         "reduction_factor": (isinstance(opts["reduction_factor"], (int, float)) and opts["reduction_factor"] > 1,
                              "must be a number > 1 (keep 1/reduction_factor of the trials at each rung), e.g. 3"),
         "asha_rule": (opts["asha_rule"] in ASHA_RULES, "use top_k (the best 1/reduction_factor of the trials at a rung "
-                                                     "go on, as Optuna's) or percentile (Ray's), e.g. tune.asha_rule=top_k"),
+                                                     "go on, as Optuna's), percentile (Ray's) or promotion (trials "
+                                                     "paused at rungs, promoted later), e.g. tune.asha_rule=top_k"),
         "perturbation_interval": (_whole(opts["perturbation_interval"], 1),
                                   "must be a whole number of epochs >= 1, e.g. tune.perturbation_interval=2"),
         "seed": (opts["seed"] is None or _whole(opts["seed"], 0), "must be a whole number >= 0 or null"),
         "resume": (opts["resume"] is None or isinstance(opts["resume"], str),
                    "give the tune folder of the search to continue, e.g. tune.resume=outputs/tune/<date>/<time>"),
     }
+    if opts["asha_rule"] == "promotion" and not _whole(opts["reduction_factor"], 2):
+        checks["reduction_factor"] = (False, "must be a whole number >= 2 with tune.asha_rule=promotion, e.g. 4")
     if opts["search"] == "pbt" and opts["max_concurrent_trials"] is not None:  # Ray's cap counts paused trials
         checks["max_concurrent_trials"] = (False, "PBT needs its whole population (tune.num_samples) alive at once; "
                                                   "leave it null and limit parallel trials with tune.cpus_per_trial")
@@ -219,6 +222,12 @@ def _scheduler(opts: dict[str, Any], space: Any, base: Any, epochs: int) -> tupl
     from framework.search.ray_trial import TIME_ATTR
 
     param_space = {k: ray_domain(d) for k, d in space.distributions.items()}
+    if opts["search"] == "asha" and opts["asha_rule"] == "promotion":
+        from framework.search.ray_promotion import RayPromotionASHA
+        from framework.search.ray_trainable import trial_index
+
+        return RayPromotionASHA(TIME_ATTR, epochs, opts["grace_period"], opts["reduction_factor"], opts["num_samples"],
+                                trial_index), param_space
     if opts["search"] == "asha":
         return asha_scheduler(opts["asha_rule"], time_attr=TIME_ATTR, max_t=epochs, grace_period=opts["grace_period"],
                               reduction_factor=opts["reduction_factor"]), param_space
@@ -352,7 +361,7 @@ def _run(opts: dict[str, Any], space: Any, base: Any, epochs: int, config_dir: O
                      cpus_per_trial=opts["cpus_per_trial"])
     trainable = tune.with_resources(tune.with_parameters(LRTrainable, spec=spec),
                                     {"cpu": opts["cpus_per_trial"], "gpu": opts["gpus_per_trial"]})
-    keep = {"asha": None, "hyperband": 2, "pbt": 3}[opts["search"]]  # PBT and HyperBand restore trials from them
+    keep = {"asha": None, "hyperband": 2, "pbt": 3}[opts["search"]]  # PBT, HyperBand, promotions restore trials from them
     print(f"tune: {'resuming ' if resuming else ''}{opts['search']} over {', '.join(param_space) or '(nothing)'}, "
           f"{opts['num_samples']} trials, {monitor} ({mode}); folder {tune_dir}", file=sys.stderr)
     callbacks = [result_log(tune_dir / "results.jsonl")]
