@@ -10,7 +10,8 @@ For each model / optimizer pair on digits, a full-budget grid (``hparams_search=
 - ``evolve``: ``hparams_search=lr_evolve`` (Ultralytics' Tuner's mutation over lr0, lrf,
   momentum, warmup, weight decay, starting from the configured values; successive halving);
 - ``ray_asha``: ``python -m framework.tune tune.search=asha tune.num_samples=9`` (Ray Tune's
-  ASHA, a local Ray, ``--jobs`` trials at a time);
+  ASHA, a local Ray, ``--jobs`` trials at a time); ``ray_asha_promotion``: the same with
+  ``tune.asha_rule=promotion`` (trials paused at rungs and promoted);
 - ``pbt``: ``python -m framework.tune tune.search=pbt tune.num_samples=4`` (4 trials together,
   one core each, lr0/momentum/weight decay perturbed every epoch), then its exported schedule
   (``best_schedule.yaml``) replayed from scratch with ``scheduler=piecewise``.
@@ -49,7 +50,7 @@ PAIRS = {
     "adamw": ["model=resnet10t", "optimizer=adamw"],
     "convnext_adamw": ["model=convnext_atto", "optimizer=adamw"],
 }
-SEARCHES = ("asha", "asha_promotion", "tpe", "evolve", "ray_asha", "pbt")
+SEARCHES = ("asha", "asha_promotion", "tpe", "evolve", "ray_asha", "ray_asha_promotion", "pbt")
 
 
 def run(argv: list[str], log: Path) -> float:
@@ -119,8 +120,9 @@ def main() -> None:
                     else [f"hparams_search=lr_{search}"]
                 wall = run([py, "train.py", "-m", *pair, *preset, *parallel,
                             f"hydra.sweeper.sampler.seed={args.seed}", f"hydra.sweep.dir={out}"], base / f"{tag}.log")
-            elif search == "ray_asha":  # as many trials as the grid has points, args.jobs at a time on the cores
-                wall = run([py, "-m", "framework.tune", *pair, "tune.search=asha", "tune.num_samples=9",
+            elif search in ("ray_asha", "ray_asha_promotion"):  # as many trials as the grid has points, --jobs at once
+                rule = ["tune.asha_rule=promotion"] if search == "ray_asha_promotion" else []
+                wall = run([py, "-m", "framework.tune", *pair, "tune.search=asha", "tune.num_samples=9", *rule,
                             f"tune.cpus_per_trial={max(1, CORES // args.jobs)}", f"tune.seed={args.seed}",
                             f"tune.dir={out}"], base / f"{tag}.log")
             else:  # PBT: a population of 4 trained together (one core each), lr0 perturbed every epoch

@@ -185,3 +185,84 @@ def test_a_promoted_trial_stopped_mid_epoch_is_promoted_again_when_the_sweep_res
     train_in_process(tmp_path / "straight", *told)
     paused, straight = read_csv(sweep / str(best) / "steps.csv"), read_csv(tmp_path / "straight" / "steps.csv")
     assert [(r["step"], r["lr"], r["loss"]) for r in paused] == [(r["step"], r["lr"], r["loss"]) for r in straight]
+
+
+class _Trial:
+    """What RayPromotionASHA reads of a Ray trial: its id and status."""
+
+    def __init__(self, number):
+        self.trial_id, self.status = f"abc_{number:05d}", "PENDING"
+
+
+class _Controller:
+    def __init__(self, trials):
+        self.trials = trials
+
+    def get_trials(self):
+        return self.trials
+
+    def stop_trial(self, trial):
+        trial.status = "TERMINATED"
+
+
+def test_the_ray_scheduler_runs_the_same_jobs_pausing_and_resuming_trials():
+    """RayPromotionASHA driven as Ray drives it (one worker: choose a trial, feed its epochs' results
+    until it answers PAUSE or the trial ends), on the trials of
+    test_trials_that_improve_one_after_another_do_not_break_the_budget: the same jobs in the same
+    order, and the paused trials left at the end are stopped."""
+    pytest.importorskip("ray.tune")
+    from framework.search.ray_promotion import RayPromotionASHA
+    from framework.search.ray_trainable import trial_index
+
+    scheduler = RayPromotionASHA("epochs_trained", 16, 1, 4, 9, trial_index)
+    scheduler.set_search_properties("val/acc", "max")
+    trials = [_Trial(n) for n in range(9)]
+    controller = _Controller(trials)
+    for t in trials:
+        scheduler.on_trial_add(controller, t)
+    trained = {n: 0 for n in range(9)}
+    jobs = []
+    while (trial := scheduler.choose_trial_to_run(controller)) is not None:
+        n = trial_index(trial.trial_id)
+        trial.status = "RUNNING"
+        while True:
+            trained[n] += 1
+            decision = scheduler.on_trial_result(controller, trial, {"epochs_trained": trained[n],
+                                                                      "val/acc": n + trained[n] / 100})
+            if trained[n] == 16:
+                scheduler.on_trial_complete(controller, trial, {"epochs_trained": 16})
+                trial.status = "TERMINATED"
+                break
+            if decision == "PAUSE":
+                trial.status = "PAUSED"
+                break
+        jobs.append((n, trained[n]))
+    assert jobs == [(0, 1), (1, 1), (2, 1), (3, 1), (3, 4), (4, 1), (5, 1), (6, 1), (7, 1), (7, 4), (8, 1), (7, 16)]
+    assert sum(trained.values()) == 27
+    assert [t.status for t in trials] == ["TERMINATED"] * 9  # the paused ones stopped at the end
+
+
+def test_the_ray_scheduler_is_refilled_from_results_jsonl_on_resume(tmp_path):
+    """An interrupted search: trials 0-3 reported epoch 1 (trial n: n + 0.01), trial 3 was promoted and
+    reported epoch 2 before the interruption. Refilled from results.jsonl, trial 3 (restored by Ray
+    as pending) waits at epoch 2, the best of rung 1's four: promoted again to 4 epochs; then the
+    first trial never started (4)."""
+    pytest.importorskip("ray.tune")
+    from framework.search.ray_promotion import RayPromotionASHA
+    from framework.search.ray_trainable import trial_index
+
+    rows = [{"trial_id": f"abc_{n:05d}", "epochs_trained": 1, "val/acc": n + 0.01} for n in range(4)]
+    rows.append({"trial_id": "abc_00003", "epochs_trained": 2, "val/acc": 3.02})
+    (tmp_path / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"trial_id": "abc_0')
+    scheduler = RayPromotionASHA("epochs_trained", 16, 1, 4, 9, trial_index)
+    scheduler.set_search_properties("val/acc", "max")
+    assert scheduler.seed(tmp_path / "results.jsonl") == 5  # the cut last line is skipped
+    trials = [_Trial(n) for n in range(9)]
+    for t in trials[:3]:
+        t.status = "PAUSED"
+    controller = _Controller(trials)
+    for t in trials:
+        scheduler.on_trial_add(controller, t)
+    assert scheduler.choose_trial_to_run(controller) is trials[3] and scheduler.until[3] == 4
+    trials[3].status = "RUNNING"
+    assert scheduler.choose_trial_to_run(controller) is trials[4] and scheduler.until[4] == 1

@@ -269,6 +269,35 @@ def test_hyperband_pauses_and_continues_trials_on_the_lr_plan(ray_local, tmp_pat
             assert float(row["lr"]) == pytest.approx(cosine_lr(summary["lr0"], k, total), rel=1e-12)
 
 
+@pytest.mark.slow  # a Ray search (end-to-end)
+def test_asha_with_promotions_pauses_and_resumes_trials_within_its_budget(ray_local, tmp_path, monkeypatch):
+    """tune.asha_rule=promotion, 4 trials two at a time, 4 epochs, reduction factor 2: rungs after 1, 2, 4
+    epochs. Whatever order the trials report in: at most floor(4/2) = 2 trials go past epoch 1, the
+    better of them at epoch 2 (val/loss, minimised) is the one completed trial, so at most
+    4 + 2 + 2 = 8 epochs are trained; every run's steps.csv holds each step once at the cosine LR of
+    its lr0 across its pauses; the others are pruned at the epoch they paused at."""
+    tune_dir = tmp_path / "tune"
+    code = run_tune([*TINY, "epochs=4", "task.monitor=val/loss", "task.mode=min", "lr0=tag(log, interval(1e-3, 1))",
+                     "tune.asha_rule=promotion", "tune.num_samples=4", "tune.reduction_factor=2", "tune.cpus_per_trial=1",
+                     f"tune.dir={tune_dir}"], tmp_path, monkeypatch)
+    assert code == 0
+    total = 4 * STEPS_PER_EPOCH
+    summaries = {i: json.loads((tune_dir / str(i) / "summary.json").read_text()) for i in range(4)}
+    epochs = {i: [float(r["val/loss"]) for r in read_csv(tune_dir / str(i) / "epochs.csv")] for i in range(4)}
+    completed = [i for i, s in summaries.items() if s["status"] == "completed"]
+    assert len(completed) == 1 and len(epochs[completed[0]]) == 4
+    past_first = [i for i in range(4) if len(epochs[i]) >= 2]
+    assert len(past_first) <= 2 and completed[0] == min(past_first, key=lambda i: epochs[i][1])
+    assert sum(len(e) for e in epochs.values()) <= 8
+    for i, summary in summaries.items():
+        rows = read_csv(tune_dir / str(i) / "steps.csv")
+        assert [int(r["step"]) for r in rows] == list(range(summary["steps"])) == list(range(len(epochs[i]) * 4))
+        for k, row in enumerate(rows):
+            assert float(row["lr"]) == pytest.approx(cosine_lr(summary["lr0"], k, total), rel=1e-12)
+        if i not in completed:
+            assert summary["status"] == "pruned" and summary["pruned"]["epoch"] == len(epochs[i]) - 1
+
+
 def test_missing_ray_is_one_line(monkeypatch, capsys):
     from framework.tune import main
 

@@ -16,6 +16,7 @@ Ray Tune 2.x's ``TrialScheduler`` interface (``on_trial_result`` answering ``CON
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any, Optional
 
 from ray.tune.experiment import Trial
@@ -102,7 +103,7 @@ class RayPromotionASHA(FIFOScheduler):
         job = self.rule.next_job(started, len(self.until), self.num_samples, busy, self.mode != "min")
         if job is not None and job.number is not None:
             trial = self.trials.get(job.number)
-            if trial is not None and trial.status == Trial.PAUSED:
+            if trial is not None and trial.status in (Trial.PAUSED, Trial.PENDING):  # PENDING: restored (tune.resume)
                 log.info("trial %d promoted: resumed after epoch %d, to train until epoch %d", job.number,
                          self.rungs[job.number].paused_at, job.until)
                 self.until[job.number] = job.until
@@ -120,10 +121,40 @@ class RayPromotionASHA(FIFOScheduler):
             return trial
         if not busy and len(self.until) >= self.num_samples:  # the search is over: the paused ones end here
             for t in trials:
-                if t.status == Trial.PAUSED:
+                if t.status == Trial.PAUSED or (t.status == Trial.PENDING and self.index(t.trial_id) in self.until):
                     self.rungs[self.index(t.trial_id)].paused_at = None
                     tune_controller.stop_trial(t)
         return None
+
+    def seed(self, results: Path) -> int:
+        """Refill what the scheduler knew from an interrupted search's ``results.jsonl`` (``tune.resume``):
+        each trial's values by epochs; a trial that had not trained to its end waits at its last
+        epoch (a paused trial, or one stopped mid-way: both continue from their checkpoints if promoted).
+
+        Returns:
+            The number of rows read (0 when the file is missing).
+        """
+        import json
+
+        if not results.is_file():
+            return 0
+        count = 0
+        for line in results.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:  # a line cut by a killed driver
+                continue
+            epochs, value = row.get(self.time_attr), row.get(self._metric)
+            if "trial_id" not in row or not isinstance(epochs, int) or not isinstance(value, (int, float)):
+                continue
+            number = self.index(row["trial_id"])
+            rung = self.rungs.setdefault(number, Rung(number))
+            rung.values[epochs] = float(value)
+            self.until[number] = max(self.until.get(number, 0), epochs)
+            rung.complete = max(rung.values) >= self.rule.max_resource
+            rung.paused_at = None if rung.complete else max(rung.values)
+            count += 1
+        return count
 
     def debug_string(self) -> str:
         waiting = sum(1 for r in self.rungs.values() if r.paused_at is not None)

@@ -142,7 +142,8 @@ def restore(tune_dir: Path, trainable: Any, param_space: dict[str, Any], schedul
     ``<tune_dir>/ray``: unfinished trials continued, errored ones left as they ended), with
     ``scheduler`` and ``callbacks`` in place of the pickled ones (the scheduler's state is not in
     Ray's record; ``results.jsonl`` is written where the folder is now); for ``search`` ``asha``
-    the scheduler's rungs refilled first (:func:`seed_asha`).
+    the scheduler's rungs refilled first (:func:`seed_asha`, or ASHA with promotions' own
+    ``seed``).
 
     Raises:
         ConfigError: a Ray Client driver (``tune.address=ray://...``), whose Tuner runs on the
@@ -154,7 +155,11 @@ def restore(tune_dir: Path, trainable: Any, param_space: dict[str, Any], schedul
 
     from framework.search.ray_trial import TIME_ATTR
 
-    count = seed_asha(scheduler, tune_dir / "results.jsonl", monitor, mode, TIME_ATTR) if search == "asha" else 0
+    if hasattr(scheduler, "seed"):  # ASHA with promotions (tune.asha_rule=promotion)
+        scheduler.set_search_properties(monitor, mode)
+        count = scheduler.seed(tune_dir / "results.jsonl")
+    else:
+        count = seed_asha(scheduler, tune_dir / "results.jsonl", monitor, mode, TIME_ATTR) if search == "asha" else 0
     tuner = tune.Tuner.restore(str(tune_dir / "ray"), trainable, resume_unfinished=True, param_space=param_space)
     inner: Optional[Any] = getattr(tuner, "_local_tuner", None)
     if inner is None:  # a Ray Client driver, or a Ray whose Tuner keeps no local driver: nothing to refill
