@@ -284,6 +284,10 @@ def test_a_presets_key_the_config_lacks_is_not_searched():
     (["hydra.sweeper.storage=nowhere"], "error: hydra.sweeper.storage=nowhere: not a database URL nor a journal file"),
     (["hydra.sweeper.storage=postgresql://u@127.0.0.1:9/db"], "error: hydra.sweeper.storage=postgresql://u@127.0.0.1:9/db:"),
     (["lr00=1e-3,1e-2"], "error: lr00=0.001: unknown key 'lr00' (did you mean lr0?)"),
+    (["hydra/sweeper/pruner=asha_promotion", "trainer.save_checkpoints=false"],
+     "error: trainer.save_checkpoints=false: hydra/sweeper/pruner=asha_promotion resumes a promoted trial"),
+    (["hydra/sweeper/pruner=asha_promotion", "hydra.sweeper.pruner.reduction_factor=1"],
+     "error: hydra.sweeper.pruner.reduction_factor=1: must be an integer >= 2"),
 ])
 def test_bad_sweeper_settings_are_one_line_before_any_job(tmp_path, args, says):
     sweep = tmp_path / "s"

@@ -19,7 +19,7 @@ from framework.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["open_storage", "storage_url", "OptunaTrial", "JOURNAL_NAME", "SPEC_NAME"]
+__all__ = ["open_storage", "storage_url", "OptunaTrial", "write_best", "JOURNAL_NAME", "SPEC_NAME"]
 
 #: The journal file of a sweep's study when ``hydra.sweeper.storage`` is null (in the sweep folder).
 JOURNAL_NAME = "optuna_journal.log"
@@ -118,6 +118,22 @@ def build_pruner(config: Optional[dict[str, Any]]) -> Any:
     if is_promotion(config):  # ours: its ConfigError as it is
         return PromotionASHA(**{k: v for k, v in config.items() if k != "_target_"})
     return optuna.pruners.NopPruner() if not config else instantiate(config)
+
+
+def write_best(study: Any, sweep_dir: Path) -> None:
+    """Log the study's best trial and write ``optimization_results.yaml`` (``name``,
+    ``best_params``, ``best_value``, as Hydra's Optuna sweeper does) in the sweep folder."""
+    from omegaconf import OmegaConf
+
+    try:
+        best = study.best_trial
+    except ValueError:  # no complete trial
+        log.warning("study %s: no trial completed", study.study_name)
+        return
+    log.info("study %s: best trial %d, objective %.6g, %s", study.study_name, best.number, best.value,
+             " ".join(f"{k}={v}" for k, v in best.params.items()))
+    OmegaConf.save(OmegaConf.create({"name": "lr_search", "best_trial": best.number, "best_params": best.params,
+                                     "best_value": best.value}), sweep_dir / "optimization_results.yaml")
 
 
 class OptunaTrial:

@@ -67,7 +67,8 @@ class LRSearchSweeperImpl(Sweeper):
     Raises:
         ConfigError: (at :meth:`sweep`, before any job) a bad ``direction``, ``n_trials`` or
             ``n_jobs``, a parameter Hydra cannot parse, a grid over an interval, a storage that
-            cannot be opened; each in one line naming the key.
+            cannot be opened, a bad ``asha_promotion`` value or that pruner without checkpoints;
+            each in one line naming the key.
     """
 
     def __init__(self, sampler: Any = None, pruner: Any = None, direction: str = "maximize",
@@ -229,7 +230,7 @@ class LRSearchSweeperImpl(Sweeper):
     def _sweep(self, arguments: list[str]) -> list[Sequence[Any]]:
         """:meth:`sweep`'s body."""
         from framework.search.space import parse_space
-        from framework.search.study import SPEC_NAME
+        from framework.search.study import SPEC_NAME, write_best
 
         assert self.config is not None and self.launcher is not None
         try:
@@ -249,6 +250,9 @@ class LRSearchSweeperImpl(Sweeper):
                               "'lr0=tag(log, interval(1e-4, 1))' on the command line, or use a preset "
                               "(hparams_search=lr_asha|lr_tpe|lr_evolve)")
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
+        if is_promotion(self.pruner_cfg) and OmegaConf.select(self.config, "trainer.save_checkpoints") is False:
+            raise ConfigError("trainer.save_checkpoints=false: hydra/sweeper/pruner=asha_promotion resumes a promoted "
+                              "trial from its checkpoint; drop it, or use hydra/sweeper/pruner=successive_halving")
         self._refuse_other_sweeps(sweep_dir)
         spec_path = sweep_dir / SPEC_NAME
         # a key Hydra cannot compose fails here, before the study or the folder exist
@@ -278,7 +282,7 @@ class LRSearchSweeperImpl(Sweeper):
                 if stopped:
                     self.say_stopped(sweep_dir)
                     break
-        self._write_best(study, sweep_dir)
+        write_best(study, sweep_dir)
         return returns
 
     def launch_trials(self, study: Any, space: Any, spec_path: Path,
@@ -401,16 +405,3 @@ class LRSearchSweeperImpl(Sweeper):
         study._storage.set_trial_user_attr(trial._trial_id, "interrupted", True)
         LRSearchSweeperImpl.tell_state(study, trial.number, state=TrialState.FAIL)
         study.enqueue_trial(trial.params, user_attrs={"rerun_of": trial.number})
-
-    def _write_best(self, study: Any, sweep_dir: Path) -> None:
-        """Log the best trial and write ``optimization_results.yaml`` (``name``, ``best_params``,
-        ``best_value``, as Hydra's Optuna sweeper does) in the sweep folder."""
-        try:
-            best = study.best_trial
-        except ValueError:  # no complete trial
-            log.warning("study %s: no trial completed", self.study_name)
-            return
-        log.info("study %s: best trial %d, objective %.6g, %s", self.study_name, best.number, best.value,
-                 " ".join(f"{k}={v}" for k, v in best.params.items()))
-        OmegaConf.save(OmegaConf.create({"name": "lr_search", "best_trial": best.number, "best_params": best.params,
-                                         "best_value": best.value}), sweep_dir / "optimization_results.yaml")
