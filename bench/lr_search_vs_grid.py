@@ -9,6 +9,7 @@ For each model / optimizer pair on digits, a full-budget grid (``hparams_search=
 - ``tpe``: ``hparams_search=lr_tpe`` (TPE over lr0 and lrf, the median pruner);
 - ``evolve``: ``hparams_search=lr_evolve`` (Ultralytics' Tuner's mutation over lr0, lrf,
   momentum, warmup, weight decay, starting from the configured values; successive halving);
+  ``evolve_promotion``: the same with ``hydra/sweeper/pruner=asha_promotion``;
 - ``ray_asha``: ``python -m framework.tune tune.search=asha tune.num_samples=9`` (Ray Tune's
   ASHA, a local Ray, ``--jobs`` trials at a time); ``ray_asha_promotion``: the same with
   ``tune.asha_rule=promotion`` (trials paused at rungs and promoted);
@@ -50,7 +51,7 @@ PAIRS = {
     "adamw": ["model=resnet10t", "optimizer=adamw"],
     "convnext_adamw": ["model=convnext_atto", "optimizer=adamw"],
 }
-SEARCHES = ("asha", "asha_promotion", "tpe", "evolve", "ray_asha", "ray_asha_promotion", "pbt")
+SEARCHES = ("asha", "asha_promotion", "tpe", "evolve", "evolve_promotion", "ray_asha", "ray_asha_promotion", "pbt")
 
 
 def run(argv: list[str], log: Path) -> float:
@@ -115,9 +116,9 @@ def main() -> None:
             out = base / tag
             if out.exists():  # a search run again replaces its folder
                 shutil.rmtree(out)
-            if search in ("asha", "asha_promotion", "tpe", "evolve"):
-                preset = ["hparams_search=lr_asha", "hydra/sweeper/pruner=asha_promotion"] if search == "asha_promotion" \
-                    else [f"hparams_search=lr_{search}"]
+            if search in ("asha", "asha_promotion", "tpe", "evolve", "evolve_promotion"):
+                name, _, promotion = search.partition("_")
+                preset = [f"hparams_search=lr_{name}", *(["hydra/sweeper/pruner=asha_promotion"] if promotion else [])]
                 wall = run([py, "train.py", "-m", *pair, *preset, *parallel,
                             f"hydra.sweeper.sampler.seed={args.seed}", f"hydra.sweep.dir={out}"], base / f"{tag}.log")
             elif search in ("ray_asha", "ray_asha_promotion"):  # as many trials as the grid has points, --jobs at once

@@ -266,3 +266,24 @@ def test_the_ray_scheduler_is_refilled_from_results_jsonl_on_resume(tmp_path):
     assert scheduler.choose_trial_to_run(controller) is trials[3] and scheduler.until[3] == 4
     trials[3].status = "RUNNING"
     assert scheduler.choose_trial_to_run(controller) is trials[4] and scheduler.until[4] == 1
+
+
+def test_evolution_draws_parents_from_trials_waiting_at_a_rung():
+    """The mutation sampler's ranking (lr_evolve) with ASHA with promotions: a trial waiting at epoch 4
+    ranks above one pruned at epoch 1 and below a completed one; a running trial not waiting (its
+    job not back yet) is no parent."""
+    from framework.search.evolve import PARENT_STATES, rank_trials
+
+    study = optuna.create_study(direction="maximize")
+    dist = {"lr0": optuna.distributions.FloatDistribution(1e-4, 1.0, log=True)}
+    done = optuna.trial.create_trial(params={"lr0": 0.1}, distributions=dist, value=0.5, intermediate_values={16: 0.5})
+    pruned = optuna.trial.create_trial(params={"lr0": 0.2}, distributions=dist, state=optuna.trial.TrialState.PRUNED,
+                                       intermediate_values={1: 0.9})
+    study.add_trials([done, pruned])
+    waiting, running = study.ask(dist), study.ask(dist)
+    for trial, curve in ((waiting, {1: 0.3, 4: 0.4}), (running, {1: 0.95})):
+        for step, value in curve.items():
+            trial.report(value, step)
+    waiting.set_user_attr("paused_at", 4)
+    ranked = rank_trials(study, study.get_trials(states=PARENT_STATES))
+    assert [t.number for t in ranked] == [0, waiting.number, 1]

@@ -6,8 +6,8 @@ mutation``, the sampler of ``hparams_search=lr_evolve``).
 Algorithm (Ultralytics ``ultralytics/engine/tuner.py``, ``Tuner._mutate``):
 
 1. Rank the ended trials: completed ones by their value (best first, as the study's
-   direction), then pruned ones by the epochs they reached (more first), then by their last
-   reported value. Keep the top ``parents``.
+   direction), then pruned ones (and, with ASHA with promotions, those waiting at a rung) by the
+   epochs they reached (more first), then by their last reported value. Keep the top ``parents``.
 2. Pick one parent at random with weight ``parents - rank`` (rank 0 = best; Ultralytics weighs
    by fitness minus the worst fitness, which needs values on one scale; a pruned trial's value
    after 1 epoch is not on the scale of a completed one's, so the rank stands in for it).
@@ -37,12 +37,19 @@ from optuna.trial import FrozenTrial, TrialState
 __all__ = ["MutationSampler", "rank_trials"]
 
 
+#: The trial states a parent is drawn from: ended ones, and running ones that wait at a rung of ASHA
+#: with promotions (``paused_at``), which may never be told how they end before the sweep does.
+PARENT_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
+
+
 def rank_trials(study: "optuna.Study", trials: list[FrozenTrial]) -> list[FrozenTrial]:
-    """Ended trials best first: completed by value (the study's direction), then pruned by the
-    last step reached (more first), then by their last reported value; others left out."""
+    """Ended trials best first: completed by value (the study's direction), then pruned ones and
+    those waiting at a rung (``hydra/sweeper/pruner=asha_promotion``) by the last step reached
+    (more first), then by their last reported value; others left out."""
     sign = -1.0 if study.direction == StudyDirection.MAXIMIZE else 1.0
     complete = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None and math.isfinite(t.value)]
-    pruned = [t for t in trials if t.state == TrialState.PRUNED and t.intermediate_values]
+    pruned = [t for t in trials if t.intermediate_values and (
+        t.state == TrialState.PRUNED or (t.state == TrialState.RUNNING and t.user_attrs.get("paused_at") is not None))]
     complete.sort(key=lambda t: (sign * t.value, t.number))
     pruned.sort(key=lambda t: (-t.last_step, sign * t.intermediate_values[t.last_step], t.number))
     return complete + pruned
@@ -81,7 +88,7 @@ class MutationSampler(BaseSampler):
 
     def infer_relative_search_space(self, study: "optuna.Study", trial: FrozenTrial) -> dict[str, BaseDistribution]:
         """Every key of the ended trials (they share one space in a sweep)."""
-        ended = rank_trials(study, study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+        ended = rank_trials(study, study.get_trials(deepcopy=False, states=PARENT_STATES))
         return dict(ended[0].distributions) if ended else {}
 
     def sample_relative(self, study: "optuna.Study", trial: FrozenTrial,
@@ -89,7 +96,7 @@ class MutationSampler(BaseSampler):
         """A mutated copy of a parent (empty while no trial has ended or during start-up)."""
         if not search_space or trial.number < self.n_startup_trials:
             return {}
-        ranked = rank_trials(study, study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+        ranked = rank_trials(study, study.get_trials(deepcopy=False, states=PARENT_STATES))
         top = ranked[:self.parents]
         weights = np.arange(len(top), 0, -1, dtype=float)
         parent = top[self._rng.choice(len(top), p=weights / weights.sum())]
