@@ -199,8 +199,8 @@ def resume_requeued_job(cfg: DictConfig, run_dir: Path, hc: Any) -> DictConfig:
         return cfg
     if paused:  # waiting at a rung of ASHA with promotions, and now promoted by the sweeper
         log.info("this job's folder holds its trial's run, paused after epoch %d: resuming it", summary["pruned"]["rung"])
-        return with_values(cfg, resume=str(run_dir))
-    log.warning("this job's folder holds an unfinished run (status %s): resuming it (resume=%s)", status, run_dir)
+    else:
+        log.warning("this job's folder holds an unfinished run (status %s): resuming it (resume=%s)", status, run_dir)
     return with_values(cfg, resume=str(run_dir))
 
 

@@ -20,8 +20,8 @@ from framework.config import validate
 from framework.errors import ConfigError
 from framework.resume import (NothingToResume, also_log_to, continue_command, prepare_resume, resume_requeued_job,
                               resume_trainer)
-from framework.summary import (finish, json_number, objective_of, print_table, returned_objective, say_how_it_ended,
-                               start_summary)
+from framework.summary import (earlier_wall, finish, json_number, objective_of, print_table, returned_objective,
+                               say_how_it_ended, start_summary)
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +126,8 @@ def _train(cfg: DictConfig, run_dir: Path, resume_state: Optional[dict[str, Any]
             trainer.doctor.lr0_changed = lr0_changes(summary)
     if trackers:
         summary["trackers"] = tracking.start_trackers(cfg, built, summary, run_dir)
+    if resume_state is not None:  # the wall time of the run's earlier segments counts too
+        start -= earlier_wall(run_dir)
     return _fit(trainer, summary, cfg, overrides, start)
 
 

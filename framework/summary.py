@@ -82,7 +82,6 @@ def start_summary(cfg: Any, built: Any, run_dir: Path, overrides: list[str], lr0
         "overrides": overrides,
         **({"lr0_auto": lr0_auto} if lr0_auto else _earlier_lr0_auto(run_dir) if resumed else {}),
         **project_state(),
-        EARLIER_WALL: _earlier_wall(run_dir) if resumed else 0.0,
     }
 
 
@@ -101,13 +100,10 @@ def project_state() -> dict[str, Any]:
     return {**git_state(Path.cwd()), "lrframe_version": installed}
 
 
-#: The wall time (s) of a resumed run's earlier segments, kept in the summary while it trains and
-#: added to ``wall_time_s`` when it ends (the run's wall time over every segment, as ``train_time_s``).
-EARLIER_WALL = "earlier_wall_time_s"
-
-
-def _earlier_wall(run_dir: Path) -> float:
-    """The ``wall_time_s`` a resumed run's ``summary.json`` holds (0 if none)."""
+def earlier_wall(run_dir: Path) -> float:
+    """(s) The ``wall_time_s`` a resumed run's ``summary.json`` holds, its earlier segments' (0 if
+    none); the run's ``start`` moves back by it, so its ``wall_time_s`` covers every segment, as
+    ``train_time_s`` does."""
     from framework.loggers import read_summary
 
     value = read_summary(run_dir).get("wall_time_s")
@@ -223,7 +219,7 @@ def finish(trainer: Any, summary: dict[str, Any], start: float, cfg: Any) -> Opt
         clipped_frac=trainer.clipped_frac,  # share of the applied steps that were clipped; null without clipping
         rollbacks=trainer.guard.rollbacks,
         last_lr=history[first][-1] if history["step"] else None,
-        wall_time_s=time.time() - start + summary.pop(EARLIER_WALL, 0.0),  # every segment's
+        wall_time_s=time.time() - start,  # every segment's: a resume's start moved back (earlier_wall)
         train_time_s=trainer.train_time_s,
     )
     if getattr(trainer, "lr_doctor", None) is not None and history["step"]:

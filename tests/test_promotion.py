@@ -14,9 +14,9 @@ optuna = pytest.importorskip("optuna")
 
 
 def _scheduler(**kw):
-    from framework.search.promotion import PromotionASHA
+    from framework.search.rungs import PromotionRule
 
-    return PromotionASHA(**kw)
+    return PromotionRule(**kw)
 
 
 def test_rungs_are_min_resource_times_eta_powers_then_the_full_budget():
@@ -44,16 +44,16 @@ def test_bad_values_are_one_line_naming_the_key(kw, says):
 def _drive(scheduler, n_trials, value, maximize=True):
     """Run the scheduler's jobs one at a time (n_jobs 1) on trials whose value after e epochs is
     ``value(number, e)``; the jobs in order as (trial, until) and the epochs trained in all."""
-    from framework.search.promotion import Rung
+    from framework.search.rungs import TrialRecord
 
-    trials: dict[int, Rung] = {}
+    trials: dict[int, TrialRecord] = {}
     jobs, epochs = [], 0
     while True:
-        job = scheduler.next_job(list(trials.values()), len(trials), n_trials, {}, maximize)
+        job = scheduler.next_job(list(trials.values()), len(trials), n_trials, set(), maximize)
         if job is None:
             return jobs, epochs
         number = len(trials) if job.number is None else job.number
-        trial = trials.setdefault(number, Rung(number))
+        trial = trials.setdefault(number, TrialRecord(number, until=job.until))
         done = max(trial.values, default=0)
         trial.values.update({e: value(number, e) for e in range(done + 1, job.until + 1)})
         epochs += job.until - done
@@ -95,15 +95,32 @@ def test_a_rung_that_fills_promotes_its_top_quarter():
 
 
 def test_promotions_rank_by_the_value_at_the_rung_not_the_trials_best():
-    """Trial 1 is better at 4 epochs (0.9 against 0.8) although trial 0 led at 1 epoch."""
-    from framework.search.promotion import Rung
+    """Trial 1 is better at 4 epochs (0.9 against 0.8) although trial 0 has the best value of all
+    (0.95 at epoch 2) and led at 1 epoch."""
+    from framework.search.rungs import TrialRecord
 
     scheduler = _scheduler(min_resource=1, reduction_factor=4, max_resource=16)
-    trials = [Rung(0, {1: 0.7, 2: 0.75, 3: 0.78, 4: 0.8}, paused_at=4), Rung(1, {1: 0.6, 4: 0.9}, paused_at=4),
-              Rung(2, {1: 0.5}, paused_at=1)]
-    job = scheduler.next_job(trials, 3, 3, {}, maximize=True)
-    assert (job.number, job.until) == (1, 16)
-    assert scheduler.next_job(trials, 3, 3, {2: 4}, maximize=True) is None  # a job still running: wait for it
+    trials = [TrialRecord(0, {1: 0.7, 2: 0.95, 3: 0.78, 4: 0.8}, paused_at=4), TrialRecord(1, {1: 0.6, 4: 0.9}, paused_at=4),
+              TrialRecord(2, {1: 0.5}, paused_at=1)]
+    assert scheduler.next_job(trials, 3, 3, {2}, maximize=True) is None  # a job still running: wait for it
+    job = scheduler.next_job(trials, 3, 3, set(), maximize=True)
+    assert (job.number, job.until) == (1, 16) and trials[1].until == 16
+
+
+def test_a_promotion_that_failed_keeps_its_place():
+    """Rungs 1, 4, 16, 8 trials: floor(8/4) = 2 may go past epoch 1. Trials 0 and 1 were sent to 4
+    epochs; trial 0 failed at epoch 2 (no value at 4). No third trial goes on from rung 1, although
+    trial 7 is the best there and waits."""
+    from framework.search.rungs import TrialRecord
+
+    scheduler = _scheduler(min_resource=1, reduction_factor=4, max_resource=16)
+    trials = [TrialRecord(0, {1: 0.9, 2: 0.1}, until=4), TrialRecord(1, {1: 0.8, 4: 0.85}, paused_at=4, until=4)]
+    trials += [TrialRecord(n, {1: 0.1 * n}, paused_at=1, until=1) for n in range(2, 8)]
+    trials[-1].values[1] = 0.99
+    job = scheduler.next_job(trials, 8, 9, set(), maximize=True)
+    assert (job.number, job.until) == (None, 1)  # a new trial, not trial 7
+    job = scheduler.next_job(trials, 9, 9, set(), maximize=True)
+    assert (job.number, job.until) == (1, 16)  # rule 3: the best waiting at the highest rung
 
 
 @pytest.mark.slow
@@ -211,6 +228,28 @@ def test_the_ray_scheduler_runs_the_same_jobs_pausing_and_resuming_trials():
     test_trials_that_improve_one_after_another_do_not_break_the_budget: the same jobs in the same
     order, and the paused trials left at the end are stopped."""
     pytest.importorskip("ray.tune")
+    jobs, trained, trials = _drive_ray(ray_starts_pending=False)
+    assert jobs == [(0, 1), (1, 1), (2, 1), (3, 1), (3, 4), (4, 1), (5, 1), (6, 1), (7, 1), (7, 4), (8, 1), (7, 16)]
+    assert sum(trained.values()) == 27
+    assert [t.status for t in trials] == ["TERMINATED"] * 9  # the paused ones stopped at the end
+
+
+def test_trials_ray_starts_by_itself_are_counted():
+    """Ray also starts pending trials without asking the scheduler (here: whenever the worker is
+    free, before the scheduler's choice): new trials then run before promotions, but each pauses at
+    epoch 1, at most floor(9/4) = 2 go past it, and the best of those at epoch 4 trains to 16."""
+    jobs, trained, trials = _drive_ray(ray_starts_pending=True)
+    assert jobs[:9] == [(n, 1) for n in range(9)]  # all new trials first
+    assert jobs[9:] == [(8, 4), (7, 4), (8, 16)]  # the top 2 of 9 at epoch 1, then the better at 4
+    assert sum(trained.values()) == 27 and [t.status for t in trials] == ["TERMINATED"] * 9
+
+
+def _drive_ray(ray_starts_pending):
+    """RayPromotionASHA driven as Ray drives it with one worker, on trial n's value n + epochs/100:
+    choose a trial (or, with ``ray_starts_pending``, start the first pending trial itself), feed its
+    epochs until it answers PAUSE or ends. The jobs as (trial, epochs trained after), the epochs of
+    each trial, the trials."""
+    pytest.importorskip("ray.tune")
     from framework.search.ray_promotion import RayPromotionASHA
     from framework.search.ray_trainable import trial_index
 
@@ -222,7 +261,11 @@ def test_the_ray_scheduler_runs_the_same_jobs_pausing_and_resuming_trials():
         scheduler.on_trial_add(controller, t)
     trained = {n: 0 for n in range(9)}
     jobs = []
-    while (trial := scheduler.choose_trial_to_run(controller)) is not None:
+    while True:
+        pending = [t for t in trials if t.status == "PENDING"]
+        trial = pending[0] if ray_starts_pending and pending else scheduler.choose_trial_to_run(controller)
+        if trial is None:
+            break
         n = trial_index(trial.trial_id)
         trial.status = "RUNNING"
         while True:
@@ -237,9 +280,7 @@ def test_the_ray_scheduler_runs_the_same_jobs_pausing_and_resuming_trials():
                 trial.status = "PAUSED"
                 break
         jobs.append((n, trained[n]))
-    assert jobs == [(0, 1), (1, 1), (2, 1), (3, 1), (3, 4), (4, 1), (5, 1), (6, 1), (7, 1), (7, 4), (8, 1), (7, 16)]
-    assert sum(trained.values()) == 27
-    assert [t.status for t in trials] == ["TERMINATED"] * 9  # the paused ones stopped at the end
+    return jobs, trained, trials
 
 
 def test_the_ray_scheduler_is_refilled_from_results_jsonl_on_resume(tmp_path):
@@ -263,9 +304,9 @@ def test_the_ray_scheduler_is_refilled_from_results_jsonl_on_resume(tmp_path):
     controller = _Controller(trials)
     for t in trials:
         scheduler.on_trial_add(controller, t)
-    assert scheduler.choose_trial_to_run(controller) is trials[3] and scheduler.until[3] == 4
+    assert scheduler.choose_trial_to_run(controller) is trials[3] and scheduler.records[3].until == 4
     trials[3].status = "RUNNING"
-    assert scheduler.choose_trial_to_run(controller) is trials[4] and scheduler.until[4] == 1
+    assert scheduler.choose_trial_to_run(controller) is trials[4] and scheduler.records[4].until == 1
 
 
 def test_evolution_draws_parents_from_trials_waiting_at_a_rung():

@@ -51,7 +51,7 @@ def top_k_cutoff(recorded: Sequence[float], reduction_factor: float) -> Optional
 
 
 def asha_scheduler(rule: str, **kwargs: Any) -> Any:
-    """Ray's ``ASHAScheduler(**kwargs)`` deciding by ``rule`` (:data:`ASHA_RULES`): ``percentile`` is
+    """Ray's ``ASHAScheduler(**kwargs)`` deciding by ``rule``: ``percentile`` is
     Ray's own; ``top_k`` the same scheduler whose brackets use :func:`top_k_cutoff`.
 
     Raises:
@@ -59,8 +59,8 @@ def asha_scheduler(rule: str, **kwargs: Any) -> Any:
     """
     from ray.tune.schedulers import ASHAScheduler
 
-    if rule not in ASHA_RULES or rule == "promotion":
-        raise ValueError(f"tune.asha_rule={rule}: use {' or '.join(ASHA_RULES)}")
+    if rule not in ("top_k", "percentile"):  # promotion: framework.search.ray_promotion's scheduler
+        raise ValueError(f"tune.asha_rule={rule}: use top_k or percentile here")
     scheduler = ASHAScheduler(**kwargs)
     if rule == "top_k":
         for bracket in scheduler._brackets:  # Ray's _Bracket.on_result asks cutoff(recorded) at each rung

@@ -1,15 +1,17 @@
 """ASHA with promotions for Ray Tune (``python -m framework.tune tune.search=asha
-tune.asha_rule=promotion``): the rule of :mod:`framework.search.promotion` as a Ray scheduler.
+tune.asha_rule=promotion``): the rule of :mod:`framework.search.rungs` as a Ray scheduler.
 
 A trial trains until the rung it was started or resumed for; there the scheduler answers
 ``PAUSE``, Ray saves the trial's checkpoint (our run's own files, :mod:`~framework.search.ray_trainable`)
-and frees its worker. When a worker is free, Ray asks :meth:`RayPromotionASHA.choose_trial_to_run`,
-which takes :meth:`PromotionASHA.next_job <framework.search.promotion.PromotionASHA.next_job>`'s
-answer: a paused trial to promote (Ray restores it from its checkpoint and it trains on to the
-next rung), a pending trial to start, or nothing. Once nothing runs and nothing is left to start
-or promote, the trials still paused are stopped: their run folders say ``pruned`` at their rung.
+and frees its worker. When a worker is free, Ray asks :meth:`RayPromotionASHA.choose_trial_to_run`
+for the trial to run: a paused trial to promote (Ray restores it from its checkpoint and it trains
+on to the next rung), a pending trial to start, or none. Ray also starts pending trials by itself
+when it has resources (``TuneController._maybe_add_actors``); that changes only the order in which
+new trials start: each is recorded when the scheduler first sees it running, and pauses at the
+first rung. Once nothing runs and nothing is left to start or promote, the trials still paused
+are stopped: their run folders say ``pruned`` at their rung.
 
-Source: Li et al. 2020, Algorithm 2, with the budget bound of :mod:`framework.search.promotion`;
+Source: Li et al. 2020, Algorithm 2, with the budget bound of :mod:`framework.search.rungs`;
 Ray Tune 2.x's ``TrialScheduler`` interface (``on_trial_result`` answering ``CONTINUE`` / ``PAUSE``,
 ``choose_trial_to_run``, as its ``HyperBandScheduler`` pauses and resumes trials).
 """
@@ -17,16 +19,19 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
-from framework.search.promotion import PromotionASHA, Rung
+from framework.search.rungs import PromotionRule, TrialRecord
 
 log = logging.getLogger(__name__)
 
 __all__ = ["RayPromotionASHA"]
+
+#: Ray's statuses of a trial that will not run again.
+ENDED = (Trial.TERMINATED, Trial.ERROR)
 
 
 class RayPromotionASHA(FIFOScheduler):
@@ -35,128 +40,137 @@ class RayPromotionASHA(FIFOScheduler):
     Args:
         time_attr: the result key that counts epochs trained.
         max_t: (epochs) of a full trial; grace_period: (epochs) of the first rung;
-        reduction_factor: eta (an integer >= 2).
-        num_samples: the search's number of trials.
-        index: trial -> its number (``trial_index(trial.trial_id)``).
+        reduction_factor: eta, an integer >= 2.
+        num_samples: (trials) of the search.
+        index: Ray's trial id -> the trial's number (``trial_index``).
 
     Raises:
-        ConfigError: a bad ``grace_period``, ``reduction_factor`` or ``max_t`` (one line).
+        ConfigError: a bad ``grace_period``, ``reduction_factor`` or ``max_t`` (one line, ``tune.`` key).
     """
 
-    def __init__(self, time_attr: str, max_t: int, grace_period: int, reduction_factor: float, num_samples: int,
-                 index: Any):
+    def __init__(self, time_attr: str, max_t: int, grace_period: int, reduction_factor: int, num_samples: int,
+                 index: Callable[[str], int]):
         super().__init__()
-        self.rule = PromotionASHA(min_resource=int(grace_period), reduction_factor=int(reduction_factor),
-                                  max_resource=int(max_t))
+        self.rule = PromotionRule(min_resource=grace_period, reduction_factor=reduction_factor, max_resource=max_t,
+                                  prefix="tune")
         self.time_attr, self.num_samples, self.index = time_attr, int(num_samples), index
         self.mode: Optional[str] = None
-        self.rungs: dict[int, Rung] = {}  # number -> what is known of the trial
-        self.until: dict[int, int] = {}  # number -> epochs it trains until, once started
+        self.records: dict[int, TrialRecord] = {}  # number -> what is known of a started trial
         self.trials: dict[int, Trial] = {}
-        self.running: set[int] = set()  # chosen to run (Ray may not call them RUNNING yet), not paused nor ended
+        self.running: set[int] = set()  # chosen to run or seen running, not paused nor ended since
 
     def set_search_properties(self, metric: Optional[str], mode: Optional[str], **spec: Any) -> bool:
         """Take the metric and mode of ``TuneConfig`` (Ray's protocol)."""
         self._metric, self.mode = metric or self._metric, mode or self.mode
         return True
 
+    def _record(self, trial: Trial) -> TrialRecord:
+        """The trial's record, made (started, to the first rung) when first seen."""
+        number = self.index(trial.trial_id)
+        return self.records.setdefault(number, TrialRecord(number, until=self.rule.rungs[0]))
+
     def on_trial_add(self, tune_controller: Any, trial: Trial) -> None:
+        """Know the trial (a restored one that ended does not wait at a rung)."""
         number = self.index(trial.trial_id)
         self.trials[number] = trial
-        self.rungs.setdefault(number, Rung(number))
+        if trial.status in ENDED and number in self.records:
+            self.records[number].paused_at = None
 
     def on_trial_result(self, tune_controller: Any, trial: Trial, result: dict[str, Any]) -> str:
         """Record the epoch's value; ``PAUSE`` at the rung the trial trains until (short of its end)."""
-        number = self.index(trial.trial_id)
+        record = self._record(trial)
+        self.running.add(record.number)
         epochs = int(result.get(self.time_attr, 0))
-        value = result.get(self.metric)
-        rung = self.rungs.setdefault(number, Rung(number))
+        value = result.get(self._metric)
         if isinstance(value, (int, float)):
-            rung.values[epochs] = float(value)
-        if epochs < self.rule.max_resource and epochs >= self.until.get(number, self.rule.rungs[0]):
-            rung.paused_at = epochs
-            self.running.discard(number)
+            record.values[epochs] = float(value)
+        if epochs < self.rule.max_resource and epochs >= (record.until or self.rule.rungs[0]):
+            record.paused_at = epochs
+            self.running.discard(record.number)
             return TrialScheduler.PAUSE
         return TrialScheduler.CONTINUE
 
     def on_trial_complete(self, tune_controller: Any, trial: Trial, result: dict[str, Any]) -> None:
-        rung = self.rungs.setdefault(self.index(trial.trial_id), Rung(self.index(trial.trial_id)))
-        rung.complete = bool(result) and int(result.get(self.time_attr, 0)) >= self.rule.max_resource
-        rung.paused_at = None
-        self.running.discard(rung.number)
+        """The trial ended by itself (its last epoch, or early stopping): complete."""
+        record = self._record(trial)
+        record.complete, record.paused_at = True, None
+        self.running.discard(record.number)
 
     def on_trial_remove(self, tune_controller: Any, trial: Trial) -> None:
+        """A trial stopped (at the end, by this scheduler) or removed: it runs no more."""
         self.on_trial_error(tune_controller, trial)
 
     def on_trial_error(self, tune_controller: Any, trial: Trial) -> None:
-        number = self.index(trial.trial_id)
-        if number in self.rungs and trial.status != Trial.PAUSED:
-            self.rungs[number].paused_at = None
-            self.running.discard(number)
+        """A trial that failed: it runs no more and waits nowhere."""
+        record = self.records.get(self.index(trial.trial_id))
+        if record is not None:
+            record.paused_at = None
+            self.running.discard(record.number)
 
     def choose_trial_to_run(self, tune_controller: Any) -> Optional[Trial]:
-        """The next job of :meth:`PromotionASHA.next_job`: a paused trial to promote, a pending one
-        to start, or None; at the search's end, the paused trials left are stopped."""
+        """The next job of :meth:`PromotionRule.next_job`: a paused trial to promote (or, after
+        ``tune.resume``, a restored pending one), a pending one to start, or None; once the search
+        is over, the paused trials left are stopped."""
         trials = tune_controller.get_trials()
-        busy = {n: self.until[n] for n in self.running}
-        started = [self.rungs[n] for n in self.until if n in self.rungs]
-        job = self.rule.next_job(started, len(self.until), self.num_samples, busy, self.mode != "min")
-        if job is not None and job.number is not None:
+        for t in trials:
+            if t.status == Trial.RUNNING:  # Ray may start pending trials itself: count them
+                self.running.add(self._record(t).number)
+        while True:
+            job = self.rule.next_job(list(self.records.values()), len(self.records), self.num_samples,
+                                     set(self.running), self.mode != "min")
+            if job is None or job.number is None:
+                break
             trial = self.trials.get(job.number)
-            if trial is not None and trial.status in (Trial.PAUSED, Trial.PENDING):  # PENDING: restored (tune.resume)
-                log.info("trial %d promoted: resumed after epoch %d, to train until epoch %d", job.number,
-                         self.rungs[job.number].paused_at, job.until)
-                self.until[job.number] = job.until
-                self.rungs[job.number].paused_at = None
-                self.running.add(job.number)
-                return trial
-            return None
+            if trial is None or trial.status in ENDED:  # restored as ended: it waits nowhere; ask again
+                self.records[job.number].paused_at = None
+                continue
+            log.info("trial %d promoted: resumed after epoch %d, to train until epoch %d", job.number,
+                     self.records[job.number].paused_at, job.until)
+            self.records[job.number].paused_at = None
+            self.running.add(job.number)
+            return trial
         if job is not None:  # a new trial, once Ray has made one
-            pending = [t for t in trials if t.status == Trial.PENDING and self.index(t.trial_id) not in self.until]
+            pending = [t for t in trials if t.status == Trial.PENDING and self.index(t.trial_id) not in self.records]
             if not pending:
                 return None
             trial = min(pending, key=lambda t: self.index(t.trial_id))
-            self.until[self.index(trial.trial_id)] = job.until
-            self.running.add(self.index(trial.trial_id))
+            self.running.add(self._record(trial).number)
             return trial
-        if not busy and len(self.until) >= self.num_samples:  # the search is over: the paused ones end here
+        if not self.running and len(self.records) >= self.num_samples:  # over: the paused ones end here
             for t in trials:
-                if t.status == Trial.PAUSED or (t.status == Trial.PENDING and self.index(t.trial_id) in self.until):
-                    self.rungs[self.index(t.trial_id)].paused_at = None
+                record = self.records.get(self.index(t.trial_id))
+                if record is not None and record.paused_at is not None and t.status in (Trial.PAUSED, Trial.PENDING):
+                    record.paused_at = None
                     tune_controller.stop_trial(t)
         return None
 
     def seed(self, results: Path) -> int:
         """Refill what the scheduler knew from an interrupted search's ``results.jsonl`` (``tune.resume``):
         each trial's values by epochs; a trial that had not trained to its end waits at its last
-        epoch (a paused trial, or one stopped mid-way: both continue from their checkpoints if promoted).
+        epoch (a paused trial, or one stopped mid-way: both continue from their checkpoints when
+        promoted; one Ray restores as ended waits nowhere, see :meth:`on_trial_add`).
 
         Returns:
             The number of rows read (0 when the file is missing).
         """
-        import json
+        from framework.search.ray_resume import result_rows
 
-        if not results.is_file():
-            return 0
         count = 0
-        for line in results.read_text().splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:  # a line cut by a killed driver
-                continue
+        for row in result_rows(results):
             epochs, value = row.get(self.time_attr), row.get(self._metric)
             if "trial_id" not in row or not isinstance(epochs, int) or not isinstance(value, (int, float)):
                 continue
             number = self.index(row["trial_id"])
-            rung = self.rungs.setdefault(number, Rung(number))
-            rung.values[epochs] = float(value)
-            self.until[number] = max(self.until.get(number, 0), epochs)
-            rung.complete = max(rung.values) >= self.rule.max_resource
-            rung.paused_at = None if rung.complete else max(rung.values)
+            record = self.records.setdefault(number, TrialRecord(number))
+            record.values[epochs] = float(value)
+            record.until = max(record.until or 0, epochs)
+            record.complete = max(record.values) >= self.rule.max_resource or bool(row.get("done"))
+            record.paused_at = None if record.complete else max(record.values)
             count += 1
         return count
 
     def debug_string(self) -> str:
-        waiting = sum(1 for r in self.rungs.values() if r.paused_at is not None)
-        return (f"ASHA with promotions: rungs {self.rule.rungs} epochs, {len(self.until)}/{self.num_samples} trials "
+        """Ray's progress line for this scheduler."""
+        waiting = sum(1 for r in self.records.values() if r.paused_at is not None)
+        return (f"ASHA with promotions: rungs {self.rule.rungs} epochs, {len(self.records)}/{self.num_samples} trials "
                 f"started, {waiting} paused")

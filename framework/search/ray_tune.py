@@ -100,6 +100,10 @@ def _check(opts: dict[str, Any]) -> list[str]:
     }
     if opts["asha_rule"] == "promotion" and not _whole(opts["reduction_factor"], 2):
         checks["reduction_factor"] = (False, "must be a whole number >= 2 with tune.asha_rule=promotion, e.g. 4")
+    if opts["asha_rule"] == "promotion" and opts["max_concurrent_trials"] is not None:  # its cap counts paused ones
+        checks["max_concurrent_trials"] = (False, "tune.asha_rule=promotion keeps trials paused at rungs, which Ray's "
+                                                  "cap counts; leave it null and limit parallel trials with "
+                                                  "tune.cpus_per_trial")
     if opts["search"] == "pbt" and opts["max_concurrent_trials"] is not None:  # Ray's cap counts paused trials
         checks["max_concurrent_trials"] = (False, "PBT needs its whole population (tune.num_samples) alive at once; "
                                                   "leave it null and limit parallel trials with tune.cpus_per_trial")
@@ -361,7 +365,8 @@ def _run(opts: dict[str, Any], space: Any, base: Any, epochs: int, config_dir: O
                      cpus_per_trial=opts["cpus_per_trial"])
     trainable = tune.with_resources(tune.with_parameters(LRTrainable, spec=spec),
                                     {"cpu": opts["cpus_per_trial"], "gpu": opts["gpus_per_trial"]})
-    keep = {"asha": None, "hyperband": 2, "pbt": 3}[opts["search"]]  # PBT, HyperBand, promotions restore trials from them
+    keep = {"asha": 2 if opts["asha_rule"] == "promotion" else None, "hyperband": 2, "pbt": 3}[opts["search"]]
+    # (PBT, HyperBand and ASHA with promotions restore trials from them)
     print(f"tune: {'resuming ' if resuming else ''}{opts['search']} over {', '.join(param_space) or '(nothing)'}, "
           f"{opts['num_samples']} trials, {monitor} ({mode}); folder {tune_dir}", file=sys.stderr)
     callbacks = [result_log(tune_dir / "results.jsonl")]

@@ -19,7 +19,8 @@ from framework.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["open_storage", "storage_url", "OptunaTrial", "write_best", "JOURNAL_NAME", "SPEC_NAME"]
+__all__ = ["open_storage", "storage_url", "OptunaTrial", "refuse_other_sweeps", "write_best", "JOURNAL_NAME",
+           "SPEC_NAME"]
 
 #: The journal file of a sweep's study when ``hydra.sweeper.storage`` is null (in the sweep folder).
 JOURNAL_NAME = "optuna_journal.log"
@@ -120,6 +121,33 @@ def build_pruner(config: Optional[dict[str, Any]]) -> Any:
     return optuna.pruners.NopPruner() if not config else instantiate(config)
 
 
+def refuse_other_sweeps(sweep_dir: Path, study_name: str, storage: Optional[str]) -> None:
+    """Refuse a sweep folder that holds another study's trials, or a sweep of another kind, or
+    its study in another storage than this command's (a resume that left out
+    ``hydra.sweeper.storage``): it is not written over (its job folders would be replaced).
+
+    Raises:
+        ConfigError: one line naming ``hydra.sweep.dir`` and the key that resumes the folder.
+    """
+    from framework.loggers import read_json
+
+    if not sweep_dir.is_dir():
+        return
+    spec = read_json(sweep_dir / SPEC_NAME)
+    jobs = [p for p in sweep_dir.iterdir() if p.is_dir() and p.name.isdigit()]
+    url = storage_url(storage, sweep_dir)
+    if spec and spec.get("study_name") == study_name and spec.get("storage") not in (None, url):
+        raise ConfigError(f"hydra.sweep.dir={sweep_dir}: its study {study_name} is in {spec['storage']}, not "
+                          f"{url}; resume it with hydra.sweeper.storage={spec['storage']}")
+    if spec and spec.get("study_name") != study_name:
+        raise ConfigError(f"hydra.sweep.dir={sweep_dir}: holds study {spec.get('study_name')}, not "
+                          f"{study_name}; resume it with hydra.sweeper.study_name={spec.get('study_name')} "
+                          "(or its preset), or choose a new folder")
+    if not spec and jobs:
+        raise ConfigError(f"hydra.sweep.dir={sweep_dir}: holds {len(jobs)} job folders of another sweep; "
+                          "choose a new folder")
+
+
 def write_best(study: Any, sweep_dir: Path) -> None:
     """Log the study's best trial and write ``optimization_results.yaml`` (``name``,
     ``best_params``, ``best_value``, as Hydra's Optuna sweeper does) in the sweep folder."""
@@ -194,8 +222,10 @@ class OptunaTrial:
         """Report ``value`` (the run's monitored value after validated ``epoch``, 0-based) at step
         ``epoch + 1`` (the pruners' step is the resource spent: epochs trained, so ASHA's rungs
         1, 4, 16 mean after 1, 4, 16 epochs) and ask the pruner. True: the study has been told the
-        trial is pruned, or (``pause_at``) the run pauses at its rung, the study told nothing. Never raises: a study that cannot be told (the trial ended elsewhere, the
-        storage is gone) is logged once and the run trains on without it."""
+        trial is pruned; or, with ``pause_at``, the run pauses at its rung (the trial, still
+        running, gets the user attribute ``paused_at``). Never raises: a study that cannot be told
+        (the trial ended elsewhere, the storage is gone) is logged once and the run trains on
+        without it."""
         if self.trial is None or value is None or not math.isfinite(value):
             return False
         from optuna.trial import TrialState
@@ -210,6 +240,7 @@ class OptunaTrial:
             if self.pause_at is not None:  # promotion ASHA: pause at the rung; the sweeper decides the rest
                 if step < self.pause_at:
                     return False
+                self.trial.set_user_attr("paused_at", step)  # it waits, even if the sweeper is killed before it hears
                 self.pruned = {"trial": self.number, "pruner": type(self.study.pruner).__name__, "value": float(value),
                                "rung": step}
                 return True

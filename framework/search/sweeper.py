@@ -10,7 +10,9 @@ asked ``n_jobs`` at a time and launched together through the configured launcher
 joblib, submitit), job number = trial number, so ``<sweep folder>/<n>`` is trial ``n``; each job
 reports to its trial (:class:`~framework.search.study.OptunaTrial`) and tells it when pruned;
 the sweeper tells the others how they ended (``COMPLETE`` with the returned objective, ``FAIL``
-for a failed or stopped job). Rerunning the same command with ``hydra.sweep.dir=<that folder>``
+for a failed or stopped job). With ``hydra/sweeper/pruner=asha_promotion`` the jobs are chosen by
+:func:`framework.search.promotion.sweep_with_promotions` instead: a trial pauses at each rung and
+its job is launched again when it is promoted. Rerunning the same command with ``hydra.sweep.dir=<that folder>``
 resumes the study: its finished trials count towards ``n_trials``; trials an interrupted sweep
 left running are marked failed and run again with the same parameters.
 
@@ -52,7 +54,9 @@ class LRSearchSweeperImpl(Sweeper):
             listed values of ``params``; the mutation sampler without ``x0`` starts from the
             composed config's values.
         pruner: ``_target_`` config of an Optuna pruner (``hydra/sweeper/pruner=median|
-            successive_halving|hyperband|none``); rebuilt by every job from ``study.json``.
+            successive_halving|hyperband|none``), rebuilt by every job from ``study.json``; or
+            ``asha_promotion`` (:mod:`framework.search.promotion`: the sweeper pauses trials at
+            rungs and promotes them).
         direction: ``maximize`` | ``minimize`` (default: the task's ``mode``; the objective is
             the best value of ``task.monitor``).
         study_name: the study's name in the storage (resume: the same name).
@@ -204,33 +208,10 @@ class LRSearchSweeperImpl(Sweeper):
                 sweep_dir.rmdir()  # reserved by ${unique_dir:...} for this sweep; nothing was run
             raise
 
-    def _refuse_other_sweeps(self, sweep_dir: Path) -> None:
-        """A sweep folder that holds another study's trials, or a sweep of another kind, or its
-        study in another storage than this command's (a resume that left out
-        ``hydra.sweeper.storage``), is not written over (its job folders would be replaced)."""
-        from framework.loggers import read_json
-        from framework.search.study import SPEC_NAME, storage_url
-
-        if not sweep_dir.is_dir():
-            return
-        spec = read_json(sweep_dir / SPEC_NAME)
-        jobs = [p for p in sweep_dir.iterdir() if p.is_dir() and p.name.isdigit()]
-        url = storage_url(self.storage, sweep_dir)
-        if spec and spec.get("study_name") == self.study_name and spec.get("storage") not in (None, url):
-            raise ConfigError(f"hydra.sweep.dir={sweep_dir}: its study {self.study_name} is in {spec['storage']}, not "
-                              f"{url}; resume it with hydra.sweeper.storage={spec['storage']}")
-        if spec and spec.get("study_name") != self.study_name:
-            raise ConfigError(f"hydra.sweep.dir={sweep_dir}: holds study {spec.get('study_name')}, not "
-                              f"{self.study_name}; resume it with hydra.sweeper.study_name={spec.get('study_name')} "
-                              "(or its preset), or choose a new folder")
-        if not spec and jobs:
-            raise ConfigError(f"hydra.sweep.dir={sweep_dir}: holds {len(jobs)} job folders of another sweep; "
-                              "choose a new folder")
-
     def _sweep(self, arguments: list[str]) -> list[Sequence[Any]]:
         """:meth:`sweep`'s body."""
         from framework.search.space import parse_space
-        from framework.search.study import SPEC_NAME, write_best
+        from framework.search.study import SPEC_NAME, refuse_other_sweeps, write_best
 
         assert self.config is not None and self.launcher is not None
         try:
@@ -240,8 +221,7 @@ class LRSearchSweeperImpl(Sweeper):
         if int(optuna.__version__.split(".")[0]) < 4:
             raise ConfigError(f"hydra/sweeper=lr_search: needs Optuna >= 4, found {optuna.__version__}; "
                               "pip install -U 'optuna>=4'")
-        from framework.search.promotion import is_promotion
-        from framework.search.promotion import run as run_promotions
+        from framework.search.promotion import is_promotion, sweep_with_promotions
 
         self._check()
         space = parse_space(self._known_params(arguments), arguments)
@@ -253,7 +233,7 @@ class LRSearchSweeperImpl(Sweeper):
         if is_promotion(self.pruner_cfg) and OmegaConf.select(self.config, "trainer.save_checkpoints") is False:
             raise ConfigError("trainer.save_checkpoints=false: hydra/sweeper/pruner=asha_promotion resumes a promoted "
                               "trial from its checkpoint; drop it, or use hydra/sweeper/pruner=successive_halving")
-        self._refuse_other_sweeps(sweep_dir)
+        refuse_other_sweeps(sweep_dir, self.study_name, self.storage)
         spec_path = sweep_dir / SPEC_NAME
         # a key Hydra cannot compose fails here, before the study or the folder exist
         self.validate_batch_is_legal([[*space.overrides(space.probe()), self.search_override(spec_path, 0)]])
@@ -267,16 +247,17 @@ class LRSearchSweeperImpl(Sweeper):
         if str((self.sampler_cfg or {}).get("_target_", "")).endswith("GridSampler"):
             target = min(target, space.size() or target)
         done = self.counted(study)
-        if done:
-            log.info("study %s resumed from %s: %d trial(s) kept, %d to run", self.study_name, url, done,
-                     max(target - done, 0))
+        waiting = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)))  # at a rung
+        if done or waiting:
+            log.info("study %s resumed from %s: %d trial(s) kept (%d waiting at a rung), %d to start", self.study_name,
+                     url, done + waiting, waiting, max(target - done - waiting, 0))
         if is_promotion(self.pruner_cfg):
-            returns = run_promotions(self, study, space, spec_path, target)
+            returns = sweep_with_promotions(self, study, space, spec_path, target)
         else:
             returns = []
             while done < target:
                 trials = [study.ask(space.distributions) for _ in range(min(self.n_jobs, target - done))]
-                results, stopped = self.launch_trials(study, space, spec_path, [(t, None) for t in trials])
+                results, stopped = self.launch_trials(study, space, spec_path, [(t, None, None) for t in trials])
                 returns += results
                 done = self.counted(study)
                 if stopped:
@@ -286,26 +267,35 @@ class LRSearchSweeperImpl(Sweeper):
         return returns
 
     def launch_trials(self, study: Any, space: Any, spec_path: Path,
-                      trials: list[tuple[Any, Optional[int]]]) -> tuple[list[Any], bool]:
-        """Launch new trials (each with the rung it pauses at, or None) and tell the study how they
-        ended: one launch per run of consecutive numbers (job n = trial n, so ``<sweep folder>/<n>``
-        is trial n; trials numbered apart, another sweeper's on the same study, go one by one).
+                      trials: list[tuple[Any, Optional[int], Optional[str]]]) -> tuple[list[Any], bool]:
+        """Launch trials, each with the epochs it pauses at (None: to its end) and its folder under
+        the sweep folder (None: where the sweep's ``hydra.sweep.subdir`` puts it, job n = trial n),
+        and tell the study how they ended. Without folders, one launch per run of consecutive
+        numbers (trials numbered apart, another sweeper's on the same study, go one by one); with
+        any, one launch, every job placed by ``hydra.sweep.subdir`` (a new trial's: its number).
 
         Returns:
             The launches' job returns, one list per launch; whether a job was stopped on a signal
             (SIGTERM / Ctrl-C: the sweep stops too; rerunning its command resumes it).
         """
-        groups: list[list[tuple[Any, Optional[int]]]] = []
-        for item in trials:
-            if groups and item[0].number == groups[-1][-1][0].number + 1:
-                groups[-1].append(item)
-            else:
-                groups.append([item])
+        from framework.search.space import override_value
+
+        groups: list[list[tuple[Any, Optional[int], Optional[str]]]] = []
+        if any(subdir is not None for _, _, subdir in trials):
+            groups = [[(t, until, subdir if subdir is not None else str(t.number)) for t, until, subdir in trials]]
+        else:
+            for item in trials:
+                if groups and item[0].number == groups[-1][-1][0].number + 1:
+                    groups[-1].append(item)
+                else:
+                    groups.append([item])
         returns, stopped = [], False
         for group in groups:
-            batch = [[*space.overrides(t.params), self.search_override(spec_path, t.number, until)] for t, until in group]
+            batch = [[*space.overrides(t.params), self.search_override(spec_path, t.number, until),
+                      *([f"hydra.sweep.subdir={override_value(subdir)}"] if subdir is not None else [])]
+                     for t, until, subdir in group]
             results = self.launcher.launch(batch, initial_job_idx=group[0][0].number)
-            stopped |= any([self.tell(study, t, r) == "stopped" for (t, _), r in zip(group, results)])
+            stopped |= any([self.tell(study, t, r) == "stopped" for (t, _, _), r in zip(group, results)])
             returns.append(results)
         return returns, stopped
 
@@ -354,7 +344,10 @@ class LRSearchSweeperImpl(Sweeper):
     def tell(self, study: Any, trial: Any, result: Any) -> Optional[str]:
         """Tell the study how a job ended, unless the job already did (pruned, diverged): its
         objective (completed), pruned (diverged), failed (failed; stopped on a signal: failed and
-        marked ``interrupted``, its parameters queued to run again). Returns the job's status."""
+        marked ``interrupted``, its parameters queued to run again), nothing for a job paused at a
+        rung (ASHA with promotions: the trial waits, running, user attribute ``paused_at``) or a
+        promoted one stopped on a signal (it waits at its rung). Returns the job's status, or
+        ``paused``."""
         from hydra.core.utils import JobStatus
         from optuna.trial import TrialState
 
