@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from tests.helpers import read_csv, train_in_process
+from tests.helpers import TINY, read_csv, train_in_process
 from tests.test_report import multirun
 
 optuna = pytest.importorskip("optuna")
@@ -328,3 +328,32 @@ def test_evolution_draws_parents_from_trials_waiting_at_a_rung():
     waiting.set_user_attr("paused_at", 4)
     ranked = rank_trials(study, study.get_trials(states=PARENT_STATES))
     assert [t.number for t in ranked] == [0, waiting.number, 1]
+
+
+@pytest.mark.slow
+def test_a_promotion_whose_job_fails_before_training_is_failed_not_retried(tmp_path):
+    """Job folders named trial_<n> (not the job number: new trials and promotions launched apart, a
+    promotion placed by a quoted hydra.sweep.subdir). 2 trials, rungs 1, 2, 4, every job stopped at
+    step 6 (epoch 1 ends at step 4): both pause at epoch 1, the better is promoted and stops. Its
+    checkpoint is then damaged: the resumed sweep promotes it again, its job fails before training
+    (the folder keeps the stopped summary), so it is failed, keeps its place, and the other trial
+    trains to the end (by rule 3, twice)."""
+    sweep = tmp_path / "s"
+    args = [*TINY, "device=cpu", "trainer.progress_bar=false", "epochs=4", "hydra/sweeper=lr_search",
+            "hydra/sweeper/sampler=grid", "hydra/sweeper/pruner=asha_promotion", "hydra.sweeper.pruner.reduction_factor=2",
+            "lr0=0.01,0.1", "hydra.sweeper.n_trials=2", "hydra.sweep.subdir=trial_${hydra.job.num}"]
+    proc = multirun(sweep, *args, "trainer.stop_after_steps=6")
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    curves = {n: [float(r["val/acc"]) for r in read_csv(sweep / f"trial_{n}" / "epochs.csv")] for n in (0, 1)}
+    best = max((0, 1), key=lambda n: (curves[n][0], -n))
+    assert json.loads((sweep / f"trial_{best}" / "summary.json").read_text())["steps"] == 6
+    (sweep / f"trial_{best}" / "checkpoints" / "last.pt").write_bytes(b"not a checkpoint")
+
+    proc = multirun(sweep, *args)
+    assert "its promoted job trained nothing" in proc.stdout + proc.stderr, proc.stderr[-3000:]
+    study = optuna.load_study(study_name="lr_search", storage=optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(sweep / "optuna_journal.log"))))
+    assert {t.number: t.state.name for t in study.get_trials()} == {best: "FAIL", 1 - best: "COMPLETE"}
+    other = json.loads((sweep / f"trial_{1 - best}" / "summary.json").read_text())
+    assert other["status"] == "completed" and other["steps"] == 16
+    assert sorted(p.name for p in sweep.iterdir() if p.is_dir() and not p.name.startswith(".")) == ["trial_0", "trial_1"]

@@ -78,7 +78,7 @@ def sweep_with_promotions(sweeper: Any, study: Any, space: Any, spec_path: Path,
     """The sweep of :class:`PromotionASHA`: batches of up to ``hydra.sweeper.n_jobs`` jobs chosen by
     :meth:`~framework.search.rungs.PromotionRule.next_job` and launched by the sweeper's
     :meth:`~framework.search.sweeper.LRSearchSweeperImpl.launch_trials` (a promotion into its own
-    folder, ``hydra.sweep.subdir``); a promoted job that trained no epoch (it failed before
+    folder, ``hydra.sweep.subdir``); a promoted job that trained nothing (it failed before
     training) is told failed; at the end, the trials still waiting are told pruned.
 
     Args:
@@ -118,18 +118,20 @@ def sweep_with_promotions(sweeper: Any, study: Any, space: Any, spec_path: Path,
             items.append((trial, job.until if job.until < rule.max_resource else None, subdir))
         if not items:
             break
-        before = {t.number: max(t.intermediate_values, default=0) for t, _, subdir in items if subdir is not None}
+        before = {t.number: _state_of(t) for t, _, subdir in items if subdir is not None}
         # one launch when every folder is named by its number; else new trials where the sweep's pattern puts them
         groups = [items] if numbered else [[i for i in items if i[2] is None], [i for i in items if i[2] is not None]]
-        stopped = False
+        statuses: dict[int, Any] = {}
         for group in groups:
-            if group and not stopped:
-                results, stopped = sweeper.launch_trials(study, space, spec_path, group)
+            if group and "stopped" not in statuses.values():
+                results, told = sweeper.launch_trials(study, space, spec_path, group)
                 returns += results
-        if stopped:
+                statuses.update(told)
+        for number in _fail_stalled(sweeper, study, before):
+            statuses.pop(number, None)  # its folder's summary is an earlier segment's: not what its job did
+        if "stopped" in statuses.values():
             sweeper.say_stopped(spec_path.parent)
             return returns
-        _fail_stalled(sweeper, study, before)
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         if t.user_attrs.get("paused_at") is not None:  # never promoted: pruned at its rung
             study._storage.set_trial_user_attr(t._trial_id, "status", "pruned")
@@ -137,18 +139,27 @@ def sweep_with_promotions(sweeper: Any, study: Any, space: Any, spec_path: Path,
     return returns
 
 
-def _fail_stalled(sweeper: Any, study: Any, before: dict[int, int]) -> None:
-    """A promoted trial whose job reported no new epoch and still waits (its job failed before
-    training: a resume refused, the study unreachable; the folder keeps the paused run's summary)
-    is told failed, so the sweep does not promote it again and again."""
+def _state_of(trial: Any) -> tuple[int, Any]:
+    """What shows that a promoted trial's job trained: the epochs it reported, its folder's summary."""
+    from framework.loggers import read_summary
+
+    return max(trial.intermediate_values, default=0), read_summary(Path(trial.user_attrs["run_dir"]))
+
+
+def _fail_stalled(sweeper: Any, study: Any, before: dict[int, tuple[int, Any]]) -> list[int]:
+    """Promoted trials whose job reported no epoch and left their folder's summary as it was (it
+    failed before training: a resume refused, the study unreachable) are told failed, so the sweep
+    does not promote them again and again. Returns their numbers."""
     from optuna.trial import TrialState
 
+    failed = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if t.number in before and t.user_attrs.get("paused_at") is not None \
-                and max(t.intermediate_values, default=0) <= before[t.number]:
-            log.warning("trial %d: its promoted job trained no epoch (see %s): failed", t.number, t.user_attrs.get("run_dir"))
+        if t.number in before and _state_of(t) == before[t.number]:
+            log.warning("trial %d: its promoted job trained nothing (see %s): failed", t.number, t.user_attrs.get("run_dir"))
             study._storage.set_trial_user_attr(t._trial_id, "status", "failed")
             sweeper.tell_state(study, t.number, state=TrialState.FAIL)
+            failed.append(t.number)
+    return failed
 
 
 def _numbered_subdirs(config: Any) -> bool:

@@ -257,17 +257,17 @@ class LRSearchSweeperImpl(Sweeper):
             returns = []
             while done < target:
                 trials = [study.ask(space.distributions) for _ in range(min(self.n_jobs, target - done))]
-                results, stopped = self.launch_trials(study, space, spec_path, [(t, None, None) for t in trials])
+                results, statuses = self.launch_trials(study, space, spec_path, [(t, None, None) for t in trials])
                 returns += results
                 done = self.counted(study)
-                if stopped:
+                if "stopped" in statuses.values():
                     self.say_stopped(sweep_dir)
                     break
         write_best(study, sweep_dir)
         return returns
 
     def launch_trials(self, study: Any, space: Any, spec_path: Path,
-                      trials: list[tuple[Any, Optional[int], Optional[str]]]) -> tuple[list[Any], bool]:
+                      trials: list[tuple[Any, Optional[int], Optional[str]]]) -> tuple[list[Any], dict[int, Any]]:
         """Launch trials, each with the epochs it pauses at (None: to its end) and its folder under
         the sweep folder (None: where the sweep's ``hydra.sweep.subdir`` puts it, job n = trial n),
         and tell the study how they ended. Without folders, one launch per run of consecutive
@@ -275,8 +275,9 @@ class LRSearchSweeperImpl(Sweeper):
         any, one launch, every job placed by ``hydra.sweep.subdir`` (a new trial's: its number).
 
         Returns:
-            The launches' job returns, one list per launch; whether a job was stopped on a signal
-            (SIGTERM / Ctrl-C: the sweep stops too; rerunning its command resumes it).
+            The launches' job returns, one list per launch; trial number -> the status :meth:`tell`
+            returned (``stopped``: stopped on a signal, SIGTERM / Ctrl-C, so the sweep stops too;
+            rerunning its command resumes it).
         """
         from framework.search.space import override_value
 
@@ -289,15 +290,15 @@ class LRSearchSweeperImpl(Sweeper):
                     groups[-1].append(item)
                 else:
                     groups.append([item])
-        returns, stopped = [], False
+        returns, statuses = [], {}
         for group in groups:
             batch = [[*space.overrides(t.params), self.search_override(spec_path, t.number, until),
                       *([f"hydra.sweep.subdir={override_value(subdir)}"] if subdir is not None else [])]
                      for t, until, subdir in group]
             results = self.launcher.launch(batch, initial_job_idx=group[0][0].number)
-            stopped |= any([self.tell(study, t, r) == "stopped" for (t, _, _), r in zip(group, results)])
+            statuses.update({t.number: self.tell(study, t, r) for (t, _, _), r in zip(group, results)})
             returns.append(results)
-        return returns, stopped
+        return returns, statuses
 
     @staticmethod
     def say_stopped(sweep_dir: Path) -> None:
