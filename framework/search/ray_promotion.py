@@ -112,12 +112,18 @@ class RayPromotionASHA(FIFOScheduler):
         ``tune.resume``, a restored pending one), a pending one to start, or None; once the search
         is over, the paused trials left are stopped."""
         trials = tune_controller.get_trials()
+        busy = set()
         for t in trials:
-            if t.status == Trial.RUNNING:  # Ray may start pending trials itself: count them
-                self.running.add(self._record(t).number)
+            if t.status == Trial.PAUSED or t.status in ENDED:
+                self.running.discard(self.index(t.trial_id))
+            elif t.status == Trial.RUNNING:  # Ray may start pending trials itself: count them
+                record = self._record(t)  # one that answered PAUSE is RUNNING until Ray has saved it: busy too
+                busy.add(record.number)
+                if record.paused_at is None and not record.complete:
+                    self.running.add(record.number)
         while True:
             job = self.rule.next_job(list(self.records.values()), len(self.records), self.num_samples,
-                                     set(self.running), self.mode != "min")
+                                     busy | self.running, self.mode != "min")
             if job is None or job.number is None:
                 break
             trial = self.trials.get(job.number)
@@ -136,7 +142,7 @@ class RayPromotionASHA(FIFOScheduler):
             trial = min(pending, key=lambda t: self.index(t.trial_id))
             self.running.add(self._record(trial).number)
             return trial
-        if not self.running and len(self.records) >= self.num_samples:  # over: the paused ones end here
+        if not busy and not self.running and len(self.records) >= self.num_samples:  # over: the paused ones end here
             for t in trials:
                 record = self.records.get(self.index(t.trial_id))
                 if record is not None and record.paused_at is not None and t.status in (Trial.PAUSED, Trial.PENDING):
