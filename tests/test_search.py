@@ -151,7 +151,7 @@ def test_a_sweep_resumes_its_study_and_reruns_an_interrupted_trial(tmp_path):
 
 @pytest.mark.parametrize("preset, sampler, pruner", [("lr_asha", "RandomSampler", "SuccessiveHalvingPruner"),
                                                      ("lr_tpe", "TPESampler", "MedianPruner"),
-                                                     ("lr_evolve", "MutationSampler", "SuccessiveHalvingPruner")])
+                                                     ("lr_evolve", "MutationSampler", "PromotionASHA")])
 def test_presets_compose_a_sampler_and_pruner(preset, sampler, pruner):
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf

@@ -161,8 +161,12 @@ def test_a_bad_asha_rule_is_one_line():
     from framework.search.ray_tune import OPTIONS, _check
 
     assert _check({**OPTIONS, "asha_rule": "median"}) == [
-        "tune.asha_rule=median: use top_k (the best 1/reduction_factor of the trials at a rung go on, as Optuna's) "
-        "or percentile (Ray's), e.g. tune.asha_rule=top_k"]
+        "tune.asha_rule=median: use top_k (the best 1/reduction_factor of the trials at a rung go on, as Optuna's), "
+        "percentile (Ray's) or promotion (trials paused at rungs, promoted later), e.g. tune.asha_rule=top_k"]
+    assert _check({**OPTIONS, "asha_rule": "promotion", "reduction_factor": 2.5, "max_concurrent_trials": 2}) == [
+        "tune.max_concurrent_trials=2: tune.asha_rule=promotion keeps trials paused at rungs, which Ray's cap counts; "
+        "leave it null and limit parallel trials with tune.cpus_per_trial",
+        "tune.reduction_factor=2.5: must be a whole number >= 2 with tune.asha_rule=promotion, e.g. 4"]
 
 
 def cosine_lr(lr0, k, total, lrf=0.01):
