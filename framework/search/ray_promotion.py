@@ -159,7 +159,7 @@ class RayPromotionASHA(FIFOScheduler):
         Returns:
             The number of rows read (0 when the file is missing).
         """
-        from framework.search.ray_resume import result_rows
+        from framework.search.ray_trial import result_rows
 
         count = 0
         for row in result_rows(results):

@@ -20,15 +20,14 @@ async_hyperband._Bracket.on_result`` (what records a reward at a rung).
 """
 from __future__ import annotations
 
-import json
 import math
 import sys
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Optional
 
 from framework.errors import ConfigError
 
-__all__ = ["fit_watching_sigint", "resumed_command", "seed_asha", "restore", "result_rows"]
+__all__ = ["fit_watching_sigint", "resumed_command", "seed_asha", "restore"]
 
 #: Keys a resume may give besides ``tune.resume``: where the Ray cluster is now.
 RESUME_KEYS = ("tune.resume", "tune.address")
@@ -104,18 +103,6 @@ class _Seen:
         self.trial_id = trial_id
 
 
-def result_rows(results: Path) -> Iterator[dict[str, Any]]:
-    """The rows of a tune folder's ``results.jsonl`` in order, without a line a killed driver cut
-    short (none when the file is missing)."""
-    if not results.is_file():
-        return
-    for line in results.read_text().splitlines():
-        try:
-            yield json.loads(line)
-        except json.JSONDecodeError:
-            continue
-
-
 def seed_asha(scheduler: Any, results: Path, monitor: str, mode: str, time_attr: str) -> int:
     """Record in ASHA's rungs the rewards of an earlier part of the search: every row of
     ``results.jsonl`` (``trial_id``, ``time_attr``, ``monitor``), in the file's order, through
@@ -135,6 +122,8 @@ def seed_asha(scheduler: Any, results: Path, monitor: str, mode: str, time_attr:
     max_t = getattr(scheduler, "_max_t", math.inf)  # a result at max_t ends the trial: Ray records none
     bracket = scheduler._brackets[0]  # one bracket (brackets=1): every trial's
     count = 0
+    from framework.search.ray_trial import result_rows
+
     for row in result_rows(results):
         if "trial_id" in row and isinstance(row.get(monitor), (int, float)) and row.get(time_attr, max_t) < max_t:
             bracket.on_result(_Seen(row["trial_id"]), row[time_attr], sign * float(row[monitor]))

@@ -30,11 +30,11 @@ import queue
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Channel", "RayTrial", "run_trial", "save_files", "restore_files", "steps_done", "TIME_ATTR"]
+__all__ = ["Channel", "RayTrial", "run_trial", "save_files", "restore_files", "steps_done", "result_rows", "TIME_ATTR"]
 
 #: The result key Ray's schedulers measure a trial's progress in: epochs trained (``epoch + 1``).
 TIME_ATTR = "epochs_trained"
@@ -240,3 +240,15 @@ def restore_files(source: Path, run_dir: Path) -> dict[str, Any]:
             shutil.copyfile(src, dst)
     (run_dir / "summary.json").unlink(missing_ok=True)
     return meta
+
+
+def result_rows(results: Path) -> Iterator[dict[str, Any]]:
+    """The rows of a tune folder's ``results.jsonl`` in order, without a line a killed driver cut
+    short (none when the file is missing)."""
+    if not results.is_file():
+        return
+    for line in results.read_text().splitlines():
+        try:
+            yield json.loads(line)
+        except json.JSONDecodeError:
+            continue
