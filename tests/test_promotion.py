@@ -357,3 +357,33 @@ def test_a_promotion_whose_job_fails_before_training_is_failed_not_retried(tmp_p
     other = json.loads((sweep / f"trial_{1 - best}" / "summary.json").read_text())
     assert other["status"] == "completed" and other["steps"] == 16
     assert sorted(p.name for p in sweep.iterdir() if p.is_dir() and not p.name.startswith(".")) == ["trial_0", "trial_1"]
+
+
+def test_a_promotion_an_interrupted_sweep_stopped_goes_on_first():
+    """Trial 1 was sent from epoch 1 to 4 and stopped at epoch 2 (its sweep interrupted): on resume it
+    goes on to 4 before anything else, although trial 2 now leads epoch 1 and rung 1 has no free slot."""
+    from framework.search.rungs import TrialRecord
+
+    scheduler = _scheduler(min_resource=1, reduction_factor=4, max_resource=16)
+    trials = [TrialRecord(0, {1: 0.5}, paused_at=1, until=1), TrialRecord(1, {1: 0.6, 2: 0.7}, paused_at=1, until=4),
+              TrialRecord(2, {1: 0.9}, paused_at=1, until=1), TrialRecord(3, {1: 0.1}, paused_at=1, until=1)]
+    job = scheduler.next_job(trials, 4, 9, set(), maximize=True)
+    assert (job.number, job.until) == (1, 4)
+    job = scheduler.next_job(trials, 4, 9, {1}, maximize=True)
+    assert (job.number, job.until) == (None, 1)  # trial 1 running: rung 1's one slot is its, so a new trial
+
+
+def test_a_resumed_grid_keeps_its_order():
+    """A resumed sweep reseeds its sampler (seed + trials held), but not a grid: its seed orders the
+    grid, and the trials already run hold their place in that order (another seed would repeat a
+    point and skip another)."""
+    from framework.search.space import parse_space
+    from framework.search.sweeper import LRSearchSweeperImpl
+
+    sweeper = LRSearchSweeperImpl(sampler={"_target_": "optuna.samplers.GridSampler", "seed": 5})
+    space = parse_space({}, ["lr0=0.001,0.015,0.07"])
+    orders = []
+    for offset in (0, 2):
+        study = optuna.create_study(sampler=sweeper._sampler(space, seed_offset=offset))
+        orders.append([study.ask(space.distributions).params["lr0"] for _ in range(3)])
+    assert orders[0] == orders[1] and sorted(orders[0]) == [0.001, 0.015, 0.07]

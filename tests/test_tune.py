@@ -322,6 +322,16 @@ def test_a_bad_tune_key_is_one_line_naming_it():
     assert len(lines) == 2 and "Traceback" not in proc.stderr
 
 
+def test_promotions_without_checkpoints_are_one_line(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("ray")
+    code = run_tune([*TINY, "tune.asha_rule=promotion", "trainer.save_checkpoints=false", f"tune.dir={tmp_path / 't'}"],
+                    tmp_path, monkeypatch)
+    err = capsys.readouterr().err
+    assert code == 2 and err.strip() == ("error: trainer.save_checkpoints=false: tune.asha_rule=promotion resumes a "
+                                         "promoted trial from its checkpoint; drop it, or use tune.asha_rule=top_k")
+    assert not (tmp_path / "t").exists()
+
+
 def test_hydra_sweep_syntax_becomes_ray_distributions():
     pytest.importorskip("ray")
     from ray.tune.search.sample import Categorical, Float, Integer

@@ -192,7 +192,7 @@ def _checked_space(opts: dict[str, Any], train_args: list[str], config_dir: Opti
 
     Raises:
         ConfigError: a bad sweep, a config a trial would refuse, nothing to search, a grace
-            period beyond the run.
+            period beyond the run, promotions without checkpoints.
     """
     from framework.config import validate
     from framework.search.ray_trainable import TrialSpec, compose_config, trial_overrides
@@ -213,6 +213,9 @@ def _checked_space(opts: dict[str, Any], train_args: list[str], config_dir: Opti
     if opts["search"] == "asha" and opts["grace_period"] > epochs:
         raise ConfigError(f"tune.grace_period={opts['grace_period']}: longer than the run (epochs={epochs}); "
                           f"use tune.grace_period=1 .. {epochs}")
+    if opts["search"] == "asha" and opts["asha_rule"] == "promotion" and not configs[0].trainer.save_checkpoints:
+        raise ConfigError("trainer.save_checkpoints=false: tune.asha_rule=promotion resumes a promoted trial from its "
+                          "checkpoint; drop it, or use tune.asha_rule=top_k")
     return space, configs[0], epochs
 
 

@@ -5,6 +5,8 @@
 A trial trains until the rung it was launched to (``min_resource * eta^k`` epochs below
 ``max_resource``, then ``max_resource``), then waits there. The next job is:
 
+0. a trial promoted but stopped before the rung it was sent to (an interrupted sweep, resumed)
+   goes on to that rung, from its last checkpoint;
 1. from the highest rung down, while fewer than ``floor(n_k / eta)`` of the ``n_k`` trials that
    reached rung ``k`` have been sent on to rung ``k + 1``, the best trial waiting at rung ``k``
    among its top ``floor(n_k / eta)``, promoted to rung ``k + 1`` (resumed from its checkpoint);
@@ -121,7 +123,7 @@ class PromotionRule:
 
     def next_job(self, trials: list[TrialRecord], started: int, n_trials: int, busy: set[int],
                  maximize: bool) -> Optional[Job]:
-        """The next job (the module's rules 1-3). A chosen promotion's ``until`` is set on its
+        """The next job (the module's rules 0-3). A chosen promotion's ``until`` is set on its
         record, so a batch formed by calling this again counts it.
 
         Args:
@@ -135,6 +137,10 @@ class PromotionRule:
             The job, or None: nothing to do until a running trial reports (or the search is over).
         """
         rungs = self.rungs
+        for trial in trials:  # a promotion stopped on the way (an interrupted sweep): it goes on first
+            if trial.paused_at is not None and trial.until is not None and trial.until > trial.paused_at \
+                    and trial.number not in busy:
+                return Job(trial.number, trial.until)
         for k in range(len(rungs) - 2, -1, -1):  # rule 1, the highest rung first
             ranked = self.ranked(trials, rungs[k], maximize)
             top = ranked[:len(ranked) // self.eta]

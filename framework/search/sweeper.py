@@ -108,13 +108,15 @@ class LRSearchSweeperImpl(Sweeper):
     def _sampler(self, space: Any, seed_offset: int = 0) -> Any:
         """The sampler of ``hydra.sweeper.sampler``; ``seed_offset`` (the trials a resumed study
         holds) is added to its seed, so a resumed sweep does not draw the first sweep's values
-        again, and a rerun of the same resume draws the same ones."""
+        again, and a rerun of the same resume draws the same ones; not a grid's (its seed orders
+        the grid, and its trials hold their place in that order)."""
         from hydra.utils import instantiate
 
         cfg = dict(self.sampler_cfg or {"_target_": "optuna.samplers.TPESampler"})
-        if seed_offset and cfg.get("seed") is not None:
+        grid = str(cfg.get("_target_", "")).endswith("GridSampler")
+        if seed_offset and cfg.get("seed") is not None and not grid:  # a grid's seed orders it: its trials keep their points
             cfg["seed"] = int(cfg["seed"]) + seed_offset
-        if str(cfg.get("_target_", "")).endswith("GridSampler") and not cfg.get("search_space"):
+        if grid and not cfg.get("search_space"):
             cfg["search_space"] = space.grid()
         if str(cfg.get("_target_", "")).endswith("MutationSampler") and cfg.get("x0") is None and self.config is not None:
             cfg["x0"] = {k: OmegaConf.select(self.config, k, default=None) for k in space.distributions}
