@@ -118,7 +118,8 @@ def main() -> None:
                 shutil.rmtree(out)
             if search in ("asha", "asha_promotion", "tpe", "evolve", "evolve_promotion"):
                 preset_name, _, promotion = search.partition("_")
-                preset = [f"hparams_search=lr_{preset_name}", *(["hydra/sweeper/pruner=asha_promotion"] if promotion else [])]
+                preset = [f"hparams_search=lr_{preset_name}",
+                          *(["hydra/sweeper/pruner=asha_promotion"] if promotion else [])]
                 wall = run([py, "train.py", "-m", *pair, *preset, *parallel,
                             f"hydra.sweeper.sampler.seed={args.seed}", f"hydra.sweep.dir={out}"], base / f"{tag}.log")
             elif search in ("ray_asha", "ray_asha_promotion"):  # as many trials as the grid has points, --jobs at once

@@ -172,8 +172,9 @@ class Trainer(StepRecords, Rollbacks, EarlyStops, StepEngine):
         lr_doctor: Optional[dict[str, Any]] = None,
         grad_norm_every_n_steps: int = 10,
     ):
-        super().__init__(model, optimizer, data, device, accumulate_grad_batches, gradient_clip_val, precision, channels_last,
-                         compile, cudnn_benchmark, sync_batchnorm, task, gradient_clip_algorithm, None, grad_norm_every_n_steps)
+        super().__init__(model, optimizer, data, device, accumulate_grad_batches, gradient_clip_val, precision,
+                         channels_last, compile, cudnn_benchmark, sync_batchnorm, task, gradient_clip_algorithm,
+                         grad_norm_every_n_steps=grad_norm_every_n_steps)
         self.mixup = build_mixup(self.task, self.train_loader, mixup_alpha, cutmix_alpha, cutmix_minmax, mixup_prob,
                                  mixup_switch_prob, mixup_mode, mixup_off_epoch)
         self.mixup_off_epoch = mixup_off_epoch
