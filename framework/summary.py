@@ -102,8 +102,9 @@ def project_state() -> dict[str, Any]:
 
 def earlier_wall(run_dir: Path) -> float:
     """(s) The ``wall_time_s`` a resumed run's ``summary.json`` holds, its earlier segments' (0 if
-    none); the run's ``start`` moves back by it, so its ``wall_time_s`` covers every segment, as
-    ``train_time_s`` does."""
+    none), for a checkpoint that does not record its own (``wall_time_s`` in the checkpoint, which
+    a Ray trial restored from its checkpoint also has); the run's ``start`` moves back by it, so
+    its ``wall_time_s`` covers every segment, as ``train_time_s`` does."""
     from framework.loggers import read_summary
 
     value = read_summary(run_dir).get("wall_time_s")

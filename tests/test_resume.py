@@ -400,3 +400,24 @@ def test_training_time_adds_up_over_resumes(tmp_path):
     train_in_process(tmp_path / "x", *RUN, f"resume={tmp_path}")
     total = json.loads((tmp_path / "summary.json").read_text())
     assert first > 0 and total["train_time_s"] > first and total["wall_time_s"] < total["train_time_s"] + 60
+
+
+def test_wall_time_goes_on_from_the_checkpoint_even_without_the_summary(tmp_path):
+    """The checkpoint records the run's wall time so far; a resume counts on from it even when
+    the run folder has lost its summary.json (a Ray trial restored from its checkpoint). The
+    checkpoint's value is set to 1000 s, far above what this run can take, so the resumed
+    summary's figure can only come from it."""
+    from framework.checkpoint import load_checkpoint, save_checkpoint
+
+    train_in_process(tmp_path, *RUN, "trainer.stop_after_steps=6")
+    last = tmp_path / "checkpoints" / "last.pt"
+    state = load_checkpoint(last)
+    first = json.loads((tmp_path / "summary.json").read_text())["wall_time_s"]
+    assert 0 < state["wall_time_s"] <= first  # saved at step 6, before the summary was written
+    state["wall_time_s"] = 1000.0
+    save_checkpoint(state, last)
+    (tmp_path / "summary.json").unlink()
+    train_in_process(tmp_path / "x", *RUN, f"resume={tmp_path}")
+    total = json.loads((tmp_path / "summary.json").read_text())
+    assert total["steps"] == 12 and 1000.0 < total["wall_time_s"] < 1000.0 + total["train_time_s"] + 600
+    assert 1000.0 < load_checkpoint(last)["wall_time_s"] <= total["wall_time_s"]

@@ -167,6 +167,10 @@ def test_a_bad_asha_rule_is_one_line():
         "tune.max_concurrent_trials=2: tune.asha_rule=promotion keeps trials paused at rungs, which Ray's cap counts; "
         "leave it null and limit parallel trials with tune.cpus_per_trial",
         "tune.reduction_factor=2.5: must be a whole number >= 2 with tune.asha_rule=promotion, e.g. 4"]
+    for search in ("hyperband", "pbt"):  # no other search reads the rule: refused, not ignored
+        assert _check({**OPTIONS, "asha_rule": "promotion", "search": search}) == [
+            "tune.asha_rule=promotion: applies to tune.search=asha only; drop it, or use tune.search=asha"]
+    assert _check({**OPTIONS, "asha_rule": "percentile", "search": "asha"}) == []
 
 
 def cosine_lr(lr0, k, total, lrf=0.01):
@@ -296,6 +300,7 @@ def test_asha_with_promotions_pauses_and_resumes_trials_within_its_budget(ray_lo
     for i, summary in summaries.items():
         rows = read_csv(tune_dir / str(i) / "steps.csv")
         assert [int(r["step"]) for r in rows] == list(range(summary["steps"])) == list(range(len(epochs[i]) * 4))
+        assert summary["wall_time_s"] >= summary["train_time_s"]  # both over every segment of the trial
         for k, row in enumerate(rows):
             assert float(row["lr"]) == pytest.approx(cosine_lr(summary["lr0"], k, total), rel=1e-12)
         if i not in completed:

@@ -104,6 +104,8 @@ def _check(opts: dict[str, Any]) -> list[str]:
         checks["max_concurrent_trials"] = (False, "tune.asha_rule=promotion keeps trials paused at rungs, which Ray's "
                                                   "cap counts; leave it null and limit parallel trials with "
                                                   "tune.cpus_per_trial")
+    if opts["asha_rule"] != OPTIONS["asha_rule"] and opts["search"] != "asha":  # no other search reads it
+        checks["asha_rule"] = (False, "applies to tune.search=asha only; drop it, or use tune.search=asha")
     if opts["search"] == "pbt" and opts["max_concurrent_trials"] is not None:  # Ray's cap counts paused trials
         checks["max_concurrent_trials"] = (False, "PBT needs its whole population (tune.num_samples) alive at once; "
                                                   "leave it null and limit parallel trials with tune.cpus_per_trial")

@@ -43,6 +43,8 @@ class RunState:
     lr_backoff: float = 1.0
     earlier_time_s: float = 0.0
     started: Optional[float] = None  # time.perf_counter() when this segment's fit started
+    wall_start: Optional[float] = None  # time.time() the run started, moved back by its earlier segments' wall time
+    earlier_wall_s: Optional[float] = None  # (s) the checkpoint's wall time (None: a checkpoint without it)
     epoch_loss_t: Optional[torch.Tensor] = None  # the epoch's loss sum on the device, while it runs
 
     def count_clipped(self, rows: list[dict[str, Any]]) -> None:
@@ -96,6 +98,7 @@ class RunState:
             "lr_backoff": self.lr_backoff,
             "epoch_samples": self.epoch_samples,  # per rank (the same on every rank)
             "train_time_s": self.train_time_s,
+            "wall_time_s": time.time() - self.wall_start if self.wall_start is not None else None,
             "best": self.best,
             "final": self.final,
             "skipped_steps": self.skipped_steps,
@@ -112,3 +115,4 @@ class RunState:
         self.lr_backoff = state.get("lr_backoff", 1.0)
         self.clipped_steps = state.get("clipped_steps", 0)
         self.earlier_time_s = state.get("train_time_s", 0.0)
+        self.earlier_wall_s = state.get("wall_time_s")
