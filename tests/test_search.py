@@ -149,6 +149,32 @@ def test_a_sweep_resumes_its_study_and_reruns_an_interrupted_trial(tmp_path):
     assert not (sweep / "2").exists() and json.loads((sweep / "3" / "summary.json").read_text())["lr0"] == lost.params["lr0"]
 
 
+def test_a_budget_launches_a_trial_only_while_a_full_run_still_fits(tmp_path):
+    """hydra.sweeper.budget=2.5 (full runs), a grid of 4 lr0 (seed 6: 0.1, 3e-5, 0.3, 1e-5) with the
+    median pruner judging from the first epoch once 1 trial has completed: 0.1 trains its full run
+    (1 spent), 3e-5 is pruned after 1 of its 2 epochs (1.5 spent), so 0.3 still fits (1 left) and
+    after it less than 1 is left whatever it did: 3 of the 4 trials run. Before each, the shares of
+    a full run the earlier ones trained (steps / planned steps, from their summaries) left at least
+    1; the study holds each share."""
+    from framework.search.budget import spent_runs
+
+    sweep = tmp_path / "s"
+    proc = multirun(sweep, *DIGITS, "hydra/sweeper=lr_search", "hydra/sweeper/sampler=grid", "lr0=0.1,0.3,1e-5,3e-5",
+                    "hydra.sweeper.sampler.seed=6", "hydra.sweeper.n_trials=4", "hydra.sweeper.pruner.n_startup_trials=1",
+                    "hydra.sweeper.budget=2.5")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    jobs = sorted((int(p.name) for p in sweep.iterdir() if p.name.isdigit()))
+    summaries = [json.loads((sweep / str(n) / "summary.json").read_text()) for n in jobs]
+    shares = [s["steps"] / s["planned_steps"] for s in summaries]
+    assert summaries[0]["planned_steps"] == 46 and summaries[0]["status"] == "completed"  # 2 epochs of 23 steps
+    assert [s["lr0"] for s in summaries] == [0.1, 3e-5, 0.3] and shares[:2] == [1.0, 0.5]
+    assert summaries[1]["status"] == "pruned" and summaries[1]["pruned"]["epoch"] == 0
+    for k in range(len(shares)):
+        assert 2.5 - sum(shares[:k]) >= 1  # a full run fitted when trial k was launched
+    assert 2.5 - sum(shares) < 1  # the sweep ended because the next one did not
+    assert spent_runs(_study(sweep)) == pytest.approx(sum(shares), abs=1e-12)
+
+
 @pytest.mark.parametrize("preset, sampler, pruner", [("lr_asha", "RandomSampler", "SuccessiveHalvingPruner"),
                                                      ("lr_tpe", "TPESampler", "MedianPruner"),
                                                      ("lr_evolve", "MutationSampler", "PromotionASHA")])
@@ -288,6 +314,9 @@ def test_a_presets_key_the_config_lacks_is_not_searched():
      "error: trainer.save_checkpoints=false: hydra/sweeper/pruner=asha_promotion resumes a promoted trial"),
     (["hydra/sweeper/pruner=asha_promotion", "hydra.sweeper.pruner.reduction_factor=1"],
      "error: hydra.sweeper.pruner.reduction_factor=1: must be an integer >= 2"),
+    (["hydra.sweeper.budget=0.5"], "error: hydra.sweeper.budget=0.5: must be a number >= 1 (full runs"),
+    (["hydra/sweeper/pruner=asha_promotion", "hydra.sweeper.budget=3"],
+     "error: hydra.sweeper.budget=3: hydra/sweeper/pruner=asha_promotion bounds the steps itself"),
 ])
 def test_bad_sweeper_settings_are_one_line_before_any_job(tmp_path, args, says):
     sweep = tmp_path / "s"
@@ -488,3 +517,14 @@ def test_a_study_on_postgresql_with_two_parallel_jobs_prunes_and_resumes(tmp_pat
             assert curves[t.number][0] < best_at_rung
         else:
             assert summary["status"] == "completed" and len(curves[t.number]) == 2
+
+
+def test_the_budget_rule_by_hand():
+    from framework.search.budget import budget_error, trials_that_fit
+
+    assert trials_that_fit(None, 100.0) == float("inf")
+    assert [trials_that_fit(3, s) for s in (0.0, 0.5, 1.0, 2.25, 2.0, 3.0)] == [3, 2, 2, 0, 1, 0]
+    assert trials_that_fit(3.15, 0.1 + 0.05) == 3  # 3.15 - 0.15000000000000002 = 2.9999999999999996
+    assert budget_error(None) is None and budget_error(1) is None and budget_error(3.15) is None
+    for bad in (0.99, 0, -1, True, "3", float("nan"), float("inf")):
+        assert budget_error(bad).startswith(f"hydra.sweeper.budget={bad}: must be a number >= 1 (full runs")

@@ -32,6 +32,7 @@ from hydra.plugins.sweeper import Sweeper
 from omegaconf import DictConfig, OmegaConf
 
 from framework.errors import ConfigError
+from framework.search.budget import budget_error, record_spent, spent_runs, trials_that_fit
 
 log = logging.getLogger(__name__)
 
@@ -65,22 +66,25 @@ class LRSearchSweeperImpl(Sweeper):
         n_trials: (trials) in the study in all, those of a resumed sweep included.
         n_jobs: (trials) asked and launched at once (the launcher runs them; e.g.
             ``hydra/launcher=joblib hydra.launcher.n_jobs=2``).
+        budget: (full runs) the steps the sweep may spend, as many trials' planned steps; a trial
+            is launched only while a full run still fits (:mod:`framework.search.budget`); null =
+            no cap.
         params: key -> Hydra sweep string (``tag(log, interval(1e-4, 1))``, ``choice(a, b)``,
             ``range(1, 5)``); keys swept on the command line join them.
 
     Raises:
         ConfigError: (at :meth:`sweep`, before any job) a bad ``direction``, ``n_trials`` or
-            ``n_jobs``, a parameter Hydra cannot parse, a grid over an interval, a storage that
+            ``n_jobs``, ``budget``, a parameter Hydra cannot parse, a grid over an interval, a storage that
             cannot be opened, a bad ``asha_promotion`` value or that pruner without checkpoints;
             each in one line naming the key.
     """
 
     def __init__(self, sampler: Any = None, pruner: Any = None, direction: str = "maximize",
                  study_name: str = "lr_search", storage: Optional[str] = None, n_trials: int = 20, n_jobs: int = 1,
-                 params: Any = None):
+                 params: Any = None, budget: Optional[float] = None):
         self.sampler_cfg, self.pruner_cfg = _plain(sampler), _plain(pruner)
         self.direction, self.study_name, self.storage = str(direction), str(study_name), storage
-        self.n_trials, self.n_jobs, self.params = n_trials, n_jobs, _plain(params) or {}
+        self.n_trials, self.n_jobs, self.params, self.budget = n_trials, n_jobs, _plain(params) or {}, budget
         self.config: Optional[DictConfig] = None
         self.launcher: Any = None
         self.hydra_context: Any = None
@@ -102,6 +106,7 @@ class LRSearchSweeperImpl(Sweeper):
         for key, value in (("n_trials", self.n_trials), ("n_jobs", self.n_jobs)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 errors.append(f"hydra.sweeper.{key}={value}: must be an integer >= 1")
+        errors += [e for e in [budget_error(self.budget)] if e]
         if errors:
             raise ConfigError(errors)
 
@@ -235,6 +240,9 @@ class LRSearchSweeperImpl(Sweeper):
         if is_promotion(self.pruner_cfg) and OmegaConf.select(self.config, "trainer.save_checkpoints") is False:
             raise ConfigError("trainer.save_checkpoints=false: hydra/sweeper/pruner=asha_promotion resumes a promoted "
                               "trial from its checkpoint; drop it, or use hydra/sweeper/pruner=successive_halving")
+        if is_promotion(self.pruner_cfg) and self.budget is not None:
+            raise ConfigError(f"hydra.sweeper.budget={self.budget}: hydra/sweeper/pruner=asha_promotion bounds the "
+                              "steps itself (n_trials and its rungs); drop the budget, or use another pruner")
         refuse_other_sweeps(sweep_dir, self.study_name, self.storage)
         spec_path = sweep_dir / SPEC_NAME
         # a key Hydra cannot compose fails here, before the study or the folder exist
@@ -258,7 +266,12 @@ class LRSearchSweeperImpl(Sweeper):
         else:
             returns = []
             while done < target:
-                trials = [study.ask(space.distributions) for _ in range(min(self.n_jobs, target - done))]
+                fit = trials_that_fit(self.budget, spent_runs(study))
+                if not fit:
+                    log.info("budget spent: %.2f of %s full runs, %d of %d trials run", spent_runs(study), self.budget,
+                             done, target)
+                    break
+                trials = [study.ask(space.distributions) for _ in range(min(self.n_jobs, target - done, fit))]
                 results, statuses = self.launch_trials(study, space, spec_path, [(t, None, None) for t in trials])
                 returns += results
                 done = self.counted(study)
@@ -363,6 +376,7 @@ class LRSearchSweeperImpl(Sweeper):
             pass
         summary = read_summary(run_dir) if run_dir is not None else {}
         status = summary.get("status") or ("failed" if result.status == JobStatus.FAILED else None)
+        record_spent(study, trial, summary)
         if study._storage.get_trial(trial._trial_id).state != TrialState.RUNNING:
             return status  # the job told it (pruned, diverged)
         if run_dir is not None:
