@@ -56,7 +56,7 @@ def spent_runs(study: Any) -> float:
 def trials_that_fit(budget: Optional[float], spent: float) -> float:
     """How many more trials may be launched now: ``floor(budget - spent)`` (each may train a full
     run), ``inf`` without a budget. A tolerance of 1e-9 keeps float sums of shares from losing a
-    trial (``3.15 - 0.15`` may come out as 2.9999999999: 3 trials)."""
+    trial (``3.15 - (0.22 + 0.93)`` is 1.9999999999999998 in floats: 2 trials)."""
     if budget is None:
         return math.inf
     return max(0, math.floor(budget - spent + 1e-9))
