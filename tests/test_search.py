@@ -317,6 +317,8 @@ def test_a_presets_key_the_config_lacks_is_not_searched():
     (["hydra.sweeper.budget=0.5"], "error: hydra.sweeper.budget=0.5: must be a number >= 1 (full runs"),
     (["hydra/sweeper/pruner=asha_promotion", "hydra.sweeper.budget=3"],
      "error: hydra.sweeper.budget=3: hydra/sweeper/pruner=asha_promotion bounds the steps itself"),
+    (["hydra/sweeper/pruner=asha_promotion", "epochs=16", "hydra.sweeper.pruner.max_resource=4"],
+     "error: hydra.sweeper.pruner.max_resource=4: the last rung is a full run, the trials' epochs=16; drop it"),
 ])
 def test_bad_sweeper_settings_are_one_line_before_any_job(tmp_path, args, says):
     sweep = tmp_path / "s"

@@ -25,12 +25,36 @@ from framework.search.rungs import PromotionRule, TrialRecord
 
 log = logging.getLogger(__name__)
 
-__all__ = ["PromotionASHA", "is_promotion", "records", "sweep_with_promotions"]
+__all__ = ["PromotionASHA", "check_promotion", "is_promotion", "records", "sweep_with_promotions"]
 
 
 def is_promotion(pruner_cfg: Optional[dict[str, Any]]) -> bool:
     """Whether ``hydra.sweeper.pruner`` (a ``_target_`` config) is :class:`PromotionASHA`."""
     return str((pruner_cfg or {}).get("_target_", "")).endswith("PromotionASHA")
+
+
+def check_promotion(pruner_cfg: dict[str, Any], config: Any, space: Any, budget: Optional[float]) -> None:
+    """Refuse, before any job, what :class:`PromotionASHA` cannot run: a sweep without checkpoints
+    (a promoted trial resumes from its own), a ``hydra.sweeper.budget`` (the rule bounds the steps
+    itself), a ``max_resource`` other than the trials' ``epochs`` (the last rung is a full run).
+
+    Raises:
+        ConfigError: one line naming the key and the fix.
+    """
+    from omegaconf import OmegaConf
+
+    from framework.errors import ConfigError
+
+    if OmegaConf.select(config, "trainer.save_checkpoints") is False:
+        raise ConfigError("trainer.save_checkpoints=false: hydra/sweeper/pruner=asha_promotion resumes a promoted "
+                          "trial from its checkpoint; drop it, or use hydra/sweeper/pruner=successive_halving")
+    if budget is not None:
+        raise ConfigError(f"hydra.sweeper.budget={budget}: hydra/sweeper/pruner=asha_promotion bounds the "
+                          "steps itself (n_trials and its rungs); drop the budget, or use another pruner")
+    epochs, last = OmegaConf.select(config, "epochs"), pruner_cfg.get("max_resource")
+    if "epochs" not in space.distributions and last != epochs:
+        raise ConfigError(f"hydra.sweeper.pruner.max_resource={last}: the last rung is a full run, the trials' "
+                          f"epochs={epochs}; drop it (default ${{epochs}})")
 
 
 class PromotionASHA(PromotionRule, BasePruner):

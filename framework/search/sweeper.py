@@ -228,7 +228,7 @@ class LRSearchSweeperImpl(Sweeper):
         if int(optuna.__version__.split(".")[0]) < 4:
             raise ConfigError(f"hydra/sweeper=lr_search: needs Optuna >= 4, found {optuna.__version__}; "
                               "pip install -U 'optuna>=4'")
-        from framework.search.promotion import is_promotion, sweep_with_promotions
+        from framework.search.promotion import check_promotion, is_promotion, sweep_with_promotions
 
         self._check()
         space = parse_space(self._known_params(arguments), arguments)
@@ -237,12 +237,8 @@ class LRSearchSweeperImpl(Sweeper):
                               "'lr0=tag(log, interval(1e-4, 1))' on the command line, or use a preset "
                               "(hparams_search=lr_asha|lr_tpe|lr_evolve)")
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
-        if is_promotion(self.pruner_cfg) and OmegaConf.select(self.config, "trainer.save_checkpoints") is False:
-            raise ConfigError("trainer.save_checkpoints=false: hydra/sweeper/pruner=asha_promotion resumes a promoted "
-                              "trial from its checkpoint; drop it, or use hydra/sweeper/pruner=successive_halving")
-        if is_promotion(self.pruner_cfg) and self.budget is not None:
-            raise ConfigError(f"hydra.sweeper.budget={self.budget}: hydra/sweeper/pruner=asha_promotion bounds the "
-                              "steps itself (n_trials and its rungs); drop the budget, or use another pruner")
+        if is_promotion(self.pruner_cfg):
+            check_promotion(self.pruner_cfg, self.config, space, self.budget)
         refuse_other_sweeps(sweep_dir, self.study_name, self.storage)
         spec_path = sweep_dir / SPEC_NAME
         # a key Hydra cannot compose fails here, before the study or the folder exist
