@@ -477,9 +477,13 @@ def postgres_url(tmp_path_factory):
 
 
 @pytest.mark.long
-def test_a_study_on_postgresql_with_two_parallel_jobs_prunes_and_resumes(tmp_path, postgres_url):
+@pytest.mark.parametrize("launcher", [["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"],
+                                      ["hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10"]],
+                         ids=["joblib", "submitit_local"])
+def test_a_study_on_postgresql_with_two_parallel_jobs_prunes_and_resumes(tmp_path, postgres_url, launcher):
     """The cluster setup on one machine: the study in a PostgreSQL database, two jobs at a time
-    (joblib processes), ASHA (reduction factor 2: rungs after 1 and 2 epochs) over a 4-value grid
+    (joblib processes, or submitit's, as submitit_slurm submits them: pickled, each job in a
+    process of its own), ASHA (reduction factor 2: rungs after 1 and 2 epochs) over a 4-value grid
     whose seed-0 order is 0.1, 0.3, then 1e-5, 3e-5. A first sweep of 2 trials (the first to reach
     the rung goes on; the other only if better), then the same command with 4 resumes the study:
     the ended trials are kept as they were, the two low LRs are pruned after their first epoch
@@ -488,8 +492,7 @@ def test_a_study_on_postgresql_with_two_parallel_jobs_prunes_and_resumes(tmp_pat
     sweep = tmp_path / "s"
     args = [*DIGITS, "hydra/sweeper=lr_search", "hydra/sweeper/sampler=grid", "lr0=1e-5,3e-5,0.1,0.3",
             "hydra/sweeper/pruner=successive_halving", "hydra.sweeper.pruner.reduction_factor=2",
-            f"hydra.sweeper.storage={postgres_url}", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
-            "hydra.sweeper.n_jobs=2"]
+            f"hydra.sweeper.storage={postgres_url}", *launcher, "hydra.sweeper.n_jobs=2"]
     proc = multirun(sweep, *args, "hydra.sweeper.n_trials=2")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads((sweep / "study.json").read_text())["storage"] == postgres_url
