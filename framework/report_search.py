@@ -230,10 +230,15 @@ def header_lines(sweep_dir: Path, rows: list[dict[str, Any]]) -> tuple[list[str]
     if study is not None:
         pruner = study.get("pruner")
         args = ", ".join(f"{k}={v}" for k, v in pruner.items() if k != "_target_") if isinstance(pruner, dict) else ""
+        budget = study.get("budget_runs")
+        spent = sum(float(r["steps"]) / float(r["planned_steps"]) for r in rows
+                    if r.get("steps") and r.get("planned_steps"))
         lines += [f"Search: study `{study.get('study_name')}` ({study.get('direction')}, {study.get('n_trials')} "
                   f"trials asked), sampler {names['sampler'] or 'unknown'}, pruner "
                   + (f"{names['pruner']}({args})" if names["pruner"] else "none")
-                  + f", storage `{study.get('storage')}`.", ""]
+                  + f", storage `{study.get('storage')}`"
+                  + (f", budget {budget} full runs (`hydra.sweeper.budget_runs`; these jobs spent {spent:.2f})"
+                     if budget is not None else "") + ".", ""]
     tune = read_tune(sweep_dir) if study is None else None
     if tune is not None:
         lines += [tune_line(tune), ""]

@@ -421,3 +421,20 @@ def test_wall_time_goes_on_from_the_checkpoint_even_without_the_summary(tmp_path
     total = json.loads((tmp_path / "summary.json").read_text())
     assert total["steps"] == 12 and 1000.0 < total["wall_time_s"] < 1000.0 + total["train_time_s"] + 600
     assert 1000.0 < load_checkpoint(last)["wall_time_s"] <= total["wall_time_s"]
+
+
+def test_a_checkpoint_without_its_wall_time_counts_on_from_the_summary(tmp_path):
+    """A checkpoint from before the wall time was recorded in it: the resume counts on from the
+    ``wall_time_s`` of the run folder's summary.json (set to 1000 s, far above this run's)."""
+    from framework.checkpoint import load_checkpoint, save_checkpoint
+
+    train_in_process(tmp_path, *RUN, "trainer.stop_after_steps=6")
+    last = tmp_path / "checkpoints" / "last.pt"
+    state = load_checkpoint(last)
+    del state["wall_time_s"]
+    save_checkpoint(state, last)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    (tmp_path / "summary.json").write_text(json.dumps({**summary, "wall_time_s": 1000.0}))
+    train_in_process(tmp_path / "x", *RUN, f"resume={tmp_path}")
+    total = json.loads((tmp_path / "summary.json").read_text())
+    assert total["steps"] == 12 and 1000.0 < total["wall_time_s"] < 1000.0 + total["train_time_s"] + 600

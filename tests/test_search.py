@@ -150,18 +150,19 @@ def test_a_sweep_resumes_its_study_and_reruns_an_interrupted_trial(tmp_path):
 
 
 def test_a_budget_launches_a_trial_only_while_a_full_run_still_fits(tmp_path):
-    """hydra.sweeper.budget=2.5 (full runs), a grid of 4 lr0 (seed 6: 0.1, 3e-5, 0.3, 1e-5) with the
-    median pruner judging from the first epoch once 1 trial has completed: 0.1 trains its full run
+    """hydra.sweeper.budget_runs=2.5 (full runs), a grid of 4 lr0 (seed 6: 0.1, 3e-5, 0.3, 1e-5) with the
+    median pruner judging from the first epoch once 1 trial has completed (its defaults): 0.1 trains its full run
     (1 spent), 3e-5 is pruned after 1 of its 2 epochs (1.5 spent), so 0.3 still fits (1 left) and
     after it less than 1 is left whatever it did: 3 of the 4 trials run. Before each, the shares of
     a full run the earlier ones trained (steps / planned steps, from their summaries) left at least
-    1; the study holds each share."""
+    1; the study holds each share. Resumed with the same budget it starts nothing; with 4 it runs
+    the grid's last trial."""
     from framework.search.budget import spent_runs
 
     sweep = tmp_path / "s"
-    proc = multirun(sweep, *DIGITS, "hydra/sweeper=lr_search", "hydra/sweeper/sampler=grid", "lr0=0.1,0.3,1e-5,3e-5",
-                    "hydra.sweeper.sampler.seed=6", "hydra.sweeper.n_trials=4", "hydra.sweeper.pruner.n_startup_trials=1",
-                    "hydra.sweeper.budget=2.5")
+    args = [*DIGITS, "hydra/sweeper=lr_search", "hydra/sweeper/sampler=grid", "lr0=0.1,0.3,1e-5,3e-5",
+            "hydra.sweeper.sampler.seed=6", "hydra.sweeper.n_trials=4", "hydra.sweeper.budget_runs=2.5"]
+    proc = multirun(sweep, *args)
     assert proc.returncode == 0, proc.stderr[-3000:]
     jobs = sorted((int(p.name) for p in sweep.iterdir() if p.name.isdigit()))
     summaries = [json.loads((sweep / str(n) / "summary.json").read_text()) for n in jobs]
@@ -173,6 +174,31 @@ def test_a_budget_launches_a_trial_only_while_a_full_run_still_fits(tmp_path):
         assert 2.5 - sum(shares[:k]) >= 1  # a full run fitted when trial k was launched
     assert 2.5 - sum(shares) < 1  # the sweep ended because the next one did not
     assert spent_runs(_study(sweep)) == pytest.approx(sum(shares), abs=1e-12)
+    # the same command resumes the study and counts what it spent: nothing more fits in 2.5 runs
+    again = multirun(sweep, *args)
+    assert again.returncode == 0 and sorted(p.name for p in sweep.iterdir() if p.name.isdigit()) == ["0", "1", "2"]
+    # a larger budget goes on where it stopped: with 1.5 more, one more trial (the grid's last, 1e-5)
+    more = multirun(sweep, *args[:-1], f"hydra.sweeper.budget_runs={2.5 + 1.5}")
+    assert more.returncode == 0, more.stderr[-3000:]
+    assert json.loads((sweep / "3" / "summary.json").read_text())["lr0"] == 1e-5 and not (sweep / "4").exists()
+
+
+@pytest.mark.parametrize("pruner", ["median", "successive_halving", "asha_promotion", "hyperband", "none"])
+def test_the_tpe_preset_builds_with_every_pruner(pruner):
+    """A preset sets no pruner key, so any pruner group option composes with it and is built."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from framework.registry import CONF_DIR
+    from framework.search.study import build_pruner
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=["hparams_search=lr_tpe", f"hydra/sweeper/pruner={pruner}"],
+                      return_hydra_config=True)
+    built = build_pruner(OmegaConf.to_container(cfg.hydra.sweeper.pruner, resolve=True))
+    assert type(built).__name__ == {"median": "MedianPruner", "successive_halving": "SuccessiveHalvingPruner",
+                                    "asha_promotion": "PromotionASHA", "hyperband": "HyperbandPruner",
+                                    "none": "NopPruner"}[pruner]
 
 
 @pytest.mark.parametrize("preset, sampler, pruner", [("lr_asha", "RandomSampler", "SuccessiveHalvingPruner"),
@@ -199,15 +225,17 @@ def test_presets_compose_a_sampler_and_pruner(preset, sampler, pruner):
 
 
 def test_a_grid_trial_left_running_is_requeued_without_the_grid_stopping_the_sweep():
-    from framework.search.sweeper import LRSearchSweeperImpl
+    from framework.search.budget import spent_runs
+    from framework.search.study import counted, requeue_interrupted
 
     study = optuna.create_study(sampler=optuna.samplers.GridSampler({"lr0": [0.1, 0.01]}, seed=0))
     dist = {"lr0": optuna.distributions.CategoricalDistribution([0.1, 0.01])}
     asked = [study.ask(dist) for _ in range(2)]  # the whole grid, both left running by a killed sweep
-    assert LRSearchSweeperImpl._requeue_interrupted(study) == 2  # GridSampler's Study.stop() did not escape
+    assert requeue_interrupted(study) == 2  # GridSampler's Study.stop() did not escape
     assert [t.state.name for t in study.trials] == ["FAIL", "FAIL", "WAITING", "WAITING"]
     assert [study.ask(dist).params for _ in range(2)] == [t.params for t in asked]  # the next asks rerun them
-    assert LRSearchSweeperImpl.counted(study) == 0  # interrupted trials do not count towards n_trials
+    assert counted(study) == 0  # interrupted trials do not count towards n_trials
+    assert spent_runs(study) == 0  # their jobs left no folder: nothing trained
 
 
 def test_a_trial_is_reported_every_epoch_and_never_pruned_at_its_last(tmp_path):
@@ -314,11 +342,15 @@ def test_a_presets_key_the_config_lacks_is_not_searched():
      "error: trainer.save_checkpoints=false: hydra/sweeper/pruner=asha_promotion resumes a promoted trial"),
     (["hydra/sweeper/pruner=asha_promotion", "hydra.sweeper.pruner.reduction_factor=1"],
      "error: hydra.sweeper.pruner.reduction_factor=1: must be an integer >= 2"),
-    (["hydra.sweeper.budget=0.5"], "error: hydra.sweeper.budget=0.5: must be a number >= 1 (full runs"),
-    (["hydra/sweeper/pruner=asha_promotion", "hydra.sweeper.budget=3"],
-     "error: hydra.sweeper.budget=3: hydra/sweeper/pruner=asha_promotion bounds the steps itself"),
+    (["hydra.sweeper.budget_runs=0.5"], "error: hydra.sweeper.budget_runs=0.5: must be a number >= 1 (full runs"),
+    (["hydra/sweeper/pruner=asha_promotion", "hydra.sweeper.budget_runs=3"],
+     "error: hydra.sweeper.budget_runs=3: hydra/sweeper/pruner=asha_promotion bounds the steps itself"),
+    (["hparams_search=lr_tpe", "hydra/sweeper/pruner=asha_promotion"],  # the preset's budget, named to unset
+     "error: hydra.sweeper.budget_runs=3: hydra/sweeper/pruner=asha_promotion bounds the steps itself (n_trials and "
+     "its rungs); set hydra.sweeper.budget_runs=null"),
     (["hydra/sweeper/pruner=asha_promotion", "epochs=16", "hydra.sweeper.pruner.max_resource=4"],
-     "error: hydra.sweeper.pruner.max_resource=4: the last rung is a full run, the trials' epochs=16; drop it"),
+     "error: hydra.sweeper.pruner.max_resource=4: the last rung is a full run, the trials' epochs=16; set "
+     "hydra.sweeper.pruner.max_resource='${epochs}'"),
 ])
 def test_bad_sweeper_settings_are_one_line_before_any_job(tmp_path, args, says):
     sweep = tmp_path / "s"
@@ -532,4 +564,43 @@ def test_the_budget_rule_by_hand():
     assert 3.15 - (0.22 + 0.93) < 2 and trials_that_fit(3.15, 0.22 + 0.93) == 2  # 1.9999999999999998: 2 fit
     assert budget_error(None) is None and budget_error(1) is None and budget_error(3.15) is None
     for bad in (0.99, 0, -1, True, "3", float("nan"), float("inf")):
-        assert budget_error(bad).startswith(f"hydra.sweeper.budget={bad}: must be a number >= 1 (full runs")
+        assert budget_error(bad).startswith(f"hydra.sweeper.budget_runs={bad}: must be a number >= 1 (full runs")
+
+
+def test_a_job_that_left_no_summary_is_charged_what_it_logged(tmp_path):
+    """A job killed before it wrote summary.json (a lost node, an OOM kill) is charged the rows of
+    its steps.csv over the planned steps it recorded at its start: 10 of 46; a whole run when it
+    recorded none; what its summary says when it wrote one (23 of 46); 0 without a folder."""
+    from framework.search.budget import SPENT_ATTR, record_spent, spent_runs
+
+    study = optuna.create_study(storage=optuna.storages.InMemoryStorage())
+    trials = [study.ask() for _ in range(4)]
+    for n in range(3):
+        folder = tmp_path / str(n)
+        folder.mkdir()
+        (folder / "steps.csv").write_text("step,lr\n" + "".join(f"{k},0.1\n" for k in range(10)))
+        study._storage.set_trial_user_attr(trials[n]._trial_id, "run_dir", str(folder))
+    study._storage.set_trial_user_attr(trials[0]._trial_id, "planned_steps", 46)
+    (tmp_path / "2" / "summary.json").write_text(json.dumps({"status": "stopped", "steps": 23, "planned_steps": 46}))
+    for t in trials:
+        record_spent(study, t, None)
+    shares = [study.user_attrs[f"{SPENT_ATTR}:{n}"] for n in range(4)]
+    assert shares == [10 / 46, 1.0, 0.5, 0.0] and spent_runs(study) == pytest.approx(10 / 46 + 1.5)
+
+
+def test_the_promotion_checks_leave_a_searched_or_fixed_epochs_alone():
+    from omegaconf import OmegaConf
+
+    from framework.errors import ConfigError
+    from framework.search.promotion import check_promotion
+    from framework.search.space import parse_space
+
+    config = OmegaConf.create({"epochs": 16, "trainer": {"save_checkpoints": True}})
+    pruner = {"_target_": "framework.search.promotion.PromotionASHA", "max_resource": 8}
+    check_promotion(pruner, config, parse_space({}, ["epochs=tag(int, interval(4, 16))"]), None)  # the user's call
+    check_promotion(pruner, config, parse_space({"epochs": "8"}, ["lr0=1e-3,1e-2"]), None)  # every trial's 8
+    with pytest.raises(ConfigError, match=r"max_resource=8: the last rung is a full run, the trials' epochs=16"):
+        check_promotion(pruner, config, parse_space({}, ["lr0=1e-3,1e-2"]), None)
+    with pytest.raises(ConfigError, match=r"max_resource=16: .* epochs=8"):  # absent: the class's default, 16
+        check_promotion({"_target_": pruner["_target_"]}, OmegaConf.create({"epochs": 8}), parse_space({}, ["lr0=1,2"]),
+                        None)

@@ -171,6 +171,11 @@ def test_a_bad_asha_rule_is_one_line():
         assert _check({**OPTIONS, "asha_rule": "promotion", "search": search}) == [
             "tune.asha_rule=promotion: applies to tune.search=asha only; drop it, or use tune.search=asha"]
     assert _check({**OPTIONS, "asha_rule": "percentile", "search": "asha"}) == []
+    assert _check({**OPTIONS, "asha_rule": "top_k", "search": "pbt"}) == []  # the default, said out loud
+    assert _check({**OPTIONS, "asha_rule": "promotion", "search": "pbt", "resume": "t"}) == []  # its own command again
+    assert _check({**OPTIONS, "asha_rule": "promotion", "search": "hyperband", "reduction_factor": 2.5}) == [
+        "tune.asha_rule=promotion: applies to tune.search=asha only; drop it, or use tune.search=asha"]
+    assert _check({**OPTIONS, "asha_rule": "median", "search": "pbt"})[0].startswith("tune.asha_rule=median: use top_k")
 
 
 def cosine_lr(lr0, k, total, lrf=0.01):

@@ -33,14 +33,24 @@ def is_promotion(pruner_cfg: Optional[dict[str, Any]]) -> bool:
     return str((pruner_cfg or {}).get("_target_", "")).endswith("PromotionASHA")
 
 
-def check_promotion(pruner_cfg: dict[str, Any], config: Any, space: Any, budget: Optional[float]) -> None:
+def check_promotion(pruner_cfg: dict[str, Any], config: Any, space: Any, budget_runs: Optional[float]) -> None:
     """Refuse, before any job, what :class:`PromotionASHA` cannot run: a sweep without checkpoints
-    (a promoted trial resumes from its own), a ``hydra.sweeper.budget`` (the rule bounds the steps
-    itself), a ``max_resource`` other than the trials' ``epochs`` (the last rung is a full run).
+    (a promoted trial resumes from its own), a ``hydra.sweeper.budget_runs`` (the rule bounds the
+    steps itself), a ``max_resource`` other than the trials' ``epochs`` (the last rung is a full
+    run; not checked when ``epochs`` is searched).
+
+    Args:
+        pruner_cfg: ``hydra.sweeper.pruner`` (resolved: ``max_resource`` is the number).
+        config: the composed config (``trainer.save_checkpoints``, ``epochs``).
+        space: the search space (:class:`~framework.search.space.SearchSpace`): a searched or
+            fixed ``epochs`` is the trials'.
+        budget_runs: ``hydra.sweeper.budget_runs`` (full runs; None = no cap).
 
     Raises:
         ConfigError: one line naming the key and the fix.
     """
+    import inspect
+
     from omegaconf import OmegaConf
 
     from framework.errors import ConfigError
@@ -48,13 +58,21 @@ def check_promotion(pruner_cfg: dict[str, Any], config: Any, space: Any, budget:
     if OmegaConf.select(config, "trainer.save_checkpoints") is False:
         raise ConfigError("trainer.save_checkpoints=false: hydra/sweeper/pruner=asha_promotion resumes a promoted "
                           "trial from its checkpoint; drop it, or use hydra/sweeper/pruner=successive_halving")
-    if budget is not None:
-        raise ConfigError(f"hydra.sweeper.budget={budget}: hydra/sweeper/pruner=asha_promotion bounds the "
-                          "steps itself (n_trials and its rungs); drop the budget, or use another pruner")
-    epochs, last = OmegaConf.select(config, "epochs"), pruner_cfg.get("max_resource")
-    if "epochs" not in space.distributions and last != epochs:
+    if budget_runs is not None:
+        raise ConfigError(f"hydra.sweeper.budget_runs={budget_runs}: hydra/sweeper/pruner=asha_promotion bounds the "
+                          "steps itself (n_trials and its rungs); set hydra.sweeper.budget_runs=null, or use "
+                          "another pruner")
+    if "epochs" in space.distributions:  # searched: each trial plans its own; the last rung is the user's call
+        return
+    epochs = OmegaConf.select(config, "epochs")
+    for fixed in space.fixed:  # epochs=<n> in hydra.sweeper.params: every trial's
+        key, _, value = fixed.partition("=")
+        if key.lstrip("+") == "epochs" and value.strip().isdigit():
+            epochs = int(value)
+    last = pruner_cfg.get("max_resource", inspect.signature(PromotionASHA).parameters["max_resource"].default)
+    if last != epochs:
         raise ConfigError(f"hydra.sweeper.pruner.max_resource={last}: the last rung is a full run, the trials' "
-                          f"epochs={epochs}; drop it (default ${{epochs}})")
+                          f"epochs={epochs}; set hydra.sweeper.pruner.max_resource='${{epochs}}'")
 
 
 class PromotionASHA(PromotionRule, BasePruner):

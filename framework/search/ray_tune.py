@@ -98,13 +98,15 @@ def _check(opts: dict[str, Any]) -> list[str]:
         "resume": (opts["resume"] is None or isinstance(opts["resume"], str),
                    "give the tune folder of the search to continue, e.g. tune.resume=outputs/tune/<date>/<time>"),
     }
-    if opts["asha_rule"] == "promotion" and not _whole(opts["reduction_factor"], 2):
+    promotion = opts["search"] == "asha" and opts["asha_rule"] == "promotion"
+    if promotion and not _whole(opts["reduction_factor"], 2):
         checks["reduction_factor"] = (False, "must be a whole number >= 2 with tune.asha_rule=promotion, e.g. 4")
-    if opts["asha_rule"] == "promotion" and opts["max_concurrent_trials"] is not None:  # its cap counts paused ones
+    if promotion and opts["max_concurrent_trials"] is not None:  # Ray's cap counts paused trials
         checks["max_concurrent_trials"] = (False, "tune.asha_rule=promotion keeps trials paused at rungs, which Ray's "
                                                   "cap counts; leave it null and limit parallel trials with "
                                                   "tune.cpus_per_trial")
-    if opts["asha_rule"] != OPTIONS["asha_rule"] and opts["search"] != "asha":  # no other search reads it
+    if opts["search"] != "asha" and opts["asha_rule"] in ASHA_RULES and opts["asha_rule"] != OPTIONS["asha_rule"] \
+            and opts["resume"] is None:  # no other search reads it (a resumed search replays its own command)
         checks["asha_rule"] = (False, "applies to tune.search=asha only; drop it, or use tune.search=asha")
     if opts["search"] == "pbt" and opts["max_concurrent_trials"] is not None:  # Ray's cap counts paused trials
         checks["max_concurrent_trials"] = (False, "PBT needs its whole population (tune.num_samples) alive at once; "

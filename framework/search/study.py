@@ -19,7 +19,8 @@ from framework.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["open_storage", "storage_url", "OptunaTrial", "refuse_other_sweeps", "write_best", "JOURNAL_NAME",
+__all__ = ["open_storage", "storage_url", "OptunaTrial", "refuse_other_sweeps", "write_best", "tell_state",
+           "interrupted", "requeue_interrupted", "counted", "JOURNAL_NAME",
            "SPEC_NAME"]
 
 #: The journal file of a sweep's study when ``hydra.sweeper.storage`` is null (in the sweep folder).
@@ -217,6 +218,7 @@ class OptunaTrial:
         self.trial = optuna.trial.Trial(self.study, frozen._trial_id)
         self.reported = dict(frozen.intermediate_values)  # a requeued job resumes after these
         self.trial.set_user_attr("run_dir", str(run_dir))
+        self.trial.set_user_attr("planned_steps", summary.get("planned_steps"))  # a killed job's budget share
 
     def should_prune(self, epoch: int, metrics: dict[str, Any], value: Optional[float]) -> bool:
         """Report ``value`` (the run's monitored value after validated ``epoch``, 0-based) at step
@@ -275,3 +277,53 @@ class OptunaTrial:
                 self.study.tell(self.number, state=TrialState.PRUNED, skip_if_finished=True)
         except Exception as exc:  # the study is a record; the run's own files are already written
             log.warning("could not record the end of trial %d in the study: %s", self.number, exc)
+
+
+def tell_state(study: Any, trial: Any, value: Optional[float] = None, state: Any = None) -> None:
+    """``study.tell``, except that a grid sampler's ``Study.stop()`` (its ``after_trial`` calls
+    it once every point was asked; meant for ``optimize()``) does not end the sweep: the
+    trial's state is already stored by then."""
+    try:
+        study.tell(getattr(trial, "number", trial), value, state=state, skip_if_finished=True)
+    except RuntimeError as exc:
+        if "Study.stop" not in str(exc):
+            raise
+
+
+def interrupted(study: Any, trial: Any) -> None:
+    """A trial that ended without a result (a sweep killed around it, a job stopped on a
+    signal): failed and marked ``interrupted`` (it does not count towards ``n_trials``), and
+    its parameters queued to run again."""
+    from optuna.trial import TrialState
+
+    # the storage sets a user attribute by the trial's id: a FrozenTrial has no setter
+    study._storage.set_trial_user_attr(trial._trial_id, "interrupted", True)
+    tell_state(study, trial.number, state=TrialState.FAIL)
+    study.enqueue_trial(trial.params, user_attrs={"rerun_of": trial.number})
+
+
+def requeue_interrupted(study: Any) -> int:
+    """Trials left running by an interrupted sweep: what their jobs trained charged to the
+    budget (:func:`~framework.search.budget.record_spent`), failed (marked ``interrupted``), and
+    their parameters queued to run again. Returns their number."""
+    from optuna.trial import TrialState
+
+    from framework.search.budget import record_spent
+
+    running = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+               if t.user_attrs.get("paused_at") is None]  # a trial waiting at a rung is not interrupted
+    for trial in running:
+        record_spent(study, trial, None)
+        interrupted(study, trial)
+    if running:
+        log.warning("%d trial(s) left running by an earlier sweep: marked failed, queued to run again (%s)",
+                    len(running), ", ".join(str(t.number) for t in running))
+    return len(running)
+
+
+def counted(study: Any) -> int:
+    """Trials that count towards ``n_trials``: ended (complete, pruned, failed), not interrupted."""
+    from optuna.trial import TrialState
+
+    ended = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+    return sum(1 for t in study.get_trials(deepcopy=False, states=ended) if not t.user_attrs.get("interrupted"))

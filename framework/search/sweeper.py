@@ -33,6 +33,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from framework.errors import ConfigError
 from framework.search.budget import budget_error, record_spent, spent_runs, trials_that_fit
+from framework.search.study import counted, interrupted, tell_state
 
 log = logging.getLogger(__name__)
 
@@ -66,25 +67,28 @@ class LRSearchSweeperImpl(Sweeper):
         n_trials: (trials) in the study in all, those of a resumed sweep included.
         n_jobs: (trials) asked and launched at once (the launcher runs them; e.g.
             ``hydra/launcher=joblib hydra.launcher.n_jobs=2``).
-        budget: (full runs) the steps the sweep may spend, as many trials' planned steps; a trial
-            is launched only while a full run still fits (:mod:`framework.search.budget`); null =
-            no cap.
+        budget_runs: (full runs) the steps the sweep may spend: the sum over its trials of each
+            one's steps / planned steps; a trial is launched only while a full run still fits
+            (:mod:`framework.search.budget`); null = no cap.
         params: key -> Hydra sweep string (``tag(log, interval(1e-4, 1))``, ``choice(a, b)``,
             ``range(1, 5)``); keys swept on the command line join them.
 
     Raises:
         ConfigError: (at :meth:`sweep`, before any job) a bad ``direction``, ``n_trials`` or
-            ``n_jobs``, ``budget``, a parameter Hydra cannot parse, a grid over an interval, a storage that
+            ``n_jobs``, ``budget_runs``, a parameter Hydra cannot parse, a grid over an interval, a storage that
             cannot be opened, a bad ``asha_promotion`` value or that pruner without checkpoints;
             each in one line naming the key.
     """
 
+    tell_state = staticmethod(tell_state)  # for framework.search.promotion, which does not import the study module
+
     def __init__(self, sampler: Any = None, pruner: Any = None, direction: str = "maximize",
                  study_name: str = "lr_search", storage: Optional[str] = None, n_trials: int = 20, n_jobs: int = 1,
-                 params: Any = None, budget: Optional[float] = None):
+                 params: Any = None, budget_runs: Optional[float] = None):
         self.sampler_cfg, self.pruner_cfg = _plain(sampler), _plain(pruner)
         self.direction, self.study_name, self.storage = str(direction), str(study_name), storage
-        self.n_trials, self.n_jobs, self.params, self.budget = n_trials, n_jobs, _plain(params) or {}, budget
+        self.n_trials, self.n_jobs, self.params = n_trials, n_jobs, _plain(params) or {}
+        self.budget_runs = budget_runs
         self.config: Optional[DictConfig] = None
         self.launcher: Any = None
         self.hydra_context: Any = None
@@ -106,7 +110,7 @@ class LRSearchSweeperImpl(Sweeper):
         for key, value in (("n_trials", self.n_trials), ("n_jobs", self.n_jobs)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 errors.append(f"hydra.sweeper.{key}={value}: must be an integer >= 1")
-        errors += [e for e in [budget_error(self.budget)] if e]
+        errors += [e for e in [budget_error(self.budget_runs)] if e]
         if errors:
             raise ConfigError(errors)
 
@@ -172,29 +176,6 @@ class LRSearchSweeperImpl(Sweeper):
                               f"created to {study.direction.name.lower()}; use another study_name")
         return study, url
 
-    @staticmethod
-    def _requeue_interrupted(study: Any) -> int:
-        """Trials left running by an interrupted sweep: failed (marked ``interrupted``), and their
-        parameters queued to run again. Returns their number."""
-        from optuna.trial import TrialState
-
-        running = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-                   if t.user_attrs.get("paused_at") is None]  # a trial waiting at a rung is not interrupted
-        for trial in running:
-            LRSearchSweeperImpl._interrupted(study, trial)
-        if running:
-            log.warning("%d trial(s) left running by an earlier sweep: marked failed, queued to run again (%s)",
-                        len(running), ", ".join(str(t.number) for t in running))
-        return len(running)
-
-    @staticmethod
-    def counted(study: Any) -> int:
-        """Trials that count towards ``n_trials``: ended (complete, pruned, failed), not interrupted."""
-        from optuna.trial import TrialState
-
-        ended = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
-        return sum(1 for t in study.get_trials(deepcopy=False, states=ended) if not t.user_attrs.get("interrupted"))
-
     # -- the sweep ----------------------------------------------------------------------------
 
     def sweep(self, arguments: list[str]) -> list[Sequence[Any]]:
@@ -218,7 +199,7 @@ class LRSearchSweeperImpl(Sweeper):
     def _sweep(self, arguments: list[str]) -> list[Sequence[Any]]:
         """:meth:`sweep`'s body."""
         from framework.search.space import parse_space
-        from framework.search.study import SPEC_NAME, refuse_other_sweeps, write_best
+        from framework.search.study import SPEC_NAME, refuse_other_sweeps, requeue_interrupted, write_best
 
         assert self.config is not None and self.launcher is not None
         try:
@@ -238,7 +219,7 @@ class LRSearchSweeperImpl(Sweeper):
                               "(hparams_search=lr_asha|lr_tpe|lr_evolve)")
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         if is_promotion(self.pruner_cfg):
-            check_promotion(self.pruner_cfg, self.config, space, self.budget)
+            check_promotion(self.pruner_cfg, self.config, space, self.budget_runs)
         refuse_other_sweeps(sweep_dir, self.study_name, self.storage)
         spec_path = sweep_dir / SPEC_NAME
         # a key Hydra cannot compose fails here, before the study or the folder exist
@@ -246,13 +227,13 @@ class LRSearchSweeperImpl(Sweeper):
         study, url = self._open_study(sweep_dir, space)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
         spec = {"study_name": self.study_name, "storage": url, "pruner": self.pruner_cfg, "direction": self.direction,
-                "n_trials": self.n_trials, "grid_size": space.size()}
+                "n_trials": self.n_trials, "grid_size": space.size(), "budget_runs": self.budget_runs}
         spec_path.write_text(json.dumps(spec, indent=1) + "\n")
-        self._requeue_interrupted(study)
+        requeue_interrupted(study)
         target = self.n_trials
         if str((self.sampler_cfg or {}).get("_target_", "")).endswith("GridSampler"):
             target = min(target, space.size() or target)
-        done = self.counted(study)
+        done = counted(study)
         waiting = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)))  # at a rung
         if done or waiting:
             log.info("study %s resumed from %s: %d trial(s) kept (%d waiting at a rung), %d to start", self.study_name,
@@ -262,15 +243,15 @@ class LRSearchSweeperImpl(Sweeper):
         else:
             returns = []
             while done < target:
-                fit = trials_that_fit(self.budget, spent_runs(study))
+                fit = trials_that_fit(self.budget_runs, spent_runs(study))
                 if not fit:
-                    log.info("budget spent: %.2f of %s full runs, %d of %d trials run", spent_runs(study), self.budget,
-                             done, target)
+                    log.info("budget spent: %.2f of %s full runs (hydra.sweeper.budget_runs), %d of %d trials run",
+                             spent_runs(study), self.budget_runs, done, target)
                     break
                 trials = [study.ask(space.distributions) for _ in range(min(self.n_jobs, target - done, fit))]
                 results, statuses = self.launch_trials(study, space, spec_path, [(t, None, None) for t in trials])
                 returns += results
-                done = self.counted(study)
+                done = counted(study)
                 if "stopped" in statuses.values():
                     self.say_stopped(sweep_dir)
                     break
@@ -333,17 +314,6 @@ class LRSearchSweeperImpl(Sweeper):
         return kept
 
     @staticmethod
-    def tell_state(study: Any, trial: Any, value: Optional[float] = None, state: Any = None) -> None:
-        """``study.tell``, except that a grid sampler's ``Study.stop()`` (its ``after_trial`` calls
-        it once every point was asked; meant for ``optimize()``) does not end the sweep: the
-        trial's state is already stored by then."""
-        try:
-            study.tell(getattr(trial, "number", trial), value, state=state, skip_if_finished=True)
-        except RuntimeError as exc:
-            if "Study.stop" not in str(exc):
-                raise
-
-    @staticmethod
     def search_override(spec_path: Path, number: int, until: Optional[int] = None) -> str:
         """The ``search=`` override of trial ``number``'s job; ``until`` (epochs): the rung it pauses
         at (ASHA with promotions), None to train to its end."""
@@ -372,7 +342,7 @@ class LRSearchSweeperImpl(Sweeper):
             pass
         summary = read_summary(run_dir) if run_dir is not None else {}
         status = summary.get("status") or ("failed" if result.status == JobStatus.FAILED else None)
-        record_spent(study, trial, summary)
+        record_spent(study, trial, run_dir)
         if study._storage.get_trial(trial._trial_id).state != TrialState.RUNNING:
             return status  # the job told it (pruned, diverged)
         if run_dir is not None:
@@ -387,27 +357,15 @@ class LRSearchSweeperImpl(Sweeper):
             study._storage.set_trial_user_attr(trial._trial_id, "status", status)
         value = result._return_value if result.status == JobStatus.COMPLETED else None
         if status == "diverged":
-            self.tell_state(study, trial, state=TrialState.PRUNED)
+            tell_state(study, trial, state=TrialState.PRUNED)
         elif result.status == JobStatus.COMPLETED and status in ("completed", None) and isinstance(value, (int, float)) \
                 and math.isfinite(value):
-            self.tell_state(study, trial, float(value))
+            tell_state(study, trial, float(value))
         else:
             if result.status == JobStatus.FAILED:
                 log.warning("trial %d failed: %s", trial.number, result._return_value)
             if status == "stopped":  # resumable, not a result: it does not count, and runs again
-                self._interrupted(study, trial)
+                interrupted(study, trial)
             else:
-                self.tell_state(study, trial, state=TrialState.FAIL)
+                tell_state(study, trial, state=TrialState.FAIL)
         return status
-
-    @staticmethod
-    def _interrupted(study: Any, trial: Any) -> None:
-        """A trial that ended without a result (a sweep killed around it, a job stopped on a
-        signal): failed and marked ``interrupted`` (it does not count towards ``n_trials``), and
-        its parameters queued to run again."""
-        from optuna.trial import TrialState
-
-        # the storage sets a user attribute by the trial's id: a FrozenTrial has no setter
-        study._storage.set_trial_user_attr(trial._trial_id, "interrupted", True)
-        LRSearchSweeperImpl.tell_state(study, trial.number, state=TrialState.FAIL)
-        study.enqueue_trial(trial.params, user_attrs={"rerun_of": trial.number})

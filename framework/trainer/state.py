@@ -29,6 +29,14 @@ class RunState:
         lr_backoff: product of the rollbacks' ``rollback_lr_factor`` so far (1 = none), a
             multiplier on every group's base LR.
         earlier_time_s: training time of the segments before a resume or rollback (s).
+        wall_start: ``time.time()`` (s since the epoch) at which the run started, moved back by
+            its earlier segments' wall time; set by :func:`framework.run.train` (None: not
+            counted, e.g. a trainer built by hand); each checkpoint stores ``wall_time_s``, the
+            time from it to the save.
+        earlier_wall_s: a loaded checkpoint's ``wall_time_s`` (s; None for a checkpoint without
+            it). A checkpoint taken over from another run (a PBT exploit) brings that run's
+            time, as it brings its ``train_time_s`` and steps; the time a segment spent after its
+            last checkpoint (final files, closing trackers) is not in it.
     """
 
     global_step: int = 0
@@ -43,8 +51,8 @@ class RunState:
     lr_backoff: float = 1.0
     earlier_time_s: float = 0.0
     started: Optional[float] = None  # time.perf_counter() when this segment's fit started
-    wall_start: Optional[float] = None  # time.time() the run started, moved back by its earlier segments' wall time
-    earlier_wall_s: Optional[float] = None  # (s) the checkpoint's wall time (None: a checkpoint without it)
+    wall_start: Optional[float] = None
+    earlier_wall_s: Optional[float] = None
     epoch_loss_t: Optional[torch.Tensor] = None  # the epoch's loss sum on the device, while it runs
 
     def count_clipped(self, rows: list[dict[str, Any]]) -> None:
