@@ -584,7 +584,8 @@ def test_a_job_that_left_no_summary_is_charged_what_it_logged(tmp_path):
     (tmp_path / "2" / "summary.json").write_text(json.dumps({"status": "stopped", "steps": 23, "planned_steps": 46}))
     for t in trials:
         record_spent(study, t, None)
-    shares = [study.user_attrs[f"{SPENT_ATTR}:{n}"] for n in range(4)]
+    shares = [study.user_attrs[f"{SPENT_ATTR}:{tmp_path.resolve() / str(n)}"] for n in range(3)]
+    shares.append(study.user_attrs[f"{SPENT_ATTR}:trial 3"])
     assert shares == [10 / 46, 1.0, 0.5, 0.0] and spent_runs(study) == pytest.approx(10 / 46 + 1.5)
 
 
@@ -604,3 +605,29 @@ def test_the_promotion_checks_leave_a_searched_or_fixed_epochs_alone():
     with pytest.raises(ConfigError, match=r"max_resource=16: .* epochs=8"):  # absent: the class's default, 16
         check_promotion({"_target_": pruner["_target_"]}, OmegaConf.create({"epochs": 8}), parse_space({}, ["lr0=1,2"]),
                         None)
+
+
+def test_a_rerun_of_a_stopped_trial_continues_its_run_and_is_charged_once(tmp_path):
+    """A grid of 2 lr0 with budget_runs=2 (pruner none): job 0 stops at step 30 of its 46 (as on
+    a signal), so the sweep stops, charged 30/46. The same command again reruns trial 0 as trial
+    1 in folder 0: the run resumes at step 30 (each step once in steps.csv, no folder 1), and the
+    folder is charged once, 46/46; then trial 2 (the other lr0) fits: 2.0 spent in all."""
+    from framework.search.budget import spent_runs
+
+    sweep = tmp_path / "s"
+    args = [*DIGITS, "hydra/sweeper=lr_search", "hydra/sweeper/sampler=grid", "lr0=0.1,0.3",
+            "hydra/sweeper/pruner=none", "hydra.sweeper.budget_runs=2"]
+    proc = multirun(sweep, *args, "trainer.stop_after_steps=30")
+    assert json.loads((sweep / "0" / "summary.json").read_text())["status"] == "stopped"
+    assert spent_runs(_study(sweep)) == pytest.approx(30 / 46) and not (sweep / "1").exists()
+    proc = multirun(sweep, *args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    trials = sorted(_study(sweep).trials, key=lambda t: t.number)
+    assert [t.state.name for t in trials] == ["FAIL", "COMPLETE", "COMPLETE"]
+    assert trials[1].user_attrs["rerun_of"] == 0 and trials[1].params == trials[0].params
+    assert trials[1].user_attrs["run_dir"] == str(sweep / "0") and not (sweep / "1").exists()
+    summary = json.loads((sweep / "0" / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["steps"] == 46 and summary["lr0"] == trials[0].params["lr0"]
+    assert [int(r["step"]) for r in read_csv(sweep / "0" / "steps.csv")] == list(range(46))
+    assert json.loads((sweep / "2" / "summary.json").read_text())["steps"] == 46
+    assert spent_runs(_study(sweep)) == pytest.approx(2.0)  # folder 0 once (not 30/46 + 1), folder 2

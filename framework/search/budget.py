@@ -5,9 +5,11 @@ of its LR plan); what a trial spent is its share of its own full run, ``steps / 
 and the sweep's spend is the sum of these shares. When every trial plans the same steps (lr0,
 lrf, momentum... searched, not ``epochs`` or ``batch_size``) that is the sweep's optimizer steps
 over one run's; a swept ``epochs`` makes a short trial's full run count as much as a long one's.
-The shares are kept in the study (study user attributes ``spent_runs:<trial number>``: a trial
-that pruned itself is finished, and Optuna refuses to change a finished trial's attributes), so
-a resumed sweep, and one spread over several machines, counts what was spent before.
+The shares are kept in the study, one per run folder (study user attributes ``spent_runs:<run
+folder>``: a trial that pruned itself is finished, and Optuna refuses to change a finished
+trial's attributes), so a resumed sweep, and one spread over several machines, counts what was
+spent before, and a run continued in its folder (a promotion, the rerun of an interrupted
+trial) is counted once: its summary's steps cover all its segments.
 
 The sweeper launches a trial only while a full run of it still fits: before each batch, at most
 ``floor(budget_runs - spent)`` trials (a pruned trial spends less, so later batches may fit
@@ -26,8 +28,8 @@ from typing import Any, Optional
 
 __all__ = ["SPENT_ATTR", "budget_error", "record_spent", "spent_runs", "trials_that_fit"]
 
-#: The study user attribute ``<SPENT_ATTR>:<trial number>``: the share of its own full run that
-#: trial's job trained (steps / planned steps).
+#: The study user attribute ``<SPENT_ATTR>:<run folder>`` (``<SPENT_ATTR>:trial <n>`` for a trial
+#: without one): the share of its own full run that the folder's run trained (steps / planned steps).
 SPENT_ATTR = "spent_runs"
 
 
@@ -48,8 +50,8 @@ def record_spent(study: Any, trial: Any, run_dir: Optional[Path]) -> None:
     lost node, an OOM kill, a sweep killed around it), the rows of its ``steps.csv`` over the
     ``planned_steps`` the job recorded in the trial when it started (user attribute), or a whole
     run when that is unknown, so the cap is never passed by what was not told; 0 for a job that
-    trained nothing. A promoted trial's job reports its steps over all its segments, so the
-    value is replaced.
+    trained nothing. The value is the folder's: a run continued there (a promotion, a rerun of
+    an interrupted trial) replaces it, its summary counting the steps of all its segments.
 
     Args:
         study: the Optuna study (its storage takes the value).
@@ -69,7 +71,8 @@ def record_spent(study: Any, trial: Any, run_dir: Optional[Path]) -> None:
         share = 0.0
     else:
         share = steps / planned if isinstance(planned, int) and planned > 0 else 1.0
-    study.set_user_attr(f"{SPENT_ATTR}:{trial.number}", float(share))
+    key = str(run_dir.resolve()) if run_dir is not None else f"trial {trial.number}"
+    study.set_user_attr(f"{SPENT_ATTR}:{key}", float(share))
 
 
 def _logged_steps(path: Path) -> int:

@@ -21,6 +21,7 @@ from typing import Any, Optional
 
 from optuna.pruners import BasePruner
 
+from framework.search.folders import subdir_of
 from framework.search.rungs import PromotionRule, TrialRecord
 
 log = logging.getLogger(__name__)
@@ -137,7 +138,6 @@ def sweep_with_promotions(sweeper: Any, study: Any, space: Any, spec_path: Path,
 
     rule: PromotionASHA = study.pruner
     maximize = sweeper.direction == "maximize"
-    numbered = _numbered_subdirs(sweeper.config)
     returns: list[Any] = []
     while True:
         trials = records(study)
@@ -152,7 +152,7 @@ def sweep_with_promotions(sweeper: Any, study: Any, space: Any, spec_path: Path,
                 trials.append(TrialRecord(trial.number, until=job.until))
             else:
                 trial = next(t for t in study.get_trials(deepcopy=False) if t.number == job.number)
-                subdir = _subdir(trial, spec_path.parent)
+                subdir = subdir_of(trial, spec_path.parent)
                 log.info("trial %d promoted: resumed after epoch %d, to train until epoch %d", trial.number,
                          max(trial.intermediate_values, default=0), job.until)
             study._storage.set_trial_user_attr(trial._trial_id, "until", job.until)
@@ -161,14 +161,8 @@ def sweep_with_promotions(sweeper: Any, study: Any, space: Any, spec_path: Path,
         if not items:
             break
         before = {t.number: _state_of(t) for t, _, subdir in items if subdir is not None}
-        # one launch when every folder is named by its number; else new trials where the sweep's pattern puts them
-        groups = [items] if numbered else [[i for i in items if i[2] is None], [i for i in items if i[2] is not None]]
-        statuses: dict[int, Any] = {}
-        for group in groups:
-            if group and "stopped" not in statuses.values():
-                results, told = sweeper.launch_trials(study, space, spec_path, group)
-                returns += results
-                statuses.update(told)
+        results, statuses = sweeper.launch_trials(study, space, spec_path, items)
+        returns += results
         for number in _fail_stalled(sweeper, study, before):
             statuses.pop(number, None)  # its folder's summary is an earlier segment's: not what its job did
         if "stopped" in statuses.values():
@@ -202,22 +196,3 @@ def _fail_stalled(sweeper: Any, study: Any, before: dict[int, tuple[int, Any]]) 
             sweeper.tell_state(study, t.number, state=TrialState.FAIL)
             failed.append(t.number)
     return failed
-
-
-def _numbered_subdirs(config: Any) -> bool:
-    """Whether the sweep's job folders are ``<sweep folder>/<job number>`` (Hydra's
-    ``hydra.sweep.subdir: ${hydra.job.num}``, this package's default)."""
-    from omegaconf import OmegaConf
-
-    sweep = OmegaConf.to_container(config.hydra.sweep, resolve=False) if config is not None else {}
-    return str(sweep.get("subdir")) == "${hydra.job.num}"
-
-
-def _subdir(trial: Any, sweep_dir: Path) -> str:
-    """A waiting trial's folder relative to the sweep folder (``hydra.sweep.subdir``); its last
-    part if the sweep folder has moved since."""
-    folder = Path(trial.user_attrs["run_dir"])
-    try:
-        return str(folder.resolve().relative_to(sweep_dir.resolve()))
-    except ValueError:
-        return folder.name

@@ -209,6 +209,7 @@ class LRSearchSweeperImpl(Sweeper):
         if int(optuna.__version__.split(".")[0]) < 4:
             raise ConfigError(f"hydra/sweeper=lr_search: needs Optuna >= 4, found {optuna.__version__}; "
                               "pip install -U 'optuna>=4'")
+        from framework.search.folders import rerun_folder
         from framework.search.promotion import check_promotion, is_promotion, sweep_with_promotions
 
         self._check()
@@ -249,7 +250,8 @@ class LRSearchSweeperImpl(Sweeper):
                              spent_runs(study), self.budget_runs, done, target)
                     break
                 trials = [study.ask(space.distributions) for _ in range(min(self.n_jobs, target - done, fit))]
-                results, statuses = self.launch_trials(study, space, spec_path, [(t, None, None) for t in trials])
+                items = [(t, None, rerun_folder(study, t, sweep_dir)) for t in trials]
+                results, statuses = self.launch_trials(study, space, spec_path, items)
                 returns += results
                 done = counted(study)
                 if "stopped" in statuses.values():
@@ -261,29 +263,39 @@ class LRSearchSweeperImpl(Sweeper):
     def launch_trials(self, study: Any, space: Any, spec_path: Path,
                       trials: list[tuple[Any, Optional[int], Optional[str]]]) -> tuple[list[Any], dict[int, Any]]:
         """Launch trials, each with the epochs it pauses at (None: to its end) and its folder under
-        the sweep folder (None: where the sweep's ``hydra.sweep.subdir`` puts it, job n = trial n),
-        and tell the study how they ended. Without folders, one launch per run of consecutive
-        numbers (trials numbered apart, another sweeper's on the same study, go one by one); with
-        any, one launch, every job placed by ``hydra.sweep.subdir`` (a new trial's: its number).
+        the sweep folder (None: where the sweep's ``hydra.sweep.subdir`` puts it, job n = trial n;
+        a folder: a promotion's, or an interrupted run's that a rerun continues), and tell the
+        study how they ended. Trials without a folder go in one launch per run of consecutive
+        numbers (trials numbered apart, another sweeper's on the same study, go one by one); when
+        any has one and the sweep's folders are numbered (``${hydra.job.num}``), all go in one
+        launch, every job placed by ``hydra.sweep.subdir`` (a new trial's: its number); else those
+        with a folder go in a launch of their own. No launch follows a job stopped on a signal.
 
         Returns:
             The launches' job returns, one list per launch; trial number -> the status :meth:`tell`
             returned (``stopped``: stopped on a signal, SIGTERM / Ctrl-C, so the sweep stops too;
             rerunning its command resumes it).
         """
+        from framework.search.folders import numbered_subdirs
         from framework.search.space import override_value
 
         groups: list[list[tuple[Any, Optional[int], Optional[str]]]] = []
-        if any(subdir is not None for _, _, subdir in trials):
+        placed = [item for item in trials if item[2] is not None]
+        if placed and numbered_subdirs(self.config):
             groups = [[(t, until, subdir if subdir is not None else str(t.number)) for t, until, subdir in trials]]
         else:
             for item in trials:
+                if item[2] is not None:
+                    continue
                 if groups and item[0].number == groups[-1][-1][0].number + 1:
                     groups[-1].append(item)
                 else:
                     groups.append([item])
+            groups += [placed] if placed else []
         returns, statuses = [], {}
         for group in groups:
+            if "stopped" in statuses.values():
+                break
             batch = [[*space.overrides(t.params), self.search_override(spec_path, t.number, until),
                       *([f"hydra.sweep.subdir={override_value(subdir)}"] if subdir is not None else [])]
                      for t, until, subdir in group]
