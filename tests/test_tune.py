@@ -158,7 +158,7 @@ def test_the_top_k_asha_rule_by_hand_and_rays_own_percentile_rule():
 
 
 def test_a_bad_asha_rule_is_one_line():
-    from framework.search.ray_tune import OPTIONS, _check
+    from framework.search.ray_args import OPTIONS, _check
 
     assert _check({**OPTIONS, "asha_rule": "median"}) == [
         "tune.asha_rule=median: use top_k (the best 1/reduction_factor of the trials at a rung go on, as Optuna's), "
