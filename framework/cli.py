@@ -311,6 +311,9 @@ def _run_cli(main: Callable[[], object]) -> None:
 
     global _TASK_STARTED
     _TASK_STARTED = False
+    from framework import report
+
+    report.LAST_SWEEP = None  # this command's sweep decides the exit status, not one an earlier call ran
     os.environ["HYDRA_FULL_ERROR"] = "1"  # let exceptions reach us, unformatted (whatever the user's shell set)
     with exit_on_user_error():
         argv = sys.argv[1:]
@@ -336,7 +339,5 @@ def _run_cli(main: Callable[[], object]) -> None:
     finally:
         if started:
             distributed.shutdown(barrier=ok)
-    from framework import report
-
     if report.LAST_SWEEP is not None and report.LAST_SWEEP[1]:
         sys.exit(1)

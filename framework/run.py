@@ -127,7 +127,7 @@ def _train(cfg: DictConfig, run_dir: Path, resume_state: Optional[dict[str, Any]
     if trackers:
         summary["trackers"] = tracking.start_trackers(cfg, built, summary, run_dir)
     if resume_state is not None:  # the wall time of the run's earlier segments counts too (the checkpoint's,
-        earlier = trainer.run_state.earlier_wall_s  # else an older checkpoint's summary's)
+        earlier = resume_state.get("wall_time_s")  # else an older checkpoint's summary's)
         start -= earlier if earlier is not None else earlier_wall(run_dir)
     trainer.run_state.wall_start = start  # each checkpoint records the wall time so far
     return _fit(trainer, summary, cfg, overrides, start)

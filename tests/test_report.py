@@ -352,3 +352,13 @@ def test_the_best_command_leaves_out_overrides_that_only_configure_the_sweep(tmp
                  "hydra.sweeper.n_trials=3"]
     row = {"folder": job, "override_list": overrides, "overrides": " ".join(overrides)}
     assert best_command(row) == "lrframe optimizer=sgd +mysearch=both lr0=0.1"
+
+
+def test_a_single_run_after_a_sweep_with_failed_jobs_exits_0(tmp_path, monkeypatch):
+    """The exit status of an earlier sweep run in the same process (jobs not completed: 1) does
+    not leak into the next command's: a single run that stops as asked exits 0."""
+    from framework import report
+
+    monkeypatch.setattr(report, "LAST_SWEEP", (2, 1))  # as a multirun with a failed job leaves it
+    assert run_cli_in_process([*TINY, "epochs=1", "device=cpu", "trainer.stop_after_steps=2"], tmp_path / "run") == 0
+    assert report.LAST_SWEEP is None

@@ -602,6 +602,8 @@ def test_the_promotion_checks_leave_a_searched_or_fixed_epochs_alone():
     check_promotion(pruner, config, parse_space({"epochs": "8"}, ["lr0=1e-3,1e-2"]), None)  # every trial's 8
     with pytest.raises(ConfigError, match=r"max_resource=8: the last rung is a full run, the trials' epochs=16"):
         check_promotion(pruner, config, parse_space({}, ["lr0=1e-3,1e-2"]), None)
+    with pytest.raises(ConfigError, match=r"^hydra.sweeper.pruner.max_resource=abc: must be an integer >= 1$"):
+        check_promotion({**pruner, "max_resource": "abc"}, config, parse_space({}, ["lr0=1e-3,1e-2"]), None)
     with pytest.raises(ConfigError, match=r"max_resource=16: .* epochs=8"):  # absent: the class's default, 16
         check_promotion({"_target_": pruner["_target_"]}, OmegaConf.create({"epochs": 8}), parse_space({}, ["lr0=1,2"]),
                         None)

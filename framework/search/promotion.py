@@ -50,8 +50,6 @@ def check_promotion(pruner_cfg: dict[str, Any], config: Any, space: Any, budget_
     Raises:
         ConfigError: one line naming the key and the fix.
     """
-    import inspect
-
     from omegaconf import OmegaConf
 
     from framework.errors import ConfigError
@@ -65,12 +63,13 @@ def check_promotion(pruner_cfg: dict[str, Any], config: Any, space: Any, budget_
                           "another pruner")
     if "epochs" in space.distributions:  # searched: each trial plans its own; the last rung is the user's call
         return
+    rule = PromotionASHA(**{k: v for k, v in pruner_cfg.items() if k != "_target_"})  # its own one-line checks
     epochs = OmegaConf.select(config, "epochs")
     for fixed in space.fixed:  # epochs=<n> in hydra.sweeper.params: every trial's
         key, _, value = fixed.partition("=")
         if key.lstrip("+") == "epochs" and value.strip().isdigit():
             epochs = int(value)
-    last = pruner_cfg.get("max_resource", inspect.signature(PromotionASHA).parameters["max_resource"].default)
+    last = rule.max_resource
     if last != epochs:
         raise ConfigError(f"hydra.sweeper.pruner.max_resource={last}: the last rung is a full run, the trials' "
                           f"epochs={epochs}; set hydra.sweeper.pruner.max_resource='${{epochs}}'")
@@ -191,7 +190,8 @@ def _fail_stalled(sweeper: Any, study: Any, before: dict[int, tuple[int, Any]]) 
     failed = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         if t.number in before and _state_of(t) == before[t.number]:
-            log.warning("trial %d: its promoted job trained nothing (see %s): failed", t.number, t.user_attrs.get("run_dir"))
+            log.warning("trial %d: its promoted job trained nothing (see %s): failed", t.number,
+                        t.user_attrs.get("run_dir"))
             study._storage.set_trial_user_attr(t._trial_id, "status", "failed")
             sweeper.tell_state(study, t.number, state=TrialState.FAIL)
             failed.append(t.number)

@@ -118,12 +118,12 @@ def seed_asha(scheduler: Any, results: Path, monitor: str, mode: str, time_attr:
     Returns:
         The number of rows replayed (0 when the file is missing).
     """
+    from framework.search.ray_trial import result_rows
+
     sign = 1.0 if mode == "max" else -1.0
     max_t = getattr(scheduler, "_max_t", math.inf)  # a result at max_t ends the trial: Ray records none
     bracket = scheduler._brackets[0]  # one bracket (brackets=1): every trial's
     count = 0
-    from framework.search.ray_trial import result_rows
-
     for row in result_rows(results):
         if "trial_id" in row and isinstance(row.get(monitor), (int, float)) and row.get(time_attr, max_t) < max_t:
             bracket.on_result(_Seen(row["trial_id"]), row[time_attr], sign * float(row[monitor]))

@@ -146,7 +146,8 @@ class PromotionRule:
             top = ranked[:len(ranked) // self.eta]
             slots = len(top) - sum(1 for t in trials if t.sent_to >= rungs[k + 1])
             for trial in top if slots > 0 else []:
-                if trial.paused_at is not None and trial.number not in busy and rungs[k] <= trial.paused_at < rungs[k + 1]:
+                waits_here = trial.paused_at is not None and rungs[k] <= trial.paused_at < rungs[k + 1]
+                if waits_here and trial.number not in busy:
                     trial.until = rungs[k + 1]
                     return Job(trial.number, rungs[k + 1])
         if started < n_trials:  # rule 2

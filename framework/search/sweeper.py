@@ -75,8 +75,8 @@ class LRSearchSweeperImpl(Sweeper):
 
     Raises:
         ConfigError: (at :meth:`sweep`, before any job) a bad ``direction``, ``n_trials`` or
-            ``n_jobs``, ``budget_runs``, a parameter Hydra cannot parse, a grid over an interval, a storage that
-            cannot be opened, a bad ``asha_promotion`` value or that pruner without checkpoints;
+            ``n_jobs``, ``budget_runs``, a parameter Hydra cannot parse, a grid over an interval, a
+            storage that cannot be opened, a bad ``asha_promotion`` value or that pruner without checkpoints;
             each in one line naming the key.
     """
 
@@ -123,7 +123,7 @@ class LRSearchSweeperImpl(Sweeper):
 
         cfg = dict(self.sampler_cfg or {"_target_": "optuna.samplers.TPESampler"})
         grid = str(cfg.get("_target_", "")).endswith("GridSampler")
-        if seed_offset and cfg.get("seed") is not None and not grid:  # a grid's seed orders it: its trials keep their points
+        if seed_offset and cfg.get("seed") is not None and not grid:  # a grid's seed orders it: trials keep their points
             cfg["seed"] = int(cfg["seed"]) + seed_offset
         if grid and not cfg.get("search_space"):
             cfg["search_space"] = space.grid()
@@ -244,7 +244,7 @@ class LRSearchSweeperImpl(Sweeper):
         else:
             returns = []
             while done < target:
-                fit = trials_that_fit(self.budget_runs, spent_runs(study))
+                fit = trials_that_fit(self.budget_runs, spent_runs(study) if self.budget_runs is not None else 0.0)
                 if not fit:
                     log.info("budget spent: %.2f of %s full runs (hydra.sweeper.budget_runs), %d of %d trials run",
                              spent_runs(study), self.budget_runs, done, target)

@@ -32,11 +32,10 @@ class RunState:
         wall_start: ``time.time()`` (s since the epoch) at which the run started, moved back by
             its earlier segments' wall time; set by :func:`framework.run.train` (None: not
             counted, e.g. a trainer built by hand); each checkpoint stores ``wall_time_s``, the
-            time from it to the save.
-        earlier_wall_s: a loaded checkpoint's ``wall_time_s`` (s; None for a checkpoint without
-            it). A checkpoint taken over from another run (a PBT exploit) brings that run's
-            time, as it brings its ``train_time_s`` and steps; the time a segment spent after its
-            last checkpoint (final files, closing trackers) is not in it.
+            time from it to the save, from which a resume counts on. A checkpoint taken over from
+            another run (a PBT exploit) brings that run's time, as it brings its ``train_time_s``
+            and steps; the time a segment spent after its last checkpoint (final files, closing
+            trackers) is not in it.
     """
 
     global_step: int = 0
@@ -52,7 +51,6 @@ class RunState:
     earlier_time_s: float = 0.0
     started: Optional[float] = None  # time.perf_counter() when this segment's fit started
     wall_start: Optional[float] = None
-    earlier_wall_s: Optional[float] = None
     epoch_loss_t: Optional[torch.Tensor] = None  # the epoch's loss sum on the device, while it runs
 
     def count_clipped(self, rows: list[dict[str, Any]]) -> None:
@@ -123,4 +121,3 @@ class RunState:
         self.lr_backoff = state.get("lr_backoff", 1.0)
         self.clipped_steps = state.get("clipped_steps", 0)
         self.earlier_time_s = state.get("train_time_s", 0.0)
-        self.earlier_wall_s = state.get("wall_time_s")
