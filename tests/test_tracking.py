@@ -247,17 +247,19 @@ def test_a_tracker_that_cannot_work_is_one_line_before_training(tmp_path, monkey
 
 
 class Recording:
-    """A user's own tracker (any ``_target_``): keeps every call. ``fail_on``: raise in that call."""
+    """A user's own tracker (any ``_target_``): appends every call to ``path`` (JSON lines; it runs
+    in the trackers' process) with the process id. ``fail_on``: raise in that call."""
 
-    calls: list = []
-
-    def __init__(self, fail_on: str = ""):
-        self.fail_on = fail_on
+    def __init__(self, path: str, fail_on: str = ""):
+        self.path, self.fail_on = path, fail_on
 
     def _record(self, name, *args):
+        import os
+
         if name == self.fail_on:
             raise RuntimeError("the server went away")
-        Recording.calls.append((self.fail_on, name, *args))
+        with open(self.path, "a") as f:
+            f.write(json.dumps([self.fail_on, os.getpid(), name, *args]) + "\n")
 
     def start(self, info):
         self._record("start", info.name, info.start_step)
@@ -273,14 +275,29 @@ class Recording:
         self._record("finish", summary["status"])
 
 
-def test_a_users_tracker_gets_the_rows_and_a_failing_one_is_dropped(tmp_path, caplog):
-    Recording.calls = []
-    run = tmp_path / "run"
+class RecordingHere(Recording):
+    """The same tracker, run in a thread of the training process."""
+
+    in_process = True
+
+
+def recorded(path: Path) -> list[list]:
+    """The calls ``Recording`` wrote: ``[fail_on, pid, method, *args]`` each."""
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+@pytest.mark.parametrize("cls", ["Recording", "RecordingHere"])
+def test_a_users_tracker_gets_the_rows_and_a_failing_one_is_dropped(tmp_path, caplog, cls):
+    import os
+
+    run, calls = tmp_path / "run", tmp_path / "calls.jsonl"
     train_in_process(run, *TINY, "epochs=2", "trainer.log_every_n_steps=3",
-                     f"+logger.mine._target_={__name__}.Recording", "+logger.mine._partial_=true",
-                     f"+logger.bad._target_={__name__}.Recording", "+logger.bad._partial_=true",
+                     f"+logger.mine._target_={__name__}.{cls}", "+logger.mine._partial_=true", f"+logger.mine.path={calls}",
+                     f"+logger.bad._target_={__name__}.{cls}", "+logger.bad._partial_=true", f"+logger.bad.path={calls}",
                      "+logger.bad.fail_on=log_steps")
-    mine = [c[1:] for c in Recording.calls if c[0] == ""]
+    pids = {c[1] for c in recorded(calls)}
+    assert (pids == {os.getpid()}) == (cls == "RecordingHere") and len(pids) == 1  # the trackers' process, or this one
+    mine = [c[2:] for c in recorded(calls) if c[0] == ""]
     assert [c[0] for c in mine] == ["start", "log_steps", "log_steps", "log_epoch", "log_steps", "log_steps",
                                     "log_epoch", "finish"]  # 4 steps an epoch: rows written after 3, 4, 6, 8 steps
     rows = [r for c in mine if c[0] == "log_steps" for r in c[1]]
@@ -289,11 +306,29 @@ def test_a_users_tracker_gets_the_rows_and_a_failing_one_is_dropped(tmp_path, ca
     epochs = read_csv(run / "epochs.csv")
     assert [(c[1]["val/acc"], c[2]) for c in mine if c[0] == "log_epoch"] == [
         (float(epochs[0]["val/acc"]), 3), (float(epochs[1]["val/acc"]), 7)]
-    assert mine[-1] == ("finish", "completed")
-    bad = [c[1] for c in Recording.calls if c[0] == "log_steps"]
+    assert mine[-1] == ["finish", "completed"]
+    bad = [c[2] for c in recorded(calls) if c[0] == "log_steps"]
     assert bad == ["start"]  # dropped at its first failure: no more calls, not even finish
     assert any("logger bad: log_steps failed (RuntimeError: the server went away)" in r.message for r in caplog.records)
     assert json.loads((run / "summary.json").read_text())["trackers"] == {"mine": {"mine": 1}, "bad": {"mine": 1}}
+
+
+def test_the_trackers_process_closes_its_runs_when_the_training_process_ends_without_finish(tmp_path):
+    """The pipe's end (the training process killed) is what the trackers' process sees: it makes
+    the calls it has received, then closes the runs as failed."""
+    from framework.tracking import RunInfo
+    from framework.tracking.process import ProcessWorker
+
+    calls = tmp_path / "calls.jsonl"
+    worker = ProcessWorker({"mine": Recording(str(calls))})
+    assert worker.start(RunInfo(run_dir=tmp_path, name="run", config={}, params={}, facts={})) == {"mine": {"mine": 1}}
+    worker.put(("log_steps", ([{"step": 0, "lr": 0.1}],)))
+    worker.wait()
+    worker.put(("log_steps", ([{"step": 1, "lr": 0.2}],)))
+    worker._close()  # no finish
+    assert worker.process.returncode == 0
+    assert [c[2:] for c in recorded(calls)] == [["start", "run", 0], ["log_steps", [{"step": 0, "lr": 0.1}]],
+                                                ["log_steps", [{"step": 1, "lr": 0.2}]], ["finish", "failed"]]
 
 
 def test_a_resumed_run_continues_its_tracker_runs(tmp_path, mlflow_db):
@@ -368,7 +403,7 @@ def test_a_tracker_that_cannot_start_closes_the_runs_already_opened(tmp_path, ml
     run = tmp_path / "run"
     assert run_cli_in_process([*TINY, "logger=[csv,mlflow]", f"logger.mlflow.tracking_uri=sqlite:///{mlflow_db}",
                                f"+logger.bad._target_={__name__}.Recording", "+logger.bad._partial_=true",
-                               "+logger.bad.fail_on=start"], run) == 2
+                               f"+logger.bad.path={tmp_path / 'calls.jsonl'}", "+logger.bad.fail_on=start"], run) == 2
     err = [ln for ln in lines(capfd.readouterr().err) if "INFO mlflow" not in ln]  # (MLflow making a new store)
     assert err == ["error: logger=bad: could not start its run: the server went away"]
     con = sqlite3.connect(mlflow_db)

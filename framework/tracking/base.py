@@ -1,5 +1,6 @@
-"""The tracker interface and the fan-out that feeds every configured tracker from a background
-thread, so the training loop never waits on a tracker."""
+"""The tracker interface and the fan-out that feeds every configured tracker from another process
+(or, for a tracker that must share the training process, a background thread), so the training
+loop never waits on a tracker."""
 from __future__ import annotations
 
 import logging
@@ -55,17 +56,23 @@ class Tracker:
     """One experiment tracker (TensorBoard, MLflow, W&B): the calls a run makes, in order.
 
     A tracker's constructor only stores its config (no I/O); :meth:`start` opens it. Every call
-    after :meth:`start` comes from one background thread, in the order the run made them. The
+    comes from one worker, in the order the run made them: by default a child process that the
+    run starts for its trackers (the tracker is pickled there, so its work never holds the
+    training process's interpreter lock; :mod:`framework.tracking.process`), or a background
+    thread of the training process for a class that sets ``in_process = True`` (one that needs
+    the training process's objects, or cannot be pickled). The
     values passed are those written to the run folder: :meth:`log_steps` gets the rows appended
     to ``steps.csv`` (as they are appended, every ``trainer.log_every_n_steps`` steps and at each
     epoch's end), :meth:`log_epoch` the row of ``epochs.csv``.
 
     Class attribute ``package``: the importable module it needs; ``extra``: the pip extra that
-    installs it (``pip install 'lrframe[<extra>]'``).
+    installs it (``pip install 'lrframe[<extra>]'``); ``in_process``: run it in a thread of the
+    training process rather than in the trackers' process.
     """
 
     package = ""
     extra = ""
+    in_process = False
 
     def check(self) -> None:
         """Before training: raise :class:`~framework.errors.ConfigError` (one line) when the
@@ -121,36 +128,23 @@ def require(module: str, key: str, extra: str) -> Any:
                           f"pip install 'lrframe[{extra}]' (or leave {key} out of logger=)") from None
 
 
-class Trackers:
-    """Every configured tracker, fed from one background thread.
-
-    :meth:`start` runs in the caller's thread (a tracker that cannot open its run fails before
-    training); :meth:`log_steps` and :meth:`log_epoch` only queue their rows (no I/O, no device
-    sync in the training loop); :meth:`finish` waits for the queue, then closes every tracker.
-    A tracker that raises while logging is dropped with one warning; the run goes on.
+class Fanout:
+    """Calls every tracker in turn, in the caller's thread; a tracker that raises while logging is
+    dropped with one warning and the run goes on. The trackers' worker (a thread here, a child
+    process in :mod:`framework.tracking.process`) drives it.
 
     Args:
-        trackers: name (``tensorboard``, ``mlflow``, ``wandb``, or a user's) -> tracker.
+        trackers: name -> tracker.
     """
 
     def __init__(self, trackers: dict[str, Tracker]):
         self.trackers = dict(trackers)
-        self._queue: queue.Queue = queue.Queue()
-        self._thread: Optional[threading.Thread] = None
-
-    def __bool__(self) -> bool:
-        return bool(self.trackers)
 
     def start(self, info: RunInfo, earlier: Optional[dict[str, Any]] = None) -> dict[str, Any]:
-        """Open every tracker's run (in this thread) and start the logging thread.
-
-        Args:
-            info: the run (its ``earlier`` is set per tracker from ``earlier``).
-            earlier: ``{name: what its start returned}`` in an earlier segment of this run
-                (``summary.json``'s ``trackers``; a resume continues those runs).
+        """Open every tracker's run; on a failure close those already opened (as failed).
 
         Returns:
-            ``{name: what its start returned}`` (for ``summary.json``'s ``trackers``).
+            ``{name: what its start returned}``.
 
         Raises:
             ConfigError: a tracker could not open its run (one line naming it).
@@ -163,32 +157,57 @@ class Trackers:
                 opened[name] = tracker.start(replace(info, earlier=(earlier or {}).get(name) or {})) or {}
             except Exception as exc:  # a server, a database, a login: say which and why, before training
                 for other in opened:  # close the runs already opened, as failed
-                    self._call(other, self.trackers[other], "finish", ({"status": "failed", "error": str(exc)},))
+                    self.call_one(other, "finish", ({"status": "failed", "error": str(exc)},))
                 if isinstance(exc, ConfigError):
                     raise
                 raise ConfigError(f"logger={name}: could not start its run: {first_line(exc)}") from exc
+        return opened
+
+    def call(self, method: str, args: tuple) -> None:
+        """``method(*args)`` of every tracker still logging."""
+        for name in list(self.trackers):
+            self.call_one(name, method, args)
+
+    def call_one(self, name: str, method: str, args: tuple) -> None:
+        """``method(*args)`` of tracker ``name``; it is dropped when that raises."""
+        try:
+            getattr(self.trackers[name], method)(*args)
+        except Exception as exc:  # never let a tracker end the training
+            from framework.errors import first_line
+
+            log.warning("logger %s: %s failed (%s: %s); it logs nothing more for this run", name, method,
+                        type(exc).__name__, first_line(exc))
+            self.trackers.pop(name, None)
+
+
+class ThreadWorker(Fanout):
+    """The trackers that run in the training process (``in_process``), fed from one background
+    thread: :meth:`put` only queues a call."""
+
+    def __init__(self, trackers: dict[str, Tracker]):
+        super().__init__(trackers)
+        self._queue: queue.Queue = queue.Queue()
+        self._thread: Optional[threading.Thread] = None
+
+    def start(self, info: RunInfo, earlier: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+        """:meth:`Fanout.start` in the caller's thread, then start the logging thread."""
+        opened = super().start(info, earlier)
         self._thread = threading.Thread(target=self._work, name="lrframe-trackers", daemon=True)
         self._thread.start()
         return opened
 
-    def log_steps(self, rows: Sequence[dict[str, Any]]) -> None:
-        """Queue ``steps.csv`` rows for every tracker (:meth:`Tracker.log_steps`)."""
-        if self.trackers:
-            self._queue.put(("log_steps", (list(rows),)))
-
-    def log_epoch(self, metrics: dict[str, Any], step: int) -> None:
-        """Queue an ``epochs.csv`` row at step ``step`` (:meth:`Tracker.log_epoch`)."""
-        if self.trackers:
-            self._queue.put(("log_epoch", (dict(metrics), step)))
+    def put(self, item: tuple[str, tuple]) -> None:
+        """Queue ``(method, args)`` for every tracker."""
+        self._queue.put(item)
 
     def wait(self) -> None:
-        """Return once every queued row has been handed to the trackers."""
+        """Return once every queued call has been made."""
         if self._thread is not None:
             self._queue.join()
 
     def finish(self, summary: dict[str, Any]) -> None:
-        """Log what is queued, then :meth:`Tracker.finish` each tracker with the final summary
-        (a failure is a warning: the run's own files are already written)."""
+        """Make the queued calls, then :meth:`Tracker.finish` each tracker (within
+        :data:`FINISH_TIMEOUT_S`: a tracker that hangs is left, with a warning)."""
         if self._thread is not None:
             self._queue.put(None)
             self._thread.join(timeout=FINISH_TIMEOUT_S)
@@ -197,8 +216,7 @@ class Trackers:
                             "left open, the run folder has every value", FINISH_TIMEOUT_S, ", ".join(self.trackers))
                 return
             self._thread = None
-        for name, tracker in list(self.trackers.items()):
-            self._call(name, tracker, "finish", (summary,))
+        self.call("finish", (summary,))
 
     def _work(self) -> None:
         while True:
@@ -206,17 +224,85 @@ class Trackers:
             if item is None:
                 self._queue.task_done()
                 return
-            method, args = item
-            for name, tracker in list(self.trackers.items()):
-                self._call(name, tracker, method, args)
+            self.call(*item)
             self._queue.task_done()
 
-    def _call(self, name: str, tracker: Tracker, method: str, args: tuple) -> None:
-        try:
-            getattr(tracker, method)(*args)
-        except Exception as exc:  # never let a tracker end the training
-            from framework.errors import first_line
 
-            log.warning("logger %s: %s failed (%s: %s); it logs nothing more for this run", name, method,
-                        type(exc).__name__, first_line(exc))
-            self.trackers.pop(name, None)
+class Trackers:
+    """Every configured tracker: those that can be pickled run in one child process
+    (:class:`~framework.tracking.process.ProcessWorker`), the others (``in_process``, or defined
+    in ``__main__``) in a background thread (:class:`ThreadWorker`).
+
+    :meth:`start` waits until every tracker has opened its run (a tracker that cannot fails
+    before training); :meth:`log_steps` and :meth:`log_epoch` only queue their rows (no I/O, no
+    device sync in the training loop); :meth:`finish` waits for the queue, then closes every
+    tracker. A tracker that raises while logging is dropped with one warning; the run goes on.
+
+    Args:
+        trackers: name (``tensorboard``, ``mlflow``, ``wandb``, or a user's) -> tracker.
+    """
+
+    def __init__(self, trackers: dict[str, Tracker]):
+        self.trackers = dict(trackers)
+        self.workers: list[Any] = []
+
+    def __bool__(self) -> bool:
+        return bool(self.trackers)
+
+    def start(self, info: RunInfo, earlier: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+        """Open every tracker's run and start their workers.
+
+        Args:
+            info: the run (its ``earlier`` is set per tracker from ``earlier``).
+            earlier: ``{name: what its start returned}`` in an earlier segment of this run
+                (``summary.json``'s ``trackers``; a resume continues those runs).
+
+        Returns:
+            ``{name: what its start returned}`` (for ``summary.json``'s ``trackers``), in the
+            order of ``logger``.
+
+        Raises:
+            ConfigError: a tracker could not open its run (the runs opened are closed as failed).
+        """
+        from framework.tracking.process import ProcessWorker, runs_in_process
+
+        here = {k: t for k, t in self.trackers.items() if runs_in_process(t)}
+        away = {k: t for k, t in self.trackers.items() if k not in here}
+        opened: dict[str, Any] = {}
+        try:
+            if away:  # a worker is kept once its trackers have opened their runs
+                worker = ProcessWorker(away)
+                opened.update(worker.start(info, earlier))
+                self.workers.append(worker)
+            if here:
+                worker = ThreadWorker(here)
+                opened.update(worker.start(info, earlier))
+                self.workers.append(worker)
+        except Exception as exc:
+            for worker in self.workers:  # close the runs already opened, as failed
+                worker.finish({"status": "failed", "error": str(exc)})
+            self.workers = []
+            raise
+        return {name: opened[name] for name in self.trackers if name in opened}
+
+    def log_steps(self, rows: Sequence[dict[str, Any]]) -> None:
+        """Queue ``steps.csv`` rows for every tracker (:meth:`Tracker.log_steps`)."""
+        for worker in self.workers:
+            worker.put(("log_steps", (list(rows),)))
+
+    def log_epoch(self, metrics: dict[str, Any], step: int) -> None:
+        """Queue an ``epochs.csv`` row at step ``step`` (:meth:`Tracker.log_epoch`)."""
+        for worker in self.workers:
+            worker.put(("log_epoch", (dict(metrics), step)))
+
+    def wait(self) -> None:
+        """Return once every queued row has been handed to the trackers."""
+        for worker in self.workers:
+            worker.wait()
+
+    def finish(self, summary: dict[str, Any]) -> None:
+        """Log what is queued, then :meth:`Tracker.finish` each tracker with the final summary
+        (a failure is a warning: the run's own files are already written)."""
+        workers, self.workers = self.workers, []
+        for worker in workers:
+            worker.finish(summary)
