@@ -18,8 +18,9 @@ divergence guard on every ``trainer.grad_norm_every_n_steps``-th step), per meas
 share of a plain step on average: a figure the drift does not blur; and the LR doctor's work (the
 update ratios of a sampled step, one judgement of the run's rows) per step on average. On the CPU it
 also prints the same pairs per second of the process's CPU time (``time.process_time``: all its
-threads, the trackers' writer included; W&B's own service process is not), which time the VM loses
-to other machines on a shared host does not enter.
+threads; the trackers' process and W&B's service process are not, so with ``--loggers`` it
+shows the training process's own work), which time the VM loses to other machines on a shared
+host does not enter.
 Also prints the start-up
 time of ``python train.py --cfg job``, import-to-first-step of a run, and peak memory.
 """

@@ -202,6 +202,32 @@ def test_wandb_offline_run_holds_the_values_of_steps_csv(tracked):
     assert json.loads((tracked / "summary.json").read_text())["trackers"]["wandb"]["mode"] == "offline"
 
 
+def test_wandb_keeps_the_runs_log_and_watches_the_training_process(tmp_path, monkeypatch):
+    import os
+
+    import wandb
+
+    from framework.tracking import RunInfo
+    from framework.tracking.wandb import WandbTracker
+
+    run = tmp_path / "run"
+    assert run_cli_in_process([*TINY, "epochs=1", "logger=[csv,wandb]", "logger.wandb.mode=offline"], run) == 0
+    (saved,) = glob.glob(str(run / "wandb" / "offline-run-*" / "files" / "train.log"))
+    assert Path(saved).resolve() == (run / "train.log").resolve()  # in its files, synced with the run
+    seen = {}
+
+    def init(**kwargs):
+        seen.update(kwargs)
+        raise InterruptedError("seen")
+
+    monkeypatch.setattr(wandb, "init", init)
+    info = RunInfo(run_dir=tmp_path, name="run", config={}, params={}, facts={})
+    assert info.pid == os.getpid()  # made in the training process; the tracker runs in another
+    with pytest.raises(InterruptedError):
+        WandbTracker().start(info)
+    assert seen["settings"].x_stats_pid == os.getpid() and seen["settings"].console == "off"
+
+
 def test_trackers_do_not_change_what_is_trained(tracked, tmp_path):
     train_in_process(tmp_path / "plain", *OVERRIDES)
     assert (tmp_path / "plain" / "steps.csv").read_bytes() == (tracked / "steps.csv").read_bytes()

@@ -4,7 +4,8 @@
 default); ``logger=[csv,tensorboard,mlflow]`` adds trackers that receive the same values. The
 run checks every tracker before it builds anything (:func:`check`: installed, reachable), opens
 their runs once built (:meth:`Trackers.start`), hands them the step rows as ``steps.csv`` gets
-them and each epoch's row (from a background thread), and closes them with the final summary.
+them and each epoch's row (in the trackers' own process, :mod:`framework.tracking.process`), and
+closes them with the final summary.
 A tracker is any ``_target_`` that builds a :class:`Tracker`.
 """
 from __future__ import annotations

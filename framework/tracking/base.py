@@ -4,6 +4,7 @@ loop never waits on a tracker."""
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 from dataclasses import dataclass, field, replace
@@ -38,6 +39,7 @@ class RunInfo:
             the same run (``summary.json``'s ``trackers.<name>``: a resume continues that run).
         sweep_dir: the sweep folder of a multirun job (None for a single run); job: its number.
         plan: the planned LR of every group at every step (:class:`~framework.preview.PlannedRun`).
+        pid: the training process's id (the trackers run in a process of their own).
     """
 
     run_dir: Path
@@ -50,6 +52,7 @@ class RunInfo:
     sweep_dir: Optional[Path] = None
     job: Optional[int] = None
     plan: Any = None
+    pid: int = field(default_factory=os.getpid)
 
 
 class Tracker:
@@ -110,22 +113,25 @@ def numbers(row: dict[str, Any], skip: Sequence[str]) -> dict[str, float]:
             if k not in skip and isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
-def require(module: str, key: str, extra: str) -> Any:
-    """Import ``module`` for ``logger=<key>``.
+def require(module: str, key: str, extra: str) -> None:
+    """Check that ``module`` is installed for ``logger=<key>``, without importing it (the
+    trackers import their packages in their own process, not in the training process).
 
     Raises:
-        ConfigError: it is not installed: ``logger=<key>: needs the <module> package; pip
-            install 'lrframe[<extra>]' (or pick another logger)``.
+        ConfigError: it is not installed: ``logger=<key>: needs the <module> package (not
+            installed); pip install 'lrframe[<extra>]' (or leave <key> out of logger=)``.
     """
-    import importlib
+    import importlib.util
 
     from framework.errors import ConfigError
 
     try:
-        return importlib.import_module(module)
-    except ImportError as exc:
-        raise ConfigError(f"logger={key}: needs the {module.split('.')[0]} package ({exc}); "
-                          f"pip install 'lrframe[{extra}]' (or leave {key} out of logger=)") from None
+        found = importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a parent package that is missing, or broken
+        found = False
+    if not found:
+        raise ConfigError(f"logger={key}: needs the {module} package (not installed); "
+                          f"pip install 'lrframe[{extra}]' (or leave {key} out of logger=)")
 
 
 class Fanout:

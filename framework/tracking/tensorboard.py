@@ -15,7 +15,7 @@ class TensorBoardTracker(Tracker):
     writes it: float32, the only one its default loader shows; MLflow, W&B and the CSVs keep the
     float64 values): each is the ``steps.csv`` value rounded to float32. The values of one step
     go in one event (one ``Summary`` with a value per tag, read back by TensorBoard as separate
-    scalars): 0.06 ms of the logging thread's CPU per ``steps.csv`` row of 7 values, against
+    scalars): 0.06 ms of the trackers' CPU per ``steps.csv`` row of 7 values, against
     0.23 ms with an event per value (measured on 2 CPU cores). Tag = the CSV column (``lr``, ``lr/<group>``, ``momentum``, ``loss``, ``grad_norm``; epoch
     metrics ``train/loss``, ``val/loss``, ``val/<metric>``, ``time_s`` at the epoch's last
     step ``k``). At the start: the planned LR of every group (figure ``lr_plan``). At the end:

@@ -10,6 +10,8 @@ from framework.tracking.base import EPOCH_SKIP, INDEX_COLUMNS, RunInfo, Tracker,
 
 #: W&B's exit code for each ``summary.json`` status (0 = the run finished).
 EXIT_CODE = {"completed": 0, "stopped": 0}
+#: The run's log file in its folder (Hydra's job log, ``hydra.job.name: train``), saved with the run.
+LOG_FILE = "train.log"
 
 
 class WandbTracker(Tracker):
@@ -19,8 +21,10 @@ class WandbTracker(Tracker):
     files land in ``<run folder>/wandb/``) and, for a sweep job, ``group`` = the sweep folder's
     name; each ``steps.csv`` row is logged at step ``k`` (``lr``, ``lr/<group>``, ``momentum``,
     ``loss``, ``grad_norm``), each epoch's metrics at its last ``k``; the final summary's status,
-    objective and ``best/<metric>`` go to the run's summary. A resumed run continues its W&B run
-    (same id, ``resume="allow"``).
+    objective and ``best/<metric>`` go to the run's summary, and the run folder's ``train.log``
+    to its files (W&B's console capture is off: it would see the trackers' process, not the
+    training; its system metrics follow the training process, ``x_stats_pid``). A resumed run
+    continues its W&B run (same id, ``resume="allow"``).
 
     Args:
         project: W&B project.
@@ -38,6 +42,7 @@ class WandbTracker(Tracker):
         self.project, self.entity, self.mode = project, entity, str(mode)
         self.tags = list(tags or [])
         self.run: Any = None
+        self.run_dir: Any = None
 
     def check(self) -> None:
         """Raises ConfigError: wandb missing, an unknown mode, or ``online`` without a login."""
@@ -58,11 +63,13 @@ class WandbTracker(Tracker):
         self.run = wandb.init(
             project=self.project, entity=self.entity, mode=self.mode, dir=str(info.run_dir), name=info.name,
             config=info.config, tags=self.tags or None, reinit="create_new",
+            settings=wandb.Settings(x_stats_pid=info.pid, console="off"),
             group=info.sweep_dir.name if info.sweep_dir is not None else None,
             job_type="sweep-job" if info.sweep_dir is not None else "train",
             **({"id": earlier, "resume": "allow"} if earlier else {}),
         )
         self.run.summary.update({"objective_name": info.facts.get("objective_name")})
+        self.run_dir = info.run_dir
         return {"id": self.run.id, "project": self.project, "mode": self.mode}
 
     def log_steps(self, rows: Sequence[dict[str, Any]]) -> None:
@@ -78,6 +85,9 @@ class WandbTracker(Tracker):
         """Status, objective and ``best/<metric>`` into the run's summary; ``finish``."""
         best = best_metrics(summary)
         self.run.summary.update({"status": summary.get("status"), "objective": summary.get("objective"), **best})
+        log_file = self.run_dir / LOG_FILE
+        if log_file.is_file():  # the run's log, in place of W&B's capture of its own process's console
+            self.run.save(str(log_file), base_path=str(self.run_dir), policy="now")
         self.run.finish(exit_code=EXIT_CODE.get(summary.get("status"), 1))
 
 
