@@ -103,10 +103,12 @@ def _train(cfg: DictConfig, run_dir: Path, resume_state: Optional[dict[str, Any]
         return lr_find(cfg, run_dir)
     trackers = tracking.configured(cfg) if cfg.mode == "train" and distributed.is_main() else {}
     tracking.check(trackers)  # installed and reachable, before the range test or the build
+    trackers = tracking.Trackers(trackers)
+    trackers.prepare()  # the trackers' process imports their packages while the run is built
     lr0_auto = None
     if cfg.lr0 == "auto":
         cfg, lr0_auto = choose_lr0(cfg, run_dir)
-    built = build(cfg, run_dir, tracking.Trackers(trackers))
+    built = build(cfg, run_dir, trackers)
     if cfg.mode == "plot_lr":
         from framework.preview import write_plan
 

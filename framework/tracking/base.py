@@ -251,9 +251,19 @@ class Trackers:
     def __init__(self, trackers: dict[str, Tracker]):
         self.trackers = dict(trackers)
         self.workers: list[Any] = []
+        self._process: Any = None  # the ProcessWorker made by prepare(), not started yet
 
     def __bool__(self) -> bool:
         return bool(self.trackers)
+
+    def prepare(self) -> None:
+        """Start the trackers' process now, so that it imports their packages while the run is
+        built (:meth:`start` does it otherwise). No-op without trackers that run there."""
+        from framework.tracking.process import ProcessWorker, runs_in_process
+
+        away = {k: t for k, t in self.trackers.items() if not runs_in_process(t)}
+        if away and self._process is None:
+            self._process = ProcessWorker(away)
 
     def start(self, info: RunInfo, earlier: Optional[dict[str, Any]] = None) -> dict[str, Any]:
         """Open every tracker's run and start their workers.
@@ -270,14 +280,14 @@ class Trackers:
         Raises:
             ConfigError: a tracker could not open its run (the runs opened are closed as failed).
         """
-        from framework.tracking.process import ProcessWorker, runs_in_process
+        from framework.tracking.process import runs_in_process
 
         here = {k: t for k, t in self.trackers.items() if runs_in_process(t)}
-        away = {k: t for k, t in self.trackers.items() if k not in here}
+        self.prepare()
         opened: dict[str, Any] = {}
         try:
-            if away:  # a worker is kept once its trackers have opened their runs
-                worker = ProcessWorker(away)
+            if self._process is not None:  # a worker is kept once its trackers have opened their runs
+                worker, self._process = self._process, None
                 opened.update(worker.start(info, earlier))
                 self.workers.append(worker)
             if here:

@@ -12,6 +12,8 @@ closes the trackers' runs as failed and exits.
 """
 from __future__ import annotations
 
+import contextlib
+import importlib
 import logging
 import os
 import pickle
@@ -230,6 +232,9 @@ def serve(calls_fd: int, replies_fd: int) -> None:
         sys.path[:0] = [p for p in calls.recv()[1] if p not in sys.path]
         try:
             fanout = Fanout(pickle.loads(calls.recv_bytes()))
+            for tracker in fanout.trackers.values():  # their packages, while the training process builds the run
+                with contextlib.suppress(Exception):  # start() reports a package that does not import
+                    importlib.import_module(getattr(tracker, "package", "") or "json")
             send(("loaded", None))
         except Exception as exc:
             from framework.errors import first_line
