@@ -11,9 +11,10 @@ A tracker is any ``_target_`` that builds a :class:`Tracker`.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
-from framework.tracking.base import RunInfo, Tracker, Trackers
+from framework.tracking.base import RunInfo, ThreadWorker, Tracker
+from framework.tracking.process import ProcessWorker, runs_in_process
 
 __all__ = ["RunInfo", "Tracker", "Trackers", "configured", "check", "run_info", "start_trackers", "sweep_of"]
 
@@ -113,3 +114,89 @@ def sweep_of() -> tuple[Optional[Path], Optional[int]]:
     if hc.mode != RunMode.MULTIRUN:
         return None, None
     return Path(str(hc.sweep.dir)), int(hc.job.num)
+
+
+class Trackers:
+    """Every configured tracker: those that can be pickled run in one child process
+    (:class:`~framework.tracking.process.ProcessWorker`), the others (``in_process``, or defined
+    in ``__main__``) in a background thread (:class:`ThreadWorker`).
+
+    :meth:`start` waits until every tracker has opened its run (a tracker that cannot fails
+    before training); :meth:`log_steps` and :meth:`log_epoch` only queue their rows (no I/O, no
+    device sync in the training loop); :meth:`finish` waits for the queue, then closes every
+    tracker. A tracker that raises while logging is dropped with one warning; the run goes on.
+
+    Args:
+        trackers: name (``tensorboard``, ``mlflow``, ``wandb``, or a user's) -> tracker.
+    """
+
+    def __init__(self, trackers: dict[str, Tracker]):
+        self.trackers = dict(trackers)
+        self.workers: list[Any] = []
+        self._process: Any = None  # the ProcessWorker made by prepare(), not started yet
+
+    def __bool__(self) -> bool:
+        return bool(self.trackers)
+
+    def prepare(self) -> None:
+        """Start the trackers' process now, so that it imports their packages while the run is
+        built (:meth:`start` does it otherwise). No-op without trackers that run there."""
+        away = {k: t for k, t in self.trackers.items() if not runs_in_process(t)}
+        if away and self._process is None:
+            self._process = ProcessWorker(away)
+
+    def start(self, info: RunInfo, earlier: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+        """Open every tracker's run and start their workers.
+
+        Args:
+            info: the run (its ``earlier`` is set per tracker from ``earlier``).
+            earlier: ``{name: what its start returned}`` in an earlier segment of this run
+                (``summary.json``'s ``trackers``; a resume continues those runs).
+
+        Returns:
+            ``{name: what its start returned}`` (for ``summary.json``'s ``trackers``), in the
+            order of ``logger``.
+
+        Raises:
+            ConfigError: a tracker could not open its run (the runs opened are closed as failed).
+        """
+        here = {k: t for k, t in self.trackers.items() if runs_in_process(t)}
+        self.prepare()
+        opened: dict[str, Any] = {}
+        try:
+            if self._process is not None:  # a worker is kept once its trackers have opened their runs
+                worker, self._process = self._process, None
+                opened.update(worker.start(info, earlier))
+                self.workers.append(worker)
+            if here:
+                worker = ThreadWorker(here)
+                opened.update(worker.start(info, earlier))
+                self.workers.append(worker)
+        except Exception as exc:
+            for worker in self.workers:  # close the runs already opened, as failed
+                worker.finish({"status": "failed", "error": str(exc)})
+            self.workers = []
+            raise
+        return {name: opened[name] for name in self.trackers if name in opened}
+
+    def log_steps(self, rows: Sequence[dict[str, Any]]) -> None:
+        """Queue ``steps.csv`` rows for every tracker (:meth:`Tracker.log_steps`)."""
+        for worker in self.workers:
+            worker.put(("log_steps", (list(rows),)))
+
+    def log_epoch(self, metrics: dict[str, Any], step: int) -> None:
+        """Queue an ``epochs.csv`` row at step ``step`` (:meth:`Tracker.log_epoch`)."""
+        for worker in self.workers:
+            worker.put(("log_epoch", (dict(metrics), step)))
+
+    def wait(self) -> None:
+        """Return once every queued row has been handed to the trackers."""
+        for worker in self.workers:
+            worker.wait()
+
+    def finish(self, summary: dict[str, Any]) -> None:
+        """Log what is queued, then :meth:`Tracker.finish` each tracker with the final summary
+        (a failure is a warning: the run's own files are already written)."""
+        workers, self.workers = self.workers, []
+        for worker in workers:
+            worker.finish(summary)

@@ -3,7 +3,7 @@ process and sends it the rows; the trackers' work (protobuf, SQLite, W&B's clien
 holds the training process's interpreter lock, and runs at a lower CPU priority.
 
 Protocol (pickled messages over two pipes, :class:`multiprocessing.connection.Connection`):
-the parent sends ``("path", sys.path)``, the pickled trackers, ``("start", (info, earlier))``,
+the parent sends its ``sys.path``, the pickled trackers, ``("start", (info, earlier))``,
 then ``(method, args)`` calls (``log_steps``, ``log_epoch``, ``wait``, ``finish``); the child
 answers ``("loaded", error)``, ``("started", opened)`` or ``("refused", message)``,
 ``("waited",)``, ``("finished",)``, and forwards its warnings as ``("log", logger, level, text)``.
@@ -24,7 +24,6 @@ import sys
 import threading
 import time
 from multiprocessing.connection import Connection
-from pathlib import Path
 from typing import Any, Optional
 
 from framework.tracking.base import FINISH_TIMEOUT_S, Fanout, RunInfo, Tracker
@@ -34,6 +33,10 @@ log = logging.getLogger(__name__)
 #: How much lower the trackers' process runs than the training (``os.nice`` increment): on a
 #: machine whose cores all train, the trackers take what the training leaves.
 NICE = 10
+#: The child's first lines: this process's ``sys.path`` (the first message), then :func:`serve`.
+BOOT = ("import sys; from multiprocessing.connection import Connection; "
+        "calls = Connection(int(sys.argv[1]), writable=False); sys.path[:] = calls.recv(); "
+        "from framework.tracking.process import serve; serve(calls, int(sys.argv[2]))")
 #: ``summary.json``'s stand-in when the training process ended without closing the trackers.
 ORPHANED = {"status": "failed", "error": "the training process ended without closing its trackers"}
 
@@ -41,8 +44,9 @@ ORPHANED = {"status": "failed", "error": "the training process ended without clo
 def runs_in_process(tracker: Tracker) -> bool:
     """Whether ``tracker`` runs in the training process (a thread) rather than in the trackers'
     process: its class sets ``in_process``, is defined in ``__main__`` (which the child does not
-    run), or the tracker cannot be pickled."""
-    if getattr(tracker, "in_process", False) or type(tracker).__module__ == "__main__":
+    run), the tracker cannot be pickled, or the system is not POSIX (the pipes are handed to the
+    child as file descriptors)."""
+    if os.name != "posix" or getattr(tracker, "in_process", False) or type(tracker).__module__ == "__main__":
         return True
     try:
         pickle.dumps(tracker)
@@ -67,23 +71,20 @@ class ProcessWorker:
         self.names = list(trackers)
         calls_r, calls_w = os.pipe()
         replies_r, replies_w = os.pipe()
-        root = str(Path(__file__).resolve().parents[2])  # the folder that holds the framework package
-        env = {**os.environ, "OMP_NUM_THREADS": "1",
-               "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
         try:
-            self.process = subprocess.Popen(
-                [sys.executable, "-c", "import sys; from framework.tracking.process import serve; "
-                 "serve(int(sys.argv[1]), int(sys.argv[2]))", str(calls_r), str(replies_w)],
-                pass_fds=(calls_r, replies_w), stdin=subprocess.DEVNULL, env=env)
+            self.process = subprocess.Popen([sys.executable, "-c", BOOT, str(calls_r), str(replies_w)],
+                                            pass_fds=(calls_r, replies_w), stdin=subprocess.DEVNULL,
+                                            env={**os.environ, "OMP_NUM_THREADS": "1"})
         finally:
             os.close(calls_r)
             os.close(replies_w)
         self.calls = Connection(calls_w, readable=False)
         self.replies = Connection(replies_r, writable=False)
-        self.calls.send(("path", list(sys.path)))
+        self.calls.send(list(sys.path))  # the child imports what this process imports
         self.calls.send_bytes(pickle.dumps(trackers))
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._feeder: Optional[threading.Thread] = None
+        self.alive = True  # False once the child is seen to have ended
 
     def start(self, info: RunInfo, earlier: Optional[dict[str, Any]] = None) -> dict[str, Any]:
         """Open every tracker's run in the child (:meth:`Fanout.start`) and start the feeder.
@@ -115,14 +116,22 @@ class ProcessWorker:
         return reply[1]
 
     def put(self, item: tuple[str, tuple]) -> None:
-        """Queue ``(method, args)`` for the child's trackers; log the warnings it has sent."""
-        self._queue.put(item)
+        """Queue ``(method, args)`` for the child's trackers; log the warnings it has sent (and,
+        once, that it has ended, after which nothing more is queued)."""
         self._read_logs()
+        if self.alive and self.process.poll() is not None:
+            self.alive = False
+            log.warning("logger: the trackers' process ended (exit status %s); %s log nothing more for this run",
+                        self.process.returncode, ", ".join(self.names))
+        if self.alive:
+            self._queue.put(item)
 
     def wait(self) -> None:
-        """Return once the child has made every call queued so far."""
+        """Return once the child has made every call queued so far (or has ended)."""
         self.put(("wait", ()))
-        self._await("waited")
+        with contextlib.suppress(EOFError):
+            if self.alive:
+                self._await("waited")
 
     def finish(self, summary: dict[str, Any]) -> None:
         """The queued calls, then :meth:`Tracker.finish` of each tracker in the child; wait up to
@@ -130,9 +139,10 @@ class ProcessWorker:
         self._queue.put(("finish", (summary,)))
         self._queue.put(None)
         try:
-            done = self._await("finished", timeout=FINISH_TIMEOUT_S) is not None
-        except EOFError:
-            done = False
+            done = not self.alive or self._await("finished", timeout=FINISH_TIMEOUT_S) is not None
+        except EOFError as exc:
+            log.warning("logger: %s before it closed the runs of %s", exc, ", ".join(self.names))
+            done = True
         if not done:
             log.warning("logger: the trackers did not take the run's last rows within %d s (%s); their runs are "
                         "left open, the run folder has every value", FINISH_TIMEOUT_S, ", ".join(self.names))
@@ -211,13 +221,16 @@ class _Forward(logging.Handler):
             self.handleError(record)
 
 
-def serve(calls_fd: int, replies_fd: int) -> None:
-    """The child's loop (started by :class:`ProcessWorker`): load the trackers, then make each
-    call the parent sends, in order, until ``finish`` or the parent's end."""
+def serve(calls: Connection, replies_fd: int) -> None:
+    """The child's loop (:data:`BOOT`, started by :class:`ProcessWorker`): load the trackers,
+    then make each call the parent sends, in order, until ``finish`` or the parent's end.
+
+    Args:
+        calls: the parent's calls (its ``sys.path`` already read); replies_fd: the answers' pipe.
+    """
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C and SIGTERM reach the process group:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the training process stops the run and closes the trackers
     os.nice(NICE)
-    calls = Connection(calls_fd, writable=False)
     replies = Connection(replies_fd, readable=False)
     lock = threading.Lock()
 
@@ -229,7 +242,6 @@ def serve(calls_fd: int, replies_fd: int) -> None:
     fanout: Optional[Fanout] = None
     started = False
     try:
-        sys.path[:0] = [p for p in calls.recv()[1] if p not in sys.path]
         try:
             fanout = Fanout(pickle.loads(calls.recv_bytes()))
             for tracker in fanout.trackers.values():  # their packages, while the training process builds the run
