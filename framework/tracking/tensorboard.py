@@ -3,26 +3,36 @@ applied LR, momentum, loss and gradient norm, the epoch metrics, the LR plan as 
 the run's hyperparameters for the HParams tab."""
 from __future__ import annotations
 
+import time
 from typing import Any, Optional, Sequence
 
 from framework.tracking.base import EPOCH_SKIP, INDEX_COLUMNS, RunInfo, Tracker, best_metrics, numbers, require
 
 
+#: The HParams tab's session status for each ``summary.json`` status (others: unknown).
+SESSION_STATUS = {"completed": "STATUS_SUCCESS", "failed": "STATUS_FAILURE", "diverged": "STATUS_FAILURE"}
+
+
 class TensorBoardTracker(Tracker):
-    """Write a run's TensorBoard events into its run folder (``torch.utils.tensorboard``).
+    """Write a run's TensorBoard events into its run folder, with TensorBoard's own event writer
+    (``tensorboard.summary.writer.EventFileWriter``, the one ``torch.utils.tensorboard`` wraps;
+    the trackers' process then need not import torch).
 
     Scalars are written in TensorBoard's own scalar format (``simple_value``, as ``add_scalar``
     writes it: float32, the only one its default loader shows; MLflow, W&B and the CSVs keep the
     float64 values): each is the ``steps.csv`` value rounded to float32. The values of one step
     go in one event (one ``Summary`` with a value per tag, read back by TensorBoard as separate
     scalars): 0.06 ms of the trackers' CPU per ``steps.csv`` row of 7 values, against
-    0.23 ms with an event per value (measured on 2 CPU cores). Tag = the CSV column (``lr``, ``lr/<group>``, ``momentum``, ``loss``, ``grad_norm``; epoch
-    metrics ``train/loss``, ``val/loss``, ``val/<metric>``, ``time_s`` at the epoch's last
-    step ``k``). At the start: the planned LR of every group (figure ``lr_plan``). At the end:
-    the hyperparameters (the flattened config; lists and null as text) with ``best/<metric>``
-    as the HParams tab's metrics, so ``tensorboard --logdir <sweep folder>`` compares the jobs.
-    A resumed run opens a new event file with ``purge_step`` = its first step, so steps logged
-    after the checkpoint and before the stop are replaced, not doubled.
+    0.23 ms with an event per value (measured on 2 CPU cores). Tag = the CSV column (``lr``,
+    ``lr/<group>``, ``momentum``, ``loss``, ``grad_norm``; epoch metrics ``train/loss``,
+    ``val/loss``, ``val/<metric>``, ``time_s`` at the epoch's last step ``k``). At the start: the
+    planned LR of every group (image ``lr_plan``, a PNG). At the end: the hyperparameters (the
+    flattened config; lists and null as text) with ``best/<metric>`` as the HParams tab's
+    metrics (TensorBoard's ``hparams_config_pb`` and ``hparams_pb``, and the session's end status),
+    so ``tensorboard --logdir <sweep folder>`` compares the jobs. A resumed run opens a new event
+    file that starts with a ``SessionLog.START`` event at its first step (what
+    ``SummaryWriter(purge_step=...)`` writes), so steps logged after the checkpoint and before
+    the stop are replaced, not doubled.
 
     Args:
         flush_secs: (s) how often the writer flushes its events to disk.
@@ -42,15 +52,21 @@ class TensorBoardTracker(Tracker):
 
     def start(self, info: RunInfo) -> dict[str, Any]:
         """Open the event file in the run folder and draw the LR plan."""
-        from torch.utils.tensorboard import SummaryWriter
+        from tensorboard.compat.proto.event_pb2 import Event, SessionLog
+        from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
         self.info = info
-        self.writer = SummaryWriter(str(info.run_dir), flush_secs=self.flush_secs,
-                                    purge_step=info.start_step if info.start_step else None)
+        self.writer = EventFileWriter(str(info.run_dir), flush_secs=self.flush_secs)
+        if info.start_step:  # TensorBoard drops the earlier files' records from this step on
+            self.writer.add_event(Event(step=info.start_step, wall_time=time.time(),
+                                        session_log=SessionLog(status=SessionLog.START)))
         if info.plan is not None and info.start_step == 0:
+            from framework.loggers import pyplot
             from framework.preview import figure
 
-            self.writer.add_figure("lr_plan", figure([info.plan], title=info.plan.label), global_step=0)
+            fig = figure([info.plan], title=info.plan.label)
+            self._summary(image_summary("lr_plan", fig), 0)
+            pyplot().close(fig)
         return {"logdir": str(info.run_dir.resolve())}
 
     def log_steps(self, rows: Sequence[dict[str, Any]]) -> None:
@@ -63,17 +79,17 @@ class TensorBoardTracker(Tracker):
         self._scalars(numbers(metrics, EPOCH_SKIP), step)
 
     def finish(self, summary: dict[str, Any]) -> None:
-        """The HParams summary (config + ``best/<metric>``), then close the file."""
+        """The HParams summaries (config + ``best/<metric>``, the end status), then close the file."""
         try:
+            steps = int(summary.get("steps") or 0)
+            best = best_metrics(summary)
             if self.hparams and self.info is not None:
-                from torch.utils.tensorboard.summary import hparams
-
-                best = best_metrics(summary)
                 values = {k: hparam_value(v) for k, v in self.info.params.items()}
                 values["status"] = str(summary.get("status"))
-                for part in hparams(values, best or {"best/none": 0.0}):
-                    self.writer.file_writer.add_summary(part)
-                self._scalars(best, int(summary.get("steps") or 0))
+                for part in hparams_summaries(values, list(best or {"best/none": 0.0}), self.info.name,
+                                              SESSION_STATUS.get(summary.get("status"), "STATUS_UNKNOWN")):
+                    self._summary(part, steps)
+            self._scalars(best, steps)
         finally:
             self.writer.close()
 
@@ -82,8 +98,44 @@ class TensorBoardTracker(Tracker):
         if values:
             from tensorboard.compat.proto.summary_pb2 import Summary
 
-            self.writer.file_writer.add_summary(
-                Summary(value=[Summary.Value(tag=tag, simple_value=value) for tag, value in values.items()]), step)
+            self._summary(Summary(value=[Summary.Value(tag=tag, simple_value=value)
+                                         for tag, value in values.items()]), step)
+
+    def _summary(self, summary: Any, step: int) -> None:
+        from tensorboard.compat.proto.event_pb2 import Event
+
+        self.writer.add_event(Event(summary=summary, step=step, wall_time=time.time()))
+
+
+def image_summary(tag: str, fig: Any) -> Any:
+    """A ``Summary`` holding a matplotlib figure as a PNG image (the Images tab)."""
+    import io
+    import struct
+
+    from tensorboard.compat.proto.summary_pb2 import Summary
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    png = buf.getvalue()
+    width, height = struct.unpack(">II", png[16:24])  # the PNG's IHDR chunk
+    return Summary(value=[Summary.Value(tag=tag, image=Summary.Image(height=height, width=width, colorspace=4,
+                                                                    encoded_image_string=png))])
+
+
+def hparams_summaries(values: dict[str, Any], metrics: list[str], trial: str, status: str) -> list[Any]:
+    """The HParams plugin's three summaries: the experiment (every hyperparameter's name and the
+    metrics' tags), the session's start (the values) and its end (``status``, an
+    ``api_pb2.Status`` name), as ``torch.utils.tensorboard``'s ``add_hparams`` writes them."""
+    from tensorboard.compat.proto.summary_pb2 import Summary
+    from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
+    from tensorboard.plugins.hparams import summary_v2 as hp
+
+    end = plugin_data_pb2.HParamsPluginData(session_end_info=plugin_data_pb2.SessionEndInfo(
+        status=api_pb2.Status.Value(status), end_time_secs=time.time()))
+    return [hp.hparams_config_pb(hparams=[hp.HParam(k) for k in values], metrics=[hp.Metric(m) for m in metrics]),
+            hp.hparams_pb(values, trial_id=trial),
+            Summary(value=[Summary.Value(tag=metadata.SESSION_END_INFO_TAG, metadata=metadata.create_summary_metadata(end),
+                                         tensor=metadata.NULL_TENSOR)])]
 
 
 def hparam_value(value: Any) -> Any:
