@@ -69,9 +69,10 @@ class Tracker:
     to ``steps.csv`` (as they are appended, every ``trainer.log_every_n_steps`` steps and at each
     epoch's end), :meth:`log_epoch` the row of ``epochs.csv``.
 
-    Class attribute ``package``: the importable module it needs; ``extra``: the pip extra that
-    installs it (``pip install 'lrframe[<extra>]'``); ``in_process``: run it in a thread of the
-    training process rather than in the trackers' process.
+    Class attribute ``package``: the importable module it needs (checked before training without
+    importing it; the trackers' process imports it while the run is built); ``extra``: the pip
+    extra that installs it (``pip install 'lrframe[<extra>]'``); ``in_process``: run it in a
+    thread of the training process rather than in the trackers' process.
     """
 
     package = ""
