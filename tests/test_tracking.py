@@ -357,6 +357,19 @@ def test_the_trackers_process_closes_its_runs_when_the_training_process_ends_wit
                                                 ["log_steps", [{"step": 1, "lr": 0.2}]], ["finish", "failed"]]
 
 
+def test_a_trackers_process_never_starts_another(tmp_path, monkeypatch):
+    """A tracker's module that starts a run when the trackers' process imports it would start a
+    process in a chain: there the trackers run in a thread, and a ProcessWorker is refused."""
+    from framework.tracking.process import CHILD_ENV, ProcessWorker, runs_in_process
+
+    tracker = Recording(str(tmp_path / "calls.jsonl"))
+    assert not runs_in_process(tracker)
+    monkeypatch.setenv(CHILD_ENV, "1")  # as ProcessWorker sets it for its child
+    assert runs_in_process(tracker)
+    with pytest.raises(RuntimeError, match="does not start another"):
+        ProcessWorker({"mine": tracker})
+
+
 def test_a_resumed_run_continues_its_tracker_runs(tmp_path, mlflow_db):
     run = tmp_path / "run"
     args = [*TINY, "epochs=2", "trainer.log_every_n_steps=2", f"logger.mlflow.tracking_uri=sqlite:///{mlflow_db}"]

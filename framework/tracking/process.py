@@ -37,6 +37,9 @@ NICE = 10
 BOOT = ("import sys; from multiprocessing.connection import Connection; "
         "calls = Connection(int(sys.argv[1]), writable=False); sys.path[:] = calls.recv(); "
         "from framework.tracking.process import serve; serve(calls, int(sys.argv[2]))")
+#: Set in the trackers' process: a run started there (a tracker's module that trains when it is
+#: imported) keeps its trackers in a thread, so no process starts another in a chain.
+CHILD_ENV = "LRFRAME_TRACKERS_PROCESS"
 #: ``summary.json``'s stand-in when the training process ended without closing the trackers.
 ORPHANED = {"status": "failed", "error": "the training process ended without closing its trackers"}
 
@@ -44,9 +47,10 @@ ORPHANED = {"status": "failed", "error": "the training process ended without clo
 def runs_in_process(tracker: Tracker) -> bool:
     """Whether ``tracker`` runs in the training process (a thread) rather than in the trackers'
     process: its class sets ``in_process``, is defined in ``__main__`` (which the child does not
-    run), the tracker cannot be pickled, or the system is not POSIX (the pipes are handed to the
-    child as file descriptors)."""
-    if os.name != "posix" or getattr(tracker, "in_process", False) or type(tracker).__module__ == "__main__":
+    run), the tracker cannot be pickled, the system is not POSIX (the pipes are handed to the
+    child as file descriptors), or this is a trackers' process itself (:data:`CHILD_ENV`)."""
+    if (os.name != "posix" or os.environ.get(CHILD_ENV) or getattr(tracker, "in_process", False)
+            or type(tracker).__module__ == "__main__"):
         return True
     try:
         pickle.dumps(tracker)
@@ -68,13 +72,16 @@ class ProcessWorker:
     """
 
     def __init__(self, trackers: dict[str, Tracker]):
+        if os.environ.get(CHILD_ENV):
+            raise RuntimeError("a trackers' process does not start another (a tracker's module that starts one when "
+                               "it is imported?)")
         self.names = list(trackers)
         calls_r, calls_w = os.pipe()
         replies_r, replies_w = os.pipe()
         try:
             self.process = subprocess.Popen([sys.executable, "-c", BOOT, str(calls_r), str(replies_w)],
                                             pass_fds=(calls_r, replies_w), stdin=subprocess.DEVNULL,
-                                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+                                            env={**os.environ, "OMP_NUM_THREADS": "1", CHILD_ENV: "1"})
         finally:
             os.close(calls_r)
             os.close(replies_w)
@@ -273,6 +280,8 @@ def serve(calls: Connection, replies_fd: int) -> None:
     except EOFError:  # the training process ended without finish (killed): close the runs
         if started and fanout is not None:
             fanout.call("finish", (ORPHANED,))
+    except BrokenPipeError:  # it ended while this process answered: nobody to tell
+        pass
     finally:
-        with lock:
+        with lock, contextlib.suppress(OSError):
             replies.close()
