@@ -26,6 +26,9 @@ from typing import Iterator, Optional
 
 #: The signals handled: SIGTERM (schedulers, ``kill``) and SIGINT (Ctrl-C).
 SIGNALS = ("SIGTERM", "SIGINT")
+#: The signals a training run stops on at a step boundary (:mod:`framework.trainer.signals`):
+#: these and SIGUSR2 (SLURM's warning before a time limit, ``--signal=USR2@<s>``).
+RUN_SIGNALS = (*SIGNALS, "SIGUSR2")
 
 #: Seconds after which a signal that could not be raised yet is sent again.
 REDELIVER_S = 0.05

@@ -105,29 +105,33 @@ def _train(cfg: DictConfig, run_dir: Path, resume_state: Optional[dict[str, Any]
     tracking.check(trackers)  # installed and reachable, before the range test or the build
     trackers = tracking.Trackers(trackers)
     trackers.prepare()  # the trackers' process imports their packages while the run is built
-    lr0_auto = None
-    if cfg.lr0 == "auto":
-        cfg, lr0_auto = choose_lr0(cfg, run_dir)
-    built = build(cfg, run_dir, trackers)
-    if cfg.mode == "plot_lr":
-        from framework.preview import write_plan
+    try:
+        lr0_auto = None
+        if cfg.lr0 == "auto":
+            cfg, lr0_auto = choose_lr0(cfg, run_dir)
+        built = build(cfg, run_dir, trackers)
+        if cfg.mode == "plot_lr":
+            from framework.preview import write_plan
 
-        return write_plan(built, run_dir, " ".join(overrides)) if distributed.is_main() else 0.0
-    trainer = built.trainer
-    if trainer.doctor is not None and lr0_auto:  # a too-high warning names the range test's other suggestions
-        trainer.doctor.lr0_auto = lr0_auto
-    if resume_state is not None:
-        resume_trainer(trainer, resume_state)
-    _log_lr_facts(cfg, built)
-    summary = start_summary(cfg, built, run_dir, overrides, lr0_auto, resumed=resume_state is not None)
-    if cfg.get("search") is not None:  # before the trackers: a study out of reach opens no tracker run
-        trainer.trial = _start_search(cfg, run_dir, summary, resume_state is not None)
-        if trainer.doctor is not None:  # a PBT trial that went on from another's run at another lr0
-            from framework.doctor import lr0_changes
+            return write_plan(built, run_dir, " ".join(overrides)) if distributed.is_main() else 0.0
+        trainer = built.trainer
+        if trainer.doctor is not None and lr0_auto:  # a too-high warning names the range test's other suggestions
+            trainer.doctor.lr0_auto = lr0_auto
+        if resume_state is not None:
+            resume_trainer(trainer, resume_state)
+        _log_lr_facts(cfg, built)
+        summary = start_summary(cfg, built, run_dir, overrides, lr0_auto, resumed=resume_state is not None)
+        if cfg.get("search") is not None:  # before the trackers: a study out of reach opens no tracker run
+            trainer.trial = _start_search(cfg, run_dir, summary, resume_state is not None)
+            if trainer.doctor is not None:  # a PBT trial that went on from another's run at another lr0
+                from framework.doctor import lr0_changes
 
-            trainer.doctor.lr0_changed = lr0_changes(summary)
-    if trackers:
-        summary["trackers"] = tracking.start_trackers(cfg, built, summary, run_dir)
+                trainer.doctor.lr0_changed = lr0_changes(summary)
+        if trackers:
+            summary["trackers"] = tracking.start_trackers(cfg, built, summary, run_dir)
+    except BaseException:  # the run ends before its trackers opened their runs: end their process now
+        trackers.close()
+        raise
     if resume_state is not None:  # the wall time of the run's earlier segments counts too (the checkpoint's,
         earlier = resume_state.get("wall_time_s")  # else an older checkpoint's summary's)
         start -= earlier if earlier is not None else earlier_wall(run_dir)
@@ -230,6 +234,8 @@ def _fit(trainer: Any, summary: dict[str, Any], cfg: DictConfig, overrides: list
         raise
     finally:
         if distributed.is_main():
+            if trainer.trackers and trainer.trackers.lost():
+                summary["trackers_lost"] = trainer.trackers.lost()
             unwritten = finish(trainer, summary, start, cfg)
             if trainer.trial not in (None, True):
                 trainer.trial.finish(summary)

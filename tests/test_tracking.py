@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import TINY, compose_cfg, lines, read_csv, run_cli_in_process, train_in_process
+from tests.helpers import HANG_GUARD_S, ROOT, TINY, compose_cfg, lines, read_csv, run_cli_in_process, train_in_process
 
 pytest.importorskip("tensorboard")
 pytest.importorskip("mlflow")
@@ -213,7 +213,8 @@ def test_wandb_keeps_the_runs_log_and_watches_the_training_process(tmp_path, mon
     run = tmp_path / "run"
     assert run_cli_in_process([*TINY, "epochs=1", "logger=[csv,wandb]", "logger.wandb.mode=offline"], run) == 0
     (saved,) = glob.glob(str(run / "wandb" / "offline-run-*" / "files" / "train.log"))
-    assert Path(saved).resolve() == (run / "train.log").resolve()  # in its files, synced with the run
+    assert not Path(saved).is_symlink()  # a copy in its files, synced with the run
+    assert Path(saved).read_text().splitlines()[0] == (run / "train.log").read_text().splitlines()[0]
     seen = {}
 
     def init(**kwargs):
@@ -274,21 +275,24 @@ def test_a_tracker_that_cannot_work_is_one_line_before_training(tmp_path, monkey
 
 class Recording:
     """A user's own tracker (any ``_target_``): appends every call to ``path`` (JSON lines; it runs
-    in the trackers' process) with the process id. ``fail_on``: raise in that call."""
+    in the trackers' process) with the process id. ``fail_on``: raise in that call; ``exit_on``:
+    end the process there (exit status 3), as if it were killed."""
 
-    def __init__(self, path: str, fail_on: str = ""):
-        self.path, self.fail_on = path, fail_on
+    def __init__(self, path: str, fail_on: str = "", exit_on: str = ""):
+        self.path, self.fail_on, self.exit_on = path, fail_on, exit_on
 
     def _record(self, name, *args):
         import os
 
         if name == self.fail_on:
             raise RuntimeError("the server went away")
+        if name == self.exit_on:
+            os._exit(3)
         with open(self.path, "a") as f:
             f.write(json.dumps([self.fail_on, os.getpid(), name, *args]) + "\n")
 
     def start(self, info):
-        self._record("start", info.name, info.start_step)
+        self._record("start", info.name, info.start_step, info.pid)
         return {"mine": 1}
 
     def log_steps(self, rows):
@@ -323,6 +327,7 @@ def test_a_users_tracker_gets_the_rows_and_a_failing_one_is_dropped(tmp_path, ca
                      "+logger.bad.fail_on=log_steps")
     pids = {c[1] for c in recorded(calls)}
     assert (pids == {os.getpid()}) == (cls == "RecordingHere") and len(pids) == 1  # the trackers' process, or this one
+    assert {c[5] for c in recorded(calls) if c[2] == "start"} == {os.getpid()}  # info.pid: the training process
     mine = [c[2:] for c in recorded(calls) if c[0] == ""]
     assert [c[0] for c in mine] == ["start", "log_steps", "log_steps", "log_epoch", "log_steps", "log_steps",
                                     "log_epoch", "finish"]  # 4 steps an epoch: rows written after 3, 4, 6, 8 steps
@@ -342,6 +347,8 @@ def test_a_users_tracker_gets_the_rows_and_a_failing_one_is_dropped(tmp_path, ca
 def test_the_trackers_process_closes_its_runs_when_the_training_process_ends_without_finish(tmp_path):
     """The pipe's end (the training process killed) is what the trackers' process sees: it makes
     the calls it has received, then closes the runs as failed."""
+    import os
+
     from framework.tracking import RunInfo
     from framework.tracking.process import ProcessWorker
 
@@ -351,10 +358,51 @@ def test_the_trackers_process_closes_its_runs_when_the_training_process_ends_wit
     worker.put(("log_steps", ([{"step": 0, "lr": 0.1}],)))
     worker.wait()
     worker.put(("log_steps", ([{"step": 1, "lr": 0.2}],)))
-    worker._close()  # no finish
+    worker.close()  # no finish
     assert worker.process.returncode == 0
-    assert [c[2:] for c in recorded(calls)] == [["start", "run", 0], ["log_steps", [{"step": 0, "lr": 0.1}]],
+    assert [c[2:] for c in recorded(calls)] == [["start", "run", 0, os.getpid()], ["log_steps", [{"step": 0, "lr": 0.1}]],
                                                 ["log_steps", [{"step": 1, "lr": 0.2}]], ["finish", "failed"]]
+
+
+def test_a_trackers_process_that_dies_is_one_line_before_training_and_recorded_after(tmp_path, capfd):
+    calls = tmp_path / "calls.jsonl"
+    mine = [f"+logger.mine._target_={__name__}.Recording", "+logger.mine._partial_=true", f"+logger.mine.path={calls}"]
+    assert run_cli_in_process([*TINY, *mine, "+logger.mine.exit_on=start"], tmp_path / "a") == 2
+    assert lines(capfd.readouterr().err) == ["error: logger=mine: the trackers' process ended (exit status 3) before "
+                                             "their runs opened; any error it printed is above"]
+    run = tmp_path / "b"
+    train_in_process(run, *TINY, "epochs=2", "trainer.log_every_n_steps=3", *mine, "+logger.mine.exit_on=log_epoch")
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["trackers_lost"] == ["mine"]
+    assert [c[2] for c in recorded(calls)] == ["start", "log_steps", "log_steps"]  # then it died in log_epoch
+    said = capfd.readouterr()  # (the CLI run before set Hydra's logging up: the warning goes to its console handler)
+    assert "the trackers' process ended (exit status 3); mine log nothing more" in said.out + said.err
+
+
+def test_a_stop_signal_to_the_whole_process_group_stops_the_run_and_its_trackers_log_every_step(tmp_path):
+    """SLURM signals every process of a job step (SIGUSR2 before the time limit): the trackers'
+    process ignores it, and closes the run once the training process has stopped it."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    calls, run = tmp_path / "calls.jsonl", tmp_path / "run"
+    args = [*TINY, "epochs=15", "device=cpu", "trainer.log_every_n_steps=1", f"+logger.mine._target_={__name__}.Recording",
+            "+logger.mine._partial_=true", f"+logger.mine.path={calls}", f"hydra.run.dir={run}"]
+    proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    while proc.poll() is None and len([c for c in recorded(calls) if c[2] == "log_steps"]) < 8:
+        time.sleep(0.2)  # until the trackers' process has logged 8 steps, however long the machine takes
+    os.killpg(proc.pid, signal.SIGUSR2)
+    _, err = proc.communicate(timeout=HANG_GUARD_S)
+    assert proc.returncode == 0, err[-2000:]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "stopped" and summary["stop_reason"] == "SIGUSR2" and summary["steps"] < 60
+    made = recorded(calls)
+    assert made[-1][2:] == ["finish", "stopped"] and "trackers_lost" not in summary
+    logged = [r["step"] for c in made if c[2] == "log_steps" for r in c[3]]
+    assert logged == [int(r["step"]) for r in read_csv(run / "steps.csv")] == list(range(summary["steps"]))
 
 
 def test_a_trackers_process_never_starts_another(tmp_path, monkeypatch):

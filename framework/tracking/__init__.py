@@ -10,11 +10,14 @@ A tracker is any ``_target_`` that builds a :class:`Tracker`.
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from framework.tracking.base import RunInfo, ThreadWorker, Tracker
 from framework.tracking.process import ProcessWorker, runs_in_process
+
+log = logging.getLogger(__name__)
 
 __all__ = ["RunInfo", "Tracker", "Trackers", "configured", "check", "run_info", "start_trackers", "sweep_of"]
 
@@ -134,6 +137,7 @@ class Trackers:
         self.trackers = dict(trackers)
         self.workers: list[Any] = []
         self._process: Any = None  # the ProcessWorker made by prepare(), not started yet
+        self.in_thread: set[str] = set()  # trackers whose process could not be started
 
     def __bool__(self) -> bool:
         return bool(self.trackers)
@@ -141,9 +145,21 @@ class Trackers:
     def prepare(self) -> None:
         """Start the trackers' process now, so that it imports their packages while the run is
         built (:meth:`start` does it otherwise). No-op without trackers that run there."""
-        away = {k: t for k, t in self.trackers.items() if not runs_in_process(t)}
+        away = {k: t for k, t in self.trackers.items() if k not in self.in_thread and not runs_in_process(t)}
         if away and self._process is None:
-            self._process = ProcessWorker(away)
+            try:
+                self._process = ProcessWorker(away)
+            except OSError as exc:  # no process or file descriptor left: log from a thread instead
+                log.warning("logger: could not start the trackers' process (%s); %s log from a thread of the "
+                            "training process", exc, ", ".join(away))
+                self.in_thread.update(away)
+
+    def close(self) -> None:
+        """End the trackers' process that :meth:`prepare` started, when :meth:`start` will not come
+        (the run failed first); no-op otherwise."""
+        if self._process is not None:
+            self._process.close()
+            self._process = None
 
     def start(self, info: RunInfo, earlier: Optional[dict[str, Any]] = None) -> dict[str, Any]:
         """Open every tracker's run and start their workers.
@@ -160,8 +176,8 @@ class Trackers:
         Raises:
             ConfigError: a tracker could not open its run (the runs opened are closed as failed).
         """
-        here = {k: t for k, t in self.trackers.items() if runs_in_process(t)}
         self.prepare()
+        here = {k: t for k, t in self.trackers.items() if k in self.in_thread or runs_in_process(t)}
         opened: dict[str, Any] = {}
         try:
             if self._process is not None:  # a worker is kept once its trackers have opened their runs
@@ -178,6 +194,12 @@ class Trackers:
             self.workers = []
             raise
         return {name: opened[name] for name in self.trackers if name in opened}
+
+    def lost(self) -> list[str]:
+        """The trackers whose process ended before the run closed them (their runs are left as
+        they were: MLflow's ``RUNNING``, W&B's and TensorBoard's files cut short)."""
+        return [name for worker in self.workers if isinstance(worker, ProcessWorker) and worker.ended()
+                for name in worker.names]
 
     def log_steps(self, rows: Sequence[dict[str, Any]]) -> None:
         """Queue ``steps.csv`` rows for every tracker (:meth:`Tracker.log_steps`)."""

@@ -16,7 +16,8 @@ log = logging.getLogger(__name__)
 
 #: ``steps.csv`` columns that index a row rather than measure it (not logged as metrics).
 INDEX_COLUMNS = ("step", "epoch")
-#: (s) How long the end of a run waits for the trackers to take the rows still queued.
+#: (s) How long the end of a run waits for the trackers to take the rows still queued and close
+#: their runs (and how long a trackers' process whose training process was killed takes at most).
 FINISH_TIMEOUT_S = 60
 #: ``epochs.csv`` columns not logged as epoch metrics: the index, and ``lr`` (the LR of the epoch's
 #: last step, already logged with that step's row).
@@ -113,6 +114,12 @@ def numbers(row: dict[str, Any], skip: Sequence[str]) -> dict[str, float]:
     """The numeric values of a row, without the keys in ``skip`` (None, empty and text left out)."""
     return {k: float(v) for k, v in row.items()
             if k not in skip and isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def left_open(names: Sequence[str]) -> None:
+    """Warn that the trackers ``names`` did not finish within :data:`FINISH_TIMEOUT_S`."""
+    log.warning("logger: the trackers did not take the run's last rows within %d s (%s); their runs are left open, "
+                "the run folder has every value", FINISH_TIMEOUT_S, ", ".join(names))
 
 
 def require(module: str, key: str, extra: str) -> None:
@@ -220,8 +227,7 @@ class ThreadWorker(Fanout):
             self._queue.put(None)
             self._thread.join(timeout=FINISH_TIMEOUT_S)
             if self._thread.is_alive():  # a tracker hangs (a server that stopped answering): leave it
-                log.warning("logger: the trackers did not take the run's last rows within %d s (%s); their runs are "
-                            "left open, the run folder has every value", FINISH_TIMEOUT_S, ", ".join(self.trackers))
+                left_open(list(self.trackers))
                 return
             self._thread = None
         self.call("finish", (summary,))

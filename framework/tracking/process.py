@@ -3,12 +3,14 @@ process and sends it the rows; the trackers' work (protobuf, SQLite, W&B's clien
 holds the training process's interpreter lock, and runs at a lower CPU priority.
 
 Protocol (pickled messages over two pipes, :class:`multiprocessing.connection.Connection`):
-the parent sends its ``sys.path``, the pickled trackers, ``("start", (info, earlier))``,
-then ``(method, args)`` calls (``log_steps``, ``log_epoch``, ``wait``, ``finish``); the child
-answers ``("loaded", error)``, ``("started", opened)`` or ``("refused", message)``,
-``("waited",)``, ``("finished",)``, and forwards its warnings as ``("log", logger, level, text)``.
-When the parent ends without ``finish`` (killed), the child reads the rows still in the pipe,
-closes the trackers' runs as failed and exits.
+the parent sends its ``(sys.path, sys.argv, pid)``, ``{name: pickled tracker}``,
+``("start", (info, earlier))``, then ``(method, args)`` calls (``log_steps``, ``log_epoch``,
+``wait``, ``finish``); the child answers ``("loaded", {name: error})``, ``("started", opened)``
+or ``("refused", message)``, ``("waited",)``, ``("finished",)``, and forwards its warnings as
+``("log", logger, level, text)``. The child ignores the signals that stop a run (the training
+process stops the run, then closes the trackers). When the training process ends without
+``finish`` (killed: the pipe's end, or its pid gone), the child makes the calls still in the
+pipe, closes the trackers' runs as failed within :data:`FINISH_TIMEOUT_S` and exits.
 """
 from __future__ import annotations
 
@@ -26,22 +28,27 @@ import time
 from multiprocessing.connection import Connection
 from typing import Any, Optional
 
-from framework.tracking.base import FINISH_TIMEOUT_S, Fanout, RunInfo, Tracker
+from framework.interrupts import RUN_SIGNALS
+from framework.tracking.base import FINISH_TIMEOUT_S, Fanout, RunInfo, Tracker, left_open
 
 log = logging.getLogger(__name__)
 
 #: How much lower the trackers' process runs than the training (``os.nice`` increment): on a
 #: machine whose cores all train, the trackers take what the training leaves.
 NICE = 10
-#: The child's first lines: this process's ``sys.path`` (the first message), then :func:`serve`.
+#: The child's first lines: the training process's ``sys.path`` and ``sys.argv`` (the first
+#: message; W&B records the command from ``sys.argv``), then :func:`serve`.
 BOOT = ("import sys; from multiprocessing.connection import Connection; "
-        "calls = Connection(int(sys.argv[1]), writable=False); sys.path[:] = calls.recv(); "
-        "from framework.tracking.process import serve; serve(calls, int(sys.argv[2]))")
+        "calls = Connection(int(sys.argv[1]), writable=False); replies = int(sys.argv[2]); "
+        "sys.path[:], sys.argv[:], parent = calls.recv(); "
+        "from framework.tracking.process import serve; serve(calls, replies, parent)")
 #: Set in the trackers' process: a run started there (a tracker's module that trains when it is
 #: imported) keeps its trackers in a thread, so no process starts another in a chain.
 CHILD_ENV = "LRFRAME_TRACKERS_PROCESS"
 #: ``summary.json``'s stand-in when the training process ended without closing the trackers.
 ORPHANED = {"status": "failed", "error": "the training process ended without closing its trackers"}
+#: (s) How often the child checks that the training process still runs, while it waits.
+PARENT_CHECK_S = 1.0
 
 
 def runs_in_process(tracker: Tracker) -> bool:
@@ -69,6 +76,10 @@ class ProcessWorker:
 
     Args:
         trackers: name -> tracker (picklable; :func:`runs_in_process` is False for each).
+
+    Raises:
+        RuntimeError: made in a trackers' process (:data:`CHILD_ENV`).
+        OSError: the child could not be started (no process or file descriptor left).
     """
 
     def __init__(self, trackers: dict[str, Tracker]):
@@ -82,13 +93,17 @@ class ProcessWorker:
             self.process = subprocess.Popen([sys.executable, "-c", BOOT, str(calls_r), str(replies_w)],
                                             pass_fds=(calls_r, replies_w), stdin=subprocess.DEVNULL,
                                             env={**os.environ, "OMP_NUM_THREADS": "1", CHILD_ENV: "1"})
+        except BaseException:
+            os.close(calls_w)
+            os.close(replies_r)
+            raise
         finally:
             os.close(calls_r)
             os.close(replies_w)
         self.calls = Connection(calls_w, readable=False)
         self.replies = Connection(replies_r, writable=False)
-        self.calls.send(list(sys.path))  # the child imports what this process imports
-        self.calls.send_bytes(pickle.dumps(trackers))
+        self.calls.send((list(sys.path), list(sys.argv), os.getpid()))  # the child imports what this one imports
+        self.calls.send({name: pickle.dumps(tracker) for name, tracker in trackers.items()})
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._feeder: Optional[threading.Thread] = None
         self.alive = True  # False once the child is seen to have ended
@@ -97,41 +112,48 @@ class ProcessWorker:
         """Open every tracker's run in the child (:meth:`Fanout.start`) and start the feeder.
 
         Raises:
-            ConfigError: the child could not load a tracker, or a tracker could not open its
-                run (the child closed those it had opened, and exits).
+            ConfigError: the child could not load a tracker (naming it), a tracker could not
+                open its run (the child closed those it had opened, and exits), or the child
+                ended first.
         """
         from framework.errors import ConfigError
 
         try:
-            error = self._await("loaded")[1]
-            if error is not None:
-                raise ConfigError(f"logger={','.join(self.names)}: the trackers' process could not load them "
-                                  f"({error}); make their module importable, or set in_process = True on the class")
+            errors = self._await("loaded")[1]
+            if errors:
+                name, error = next(iter(errors.items()))
+                raise ConfigError(f"logger.{name}: the trackers' process could not load it ({error}); make its module "
+                                  "importable there, or set in_process = True on its class")
             self.calls.send(("start", (info, earlier)))
             reply = self._await("started", "refused")
             if reply[0] == "refused":
                 raise ConfigError(reply[1])
         except EOFError as exc:
-            self._close()
-            raise ConfigError(f"logger={','.join(self.names)}: {exc} before its trackers opened their runs; "
-                              "its error is printed above") from None
+            self.close()
+            raise ConfigError(f"logger={','.join(self.names)}: {exc} before their runs opened; any error it printed "
+                              "is above") from None
         except BaseException:
-            self._close()
+            self.close()
             raise
         self._feeder = threading.Thread(target=self._feed, name="lrframe-trackers-feeder", daemon=True)
         self._feeder.start()
         return reply[1]
 
     def put(self, item: tuple[str, tuple]) -> None:
-        """Queue ``(method, args)`` for the child's trackers; log the warnings it has sent (and,
-        once, that it has ended, after which nothing more is queued)."""
+        """Queue ``(method, args)`` for the child's trackers; log the warnings it has sent."""
         self._read_logs()
+        if not self.ended():
+            self._queue.put(item)
+
+    def ended(self) -> bool:
+        """Whether the child has ended before :meth:`finish` (killed, out of memory): said once,
+        as a warning; nothing more is queued then."""
         if self.alive and self.process.poll() is not None:
             self.alive = False
-            log.warning("logger: the trackers' process ended (exit status %s); %s log nothing more for this run",
+            log.warning("logger: the trackers' process ended (exit status %s); %s log nothing more for this run, "
+                        "and their runs are left as they are (summary.json: trackers_lost)",
                         self.process.returncode, ", ".join(self.names))
-        if self.alive:
-            self._queue.put(item)
+        return not self.alive
 
     def wait(self) -> None:
         """Return once the child has made every call queued so far (or has ended)."""
@@ -142,7 +164,8 @@ class ProcessWorker:
 
     def finish(self, summary: dict[str, Any]) -> None:
         """The queued calls, then :meth:`Tracker.finish` of each tracker in the child; wait up to
-        :data:`FINISH_TIMEOUT_S` for it (a tracker that hangs is left, with a warning)."""
+        :data:`FINISH_TIMEOUT_S` in all (a tracker that hangs is left, with a warning)."""
+        deadline = time.monotonic() + FINISH_TIMEOUT_S
         self._queue.put(("finish", (summary,)))
         self._queue.put(None)
         try:
@@ -151,9 +174,25 @@ class ProcessWorker:
             log.warning("logger: %s before it closed the runs of %s", exc, ", ".join(self.names))
             done = True
         if not done:
-            log.warning("logger: the trackers did not take the run's last rows within %d s (%s); their runs are "
-                        "left open, the run folder has every value", FINISH_TIMEOUT_S, ", ".join(self.names))
-        self._close()
+            left_open(self.names)
+        self.close(max(deadline - time.monotonic(), 0.0))
+
+    def close(self, grace_s: float = 10.0) -> None:
+        """Close the pipes and reap the child: it ends on its own once it has its calls (a child
+        that has not started its trackers' runs ends at once); killed after ``grace_s`` seconds."""
+        if self._feeder is not None:
+            self._queue.put(None)
+            self._feeder.join(timeout=min(grace_s, 1.0))  # a daemon: one stuck in a full pipe is left
+        with contextlib.suppress(OSError):
+            self.calls.close()
+        try:
+            self.process.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self._read_logs()
+        with contextlib.suppress(OSError):
+            self.replies.close()
 
     # -- helpers ----------------------------------------------------------------------------------
 
@@ -164,25 +203,32 @@ class ProcessWorker:
                 return
             try:
                 self.calls.send(item)
-            except OSError:  # the child is gone; finish() says so
+            except OSError:  # the child is gone; ended() says so
                 return
+            except Exception as exc:  # a value that cannot be pickled: say so, go on without it
+                log.warning("logger: could not send %s to the trackers' process (%s: %s); it is not logged",
+                            item[0], type(exc).__name__, exc)
 
     def _await(self, *kinds: str, timeout: Optional[float] = None) -> Optional[tuple]:
         """The child's next reply of one of ``kinds`` (its warnings logged on the way); None after
         ``timeout`` seconds.
 
         Raises:
-            EOFError: the child ended first.
+            EOFError: the child ended first (its message gives the exit status).
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             left = 1.0 if deadline is None else min(1.0, deadline - time.monotonic())
             if left <= 0:
                 return None
-            if self.replies.poll(left):
-                reply = self.replies.recv()
-                if reply[0] in kinds:
-                    return reply
+            try:
+                ready = self.replies.poll(left)
+                reply = self.replies.recv() if ready else None
+            except (EOFError, OSError):
+                raise EOFError(f"the trackers' process ended (exit status {self.process.wait()})") from None
+            if reply is not None and reply[0] in kinds:
+                return reply
+            if reply is not None:
                 self._log(reply)
             elif self.process.poll() is not None and not self.replies.poll(0):
                 raise EOFError(f"the trackers' process ended (exit status {self.process.returncode})")
@@ -199,20 +245,6 @@ class ProcessWorker:
         if reply[0] == "log":
             logging.getLogger(reply[1]).log(reply[2], "%s", reply[3])
 
-    def _close(self) -> None:
-        """Close the pipes and wait for the child (killed when it does not end)."""
-        if self._feeder is not None:
-            self._queue.put(None)
-            self._feeder.join(timeout=FINISH_TIMEOUT_S)
-        self.calls.close()
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-        self._read_logs()
-        self.replies.close()
-
 
 class _Forward(logging.Handler):
     """The child's warnings, sent to the parent (which logs them with its own handlers)."""
@@ -224,19 +256,41 @@ class _Forward(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         try:
             self.send(("log", record.name, record.levelno, record.getMessage()))
+        except OSError:  # the training process is gone
+            pass
         except Exception:
             self.handleError(record)
 
 
-def serve(calls: Connection, replies_fd: int) -> None:
+def load(pickled: dict[str, bytes]) -> tuple[dict[str, Tracker], dict[str, str]]:
+    """The trackers unpickled, their packages imported (while the training process builds the
+    run; a package that does not import is left for :meth:`Tracker.start` to report), and
+    ``{name: error}`` of those that could not be unpickled."""
+    from framework.errors import first_line
+
+    trackers, errors = {}, {}
+    for name, data in pickled.items():
+        try:
+            trackers[name] = pickle.loads(data)
+        except Exception as exc:
+            errors[name] = f"{type(exc).__name__}: {first_line(exc)}"
+            continue
+        with contextlib.suppress(Exception):
+            importlib.import_module(getattr(trackers[name], "package", "") or "json")
+    return trackers, errors
+
+
+def serve(calls: Connection, replies_fd: int, parent: int) -> None:
     """The child's loop (:data:`BOOT`, started by :class:`ProcessWorker`): load the trackers,
     then make each call the parent sends, in order, until ``finish`` or the parent's end.
 
     Args:
-        calls: the parent's calls (its ``sys.path`` already read); replies_fd: the answers' pipe.
+        calls: the parent's calls (its first message already read); replies_fd: the answers'
+            pipe; parent: the training process's pid.
     """
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C and SIGTERM reach the process group:
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the training process stops the run and closes the trackers
+    for name in RUN_SIGNALS:  # they reach the process group: the training process stops the
+        if hasattr(signal, name):  # run, then closes the trackers
+            signal.signal(getattr(signal, name), signal.SIG_IGN)
     os.nice(NICE)
     replies = Connection(replies_fd, readable=False)
     lock = threading.Lock()
@@ -245,30 +299,33 @@ def serve(calls: Connection, replies_fd: int) -> None:
         with lock:
             replies.send(message)
 
-    logging.getLogger().addHandler(_Forward(send))
-    fanout: Optional[Fanout] = None
-    started = False
-    try:
-        try:
-            fanout = Fanout(pickle.loads(calls.recv_bytes()))
-            for tracker in fanout.trackers.values():  # their packages, while the training process builds the run
-                with contextlib.suppress(Exception):  # start() reports a package that does not import
-                    importlib.import_module(getattr(tracker, "package", "") or "json")
-            send(("loaded", None))
-        except Exception as exc:
-            from framework.errors import first_line
+    def receive() -> Any:
+        """The next call; EOFError once the training process has ended (a process it forked, a
+        DataLoader worker, may hold the pipe open after it)."""
+        while not calls.poll(PARENT_CHECK_S):
+            if os.getppid() != parent:
+                raise EOFError
+        return calls.recv()
 
-            send(("loaded", f"{type(exc).__name__}: {first_line(exc)}"))
+    forward = _Forward(send)
+    logging.getLogger().addHandler(forward)
+    fanout: Optional[Fanout] = None
+    try:
+        trackers, errors = load(calls.recv())
+        send(("loaded", errors))
+        if errors:
             return
         while True:
-            method, args = calls.recv()
+            method, args = receive()
             if method == "start":
+                fanout = Fanout(trackers)
                 try:
-                    send(("started", fanout.start(*args)))
-                    started = True
+                    opened = fanout.start(*args)
                 except Exception as exc:  # Fanout.start closed the runs it had opened
+                    fanout = None
                     send(("refused", str(exc)))
                     return
+                send(("started", opened))
             elif method == "wait":
                 send(("waited",))
             elif method == "finish":
@@ -277,11 +334,14 @@ def serve(calls: Connection, replies_fd: int) -> None:
                 return
             else:
                 fanout.call(method, args)
-    except EOFError:  # the training process ended without finish (killed): close the runs
-        if started and fanout is not None:
+    except (EOFError, OSError):  # the training process ended without finish (killed): close the runs
+        if fanout is not None:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)  # an orphan that hangs can be stopped,
+            timer = threading.Timer(FINISH_TIMEOUT_S, os._exit, (1,))  # and ends by itself
+            timer.daemon = True
+            timer.start()
             fanout.call("finish", (ORPHANED,))
-    except BrokenPipeError:  # it ended while this process answered: nobody to tell
-        pass
     finally:
+        logging.getLogger().removeHandler(forward)
         with lock, contextlib.suppress(OSError):
             replies.close()

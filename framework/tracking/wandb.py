@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import netrc
 import os
+from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from framework.tracking.base import EPOCH_SKIP, INDEX_COLUMNS, RunInfo, Tracker, best_metrics, numbers, require
@@ -22,8 +23,9 @@ class WandbTracker(Tracker):
     name; each ``steps.csv`` row is logged at step ``k`` (``lr``, ``lr/<group>``, ``momentum``,
     ``loss``, ``grad_norm``), each epoch's metrics at its last ``k``; the final summary's status,
     objective and ``best/<metric>`` go to the run's summary, and the run folder's ``train.log``
-    to its files (W&B's console capture is off: it would see the trackers' process, not the
-    training; its system metrics follow the training process, ``x_stats_pid``). A resumed run
+    to its files, as it is when the run ends (W&B's console capture is off unless
+    ``WANDB_CONSOLE`` says otherwise: it would see the trackers' process, not the training; its
+    system metrics follow the training process, ``x_stats_pid``). A resumed run
     continues its W&B run (same id, ``resume="allow"``).
 
     Args:
@@ -63,7 +65,7 @@ class WandbTracker(Tracker):
         self.run = wandb.init(
             project=self.project, entity=self.entity, mode=self.mode, dir=str(info.run_dir), name=info.name,
             config=info.config, tags=self.tags or None, reinit="create_new",
-            settings=wandb.Settings(x_stats_pid=info.pid, console="off"),
+            settings=wandb.Settings(x_stats_pid=info.pid, console=os.environ.get("WANDB_CONSOLE", "off")),
             group=info.sweep_dir.name if info.sweep_dir is not None else None,
             job_type="sweep-job" if info.sweep_dir is not None else "train",
             **({"id": earlier, "resume": "allow"} if earlier else {}),
@@ -86,8 +88,11 @@ class WandbTracker(Tracker):
         best = best_metrics(summary)
         self.run.summary.update({"status": summary.get("status"), "objective": summary.get("objective"), **best})
         log_file = self.run_dir / LOG_FILE
-        if log_file.is_file():  # the run's log, in place of W&B's capture of its own process's console
-            self.run.save(str(log_file), base_path=str(self.run_dir), policy="now")
+        if log_file.is_file():  # the run's log, in place of W&B's capture of its own process's console: a copy
+            import shutil  # in the W&B run's folder, which outlives a moved run folder (wandb sync later)
+
+            shutil.copyfile(log_file, Path(self.run.dir) / LOG_FILE)
+            self.run.save(str(Path(self.run.dir) / LOG_FILE), base_path=self.run.dir, policy="now")
         self.run.finish(exit_code=EXIT_CODE.get(summary.get("status"), 1))
 
 

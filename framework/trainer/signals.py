@@ -58,10 +58,10 @@ class StopSignals:
             self.request = name
             log.warning("%s received: stopping after this step with a resumable checkpoint", name)
 
-        signals = [signal.SIGTERM, signal.SIGINT] + ([signal.SIGUSR2] if hasattr(signal, "SIGUSR2") else [])
-        previous = {sig: signal.signal(sig, handle) for sig in signals}
-        from framework.interrupts import take_pending
+        from framework.interrupts import RUN_SIGNALS, take_pending
 
+        signals = [getattr(signal, name) for name in RUN_SIGNALS if hasattr(signal, name)]
+        previous = {sig: signal.signal(sig, handle) for sig in signals}
         early = take_pending()  # a signal held while fit() was starting: stop at the first step
         if early is not None and self.request is None:
             handle(signal.Signals[early], None)
