@@ -202,7 +202,7 @@ def test_wandb_offline_run_holds_the_values_of_steps_csv(tracked):
     assert json.loads((tracked / "summary.json").read_text())["trackers"]["wandb"]["mode"] == "offline"
 
 
-def test_wandb_keeps_the_runs_log_and_watches_the_training_process(tmp_path, monkeypatch):
+def test_wandb_watches_the_training_process_not_its_own(tmp_path, monkeypatch):
     import os
 
     import wandb
@@ -210,11 +210,6 @@ def test_wandb_keeps_the_runs_log_and_watches_the_training_process(tmp_path, mon
     from framework.tracking import RunInfo
     from framework.tracking.wandb import WandbTracker
 
-    run = tmp_path / "run"
-    assert run_cli_in_process([*TINY, "epochs=1", "logger=[csv,wandb]", "logger.wandb.mode=offline"], run) == 0
-    (saved,) = glob.glob(str(run / "wandb" / "offline-run-*" / "files" / "train.log"))
-    assert not Path(saved).is_symlink()  # a copy in its files, synced with the run
-    assert Path(saved).read_text().splitlines()[0] == (run / "train.log").read_text().splitlines()[0]
     seen = {}
 
     def init(**kwargs):
@@ -389,7 +384,8 @@ def test_a_stop_signal_to_the_whole_process_group_stops_the_run_and_its_trackers
 
     calls, run = tmp_path / "calls.jsonl", tmp_path / "run"
     args = [*TINY, "epochs=15", "device=cpu", "trainer.log_every_n_steps=1", f"+logger.mine._target_={__name__}.Recording",
-            "+logger.mine._partial_=true", f"+logger.mine.path={calls}", f"hydra.run.dir={run}"]
+            "+logger.mine._partial_=true", f"+logger.mine.path={calls}", f"hydra.run.dir={run}", "logger=[csv,wandb]",
+            "logger.wandb.mode=offline"]
     proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args], cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
     while proc.poll() is None and len([c for c in recorded(calls) if c[2] == "log_steps"]) < 8:
@@ -403,6 +399,10 @@ def test_a_stop_signal_to_the_whole_process_group_stops_the_run_and_its_trackers
     assert made[-1][2:] == ["finish", "stopped"] and "trackers_lost" not in summary
     logged = [r["step"] for c in made if c[2] == "log_steps" for r in c[3]]
     assert logged == [int(r["step"]) for r in read_csv(run / "steps.csv")] == list(range(summary["steps"]))
+    assert [k for k, _ in wandb_history(run)["lr"]] == logged
+    (saved,) = glob.glob(str(run / "wandb" / "offline-run-*" / "files" / "train.log"))  # W&B keeps the run's log:
+    assert not Path(saved).is_symlink()  # a copy, with the run's lines up to the end
+    assert "SIGUSR2 received: stopping after this step" in Path(saved).read_text()
 
 
 def test_a_trackers_process_never_starts_another(tmp_path, monkeypatch):

@@ -175,21 +175,24 @@ class ProcessWorker:
             done = True
         if not done:
             left_open(self.names)
-        self.close(max(deadline - time.monotonic(), 0.0))
+        # closed runs: the child's interpreter exits by itself (about 1 s of the packages' exit hooks)
+        self.close(None if done else max(deadline - time.monotonic(), 0.0))
 
-    def close(self, grace_s: float = 10.0) -> None:
+    def close(self, grace_s: Optional[float] = 10.0) -> None:
         """Close the pipes and reap the child: it ends on its own once it has its calls (a child
-        that has not started its trackers' runs ends at once); killed after ``grace_s`` seconds."""
+        that has not started its trackers' runs ends at once); killed after ``grace_s`` seconds
+        (None: not waited for, it is reaped later)."""
         if self._feeder is not None:
             self._queue.put(None)
-            self._feeder.join(timeout=min(grace_s, 1.0))  # a daemon: one stuck in a full pipe is left
+            self._feeder.join(timeout=1.0)  # a daemon: one stuck in a full pipe is left
         with contextlib.suppress(OSError):
             self.calls.close()
-        try:
-            self.process.wait(timeout=grace_s)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        if grace_s is not None:
+            try:
+                self.process.wait(timeout=grace_s)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
         self._read_logs()
         with contextlib.suppress(OSError):
             self.replies.close()
