@@ -121,13 +121,15 @@ def test_tensorboard_event_file_holds_the_values_of_steps_csv(tracked):
     epochs = read_csv(tracked / "epochs.csv")
     for key in ("train/loss", "val/loss", "val/acc"):  # at each epoch's last k (4 steps an epoch)
         assert scalars[key] == f32([(3, float(epochs[0][key])), (7, float(epochs[1][key]))]), key
-    assert "lr_plan" in other  # the planned LR as a figure
+    image = other["lr_plan"].image  # the planned LR as a PNG of the figure's size (8 x 4 in at 100 dpi)
+    assert image.encoded_image_string[:8] == b"\x89PNG\r\n\x1a\n" and (image.width, image.height) == (800, 400)
+    assert struct.unpack(">II", image.encoded_image_string[16:24]) == (800, 400)
     summary = json.loads((tracked / "summary.json").read_text())
     assert scalars[f"best/{summary['objective_name']}"] == f32([(summary["steps"], summary["objective"])])
 
 
 def test_tensorboard_hparams_hold_the_config(tracked):
-    from tensorboard.plugins.hparams import plugin_data_pb2
+    from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
 
     _, other = tensorboard_events(tracked)
     start = plugin_data_pb2.HParamsPluginData.FromString(
@@ -141,6 +143,10 @@ def test_tensorboard_hparams_hold_the_config(tracked):
         other["_hparams_/experiment"].metadata.plugin_data.content).experiment
     assert {m.name.tag for m in experiment.metric_infos} == {"best/train/loss", "best/val/loss", "best/val/acc",
                                                              "best/val/acc_top5", "best/time_s"}
+    assert {h.name for h in experiment.hparam_infos} == set(start.hparams)
+    end = plugin_data_pb2.HParamsPluginData.FromString(
+        other["_hparams_/session_end_info"].metadata.plugin_data.content).session_end_info
+    assert end.status == api_pb2.STATUS_SUCCESS  # the run completed
 
 
 def test_mlflow_store_holds_the_values_params_and_tags_of_the_run(tracked, mlflow_db):

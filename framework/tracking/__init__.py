@@ -121,8 +121,10 @@ def sweep_of() -> tuple[Optional[Path], Optional[int]]:
 
 class Trackers:
     """Every configured tracker: those that can be pickled run in one child process
-    (:class:`~framework.tracking.process.ProcessWorker`), the others (``in_process``, or defined
-    in ``__main__``) in a background thread (:class:`ThreadWorker`).
+    (:class:`~framework.tracking.process.ProcessWorker`), the others in a background thread
+    (:class:`ThreadWorker`): ``in_process``, defined in ``__main__``, not picklable, a system
+    that is not POSIX, or a child process that could not be started
+    (:func:`~framework.tracking.process.runs_in_process`).
 
     :meth:`start` waits until every tracker has opened its run (a tracker that cannot fails
     before training); :meth:`log_steps` and :meth:`log_epoch` only queue their rows (no I/O, no

@@ -108,7 +108,12 @@ class TensorBoardTracker(Tracker):
 
 
 def image_summary(tag: str, fig: Any) -> Any:
-    """A ``Summary`` holding a matplotlib figure as a PNG image (the Images tab)."""
+    """A ``Summary`` holding a matplotlib figure as a PNG image (the Images tab).
+
+    Args:
+        tag: the image's tag; fig: a matplotlib ``Figure`` (saved at its own size and dpi; the
+            caller closes it).
+    """
     import io
     import struct
 
@@ -123,9 +128,18 @@ def image_summary(tag: str, fig: Any) -> Any:
 
 
 def hparams_summaries(values: dict[str, Any], metrics: list[str], trial: str, status: str) -> list[Any]:
-    """The HParams plugin's three summaries: the experiment (every hyperparameter's name and the
-    metrics' tags), the session's start (the values) and its end (``status``, an
-    ``api_pb2.Status`` name), as ``torch.utils.tensorboard``'s ``add_hparams`` writes them."""
+    """The HParams plugin's three summaries, as ``torch.utils.tensorboard``'s ``add_hparams``
+    writes them (TensorBoard's ``hparams_config_pb`` and ``hparams_pb``, and a session end).
+
+    Args:
+        values: hyperparameter name -> bool, int, float or text (:func:`hparam_value`).
+        metrics: the tags of the HParams tab's metrics (``best/<metric>``, logged as scalars).
+        trial: the session's name (the run's); status: an ``api_pb2.Status`` name
+            (``STATUS_SUCCESS``, ``STATUS_FAILURE``, ``STATUS_UNKNOWN``).
+
+    Returns:
+        ``[experiment, session start, session end]`` ``Summary`` protos.
+    """
     from tensorboard.compat.proto.summary_pb2 import Summary
     from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
     from tensorboard.plugins.hparams import summary_v2 as hp
