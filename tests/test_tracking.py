@@ -121,9 +121,12 @@ def test_tensorboard_event_file_holds_the_values_of_steps_csv(tracked):
     epochs = read_csv(tracked / "epochs.csv")
     for key in ("train/loss", "val/loss", "val/acc"):  # at each epoch's last k (4 steps an epoch)
         assert scalars[key] == f32([(3, float(epochs[0][key])), (7, float(epochs[1][key]))]), key
-    image = other["lr_plan"].image  # the planned LR as a PNG of the figure's size (8 x 4 in at 100 dpi)
-    assert image.encoded_image_string[:8] == b"\x89PNG\r\n\x1a\n" and (image.width, image.height) == (800, 400)
-    assert struct.unpack(">II", image.encoded_image_string[16:24]) == (800, 400)
+    from tensorboard.util import tensor_util
+
+    image = other["lr_plan"]  # the planned LR as a PNG of the figure's size (8 x 4 in at 100 dpi), as the
+    width, height, png = tensor_util.make_ndarray(image.tensor)  # Images tab reads it: [width, height, PNG]
+    assert image.metadata.plugin_data.plugin_name == "images" and (width, height) == (b"800", b"400")
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and struct.unpack(">II", png[16:24]) == (800, 400)
     summary = json.loads((tracked / "summary.json").read_text())
     assert scalars[f"best/{summary['objective_name']}"] == f32([(summary["steps"], summary["objective"])])
 
