@@ -234,8 +234,9 @@ def _fit(trainer: Any, summary: dict[str, Any], cfg: DictConfig, overrides: list
         raise
     finally:
         if distributed.is_main():
-            if trainer.trackers and trainer.trackers.lost():
-                summary["trackers_lost"] = trainer.trackers.lost()
+            lost = trainer.trackers.lost() if trainer.trackers else []
+            if lost:
+                summary["trackers_lost"] = lost
             unwritten = finish(trainer, summary, start, cfg)
             if trainer.trial not in (None, True):
                 trainer.trial.finish(summary)

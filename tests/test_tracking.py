@@ -226,11 +226,11 @@ def test_wandb_watches_the_training_process_not_its_own(tmp_path, monkeypatch):
         raise InterruptedError("seen")
 
     monkeypatch.setattr(wandb, "init", init)
-    info = RunInfo(run_dir=tmp_path, name="run", config={}, params={}, facts={})
-    assert info.pid == os.getpid()  # made in the training process; the tracker runs in another
+    monkeypatch.delenv("WANDB_CONSOLE", raising=False)
+    training_pid = os.getpid() + 1  # not this process's: the tracker runs in another than the training
     with pytest.raises(InterruptedError):
-        WandbTracker().start(info)
-    assert seen["settings"].x_stats_pid == os.getpid() and seen["settings"].console == "off"
+        WandbTracker().start(RunInfo(run_dir=tmp_path, name="run", config={}, params={}, facts={}, pid=training_pid))
+    assert seen["settings"].x_stats_pid == training_pid and seen["settings"].console == "off"
 
 
 def test_trackers_do_not_change_what_is_trained(tracked, tmp_path):
@@ -348,23 +348,47 @@ def test_a_users_tracker_gets_the_rows_and_a_failing_one_is_dropped(tmp_path, ca
     assert json.loads((run / "summary.json").read_text())["trackers"] == {"mine": {"mine": 1}, "bad": {"mine": 1}}
 
 
-def test_the_trackers_process_closes_its_runs_when_the_training_process_ends_without_finish(tmp_path):
-    """The pipe's end (the training process killed) is what the trackers' process sees: it makes
-    the calls it has received, then closes the runs as failed."""
+KILLED_PARENT = """
+import os, signal, sys, time
+from pathlib import Path
+from framework.tracking import RunInfo
+from framework.tracking.process import ProcessWorker
+from tests.test_tracking import Recording
+calls, holder = sys.argv[1], sys.argv[2]
+worker = ProcessWorker({"mine": Recording(calls)})
+worker.start(RunInfo(run_dir=Path(calls).parent, name="run", config={}, params={}, facts={}))
+worker.put(("log_steps", ([{"step": 0, "lr": 0.1}],)))
+worker.put(("log_steps", ([{"step": 1, "lr": 0.2}],)))
+worker.wait()
+pid = os.fork()
+if pid == 0:  # holds the pipe open, as a DataLoader worker forked by the run would
+    time.sleep(600)
+    os._exit(0)
+Path(holder).write_text(str(pid))
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_the_trackers_process_closes_its_runs_when_the_training_process_is_killed(tmp_path):
+    """``kill -9`` of the training process while a process it forked keeps the pipe open: the
+    trackers' process sees its parent gone, makes the calls it has received and closes the runs
+    as failed, while the pipe's other holder still runs."""
     import os
+    import signal
+    import subprocess
+    import time
 
-    from framework.tracking import RunInfo
-    from framework.tracking.process import ProcessWorker
-
-    calls = tmp_path / "calls.jsonl"
-    worker = ProcessWorker({"mine": Recording(str(calls))})
-    assert worker.start(RunInfo(run_dir=tmp_path, name="run", config={}, params={}, facts={})) == {"mine": {"mine": 1}}
-    worker.put(("log_steps", ([{"step": 0, "lr": 0.1}],)))
-    worker.wait()
-    worker.put(("log_steps", ([{"step": 1, "lr": 0.2}],)))
-    worker.close()  # no finish
-    assert worker.process.returncode == 0
-    assert [c[2:] for c in recorded(calls)] == [["start", "run", 0, os.getpid()], ["log_steps", [{"step": 0, "lr": 0.1}]],
+    calls, holder = tmp_path / "calls.jsonl", tmp_path / "holder.pid"
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_PARENT, str(calls), str(holder)], cwd=ROOT)
+    assert proc.wait(timeout=HANG_GUARD_S) == -signal.SIGKILL
+    pid, deadline = int(holder.read_text()), time.monotonic() + HANG_GUARD_S
+    try:
+        while not (recorded(calls) and recorded(calls)[-1][2] == "finish") and time.monotonic() < deadline:
+            time.sleep(0.2)  # however long the machine takes
+        os.kill(pid, 0)  # the pipe's other holder still runs: the parent's pid told the trackers' process
+    finally:
+        os.kill(pid, signal.SIGKILL)
+    assert [c[2:] for c in recorded(calls)] == [["start", "run", 0, proc.pid], ["log_steps", [{"step": 0, "lr": 0.1}]],
                                                 ["log_steps", [{"step": 1, "lr": 0.2}]], ["finish", "failed"]]
 
 

@@ -139,16 +139,19 @@ class Trackers:
         self.trackers = dict(trackers)
         self.workers: list[Any] = []
         self._process: Any = None  # the ProcessWorker made by prepare(), not started yet
-        self.in_thread: set[str] = set()  # trackers whose process could not be started
+        self.in_thread: Optional[set[str]] = None  # the trackers that log from a thread (set by prepare())
 
     def __bool__(self) -> bool:
         return bool(self.trackers)
 
     def prepare(self) -> None:
-        """Start the trackers' process now, so that it imports their packages while the run is
-        built (:meth:`start` does it otherwise). No-op without trackers that run there."""
-        away = {k: t for k, t in self.trackers.items() if k not in self.in_thread and not runs_in_process(t)}
-        if away and self._process is None:
+        """Decide where each tracker runs, and start the trackers' process now, so that it imports
+        their packages while the run is built (:meth:`start` does it otherwise). Once per run."""
+        if self.in_thread is not None:
+            return
+        self.in_thread = {k for k, t in self.trackers.items() if runs_in_process(t)}
+        away = {k: t for k, t in self.trackers.items() if k not in self.in_thread}
+        if away:
             try:
                 self._process = ProcessWorker(away)
             except OSError as exc:  # no process or file descriptor left: log from a thread instead
@@ -179,7 +182,7 @@ class Trackers:
             ConfigError: a tracker could not open its run (the runs opened are closed as failed).
         """
         self.prepare()
-        here = {k: t for k, t in self.trackers.items() if k in self.in_thread or runs_in_process(t)}
+        here = {k: t for k, t in self.trackers.items() if k in self.in_thread}
         opened: dict[str, Any] = {}
         try:
             if self._process is not None:  # a worker is kept once its trackers have opened their runs
