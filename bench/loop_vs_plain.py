@@ -20,7 +20,9 @@ update ratios of a sampled step, one judgement of the run's rows) per step on av
 also prints the same pairs per second of the process's CPU time (``time.process_time``: all its
 threads; the trackers' process and W&B's service process are not, so with ``--loggers`` it
 shows the training process's own work), which time the VM loses to other machines on a shared
-host does not enter.
+host does not enter. And the minor page faults per step of both loops: memory the C heap handed back to the
+system and the next step touched again (``trainer.malloc_trim_threshold_mb``,
+``framework.trainer.host_memory``; ``--malloc-trim-threshold-mb null`` for glibc's defaults).
 Also prints the start-up
 time of ``python train.py --cfg job``, import-to-first-step of a run, and peak memory.
 """
@@ -61,7 +63,7 @@ def framework_run(overrides: list[str], steps: int, batch: int, out: Path,
 
     args = (*overrides, f"batch_size={batch}", f"max_steps={steps}", "epochs=1000", "device=auto",
             "trainer.progress_bar=false", "trainer.save_checkpoints=false", "warmup_epochs=0",
-            "trainer.log_every_n_steps=50")
+            "trainer.log_every_n_steps=50", f"trainer.malloc_trim_threshold_mb={MALLOC_TRIM[0]}")
     if "dataset=synthetic" in overrides:  # one epoch holds every timed step: no evaluation between them
         args += (f"dataset.train_size={max(4096, steps * batch)}",)
     if loggers:
@@ -93,12 +95,13 @@ def framework_run(overrides: list[str], steps: int, batch: int, out: Path,
 
     trainer.evaluate = timed_evaluate
     sync(trainer.device)
-    t0, c0 = time.perf_counter(), time.process_time()
+    t0, c0, f0 = time.perf_counter(), time.process_time(), minor_faults()
     result = trainer.fit()
     sync(trainer.device)
     trackers.wait()
     speed = steps * batch / (time.perf_counter() - t0 - spent["eval"])
     CPU_SPEED["framework"].append(steps * batch / (time.process_time() - c0 - spent["eval_cpu"]))
+    FAULTS["framework"].append((minor_faults() - f0) / steps)
     if trackers:
         t = time.perf_counter()
         trackers.finish({**result, "status": "completed"})
@@ -106,11 +109,21 @@ def framework_run(overrides: list[str], steps: int, batch: int, out: Path,
     return speed, trainer
 
 
+#: ``trainer.malloc_trim_threshold_mb`` of the framework's runs (``--malloc-trim-threshold-mb``).
+MALLOC_TRIM: list[str] = ["1024"]
 #: Seconds the trackers took to open and to close each run (``--loggers``), outside the timed span.
 TRACKER_S: dict[str, list[float]] = {"start": [], "finish": []}
 #: Samples per second of the process's CPU time (all its threads; time the VM's CPUs were taken
 #: by other machines is not in it), of each timed run: a figure a loaded host disturbs less.
 CPU_SPEED: dict[str, list[float]] = {"framework": [], "plain": []}
+#: Minor page faults of the process per optimizer step, of each timed run (the evaluation's included):
+#: memory handed back to the system by malloc and touched again (framework.trainer.host_memory).
+FAULTS: dict[str, list[float]] = {"framework": [], "plain": []}
+
+
+def minor_faults() -> int:
+    """Minor page faults of this process so far (``getrusage``: all its threads)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
 def plain_run(trainer, steps: int, batch: int) -> float:
@@ -128,7 +141,7 @@ def plain_run(trainer, steps: int, batch: int) -> float:
     x_all, y_all = loader.x, loader.y  # the device-resident tensors (same data)
     n = len(y_all)
     sync(device)
-    t0, c0 = time.perf_counter(), time.process_time()
+    t0, c0, f0 = time.perf_counter(), time.process_time(), minor_faults()
     done = 0
     while done < steps:
         order = torch.randperm(n, device=device)
@@ -143,6 +156,7 @@ def plain_run(trainer, steps: int, batch: int) -> float:
                 break
     sync(device)
     CPU_SPEED["plain"].append(steps * batch / (time.process_time() - c0))
+    FAULTS["plain"].append((minor_faults() - f0) / steps)
     return steps * batch / (time.perf_counter() - t0)
 
 
@@ -292,7 +306,11 @@ def main() -> None:
     parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
     parser.add_argument("--loggers", nargs="*", default=[], choices=["tensorboard", "mlflow", "wandb"],
                         help="trackers the framework's runs log to (e.g. --loggers tensorboard mlflow wandb)")
+    parser.add_argument("--malloc-trim-threshold-mb", default="1024",
+                        help="trainer.malloc_trim_threshold_mb of the framework's runs (null: glibc's defaults; it "
+                             "is process-wide, so the plain loop's runs after the first framework run share it)")
     args = parser.parse_args()
+    MALLOC_TRIM[0] = args.malloc_trim_threshold_mb
     import tempfile
 
     import torch
@@ -307,7 +325,7 @@ def main() -> None:
         loggers = tuple(args.loggers)
         _, trainer = framework_run(ROWS[name], 5, args.batch, out / f"{name}_warm", loggers)  # warm-up (allocator, threads, the store)
         plain_run(trainer, 5, args.batch)
-        for runs in CPU_SPEED.values():
+        for runs in (*CPU_SPEED.values(), *FAULTS.values()):
             runs.clear()
         for r in range(args.repeats):  # back-to-back pairs, alternating which goes first: drifts hit both
             if r % 2:
@@ -338,7 +356,9 @@ def main() -> None:
             cpu_ratios = [f / p for f, p in zip(CPU_SPEED["framework"], CPU_SPEED["plain"])]
             print(f"{name:<18} per CPU-second of the process (samples / CPU s, medians): framework "
                   f"{statistics.median(CPU_SPEED['framework']):.1f}, plain {statistics.median(CPU_SPEED['plain']):.1f}, "
-                  f"ratio {statistics.median(cpu_ratios):.3f} (pairs {min(cpu_ratios):.3f}-{max(cpu_ratios):.3f})")
+                  f"ratio {statistics.median(cpu_ratios):.3f} (pairs {min(cpu_ratios):.3f}-{max(cpu_ratios):.3f}); "
+                  f"minor page faults per step (medians): framework {statistics.median(FAULTS['framework']):.0f}, "
+                  f"plain {statistics.median(FAULTS['plain']):.0f}")
             parts = breakdown(ROWS[name], args.steps, args.batch, out / f"{name}_breakdown", loggers)
             total = parts.pop("total")
             print(f"{name:<18} one run timed in place, ms per step of {total:.1f}: " + ", ".join(

@@ -296,7 +296,8 @@ def _trainer_errors(cfg: DictConfig) -> list[str]:
     and the gradient norm's sampling (:func:`~framework.trainer.engine.check_grad_args`), Mixup / CutMix
     (:func:`~framework.trainer.mixing.check_mixup_args`, and the task's class when mixing is on,
     :func:`~framework.trainer.mixing.check_mixup_task`), validation, EMA and early stopping
-    (:func:`~framework.trainer.validation.check_validation_args`), the LR doctor
+    (:func:`~framework.trainer.validation.check_validation_args`), the heap's trim threshold
+    (:func:`~framework.trainer.host_memory.check_malloc_args`), the LR doctor
     (:func:`~framework.doctor.config.check_lr_doctor_args`). Each function gets the keys
     of ``cfg.trainer`` it names (a key the node lacks keeps the function's default); the trainer
     runs the same functions when it is built, where the checks that need built objects (the
@@ -304,7 +305,7 @@ def _trainer_errors(cfg: DictConfig) -> list[str]:
     import inspect
 
     from framework.doctor.config import check_lr_doctor_args
-    from framework.trainer import engine, mixing, validation  # (imports torch: only when validating)
+    from framework.trainer import engine, host_memory, mixing, validation  # (imports torch: only when validating)
 
     node = OmegaConf.to_container(cfg.trainer, resolve=True)
 
@@ -315,6 +316,7 @@ def _trainer_errors(cfg: DictConfig) -> list[str]:
     mixup_errors = mixing.check_mixup_args(**mixup)
     errors = engine.check_grad_args(**keys(engine.check_grad_args)) + mixup_errors
     errors += validation.check_validation_args(**keys(validation.check_validation_args))
+    errors += host_memory.check_malloc_args(**keys(host_memory.check_malloc_args))
     errors += check_lr_doctor_args(node.get("lr_doctor"))
     active = None if mixup_errors else mixing.active_key(mixup.get("mixup_alpha", 0.0), mixup.get("cutmix_alpha", 0.0),
                                                          mixup.get("cutmix_minmax"))

@@ -25,7 +25,7 @@ STATE_SHAPING_KEYS = ("amsgrad", "centered")
 #: Keys that may change between a run and its resume without being reported.
 RESUME_FREE_KEYS = ("resume", "resume_allow_changes", "device", "mode", "trainer.stop_after_steps",
                     "trainer.progress_bar", "trainer.log_every_n_steps", "trainer.grad_norm_every_n_steps",
-                    "loader", "num_workers", "lr_finder",
+                    "trainer.malloc_trim_threshold_mb", "loader", "num_workers", "lr_finder",
                     "logger", SEARCH_KEY)  # trackers and the search trial record; they change nothing trained
 
 

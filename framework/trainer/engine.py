@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader
 
 from framework import distributed, tasks
 from framework.errors import ConfigError
+from framework.trainer import host_memory
 from framework.trainer.steps import loader_group_sizes, total_norm
 
 #: How gradients are clipped (``trainer.gradient_clip_algorithm``; Lightning's names).
@@ -87,10 +88,15 @@ class StepEngine:
             never. Clipping by norm computes it anyway: then every step has it. Measuring reads
             every gradient once more: on the CPU about 2% of a resnet18 step on 32x32 images
             (``bench/loop_vs_plain.py``), hence not every step by default.
+        malloc_trim_threshold_mb: (MiB) on the CPU, glibc's malloc keeps this much freed memory
+            for the next step instead of handing it back to the system
+            (:func:`~framework.trainer.host_memory.keep_freed_memory`, process-wide); None = glibc's
+            own thresholds.
 
     Raises:
         ConfigError: ``gradient_clip_val`` not > 0, ``gradient_clip_algorithm`` neither ``norm``
-            nor ``value``, or ``grad_norm_every_n_steps`` not an integer >= 0 (:func:`check_grad_args`).
+            nor ``value``, or ``grad_norm_every_n_steps`` not an integer >= 0 (:func:`check_grad_args`);
+            ``malloc_trim_threshold_mb`` out of range (:func:`~framework.trainer.host_memory.check_malloc_args`).
 
     In a data-parallel run (:mod:`framework.distributed`) the model is wrapped in
     ``DistributedDataParallel``: gradients are averaged over the ranks after each optimizer
@@ -102,8 +108,9 @@ class StepEngine:
                  precision: str | int = "32", channels_last: bool = False, compile: bool = False,
                  cudnn_benchmark: bool = True, sync_batchnorm: bool = False, task: Optional[Any] = None,
                  gradient_clip_algorithm: str = "norm", mixup: Optional[Any] = None,
-                 grad_norm_every_n_steps: int = 10):
+                 grad_norm_every_n_steps: int = 10, malloc_trim_threshold_mb: Optional[int] = 1024):
         errors = check_grad_args(gradient_clip_val, gradient_clip_algorithm, grad_norm_every_n_steps)
+        errors += host_memory.check_malloc_args(malloc_trim_threshold_mb)
         if errors:
             raise ConfigError(errors)
         self.channels_last = channels_last
@@ -127,6 +134,8 @@ class StepEngine:
         self.eval_forward = (torch.compile(model) if self.ddp else self.forward) if compile else model
         if cudnn_benchmark and device.type == "cuda":
             torch.backends.cudnn.benchmark = True
+        if device.type == "cpu":
+            host_memory.keep_freed_memory(malloc_trim_threshold_mb)
         self.train_loader, self.val_loader = data
         self.device = device
         self.accumulate = int(accumulate_grad_batches)

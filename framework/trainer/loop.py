@@ -110,6 +110,8 @@ class Trainer(StepRecords, Rollbacks, EarlyStops, StepEngine):
             ``update_ratio``, ``update_ratio/<group>`` columns) and, with ``warn``, a one-line
             warning once the LR doctor (:mod:`framework.doctor`) finds the LR too high or too low
             during training; None = neither.
+        malloc_trim_threshold_mb: (MiB) on the CPU, freed heap memory glibc keeps for the next step
+            (:func:`~framework.trainer.host_memory.keep_freed_memory`); None = glibc's defaults.
 
     Data-parallel runs (``torchrun``, see :mod:`framework.distributed`): the model is wrapped in
     ``DistributedDataParallel`` (gradients averaged over the ranks after each optimizer step's
@@ -171,10 +173,12 @@ class Trainer(StepRecords, Rollbacks, EarlyStops, StepEngine):
         trackers: Optional[Any] = None,
         lr_doctor: Optional[dict[str, Any]] = None,
         grad_norm_every_n_steps: int = 10,
+        malloc_trim_threshold_mb: Optional[int] = 1024,
     ):
         super().__init__(model, optimizer, data, device, accumulate_grad_batches, gradient_clip_val, precision,
                          channels_last, compile, cudnn_benchmark, sync_batchnorm, task, gradient_clip_algorithm,
-                         grad_norm_every_n_steps=grad_norm_every_n_steps)
+                         grad_norm_every_n_steps=grad_norm_every_n_steps,
+                         malloc_trim_threshold_mb=malloc_trim_threshold_mb)
         self.mixup = build_mixup(self.task, self.train_loader, mixup_alpha, cutmix_alpha, cutmix_minmax, mixup_prob,
                                  mixup_switch_prob, mixup_mode, mixup_off_epoch)
         self.mixup_off_epoch = mixup_off_epoch
