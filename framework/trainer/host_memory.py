@@ -20,7 +20,6 @@ import ctypes
 import ctypes.util
 import logging
 import os
-import platform
 from typing import Any, Optional
 
 log = logging.getLogger(__name__)
@@ -43,6 +42,14 @@ def check_malloc_args(malloc_trim_threshold_mb: Any = 1024) -> list[str]:
         return []
     return [f"trainer.malloc_trim_threshold_mb={value}: must be an integer in [1, {TRIM_THRESHOLD_MAX_MB}] (MiB of "
             "freed heap memory kept for the next step) or null (glibc's own thresholds)"]
+
+
+def is_glibc() -> bool:
+    """Whether this process runs on glibc (``confstr(_CS_GNU_LIBC_VERSION)``, which only glibc answers)."""
+    try:
+        return (os.confstr("CS_GNU_LIBC_VERSION") or "").startswith("glibc")
+    except (ValueError, OSError, AttributeError):  # another C library, or no confstr (Windows)
+        return False
 
 
 def user_choice() -> Optional[str]:
@@ -82,7 +89,7 @@ def keep_freed_memory(trim_threshold_mb: Optional[int]) -> bool:
         from framework.errors import ConfigError
 
         raise ConfigError(errors)
-    if trim_threshold_mb is None or platform.libc_ver()[0] != "glibc":
+    if trim_threshold_mb is None or not is_glibc():
         return False
     chosen = user_choice()
     if chosen is not None:
