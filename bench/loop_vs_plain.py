@@ -22,7 +22,10 @@ threads; the trackers' process and W&B's service process are not, so with ``--lo
 shows the training process's own work), which time the VM loses to other machines on a shared
 host does not enter. And the minor page faults per step of both loops: memory the C heap handed back to the
 system and the next step touched again (``trainer.malloc_trim_threshold_mb``,
-``framework.trainer.host_memory``; ``--malloc-trim-threshold-mb null`` for glibc's defaults).
+``framework.trainer.host_memory``; ``--malloc-trim-threshold-mb null`` for glibc's defaults). The
+setting is process-wide: from the first framework run on, the plain loop's runs in the same process
+have it too, so both loops run on the same allocator settings (the framework gets no advantage the
+plain loop lacks).
 Also prints the start-up
 time of ``python train.py --cfg job``, import-to-first-step of a run, and peak memory.
 """

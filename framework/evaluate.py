@@ -115,6 +115,7 @@ def evaluate_checkpoint(cfg: DictConfig, overrides: list[str]) -> float:
     from framework.data import eval_loader
     from framework.loggers import write_json
     from framework.tasks import describe, monitor_of
+    from framework.trainer import host_memory
     from framework.trainer.engine import StepEngine
 
     mode = cfg.mode
@@ -146,7 +147,9 @@ def evaluate_checkpoint(cfg: DictConfig, overrides: list[str]) -> float:
     loader = eval_loader(dataset, run_cfg.batch_size, device, run_cfg.num_workers)
     trainer_cfg = run_cfg.trainer
     engine = StepEngine(model, None, (None, loader), device, task=task, precision=trainer_cfg.get("precision", "32"),
-                        channels_last=trainer_cfg.get("channels_last", False))
+                        channels_last=trainer_cfg.get("channels_last", False),
+                        malloc_trim_threshold_mb=trainer_cfg.get("malloc_trim_threshold_mb",
+                                                                 host_memory.DEFAULT_TRIM_THRESHOLD_MB))
     finished = state.get("epoch")  # epochs finished when the checkpoint was written
     source = {"checkpoint": str(file), "step": state.get("step"), "epoch": None if finished is None else finished - 1,
               "split": split, "samples": len(dataset),

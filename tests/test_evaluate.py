@@ -112,3 +112,18 @@ def test_a_group_given_on_the_command_line_replaces_the_runs_group_and_a_key_cha
                                                                        "img_size": 32, "n_train": 7}})  # the default + key
     merged = evaluation_config(composed, saved, ["batch_size=8", "++dataset.n_train=7"])
     assert merged.batch_size == 8 and OmegaConf.to_container(merged.dataset) == {"_target_": "mydata.build", "n_train": 7}
+
+
+def test_mode_test_sets_the_heap_threshold_of_its_command(trained, monkeypatch):
+    """``trainer.malloc_trim_threshold_mb`` may change freely on resume: this command's value is
+    the one the evaluation's engine sets (the run's when the command gives none)."""
+    from framework.trainer import host_memory
+
+    calls = []
+    monkeypatch.setattr(host_memory, "keep_freed_memory", calls.append)
+    assert run_cli_in_process(["mode=test", f"resume={trained}", "eval_split=val",
+                               "trainer.malloc_trim_threshold_mb=null"], None) == 0
+    assert run_cli_in_process(["mode=test", f"resume={trained}", "eval_split=val",
+                               "trainer.malloc_trim_threshold_mb=64"], None) == 0
+    assert run_cli_in_process(["mode=test", f"resume={trained}", "eval_split=val"], None) == 0
+    assert calls == [None, 64, 1024]

@@ -88,10 +88,10 @@ class StepEngine:
             never. Clipping by norm computes it anyway: then every step has it. Measuring reads
             every gradient once more: on the CPU about 2% of a resnet18 step on 32x32 images
             (``bench/loop_vs_plain.py``), hence not every step by default.
-        malloc_trim_threshold_mb: (MiB) on the CPU, glibc's malloc keeps this much freed memory
-            for the next step instead of handing it back to the system
-            (:func:`~framework.trainer.host_memory.keep_freed_memory`, process-wide); None = glibc's
-            own thresholds.
+        malloc_trim_threshold_mb: (MiB) on the CPU, glibc's malloc keeps the memory a step frees
+            for the next one while it is under this much, instead of handing it back to the system
+            (:func:`~framework.trainer.host_memory.keep_freed_memory`; for the rest of the process);
+            None = glibc's own thresholds, unless this process set them already.
 
     Raises:
         ConfigError: ``gradient_clip_val`` not > 0, ``gradient_clip_algorithm`` neither ``norm``
@@ -108,7 +108,8 @@ class StepEngine:
                  precision: str | int = "32", channels_last: bool = False, compile: bool = False,
                  cudnn_benchmark: bool = True, sync_batchnorm: bool = False, task: Optional[Any] = None,
                  gradient_clip_algorithm: str = "norm", mixup: Optional[Any] = None,
-                 grad_norm_every_n_steps: int = 10, malloc_trim_threshold_mb: Optional[int] = 1024):
+                 grad_norm_every_n_steps: int = 10,
+                 malloc_trim_threshold_mb: Optional[int] = host_memory.DEFAULT_TRIM_THRESHOLD_MB):
         errors = check_grad_args(gradient_clip_val, gradient_clip_algorithm, grad_norm_every_n_steps)
         errors += host_memory.check_malloc_args(malloc_trim_threshold_mb)
         if errors:

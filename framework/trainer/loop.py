@@ -16,6 +16,7 @@ from framework import distributed, tasks
 from framework.schedules import LRPlan
 from framework.trainer.checkpointing import TrainerCheckpoint
 from framework.trainer.engine import StepEngine
+from framework.trainer import host_memory
 from framework.trainer.guard import Diverged, DivergenceGuard
 from framework.trainer.mixing import build_mixup
 from framework.trainer.rollback import Rollbacks
@@ -110,8 +111,7 @@ class Trainer(StepRecords, Rollbacks, EarlyStops, StepEngine):
             ``update_ratio``, ``update_ratio/<group>`` columns) and, with ``warn``, a one-line
             warning once the LR doctor (:mod:`framework.doctor`) finds the LR too high or too low
             during training; None = neither.
-        malloc_trim_threshold_mb: (MiB) on the CPU, freed heap memory glibc keeps for the next step
-            (:func:`~framework.trainer.host_memory.keep_freed_memory`); None = glibc's defaults.
+        malloc_trim_threshold_mb: (MiB) on the CPU, see :class:`~framework.trainer.engine.StepEngine`.
 
     Data-parallel runs (``torchrun``, see :mod:`framework.distributed`): the model is wrapped in
     ``DistributedDataParallel`` (gradients averaged over the ranks after each optimizer step's
@@ -173,7 +173,7 @@ class Trainer(StepRecords, Rollbacks, EarlyStops, StepEngine):
         trackers: Optional[Any] = None,
         lr_doctor: Optional[dict[str, Any]] = None,
         grad_norm_every_n_steps: int = 10,
-        malloc_trim_threshold_mb: Optional[int] = 1024,
+        malloc_trim_threshold_mb: Optional[int] = host_memory.DEFAULT_TRIM_THRESHOLD_MB,
     ):
         super().__init__(model, optimizer, data, device, accumulate_grad_batches, gradient_clip_val, precision,
                          channels_last, compile, cudnn_benchmark, sync_batchnorm, task, gradient_clip_algorithm,
@@ -181,8 +181,7 @@ class Trainer(StepRecords, Rollbacks, EarlyStops, StepEngine):
                          malloc_trim_threshold_mb=malloc_trim_threshold_mb)
         self.mixup = build_mixup(self.task, self.train_loader, mixup_alpha, cutmix_alpha, cutmix_minmax, mixup_prob,
                                  mixup_switch_prob, mixup_mode, mixup_off_epoch)
-        self.mixup_off_epoch = mixup_off_epoch
-        self.monitor, self.mode = tasks.monitor_of(self.task)
+        self.mixup_off_epoch, (self.monitor, self.mode) = mixup_off_epoch, tasks.monitor_of(self.task)
         self.plan, self.run_dir = plan, Path(run_dir)
         self.log_every = max(1, int(log_every_n_steps))
         self.progress_bar, self.save_checkpoints = progress_bar, save_checkpoints
