@@ -72,10 +72,11 @@ def test_default_run_reaches_97_percent_on_digits(tmp_path):
     assert len(lrs) == 230 and lrs[0] == 0.01 and lrs[-1] == 0.01 * 0.01  # 1437 / 64 -> 23 steps x 10
 
 
-def test_diverged_run_exits_1_with_one_line(tmp_path):
+def test_diverged_run_exits_1_with_one_line(tmp_path, capfd):
     run_dir = tmp_path / "run"
-    proc = run_cli([*TINY, "epochs=2", "lr0=1e6"], run_dir)
-    assert proc.returncode == 1
-    lines = [line for line in proc.stderr.splitlines() if line.startswith("diverged:")]
-    assert len(lines) == 1 and "step" in lines[0] and "Traceback" not in proc.stderr
+    code = run_cli_in_process([*TINY, "epochs=2", "lr0=1e6"], run_dir)  # train.py's __main__, in this process
+    err = capfd.readouterr().err
+    assert code == 1
+    lines = [line for line in err.splitlines() if line.startswith("diverged:")]
+    assert len(lines) == 1 and "step" in lines[0] and "Traceback" not in err
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "diverged"

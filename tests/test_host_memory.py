@@ -24,8 +24,10 @@ GLIBC = host_memory.is_glibc()
 #: 16 tensors of 8 MiB written (each page touched), freed, four times to settle, then four times
 #: counted: 4 x 16 x 8 MiB touched in the counted rounds (131072 pages of 4 KiB).
 CHURN = """
-import resource, sys, torch
-from framework.trainer import host_memory
+import importlib.util, resource, sys, torch
+spec = importlib.util.spec_from_file_location("host_memory", sys.argv[2])  # the module alone (no trainer, no timm)
+host_memory = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(host_memory)
 done = host_memory.keep_freed_memory(int(sys.argv[1]))
 def churn():
     tensors = [torch.ones(2**21) for _ in range(16)]
@@ -47,7 +49,7 @@ def churn_faults(arg: str, **env: str) -> tuple[bool, int]:
     """(thresholds set, minor page faults of the counted rounds) in a fresh interpreter."""
     clean = {k: v for k, v in os.environ.items() if k not in ("MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_",
                                                                "MALLOC_TOP_PAD_", "GLIBC_TUNABLES", "LD_PRELOAD")}
-    out = subprocess.run([sys.executable, "-c", CHURN, arg], capture_output=True, text=True, check=True,
+    out = subprocess.run([sys.executable, "-c", CHURN, arg, host_memory.__file__], capture_output=True, text=True, check=True,
                          env={**clean, **env}).stdout.split()
     return out[0] == "True", int(out[1])
 

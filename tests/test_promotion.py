@@ -171,7 +171,7 @@ def test_a_sweep_pauses_and_promotes_trials_from_their_checkpoints(tmp_path):
     assert [(r["lr"], r["loss"]) for r in paused] == [(r["lr"], r["loss"]) for r in straight]
 
 
-@pytest.mark.slow
+@pytest.mark.long
 def test_a_promoted_trial_stopped_mid_epoch_is_promoted_again_when_the_sweep_resumes(tmp_path):
     """2 trials, rungs 1, 2, 4 (eta 2), every job stopped at step 30 (epoch 1 ends at step 23): both
     pause at epoch 1, the better (by hand from epochs.csv) is promoted and stops at step 30, and the

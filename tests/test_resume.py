@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from framework.errors import ConfigError
-from tests.helpers import HANG_GUARD_S, ROOT, TINY, folder_bytes, lines, read_csv, run_cli, train_in_process
+from tests.helpers import HANG_GUARD_S, ROOT, TINY, folder_bytes, lines, read_csv, run_cli_in_process, train_in_process
 from framework.registry import CONF_DIR
 
 RUN = [*TINY, "epochs=3", "device=cpu"]  # 4 steps per epoch, T = 12
@@ -105,14 +105,16 @@ def test_truncated_corrupt_and_malicious_checkpoints_are_refused(tmp_path):
     assert not (tmp_path / "pwned").exists()
 
 
-def test_bad_resume_paths_from_the_command_line(tmp_path):
+def test_bad_resume_paths_from_the_command_line(tmp_path, capfd):
     train_in_process(tmp_path / "good", *RUN, "trainer.stop_after_steps=2")
     before = sorted(p.name for p in (tmp_path / "good").rglob("*"))
     corrupt_variants(tmp_path)
     for target, text in [(tmp_path / "missing", "no checkpoint there"), (tmp_path / "trunc.pt", "not a readable")]:
-        proc = run_cli([*RUN, f"resume={target}"], tmp_path / "run")
-        said = lines(proc.stderr)
-        assert proc.returncode == 2 and len(said) == 1 and text in said[0], proc.stderr
+        capfd.readouterr()
+        code = run_cli_in_process([*RUN, f"resume={target}"], tmp_path / "run")  # train.py's __main__, here
+        err = capfd.readouterr().err
+        said = lines(err)
+        assert code == 2 and len(said) == 1 and text in said[0], err
     assert sorted(p.name for p in (tmp_path / "good").rglob("*")) == before  # nothing damaged
 
 

@@ -609,6 +609,7 @@ def test_the_promotion_checks_leave_a_searched_or_fixed_epochs_alone():
                         None)
 
 
+@pytest.mark.long
 def test_a_rerun_of_a_stopped_trial_continues_its_run_and_is_charged_once(tmp_path):
     """A grid of 2 lr0 with budget_runs=2 (pruner none): job 0 stops at step 30 of its 46 (as on
     a signal), so the sweep stops, charged 30/46. The same command again reruns trial 0 as trial

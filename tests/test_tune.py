@@ -254,7 +254,7 @@ def test_pbt_exploits_exact_checkpoints_and_exports_the_best_schedule(ray_local,
                                                            for k in range(total)]
 
 
-@pytest.mark.slow  # a Ray search (end-to-end)
+@pytest.mark.long  # a Ray search (end-to-end; 9 trials)
 def test_hyperband_pauses_and_continues_trials_on_the_lr_plan(ray_local, tmp_path, monkeypatch):
     """HyperBand (synchronous brackets: 9 trials, 9 epochs, reduction factor 3) pauses trials at
     its rungs, continues some from their checkpoints and ends the others: the search is not called
@@ -282,7 +282,7 @@ def test_hyperband_pauses_and_continues_trials_on_the_lr_plan(ray_local, tmp_pat
             assert float(row["lr"]) == pytest.approx(cosine_lr(summary["lr0"], k, total), rel=1e-12)
 
 
-@pytest.mark.slow  # a Ray search (end-to-end)
+@pytest.mark.long  # a Ray search (end-to-end; promotions pause and resume trials)
 def test_asha_with_promotions_pauses_and_resumes_trials_within_its_budget(ray_local, tmp_path, monkeypatch):
     """tune.asha_rule=promotion, 4 trials two at a time, 4 epochs, reduction factor 2: rungs after 1, 2, 4
     epochs. Whatever order the trials report in: at most floor(4/2) = 2 trials go past epoch 1, the
