@@ -330,7 +330,7 @@ def test_evolution_draws_parents_from_trials_waiting_at_a_rung():
     assert [t.number for t in ranked] == [0, waiting.number, 1]
 
 
-@pytest.mark.slow
+@pytest.mark.long
 def test_a_promotion_whose_job_fails_before_training_is_failed_not_retried(tmp_path):
     """Job folders named trial_<n> (not the job number: new trials and promotions launched apart, a
     promotion placed by a quoted hydra.sweep.subdir). 2 trials, rungs 1, 2, 4, every job stopped at

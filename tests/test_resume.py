@@ -172,7 +172,13 @@ def test_optimizer_files_found():
     assert len(OPTIMIZERS) >= 10 and "adamw_schedulefree" in OPTIMIZERS and "prodigy" in OPTIMIZERS
 
 
-@pytest.mark.parametrize("optimizer", OPTIMIZERS)
+#: One optimizer of each kind of state in the default run (momentum, Adam moments, schedule-free, a step-size
+#: estimate, a sign update); the others, whose state is of one of these kinds, with -m long.
+DEFAULT_RUN_OPTIMIZERS = ("sgd", "adamw", "adamw_schedulefree", "prodigy", "lion")
+
+
+@pytest.mark.parametrize("optimizer", [o if o in DEFAULT_RUN_OPTIMIZERS else pytest.param(o, marks=pytest.mark.long)
+                                       for o in OPTIMIZERS])
 def test_every_optimizer_stops_and_resumes_to_the_uninterrupted_run(tmp_path, optimizer):
     """Stopped mid-epoch (step 3 of 4), resumed: the same steps.csv (LR, momentum, d, loss) and
     epochs.csv as without the stop; its checkpoints load with weights_only=True (plain values,

@@ -149,6 +149,7 @@ def test_a_sweep_resumes_its_study_and_reruns_an_interrupted_trial(tmp_path):
     assert not (sweep / "2").exists() and json.loads((sweep / "3" / "summary.json").read_text())["lr0"] == lost.params["lr0"]
 
 
+@pytest.mark.long  # the rule itself: test_the_budget_rule_by_hand
 def test_a_budget_launches_a_trial_only_while_a_full_run_still_fits(tmp_path):
     """hydra.sweeper.budget_runs=2.5 (full runs), a grid of 4 lr0 (seed 6: 0.1, 3e-5, 0.3, 1e-5) with the
     median pruner judging from the first epoch once 1 trial has completed (its defaults): 0.1 trains its full run

@@ -183,7 +183,7 @@ def cosine_lr(lr0, k, total, lrf=0.01):
     return lr0 * (lrf + (1 - lrf) * (1 + math.cos(math.pi * k / (total - 1))) / 2)
 
 
-@pytest.mark.slow  # a Ray search (end-to-end)
+@pytest.mark.long  # a Ray search (end-to-end; ASHA's runs in the default suite)
 def test_pbt_exploits_exact_checkpoints_and_exports_the_best_schedule(ray_local, tmp_path, monkeypatch):
     import yaml
 
