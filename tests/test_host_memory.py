@@ -45,12 +45,23 @@ THP_ALWAYS = "[always]" in (Path("/sys/kernel/mm/transparent_hugepage/enabled").
                             if Path("/sys/kernel/mm/transparent_hugepage/enabled").exists() else "")
 
 
+#: Every environment variable with which a user chooses the allocator's behaviour.
+ALLOCATOR_ENV = ("MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TOP_PAD_", "MALLOC_MMAP_MAX_",
+                 "GLIBC_TUNABLES", "LD_PRELOAD")
+
+
+def no_allocator_env(monkeypatch) -> None:
+    """None of :data:`ALLOCATOR_ENV` set, and no threshold set by an earlier trainer of this process."""
+    for name in ALLOCATOR_ENV:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(host_memory, "_applied", None)
+
+
 def churn_faults(arg: str, **env: str) -> tuple[bool, int]:
     """(thresholds set, minor page faults of the counted rounds) in a fresh interpreter."""
-    clean = {k: v for k, v in os.environ.items() if k not in ("MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_",
-                                                               "MALLOC_TOP_PAD_", "GLIBC_TUNABLES", "LD_PRELOAD")}
-    out = subprocess.run([sys.executable, "-c", CHURN, arg, host_memory.__file__], capture_output=True, text=True, check=True,
-                         env={**clean, **env}).stdout.split()
+    clean = {k: v for k, v in os.environ.items() if k not in ALLOCATOR_ENV}
+    out = subprocess.run([sys.executable, "-c", CHURN, arg, host_memory.__file__], capture_output=True, text=True,
+                         check=True, env={**clean, **env}).stdout.split()
     return out[0] == "True", int(out[1])
 
 
@@ -69,9 +80,7 @@ def test_the_kept_heap_touches_freed_memory_again_without_faulting_it_in():
 
 
 def test_a_setting_in_the_environment_is_the_users_choice(monkeypatch):
-    monkeypatch.setattr(host_memory, "_applied", None)  # (a trainer of another test may have set it)
-    for name in (*host_memory.MALLOC_VARIABLES, "GLIBC_TUNABLES", "LD_PRELOAD"):
-        monkeypatch.delenv(name, raising=False)
+    no_allocator_env(monkeypatch)
     assert host_memory.user_choice() is None
     monkeypatch.setenv("GLIBC_TUNABLES", "glibc.pthread.rseq=0")  # not the allocator's
     monkeypatch.setenv("LD_PRELOAD", "/usr/lib/libasan.so")
@@ -103,9 +112,7 @@ class FakeLibc:
 
 @pytest.mark.skipif(not GLIBC, reason="glibc's malloc only")
 def test_the_mmap_threshold_goes_first_and_a_refusal_leaves_the_trim_threshold_alone(monkeypatch):
-    for name in (*host_memory.MALLOC_VARIABLES, "GLIBC_TUNABLES", "LD_PRELOAD"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setattr(host_memory, "_applied", None)
+    no_allocator_env(monkeypatch)
     libc = FakeLibc()
     monkeypatch.setattr(host_memory, "_libc", lambda: libc)
     assert host_memory.keep_freed_memory(512) is True

@@ -14,9 +14,9 @@ from torch.utils.data import DataLoader
 
 from framework import distributed, tasks
 from framework.schedules import LRPlan
+from framework.trainer import host_memory
 from framework.trainer.checkpointing import TrainerCheckpoint
 from framework.trainer.engine import StepEngine
-from framework.trainer import host_memory
 from framework.trainer.guard import Diverged, DivergenceGuard
 from framework.trainer.mixing import build_mixup
 from framework.trainer.rollback import Rollbacks
